@@ -1,0 +1,26 @@
+//! `pyagent._rust`: the CPU-bound core of PyAgent.
+//!
+//! Each feature lives in its own module and registers its Python functions through `register`,
+//! so features can grow without touching each other.
+use pyo3::prelude::*;
+
+mod walk;
+// -- metrics
+
+// -- replace and diff
+
+// -- attention kernels
+
+
+#[pymodule]
+fn _rust(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    walk::register(m)?;
+    // -- metrics
+
+    // -- replace and diff
+
+    // -- attention kernels
+
+    Ok(())
+}

@@ -1,0 +1,145 @@
+//! The one tree walk of PyAgent: parallel, `.gitignore`-aware (ripgrep's `ignore` crate).
+//!
+//! The audit, bulk replace and every other whole-tree operation go through `collect`, so
+//! they all agree on which files belong to a workspace.
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use ignore::overrides::OverrideBuilder;
+use ignore::{WalkBuilder, WalkState};
+use pyo3::exceptions::{PyFileNotFoundError, PyValueError};
+use pyo3::prelude::*;
+
+/// Directories that are never part of a workspace's content.
+const ALWAYS_SKIPPED: [&str; 2] = [".git", ".pyagent"];
+
+/// What to walk and how.
+#[derive(Clone, Debug, Default)]
+pub struct WalkOptions {
+    /// Keep only files whose extension is in this list (no dot); `None` keeps every file.
+    pub extensions: Option<Vec<String>>,
+    /// Whitelist globs (gitignore syntax, relative to the root); empty means everything.
+    pub globs: Vec<String>,
+    /// Globs to leave out (gitignore syntax, relative to the root).
+    pub excludes: Vec<String>,
+    /// Walk hidden files and directories too.
+    pub hidden: bool,
+    /// Ignore `.gitignore`, `.ignore` and git's exclude files.
+    pub no_ignore: bool,
+}
+
+/// The files found, sorted, and the entries that could not be read (path, reason).
+#[derive(Debug, Default)]
+pub struct WalkResult {
+    pub files: Vec<PathBuf>,
+    pub errors: Vec<(String, String)>,
+}
+
+#[derive(Debug)]
+pub enum WalkError {
+    Missing(String),
+    BadGlob(String),
+}
+
+impl From<WalkError> for PyErr {
+    fn from(e: WalkError) -> PyErr {
+        match e {
+            WalkError::Missing(p) => PyFileNotFoundError::new_err(format!("no such file or directory: {p}")),
+            WalkError::BadGlob(msg) => PyValueError::new_err(msg),
+        }
+    }
+}
+
+fn wanted(path: &Path, extensions: &Option<Vec<String>>) -> bool {
+    match extensions {
+        None => true,
+        Some(exts) => path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(|e| exts.iter().any(|x| x == e))
+            .unwrap_or(false),
+    }
+}
+
+/// Walks `root` in parallel. A root that is a file is returned as the only file, whatever its extension.
+pub fn collect(root: &Path, opts: &WalkOptions) -> Result<WalkResult, WalkError> {
+    let meta = std::fs::metadata(root).map_err(|_| WalkError::Missing(root.display().to_string()))?;
+    if meta.is_file() {
+        return Ok(WalkResult { files: vec![root.to_path_buf()], errors: vec![] });
+    }
+    let mut overrides = OverrideBuilder::new(root);
+    for g in &opts.globs {
+        overrides.add(g).map_err(|e| WalkError::BadGlob(format!("invalid --glob {g:?}: {e}")))?;
+    }
+    for g in &opts.excludes {
+        let neg = format!("!{g}");
+        overrides.add(&neg).map_err(|e| WalkError::BadGlob(format!("invalid --exclude {g:?}: {e}")))?;
+    }
+    let overrides = overrides.build().map_err(|e| WalkError::BadGlob(e.to_string()))?;
+
+    let mut builder = WalkBuilder::new(root);
+    builder
+        .hidden(!opts.hidden)
+        .git_ignore(!opts.no_ignore)
+        .git_exclude(!opts.no_ignore)
+        .git_global(false)
+        .ignore(!opts.no_ignore)
+        .parents(!opts.no_ignore)
+        .require_git(false)
+        .follow_links(false)
+        .overrides(overrides)
+        .filter_entry(|e| {
+            !(e.file_type().map(|t| t.is_dir()).unwrap_or(false)
+                && e.file_name().to_str().map(|n| ALWAYS_SKIPPED.contains(&n)).unwrap_or(false))
+        });
+
+    let found: Mutex<WalkResult> = Mutex::new(WalkResult::default());
+    builder.build_parallel().run(|| {
+        let found = &found;
+        let extensions = &opts.extensions;
+        Box::new(move |entry| {
+            match entry {
+                Ok(e) => {
+                    if e.file_type().map(|t| t.is_file()).unwrap_or(false) && wanted(e.path(), extensions) {
+                        found.lock().unwrap().files.push(e.into_path());
+                    }
+                }
+                Err(err) => {
+                    let path = match &err {
+                        ignore::Error::WithPath { path, .. } => path.display().to_string(),
+                        _ => String::new(),
+                    };
+                    found.lock().unwrap().errors.push((path, err.to_string()));
+                }
+            }
+            WalkState::Continue
+        })
+    });
+    let mut result = found.into_inner().unwrap();
+    result.files.sort();
+    result.errors.sort();
+    Ok(result)
+}
+
+/// walk(root, *, extensions=None, globs=[], excludes=[], hidden=False, no_ignore=False)
+/// -> (files, errors): the files under `root` as the audit and replace see them.
+#[pyfunction]
+#[pyo3(signature = (root, *, extensions=None, globs=vec![], excludes=vec![], hidden=false, no_ignore=false))]
+fn walk(
+    py: Python<'_>,
+    root: PathBuf,
+    extensions: Option<Vec<String>>,
+    globs: Vec<String>,
+    excludes: Vec<String>,
+    hidden: bool,
+    no_ignore: bool,
+) -> PyResult<(Vec<String>, Vec<(String, String)>)> {
+    let opts = WalkOptions { extensions, globs, excludes, hidden, no_ignore };
+    let result = py.detach(|| collect(&root, &opts))?;
+    Ok((result.files.iter().map(|p| p.display().to_string()).collect(), result.errors))
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(walk, m)?)?;
+    Ok(())
+}

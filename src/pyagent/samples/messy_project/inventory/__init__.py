@@ -1,0 +1,1 @@
+"""A tiny inventory library (sample code for pyagent demo)."""

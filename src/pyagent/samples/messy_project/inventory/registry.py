@@ -1,0 +1,8 @@
+FORMATS = dict()
+
+
+def register(name):
+    def deco(fn):
+        FORMATS[name] = fn
+        return fn
+    return deco
