@@ -23,6 +23,8 @@ _EXPORTS: dict[str, str] = {
     # -- memory (knowledge store)
 
     # -- voyager (discovery and transport)
+    "DiscoveryNode": "pyagent.voyager.discovery",
+    "VoyagerTransport": "pyagent.voyager.transport",
 
     # -- inference (engine)
 
@@ -34,6 +36,8 @@ __all__ = ["__version__", *sorted(_EXPORTS)]
 
 if TYPE_CHECKING:  # one import line per component, same order as _EXPORTS
     pass
+    from pyagent.voyager import DiscoveryNode as DiscoveryNode
+    from pyagent.voyager import VoyagerTransport as VoyagerTransport
 
 
 def __getattr__(name: str) -> Any:

@@ -26,6 +26,9 @@ COMMANDS: list[str] = [
     # -- memory
 
     # -- voyager
+    "node",
+    "peers",
+    "trust",
 
     # -- inference
 
