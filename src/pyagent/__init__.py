@@ -27,6 +27,8 @@ _EXPORTS: dict[str, str] = {
     # -- inference (engine)
 
     # -- server (Responses API)
+    "ResponseStore": "pyagent.server.store",
+    "create_app": "pyagent.server.app",
 
 }
 

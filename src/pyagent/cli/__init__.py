@@ -30,6 +30,7 @@ COMMANDS: list[str] = [
     # -- inference
 
     # -- server
+    "serve",
 
 ]
 
