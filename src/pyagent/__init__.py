@@ -36,6 +36,8 @@ _EXPORTS: dict[str, str] = {
     # -- voyager (discovery and transport)
 
     # -- inference (engine)
+    "PagedAttentionEngine": "pyagent.inference.engine",
+    "SamplingParams": "pyagent.inference.engine",
 
     # -- server (Responses API)
 
@@ -44,6 +46,8 @@ _EXPORTS: dict[str, str] = {
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
 if TYPE_CHECKING:  # one import line per component, same order as _EXPORTS
+    from pyagent.inference.engine import PagedAttentionEngine as PagedAttentionEngine
+    from pyagent.inference.engine import SamplingParams as SamplingParams
     pass
     from pyagent.agents.base import BaseAgent as BaseAgent
     from pyagent.agents.budget import Budget as Budget
