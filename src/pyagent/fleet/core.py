@@ -17,7 +17,7 @@ import itertools
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -312,6 +312,7 @@ class FleetExecutionCore:
         self._inv_aging = 1.0 / self.aging_seconds
         self.knowledge = knowledge
         self._listeners: list[Callable[[FleetEvent], None]] = [on_event] if on_event is not None else []
+        self._streams: list[asyncio.Queue[FleetEvent | None]] = []
         self._free = concurrency
         self._heap: list[tuple[float, int, TaskHandle[Any]]] = []
         self._seq = itertools.count()
@@ -425,6 +426,23 @@ class FleetExecutionCore:
         if cancel:
             self.cancel_all()
         await self.join()
+        for queue in self._streams:
+            queue.put_nowait(None)
+
+    async def events(self) -> AsyncIterator[FleetEvent]:
+        """Every event from now on, as an async iterator that ends when the fleet shuts down
+        (for progress displays that prefer ``async for`` to a callback)."""
+        queue: asyncio.Queue[FleetEvent | None] = asyncio.Queue()
+        if self._closed and not self._active:
+            return
+        self._streams.append(queue)
+        self._listeners.append(queue.put_nowait)
+        try:
+            while (event := await queue.get()) is not None:
+                yield event
+        finally:
+            self._streams.remove(queue)
+            self._listeners.remove(queue.put_nowait)
 
     # -- slots --------------------------------------------------------------------------------
 
