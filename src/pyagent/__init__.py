@@ -40,6 +40,8 @@ _EXPORTS: dict[str, str] = {
     "SamplingParams": "pyagent.inference.engine",
 
     # -- server (Responses API)
+    "ResponseStore": "pyagent.server.store",
+    "create_app": "pyagent.server.app",
 
 }
 

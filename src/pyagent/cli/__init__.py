@@ -32,6 +32,7 @@ COMMANDS: list[str] = [
     "model",
 
     # -- server
+    "serve",
 
 ]
 
