@@ -324,6 +324,7 @@ class FleetExecutionCore:
         self._pending_preempt = 0
         self._idle: asyncio.Future[None] | None = None
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop of the first submit(); a fleet lives on one loop
         self._cycle = 0
         self.counts: dict[str, int] = {DONE: 0, FAILED: 0, CANCELLED: 0, TIMED_OUT: 0}
 
@@ -361,12 +362,14 @@ class FleetExecutionCore:
             raise TypeError(f"task function must be callable, got {type(fn).__name__}")
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0):
             raise ValueError(f"timeout must be a number > 0 or None, got {timeout!r}")
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            raise RuntimeError(
-                "submit() needs a running event loop: call it from async code, e.g. inside `async with FleetManager() as fleet:`"
-            ) from None
+        loop = self._loop
+        if loop is None:
+            try:
+                loop = self._loop = asyncio.get_running_loop()
+            except RuntimeError:
+                raise RuntimeError(
+                    "submit() needs a running event loop: call it from async code, e.g. inside `async with FleetManager() as fleet:`"
+                ) from None
         if context is None:
             task_id = f"{self._prefix}-{next(self._ids)}"
         else:
@@ -475,7 +478,7 @@ class FleetExecutionCore:
         h.state = RUNNING
         h.started = time.monotonic()
         h.starts += 1
-        h._task = asyncio.get_running_loop().create_task(self._run(h))
+        h._task = self._loop.create_task(self._run(h))  # type: ignore[union-attr]  # set by submit()
         if self._listeners:
             self._emit(h, "started")
 
@@ -509,7 +512,8 @@ class FleetExecutionCore:
     # -- preemption ---------------------------------------------------------------------------
 
     def _best_waiting(self, skip: int) -> TaskHandle[Any] | None:
-        """The (skip+1)-th best live entry in the heap; stale entries on top are dropped."""
+        """The (skip+1)-th best live entry in the heap, found by a best-first walk of the heap
+        tree (O(skip log skip), not O(n)); stale entries on top are dropped on the way."""
         heap = self._heap
         while heap and heap[0][2]._heap_seq != heap[0][1]:
             heapq.heappop(heap)
@@ -517,8 +521,18 @@ class FleetExecutionCore:
             return None
         if skip == 0:
             return heap[0][2]
-        live = [e[2] for e in heapq.nsmallest(skip + 16, heap) if e[2]._heap_seq == e[1]]
-        return live[skip] if len(live) > skip else None
+        size = len(heap)
+        frontier: list[tuple[tuple[float, int, TaskHandle[Any]], int]] = [(heap[0], 0)]
+        while frontier:
+            entry, i = heapq.heappop(frontier)
+            if entry[2]._heap_seq == entry[1]:
+                if skip == 0:
+                    return entry[2]
+                skip -= 1
+            for j in (2 * i + 1, 2 * i + 2):
+                if j < size:
+                    heapq.heappush(frontier, (heap[j], j))
+        return None
 
     def _maybe_preempt(self) -> None:
         counts = self._prio_running
