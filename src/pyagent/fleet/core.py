@@ -87,6 +87,7 @@ class TaskHandle(Generic[T]):
 
     __slots__ = (
         "_cancel_requested",
+        "_children",
         "_context",
         "_core",
         "_counted",
@@ -148,6 +149,7 @@ class TaskHandle(Generic[T]):
         self._counted = False
         self._suspend_requested = False
         self._cancel_requested = False
+        self._children: list[TaskHandle[Any]] | None = None
         self._task: asyncio.Task[None] | None = None
         self._result: Any = None
         self._exc: BaseException | None = None
@@ -273,10 +275,15 @@ class TaskControl:
     ) -> TaskHandle[U]:
         """Delegate a child task through the fleet; its context is ``context.next_level(agent, action)``
         (so depth, loop, circuit and budget limits apply before anything is queued)."""
+        h = self._h
         child = self.context.next_level(agent, action, scope=scope)
-        return self._h._core.submit(
-            agent, fn, priority=self._h.priority if priority is None else priority, context=child, timeout=timeout, kind=action
+        handle = h._core.submit(
+            agent, fn, priority=h.priority if priority is None else priority, context=child, timeout=timeout, kind=action
         )
+        if h._children is None:
+            h._children = []
+        h._children.append(handle)
+        return handle
 
     async def wait(self, other: TaskHandle[U]) -> U:
         """Wait for another task (typically a child) without holding a slot meanwhile,
@@ -648,6 +655,12 @@ class FleetExecutionCore:
             resume.cancel()
         if self._listeners:
             self._emit(h, "finished", outcome=state, detail=None if exc is None else f"{type(exc).__name__}: {exc}")
+        children = h._children
+        if children is not None:
+            h._children = None
+            if state != DONE:  # a failed, cancelled or timed-out parent takes its unfinished subtree with it
+                for child in children:
+                    child.cancel()
         if not self._active and self._idle is not None and not self._idle.done():
             self._idle.set_result(None)
         if self._heap:
