@@ -298,3 +298,12 @@ def test_bad_agent_arguments() -> None:
                 await agent.submit_to(fleet).result()
 
     asyncio.run(main())
+
+
+def test_apply_changes_refuses_unauthorised_paths_before_touching_anything(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    agent = BaseAgent(root=tmp_path, allowed_paths=["src"])
+    with pytest.raises(GovernanceError, match="not under the allowed paths"):
+        agent.apply_changes({"src/ok.py": b"x = 1\n", "setup.py": b"evil\n"})
+    assert not (tmp_path / "src" / "ok.py").exists() and not (tmp_path / "setup.py").exists()
+    assert not (tmp_path / ".pyagent").exists()  # no transaction was even opened

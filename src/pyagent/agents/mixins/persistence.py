@@ -65,26 +65,29 @@ class PersistenceMixin:
         module = importlib.import_module("pyagent.state.transaction")
         return module.StateTransaction(self.root)
 
-    def apply_changes(self, changes: Mapping[str, bytes | None]) -> Any:
+    def apply_changes(
+        self, changes: Mapping[str, bytes | None], *, base_hashes: Mapping[str, str] | None = None
+    ) -> Any:
         """Write (bytes) or delete (``None``) files as ONE transaction; every path is authorised first.
 
-        Returns the transaction's ``CommitResult``; on any error nothing is changed.
+        ``base_hashes`` (blake3 hex of the content a change was computed from) makes the commit
+        fail with a conflict if a file changed meanwhile. Returns the ``CommitResult``; on any
+        error nothing is changed.
         """
         for path in changes:
             self.authorize_path(path, write=True)
-        tx = self.transaction()
-        try:
+        bases = base_hashes or {}
+        with self.transaction() as tx:
             for path, data in changes.items():
                 if data is None:
                     tx.delete(path)
+                elif path in bases:
+                    tx.write_bytes(path, data, base_hash=bases[path])
                 elif tx.exists(path):
                     tx.write_bytes(path, data)
                 else:
                     tx.create(path, data)
             return tx.commit()
-        except BaseException:
-            tx.abort()
-            raise
 
     # -- checkpoints ----------------------------------------------------------------------------
 
