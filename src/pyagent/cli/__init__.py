@@ -30,8 +30,11 @@ COMMANDS: list[str] = [
     # -- voyager
 
     # -- inference
+    "generate",
+    "model",
 
     # -- server
+    "serve",
 
 ]
 
