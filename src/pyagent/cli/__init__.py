@@ -22,6 +22,8 @@ COMMANDS: list[str] = [
     # -- health
 
     # -- state and shell
+    "recover",
+    "exec",
 
     # -- memory
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+import concurrent.futures
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -51,6 +52,7 @@ class FleetManager:
         return self.core.submit(name, fn, priority=priority, context=context, timeout=timeout, kind=kind)
 
     async def __aenter__(self) -> FleetManager:
+        self.core.bind_loop()
         return self
 
     async def __aexit__(
@@ -92,6 +94,19 @@ class FleetManager:
         submit = self.core.submit
         return [submit(name, fn, priority=priority, timeout=timeout, kind=kind) for fn in fns]
 
+    def submit_threadsafe(
+        self,
+        name: str,
+        fn: TaskFn[T],
+        *,
+        priority: AgentPriority = AgentPriority.STANDARD,
+        context: CascadeContext | None = None,
+        timeout: float | None = None,
+        kind: str = "task",
+    ) -> concurrent.futures.Future[TaskHandle[T]]:
+        """Submit from another thread; see ``FleetExecutionCore.submit_threadsafe``."""
+        return self.core.submit_threadsafe(name, fn, priority=priority, context=context, timeout=timeout, kind=kind)
+
     async def join(self) -> None:
         """Wait until every submitted task reached a final state."""
         await self.core.join()
@@ -117,3 +132,7 @@ class FleetManager:
 
     async def shutdown(self, *, cancel: bool = False) -> None:
         await self.core.shutdown(cancel=cancel)
+
+    def events(self) -> AsyncIterator[FleetEvent]:
+        """Async iterator over events until the fleet shuts down."""
+        return self.core.events()
