@@ -21,6 +21,8 @@ _EXPORTS: dict[str, str] = {
     # -- agents and fleet
 
     # -- memory (knowledge store)
+    "KnowledgeStore": "pyagent.memory.store",
+    "NeuralPruningEngine": "pyagent.memory.pruning",
 
     # -- voyager (discovery and transport)
 
