@@ -22,14 +22,19 @@ COMMANDS: list[str] = [
     # -- health
 
     # -- state and shell
+    "recover",
+    "exec",
 
     # -- memory
 
     # -- voyager
 
     # -- inference
+    "generate",
+    "model",
 
     # -- server
+    "serve",
 
 ]
 
