@@ -510,3 +510,26 @@ def test_cancelling_a_parent_cancels_its_subtree_but_success_leaves_children_alo
             assert await child.result() == 5  # a parent that succeeded does not cancel its children
 
     run(main())
+
+
+def test_submit_from_another_thread() -> None:
+    async def main() -> list[int]:
+        async def square(c: TaskControl) -> int:
+            await asyncio.sleep(0)
+            return int(c.name) ** 2
+
+        async with FleetManager(3) as fleet:
+
+            def producer() -> list[TaskHandle[int]]:
+                futures = [fleet.submit_threadsafe(str(i), square) for i in range(20)]
+                bad = fleet.submit_threadsafe("x", square, timeout=-1)
+                with pytest.raises(ValueError, match="timeout"):
+                    bad.result(timeout=5)
+                return [f.result(timeout=5) for f in futures]
+
+            handles = await asyncio.to_thread(producer)
+            return [await h.result() for h in handles]
+
+    assert run(main()) == [i * i for i in range(20)]
+    with pytest.raises(RuntimeError, match="not running on an event loop"):
+        FleetManager(1).submit_threadsafe("x", lambda c: asyncio.sleep(0))

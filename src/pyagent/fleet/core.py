@@ -12,6 +12,7 @@ old task can never be preempted by ever newer arrivals (no starvation by preempt
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import heapq
 import itertools
 import logging
@@ -399,6 +400,36 @@ class FleetExecutionCore:
             self._push(h)
             self._dispatch()
         return h
+
+    def bind_loop(self) -> None:
+        """Remember the running loop (``FleetManager.__aenter__`` does this) so other threads can submit."""
+        self._loop = asyncio.get_running_loop()
+
+    def submit_threadsafe(
+        self,
+        name: str,
+        fn: TaskFn[T],
+        *,
+        priority: AgentPriority = AgentPriority.STANDARD,
+        context: CascadeContext | None = None,
+        timeout: float | None = None,
+        kind: str = "task",
+    ) -> concurrent.futures.Future[TaskHandle[T]]:
+        """``submit`` from another thread (e.g. a network receiver); the future yields the handle
+        or the validation error."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            raise RuntimeError("the fleet is not running on an event loop yet; enter `async with FleetManager()` first")
+        result: concurrent.futures.Future[TaskHandle[T]] = concurrent.futures.Future()
+
+        def submit_on_loop() -> None:
+            try:
+                result.set_result(self.submit(name, fn, priority=priority, context=context, timeout=timeout, kind=kind))
+            except BaseException as exc:
+                result.set_exception(exc)
+
+        loop.call_soon_threadsafe(submit_on_loop)
+        return result
 
     def active(self) -> list[TaskInfo]:
         """Every task not yet in a final state (queued, running or suspended)."""

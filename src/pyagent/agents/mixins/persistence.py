@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import re
 import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
+
+if TYPE_CHECKING:
+    from pyagent.state.transaction import CommitResult, StateTransaction
 
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -60,14 +62,15 @@ class PersistenceMixin:
 
     # -- files ----------------------------------------------------------------------------------
 
-    def transaction(self) -> Any:
-        """A new ``StateTransaction`` on the agent's workspace (imported lazily: the state layer is optional here)."""
-        module = importlib.import_module("pyagent.state.transaction")
-        return module.StateTransaction(self.root)
+    def transaction(self) -> StateTransaction:
+        """A new ``StateTransaction`` on the agent's workspace (imported lazily to keep agent imports light)."""
+        from pyagent.state.transaction import StateTransaction
+
+        return StateTransaction(self.root)
 
     def apply_changes(
         self, changes: Mapping[str, bytes | None], *, base_hashes: Mapping[str, str] | None = None
-    ) -> Any:
+    ) -> CommitResult:
         """Write (bytes) or delete (``None``) files as ONE transaction; every path is authorised first.
 
         ``base_hashes`` (blake3 hex of the content a change was computed from) makes the commit
