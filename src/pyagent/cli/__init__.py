@@ -22,6 +22,8 @@ COMMANDS: list[str] = [
     # -- health
 
     # -- state and shell
+    "recover",
+    "exec",
 
     # -- memory
 
@@ -31,8 +33,11 @@ COMMANDS: list[str] = [
     "trust",
 
     # -- inference
+    "generate",
+    "model",
 
     # -- server
+    "serve",
 
 ]
 
