@@ -62,7 +62,7 @@ def test_trusted_list_is_reread_when_the_file_changes(tmp_path: Path) -> None:
     assert home.trusted_keys() == {key}
 
 
-def test_key_starting_with_hash_is_not_taken_for_a_comment(tmp_path: Path) -> None:
-    key = next(k for k in (zmq.curve_keypair()[0] for _ in range(20000)) if k.startswith(b"#"))
+def test_key_containing_hash_is_not_cut_as_a_comment(tmp_path: Path) -> None:
+    key = next(k for k in (zmq.curve_keypair()[0] for _ in range(2000)) if b"#" in k[1:])
     NodeHome(tmp_path).trust(key.decode())
     assert NodeHome(tmp_path).trusted_keys() == {key}
