@@ -39,6 +39,8 @@ _EXPORTS: dict[str, str] = {
     "FleetExecutionCore": "pyagent.fleet.core",
 
     # -- memory (knowledge store)
+    "KnowledgeStore": "pyagent.memory.store",
+    "NeuralPruningEngine": "pyagent.memory.pruning",
 
     # -- voyager (discovery and transport)
 
@@ -69,6 +71,8 @@ if TYPE_CHECKING:  # one import line per component, same order as _EXPORTS
     from pyagent.fleet.core import FleetExecutionCore as FleetExecutionCore
     from pyagent.fleet.manager import FleetManager as FleetManager
     from pyagent.fleet.priority import AgentPriority as AgentPriority
+    from pyagent.memory.pruning import NeuralPruningEngine as NeuralPruningEngine
+    from pyagent.memory.store import KnowledgeStore as KnowledgeStore
     from pyagent.shell.limits import ResourceLimits as ResourceLimits
     from pyagent.shell.secure import SecureShell as SecureShell
     from pyagent.shell.secure import ShellResult as ShellResult
