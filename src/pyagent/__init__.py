@@ -15,6 +15,10 @@ __version__ = "0.1.0"
 # Keep one anchor comment per component so parallel work merges without conflicts.
 _EXPORTS: dict[str, str] = {
     # -- health (code-health audit)
+    "CodeHealthAuditor": "pyagent.health.auditor",
+    "AuditReport": "pyagent.health.auditor",
+    "FileHealth": "pyagent.health.auditor",
+    "FunctionHealth": "pyagent.health.auditor",
 
     # -- state and shell (transactions, replace, sandboxed execution)
 
@@ -33,7 +37,10 @@ _EXPORTS: dict[str, str] = {
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
 if TYPE_CHECKING:  # one import line per component, same order as _EXPORTS
-    pass
+    from pyagent.health.auditor import AuditReport as AuditReport
+    from pyagent.health.auditor import CodeHealthAuditor as CodeHealthAuditor
+    from pyagent.health.auditor import FileHealth as FileHealth
+    from pyagent.health.auditor import FunctionHealth as FunctionHealth
 
 
 def __getattr__(name: str) -> Any:
