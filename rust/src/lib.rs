@@ -11,6 +11,7 @@ pub mod metrics;
 // -- replace and diff
 
 // -- attention kernels
+mod attention;
 
 
 #[pymodule]
@@ -23,6 +24,7 @@ fn _rust(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // -- replace and diff
 
     // -- attention kernels
+    attention::register(m)?;
 
     Ok(())
 }

@@ -24,14 +24,19 @@ COMMANDS: list[str] = [
     "audit",
 
     # -- state and shell
+    "recover",
+    "exec",
 
     # -- memory
 
     # -- voyager
 
     # -- inference
+    "generate",
+    "model",
 
     # -- server
+    "serve",
 
 ]
 
