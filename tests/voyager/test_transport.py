@@ -32,7 +32,7 @@ async def pair(
     server = VoyagerTransport(server_kp, trusted={client_kp.public}, **server_kw)
     server.register("echo", lambda payload, req: payload)
     await server.start()
-    client = VoyagerTransport(client_kp, heartbeat_interval=0.2, heartbeat_misses=3)
+    client = VoyagerTransport(client_kp, heartbeat_interval=0.2, heartbeat_misses=15)
     await client.start(serve=False)
     client.connect("server", "127.0.0.1", server.port, server_kp.public)
     return server, client

@@ -49,7 +49,7 @@ class NodeConfig:
     grace: float = 0.5
     discovery: bool = True
     heartbeat_interval: float = 0.5
-    heartbeat_misses: int = 4
+    heartbeat_misses: int = 6
 
 
 class VoyagerNode:

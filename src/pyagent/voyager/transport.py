@@ -149,7 +149,7 @@ class VoyagerTransport:
         max_message_bytes: int = DEFAULT_MAX_BYTES,
         credits: int = 64,
         heartbeat_interval: float = 0.5,
-        heartbeat_misses: int = 4,
+        heartbeat_misses: int = 6,
         on_peer_dead: Callable[[str], None] | None = None,
     ) -> None:
         self.keypair = keypair
@@ -343,16 +343,18 @@ class VoyagerTransport:
         except OversizedError as exc:
             self.stats.handler_errors += 1
             data = Envelope(ERROR, ["Oversized", str(exc)], env.msg_id).encode(self.max_message_bytes)
+        counted = env.kind != PONG
+        if counted:
+            self.stats.replied += 1  # before the await, so a reader who got the reply sees the count
         try:
             await self._router.send_multipart([ident, data])
         except zmq.ZMQError as exc:
+            if counted:
+                self.stats.replied -= 1
             if exc.errno == zmq.EHOSTUNREACH:
                 self.stats.unroutable += 1
             elif exc.errno not in (zmq.ETERM, zmq.ENOTSOCK):
                 log.warning("ROUTER send failed: %s", exc)
-            return
-        if env.kind != PONG:
-            self.stats.replied += 1
 
     async def _watch_monitor(self) -> None:
         """Count connections that close before completing a CURVE handshake (garbage, bad keys)."""
