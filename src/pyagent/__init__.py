@@ -15,12 +15,36 @@ __version__ = "0.1.0"
 # Keep one anchor comment per component so parallel work merges without conflicts.
 _EXPORTS: dict[str, str] = {
     # -- health (code-health audit)
+    "CodeHealthAuditor": "pyagent.health.auditor",
+    "AuditReport": "pyagent.health.auditor",
+    "FileHealth": "pyagent.health.auditor",
+    "FunctionHealth": "pyagent.health.auditor",
 
     # -- state and shell (transactions, replace, sandboxed execution)
+    "StateTransaction": "pyagent.state.transaction",
+    "CommitResult": "pyagent.state.transaction",
+    "TransactionError": "pyagent.state.errors",
+    "ConflictError": "pyagent.state.errors",
+    "SecureShell": "pyagent.shell.secure",
+    "ShellResult": "pyagent.shell.secure",
+    "ResourceLimits": "pyagent.shell.limits",
 
     # -- agents and fleet
+    "Budget": "pyagent.agents.budget",
+    "CascadeContext": "pyagent.agents.context",
+    "BaseAgent": "pyagent.agents.base",
+    "IdentityMixin": "pyagent.agents.mixins.identity",
+    "PersistenceMixin": "pyagent.agents.mixins.persistence",
+    "KnowledgeMixin": "pyagent.agents.mixins.knowledge",
+    "OrchestrationMixin": "pyagent.agents.mixins.orchestration",
+    "GovernanceMixin": "pyagent.agents.mixins.governance",
+    "AgentPriority": "pyagent.fleet.priority",
+    "FleetManager": "pyagent.fleet.manager",
+    "FleetExecutionCore": "pyagent.fleet.core",
 
     # -- memory (knowledge store)
+    "KnowledgeStore": "pyagent.memory.store",
+    "NeuralPruningEngine": "pyagent.memory.pruning",
 
     # -- voyager (discovery and transport)
 
@@ -29,15 +53,40 @@ _EXPORTS: dict[str, str] = {
     "SamplingParams": "pyagent.inference.engine",
 
     # -- server (Responses API)
+    "ResponseStore": "pyagent.server.store",
+    "create_app": "pyagent.server.app",
 
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
 if TYPE_CHECKING:  # one import line per component, same order as _EXPORTS
+    from pyagent.agents.base import BaseAgent as BaseAgent
+    from pyagent.agents.budget import Budget as Budget
+    from pyagent.agents.context import CascadeContext as CascadeContext
+    from pyagent.agents.mixins import GovernanceMixin as GovernanceMixin
+    from pyagent.agents.mixins import IdentityMixin as IdentityMixin
+    from pyagent.agents.mixins import KnowledgeMixin as KnowledgeMixin
+    from pyagent.agents.mixins import OrchestrationMixin as OrchestrationMixin
+    from pyagent.agents.mixins import PersistenceMixin as PersistenceMixin
+    from pyagent.fleet.core import FleetExecutionCore as FleetExecutionCore
+    from pyagent.fleet.manager import FleetManager as FleetManager
+    from pyagent.fleet.priority import AgentPriority as AgentPriority
+    from pyagent.health.auditor import AuditReport as AuditReport
+    from pyagent.health.auditor import CodeHealthAuditor as CodeHealthAuditor
+    from pyagent.health.auditor import FileHealth as FileHealth
+    from pyagent.health.auditor import FunctionHealth as FunctionHealth
     from pyagent.inference.engine import PagedAttentionEngine as PagedAttentionEngine
     from pyagent.inference.engine import SamplingParams as SamplingParams
-    pass
+    from pyagent.memory.pruning import NeuralPruningEngine as NeuralPruningEngine
+    from pyagent.memory.store import KnowledgeStore as KnowledgeStore
+    from pyagent.shell.limits import ResourceLimits as ResourceLimits
+    from pyagent.shell.secure import SecureShell as SecureShell
+    from pyagent.shell.secure import ShellResult as ShellResult
+    from pyagent.state.errors import ConflictError as ConflictError
+    from pyagent.state.errors import TransactionError as TransactionError
+    from pyagent.state.transaction import CommitResult as CommitResult
+    from pyagent.state.transaction import StateTransaction as StateTransaction
 
 
 def __getattr__(name: str) -> Any:

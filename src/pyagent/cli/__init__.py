@@ -19,9 +19,13 @@ from pyagent import __version__
 # Keep one anchor comment per component so parallel work merges without conflicts.
 COMMANDS: list[str] = [
     # -- main job
+    "demo",
     # -- health
+    "audit",
 
     # -- state and shell
+    "recover",
+    "exec",
 
     # -- memory
 
@@ -32,6 +36,7 @@ COMMANDS: list[str] = [
     "model",
 
     # -- server
+    "serve",
 
 ]
 
