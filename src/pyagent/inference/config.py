@@ -59,8 +59,9 @@ class ModelConfig:
             eos_ids = tuple(int(e) for e in eos) if isinstance(eos, list) else (() if eos is None else (int(eos),))
             # transformers >= 5 writes "rope_parameters" (theta and scaling together); older files use
             # "rope_theta" and "rope_scaling".
-            rope_params = raw.get("rope_parameters") if isinstance(raw.get("rope_parameters"), dict) else {}
-            theta = raw.get("rope_theta", rope_params.get("rope_theta", 10000.0))
+            found = raw.get("rope_parameters")
+            rope_params: dict[str, Any] = found if isinstance(found, dict) else {}
+            theta = raw.get("rope_theta") or rope_params.get("rope_theta") or 10000.0
             scaling = raw.get("rope_scaling") or (rope_params if rope_type(rope_params) != "default" else None)
             window = raw.get("sliding_window")
             use_window = family == "mistral" or (family == "qwen2" and raw.get("use_sliding_window", False))
