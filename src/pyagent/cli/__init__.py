@@ -26,6 +26,7 @@ COMMANDS: list[str] = [
     "exec",
 
     # -- memory
+    "memory",
 
     # -- voyager
 
