@@ -177,3 +177,39 @@ def test_async_generate_concurrent_streams_and_close_aborts(tiny_dir: Path) -> N
         assert engine.kv_cache.num_used_blocks == 0
     finally:
         engine.close()
+
+
+def test_generate_rejects_bad_prompts_at_once_and_cancel_or_drop_aborts(tiny_dir: Path) -> None:
+    engine = PagedAttentionEngine.from_pretrained(tiny_dir)
+    long = SamplingParams(max_tokens=100_000, ignore_eos=True)
+
+    async def main() -> None:
+        with pytest.raises(ValueError, match="prompt is empty"):
+            engine.generate([], SamplingParams())
+        # A consumer task cancelled while it waits for the next token (a client that went away).
+        async def consume() -> None:
+            async for _ in engine.generate([1, 5, 6], long, request_id="cancelled"):
+                pass
+
+        task = asyncio.create_task(consume())
+        for _ in range(500):
+            await asyncio.sleep(0.01)
+            if engine.kv_cache.num_used_blocks:
+                break
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # A stream that is created and dropped without being read.
+        stream = engine.generate([1, 7, 8], long, request_id="dropped")
+        del stream
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), timeout=60))
+        for _ in range(200):
+            if not engine.has_unfinished():
+                break
+            asyncio.run(asyncio.sleep(0.01))
+        assert not engine.has_unfinished()
+        assert engine.kv_cache.num_used_blocks == 0
+    finally:
+        engine.close()
