@@ -1,0 +1,1 @@
+"""Agents: the cascade context that travels with every task, the shared budget, and BaseAgent."""

@@ -1,0 +1,1 @@
+"""The fleet: priority scheduling, preemption and the event stream for agent tasks."""
