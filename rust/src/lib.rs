@@ -10,6 +10,7 @@ mod walk;
 // -- replace and diff
 
 // -- attention kernels
+mod attention;
 
 
 #[pymodule]
@@ -21,6 +22,7 @@ fn _rust(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // -- replace and diff
 
     // -- attention kernels
+    attention::register(m)?;
 
     Ok(())
 }

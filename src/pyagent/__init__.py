@@ -19,12 +19,25 @@ _EXPORTS: dict[str, str] = {
     # -- state and shell (transactions, replace, sandboxed execution)
 
     # -- agents and fleet
+    "Budget": "pyagent.agents.budget",
+    "CascadeContext": "pyagent.agents.context",
+    "BaseAgent": "pyagent.agents.base",
+    "IdentityMixin": "pyagent.agents.mixins.identity",
+    "PersistenceMixin": "pyagent.agents.mixins.persistence",
+    "KnowledgeMixin": "pyagent.agents.mixins.knowledge",
+    "OrchestrationMixin": "pyagent.agents.mixins.orchestration",
+    "GovernanceMixin": "pyagent.agents.mixins.governance",
+    "AgentPriority": "pyagent.fleet.priority",
+    "FleetManager": "pyagent.fleet.manager",
+    "FleetExecutionCore": "pyagent.fleet.core",
 
     # -- memory (knowledge store)
 
     # -- voyager (discovery and transport)
 
     # -- inference (engine)
+    "PagedAttentionEngine": "pyagent.inference.engine",
+    "SamplingParams": "pyagent.inference.engine",
 
     # -- server (Responses API)
 
@@ -33,7 +46,20 @@ _EXPORTS: dict[str, str] = {
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
 if TYPE_CHECKING:  # one import line per component, same order as _EXPORTS
+    from pyagent.inference.engine import PagedAttentionEngine as PagedAttentionEngine
+    from pyagent.inference.engine import SamplingParams as SamplingParams
     pass
+    from pyagent.agents.base import BaseAgent as BaseAgent
+    from pyagent.agents.budget import Budget as Budget
+    from pyagent.agents.context import CascadeContext as CascadeContext
+    from pyagent.agents.mixins import GovernanceMixin as GovernanceMixin
+    from pyagent.agents.mixins import IdentityMixin as IdentityMixin
+    from pyagent.agents.mixins import KnowledgeMixin as KnowledgeMixin
+    from pyagent.agents.mixins import OrchestrationMixin as OrchestrationMixin
+    from pyagent.agents.mixins import PersistenceMixin as PersistenceMixin
+    from pyagent.fleet.core import FleetExecutionCore as FleetExecutionCore
+    from pyagent.fleet.manager import FleetManager as FleetManager
+    from pyagent.fleet.priority import AgentPriority as AgentPriority
 
 
 def __getattr__(name: str) -> Any:

@@ -19,4 +19,17 @@ def walk(
 # -- replace and diff
 
 # -- attention kernels
+import numpy as np  # noqa: E402
+
+def paged_attention_decode(
+    out: np.ndarray,
+    q: np.ndarray,
+    k_cache: np.ndarray,
+    v_cache: np.ndarray,
+    block_tables: np.ndarray,
+    context_lens: np.ndarray,
+    scale: float,
+    partition_size: int = 512,
+) -> None:
+    """Paged decode attention into ``out`` (float32 [seqs, heads, head_dim]); int32 tables; GIL released."""
 

@@ -28,6 +28,8 @@ COMMANDS: list[str] = [
     # -- voyager
 
     # -- inference
+    "generate",
+    "model",
 
     # -- server
 

@@ -1,0 +1,299 @@
+//! Paged decode attention: one new query token per sequence against a KV cache stored in fixed-size
+//! blocks and reached through a per-sequence block table.
+//!
+//! The context of each sequence is split into partitions; each (sequence, KV head, partition) computes a
+//! local max, sum of exponentials and weighted value sum (an online softmax), and a reduce step merges
+//! the partitions. Partitions make a single long sequence parallel, and all query heads that share a KV
+//! head (GQA) are served by one pass over that head's keys and values, so K/V are read from memory once.
+//!
+//! Layouts (C-contiguous, float32 unless noted):
+//! - `q`, `out`: [num_seqs, num_heads, head_dim]
+//! - `k_cache`, `v_cache`: [num_blocks, num_kv_heads, block_size, head_dim]
+//! - `block_tables`: int32 [num_seqs, max_blocks_per_seq]; `context_lens`: int32 [num_seqs]
+use pyo3::buffer::{Element, PyBuffer};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use rayon::prelude::*;
+
+/// Dimensions of one decode call, validated against every buffer before any read.
+#[derive(Clone, Copy, Debug)]
+pub struct DecodeShape {
+    pub num_seqs: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub num_blocks: usize,
+    pub block_size: usize,
+    pub max_blocks_per_seq: usize,
+}
+
+/// The inputs of one decode call, as plain slices.
+pub struct DecodeInputs<'a> {
+    pub q: &'a [f32],
+    pub k_cache: &'a [f32],
+    pub v_cache: &'a [f32],
+    pub block_tables: &'a [i32],
+    pub context_lens: &'a [i32],
+}
+
+/// One partition's contribution for the `group` query heads of one KV head.
+struct Partial {
+    max: Vec<f32>,
+    sum: Vec<f32>,
+    acc: Vec<f32>,
+}
+
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Independent lanes so the compiler can vectorize without reassociating one running sum.
+    let mut lanes = [0f32; 16];
+    let ca = a.chunks_exact(16);
+    let cb = b.chunks_exact(16);
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..16 {
+            lanes[i] += x[i] * y[i];
+        }
+    }
+    let mut s: f32 = lanes.iter().sum();
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
+#[inline(always)]
+fn axpy(acc: &mut [f32], w: f32, x: &[f32]) {
+    for (a, b) in acc.iter_mut().zip(x) {
+        *a += w * b;
+    }
+}
+
+/// Check the shape and table contents so that the kernel cannot read out of bounds.
+pub fn validate(shape: &DecodeShape, inputs: &DecodeInputs<'_>, out_len: usize) -> Result<(), String> {
+    let s = shape;
+    if s.num_kv_heads == 0 || s.num_heads % s.num_kv_heads != 0 {
+        return Err(format!(
+            "num_heads ({}) must be a positive multiple of num_kv_heads ({})",
+            s.num_heads, s.num_kv_heads
+        ));
+    }
+    if s.head_dim == 0 || s.block_size == 0 {
+        return Err("head_dim and block_size must be positive".into());
+    }
+    let q_len = s.num_seqs * s.num_heads * s.head_dim;
+    if inputs.q.len() != q_len || out_len != q_len {
+        return Err(format!("q and out must hold num_seqs*num_heads*head_dim = {q_len} floats"));
+    }
+    let cache_len = s.num_blocks * s.num_kv_heads * s.block_size * s.head_dim;
+    if inputs.k_cache.len() != cache_len || inputs.v_cache.len() != cache_len {
+        return Err("k_cache and v_cache must have the same shape".into());
+    }
+    if inputs.block_tables.len() != s.num_seqs * s.max_blocks_per_seq || inputs.context_lens.len() != s.num_seqs {
+        return Err("block_tables must be [num_seqs, max_blocks] and context_lens [num_seqs]".into());
+    }
+    for seq in 0..s.num_seqs {
+        let ctx = inputs.context_lens[seq];
+        if ctx < 0 || ctx as usize > s.max_blocks_per_seq * s.block_size {
+            return Err(format!("context_lens[{seq}] = {ctx} does not fit its block table"));
+        }
+        let used = (ctx as usize).div_ceil(s.block_size);
+        let row = &inputs.block_tables[seq * s.max_blocks_per_seq..seq * s.max_blocks_per_seq + used];
+        if let Some(bad) = row.iter().find(|&&b| b < 0 || b as usize >= s.num_blocks) {
+            return Err(format!("block_tables[{seq}] holds block {bad}, outside 0..{}", s.num_blocks));
+        }
+    }
+    Ok(())
+}
+
+fn partition(
+    shape: &DecodeShape,
+    inputs: &DecodeInputs<'_>,
+    seq: usize,
+    kv_head: usize,
+    start: usize,
+    end: usize,
+    scale: f32,
+) -> Partial {
+    let s = shape;
+    let hd = s.head_dim;
+    let group = s.num_heads / s.num_kv_heads;
+    let n = end - start;
+    let q_base = (seq * s.num_heads + kv_head * group) * hd;
+    let q = &inputs.q[q_base..q_base + group * hd];
+    let table = &inputs.block_tables[seq * s.max_blocks_per_seq..(seq + 1) * s.max_blocks_per_seq];
+    let row_of = |t: usize| -> usize {
+        let block = table[t / s.block_size] as usize;
+        ((block * s.num_kv_heads + kv_head) * s.block_size + t % s.block_size) * hd
+    };
+    let mut scores = vec![0f32; group * n];
+    for t in start..end {
+        let base = row_of(t);
+        let k = &inputs.k_cache[base..base + hd];
+        for j in 0..group {
+            scores[j * n + (t - start)] = dot(&q[j * hd..(j + 1) * hd], k) * scale;
+        }
+    }
+    let mut max = vec![f32::NEG_INFINITY; group];
+    let mut sum = vec![0f32; group];
+    for j in 0..group {
+        let row = &mut scores[j * n..(j + 1) * n];
+        let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut l = 0f32;
+        for x in row.iter_mut() {
+            *x = (*x - m).exp();
+            l += *x;
+        }
+        max[j] = m;
+        sum[j] = l;
+    }
+    let mut acc = vec![0f32; group * hd];
+    for t in start..end {
+        let base = row_of(t);
+        let v = &inputs.v_cache[base..base + hd];
+        for j in 0..group {
+            axpy(&mut acc[j * hd..(j + 1) * hd], scores[j * n + (t - start)], v);
+        }
+    }
+    Partial { max, sum, acc }
+}
+
+/// Decode attention for every sequence; `out` receives softmax(q·Kᵀ·scale)·V per query head.
+pub fn paged_decode(
+    shape: &DecodeShape,
+    inputs: &DecodeInputs<'_>,
+    out: &mut [f32],
+    scale: f32,
+    partition_size: usize,
+) -> Result<(), String> {
+    validate(shape, inputs, out.len())?;
+    if partition_size == 0 {
+        return Err("partition_size must be positive".into());
+    }
+    let s = *shape;
+    let hd = s.head_dim;
+    let group = s.num_heads / s.num_kv_heads;
+    // One output chunk per (sequence, KV head): the `group` query heads that share it are adjacent.
+    out.par_chunks_mut(group * hd).enumerate().for_each(|(idx, chunk)| {
+        let (seq, kv_head) = (idx / s.num_kv_heads, idx % s.num_kv_heads);
+        let ctx = inputs.context_lens[seq] as usize;
+        if ctx == 0 {
+            chunk.fill(0.0);
+            return;
+        }
+        let parts: Vec<Partial> = (0..ctx.div_ceil(partition_size))
+            .into_par_iter()
+            .map(|p| {
+                let start = p * partition_size;
+                partition(&s, inputs, seq, kv_head, start, (start + partition_size).min(ctx), scale)
+            })
+            .collect();
+        for j in 0..group {
+            let m = parts.iter().map(|p| p.max[j]).fold(f32::NEG_INFINITY, f32::max);
+            let o = &mut chunk[j * hd..(j + 1) * hd];
+            o.fill(0.0);
+            let mut total = 0f32;
+            for p in &parts {
+                let w = (p.max[j] - m).exp();
+                total += w * p.sum[j];
+                axpy(o, w, &p.acc[j * hd..(j + 1) * hd]);
+            }
+            let inv = 1.0 / total;
+            o.iter_mut().for_each(|x| *x *= inv);
+        }
+    });
+    Ok(())
+}
+
+fn contiguous<T: Element>(buf: &PyBuffer<T>, name: &str, dims: usize) -> PyResult<()> {
+    if !buf.is_c_contiguous() {
+        return Err(PyValueError::new_err(format!("{name} must be C-contiguous")));
+    }
+    if buf.dimensions() != dims {
+        return Err(PyValueError::new_err(format!("{name} must have {dims} dimensions, got {}", buf.dimensions())));
+    }
+    Ok(())
+}
+
+/// # Safety
+/// The buffer must stay alive (and unmodified by others) while the slice is used.
+unsafe fn slice_of<T: Element>(buf: &PyBuffer<T>) -> &[T] {
+    std::slice::from_raw_parts(buf.buf_ptr() as *const T, buf.item_count())
+}
+
+fn overlaps<A: Element, B: Element>(a: &PyBuffer<A>, b: &PyBuffer<B>) -> bool {
+    let (a0, b0) = (a.buf_ptr() as usize, b.buf_ptr() as usize);
+    a0 < b0 + b.len_bytes() && b0 < a0 + a.len_bytes()
+}
+
+/// Python entry point: validates the buffers, then runs the kernel without the GIL, zero-copy.
+#[pyfunction]
+#[pyo3(signature = (out, q, k_cache, v_cache, block_tables, context_lens, scale, partition_size = 512))]
+#[allow(clippy::too_many_arguments)]
+fn paged_attention_decode(
+    py: Python<'_>,
+    out: PyBuffer<f32>,
+    q: PyBuffer<f32>,
+    k_cache: PyBuffer<f32>,
+    v_cache: PyBuffer<f32>,
+    block_tables: PyBuffer<i32>,
+    context_lens: PyBuffer<i32>,
+    scale: f32,
+    partition_size: usize,
+) -> PyResult<()> {
+    contiguous(&out, "out", 3)?;
+    contiguous(&q, "q", 3)?;
+    contiguous(&k_cache, "k_cache", 4)?;
+    contiguous(&v_cache, "v_cache", 4)?;
+    contiguous(&block_tables, "block_tables", 2)?;
+    contiguous(&context_lens, "context_lens", 1)?;
+    if out.readonly() {
+        return Err(PyValueError::new_err("out must be writable"));
+    }
+    if overlaps(&out, &q) || overlaps(&out, &k_cache) || overlaps(&out, &v_cache) {
+        return Err(PyValueError::new_err("out must not share memory with q, k_cache or v_cache"));
+    }
+    let (qs, ks, ts) = (q.shape(), k_cache.shape(), block_tables.shape());
+    if out.shape() != qs {
+        return Err(PyValueError::new_err(format!("out shape {:?} differs from q shape {qs:?}", out.shape())));
+    }
+    if v_cache.shape() != ks {
+        return Err(PyValueError::new_err("k_cache and v_cache must have the same shape"));
+    }
+    if ks[3] != qs[2] {
+        return Err(PyValueError::new_err(format!("head_dim of q ({}) and cache ({}) differ", qs[2], ks[3])));
+    }
+    if ts[0] != qs[0] || context_lens.shape()[0] != qs[0] {
+        return Err(PyValueError::new_err("block_tables and context_lens need one row per sequence of q"));
+    }
+    let shape = DecodeShape {
+        num_seqs: qs[0],
+        num_heads: qs[1],
+        num_kv_heads: ks[1],
+        head_dim: qs[2],
+        num_blocks: ks[0],
+        block_size: ks[2],
+        max_blocks_per_seq: ts[1],
+    };
+    // SAFETY: the PyBuffers pin their exporters until they are dropped at the end of this function,
+    // `out` does not overlap the inputs (checked above) and lengths come from the exporters.
+    let (inputs, out_slice) = unsafe {
+        (
+            DecodeInputs {
+                q: slice_of(&q),
+                k_cache: slice_of(&k_cache),
+                v_cache: slice_of(&v_cache),
+                block_tables: slice_of(&block_tables),
+                context_lens: slice_of(&context_lens),
+            },
+            std::slice::from_raw_parts_mut(out.buf_ptr() as *mut f32, out.item_count()),
+        )
+    };
+    py.detach(|| paged_decode(&shape, &inputs, out_slice, scale, partition_size))
+        .map_err(PyValueError::new_err)
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(paged_attention_decode, m)?)?;
+    Ok(())
+}

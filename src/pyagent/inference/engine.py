@@ -1,0 +1,277 @@
+"""``PagedAttentionEngine``: requests in, tokens out, one scheduler step at a time.
+
+Callers either drive ``step()`` themselves or use ``generate()``, an async iterator per request served by
+one background stepping thread shared by all callers (any number of event loops). Closing the iterator
+early (the client went away) aborts the request and frees its KV blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from pyagent.inference.config import ModelConfig
+from pyagent.inference.kv_cache import KVCacheManager
+from pyagent.inference.loader import ModelWeights, load_model
+from pyagent.inference.model import DecoderModel, SeqChunk
+from pyagent.inference.sampler import SamplingParams, sample
+from pyagent.inference.scheduler import Request, Scheduler
+from pyagent.inference.tokenizer import IncrementalDetokenizer, Tokenizer
+
+__all__ = ["FinishReason", "PagedAttentionEngine", "RequestOutput", "SamplingParams"]
+
+FinishReason = Literal["stop", "length", "abort"]
+DEFAULT_KV_CACHE_BYTES = 1 << 30
+
+
+@dataclass
+class RequestOutput:
+    request_id: str
+    prompt_token_ids: list[int]
+    token_ids: list[int]  # all generated so far
+    new_token_ids: list[int]
+    text: str
+    text_delta: str
+    finished: bool
+    finish_reason: FinishReason | None = None
+
+
+@dataclass(eq=False)
+class _Stream:
+    """Per-request text state: stop strings need held-back text so deltas never have to be retracted."""
+
+    detok: IncrementalDetokenizer
+    stop: list[str]
+    emitted: int = 0
+    text: str = ""
+    pending_ids: list[int] = field(default_factory=list)
+
+
+class PagedAttentionEngine:
+    def __init__(self, config: ModelConfig, weights: ModelWeights, tokenizer: Tokenizer, *, model_name: str = "model",
+                 block_size: int = 16, num_blocks: int | None = None, max_num_seqs: int = 32,
+                 max_num_batched_tokens: int = 2048, enable_prefix_caching: bool = True,
+                 partition_size: int = 512, kv_cache_bytes: int = DEFAULT_KV_CACHE_BYTES) -> None:
+        if block_size < 1 or partition_size < 1:
+            raise ValueError("block_size and partition_size must be positive")
+        self.config = config
+        self.tokenizer = tokenizer
+        self.model_name = model_name
+        bytes_per_block = 2 * config.num_hidden_layers * config.num_key_value_heads * block_size * config.head_dim * 4
+        if num_blocks is None:
+            wanted = -(-max_num_seqs * config.max_context // block_size)
+            num_blocks = max(1, min(wanted, kv_cache_bytes // bytes_per_block))
+        if num_blocks < 1:
+            raise ValueError("num_blocks must be positive")
+        # A single sequence must always fit in the cache, so that preemption can always make progress.
+        self.max_model_len = min(config.max_context, num_blocks * block_size)
+        self.kv_cache = KVCacheManager(num_blocks=num_blocks, block_size=block_size,
+                                       num_layers=config.num_hidden_layers, num_kv_heads=config.num_key_value_heads,
+                                       head_dim=config.head_dim, enable_prefix_caching=enable_prefix_caching)
+        self.model = DecoderModel(config, weights, self.max_model_len, partition_size=partition_size)
+        self.scheduler = Scheduler(self.kv_cache, max_num_seqs=max_num_seqs,
+                                   max_num_batched_tokens=max_num_batched_tokens)
+        self._requests: dict[str, Request] = {}
+        self._streams: dict[str, _Stream] = {}
+        self._aborted: list[RequestOutput] = []
+        self._rng = np.random.default_rng()
+        self._lock = threading.RLock()
+        self._wakeup = threading.Condition(self._lock)
+        self._listeners: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue[RequestOutput | BaseException]]] = {}
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        # Called with (request_id, position, logits row) for every sampled token; tests and debugging use it.
+        self.logits_observer: Callable[[str, int, np.ndarray], None] | None = None
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | Path, *, block_size: int = 16, num_blocks: int | None = None,
+                        max_num_seqs: int = 32, max_num_batched_tokens: int = 2048,
+                        enable_prefix_caching: bool = True, partition_size: int = 512,
+                        kv_cache_bytes: int = DEFAULT_KV_CACHE_BYTES) -> PagedAttentionEngine:
+        """Load a Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer.json)."""
+        config, weights = load_model(model_dir)
+        tokenizer = Tokenizer.from_dir(model_dir, config_eos=config.eos_token_ids)
+        return cls(config, weights, tokenizer, model_name=Path(model_dir).resolve().name, block_size=block_size,
+                   num_blocks=num_blocks, max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
+                   enable_prefix_caching=enable_prefix_caching, partition_size=partition_size,
+                   kv_cache_bytes=kv_cache_bytes)
+
+    # -- requests
+    def add_request(self, request_id: str, prompt_token_ids: Sequence[int], params: SamplingParams) -> None:
+        params.validate()
+        prompt = [int(t) for t in prompt_token_ids]
+        if not prompt:
+            raise ValueError("the prompt is empty: at least one token is needed")
+        bad = next((t for t in prompt if not 0 <= t < self.config.vocab_size), None)
+        if bad is not None:
+            raise ValueError(f"token id {bad} is outside the vocabulary (0..{self.config.vocab_size - 1})")
+        if len(prompt) >= self.max_model_len:
+            raise ValueError(f"the prompt has {len(prompt)} tokens but the context holds {self.max_model_len} "
+                             f"(prompt plus at least one generated token); shorten the prompt")
+        rng = np.random.default_rng(params.seed) if params.seed is not None else self._rng
+        with self._wakeup:
+            if request_id in self._requests:
+                raise ValueError(f"request id {request_id!r} is already in use")
+            req = Request(request_id, prompt, params, rng)
+            self._requests[request_id] = req
+            self._streams[request_id] = _Stream(IncrementalDetokenizer(self.tokenizer, prompt), list(params.stop))
+            self.scheduler.add(req)
+            self._wakeup.notify_all()
+
+    def abort(self, request_id: str) -> None:
+        """Stop a request and free its blocks; its final output (reason "abort") comes with the next step."""
+        with self._lock:
+            req = self._requests.pop(request_id, None)
+            if req is None:
+                return
+            self.scheduler.finish(req)
+            stream = self._streams.pop(request_id)
+            self._aborted.append(RequestOutput(request_id, req.prompt_token_ids, req.output_token_ids, [],
+                                               stream.text, "", True, "abort"))
+
+    def has_unfinished(self) -> bool:
+        with self._lock:
+            return self.scheduler.has_unfinished()
+
+    # -- stepping
+    def step(self) -> list[RequestOutput]:
+        """Schedule, run the model once, sample, and report every request that progressed or finished."""
+        with self._lock:
+            outputs, self._aborted = self._aborted, []
+            plan = self.scheduler.schedule()
+            if plan.chunks:
+                chunks = [SeqChunk(c.request.request_id, c.request.token_ids[c.start:c.start + c.num_tokens],
+                                   c.start, c.completes_prompt) for c in plan.chunks]
+                logits = self.model.forward(chunks, self.kv_cache)
+                row = 0
+                for c in plan.chunks:
+                    req = c.request
+                    req.num_computed_tokens += c.num_tokens
+                    self.kv_cache.cache_full_blocks(req.request_id, req.token_ids, req.num_computed_tokens)
+                    if not c.completes_prompt:
+                        continue
+                    if self.logits_observer is not None:
+                        self.logits_observer(req.request_id, len(req.token_ids) - 1, logits[row])
+                    token = sample(logits[row], req.params, req.rng)
+                    row += 1
+                    req.token_ids.append(token)
+                    outputs.append(self._progress(req, token))
+            self._dispatch(outputs)
+            return outputs
+
+    def _progress(self, req: Request, token: int) -> RequestOutput:
+        stream = self._streams[req.request_id]
+        params = req.params
+        stream.detok.push([token])
+        full = stream.detok.text
+        reason: FinishReason | None = None
+        if not params.ignore_eos and token in self.tokenizer.eos_token_ids:
+            reason = "stop"
+        elif req.num_output_tokens >= params.max_tokens or len(req.token_ids) >= self.max_model_len:
+            reason = "length"
+        if reason is not None:
+            stream.detok.flush()
+            full = stream.detok.text
+        cut = min((p for p in (full.find(s) for s in stream.stop) if p >= 0), default=-1)
+        if cut >= 0:
+            full, reason = full[:cut], "stop"
+        if reason is None:
+            hold = max((len(s) - 1 for s in stream.stop), default=0)
+            safe = max(stream.emitted, len(full) - hold)
+        else:
+            safe = len(full)
+        delta = full[stream.emitted:safe]
+        stream.emitted = safe
+        stream.text = full[:safe]
+        stream.pending_ids.append(token)
+        new_ids, stream.pending_ids = stream.pending_ids, []
+        if reason is not None:
+            self.scheduler.finish(req)
+            del self._requests[req.request_id]
+            del self._streams[req.request_id]
+        return RequestOutput(req.request_id, req.prompt_token_ids, req.output_token_ids, new_ids, stream.text,
+                             delta, reason is not None, reason)
+
+    # -- async streaming
+    def _dispatch(self, outputs: list[RequestOutput]) -> None:
+        for out in outputs:
+            target = self._listeners.get(out.request_id)
+            if target is None:
+                continue
+            loop, queue = target
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, out)
+            except RuntimeError:  # the caller's event loop is gone: nobody will read this request
+                self._listeners.pop(out.request_id, None)
+                if not out.finished:
+                    self.abort(out.request_id)
+
+    def _ensure_thread(self) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._closed = False
+                self._thread = threading.Thread(target=self._run_loop, name="pyagent-engine", daemon=True)
+                self._thread.start()
+
+    def _run_loop(self) -> None:
+        while True:
+            with self._wakeup:
+                while not self._closed and not (self.scheduler.has_unfinished() or self._aborted):
+                    self._wakeup.wait()
+                if self._closed:
+                    return
+            try:
+                self.step()
+            except BaseException as exc:  # deliver the failure to every waiting caller instead of hanging them
+                with self._lock:
+                    for rid, (loop, queue) in list(self._listeners.items()):
+                        self.abort(rid)
+                        with contextlib.suppress(RuntimeError):
+                            loop.call_soon_threadsafe(queue.put_nowait, exc)
+                    self._listeners.clear()
+                    self._aborted.clear()
+
+    def close(self) -> None:
+        """Stop the background thread (requests still queued stay queued)."""
+        with self._wakeup:
+            self._closed = True
+            self._wakeup.notify_all()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=30)
+
+    async def generate(self, prompt_token_ids: Sequence[int], params: SamplingParams,
+                       request_id: str | None = None) -> AsyncIterator[RequestOutput]:
+        """Stream outputs of one request; leaving the loop early (or ``aclose()``) aborts it."""
+        rid = request_id or uuid.uuid4().hex
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
+        with self._lock:
+            self.add_request(rid, prompt_token_ids, params)
+            self._listeners[rid] = (loop, queue)
+        self._ensure_thread()
+        finished = False
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    finished = True
+                    raise RuntimeError(f"the engine failed while running request {rid}: {item}") from item
+                finished = item.finished
+                yield item
+                if finished:
+                    return
+        finally:
+            with self._lock:
+                self._listeners.pop(rid, None)
+                if not finished:
+                    self.abort(rid)
+                    self._aborted = [o for o in self._aborted if o.request_id != rid]

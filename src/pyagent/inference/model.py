@@ -1,0 +1,111 @@
+"""The decoder forward pass (Llama, Mistral, Qwen2) over a batch of sequences with a paged KV cache.
+
+All tokens of a step go through the dense layers as one matrix; attention is split: sequences with one
+new token use the Rust paged decode kernel in one call, longer chunks (prefill) use causal attention over
+their cached prefix plus the chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from pyagent.inference.attention import paged_decode_attention, prefill_attention
+from pyagent.inference.config import ModelConfig
+from pyagent.inference.kv_cache import KVCacheManager
+from pyagent.inference.loader import ModelWeights
+from pyagent.inference.rope import RotaryEmbedding
+
+
+@dataclass(frozen=True)
+class SeqChunk:
+    """One sequence's share of a step: tokens ``start..start+len(token_ids)`` of sequence ``seq_id``."""
+
+    seq_id: str
+    token_ids: Sequence[int]
+    start: int
+    needs_logits: bool = True
+
+
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    variance = np.mean(x * x, axis=-1, keepdims=True)
+    return np.asarray(weight * (x / np.sqrt(variance + np.float32(eps))), dtype=np.float32)
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):  # exp(-x) -> inf for very negative x gives the right limit, 0
+        return np.asarray(x / (1.0 + np.exp(-x)), dtype=np.float32)
+
+
+class DecoderModel:
+    """Weights plus the forward pass; the KV cache it reads and writes is passed in."""
+
+    def __init__(self, config: ModelConfig, weights: ModelWeights, max_positions: int, *,
+                 partition_size: int = 512) -> None:
+        self.config = config
+        self.weights = weights
+        self.rope = RotaryEmbedding(config, max_positions)
+        self.partition_size = partition_size
+        self.scale = 1.0 / float(np.sqrt(config.head_dim))
+
+    def forward(self, chunks: Sequence[SeqChunk], kv: KVCacheManager) -> np.ndarray:
+        """Run the chunks, store their K/V, and return logits ``[chunks needing logits, vocab]``."""
+        c, w = self.config, self.weights
+        nh, nkv, hd = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        lengths = [len(ch.token_ids) for ch in chunks]
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        token_ids = np.concatenate([np.asarray(ch.token_ids, dtype=np.int64) for ch in chunks])
+        positions = np.concatenate([np.arange(ch.start, ch.start + n) for ch, n in zip(chunks, lengths, strict=True)])
+        slots = np.concatenate([kv.slot_mapping(ch.seq_id, ch.start, ch.start + n)
+                                for ch, n in zip(chunks, lengths, strict=True)])
+        decode_idx = [i for i, n in enumerate(lengths) if n == 1]
+        prefill_idx = [i for i, n in enumerate(lengths) if n > 1]
+        decode_rows = offsets[decode_idx]
+        if decode_idx:
+            tables = [kv.block_table(chunks[i].seq_id) for i in decode_idx]
+            width = max(len(t) for t in tables)
+            block_tables = np.zeros((len(tables), width), dtype=np.int32)
+            for r, t in enumerate(tables):
+                block_tables[r, :len(t)] = t
+            context_lens = np.array([chunks[i].start + 1 for i in decode_idx], dtype=np.int32)
+
+        x = w.embed[token_ids]
+        for layer_idx, lw in enumerate(w.layers):
+            h = rms_norm(x, lw.input_norm, c.rms_norm_eps)
+            qkv = h @ lw.qkv
+            if lw.qkv_bias is not None:
+                qkv += lw.qkv_bias
+            q = qkv[:, : nh * hd].reshape(-1, nh, hd)
+            k = qkv[:, nh * hd:(nh + nkv) * hd].reshape(-1, nkv, hd)
+            v = qkv[:, (nh + nkv) * hd:].reshape(-1, nkv, hd)
+            q = self.rope.apply(q, positions)
+            k = self.rope.apply(k, positions)
+            kv.write(layer_idx, slots, k, v)
+            attn = np.empty((len(token_ids), nh, hd), dtype=np.float32)
+            if decode_idx:
+                attn[decode_rows] = paged_decode_attention(
+                    q[decode_rows], kv.k_cache[layer_idx], kv.v_cache[layer_idx], block_tables, context_lens,
+                    self.scale, self.partition_size)
+            for i in prefill_idx:
+                ch, a, b = chunks[i], offsets[i], offsets[i + 1]
+                kc, vc = kv.gather(layer_idx, ch.seq_id, ch.start + lengths[i])
+                attn[a:b] = prefill_attention(q[a:b], kc, vc, ch.start, self.scale)
+            o = attn.reshape(-1, nh * hd) @ lw.o
+            if lw.o_bias is not None:
+                o += lw.o_bias
+            x = x + o
+            h = rms_norm(x, lw.post_norm, c.rms_norm_eps)
+            gu = h @ lw.gate_up
+            if lw.gate_up_bias is not None:
+                gu += lw.gate_up_bias
+            inter = c.intermediate_size
+            m = (silu(gu[:, :inter]) * gu[:, inter:]) @ lw.down
+            if lw.down_bias is not None:
+                m += lw.down_bias
+            x = x + m
+        last = np.array([offsets[i + 1] - 1 for i, ch in enumerate(chunks) if ch.needs_logits], dtype=np.int64)
+        if not len(last):
+            return np.zeros((0, c.vocab_size), dtype=np.float32)
+        return np.asarray(rms_norm(x[last], w.norm, c.rms_norm_eps) @ w.lm_head, dtype=np.float32)
