@@ -23,8 +23,7 @@ def build_agents(
     agents: dict[str, CodeAgent] = {name: RuffFixAgent(name, shell) for name in FAMILIES}
     agents["format"] = FormatAgent(shell)
     if llm is not None:
-        from pyagent.agents.docstring import DocstringAgent
-        from pyagent.agents.refactor import RefactorAgent
+        from pyagent.agents.refactor import DocstringAgent, RefactorAgent
 
         agents["refactor"] = RefactorAgent(llm, max_complexity=max_complexity)
         agents["docstring"] = DocstringAgent(llm)

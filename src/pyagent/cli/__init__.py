@@ -19,6 +19,9 @@ from pyagent import __version__
 # Keep one anchor comment per component so parallel work merges without conflicts.
 COMMANDS: list[str] = [
     # -- main job
+    "improve",
+    "demo",
+    "undo",
     # -- health
 
     # -- state and shell

@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -17,10 +18,11 @@ from pyagent.agents.task import AgentTask, ChangeSet, content_hash
 from pyagent.fleet.workspace import isolated_copy, project_files, safe_relpath
 
 if TYPE_CHECKING:
+    from pyagent.agents.testing import TestResults
     from pyagent.agents.worker import CodeAgent
     from pyagent.fleet.gate import VerificationGate
 
-__all__ = ["Executor", "LocalExecutor"]
+__all__ = ["Executor", "ExecutorFactory", "ExecutorSetup", "LocalExecutor"]
 
 
 class Executor(Protocol):
@@ -114,3 +116,22 @@ class LocalExecutor:
             )
         finally:
             await asyncio.to_thread(shutil.rmtree, ws, True)
+
+
+@dataclass(frozen=True)
+class ExecutorSetup:
+    """What a run hands an executor factory (``improve --swarm``): enough to run tasks elsewhere.
+
+    ``baseline`` is the run's test baseline (send it as ``task.params["baseline"]`` via
+    ``TestResults.to_dict()`` so remote gates judge against the same reference); ``local`` is this
+    machine's executor, for tasks no peer takes.
+    """
+
+    root: Path
+    local: LocalExecutor
+    test_cmd: str | None
+    baseline: TestResults | None
+    llm: str | None
+
+
+ExecutorFactory = Callable[[ExecutorSetup], Executor]
