@@ -17,6 +17,13 @@ _EXPORTS: dict[str, str] = {
     # -- health (code-health audit)
 
     # -- state and shell (transactions, replace, sandboxed execution)
+    "StateTransaction": "pyagent.state.transaction",
+    "CommitResult": "pyagent.state.transaction",
+    "TransactionError": "pyagent.state.errors",
+    "ConflictError": "pyagent.state.errors",
+    "SecureShell": "pyagent.shell.secure",
+    "ShellResult": "pyagent.shell.secure",
+    "ResourceLimits": "pyagent.shell.limits",
 
     # -- agents and fleet
     "Budget": "pyagent.agents.budget",
@@ -40,6 +47,8 @@ _EXPORTS: dict[str, str] = {
     "SamplingParams": "pyagent.inference.engine",
 
     # -- server (Responses API)
+    "ResponseStore": "pyagent.server.store",
+    "create_app": "pyagent.server.app",
 
 }
 
@@ -60,6 +69,13 @@ if TYPE_CHECKING:  # one import line per component, same order as _EXPORTS
     from pyagent.fleet.core import FleetExecutionCore as FleetExecutionCore
     from pyagent.fleet.manager import FleetManager as FleetManager
     from pyagent.fleet.priority import AgentPriority as AgentPriority
+    from pyagent.shell.limits import ResourceLimits as ResourceLimits
+    from pyagent.shell.secure import SecureShell as SecureShell
+    from pyagent.shell.secure import ShellResult as ShellResult
+    from pyagent.state.errors import ConflictError as ConflictError
+    from pyagent.state.errors import TransactionError as TransactionError
+    from pyagent.state.transaction import CommitResult as CommitResult
+    from pyagent.state.transaction import StateTransaction as StateTransaction
 
 
 def __getattr__(name: str) -> Any:

@@ -73,3 +73,26 @@ def test_closed_log_refuses_writes(tmp_path: Path) -> None:
     log.close()
     with pytest.raises(ValueError, match="closed"):
         log({"kind": "late"})
+
+
+def test_async_event_stream_ends_at_shutdown() -> None:
+    async def main() -> list[tuple[str, str | None]]:
+        seen: list[tuple[str, str | None]] = []
+        fleet = FleetManager(1)
+
+        async def consume() -> None:
+            async for e in fleet.events():
+                seen.append((e.kind, e.outcome))
+
+        consumer = asyncio.create_task(consume())
+        await asyncio.sleep(0)
+
+        async def ok(c: TaskControl) -> int:
+            return 1
+
+        assert await fleet.run("x", ok) == 1
+        await fleet.shutdown()
+        await asyncio.wait_for(consumer, 5)
+        return seen
+
+    assert asyncio.run(main()) == [("queued", None), ("started", None), ("finished", "done")]

@@ -25,6 +25,8 @@ COMMANDS: list[str] = [
     # -- health
 
     # -- state and shell
+    "recover",
+    "exec",
 
     # -- memory
 
@@ -35,6 +37,7 @@ COMMANDS: list[str] = [
     "model",
 
     # -- server
+    "serve",
 
 ]
 

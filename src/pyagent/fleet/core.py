@@ -14,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -42,11 +43,13 @@ __all__ = [
 
 T = TypeVar("T")
 U = TypeVar("U")
+_now = time.time
 TaskFn = Callable[["TaskControl"], Awaitable[T]]
 
 QUEUED, RUNNING, SUSPENDED = "queued", "running", "suspended"
 DONE, FAILED, CANCELLED, TIMED_OUT = "done", "failed", "cancelled", "timed_out"
 FINAL_STATES: frozenset[str] = frozenset({DONE, FAILED, CANCELLED, TIMED_OUT})
+_PRIORITY_NAMES = tuple(p.name for p in AgentPriority)  # enum .name is slow on the hot path
 
 
 class FleetError(Exception):
@@ -309,6 +312,7 @@ class FleetExecutionCore:
         self._inv_aging = 1.0 / self.aging_seconds
         self.knowledge = knowledge
         self._listeners: list[Callable[[FleetEvent], None]] = [on_event] if on_event is not None else []
+        self._streams: list[asyncio.Queue[FleetEvent | None]] = []
         self._free = concurrency
         self._heap: list[tuple[float, int, TaskHandle[Any]]] = []
         self._seq = itertools.count()
@@ -422,6 +426,23 @@ class FleetExecutionCore:
         if cancel:
             self.cancel_all()
         await self.join()
+        for queue in self._streams:
+            queue.put_nowait(None)
+
+    async def events(self) -> AsyncIterator[FleetEvent]:
+        """Every event from now on, as an async iterator that ends when the fleet shuts down
+        (for progress displays that prefer ``async for`` to a callback)."""
+        queue: asyncio.Queue[FleetEvent | None] = asyncio.Queue()
+        if self._closed and not self._active:
+            return
+        self._streams.append(queue)
+        self._listeners.append(queue.put_nowait)
+        try:
+            while (event := await queue.get()) is not None:
+                yield event
+        finally:
+            self._streams.remove(queue)
+            self._listeners.remove(queue.put_nowait)
 
     # -- slots --------------------------------------------------------------------------------
 
@@ -625,20 +646,22 @@ class FleetExecutionCore:
         duration = None
         if kind == "finished" and h.started is not None and h.finished is not None:
             duration = h.finished - h.started
+        lineage: tuple[str, ...]
+        if ctx is None:
+            root, lineage = h.id, (h.id,)
+        else:
+            root, lineage = ctx.root_task_id, ctx.lineage_ids()
         event = FleetEvent(
-            time=time.time(),
-            kind=kind,
-            task_id=h.id,
-            root_task_id=ctx.root_task_id if ctx is not None else h.id,
-            agent=h.name,
-            action=h.kind,
-            outcome=outcome,
-            duration=duration,
-            detail=detail,
-            lineage=ctx.lineage_ids() if ctx is not None else (h.id,),
-            priority=h.priority.name,
+            _now(), kind, h.id, root, h.name, h.kind, outcome, 0, duration, detail, lineage, _PRIORITY_NAMES[h.priority]
         )
-        self._deliver(event)
+        listeners = self._listeners
+        if len(listeners) == 1:
+            try:
+                listeners[0](event)
+            except Exception:
+                _log_listener_failure()
+        else:
+            self._deliver(event)
 
     def _emit_agent(
         self, h: TaskHandle[Any], action: str, outcome: str | None, tokens: int, duration: float | None, detail: Any
@@ -659,7 +682,7 @@ class FleetExecutionCore:
                 duration=duration,
                 detail=detail,
                 lineage=ctx.lineage_ids(),
-                priority=h.priority.name,
+                priority=_PRIORITY_NAMES[h.priority],
             )
         )
 
@@ -667,7 +690,10 @@ class FleetExecutionCore:
         for listener in self._listeners:
             try:
                 listener(event)
-            except Exception:  # a broken progress display must not break the fleet
-                import logging
+            except Exception:
+                _log_listener_failure()
 
-                logging.getLogger("pyagent.fleet").exception("event listener failed")
+
+def _log_listener_failure() -> None:
+    """A broken progress display must not break the fleet: log and carry on."""
+    logging.getLogger("pyagent.fleet").exception("event listener failed")

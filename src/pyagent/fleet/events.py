@@ -19,9 +19,10 @@ __all__ = ["EventLog", "EventLogError", "FleetEvent", "read_events"]
 EventCallback = Callable[["FleetEvent"], None]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class FleetEvent:
-    """Something that happened to a task.
+    """Something that happened to a task (treat as read-only; not frozen because a frozen
+    dataclass costs several times more to build, and the fleet builds three per task).
 
     ``kind`` is one of ``queued``, ``started``, ``suspended``, ``resumed``, ``finished`` (then
     ``outcome`` is the final state) or ``agent`` for events an agent emits itself.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -117,3 +117,7 @@ class FleetManager:
 
     async def shutdown(self, *, cancel: bool = False) -> None:
         await self.core.shutdown(cancel=cancel)
+
+    def events(self) -> AsyncIterator[FleetEvent]:
+        """Async iterator over events until the fleet shuts down."""
+        return self.core.events()

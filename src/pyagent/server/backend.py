@@ -1,0 +1,143 @@
+"""What the server needs from an inference engine, and the one place it talks to it.
+
+The server is written against this protocol (a subset of ``pyagent.inference.PagedAttentionEngine``)
+so routes never touch engine internals; prompts are built with the tokenizer's chat template so a
+follow-up turn shares its prefix with the previous one and hits the engine's prefix cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from pyagent.server.errors import APIError
+
+
+class TokenizerLike(Protocol):
+    def encode(self, text: str) -> list[int]: ...
+    def decode(self, ids: Sequence[int]) -> str: ...
+    def apply_chat_template(self, messages: Sequence[Mapping[str, str]]) -> str: ...
+
+
+class OutputLike(Protocol):
+    request_id: str
+    prompt_token_ids: list[int]
+    token_ids: list[int]
+    text: str
+    text_delta: str
+    finished: bool
+    finish_reason: str | None
+
+
+class EngineLike(Protocol):
+    @property
+    def tokenizer(self) -> Any: ...
+    @property
+    def model_name(self) -> str: ...
+    @property
+    def max_model_len(self) -> int: ...
+    def generate(
+        self, prompt_token_ids: list[int], params: Any, request_id: str | None = None
+    ) -> AsyncIterator[Any]: ...
+
+
+@dataclass(frozen=True)
+class GenParams:
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    token_ids: list[int]
+    dropped_messages: int  # oldest turns removed by truncation="auto"
+
+
+def _default_params_factory() -> Callable[..., Any]:
+    module = importlib.import_module("pyagent.inference")
+    factory: Callable[..., Any] = module.SamplingParams
+    return factory
+
+
+class Backend:
+    """The engine plus how to turn requests into its inputs."""
+
+    def __init__(self, engine: EngineLike, *, params_factory: Callable[..., Any] | None = None) -> None:
+        self.engine = engine
+        self.model_name = engine.model_name
+        self.max_model_len = engine.max_model_len
+        self._params_factory = params_factory or _default_params_factory()
+
+    def _encode_chat(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
+        tok = self.engine.tokenizer
+        ids: list[int] = tok.encode(tok.apply_chat_template(list(messages)))
+        return ids
+
+    async def build_prompt(
+        self,
+        system: Sequence[Mapping[str, str]],
+        messages: Sequence[Mapping[str, str]],
+        *,
+        truncation: Literal["auto", "disabled"],
+        reserve: int,
+    ) -> Prompt:
+        """Tokenize the conversation; with ``auto`` drop the oldest turns until ``reserve`` tokens fit."""
+        limit = self.max_model_len - reserve
+
+        def encode(drop: int) -> list[int]:
+            return self._encode_chat([*system, *messages[drop:]])
+
+        ids = await asyncio.to_thread(encode, 0)
+        if len(ids) <= limit:
+            return Prompt(ids, 0)
+        if truncation != "auto" or len(messages) <= 1:
+            raise APIError(
+                400,
+                f"The input is {len(ids)} tokens; with room for {reserve} output token(s) it exceeds the "
+                f"model's context of {self.max_model_len} tokens. Shorten the input, lower "
+                "max_output_tokens, or set truncation to 'auto'.",
+                param="input",
+                code="context_length_exceeded",
+            )
+        # Smallest number of dropped turns that fits (fitting is monotone in the number dropped);
+        # the newest message is always kept.
+        lo, hi, best = 1, len(messages) - 1, None
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            candidate = await asyncio.to_thread(encode, mid)
+            if len(candidate) <= limit:
+                best, hi = (mid, candidate), mid - 1
+            else:
+                lo = mid + 1
+        if best is None:
+            raise APIError(
+                400,
+                f"Even the newest message alone exceeds the model's context of {self.max_model_len} tokens "
+                f"(with room for {reserve} output token(s)).",
+                param="input",
+                code="context_length_exceeded",
+            )
+        return Prompt(best[1], best[0])
+
+    def default_max_tokens(self, prompt_len: int) -> int:
+        return max(self.max_model_len - prompt_len, 1)
+
+    async def generate(self, prompt: Prompt, params: GenParams, request_id: str) -> AsyncIterator[OutputLike]:
+        sampling = self._params_factory(
+            max_tokens=params.max_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            seed=params.seed,
+            stop=list(params.stop),
+        )
+        try:
+            stream = self.engine.generate(list(prompt.token_ids), sampling, request_id=request_id)
+        except ValueError as exc:
+            raise APIError(400, str(exc), param="input", code="invalid_prompt") from None
+        return stream

@@ -1,0 +1,261 @@
+"""Request and response schemas of the Responses and Chat Completions APIs (the subset this server serves).
+
+Requests forbid unknown fields so an unsupported option fails loudly with a 400 that names it, instead
+of being silently ignored. Field names and shapes follow the official ``openai`` package's types so that
+client parses every object we return.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+_STRICT = ConfigDict(extra="forbid", strict=True)
+
+MetadataKey = Annotated[str, StringConstraints(max_length=64)]
+MetadataValue = Annotated[str, StringConstraints(max_length=512)]
+Metadata = Annotated[dict[MetadataKey, MetadataValue], Field(max_length=16)]
+
+
+# ---------------------------------------------------------------- Responses API: request
+
+
+class InputText(BaseModel):
+    model_config = _STRICT
+    type: Literal["input_text"]
+    text: str
+
+
+class OutputTextIn(BaseModel):
+    """Assistant text sent back as input (a previous turn replayed by the client)."""
+
+    model_config = _STRICT
+    type: Literal["output_text"]
+    text: str
+    annotations: list[Any] = Field(default_factory=list, max_length=0)
+    logprobs: list[Any] | None = None
+
+
+ContentPart = Annotated[InputText | OutputTextIn, Field(discriminator="type")]
+
+
+class MessageIn(BaseModel):
+    model_config = _STRICT
+    type: Literal["message"] = "message"
+    role: Literal["user", "assistant", "system", "developer"]
+    content: str | list[ContentPart]
+    id: str | None = None
+    status: Literal["in_progress", "completed", "incomplete"] | None = None
+
+
+class TextFormat(BaseModel):
+    model_config = _STRICT
+    type: Literal["text"]
+
+
+class TextConfig(BaseModel):
+    model_config = _STRICT
+    format: TextFormat | None = None
+
+
+class ResponseCreate(BaseModel):
+    model_config = _STRICT
+    model: str
+    input: str | list[MessageIn]
+    instructions: str | None = None
+    previous_response_id: str | None = None
+    store: bool = True
+    stream: bool = False
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    metadata: Metadata | None = None
+    truncation: Literal["auto", "disabled"] | None = None
+    text: TextConfig | None = None
+
+
+# ---------------------------------------------------------------- Responses API: objects
+
+
+class OutputText(BaseModel):
+    type: Literal["output_text"] = "output_text"
+    text: str
+    annotations: list[Any] = Field(default_factory=list)
+    logprobs: list[Any] = Field(default_factory=list)
+
+
+class OutputMessage(BaseModel):
+    id: str
+    type: Literal["message"] = "message"
+    role: Literal["assistant"] = "assistant"
+    status: Literal["in_progress", "completed", "incomplete"]
+    content: list[OutputText]
+
+
+class InputTextOut(BaseModel):
+    type: Literal["input_text"] = "input_text"
+    text: str
+
+
+class InputMessageItem(BaseModel):
+    """An input item as ``GET /v1/responses/{id}/input_items`` lists it."""
+
+    id: str
+    type: Literal["message"] = "message"
+    role: Literal["user", "assistant", "system", "developer"]
+    status: Literal["completed"] = "completed"
+    content: list[InputTextOut | OutputText]
+
+
+class InputTokensDetails(BaseModel):
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+
+
+class OutputTokensDetails(BaseModel):
+    reasoning_tokens: int = 0
+
+
+class Usage(BaseModel):
+    input_tokens: int
+    input_tokens_details: InputTokensDetails = Field(default_factory=InputTokensDetails)
+    output_tokens: int
+    output_tokens_details: OutputTokensDetails = Field(default_factory=OutputTokensDetails)
+    total_tokens: int
+
+
+class IncompleteDetails(BaseModel):
+    reason: Literal["max_output_tokens", "content_filter"]
+
+
+class ResponseErrorInfo(BaseModel):
+    code: str
+    message: str
+
+
+class ResponseObject(BaseModel):
+    id: str
+    object: Literal["response"] = "response"
+    created_at: int
+    completed_at: int | None = None
+    status: Literal["in_progress", "completed", "incomplete", "failed", "cancelled"]
+    error: ResponseErrorInfo | None = None
+    incomplete_details: IncompleteDetails | None = None
+    instructions: str | None = None
+    max_output_tokens: int | None = None
+    model: str
+    output: list[OutputMessage] = Field(default_factory=list)
+    parallel_tool_calls: bool = False
+    previous_response_id: str | None = None
+    store: bool = True
+    temperature: float
+    top_p: float
+    text: dict[str, Any] = Field(default_factory=lambda: {"format": {"type": "text"}})
+    tool_choice: Literal["none", "auto"] = "none"
+    tools: list[Any] = Field(default_factory=list)
+    truncation: Literal["auto", "disabled"] = "disabled"
+    usage: Usage | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+    background: bool = False
+
+
+class DeletedResponse(BaseModel):
+    id: str
+    object: Literal["response"] = "response"
+    deleted: bool = True
+
+
+class InputItemList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[InputMessageItem]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "pyagent"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+# ---------------------------------------------------------------- Chat Completions
+
+
+class ChatTextPart(BaseModel):
+    model_config = _STRICT
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = _STRICT
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[ChatTextPart]
+    name: str | None = None
+
+
+class StreamOptions(BaseModel):
+    model_config = _STRICT
+    include_usage: bool = False
+
+
+class ChatCompletionCreate(BaseModel):
+    model_config = _STRICT
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    n: Literal[1] | None = None
+
+
+class ChatResponseMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+    refusal: None = None
+
+
+class ChatChoice(BaseModel):
+    index: int = 0
+    message: ChatResponseMessage
+    finish_reason: Literal["stop", "length"]
+    logprobs: None = None
+
+
+class ChatUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatCompletionObject(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: ChatUsage

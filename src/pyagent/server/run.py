@@ -1,0 +1,160 @@
+"""One response being generated: a producer task that drives the engine and records the events.
+
+Generation runs in its own task, decoupled from the HTTP request that started it, so that the stream,
+a non-streaming waiter, a live replay (``GET ...?stream=true``) and ``POST .../cancel`` all see the same
+events. Whoever stops the task (a cancel, the creating client disconnecting) closes the engine's
+iterator, which aborts the request and frees its KV blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from pyagent.server.backend import Backend, GenParams, Prompt
+from pyagent.server.store import ResponseStore
+from pyagent.server.streaming import ResponseEventBuilder
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(24)}"
+
+
+class ResponseRun:
+    """Generates one response and keeps its event log; see the module docstring."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        store: ResponseStore | None,
+        response: dict[str, Any],
+        prompt: Prompt,
+        params: GenParams,
+        *,
+        on_finish: Callable[[ResponseRun], None] | None = None,
+    ) -> None:
+        self.backend = backend
+        self.store = store
+        self.response = response
+        self.prompt = prompt
+        self.params = params
+        self.builder = ResponseEventBuilder()
+        self.item_id = new_id("msg")
+        self.done = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._on_finish = on_finish
+        self._cancel_requested = False
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def id(self) -> str:
+        return str(self.response["id"])
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        return self.builder.events
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._produce(), name=f"response {self.id}")
+
+    def cancel(self) -> None:
+        """Stop generating (idempotent); the response ends with status ``cancelled``."""
+        if self._task is not None and not self._task.done():
+            self._cancel_requested = True
+            self._task.cancel()
+
+    async def follow(self, starting_after: int = -1) -> AsyncIterator[dict[str, Any]]:
+        """Every event after sequence number ``starting_after``, live until the response ends."""
+        index = starting_after + 1
+        while True:
+            while index < len(self.events):
+                yield self.events[index]
+                index += 1
+            if self.done.is_set():
+                return
+            self._changed.clear()
+            await self._changed.wait()
+
+    def _notify(self) -> None:
+        self._changed.set()
+
+    def _message(self, text: str, status: str) -> dict[str, Any]:
+        content = [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]
+        return {"id": self.item_id, "type": "message", "role": "assistant", "status": status, "content": content}
+
+    async def _produce(self) -> None:
+        b, resp = self.builder, self.response
+        b.created(resp)
+        b.in_progress(resp)
+        b.item_added(self._message("", "in_progress") | {"content": []})
+        b.part_added(self.item_id)
+        self._notify()
+        text, n_out, finish, error = "", 0, None, None
+        stream = None
+        try:
+            stream = await self.backend.generate(self.prompt, self.params, self.id)
+            async for out in stream:
+                if out.text_delta:
+                    b.delta(self.item_id, out.text_delta)
+                    self._notify()
+                text, n_out = out.text, len(out.token_ids)
+                if out.finished:
+                    finish = out.finish_reason
+        except asyncio.CancelledError:
+            finish = "cancelled"
+        except Exception as exc:  # the engine failed: report it in the response, not as a dropped stream
+            error = {"code": "server_error", "message": f"generation failed: {exc}"}
+        finally:
+            if stream is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(_aclose(stream))
+        self._finish(text, n_out, finish, error)
+
+    def _finish(self, text: str, n_out: int, finish: str | None, error: dict[str, str] | None) -> None:
+        b, resp = self.builder, self.response
+        if error is not None:
+            status = "failed"
+        elif finish == "cancelled" or finish == "abort" or self._cancel_requested:
+            status = "cancelled"
+        elif finish == "length":
+            status = "incomplete"
+        else:
+            status = "completed"
+        item_status = "completed" if status == "completed" else "incomplete"
+        item = self._message(text, item_status)
+        if status in ("completed", "incomplete"):
+            b.text_done(self.item_id, text)
+            b.part_done(self.item_id, text)
+            b.item_done(item)
+        n_in = len(self.prompt.token_ids)
+        resp.update(
+            status=status,
+            completed_at=int(time.time()) if status == "completed" else None,
+            output=[item] if status in ("completed", "incomplete") or text else [],
+            error=error,
+            incomplete_details={"reason": "max_output_tokens"} if status == "incomplete" else None,
+            usage={
+                "input_tokens": n_in,
+                "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+                "output_tokens": n_out,
+                "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": n_in + n_out,
+            },
+        )
+        b.finished(resp)
+        if self.store is not None and resp.get("store", True):
+            self.store.update(resp, b.events)
+        self.done.set()
+        self._notify()
+        if self._on_finish is not None:
+            self._on_finish(self)
+
+
+async def _aclose(stream: AsyncIterator[Any]) -> None:
+    close = getattr(stream, "aclose", None)
+    if close is not None:
+        await close()

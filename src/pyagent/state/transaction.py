@@ -1,0 +1,378 @@
+"""StateTransaction: stage many file changes, then apply all of them or none, even if killed.
+
+Commit protocol (SQLite's rollback journal is the model):
+
+1. Under the tree lock, re-read every file the transaction touches; a file whose blake3 differs from the
+   one the transaction started from raises :class:`ConflictError` naming it (nothing written yet).
+2. Originals + a manifest (paths, blake3 hashes, mode bits, temp names) go into one journal file in
+   ``ROOT/.pyagent/vault/``, fsynced and renamed into place: from here the journal is "hot".
+3. Every new content is written to a temp file next to its target, mode bits set, fsynced (in parallel).
+4. ``os.replace`` each temp over its target, unlink deleted files; fsync each touched directory once.
+5. Unlinking the journal (and fsyncing the vault) is the commit point.
+
+A crash before 5 leaves a hot journal: :func:`pyagent.state.recovery.recover` (run automatically by the
+next transaction or pyagent command on the tree) puts every original back and removes created files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import time
+import uuid
+from dataclasses import dataclass, field
+from types import TracebackType
+
+import blake3
+
+from pyagent.state.errors import ConflictError, TransactionError
+from pyagent.state.fsutil import TreeLock, fsync_dir, fsync_dirs, remove_quietly, write_many_synced
+from pyagent.state.journal import (
+    CREATE,
+    DELETE,
+    LOCK,
+    META_DIR,
+    MODIFY,
+    Entry,
+    journal_path,
+    vault_dir,
+    write_journal,
+)
+from pyagent.state.recovery import recover_locked, rollback
+
+PathArg = str | os.PathLike[str]
+_ABSENT = "absent"  # base marker: the file did not exist when the transaction first looked
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    """What a commit changed (POSIX paths relative to the root) and where its time went."""
+
+    changed: tuple[str, ...] = ()
+    created: tuple[str, ...] = ()
+    deleted: tuple[str, ...] = ()
+    journal_bytes: int = 0
+    timings: dict[str, float] = field(default_factory=dict)  # check, journal, write, rename, dirsync, finish
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        return tuple(sorted((*self.changed, *self.created, *self.deleted)))
+
+    @property
+    def fsync_seconds(self) -> float:
+        """Time spent making things durable (journal, temp files, directories, commit point)."""
+        t = self.timings
+        return t.get("journal", 0.0) + t.get("write", 0.0) + t.get("dirsync", 0.0) + t.get("finish", 0.0)
+
+
+def hash_bytes(data: bytes) -> str:
+    return blake3.blake3(data).hexdigest()
+
+
+def add_git_exclude(root: str) -> None:
+    """Keeps ``.pyagent/`` out of ``git status`` when ``root`` is a git work tree (main or linked)."""
+    dotgit = os.path.join(root, ".git")
+    if os.path.isdir(dotgit):
+        gitdir = dotgit
+    elif os.path.isfile(dotgit):
+        with open(dotgit, encoding="utf-8", errors="replace") as f:
+            line = f.read().strip()
+        if not line.startswith("gitdir:"):
+            return
+        gitdir = os.path.join(root, line.split(":", 1)[1].strip())
+        common = os.path.join(gitdir, "commondir")
+        if os.path.isfile(common):
+            with open(common, encoding="utf-8") as f:
+                gitdir = os.path.join(gitdir, f.read().strip())
+    else:
+        return
+    exclude = os.path.join(gitdir, "info", "exclude")
+    with contextlib.suppress(FileNotFoundError), open(exclude, encoding="utf-8", errors="replace") as f:
+        if any(line.strip() in ("/.pyagent/", ".pyagent/", "/.pyagent", ".pyagent") for line in f):
+            return
+    os.makedirs(os.path.dirname(exclude), exist_ok=True)
+    with open(exclude, "a", encoding="utf-8") as f:
+        f.write("\n# PyAgent's transaction vault and lock\n/.pyagent/\n")
+
+
+class StateTransaction:
+    """A set of file changes to one tree, staged in memory and applied atomically on commit.
+
+    Holds the tree's lock from construction until commit or abort, so no other transaction (or
+    recovery) interleaves. Reads see the transaction's own staged writes.
+    """
+
+    def __init__(self, root: PathArg, *, lock_timeout: float = 10.0) -> None:
+        root_s = os.path.abspath(os.fspath(root))
+        if not os.path.isdir(root_s):
+            raise FileNotFoundError(f"transaction root is not a directory: {root_s}")
+        self.root = root_s
+        self._real_root = os.path.realpath(root_s)
+        os.makedirs(vault_dir(root_s), exist_ok=True)
+        add_git_exclude(root_s)
+        self._lock = TreeLock(os.path.join(root_s, META_DIR, LOCK), root_s)
+        self._lock.acquire(lock_timeout)
+        self._staged: dict[str, bytes | None] = {}
+        self._base: dict[str, str] = {}  # blake3 hex, or _ABSENT
+        self._modes: dict[str, int] = {}
+        self._done = False
+        try:
+            self.recovered = recover_locked(root_s)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    # -- context manager ----------------------------------------------------------------------
+    def __enter__(self) -> StateTransaction:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._done:
+            return
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+    def __del__(self) -> None:
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.release()
+
+    # -- paths --------------------------------------------------------------------------------
+    def _rel(self, path: PathArg) -> str:
+        p = os.fspath(path)
+        full = os.path.normpath(p if os.path.isabs(p) else os.path.join(self.root, p))
+        rel = os.path.relpath(full, self.root)
+        parts = rel.split(os.sep)
+        if rel == "." or parts[0] == "..":
+            raise ValueError(f"{p} is outside the transaction's root {self.root}")
+        if parts[0] == META_DIR:
+            raise ValueError(f"{p} is inside PyAgent's own {META_DIR}/ folder")
+        real_parent = os.path.realpath(os.path.dirname(full))
+        if os.path.commonpath([real_parent, self._real_root]) != self._real_root:
+            raise ValueError(f"{p} leads outside the transaction's root through a symlink")
+        return "/".join(parts)
+
+    def _full(self, rel: str) -> str:
+        return os.path.join(self.root, *rel.split("/"))
+
+    def _check_open(self) -> None:
+        if self._done:
+            raise TransactionError("this transaction has already been committed or aborted")
+
+    def _disk_read(self, rel: str) -> bytes | None:
+        full = self._full(rel)
+        try:
+            st = os.lstat(full)
+        except FileNotFoundError:
+            return None
+        if stat.S_ISLNK(st.st_mode):
+            raise TransactionError(f"{rel} is a symlink; PyAgent does not change files through links")
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(f"{rel} is a directory")
+        with open(full, "rb") as f:
+            return f.read()
+
+    def _note_base(self, rel: str, data: bytes | None) -> None:
+        if rel not in self._base:
+            self._base[rel] = _ABSENT if data is None else hash_bytes(data)
+
+    # -- reads --------------------------------------------------------------------------------
+    def read_bytes(self, path: PathArg) -> bytes:
+        self._check_open()
+        rel = self._rel(path)
+        if rel in self._staged:
+            data = self._staged[rel]
+        else:
+            data = self._disk_read(rel)
+            self._note_base(rel, data)
+        if data is None:
+            raise FileNotFoundError(f"no such file: {rel}")
+        return data
+
+    def read_text(self, path: PathArg, encoding: str = "utf-8") -> str:
+        return self.read_bytes(path).decode(encoding)
+
+    def exists(self, path: PathArg) -> bool:
+        self._check_open()
+        rel = self._rel(path)
+        if rel in self._staged:
+            return self._staged[rel] is not None
+        return os.path.isfile(self._full(rel)) and not os.path.islink(self._full(rel))
+
+    # -- writes -------------------------------------------------------------------------------
+    def write_bytes(self, path: PathArg, data: bytes, *, base_hash: str | None = None) -> None:
+        """Stages new content. ``base_hash`` (blake3 hex) names the version the change was computed
+        from; without it the base is the file as the transaction first sees it."""
+        self._check_open()
+        rel = self._rel(path)
+        if base_hash is not None:
+            self._base.setdefault(rel, base_hash)
+        elif rel not in self._base and rel not in self._staged:
+            self._note_base(rel, self._disk_read(rel))
+        self._staged[rel] = bytes(data)
+
+    def write_text(self, path: PathArg, text: str, encoding: str = "utf-8") -> None:
+        self.write_bytes(path, text.encode(encoding))
+
+    def create(self, path: PathArg, data: bytes) -> None:
+        if self.exists(path):
+            raise FileExistsError(f"{self._rel(path)} already exists")
+        rel = self._rel(path)
+        self._base.setdefault(rel, _ABSENT)
+        self._staged[rel] = bytes(data)
+
+    def delete(self, path: PathArg) -> None:
+        self.read_bytes(path)  # raises FileNotFoundError, records the base
+        self._staged[self._rel(path)] = None
+
+    def rename(self, src: PathArg, dst: PathArg, *, overwrite: bool = False) -> None:
+        data = self.read_bytes(src)
+        rel_src, rel_dst = self._rel(src), self._rel(dst)
+        if rel_src == rel_dst:
+            return
+        if self.exists(dst) and not overwrite:
+            raise FileExistsError(f"{rel_dst} already exists (pass overwrite=True to replace it)")
+        mode = self._modes.get(rel_src)
+        if mode is None:
+            with contextlib.suppress(FileNotFoundError):
+                mode = os.lstat(self._full(rel_src)).st_mode & 0o7777
+        self.delete(src)
+        self.write_bytes(dst, data)
+        if mode is not None:
+            self._modes[rel_dst] = mode
+
+    @property
+    def staged_paths(self) -> tuple[str, ...]:
+        return tuple(sorted(self._staged))
+
+    # -- end ----------------------------------------------------------------------------------
+    def abort(self) -> None:
+        """Drops every staged change; the tree was never touched."""
+        self._staged.clear()
+        self._done = True
+        self._lock.release()
+
+    def commit(self) -> CommitResult:
+        self._check_open()
+        try:
+            return self._commit()
+        finally:
+            self._done = True
+            self._lock.release()
+
+    def _commit(self) -> CommitResult:
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        txid = uuid.uuid4().hex[:12]
+        umask = os.umask(0)
+        os.umask(umask)
+        entries: list[Entry] = []
+        originals: list[bytes] = []
+        writes: list[tuple[str, bytes, int]] = []  # (tmp full path, data, mode)
+        renames: list[tuple[str, str]] = []
+        deletes: list[str] = []
+        created_dirs: list[str] = []
+        changed: list[str] = []
+        created: list[str] = []
+        deleted: list[str] = []
+        offset = 0
+        for rel in sorted(self._staged):
+            new = self._staged[rel]
+            current = self._disk_read(rel)
+            cur_hash = _ABSENT if current is None else hash_bytes(current)
+            base = self._base.get(rel)
+            if base is not None and base != cur_hash:
+                detail = "it was deleted" if current is None else ("it was created" if base == _ABSENT else "")
+                raise ConflictError(rel, detail)
+            full = self._full(rel)
+            brel = os.fsencode(rel)
+            if new is None:
+                if current is None:
+                    continue
+                mode = os.lstat(full).st_mode & 0o7777
+                entries.append(Entry(brel, DELETE, cur_hash, mode, offset, len(current)))
+                originals.append(current)
+                offset += len(current)
+                deletes.append(full)
+                deleted.append(rel)
+                continue
+            head, tail = os.path.split(full)
+            tmp = os.path.join(head, f".{tail}.pyagent-{txid}.tmp")
+            brtmp = os.fsencode(os.path.relpath(tmp, self.root))
+            new_hash = hash_bytes(new)
+            if current is None:
+                mode = self._modes.get(rel, 0o666 & ~umask)
+                parent = os.path.dirname(rel)
+                missing: list[str] = []
+                while parent and not os.path.isdir(self._full(parent)):
+                    missing.append(parent)
+                    parent = os.path.dirname(parent)
+                for d in reversed(missing):
+                    if d not in created_dirs:
+                        created_dirs.append(d)
+                entries.append(Entry(brel, CREATE, None, None, 0, 0, brtmp, new_hash))
+                created.append(rel)
+            else:
+                if new_hash == cur_hash:
+                    continue
+                mode = self._modes.get(rel, os.lstat(full).st_mode & 0o7777)
+                entries.append(Entry(brel, MODIFY, cur_hash, mode, offset, len(current), brtmp, new_hash))
+                originals.append(current)
+                offset += len(current)
+                changed.append(rel)
+            writes.append((tmp, new, mode))
+            renames.append((tmp, full))
+        timings["check"] = time.perf_counter() - t0
+        if not entries:
+            return CommitResult(timings=timings)
+
+        t = time.perf_counter()
+        size = write_journal(self.root, txid, entries, originals, [os.fsencode(d) for d in created_dirs])
+        timings["journal"] = time.perf_counter() - t
+        try:
+            t = time.perf_counter()
+            for d in created_dirs:
+                os.mkdir(self._full(d))
+            write_many_synced(writes)
+            timings["write"] = time.perf_counter() - t
+            t = time.perf_counter()
+            for tmp, full in renames:
+                os.replace(tmp, full)
+            for full in deletes:
+                os.unlink(full)
+            timings["rename"] = time.perf_counter() - t
+            t = time.perf_counter()
+            dirs = {os.path.dirname(full) for _, full in renames}
+            dirs.update(os.path.dirname(full) for full in deletes)
+            dirs.update(os.path.dirname(self._full(d)) for d in created_dirs)
+            fsync_dirs(dirs)
+            timings["dirsync"] = time.perf_counter() - t
+        except BaseException as exc:
+            self._rollback_after_failure(exc)
+            raise
+        t = time.perf_counter()
+        os.unlink(journal_path(self.root))  # the commit point
+        fsync_dir(vault_dir(self.root))
+        timings["finish"] = time.perf_counter() - t
+        return CommitResult(tuple(changed), tuple(created), tuple(deleted), size, timings)
+
+    def _rollback_after_failure(self, exc: BaseException) -> None:
+        """Undo a commit that failed half-way (disk full, permission denied); the journal says how."""
+        from pyagent.state.journal import read_journal
+
+        journal = read_journal(self.root)
+        if journal is not None:
+            rollback(self.root, journal)
+        if isinstance(exc, OSError):
+            raise TransactionError(f"commit failed and was rolled back, nothing changed: {exc}") from exc
+
+    def __repr__(self) -> str:
+        state = "done" if self._done else f"{len(self._staged)} staged"
+        return f"StateTransaction({self.root!r}, {state})"
+
+
+__all__ = ["CommitResult", "StateTransaction", "add_git_exclude", "hash_bytes", "remove_quietly"]
