@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import textwrap
 from pathlib import Path
 
@@ -34,22 +35,26 @@ REGISTRY["double"] = lambda x: 2 * x
 """
 
 TESTS = """\
+import unittest
+
 from pkg.mod import name, total
 from pkg.registry import REGISTRY
 
 
-def test_total():
-    assert total([1, 2, 3]) == 6
+class TestPkg(unittest.TestCase):
+    def test_total(self):
+        self.assertEqual(total([1, 2, 3]), 6)
 
+    def test_name(self):
+        self.assertEqual(name(None), "none")
+        self.assertEqual(name(3), "3")
 
-def test_name():
-    assert name(None) == "none"
-    assert name(3) == "3"
-
-
-def test_plugin_registered():
-    assert REGISTRY["double"](4) == 8
+    def test_plugin_registered(self):
+        self.assertEqual(REGISTRY["double"](4), 8)
 """
+
+# Runs the project's tests with the standard library's runner: per-test outcomes, fast start.
+UNITTEST_CMD = f"{sys.executable} -m unittest discover -s tests"
 
 
 def make_project(root: Path, *, extra_test: str = "") -> Path:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pyagent.agents.testing import TestResults, TestRunner, discover_tests, parse_junit, parse_unittest
-from tests.improve_helpers import make_project
+from tests.improve_helpers import UNITTEST_CMD, make_project
 
 
 def test_discovers_pytest_from_config(tmp_path: Path) -> None:
@@ -35,7 +35,7 @@ def test_runs_real_pytest_and_reports_each_test(tmp_path: Path) -> None:
     make_project(tmp_path, extra_test="\n\ndef test_broken():\n    assert 1 == 2\n")
     runner = TestRunner(discover_tests(tmp_path))  # type: ignore[arg-type]
     res = asyncio.run(runner.run(tmp_path))
-    assert res.outcomes["tests.test_pkg::test_total"] == "passed"
+    assert res.outcomes["tests.test_pkg.TestPkg::test_total"] == "passed"
     assert res.outcomes["tests.test_pkg::test_broken"] == "failed"
     assert (res.passed, res.failed) == (3, 1)
     assert not any(p.name == ".pytest_cache" for p in tmp_path.iterdir())
@@ -46,6 +46,18 @@ def test_regressions_include_vanished_tests() -> None:
     after = TestResults({"a": "passed", "c": "passed"}, (), 1, 0.1)
     assert after.regressions(before) == ["b"]
     assert TestResults.from_dict(after.to_dict()).outcomes == after.outcomes
+
+
+def test_unittest_command_reports_each_test(tmp_path: Path) -> None:
+    make_project(tmp_path)
+    cmd = discover_tests(tmp_path, UNITTEST_CMD)
+    assert cmd is not None and cmd.style == "unittest" and cmd.argv[-1] == "-v"
+    res = asyncio.run(TestRunner(cmd).run(tmp_path))
+    assert res.outcomes == {
+        "test_pkg.TestPkg.test_total": "passed",
+        "test_pkg.TestPkg.test_name": "passed",
+        "test_pkg.TestPkg.test_plugin_registered": "passed",
+    }
 
 
 def test_exit_code_command_counts_as_one_test(tmp_path: Path) -> None:

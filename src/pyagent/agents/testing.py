@@ -158,7 +158,11 @@ def discover_tests(
         is_pytest = any(Path(a).name in ("pytest", "py.test") for a in argv[:1]) or (
             len(argv) >= 3 and argv[1] == "-m" and argv[2] == "pytest"
         )
-        return TestCommand(argv, "pytest" if is_pytest else "exit-code")
+        if is_pytest:
+            return TestCommand(argv, "pytest")
+        if "unittest" in argv[:3]:
+            return TestCommand(argv if "-v" in argv else (*argv, "-v"), "unittest")
+        return TestCommand(argv, "exit-code")
     configured = _pytest_configured(root)
     if not configured and not _has_test_files(root):
         return None

@@ -84,6 +84,7 @@ class TaskRecord:
     duration: float = 0.0
     commit: str | None = None
     lineage: tuple[str, ...] = ()
+    base_hash: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -317,7 +318,9 @@ class _Run:
             rec.duration = time.monotonic() - start
             self.progress("task", task=rec.to_dict())
 
-    def _job(self, task: AgentTask, tree: Path, executor: Executor) -> Callable[[TaskControl], Awaitable[None]]:
+    def _job(
+        self, task: AgentTask, tree: Path, executor: Executor
+    ) -> Callable[[TaskControl], Awaitable[None]]:
         async def job(control: TaskControl) -> None:
             await self._task(control, task, tree, executor)
 
@@ -330,6 +333,7 @@ class _Run:
         rec.cost += float(cs.usage.get("cost", 0.0) or 0.0)
         rec.note = str(cs.usage.get("note") or cs.reason)
         rec.diff = "".join(_diff(p, files.get(p), new) for p, new in sorted(cs.changes.items()))
+        rec.base_hash = cs.base_hashes.get(rec.target, rec.base_hash)
         if status == "noop":
             rec.status, rec.reason = "skipped", "nothing to change (already fixed by an earlier change)"
         elif status == "error":
