@@ -39,7 +39,7 @@ GOOD = """<<<<<<< SEARCH
 >>>>>>> REPLACE"""
 
 DOC = (
-    '<<<<<<< SEARCH\ndef grade(n):\n=======\ndef grade(n):\n'
+    "<<<<<<< SEARCH\ndef grade(n):\n=======\ndef grade(n):\n"
     '    """Letter grade for a score, as the report cards use."""\n>>>>>>> REPLACE'
 )
 TEST = (
@@ -56,7 +56,9 @@ def _project(root: Path) -> Path:
 
 
 def _run(root: Path, url: str, **kw: object) -> RunResult:
-    client = OpenAICompatClient("gpt-4o-mini", base_url=url, api_key="sk-test-0123456789abcdefghij", backoff=0.01)
+    client = OpenAICompatClient(
+        "gpt-4o-mini", base_url=url, api_key="sk-test-0123456789abcdefghij", backoff=0.01
+    )
     opts = ImproveOptions(
         path=root,
         use_git=False,
