@@ -19,10 +19,11 @@ from pyagent import __version__
 # Keep one anchor comment per component so parallel work merges without conflicts.
 COMMANDS: list[str] = [
     # -- main job
-    "improve",
     "demo",
+    "improve",
     "undo",
     # -- health
+    "audit",
 
     # -- state and shell
     "recover",
