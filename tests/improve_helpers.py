@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import textwrap
 from pathlib import Path
+
+from pyagent.agents.testing import TestCommand, discover_tests
 
 MOD = """\
 import os
@@ -70,3 +73,14 @@ def make_project(root: Path, *, extra_test: str = "") -> Path:
         '[project]\nname = "tiny"\nversion = "0"\n\n[tool.pytest.ini_options]\npythonpath = ["."]\n'
     )
     return root
+
+
+# The tiny project needs no pytest plugins; not loading the installed ones saves ~1s per run.
+NO_PLUGINS = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+
+
+def pytest_command(root: Path) -> TestCommand:
+    """The discovered (pytest) command for ``root``, without plugin autoload."""
+    cmd = discover_tests(root)
+    assert cmd is not None and cmd.style == "pytest"
+    return dataclasses.replace(cmd, extra_env=NO_PLUGINS)

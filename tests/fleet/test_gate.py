@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from pyagent.agents.testing import TestRunner, discover_tests
+from pyagent.agents.testing import TestRunner
 from pyagent.fleet.gate import VerificationGate
-from tests.improve_helpers import make_project
+from tests.improve_helpers import make_project, pytest_command
 
 
 def _gate(root: Path) -> VerificationGate:
-    runner = TestRunner(discover_tests(root))  # type: ignore[arg-type]
+    runner = TestRunner(pytest_command(root))
     baseline = asyncio.run(runner.run(root))
     assert baseline.failed == 0 and baseline.passed == 3
     return VerificationGate(tests=runner, baseline=baseline)

@@ -8,12 +8,12 @@ from pathlib import Path
 from pyagent.agents.context import CascadeContext
 from pyagent.agents.registry import build_agents
 from pyagent.agents.task import AgentTask, ChangeSet, content_hash
-from pyagent.agents.testing import TestRunner, discover_tests
+from pyagent.agents.testing import TestRunner
 from pyagent.fleet.executor import LocalExecutor
 from pyagent.fleet.gate import VerificationGate
 from pyagent.fleet.priority import AgentPriority
 from pyagent.fleet.remote import execute_task
-from tests.improve_helpers import make_project
+from tests.improve_helpers import make_project, pytest_command
 
 MOD = "pkg/mod.py"
 
@@ -32,7 +32,7 @@ def _task(agent: str, rule: str = "", files: tuple[str, ...] = (MOD,)) -> AgentT
 
 
 def _executor(root: Path, tmp: Path) -> LocalExecutor:
-    runner = TestRunner(discover_tests(root))  # type: ignore[arg-type]
+    runner = TestRunner(pytest_command(root))
     gate = VerificationGate(tests=runner, baseline=asyncio.run(runner.run(root)))
     return LocalExecutor(root, agents=build_agents(), gate=gate, scratch=tmp)
 

@@ -14,13 +14,14 @@ from pyagent.agents.task import AgentTask, ChangeSet
 from pyagent.fleet.executor import Executor, ExecutorSetup
 from pyagent.improve.run import ImproveError, ImproveOptions, RunResult, improve
 from pyagent.improve.undo import UndoError, undo_last_run
-from tests.improve_helpers import UNITTEST_CMD, make_project
+from tests.improve_helpers import NO_PLUGINS, UNITTEST_CMD, make_project
 
 MOD = "pkg/mod.py"
 
 
 def _run(path: Path, **kw: object) -> RunResult:
     kw.setdefault("test_cmd", UNITTEST_CMD)
+    kw.setdefault("test_env", NO_PLUGINS)
     return asyncio.run(improve(ImproveOptions(path=path, **kw)))  # type: ignore[arg-type]
 
 

@@ -10,6 +10,7 @@ elsewhere the project is changed in place and ``pyagent undo`` restores it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import difflib
 import importlib
 import os
@@ -65,6 +66,7 @@ class ImproveOptions:
     on_progress: Callable[[dict[str, Any]], None] | None = None
     run_id: str | None = None
     llm_client: LLMClient | None = None  # a ready client (tests, embedding); wins over ``llm``
+    test_env: dict[str, str] = field(default_factory=dict)  # extra variables for the test command
 
 
 @dataclass
@@ -417,6 +419,8 @@ class _Run:
             command = discover_tests(tree, opts.test_cmd)
         except ValueError as exc:
             raise ImproveError(f"--test-cmd: {exc}") from exc
+        if command is not None and opts.test_env:
+            command = dataclasses.replace(command, extra_env={**command.extra_env, **opts.test_env})
         runner = TestRunner(command, self.shell, timeout=opts.test_timeout) if command else None
         baseline = None
         if runner is not None:
