@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -49,18 +50,19 @@ class LiveDisplay:
         if kind == "phase":
             self.progress.update(self.bar, description=event["phase"])
             if not self.console.is_terminal:
-                self.console.print(f"[{event['phase']}] {event.get('detail', '')}")
+                self.console.print(escape(f"[{event['phase']}] {event.get('detail', '')}"))
         elif kind == "plan":
             self.progress.update(self.bar, description="improving", total=len(event["tasks"]), completed=0)
             self.console.print(f"planned {len(event['tasks'])} task(s), {len(event['skipped'])} skipped")
             for s in event["skipped"]:
-                self.console.print(f"  skipped {s['action']} in {s['target']}: {s['reason']}", style="dim")
+                self.console.print(escape(f"  skipped {s['action']} in {s['target']}: {s['reason']}"), style="dim")
         elif kind == "task":
             t = event["task"]
             self.progress.advance(self.bar)
             style = _STYLE.get(t["status"], "")
             self.console.print(
-                f"[{style}]{t['status']:<11}[/] {t['id']} {t['action']:<22} {t['target']}  [dim]{t['reason'][:90]}[/]"
+                f"[{style}]{t['status']:<11}[/] {t['id']} {escape(t['action']):<22} {escape(t['target'])}  "
+                f"[dim]{escape(t['reason'][:90])}[/]"
             )
         elif kind == "llm":
             tot = event["totals"]

@@ -188,7 +188,11 @@ class _Run:
 
     def progress(self, kind: str, **data: Any) -> None:
         if self.opts.on_progress is not None:
-            self.opts.on_progress({"kind": kind, "run_id": self.run_id, **data})
+            try:
+                self.opts.on_progress({"kind": kind, "run_id": self.run_id, **data})
+            except (Exception, SystemExit) as exc:  # a broken display (closed pipe) must not break the run
+                self.opts.on_progress = None
+                self.notes.append(f"progress display stopped: {type(exc).__name__}")
 
     # -- setup ------------------------------------------------------------------------------
     async def _prepare_tree(self, scratch: Path) -> tuple[Path, str]:
