@@ -30,6 +30,7 @@ COMMANDS: list[str] = [
     "exec",
 
     # -- memory
+    "memory",
 
     # -- voyager
 
