@@ -8,6 +8,8 @@ mod walk;
 // -- metrics
 
 // -- replace and diff
+mod diff;
+mod replace;
 
 // -- attention kernels
 mod attention;
@@ -20,6 +22,8 @@ fn _rust(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // -- metrics
 
     // -- replace and diff
+    diff::register(m)?;
+    replace::register(m)?;
 
     // -- attention kernels
     attention::register(m)?;

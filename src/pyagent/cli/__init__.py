@@ -22,6 +22,7 @@ COMMANDS: list[str] = [
     # -- health
 
     # -- state and shell
+    "replace",
     "recover",
     "exec",
 

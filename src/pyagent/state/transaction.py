@@ -117,6 +117,8 @@ class StateTransaction:
         self._base: dict[str, str] = {}  # blake3 hex, or _ABSENT
         self._modes: dict[str, int] = {}
         self._done = False
+        self._parent_ok: set[str] = set()
+        self.last_result = CommitResult()
         try:
             self.recovered = recover_locked(root_s)
         except BaseException:
@@ -151,9 +153,12 @@ class StateTransaction:
             raise ValueError(f"{p} is outside the transaction's root {self.root}")
         if parts[0] == META_DIR:
             raise ValueError(f"{p} is inside PyAgent's own {META_DIR}/ folder")
-        real_parent = os.path.realpath(os.path.dirname(full))
-        if os.path.commonpath([real_parent, self._real_root]) != self._real_root:
-            raise ValueError(f"{p} leads outside the transaction's root through a symlink")
+        parent = os.path.dirname(full)
+        if parent not in self._parent_ok:
+            real_parent = os.path.realpath(parent)
+            if os.path.commonpath([real_parent, self._real_root]) != self._real_root:
+                raise ValueError(f"{p} leads outside the transaction's root through a symlink")
+            self._parent_ok.add(parent)
         return "/".join(parts)
 
     def _full(self, rel: str) -> str:
@@ -259,7 +264,8 @@ class StateTransaction:
     def commit(self) -> CommitResult:
         self._check_open()
         try:
-            return self._commit()
+            self.last_result = self._commit()
+            return self.last_result
         finally:
             self._done = True
             self._lock.release()
