@@ -71,10 +71,7 @@ def trials(name: str, pristine: Path, work: Path, cmd: list[str], n: int, t_appl
     for trial in range(n):
         tree = work / f"{name}-{trial}"
         shutil.copytree(pristine, tree)
-        if trial % 2:
-            delay = rng.uniform(0.0, t_total)
-        else:
-            delay = rng.uniform(t_apply_start, t_total * 1.02)
+        delay = rng.uniform(0.0, t_total) if trial % 2 else rng.uniform(t_apply_start, t_total * 1.02)
         proc = subprocess.Popen([*cmd, str(tree)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)

@@ -12,7 +12,6 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import sysconfig
 import time
 from pathlib import Path
@@ -70,10 +69,8 @@ def test_replace_killed_at_random_is_all_or_nothing(tmp_path: Path, pyagent_cmd:
     for trial in range(TRIALS):
         tree = tmp_path / f"t{trial}"
         shutil.copytree(pristine, tree)
-        if trial % 2:
-            delay = rng.uniform(0.0, t_total)
-        else:
-            delay = rng.uniform(max(0.0, t_preview * 0.8), t_total * 1.02)
+        low = 0.0 if trial % 2 else t_preview * 0.8  # odd: whole run; even: the apply phase
+        delay = rng.uniform(low, t_total * 1.02)
         proc = subprocess.Popen([*replace, str(tree)], env=clean_env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         time.sleep(delay)
