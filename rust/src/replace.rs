@@ -210,37 +210,3 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(replace_in_text, m)?)?;
     Ok(())
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn run(p: &str, r: &str, t: &str, literal: bool, multiline: bool) -> (String, usize) {
-        let o = ReplaceOptions { literal, multiline };
-        replace_text(&compile(p, &o).unwrap(), t, r, &o)
-    }
-
-    #[test]
-    fn captures_and_names_expand() {
-        assert_eq!(run(r"(\w+)=(\w+)", "$2=$1", "a=b c=d", false, false), ("b=a d=c".into(), 2));
-        assert_eq!(run(r"(?P<k>\w+):", "${k}_x:", "key: v", false, false), ("key_x: v".into(), 1));
-    }
-
-    #[test]
-    fn literal_means_literal() {
-        assert_eq!(run("a.b($1)", "$0", "a.b($1) axb($1)", true, false), ("$0 axb($1)".into(), 1));
-    }
-
-    #[test]
-    fn lines_unless_multiline() {
-        assert_eq!(run(r"^x$", "y", "x\nx\nz", false, false), ("y\ny\nz".into(), 2));
-        assert_eq!(run(r"a\s+b", "ab", "a\nb a b", false, false), ("a\nb ab".into(), 1));
-        assert_eq!(run(r"a.b", "X", "a\nb", false, true), ("X".into(), 1));
-    }
-
-    #[test]
-    fn invalid_and_empty_patterns_are_errors() {
-        assert!(compile("(", &ReplaceOptions::default()).unwrap_err().contains("invalid regex"));
-        assert!(compile("", &ReplaceOptions::default()).is_err());
-    }
-}

@@ -96,6 +96,20 @@ def add_git_exclude(root: str) -> None:
         f.write("\n# PyAgent's transaction vault and lock\n/.pyagent/\n")
 
 
+def _make_vault(root: str) -> None:
+    """Creates ROOT/.pyagent/vault durably: a journal in a directory that a power cut forgets is no journal."""
+    meta = os.path.join(root, META_DIR)
+    vault = vault_dir(root)
+    if os.path.isdir(vault):
+        return
+    try:
+        os.makedirs(vault, exist_ok=True)
+        fsync_dir(meta)
+        fsync_dir(root)
+    except OSError as exc:
+        raise TransactionError(f"cannot create PyAgent's vault {vault}: {exc.strerror or exc}") from exc
+
+
 class StateTransaction:
     """A set of file changes to one tree, staged in memory and applied atomically on commit.
 
@@ -109,7 +123,7 @@ class StateTransaction:
             raise FileNotFoundError(f"transaction root is not a directory: {root_s}")
         self.root = root_s
         self._real_root = os.path.realpath(root_s)
-        os.makedirs(vault_dir(root_s), exist_ok=True)
+        _make_vault(root_s)
         add_git_exclude(root_s)
         self._lock = TreeLock(os.path.join(root_s, META_DIR, LOCK), root_s)
         self._lock.acquire(lock_timeout)
