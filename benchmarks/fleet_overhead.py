@@ -10,7 +10,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import statistics
 import time
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from pyagent.fleet.core import TaskControl
 from pyagent.fleet.events import FleetEvent
@@ -49,22 +52,17 @@ async def fleet_run(n: int, concurrency: int, *, mixed: bool, events: bool) -> f
     return elapsed
 
 
-def best(fn: object, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        gc.collect()
-        times.append(asyncio.run(fn()))  # type: ignore[operator]
-    return min(times)
+def timed(fn: Callable[[], Coroutine[Any, Any, float]]) -> float:
+    gc.collect()
+    return asyncio.run(fn())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tasks", type=int, default=10_000)
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=7)
     args = parser.parse_args()
     n = args.tasks
-    base = best(lambda: gather_run(n), args.repeat)
-    print(f"asyncio.gather            {n} no-op tasks: {base * 1e3:8.1f} ms  (anchor)")
     configs = [
         ("fleet concurrency=4", 4, False, False),
         ("fleet concurrency=64", 64, False, False),
@@ -72,9 +70,18 @@ def main() -> None:
         ("fleet c=64 mixed prio", 64, True, False),
         ("fleet c=64 + events", 64, False, True),
     ]
+    print(f"{n} no-op tasks, {args.repeat} paired runs each (anchor and fleet alternate; the machine is shared)")
     for label, conc, mixed, events in configs:
-        t = best(lambda c=conc, m=mixed, e=events: fleet_run(n, c, mixed=m, events=e), args.repeat)  # type: ignore[misc]
-        print(f"{label:25} {n} no-op tasks: {t * 1e3:8.1f} ms  ratio {t / base:5.2f}x  (target <= 3x)")
+        anchor: list[float] = []
+        ours: list[float] = []
+        for _ in range(args.repeat):
+            anchor.append(timed(lambda: gather_run(n)))
+            ours.append(timed(lambda c=conc, m=mixed, e=events: fleet_run(n, c, mixed=m, events=e)))  # type: ignore[misc]
+        ratios = sorted(o / a for o, a in zip(ours, anchor, strict=True))
+        print(
+            f"{label:24} gather {min(anchor) * 1e3:6.1f} ms  fleet {min(ours) * 1e3:6.1f} ms  "
+            f"ratio best/best {min(ours) / min(anchor):4.2f}x  median paired {statistics.median(ratios):4.2f}x  (target <= 3x)"
+        )
 
 
 if __name__ == "__main__":

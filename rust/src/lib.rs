@@ -6,6 +6,7 @@ use pyo3::prelude::*;
 
 mod walk;
 // -- metrics
+pub mod metrics;
 
 // -- replace and diff
 mod diff;
@@ -20,6 +21,7 @@ fn _rust(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     walk::register(m)?;
     // -- metrics
+    metrics::register(m)?;
 
     // -- replace and diff
     diff::register(m)?;

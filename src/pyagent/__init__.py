@@ -15,6 +15,10 @@ __version__ = "0.1.0"
 # Keep one anchor comment per component so parallel work merges without conflicts.
 _EXPORTS: dict[str, str] = {
     # -- health (code-health audit)
+    "CodeHealthAuditor": "pyagent.health.auditor",
+    "AuditReport": "pyagent.health.auditor",
+    "FileHealth": "pyagent.health.auditor",
+    "FunctionHealth": "pyagent.health.auditor",
 
     # -- state and shell (transactions, replace, sandboxed execution)
     "StateTransaction": "pyagent.state.transaction",
@@ -39,6 +43,8 @@ _EXPORTS: dict[str, str] = {
     "FleetExecutionCore": "pyagent.fleet.core",
 
     # -- memory (knowledge store)
+    "KnowledgeStore": "pyagent.memory.store",
+    "NeuralPruningEngine": "pyagent.memory.pruning",
 
     # -- voyager (discovery and transport)
 
@@ -55,9 +61,6 @@ _EXPORTS: dict[str, str] = {
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
 if TYPE_CHECKING:  # one import line per component, same order as _EXPORTS
-    from pyagent.inference.engine import PagedAttentionEngine as PagedAttentionEngine
-    from pyagent.inference.engine import SamplingParams as SamplingParams
-    pass
     from pyagent.agents.base import BaseAgent as BaseAgent
     from pyagent.agents.budget import Budget as Budget
     from pyagent.agents.context import CascadeContext as CascadeContext
@@ -69,6 +72,14 @@ if TYPE_CHECKING:  # one import line per component, same order as _EXPORTS
     from pyagent.fleet.core import FleetExecutionCore as FleetExecutionCore
     from pyagent.fleet.manager import FleetManager as FleetManager
     from pyagent.fleet.priority import AgentPriority as AgentPriority
+    from pyagent.health.auditor import AuditReport as AuditReport
+    from pyagent.health.auditor import CodeHealthAuditor as CodeHealthAuditor
+    from pyagent.health.auditor import FileHealth as FileHealth
+    from pyagent.health.auditor import FunctionHealth as FunctionHealth
+    from pyagent.inference.engine import PagedAttentionEngine as PagedAttentionEngine
+    from pyagent.inference.engine import SamplingParams as SamplingParams
+    from pyagent.memory.pruning import NeuralPruningEngine as NeuralPruningEngine
+    from pyagent.memory.store import KnowledgeStore as KnowledgeStore
     from pyagent.shell.limits import ResourceLimits as ResourceLimits
     from pyagent.shell.secure import SecureShell as SecureShell
     from pyagent.shell.secure import ShellResult as ShellResult

@@ -15,6 +15,36 @@ def walk(
     """Files under ``root`` (sorted) honoring .gitignore, and (path, reason) for unreadable entries."""
 
 # -- metrics
+from collections.abc import Callable  # noqa: E402  (one stub section per Rust module)
+
+# One audited file: (path, error, skipped, mi, mi_rank, module complexity,
+#   halstead (h1, h2, N1, N2, vocabulary, length, calculated_length, volume, difficulty, effort, time, bugs),
+#   raw (loc, lloc, sloc, comments, multi, blank, single_comments),
+#   functions [(name, qualname, def line, end line, C901 complexity)], seconds spent)
+_AuditedFile = tuple[
+    str,
+    str | None,
+    bool,
+    float | None,
+    str | None,
+    int | None,
+    tuple[int, int, int, int, int, int, float, float, float, float, float, float] | None,
+    tuple[int, int, int, int, int, int, int] | None,
+    list[tuple[str, str, int, int, int]],
+    float,
+]
+
+def audit_tree(
+    root: str,
+    *,
+    excludes: list[str] = ...,
+    multi_as_comments: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[list[_AuditedFile], list[tuple[str, str]]]:
+    """Every ``*.py`` under ``root`` analysed in parallel, and (path, reason) for unreadable entries."""
+
+def audit_source(source: str, path: str = "<string>", *, multi_as_comments: bool = True) -> _AuditedFile:
+    """One module given as text."""
 
 # -- replace and diff
 def replace(

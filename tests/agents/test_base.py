@@ -298,3 +298,37 @@ def test_bad_agent_arguments() -> None:
                 await agent.submit_to(fleet).result()
 
     asyncio.run(main())
+
+
+def test_apply_changes_refuses_unauthorised_paths_before_touching_anything(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    agent = BaseAgent(root=tmp_path, allowed_paths=["src"])
+    with pytest.raises(GovernanceError, match="not under the allowed paths"):
+        agent.apply_changes({"src/ok.py": b"x = 1\n", "setup.py": b"evil\n"})
+    assert not (tmp_path / "src" / "ok.py").exists() and not (tmp_path / "setup.py").exists()
+    assert not (tmp_path / ".pyagent").exists()  # no transaction was even opened
+
+
+def test_apply_changes_is_one_real_transaction(tmp_path: Path) -> None:
+    from pyagent.state.errors import ConflictError
+    from pyagent.state.transaction import hash_bytes
+
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "a.py").write_bytes(b"a = 1\n")
+    (tmp_path / "pkg" / "old.py").write_bytes(b"old = 1\n")
+    agent = BaseAgent(root=tmp_path)
+    result = agent.apply_changes({"pkg/a.py": b"a = 2\n", "pkg/new.py": b"n = 1\n", "pkg/old.py": None})
+    assert set(result.paths) == {"pkg/a.py", "pkg/new.py", "pkg/old.py"}
+    assert (tmp_path / "pkg" / "a.py").read_bytes() == b"a = 2\n"
+    assert (tmp_path / "pkg" / "new.py").read_bytes() == b"n = 1\n"
+    assert not (tmp_path / "pkg" / "old.py").exists()
+
+    # A change computed from content that has changed since is refused, and nothing else is applied.
+    stale = hash_bytes(b"a = 1\n")
+    with pytest.raises(ConflictError):
+        agent.apply_changes({"pkg/new.py": b"n = 2\n", "pkg/a.py": b"a = 3\n"}, base_hashes={"pkg/a.py": stale})
+    assert (tmp_path / "pkg" / "a.py").read_bytes() == b"a = 2\n"
+    assert (tmp_path / "pkg" / "new.py").read_bytes() == b"n = 1\n"
+    current = hash_bytes(b"a = 2\n")
+    agent.apply_changes({"pkg/a.py": b"a = 3\n"}, base_hashes={"pkg/a.py": current})
+    assert (tmp_path / "pkg" / "a.py").read_bytes() == b"a = 3\n"

@@ -472,3 +472,64 @@ def test_broken_event_listener_does_not_break_the_fleet() -> None:
             assert await fleet.run("x", ok) == 3
 
     run(main())
+
+
+def test_cancelling_a_parent_cancels_its_subtree_but_success_leaves_children_alone() -> None:
+    async def main() -> None:
+        spawned: list[TaskHandle[None]] = []
+        ready = asyncio.Event()
+
+        async def sleeper(c: TaskControl) -> None:
+            await asyncio.sleep(3600)
+
+        async def grandparent(c: TaskControl) -> None:
+            async def parent(pc: TaskControl) -> None:
+                spawned.append(pc.spawn("leaf", "sleep", sleeper))
+                ready.set()
+                await asyncio.sleep(3600)
+
+            spawned.append(c.spawn("parent", "spawn", parent))
+            await c.wait(spawned[0])
+
+        async def fire_and_forget(c: TaskControl) -> TaskHandle[int]:
+            async def quick(cc: TaskControl) -> int:
+                await asyncio.sleep(0.01)
+                return 5
+
+            return c.spawn("quick", "compute", quick)
+
+        async with FleetManager(4) as fleet:
+            root = fleet.submit("root", grandparent)
+            await ready.wait()
+            root.cancel()
+            with pytest.raises(TaskCancelledError):
+                await root.result()
+            await fleet.join()
+            assert [h.state for h in spawned] == ["cancelled", "cancelled"]
+            child = await fleet.submit("ok", fire_and_forget).result()
+            assert await child.result() == 5  # a parent that succeeded does not cancel its children
+
+    run(main())
+
+
+def test_submit_from_another_thread() -> None:
+    async def main() -> list[int]:
+        async def square(c: TaskControl) -> int:
+            await asyncio.sleep(0)
+            return int(c.name) ** 2
+
+        async with FleetManager(3) as fleet:
+
+            def producer() -> list[TaskHandle[int]]:
+                futures = [fleet.submit_threadsafe(str(i), square) for i in range(20)]
+                bad = fleet.submit_threadsafe("x", square, timeout=-1)
+                with pytest.raises(ValueError, match="timeout"):
+                    bad.result(timeout=5)
+                return [f.result(timeout=5) for f in futures]
+
+            handles = await asyncio.to_thread(producer)
+            return [await h.result() for h in handles]
+
+    assert run(main()) == [i * i for i in range(20)]
+    with pytest.raises(RuntimeError, match="not running on an event loop"):
+        FleetManager(1).submit_threadsafe("x", lambda c: asyncio.sleep(0))

@@ -19,7 +19,9 @@ from pyagent import __version__
 # Keep one anchor comment per component so parallel work merges without conflicts.
 COMMANDS: list[str] = [
     # -- main job
+    "demo",
     # -- health
+    "audit",
 
     # -- state and shell
     "replace",

@@ -74,6 +74,9 @@ def run(args: argparse.Namespace) -> int:
         print("pyagent serve: warning: listening beyond loopback without --api-key", flush=True)
     try:
         server.serve_forever()
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled; for a server it is the normal stop
+        pass
     finally:
         store.close()
+    print("pyagent serve: stopped", flush=True)
     return 0

@@ -12,6 +12,7 @@ old task can never be preempted by ever newer arrivals (no starvation by preempt
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import heapq
 import itertools
 import logging
@@ -87,6 +88,7 @@ class TaskHandle(Generic[T]):
 
     __slots__ = (
         "_cancel_requested",
+        "_children",
         "_context",
         "_core",
         "_counted",
@@ -148,6 +150,7 @@ class TaskHandle(Generic[T]):
         self._counted = False
         self._suspend_requested = False
         self._cancel_requested = False
+        self._children: list[TaskHandle[Any]] | None = None
         self._task: asyncio.Task[None] | None = None
         self._result: Any = None
         self._exc: BaseException | None = None
@@ -273,10 +276,15 @@ class TaskControl:
     ) -> TaskHandle[U]:
         """Delegate a child task through the fleet; its context is ``context.next_level(agent, action)``
         (so depth, loop, circuit and budget limits apply before anything is queued)."""
+        h = self._h
         child = self.context.next_level(agent, action, scope=scope)
-        return self._h._core.submit(
-            agent, fn, priority=self._h.priority if priority is None else priority, context=child, timeout=timeout, kind=action
+        handle = h._core.submit(
+            agent, fn, priority=h.priority if priority is None else priority, context=child, timeout=timeout, kind=action
         )
+        if h._children is None:
+            h._children = []
+        h._children.append(handle)
+        return handle
 
     async def wait(self, other: TaskHandle[U]) -> U:
         """Wait for another task (typically a child) without holding a slot meanwhile,
@@ -324,6 +332,7 @@ class FleetExecutionCore:
         self._pending_preempt = 0
         self._idle: asyncio.Future[None] | None = None
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop of the first submit(); a fleet lives on one loop
         self._cycle = 0
         self.counts: dict[str, int] = {DONE: 0, FAILED: 0, CANCELLED: 0, TIMED_OUT: 0}
 
@@ -361,12 +370,14 @@ class FleetExecutionCore:
             raise TypeError(f"task function must be callable, got {type(fn).__name__}")
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0):
             raise ValueError(f"timeout must be a number > 0 or None, got {timeout!r}")
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            raise RuntimeError(
-                "submit() needs a running event loop: call it from async code, e.g. inside `async with FleetManager() as fleet:`"
-            ) from None
+        loop = self._loop
+        if loop is None:
+            try:
+                loop = self._loop = asyncio.get_running_loop()
+            except RuntimeError:
+                raise RuntimeError(
+                    "submit() needs a running event loop: call it from async code, e.g. inside `async with FleetManager() as fleet:`"
+                ) from None
         if context is None:
             task_id = f"{self._prefix}-{next(self._ids)}"
         else:
@@ -389,6 +400,36 @@ class FleetExecutionCore:
             self._push(h)
             self._dispatch()
         return h
+
+    def bind_loop(self) -> None:
+        """Remember the running loop (``FleetManager.__aenter__`` does this) so other threads can submit."""
+        self._loop = asyncio.get_running_loop()
+
+    def submit_threadsafe(
+        self,
+        name: str,
+        fn: TaskFn[T],
+        *,
+        priority: AgentPriority = AgentPriority.STANDARD,
+        context: CascadeContext | None = None,
+        timeout: float | None = None,
+        kind: str = "task",
+    ) -> concurrent.futures.Future[TaskHandle[T]]:
+        """``submit`` from another thread (e.g. a network receiver); the future yields the handle
+        or the validation error."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            raise RuntimeError("the fleet is not running on an event loop yet; enter `async with FleetManager()` first")
+        result: concurrent.futures.Future[TaskHandle[T]] = concurrent.futures.Future()
+
+        def submit_on_loop() -> None:
+            try:
+                result.set_result(self.submit(name, fn, priority=priority, context=context, timeout=timeout, kind=kind))
+            except BaseException as exc:
+                result.set_exception(exc)
+
+        loop.call_soon_threadsafe(submit_on_loop)
+        return result
 
     def active(self) -> list[TaskInfo]:
         """Every task not yet in a final state (queued, running or suspended)."""
@@ -475,7 +516,7 @@ class FleetExecutionCore:
         h.state = RUNNING
         h.started = time.monotonic()
         h.starts += 1
-        h._task = asyncio.get_running_loop().create_task(self._run(h))
+        h._task = self._loop.create_task(self._run(h))  # type: ignore[union-attr]  # set by submit()
         if self._listeners:
             self._emit(h, "started")
 
@@ -509,7 +550,8 @@ class FleetExecutionCore:
     # -- preemption ---------------------------------------------------------------------------
 
     def _best_waiting(self, skip: int) -> TaskHandle[Any] | None:
-        """The (skip+1)-th best live entry in the heap; stale entries on top are dropped."""
+        """The (skip+1)-th best live entry in the heap, found by a best-first walk of the heap
+        tree (O(skip log skip), not O(n)); stale entries on top are dropped on the way."""
         heap = self._heap
         while heap and heap[0][2]._heap_seq != heap[0][1]:
             heapq.heappop(heap)
@@ -517,8 +559,18 @@ class FleetExecutionCore:
             return None
         if skip == 0:
             return heap[0][2]
-        live = [e[2] for e in heapq.nsmallest(skip + 16, heap) if e[2]._heap_seq == e[1]]
-        return live[skip] if len(live) > skip else None
+        size = len(heap)
+        frontier: list[tuple[tuple[float, int, TaskHandle[Any]], int]] = [(heap[0], 0)]
+        while frontier:
+            entry, i = heapq.heappop(frontier)
+            if entry[2]._heap_seq == entry[1]:
+                if skip == 0:
+                    return entry[2]
+                skip -= 1
+            for j in (2 * i + 1, 2 * i + 2):
+                if j < size:
+                    heapq.heappush(frontier, (heap[j], j))
+        return None
 
     def _maybe_preempt(self) -> None:
         counts = self._prio_running
@@ -634,6 +686,12 @@ class FleetExecutionCore:
             resume.cancel()
         if self._listeners:
             self._emit(h, "finished", outcome=state, detail=None if exc is None else f"{type(exc).__name__}: {exc}")
+        children = h._children
+        if children is not None:
+            h._children = None
+            if state != DONE:  # a failed, cancelled or timed-out parent takes its unfinished subtree with it
+                for child in children:
+                    child.cancel()
         if not self._active and self._idle is not None and not self._idle.done():
             self._idle.set_result(None)
         if self._heap:

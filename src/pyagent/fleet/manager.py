@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any, TypeVar
@@ -51,6 +52,7 @@ class FleetManager:
         return self.core.submit(name, fn, priority=priority, context=context, timeout=timeout, kind=kind)
 
     async def __aenter__(self) -> FleetManager:
+        self.core.bind_loop()
         return self
 
     async def __aexit__(
@@ -91,6 +93,19 @@ class FleetManager:
     ) -> list[TaskHandle[T]]:
         submit = self.core.submit
         return [submit(name, fn, priority=priority, timeout=timeout, kind=kind) for fn in fns]
+
+    def submit_threadsafe(
+        self,
+        name: str,
+        fn: TaskFn[T],
+        *,
+        priority: AgentPriority = AgentPriority.STANDARD,
+        context: CascadeContext | None = None,
+        timeout: float | None = None,
+        kind: str = "task",
+    ) -> concurrent.futures.Future[TaskHandle[T]]:
+        """Submit from another thread; see ``FleetExecutionCore.submit_threadsafe``."""
+        return self.core.submit_threadsafe(name, fn, priority=priority, context=context, timeout=timeout, kind=kind)
 
     async def join(self) -> None:
         """Wait until every submitted task reached a final state."""

@@ -8,7 +8,6 @@ follow-up turn shares its prefix with the previous one and hits the engine's pre
 from __future__ import annotations
 
 import asyncio
-import importlib
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -60,9 +59,9 @@ class Prompt:
 
 
 def _default_params_factory() -> Callable[..., Any]:
-    module = importlib.import_module("pyagent.inference")
-    factory: Callable[..., Any] = module.SamplingParams
-    return factory
+    from pyagent.inference.sampler import SamplingParams
+
+    return SamplingParams
 
 
 class Backend:

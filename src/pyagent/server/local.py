@@ -10,6 +10,7 @@ import os
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -73,11 +74,9 @@ _lock = threading.Lock()
 
 
 def load_engine(model_dir: str | os.PathLike[str]) -> EngineLike:
-    import importlib
+    from pyagent.inference.engine import PagedAttentionEngine
 
-    inference = importlib.import_module("pyagent.inference")
-    engine: EngineLike = inference.PagedAttentionEngine.from_pretrained(model_dir)
-    return engine
+    return PagedAttentionEngine.from_pretrained(Path(model_dir))
 
 
 def start_local_server(model_dir: str | os.PathLike[str], *, store: str | None = None) -> str:

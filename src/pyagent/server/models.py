@@ -9,9 +9,36 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
+
+
+def _check_text(value: Any) -> None:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("strings must be valid Unicode (a lone surrogate escape was sent)") from None
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_text(k)
+            _check_text(v)
+    elif isinstance(value, list):
+        for v in value:
+            _check_text(v)
+
+
+class _Request(BaseModel):
+    """Request bodies: strict types, no unknown fields, and text the tokenizer and store can encode."""
+
+    model_config = _STRICT
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        _check_text(data)
+        return data
 
 MetadataKey = Annotated[str, StringConstraints(max_length=64)]
 MetadataValue = Annotated[str, StringConstraints(max_length=512)]
@@ -59,8 +86,7 @@ class TextConfig(BaseModel):
     format: TextFormat | None = None
 
 
-class ResponseCreate(BaseModel):
-    model_config = _STRICT
+class ResponseCreate(_Request):
     model: str
     input: str | list[MessageIn]
     instructions: str | None = None
@@ -218,8 +244,7 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class ChatCompletionCreate(BaseModel):
-    model_config = _STRICT
+class ChatCompletionCreate(_Request):
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import re
 import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
+
+if TYPE_CHECKING:
+    from pyagent.state.transaction import CommitResult, StateTransaction
 
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -60,31 +62,35 @@ class PersistenceMixin:
 
     # -- files ----------------------------------------------------------------------------------
 
-    def transaction(self) -> Any:
-        """A new ``StateTransaction`` on the agent's workspace (imported lazily: the state layer is optional here)."""
-        module = importlib.import_module("pyagent.state.transaction")
-        return module.StateTransaction(self.root)
+    def transaction(self) -> StateTransaction:
+        """A new ``StateTransaction`` on the agent's workspace (imported lazily to keep agent imports light)."""
+        from pyagent.state.transaction import StateTransaction
 
-    def apply_changes(self, changes: Mapping[str, bytes | None]) -> Any:
+        return StateTransaction(self.root)
+
+    def apply_changes(
+        self, changes: Mapping[str, bytes | None], *, base_hashes: Mapping[str, str] | None = None
+    ) -> CommitResult:
         """Write (bytes) or delete (``None``) files as ONE transaction; every path is authorised first.
 
-        Returns the transaction's ``CommitResult``; on any error nothing is changed.
+        ``base_hashes`` (blake3 hex of the content a change was computed from) makes the commit
+        fail with a conflict if a file changed meanwhile. Returns the ``CommitResult``; on any
+        error nothing is changed.
         """
         for path in changes:
             self.authorize_path(path, write=True)
-        tx = self.transaction()
-        try:
+        bases = base_hashes or {}
+        with self.transaction() as tx:
             for path, data in changes.items():
                 if data is None:
                     tx.delete(path)
+                elif path in bases:
+                    tx.write_bytes(path, data, base_hash=bases[path])
                 elif tx.exists(path):
                     tx.write_bytes(path, data)
                 else:
                     tx.create(path, data)
             return tx.commit()
-        except BaseException:
-            tx.abort()
-            raise
 
     # -- checkpoints ----------------------------------------------------------------------------
 
