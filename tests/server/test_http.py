@@ -186,3 +186,31 @@ def test_client_disconnect_aborts_generation(serve: Callable[..., Running]) -> N
     stored = httpx.get(f"{run.url}/responses/{rid}").json()
     assert stored["status"] == "cancelled"
     assert stored["usage"]["output_tokens"] < 2000
+
+
+@pytest.mark.parametrize("path", ["/responses", "/chat/completions"])
+def test_non_streamed_request_is_aborted_when_the_client_gives_up(serve: Callable[..., Running], path: str) -> None:
+    engine = StandInEngine(delay=0.02)
+    run = serve(engine)
+    free = engine.kv_cache.num_free_blocks
+    if path == "/responses":
+        body: dict[str, Any] = {"model": "standin", "input": "long", "max_output_tokens": 2000}
+    else:
+        body = {"model": "standin", "messages": [{"role": "user", "content": "long"}], "max_tokens": 2000}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(run.url + path, json=body, timeout=httpx.Timeout(30, read=0.3))
+    assert engine.kv_cache.num_free_blocks < free  # it was generating when the client left
+    deadline = time.monotonic() + 10
+    while engine.kv_cache.num_free_blocks != free and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert engine.kv_cache.num_free_blocks == free
+    if path == "/responses":
+        (stored,) = [run.store.get(rid) for rid in _stored_ids(run)]
+        assert stored is not None and stored.status == "cancelled"
+
+
+def _stored_ids(run: Running) -> list[str]:
+    import sqlite3
+
+    with sqlite3.connect(run.store.path) as db:
+        return [r[0] for r in db.execute("SELECT id FROM responses")]

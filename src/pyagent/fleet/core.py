@@ -371,7 +371,7 @@ class FleetExecutionCore:
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0):
             raise ValueError(f"timeout must be a number > 0 or None, got {timeout!r}")
         loop = self._loop
-        if loop is None:
+        if loop is None or loop.is_closed():
             try:
                 loop = self._loop = asyncio.get_running_loop()
             except RuntimeError:
@@ -641,6 +641,8 @@ class FleetExecutionCore:
     async def _run(self, h: TaskHandle[Any]) -> None:
         control = TaskControl(h)
         try:
+            if h._context is not None:
+                h._context.check()  # a chain whose budget is spent or whose circuit is open starts nothing
             if h._timeout is None:
                 value = await h._fn(control)
             else:
