@@ -29,6 +29,7 @@ COMMANDS: list[str] = [
     "exec",
 
     # -- memory
+    "memory",
 
     # -- voyager
 
