@@ -32,6 +32,9 @@ COMMANDS: list[str] = [
     "memory",
 
     # -- voyager
+    "node",
+    "peers",
+    "trust",
 
     # -- inference
     "generate",
