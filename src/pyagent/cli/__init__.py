@@ -28,6 +28,7 @@ COMMANDS: list[str] = [
     "exec",
 
     # -- memory
+    "memory",
 
     # -- voyager
 
