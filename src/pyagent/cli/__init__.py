@@ -26,6 +26,7 @@ COMMANDS: list[str] = [
     "audit",
 
     # -- state and shell
+    "replace",
     "recover",
     "exec",
 
@@ -33,6 +34,9 @@ COMMANDS: list[str] = [
     "memory",
 
     # -- voyager
+    "node",
+    "peers",
+    "trust",
 
     # -- inference
     "generate",
