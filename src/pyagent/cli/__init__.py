@@ -20,10 +20,13 @@ from pyagent import __version__
 COMMANDS: list[str] = [
     # -- main job
     "demo",
+    "improve",
+    "undo",
     # -- health
     "audit",
 
     # -- state and shell
+    "replace",
     "recover",
     "exec",
 
