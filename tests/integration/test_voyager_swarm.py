@@ -17,6 +17,7 @@ import signal
 import subprocess
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pyagent
@@ -49,7 +50,8 @@ def test_improve_swarm_survives_a_sigkilled_node(
     _git(project, "add", "-A")
     _git(project, "commit", "-qm", "init")
 
-    names = ["ann", "bob", "cyd"]
+    tag = uuid.uuid4().hex[:6]  # unique names: other test runs may share the LAN
+    names = [f"ann-{tag}", f"bob-{tag}", f"cyd-{tag}"]
     keys = {n: _key(pyagent_cmd, tmp_path / n) for n in [*names, "origin"]}
     for n in names:  # the origin trusts each node, each node trusts the origin
         subprocess.run([*pyagent_cmd, "trust", keys[n], "--home", str(tmp_path / "origin")], check=True, capture_output=True)
