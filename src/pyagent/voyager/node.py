@@ -111,6 +111,7 @@ class VoyagerNode:
                 port=port,
                 fingerprint=self.keypair.fingerprint,
                 slots=self.free_slots,
+                capacity=self.config.slots,
                 interfaces=[self.config.interface],
                 on_change=self._on_peer,
             )

@@ -106,6 +106,7 @@ class SwarmExecutor:
         self._start_lock = asyncio.Lock()
         self._started = False
         self._inflight: Counter[str] = Counter()
+        self._served: set[str] = set()  # peers that returned work to us (their "0 free" may be our own)
         self._peer_blobs: dict[str, set[str]] = {}
         self._hash_cache: dict[str, tuple[tuple[int, int, int], str]] = {}
 
@@ -158,10 +159,13 @@ class SwarmExecutor:
         for peer in self._trusted_peers():
             if peer.node_id in exclude:
                 continue
-            free = peer.slots - self._inflight[peer.node_id]
-            if free <= 0:
+            # The advertised free count lags by an mDNS round trip; our own in-flight count does not.
+            # With several origins a node may still be full: it says so and we try the next one.
+            mine = self._inflight[peer.node_id]
+            free = (peer.capacity or peer.slots) - mine
+            if free <= 0 or (peer.slots == 0 and mine == 0 and peer.node_id not in self._served):
                 continue
-            rank = (-free, self._inflight[peer.node_id], peer.node_id)
+            rank = (-free, -peer.slots, peer.node_id)
             if best is None or rank < best:
                 best, chosen = rank, peer
         return chosen
@@ -186,6 +190,7 @@ class SwarmExecutor:
                 continue
             finally:
                 self._inflight[peer.node_id] -= 1
+            self._served.add(peer.node_id)
             self._charge(task, change)
             self.stats.remote[peer.name] += 1
             self._emit("remote_done", task=task.id, peer=peer.name)
