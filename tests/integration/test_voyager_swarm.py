@@ -153,6 +153,9 @@ def test_improve_swarm_survives_a_sigkilled_node(
         assert t["verification"]["remote"]["root_task_id"] == t["lineage"][0]
         assert t["verification"]["remote"]["lineage"] == t["lineage"]
 
+    swarm_note = next(n for n in report["notes"] if n.startswith("swarm: "))
+    assert int(swarm_note.split(" locally, ")[1].split()[0]) >= 1, swarm_note  # the victim's task was re-routed
+
     # no change applied twice: one commit per kept task, no task committed twice
     branch = report["branch"]
     kept = {t["id"] for t in tasks.values() if t["status"] == "kept"}

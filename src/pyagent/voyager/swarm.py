@@ -128,6 +128,15 @@ class SwarmExecutor:
                 await self.discovery.wait_for_peers(len(self.discovery.peers()) + 1, deadline - loop.time())
             self._emit("peers", peers=[p.name for p in self._trusted_peers()])
 
+    @property
+    def summary(self) -> str:
+        """One line for the run's report: where the tasks ran."""
+        remote = ", ".join(f"{name} {n}" for name, n in sorted(self.stats.remote.items())) or "none"
+        return (
+            f"swarm: {sum(self.stats.remote.values())} task(s) ran on peers ({remote}), {self.stats.local} "
+            f"locally, {self.stats.rerouted} re-routed after a peer failed or was busy"
+        )
+
     async def aclose(self) -> None:
         if self.discovery is not None:
             await self.discovery.close()
