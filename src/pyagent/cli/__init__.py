@@ -31,6 +31,9 @@ COMMANDS: list[str] = [
     "memory",
 
     # -- voyager
+    "node",
+    "peers",
+    "trust",
 
     # -- inference
     "generate",
