@@ -24,6 +24,7 @@ COMMANDS: list[str] = [
     "audit",
 
     # -- state and shell
+    "replace",
     "recover",
     "exec",
 
