@@ -24,6 +24,7 @@ COMMANDS: list[str] = [
     "audit",
 
     # -- state and shell
+    "replace",
     "recover",
     "exec",
 
@@ -31,6 +32,9 @@ COMMANDS: list[str] = [
     "memory",
 
     # -- voyager
+    "node",
+    "peers",
+    "trust",
 
     # -- inference
     "generate",

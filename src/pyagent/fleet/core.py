@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from pyagent.agents.context import CascadeContext, SecurityScope
 from pyagent.fleet.events import FleetEvent
 from pyagent.fleet.priority import AgentPriority
+from pyagent.redact import redact
 
 if TYPE_CHECKING:
     from pyagent.agents.knowledge import KnowledgeBackend
@@ -711,6 +712,8 @@ class FleetExecutionCore:
             root, lineage = h.id, (h.id,)
         else:
             root, lineage = ctx.root_task_id, ctx.lineage_ids()
+        if detail is not None:
+            detail = redact(detail)  # every consumer (display, log, report) sees the scrubbed text
         event = FleetEvent(
             _now(), kind, h.id, root, h.name, h.kind, outcome, 0, duration, detail, lineage, _PRIORITY_NAMES[h.priority]
         )
@@ -740,7 +743,7 @@ class FleetExecutionCore:
                 outcome=outcome,
                 tokens=tokens,
                 duration=duration,
-                detail=detail,
+                detail=None if detail is None else redact(detail),
                 lineage=ctx.lineage_ids(),
                 priority=_PRIORITY_NAMES[h.priority],
             )
