@@ -7,7 +7,7 @@
 //! True`, and a name `x` equals the string `'x'`), anything else by identity (always distinct);
 //! each key is qualified by the innermost enclosing function name. Only function bodies are
 //! visited (not decorators, defaults or annotations of a `def`), as in radon.
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use ruff_python_ast::visitor::{walk_expr, walk_stmt, Visitor};
 use ruff_python_ast::{self as ast, BoolOp, CmpOp, Expr, Number, Operator, Stmt, UnaryOp};
@@ -69,7 +69,7 @@ fn cmp_id(op: CmpOp) -> u32 {
 
 struct Hal<'a> {
     context: u32,
-    contexts: Vec<&'a str>,
+    contexts: HashMap<&'a str, u32>,
     operators_seen: u64,
     operators: u64,
     operands: u64,
@@ -123,12 +123,10 @@ impl<'a> Hal<'a> {
         }
     }
 
+    /// A small id per distinct function name (0 is module level), as radon keys operands by name.
     fn context_id(&mut self, name: &'a str) -> u32 {
-        if let Some(i) = self.contexts.iter().position(|c| *c == name) {
-            return i as u32 + 1;
-        }
-        self.contexts.push(name);
-        self.contexts.len() as u32
+        let next = self.contexts.len() as u32 + 1;
+        *self.contexts.entry(name).or_insert(next)
     }
 }
 
@@ -201,7 +199,7 @@ pub fn report(h1: u64, h2: u64, n1: u64, n2: u64) -> Halstead {
 pub fn module_halstead(module: &[Stmt]) -> Halstead {
     let mut v = Hal {
         context: 0,
-        contexts: Vec::new(),
+        contexts: HashMap::new(),
         operators_seen: 0,
         operators: 0,
         operands: 0,

@@ -556,6 +556,7 @@ pub fn analyze(source: &str) -> Result<RawMetrics, RawError> {
     let mut m = RawMetrics::default();
     let mut tokens: Vec<Tk> = Vec::new();
     let mut committed: Vec<Tk> = Vec::new();
+    let mut tail: Vec<Tk> = Vec::new();
     let mut buf = String::new();
     let mut i = 0;
     while i < lines.len() {
@@ -565,12 +566,15 @@ pub fn analyze(source: &str) -> Result<RawMetrics, RawError> {
         let mut committed_error = false;
         let mut j = i;
         loop {
-            tokens.clear();
-            tokens.extend_from_slice(&committed);
-            let ok = finish_attempt(&state, lines[j], &mut tokens).is_ok()
+            // The attempt's own tokens go to `tail`, so a long run costs linear time, not quadratic.
+            tail.clear();
+            let ok = finish_attempt(&state, lines[j], &mut tail).is_ok()
                 && !committed_error
-                && !tokens.contains(&Tk::Error);
+                && !tail.contains(&Tk::Error);
             if ok {
+                tokens.clear();
+                tokens.extend_from_slice(&committed);
+                tokens.extend_from_slice(&tail);
                 break;
             }
             buf.clear();
