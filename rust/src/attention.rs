@@ -43,8 +43,29 @@ struct Partial {
     acc: Vec<f32>,
 }
 
+/// Multiply-add, fused where the CPU has FMA (selected once per call at run time).
+trait Arith {
+    fn madd(a: f32, b: f32, c: f32) -> f32;
+}
+
+struct Plain;
+impl Arith for Plain {
+    #[inline(always)]
+    fn madd(a: f32, b: f32, c: f32) -> f32 {
+        a * b + c
+    }
+}
+
+struct Fused;
+impl Arith for Fused {
+    #[inline(always)]
+    fn madd(a: f32, b: f32, c: f32) -> f32 {
+        a.mul_add(b, c)
+    }
+}
+
 #[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+fn dot<A: Arith>(a: &[f32], b: &[f32]) -> f32 {
     // Independent lanes so the compiler can vectorize without reassociating one running sum.
     let mut lanes = [0f32; 16];
     let ca = a.chunks_exact(16);
@@ -52,21 +73,42 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
         for i in 0..16 {
-            lanes[i] += x[i] * y[i];
+            lanes[i] = A::madd(x[i], y[i], lanes[i]);
         }
     }
     let mut s: f32 = lanes.iter().sum();
     for (x, y) in ra.iter().zip(rb) {
-        s += x * y;
+        s = A::madd(*x, *y, s);
     }
     s
 }
 
 #[inline(always)]
-fn axpy(acc: &mut [f32], w: f32, x: &[f32]) {
+fn axpy<A: Arith>(acc: &mut [f32], w: f32, x: &[f32]) {
     for (a, b) in acc.iter_mut().zip(x) {
-        *a += w * b;
+        *a = A::madd(w, *b, *a);
     }
+}
+
+/// `exp(x)` for x <= 0 (Cephes-style: 2^n * polynomial), written with plain arithmetic so it vectorizes.
+#[inline(always)]
+fn exp_nonpositive<A: Arith>(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer in the low mantissa bits
+    let x = x.max(-87.0);
+    let t = A::madd(x, LOG2E, ROUND);
+    let n = t - ROUND;
+    let r = A::madd(n, -0.693_359_4, x);
+    let r = A::madd(n, 2.121_944_4e-4, r);
+    let mut p = 1.987_569_1e-4f32;
+    p = A::madd(p, r, 1.398_199_9e-3);
+    p = A::madd(p, r, 8.333_452e-3);
+    p = A::madd(p, r, 4.166_579_6e-2);
+    p = A::madd(p, r, 1.666_666_5e-1);
+    p = A::madd(p, r, 5.000_000_1e-1);
+    let y = A::madd(p, r * r, r) + 1.0;
+    let bits = ((t.to_bits() as i32 - 0x4B40_0000 + 127) << 23) as u32;
+    y * f32::from_bits(bits)
 }
 
 /// Check the shape and table contents so that the kernel cannot read out of bounds.
@@ -106,7 +148,60 @@ pub fn validate(shape: &DecodeShape, inputs: &DecodeInputs<'_>, out_len: usize) 
     Ok(())
 }
 
-fn partition(
+/// Lane-wise max and sum: independent lanes vectorize, one running value would not.
+#[inline(always)]
+fn lanes_max(xs: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let chunks = xs.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..8 {
+            lanes[i] = if c[i] > lanes[i] { c[i] } else { lanes[i] };
+        }
+    }
+    rest.iter().chain(lanes.iter()).fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m })
+}
+
+#[inline(always)]
+fn lanes_sum(xs: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let chunks = xs.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..8 {
+            lanes[i] += c[i];
+        }
+    }
+    lanes.iter().sum::<f32>() + rest.iter().sum::<f32>()
+}
+
+/// Ask the CPU to start loading `len` floats at `data[at..]` into cache (a hint; no effect elsewhere).
+#[inline(always)]
+fn prefetch(data: &[f32], at: usize, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if at + len <= data.len() {
+        for off in (0..len).step_by(16) {
+            // SAFETY: prefetch never faults, and the address lies inside `data`.
+            unsafe {
+                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+                _mm_prefetch::<_MM_HINT_T0>(data.as_ptr().add(at + off) as *const i8);
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (data, at, len);
+}
+
+/// How many rows ahead the key pass prefetches (blocks are scattered, so the hardware cannot guess).
+const PREFETCH_ROWS: usize = 8;
+
+/// Tokens per sub-chunk: their V rows (64 x head_dim floats) stay in L1 while every head reads them.
+const SUB: usize = 64;
+/// Output columns accumulated in registers at a time.
+const TILE: usize = 32;
+
+#[inline(always)]
+fn partition_impl<A: Arith>(
     shape: &DecodeShape,
     inputs: &DecodeInputs<'_>,
     seq: usize,
@@ -122,40 +217,114 @@ fn partition(
     let q_base = (seq * s.num_heads + kv_head * group) * hd;
     let q = &inputs.q[q_base..q_base + group * hd];
     let table = &inputs.block_tables[seq * s.max_blocks_per_seq..(seq + 1) * s.max_blocks_per_seq];
-    let row_of = |t: usize| -> usize {
-        let block = table[t / s.block_size] as usize;
-        ((block * s.num_kv_heads + kv_head) * s.block_size + t % s.block_size) * hd
-    };
+    // Offset of token t's row (this KV head) in either cache, resolved through the block table once.
+    let rows: Vec<usize> = (start..end)
+        .map(|t| {
+            let block = table[t / s.block_size] as usize;
+            ((block * s.num_kv_heads + kv_head) * s.block_size + t % s.block_size) * hd
+        })
+        .collect();
     let mut scores = vec![0f32; group * n];
-    for t in start..end {
-        let base = row_of(t);
+    for (i, &base) in rows.iter().enumerate() {
+        if let Some(&ahead) = rows.get(i + PREFETCH_ROWS) {
+            prefetch(inputs.k_cache, ahead, hd);
+        }
         let k = &inputs.k_cache[base..base + hd];
         for j in 0..group {
-            scores[j * n + (t - start)] = dot(&q[j * hd..(j + 1) * hd], k) * scale;
+            scores[j * n + i] = dot::<A>(&q[j * hd..(j + 1) * hd], k) * scale;
         }
     }
     let mut max = vec![f32::NEG_INFINITY; group];
     let mut sum = vec![0f32; group];
     for j in 0..group {
         let row = &mut scores[j * n..(j + 1) * n];
-        let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut l = 0f32;
+        let m = lanes_max(row);
         for x in row.iter_mut() {
-            *x = (*x - m).exp();
-            l += *x;
+            *x = exp_nonpositive::<A>(*x - m);
         }
         max[j] = m;
-        sum[j] = l;
+        sum[j] = lanes_sum(row);
     }
     let mut acc = vec![0f32; group * hd];
-    for t in start..end {
-        let base = row_of(t);
-        let v = &inputs.v_cache[base..base + hd];
-        for j in 0..group {
-            axpy(&mut acc[j * hd..(j + 1) * hd], scores[j * n + (t - start)], v);
+    if hd % TILE == 0 {
+        for &base in &rows[..SUB.min(n)] {
+            prefetch(inputs.v_cache, base, hd);
+        }
+        for s0 in (0..n).step_by(SUB) {
+            let sub = &rows[s0..(s0 + SUB).min(n)];
+            for &base in rows.get(s0 + SUB..(s0 + 2 * SUB).min(n)).unwrap_or(&[]) {
+                prefetch(inputs.v_cache, base, hd);
+            }
+            for j in 0..group {
+                let p = &scores[j * n + s0..j * n + s0 + sub.len()];
+                for d0 in (0..hd).step_by(TILE) {
+                    let out = &mut acc[j * hd + d0..j * hd + d0 + TILE];
+                    let mut a = [0f32; TILE];
+                    a.copy_from_slice(out);
+                    for (&base, &w) in sub.iter().zip(p) {
+                        let v = &inputs.v_cache[base + d0..base + d0 + TILE];
+                        for i in 0..TILE {
+                            a[i] = A::madd(w, v[i], a[i]);
+                        }
+                    }
+                    out.copy_from_slice(&a);
+                }
+            }
+        }
+    } else {
+        for (i, &base) in rows.iter().enumerate() {
+            let v = &inputs.v_cache[base..base + hd];
+            for j in 0..group {
+                axpy::<A>(&mut acc[j * hd..(j + 1) * hd], scores[j * n + i], v);
+            }
         }
     }
     Partial { max, sum, acc }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn partition_avx2(
+    shape: &DecodeShape,
+    inputs: &DecodeInputs<'_>,
+    seq: usize,
+    kv_head: usize,
+    start: usize,
+    end: usize,
+    scale: f32,
+) -> Partial {
+    partition_impl::<Fused>(shape, inputs, seq, kv_head, start, end, scale)
+}
+
+fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn partition(
+    shape: &DecodeShape,
+    inputs: &DecodeInputs<'_>,
+    seq: usize,
+    kv_head: usize,
+    start: usize,
+    end: usize,
+    scale: f32,
+    simd: bool,
+) -> Partial {
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: `simd` is true only when the CPU reports AVX2 and FMA.
+        return unsafe { partition_avx2(shape, inputs, seq, kv_head, start, end, scale) };
+    }
+    let _ = simd;
+    partition_impl::<Plain>(shape, inputs, seq, kv_head, start, end, scale)
 }
 
 /// Decode attention for every sequence; `out` receives softmax(q·Kᵀ·scale)·V per query head.
@@ -173,6 +342,7 @@ pub fn paged_decode(
     let s = *shape;
     let hd = s.head_dim;
     let group = s.num_heads / s.num_kv_heads;
+    let simd = has_avx2_fma();
     // One output chunk per (sequence, KV head): the `group` query heads that share it are adjacent.
     out.par_chunks_mut(group * hd).enumerate().for_each(|(idx, chunk)| {
         let (seq, kv_head) = (idx / s.num_kv_heads, idx % s.num_kv_heads);
@@ -185,7 +355,7 @@ pub fn paged_decode(
             .into_par_iter()
             .map(|p| {
                 let start = p * partition_size;
-                partition(&s, inputs, seq, kv_head, start, (start + partition_size).min(ctx), scale)
+                partition(&s, inputs, seq, kv_head, start, (start + partition_size).min(ctx), scale, simd)
             })
             .collect();
         for j in 0..group {
@@ -196,7 +366,7 @@ pub fn paged_decode(
             for p in &parts {
                 let w = (p.max[j] - m).exp();
                 total += w * p.sum[j];
-                axpy(o, w, &p.acc[j * hd..(j + 1) * hd]);
+                axpy::<Plain>(o, w, &p.acc[j * hd..(j + 1) * hd]);
             }
             let inv = 1.0 / total;
             o.iter_mut().for_each(|x| *x *= inv);

@@ -9,6 +9,8 @@ mod walk;
 pub mod metrics;
 
 // -- replace and diff
+mod diff;
+mod replace;
 
 // -- attention kernels
 mod attention;
@@ -22,6 +24,8 @@ fn _rust(m: &Bound<'_, PyModule>) -> PyResult<()> {
     metrics::register(m)?;
 
     // -- replace and diff
+    diff::register(m)?;
+    replace::register(m)?;
 
     // -- attention kernels
     attention::register(m)?;

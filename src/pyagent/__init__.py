@@ -47,6 +47,8 @@ _EXPORTS: dict[str, str] = {
     "NeuralPruningEngine": "pyagent.memory.pruning",
 
     # -- voyager (discovery and transport)
+    "DiscoveryNode": "pyagent.voyager.discovery",
+    "VoyagerTransport": "pyagent.voyager.transport",
 
     # -- inference (engine)
     "PagedAttentionEngine": "pyagent.inference.engine",
@@ -87,6 +89,8 @@ if TYPE_CHECKING:  # one import line per component, same order as _EXPORTS
     from pyagent.state.errors import TransactionError as TransactionError
     from pyagent.state.transaction import CommitResult as CommitResult
     from pyagent.state.transaction import StateTransaction as StateTransaction
+    from pyagent.voyager import DiscoveryNode as DiscoveryNode
+    from pyagent.voyager import VoyagerTransport as VoyagerTransport
 
 
 def __getattr__(name: str) -> Any:

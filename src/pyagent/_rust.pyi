@@ -47,6 +47,31 @@ def audit_source(source: str, path: str = "<string>", *, multi_as_comments: bool
     """One module given as text."""
 
 # -- replace and diff
+def replace(
+    root: str,
+    pattern: str,
+    replacement: str,
+    *,
+    literal: bool = False,
+    multiline: bool = False,
+    globs: list[str] = ...,
+    excludes: list[str] = ...,
+    hidden: bool = False,
+    no_ignore: bool = False,
+    diff: bool = False,
+) -> tuple[
+    list[tuple[str, bytes, bytes, int, str | None]], int, list[str], list[str], list[tuple[str, str]]
+]:
+    """(changes, scanned, binary, non_utf8, errors); a change is (path, original, new, matches, diff).
+    Writes nothing. ValueError for an invalid regex or glob, FileNotFoundError for a missing root."""
+
+def replace_in_text(
+    text: str, pattern: str, replacement: str, *, literal: bool = False, multiline: bool = False
+) -> tuple[str, int]:
+    """The same replacement on one string: (new text, number of replacements)."""
+
+def unified_diff(old: str, new: str, *, old_path: str = "a", new_path: str = "b", context: int = 3) -> str:
+    """Unified diff of two texts ('' when equal)."""
 
 # -- attention kernels
 import numpy as np  # noqa: E402

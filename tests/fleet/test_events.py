@@ -96,3 +96,41 @@ def test_async_event_stream_ends_at_shutdown() -> None:
         return seen
 
     assert asyncio.run(main()) == [("queued", None), ("started", None), ("finished", "done")]
+
+
+def test_callbacks_already_receive_redacted_details() -> None:
+    seen: list[FleetEvent] = []
+
+    async def main() -> None:
+        async def leaky(c: TaskControl) -> None:
+            c.emit("llm.call", detail={"prompt": f"key {SECRET}", "password": "hunter22"})
+            raise ValueError(f"bad key {SECRET}")
+
+        async with FleetManager(1, on_event=seen.append) as fleet:
+            with pytest.raises(ValueError):
+                await fleet.submit("x", leaky).result()
+
+    asyncio.run(main())
+    text = repr([e.to_dict() for e in seen])
+    assert SECRET not in text and "hunter22" not in text
+    assert any(e.kind == "finished" and "ValueError: bad key [REDACTED]" in str(e.detail) for e in seen)
+
+
+def test_event_log_is_thread_safe(tmp_path: Path) -> None:
+    import threading
+
+    path = tmp_path / "e.jsonl"
+    with EventLog(path) as log:
+
+        def writer(n: int) -> None:
+            for i in range(200):
+                log({"kind": "t", "writer": n, "i": i, "pad": "x" * 500})
+
+        threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    records = list(read_events(path))
+    assert len(records) == 800
+    assert sorted((r["writer"], r["i"]) for r in records) == [(n, i) for n in range(4) for i in range(200)]

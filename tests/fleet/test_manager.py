@@ -10,7 +10,13 @@ from typing import Any
 import pytest
 
 from pyagent.agents.budget import Budget
-from pyagent.agents.context import BudgetExceeded, CascadeContext, DepthLimitExceeded, LoopDetected
+from pyagent.agents.context import (
+    BudgetExceeded,
+    CascadeContext,
+    CircuitOpen,
+    DepthLimitExceeded,
+    LoopDetected,
+)
 from pyagent.agents.knowledge import InMemoryKnowledge
 from pyagent.fleet.core import (
     FINAL_STATES,
@@ -533,3 +539,40 @@ def test_submit_from_another_thread() -> None:
     assert run(main()) == [i * i for i in range(20)]
     with pytest.raises(RuntimeError, match="not running on an event loop"):
         FleetManager(1).submit_threadsafe("x", lambda c: asyncio.sleep(0))
+
+
+def test_one_manager_across_two_event_loops() -> None:
+    fleet = FleetManager(2)
+
+    async def ok(c: TaskControl) -> str:
+        return c.name
+
+    async def main(name: str) -> str:
+        return await fleet.run(name, ok)
+
+    assert run(main("first")) == "first"
+    assert run(main("second")) == "second"
+    assert fleet.cycle == 2
+
+
+def test_tasks_of_a_stopped_chain_do_not_start() -> None:
+    ran: list[str] = []
+
+    async def main() -> None:
+        async def work(c: TaskControl) -> None:
+            ran.append(c.name)
+
+        spent = CascadeContext.root("a", budget=Budget(tokens=1))
+        with pytest.raises(BudgetExceeded):
+            spent.budget.charge(tokens=2)
+        broken = CascadeContext.root("b")
+        for _ in range(3):
+            broken = broken.record_failure("apply", "patch did not apply")
+        async with FleetManager(2) as fleet:
+            with pytest.raises(BudgetExceeded, match="token budget exhausted"):
+                await fleet.submit("a", work, context=spent).result()
+            with pytest.raises(CircuitOpen, match="failed 3 times"):
+                await fleet.submit("b", work, context=broken).result()
+
+    run(main())
+    assert ran == []

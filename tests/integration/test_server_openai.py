@@ -290,3 +290,19 @@ def test_serve_command_end_to_end(live: Live, tmp_path: Path) -> None:
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0
     assert key not in line + out
+
+
+def test_start_local_server_for_agents(tmp_path: Path) -> None:
+    """The in-process server ``improve --llm local:DIR`` uses: one per model directory, loopback only."""
+    from pyagent.inference.tiny import init_tiny
+    from pyagent.server.local import start_local_server
+
+    model_dir = init_tiny(tmp_path / "agent-model")
+    url = start_local_server(model_dir)
+    assert url.startswith("http://127.0.0.1:") and url.endswith("/v1")
+    assert start_local_server(str(model_dir)) == url
+    client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
+    assert [m.id for m in client.models.list()] == ["agent-model"]
+    reply = client.chat.completions.create(model="agent-model", messages=[{"role": "user", "content": "hi"}],
+                                           max_tokens=3)
+    assert reply.usage is not None and reply.usage.completion_tokens == 3

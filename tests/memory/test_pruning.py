@@ -142,9 +142,17 @@ def test_routes_learn_and_pick_agents(store: KnowledgeStore) -> None:
     route = engine.route("linter", "refactor")
     assert route is not None and (route.successes, route.failures) == (0, 1)
     assert engine.record_route("linter", "refactor", success=False) == 0.25
-    # a third failure: 0.125 < 0.2, the route is pruned and forgotten (back to the prior)
-    assert engine.record_route("linter", "refactor", success=False) == 1.0
+    # more failures: floored at the threshold (still known as bad), not pruned and forgotten
+    assert engine.record_route("linter", "refactor", success=False) == 0.2
+    assert engine.record_route("linter", "refactor", success=False) == 0.2
+    assert engine.route("linter", "refactor").failures == 4  # type: ignore[union-attr]
+    assert engine.best_agent("refactor", ["linter", "fresh"]) == "fresh"
+    for _ in range(49):
+        engine.tick()
+    assert engine.route_weight("linter", "refactor") == 0.2
+    engine.tick()  # 50 idle cycles: 0.1 < 0.2, pruned: forgotten, back to the prior
     assert engine.route("linter", "refactor") is None
+    assert engine.route_weight("linter", "refactor") == 1.0
     assert [r.agent for r in engine.routes("refactor")] == ["coder"]
-    engine.tick(100)
+    engine.tick(50)
     assert engine.route_weight("coder", "refactor") == pytest.approx(1.1 * 0.25)

@@ -186,3 +186,71 @@ def test_client_disconnect_aborts_generation(serve: Callable[..., Running]) -> N
     stored = httpx.get(f"{run.url}/responses/{rid}").json()
     assert stored["status"] == "cancelled"
     assert stored["usage"]["output_tokens"] < 2000
+
+
+@pytest.mark.parametrize("path", ["/responses", "/chat/completions"])
+def test_non_streamed_request_is_aborted_when_the_client_gives_up(serve: Callable[..., Running], path: str) -> None:
+    engine = StandInEngine(delay=0.02)
+    run = serve(engine)
+    free = engine.kv_cache.num_free_blocks
+    if path == "/responses":
+        body: dict[str, Any] = {"model": "standin", "input": "long", "max_output_tokens": 2000}
+    else:
+        body = {"model": "standin", "messages": [{"role": "user", "content": "long"}], "max_tokens": 2000}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(run.url + path, json=body, timeout=httpx.Timeout(30, read=0.3))
+    assert engine.kv_cache.num_free_blocks < free  # it was generating when the client left
+    deadline = time.monotonic() + 10
+    while engine.kv_cache.num_free_blocks != free and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert engine.kv_cache.num_free_blocks == free
+    if path == "/responses":
+        (stored,) = [run.store.get(rid) for rid in _stored_ids(run)]
+        assert stored is not None and stored.status == "cancelled"
+
+
+def _stored_ids(run: Running) -> list[str]:
+    import sqlite3
+
+    with sqlite3.connect(run.store.path) as db:
+        return [r[0] for r in db.execute("SELECT id FROM responses")]
+
+
+def test_live_replay_follows_a_response_in_progress(serve: Callable[..., Running]) -> None:
+    engine = StandInEngine(delay=0.01)
+    run = serve(engine)
+    seen: list[dict[str, Any]] = []
+    started = threading.Event()
+    body = {"model": "standin", "input": "follow me", "stream": True, "max_output_tokens": 60}
+    t = threading.Thread(target=_stream_until_cancelled, args=(run.url, body, seen, started))
+    t.start()
+    assert started.wait(10)
+    rid = seen[0]["response"]["id"]
+    with httpx.stream("GET", f"{run.url}/responses/{rid}", params={"stream": "true", "starting_after": 1},
+                      timeout=30) as r:
+        replay = [orjson.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+    t.join(10)
+    assert replay == seen[2:]  # the same events, live, from sequence number 2 to the end
+    assert replay[-1]["type"] == "response.incomplete"
+
+
+def test_follow_up_prompt_extends_the_previous_one(serve: Callable[..., Running]) -> None:
+    """The prefix-cache property: turn 2's prompt starts with turn 1's prompt and answer, token for token."""
+    engine = StandInEngine(stop_after=5)
+    run = serve(engine)
+    client = openai.OpenAI(base_url=run.url, api_key="x")
+    first = client.responses.create(model="standin", input="hello")
+    client.responses.create(model="standin", input="more", previous_response_id=first.id)
+    turn1, turn2 = engine.prompts[-2:]
+    answer = engine.tokenizer.encode(" " + first.output_text)
+    assert turn2[: len(turn1) + len(answer)] == turn1 + answer
+
+
+def test_metadata_limits(serve: Callable[..., Running]) -> None:
+    run = serve()
+    too_many = {f"k{i}": "v" for i in range(17)}
+    _assert_error(_post(run, {"model": "standin", "input": "x", "metadata": too_many}), 400, "metadata")
+    long_value = {"k": "v" * 513}
+    _assert_error(_post(run, {"model": "standin", "input": "x", "metadata": long_value}), 400)
+    surrogate = b'{"model": "standin", "input": "bad \\ud800 text"}'
+    assert "Unicode" in _assert_error(_post(run, None, raw=surrogate), 400)["message"]

@@ -215,3 +215,10 @@ def test_no_cgroup_left_behind() -> None:
     if base is not None:
         mine = [n for n in os.listdir(base) if n.startswith(f"pyagent-{os.getpid()}-")]
         assert mine == []
+
+
+def test_child_inherits_only_stdio() -> None:
+    code = "import os; print(' '.join(sorted(os.listdir('/proc/self/fd'), key=int)))"
+    r = SecureShell().run_sync([PY, "-c", code])
+    fds = r.stdout.split()
+    assert fds[:3] == ["0", "1", "2"] and len(fds) == 4  # the 4th is listdir's own directory handle

@@ -151,30 +151,42 @@ def test_bad_paths_are_refused(tree: Path, tmp_path_factory: pytest.TempPathFact
 
 
 def test_permission_denied_mid_commit_rolls_back(tree: Path) -> None:
-    if os.geteuid() == 0:
-        # root ignores directory permissions; make the failure real with an immutable-free trick:
-        # a regular file where the commit needs a directory.
-        (tree / "blocker").write_text("not a dir")
-        before = snapshot(tree)
-        tx = StateTransaction(tree)
-        tx.write_text("a.py", "a = 99\n")
-        tx.create("blocker/inner.py", b"x")
-        with pytest.raises((TransactionError, OSError)):
-            tx.commit()
-        assert snapshot(tree) == before
-    else:
-        os.chmod(tree / "pkg", 0o555)
-        try:
-            before = snapshot(tree)
-            tx = StateTransaction(tree)
-            tx.write_text("a.py", "a = 99\n")
-            tx.write_text("pkg/b.py", "b = 99\n")
-            with pytest.raises(TransactionError, match="rolled back"):
-                tx.commit()
-            assert snapshot(tree) == before
-        finally:
-            os.chmod(tree / "pkg", 0o755)
+    """A read-only directory makes the commit fail half-way; it must roll back and say so."""
+    code = (
+        "import sys\nfrom pyagent.state import StateTransaction, TransactionError\n"
+        "tx = StateTransaction(sys.argv[1])\n"
+        "tx.write_text('a.py', 'a = 99\\n')\ntx.write_text('pkg/b.py', 'b = 99\\n')\n"
+        "try:\n    tx.commit()\nexcept TransactionError as e:\n    print(e); sys.exit(3)\n"
+    )
+    cmd = [sys.executable, "-c", code, str(tree)]
+    if os.geteuid() == 0:  # root writes anywhere: drop the capabilities that bypass file permissions
+        cmd = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *cmd]
+    before = snapshot(tree)
+    os.chmod(tree / "pkg", 0o555)
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    finally:
+        os.chmod(tree / "pkg", 0o755)
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert "rolled back" in out.stdout and "ermission denied" in out.stdout
+    assert snapshot(tree) == before
     assert not os.path.exists(journal_path(str(tree)))
+    assert not [p for p in tree.rglob("*.tmp") if ".pyagent" not in p.parts]
+
+
+def test_vault_that_cannot_be_created_is_a_clear_error(tmp_path: Path) -> None:
+    code = "import sys\nfrom pyagent.state import StateTransaction\nStateTransaction(sys.argv[1])\n"
+    cmd = [sys.executable, "-c", code, str(tmp_path)]
+    if os.geteuid() == 0:
+        cmd = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *cmd]
+    os.chmod(tmp_path, 0o555)
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    finally:
+        os.chmod(tmp_path, 0o755)
+    assert out.returncode == 1
+    assert "TransactionError: cannot create PyAgent's vault" in out.stderr
+    assert not (tmp_path / ".pyagent").exists()
 
 
 def test_unreadable_file_is_a_clear_error(tree: Path) -> None:

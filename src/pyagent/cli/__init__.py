@@ -24,12 +24,17 @@ COMMANDS: list[str] = [
     "audit",
 
     # -- state and shell
+    "replace",
     "recover",
     "exec",
 
     # -- memory
+    "memory",
 
     # -- voyager
+    "node",
+    "peers",
+    "trust",
 
     # -- inference
     "generate",

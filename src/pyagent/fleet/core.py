@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from pyagent.agents.context import CascadeContext, SecurityScope
 from pyagent.fleet.events import FleetEvent
 from pyagent.fleet.priority import AgentPriority
+from pyagent.redact import redact
 
 if TYPE_CHECKING:
     from pyagent.agents.knowledge import KnowledgeBackend
@@ -371,7 +372,7 @@ class FleetExecutionCore:
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0):
             raise ValueError(f"timeout must be a number > 0 or None, got {timeout!r}")
         loop = self._loop
-        if loop is None:
+        if loop is None or loop.is_closed():
             try:
                 loop = self._loop = asyncio.get_running_loop()
             except RuntimeError:
@@ -641,6 +642,8 @@ class FleetExecutionCore:
     async def _run(self, h: TaskHandle[Any]) -> None:
         control = TaskControl(h)
         try:
+            if h._context is not None:
+                h._context.check()  # a chain whose budget is spent or whose circuit is open starts nothing
             if h._timeout is None:
                 value = await h._fn(control)
             else:
@@ -709,6 +712,8 @@ class FleetExecutionCore:
             root, lineage = h.id, (h.id,)
         else:
             root, lineage = ctx.root_task_id, ctx.lineage_ids()
+        if detail is not None:
+            detail = redact(detail)  # every consumer (display, log, report) sees the scrubbed text
         event = FleetEvent(
             _now(), kind, h.id, root, h.name, h.kind, outcome, 0, duration, detail, lineage, _PRIORITY_NAMES[h.priority]
         )
@@ -738,7 +743,7 @@ class FleetExecutionCore:
                 outcome=outcome,
                 tokens=tokens,
                 duration=duration,
-                detail=detail,
+                detail=None if detail is None else redact(detail),
                 lineage=ctx.lineage_ids(),
                 priority=_PRIORITY_NAMES[h.priority],
             )

@@ -57,6 +57,12 @@ class ModelConfig:
             head_dim = int(raw.get("head_dim") or hidden // heads)
             eos = raw.get("eos_token_id")
             eos_ids = tuple(int(e) for e in eos) if isinstance(eos, list) else (() if eos is None else (int(eos),))
+            # transformers >= 5 writes "rope_parameters" (theta and scaling together); older files use
+            # "rope_theta" and "rope_scaling".
+            found = raw.get("rope_parameters")
+            rope_params: dict[str, Any] = found if isinstance(found, dict) else {}
+            theta = raw.get("rope_theta") or rope_params.get("rope_theta") or 10000.0
+            scaling = raw.get("rope_scaling") or (rope_params if rope_type(rope_params) != "default" else None)
             window = raw.get("sliding_window")
             use_window = family == "mistral" or (family == "qwen2" and raw.get("use_sliding_window", False))
             config = cls(
@@ -69,8 +75,8 @@ class ModelConfig:
                 num_key_value_heads=kv_heads,
                 head_dim=head_dim,
                 rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
-                rope_theta=float(raw.get("rope_theta", 10000.0)),
-                rope_scaling=raw.get("rope_scaling"),
+                rope_theta=float(theta),
+                rope_scaling=scaling,
                 max_position_embeddings=int(raw.get("max_position_embeddings", 2048)),
                 tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
                 # Qwen2 always has q/k/v biases; Llama and Mistral only when the config says so.

@@ -26,7 +26,7 @@ from pyagent.inference.sampler import SamplingParams, sample
 from pyagent.inference.scheduler import Request, Scheduler
 from pyagent.inference.tokenizer import IncrementalDetokenizer, Tokenizer
 
-__all__ = ["FinishReason", "PagedAttentionEngine", "RequestOutput", "SamplingParams"]
+__all__ = ["FinishReason", "PagedAttentionEngine", "RequestOutput", "RequestStream", "SamplingParams"]
 
 FinishReason = Literal["stop", "length", "abort"]
 DEFAULT_KV_CACHE_BYTES = 1 << 30
@@ -248,30 +248,65 @@ class PagedAttentionEngine:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=30)
 
-    async def generate(self, prompt_token_ids: Sequence[int], params: SamplingParams,
-                       request_id: str | None = None) -> AsyncIterator[RequestOutput]:
-        """Stream outputs of one request; leaving the loop early (or ``aclose()``) aborts it."""
+    def generate(self, prompt_token_ids: Sequence[int], params: SamplingParams,
+                 request_id: str | None = None) -> RequestStream:
+        """Start a request and stream its outputs (``async for``); call from a running event loop.
+
+        The request is validated and queued at once, so a bad prompt raises ``ValueError`` here rather
+        than at the first iteration. Closing the stream early (``aclose()``, or dropping it) aborts the
+        request and frees its blocks.
+        """
         rid = request_id or uuid.uuid4().hex
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
+        stream = RequestStream(self, rid)
         with self._lock:
             self.add_request(rid, prompt_token_ids, params)
-            self._listeners[rid] = (loop, queue)
+            self._listeners[rid] = (loop, stream.queue)
         self._ensure_thread()
-        finished = False
+        return stream
+
+    def _release(self, request_id: str, finished: bool) -> None:
+        with self._lock:
+            self._listeners.pop(request_id, None)
+            if not finished:
+                self.abort(request_id)
+                self._aborted = [o for o in self._aborted if o.request_id != request_id]
+
+
+class RequestStream(AsyncIterator[RequestOutput]):
+    """The outputs of one request, fed by the engine's stepping thread."""
+
+    def __init__(self, engine: PagedAttentionEngine, request_id: str) -> None:
+        self.request_id = request_id
+        self.queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
+        self._engine: PagedAttentionEngine | None = engine
+
+    def __aiter__(self) -> RequestStream:
+        return self
+
+    async def __anext__(self) -> RequestOutput:
+        if self._engine is None:
+            raise StopAsyncIteration
         try:
-            while True:
-                item = await queue.get()
-                if isinstance(item, BaseException):
-                    finished = True
-                    raise RuntimeError(f"the engine failed while running request {rid}: {item}") from item
-                finished = item.finished
-                yield item
-                if finished:
-                    return
-        finally:
-            with self._lock:
-                self._listeners.pop(rid, None)
-                if not finished:
-                    self.abort(rid)
-                    self._aborted = [o for o in self._aborted if o.request_id != rid]
+            item = await self.queue.get()
+        except BaseException:  # cancelled while waiting (client gone): abort the request
+            self._close(finished=False)
+            raise
+        if isinstance(item, BaseException):
+            self._close(finished=True)
+            raise RuntimeError(f"the engine failed while running request {self.request_id}: {item}") from item
+        if item.finished:
+            self._close(finished=True)
+        return item
+
+    def _close(self, *, finished: bool) -> None:
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            engine._release(self.request_id, finished)
+
+    async def aclose(self) -> None:
+        """Stop listening; an unfinished request is aborted and its KV blocks freed."""
+        self._close(finished=False)
+
+    def __del__(self) -> None:
+        self._close(finished=False)

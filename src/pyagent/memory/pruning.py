@@ -19,9 +19,10 @@ Rules (all parameters in :class:`PruningParams`):
   whose idle time just reached a multiple of ``half_life`` (the only rows whose weight changed).
 
 Routes (agent x task kind) are facts in the namespace ``pyagent.routes``. A route nobody knows
-has the prior weight ``initial_weight``; a pruned route is forgotten and goes back to the prior,
-so an agent that failed long ago gets another chance (exploration), while recent failures keep its
-weight low. The fleet picks agents by route weight (:meth:`NeuralPruningEngine.best_agent`).
+has the prior weight ``initial_weight``. Failures weaken a route down to ``threshold`` but not
+below, so an agent that keeps failing stays known as bad; once nobody uses the route for
+``half_life`` cycles it decays below the threshold, is pruned and forgotten, and goes back to the
+prior: an agent that failed long ago gets another chance (exploration). The fleet picks agents by route weight (:meth:`NeuralPruningEngine.best_agent`).
 """
 
 from __future__ import annotations
@@ -103,14 +104,19 @@ class PruneReport:
 class NeuralPruningEngine:
     """Weights with synaptic decay over a :class:`KnowledgeStore`; see the module docstring."""
 
-    def __init__(self, store: KnowledgeStore, params: PruningParams | None = None, **overrides: Any) -> None:
+    def __init__(
+        self, store: KnowledgeStore, params: PruningParams | None = None, *, persist: bool = True, **overrides: Any
+    ) -> None:
+        """Parameters: ``params``/``overrides`` if given (saved in the store unless ``persist=False``),
+        else those saved in the store, else the defaults."""
         self.store = store
         saved = store.get_meta("pruning")
         base = params if params is not None else (PruningParams.from_json(saved) if saved else PruningParams())
         if overrides:
             base = PruningParams(**{**asdict(base), **overrides})
         self.params = base
-        if not store.readonly and (saved is None or params is not None or overrides) and saved != base.to_json():
+        explicit = params is not None or bool(overrides)
+        if persist and not store.readonly and (saved is None or explicit) and saved != base.to_json():
             store.set_meta("pruning", base.to_json())
 
     # -- the decay rule --------------------------------------------------------------------------
@@ -188,10 +194,9 @@ class NeuralPruningEngine:
                 value = dict(fact.value)
                 w = self.decayed(fact.weight, self.store.cycle - fact.last_used_cycle)
             value["successes" if success else "failures"] += 1
-            w = self._apply(w, success)
-            if w < self.params.threshold:
-                self.store.delete(ROUTES, key)
-                return self.params.initial_weight
+            # Failures push a route down to the threshold, not below: it stays known as bad while
+            # it keeps being tried; idle decay then prunes it (forgotten: a second chance later).
+            w = max(self._apply(w, success), min(w, self.params.threshold))
             self.store.put(ROUTES, key, value, weight=w, provenance=fact.provenance if fact else ())
         return w
 
@@ -221,11 +226,15 @@ class NeuralPruningEngine:
         incremental = cycles == 1 and every == 1
         return self.prune(incremental=incremental)
 
-    def prune(self, *, incremental: bool = False) -> PruneReport:
-        """Delete every fact and edge whose current weight is below ``threshold`` (a full pass)."""
+    def prune(self, *, incremental: bool = False, dry_run: bool = False) -> PruneReport:
+        """Delete every fact and edge whose current weight is below ``threshold`` (a full pass).
+
+        ``dry_run`` only counts them.
+        """
         removed = self.store.prune_weights(
             self.decayed,
             self.params.threshold,
             changed_every=self.params.half_life if incremental else None,
+            dry_run=dry_run,
         )
         return PruneReport(self.store.cycle, removed.get("facts", 0), removed.get("edges", 0))

@@ -18,12 +18,12 @@ A *cycle* is one fleet execution cycle: one task reaching a final state in ``Fle
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -278,7 +278,7 @@ class KnowledgeStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextmanager
+    @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
         """Group writes into one transaction: all of them are committed, or none on an exception."""
         with self._lock:
@@ -476,19 +476,21 @@ class KnowledgeStore:
 
     def prune_weights(
         self,
-        effective: Any,
+        effective: Callable[[float, int], float],
         threshold: float,
         *,
         changed_every: int | None = None,
+        dry_run: bool = False,
     ) -> dict[str, int]:
         """Delete facts and edges whose current weight ``effective(weight, idle)`` is below ``threshold``.
 
         With ``changed_every=H`` only rows whose idle time is a positive multiple of ``H`` are
         examined: under lazy decay those are the only rows whose weight changed since the last
-        cycle, so a per-cycle pass stays cheap. Returns the number of rows deleted per table.
+        cycle, so a per-cycle pass stays cheap. Returns the number of rows deleted (with
+        ``dry_run``: that would be deleted) per table.
         """
         removed: dict[str, int] = {}
-        with self.batch():
+        with contextlib.nullcontext() if dry_run else self.batch(), self._lock:
             self._conn.create_function("pa_effective", 2, effective, deterministic=True)
             now = int(self._meta("cycle"))
             for table in ("facts", "edges"):
@@ -497,8 +499,12 @@ class KnowledgeStore:
                 if changed_every:
                     where = f"last_used < ? AND (? - last_used) % ? = 0 AND {where}"
                     params = (now, now, changed_every, *params)
-                cur = self._conn.execute(f"DELETE FROM {table} WHERE {where}", params)
-                removed[table] = max(cur.rowcount, 0)
+                if dry_run:
+                    removed[table] = int(self._conn.execute(f"SELECT count(*) FROM {table} WHERE {where}",
+                                                            params).fetchone()[0])
+                else:
+                    cur = self._conn.execute(f"DELETE FROM {table} WHERE {where}", params)
+                    removed[table] = max(cur.rowcount, 0)
         return removed
 
     # -- relational ------------------------------------------------------------------------------

@@ -140,3 +140,10 @@ class Backend:
         except ValueError as exc:
             raise APIError(400, str(exc), param="input", code="invalid_prompt") from None
         return stream
+
+
+async def aclose(stream: AsyncIterator[Any]) -> None:
+    """Close an engine stream: the engine aborts the request and frees its KV blocks if it had not finished."""
+    close = getattr(stream, "aclose", None)
+    if close is not None:
+        await close()

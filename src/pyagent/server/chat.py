@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from pyagent.server.backend import Backend, GenParams, Prompt
+from pyagent.server.backend import Backend, GenParams, Prompt, aclose
 from pyagent.server.errors import APIError
 from pyagent.server.models import ChatCompletionCreate, ChatCompletionObject, ChatMessage, ErrorBody
 from pyagent.server.run import new_id
@@ -99,7 +99,7 @@ async def _complete(backend: Backend, prompt: Prompt, params: GenParams, cid: st
             if out.finished:
                 finish = out.finish_reason
     finally:
-        await _aclose(stream)
+        await aclose(stream)
     return text, n_out, _finish_reason(finish)
 
 
@@ -129,10 +129,5 @@ async def _stream(
                             "model": backend.model_name, "choices": [], "usage": usage})
         yield sse_data("[DONE]")
     finally:  # also on client disconnect: closing the engine iterator aborts the request
-        await _aclose(stream)
+        await aclose(stream)
 
-
-async def _aclose(stream: AsyncIterator[Any]) -> None:
-    close = getattr(stream, "aclose", None)
-    if close is not None:
-        await close()

@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from pyagent.server.backend import Backend, GenParams, Prompt
+from pyagent.server.backend import Backend, GenParams, Prompt, aclose
 from pyagent.server.store import ResponseStore
 from pyagent.server.streaming import ResponseEventBuilder
 
@@ -111,8 +111,14 @@ class ResponseRun:
         finally:
             if stream is not None:
                 with contextlib.suppress(Exception):
-                    await asyncio.shield(_aclose(stream))
-        self._finish(text, n_out, finish, error)
+                    await asyncio.shield(aclose(stream))
+        try:
+            self._finish(text, n_out, finish, error)
+        finally:  # waiters must never hang, even if storing the result failed
+            self.done.set()
+            self._notify()
+            if self._on_finish is not None:
+                self._on_finish(self)
 
     def _finish(self, text: str, n_out: int, finish: str | None, error: dict[str, str] | None) -> None:
         b, resp = self.builder, self.response
@@ -148,13 +154,4 @@ class ResponseRun:
         b.finished(resp)
         if self.store is not None and resp.get("store", True):
             self.store.update(resp, b.events)
-        self.done.set()
-        self._notify()
-        if self._on_finish is not None:
-            self._on_finish(self)
 
-
-async def _aclose(stream: AsyncIterator[Any]) -> None:
-    close = getattr(stream, "aclose", None)
-    if close is not None:
-        await close()

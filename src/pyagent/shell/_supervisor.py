@@ -110,6 +110,7 @@ def child(cfg: dict[str, Any], err_w: int, old_mask: set[Any]) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+    os.close(cfg["status_fd"])  # the command must not be able to forge the supervisor's report
     for name, value in cfg["rlimits"]:
         res = getattr(resource, name)
         resource.setrlimit(res, (value, value))

@@ -96,6 +96,20 @@ def add_git_exclude(root: str) -> None:
         f.write("\n# PyAgent's transaction vault and lock\n/.pyagent/\n")
 
 
+def _make_vault(root: str) -> None:
+    """Creates ROOT/.pyagent/vault durably: a journal in a directory that a power cut forgets is no journal."""
+    meta = os.path.join(root, META_DIR)
+    vault = vault_dir(root)
+    if os.path.isdir(vault):
+        return
+    try:
+        os.makedirs(vault, exist_ok=True)
+        fsync_dir(meta)
+        fsync_dir(root)
+    except OSError as exc:
+        raise TransactionError(f"cannot create PyAgent's vault {vault}: {exc.strerror or exc}") from exc
+
+
 class StateTransaction:
     """A set of file changes to one tree, staged in memory and applied atomically on commit.
 
@@ -109,7 +123,7 @@ class StateTransaction:
             raise FileNotFoundError(f"transaction root is not a directory: {root_s}")
         self.root = root_s
         self._real_root = os.path.realpath(root_s)
-        os.makedirs(vault_dir(root_s), exist_ok=True)
+        _make_vault(root_s)
         add_git_exclude(root_s)
         self._lock = TreeLock(os.path.join(root_s, META_DIR, LOCK), root_s)
         self._lock.acquire(lock_timeout)
@@ -117,6 +131,8 @@ class StateTransaction:
         self._base: dict[str, str] = {}  # blake3 hex, or _ABSENT
         self._modes: dict[str, int] = {}
         self._done = False
+        self._parent_ok: set[str] = set()
+        self.last_result = CommitResult()
         try:
             self.recovered = recover_locked(root_s)
         except BaseException:
@@ -151,9 +167,12 @@ class StateTransaction:
             raise ValueError(f"{p} is outside the transaction's root {self.root}")
         if parts[0] == META_DIR:
             raise ValueError(f"{p} is inside PyAgent's own {META_DIR}/ folder")
-        real_parent = os.path.realpath(os.path.dirname(full))
-        if os.path.commonpath([real_parent, self._real_root]) != self._real_root:
-            raise ValueError(f"{p} leads outside the transaction's root through a symlink")
+        parent = os.path.dirname(full)
+        if parent not in self._parent_ok:
+            real_parent = os.path.realpath(parent)
+            if os.path.commonpath([real_parent, self._real_root]) != self._real_root:
+                raise ValueError(f"{p} leads outside the transaction's root through a symlink")
+            self._parent_ok.add(parent)
         return "/".join(parts)
 
     def _full(self, rel: str) -> str:
@@ -259,7 +278,8 @@ class StateTransaction:
     def commit(self) -> CommitResult:
         self._check_open()
         try:
-            return self._commit()
+            self.last_result = self._commit()
+            return self.last_result
         finally:
             self._done = True
             self._lock.release()

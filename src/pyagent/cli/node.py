@@ -1,0 +1,70 @@
+"""``pyagent node``: run a Voyager node in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pyagent.cli import CommandError
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "node",
+        help="run a Voyager node: advertise by mDNS, accept work from trusted peers",
+        description=(
+            "Run a Voyager node in the foreground until Ctrl+C or SIGTERM. It advertises itself by mDNS and "
+            "runs tasks sent by peers whose public keys were added with `pyagent trust`."
+        ),
+    )
+    p.add_argument("--name", help="node name shown to peers (default: host name)")
+    p.add_argument("--interface", default="127.0.0.1", help="IPv4 address to bind and advertise (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=0, help="transport port (default: a free one)")
+    p.add_argument("--home", help="node home folder with keys and trusted list (default ~/.pyagent/node)")
+    p.add_argument("--slots", type=int, default=2, help="tasks run at once (default 2)")
+    p.add_argument("--show-key", action="store_true", help="print this node's public key and exit")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from pyagent.voyager.home import HomeError, NodeHome
+    from pyagent.voyager.loop import run as run_loop
+    from pyagent.voyager.node import NodeConfig, VoyagerNode
+    from pyagent.voyager.transport import TransportError
+
+    if not 0 <= args.port < 65536:
+        raise CommandError(f"--port {args.port} is not a TCP port (0-65535)")
+    if args.slots < 1:
+        raise CommandError("--slots must be at least 1")
+    try:
+        if args.show_key:
+            print(NodeHome(args.home).keypair().public.decode())
+            return 0
+        config = NodeConfig(interface=args.interface, port=args.port, slots=args.slots, home=args.home)
+        if args.name:
+            config.name = args.name
+        node = VoyagerNode(
+            config,
+            on_peer=lambda event, peer: print(
+                f"peer {event}: {peer.name} {peer.address}:{peer.port} slots={peer.slots}", flush=True
+            ),
+        )
+    except HomeError as exc:
+        raise CommandError(str(exc)) from None
+
+    async def main() -> None:
+        try:
+            port = await node.start()
+        except (TransportError, OSError) as exc:
+            raise CommandError(f"cannot start the node on {args.interface}: {exc}") from None
+        print(
+            f"node {config.name} ({node.node_id[:8]}) listening on tcp://{args.interface}:{port}, "
+            f"{config.slots} slots, key {node.keypair.public.decode()}",
+            flush=True,
+        )
+        await node.serve_forever()
+        print(f"node {config.name} stopped", flush=True)
+
+    run_loop(main())
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,179 @@
+"""The Voyager node daemon: advertise by mDNS, accept trusted work over ZeroMQ, stop cleanly.
+
+A node owns one :class:`VoyagerTransport` (its ROUTER serves ``task.run`` and ``node.info``)
+and one :class:`DiscoveryNode` (its TXT record carries the number of free task slots, updated
+as tasks start and finish). Each task runs in a worker process (:mod:`pyagent.voyager.worker`).
+
+Stopping (SIGINT/SIGTERM, or :meth:`VoyagerNode.stop`) is bounded to well under 2 s: refuse new
+work, say goodbye on mDNS, give running tasks a short grace period, then kill their workers and
+answer their origins with a ``Cancelled`` error (the work is handed back and re-run elsewhere),
+close every socket with LINGER 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyagent import __version__
+from pyagent.voyager.discovery import DiscoveryNode, PeerEvent, PeerInfo
+from pyagent.voyager.home import NodeHome
+from pyagent.voyager.transport import VoyagerTransport
+from pyagent.voyager.worker import run_in_worker
+
+TaskRunner = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class NodeStopping(Exception):
+    """The node is shutting down and takes no new work."""
+
+
+class NoFreeSlots(Exception):
+    """Every task slot of the node is busy."""
+
+
+@dataclass
+class NodeConfig:
+    name: str = field(default_factory=lambda: socket.gethostname().split(".")[0] or "node")
+    interface: str = "127.0.0.1"
+    port: int = 0
+    slots: int = 2
+    home: str | None = None
+    task_timeout: float = 600.0
+    grace: float = 0.5
+    discovery: bool = True
+    heartbeat_interval: float = 0.5
+    heartbeat_misses: int = 6
+
+
+class VoyagerNode:
+    def __init__(
+        self,
+        config: NodeConfig | None = None,
+        *,
+        runner: TaskRunner | None = None,
+        on_peer: Callable[[PeerEvent, PeerInfo], None] | None = None,
+    ) -> None:
+        self.config = config or NodeConfig()
+        self.home = NodeHome(self.config.home)
+        self.keypair = self.home.keypair()
+        self.node_id = self.home.node_id()
+        self.runner: TaskRunner = runner or self._run_in_worker
+        self.transport = VoyagerTransport(
+            self.keypair,
+            trusted=self.home.trusted_keys,
+            host=self.config.interface,
+            port=self.config.port,
+            heartbeat_interval=self.config.heartbeat_interval,
+            heartbeat_misses=self.config.heartbeat_misses,
+        )
+        self.transport.register("task.run", self._handle_task)
+        self.transport.register("node.info", self._handle_info)
+        self.discovery: DiscoveryNode | None = None
+        self._on_peer = on_peer
+        self._running: set[asyncio.Task[dict[str, Any]]] = set()
+        self._stopping = False
+        self._stopped = asyncio.Event()
+        self.tasks_done = 0
+
+    @property
+    def free_slots(self) -> int:
+        return 0 if self._stopping else max(0, self.config.slots - len(self._running))
+
+    async def start(self) -> int:
+        port = await self.transport.start()
+        if self.config.discovery:
+            self.discovery = DiscoveryNode(
+                node_id=self.node_id,
+                name=self.config.name,
+                port=port,
+                fingerprint=self.keypair.fingerprint,
+                slots=self.free_slots,
+                interfaces=[self.config.interface],
+                on_change=self._on_peer,
+            )
+            try:
+                await self.discovery.start()
+            except BaseException:
+                await self.transport.close()
+                raise
+        return port
+
+    async def serve_forever(self, *, install_signals: bool = True) -> None:
+        """Run until SIGINT/SIGTERM (or :meth:`stop`), then shut down cleanly."""
+        loop = asyncio.get_running_loop()
+        if install_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError):  # Windows: KeyboardInterrupt path
+                    loop.add_signal_handler(sig, self._stopped.set)
+        try:
+            await self._stopped.wait()
+        finally:
+            if install_signals:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    with contextlib.suppress(NotImplementedError):
+                        loop.remove_signal_handler(sig)
+            await self.close()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    async def close(self) -> None:
+        self._stopping = True
+        self._stopped.set()
+        if self.discovery is not None:
+            await self.discovery.close()
+        if self._running:
+            await asyncio.wait(self._running, timeout=self.config.grace)
+        for task in list(self._running):
+            task.cancel()  # kills the worker; the origin gets "Cancelled" and re-routes
+        if self._running:
+            await asyncio.wait(self._running, timeout=1.0)
+        await self.transport.close()
+
+    # -- request handlers
+
+    def _handle_info(self, payload: Any, request: Any) -> dict[str, Any]:
+        return {
+            "name": self.config.name,
+            "node_id": self.node_id,
+            "version": __version__,
+            "slots": self.config.slots,
+            "free_slots": self.free_slots,
+            "tasks_done": self.tasks_done,
+            "pid": os.getpid(),
+            "stats": self.transport.stats.to_dict(),
+        }
+
+    async def _handle_task(self, payload: Any, request: Any) -> dict[str, Any]:
+        if self._stopping:
+            raise NodeStopping("node is stopping; run the task elsewhere")
+        if self.free_slots <= 0:
+            raise NoFreeSlots(f"all {self.config.slots} slots are busy")
+        if not isinstance(payload, dict):
+            raise ValueError("task.run payload must be a map")
+        task = asyncio.ensure_future(self.runner(payload))
+        self._running.add(task)
+        await self._advertise_slots()
+        try:
+            result = await task
+            self.tasks_done += 1
+            return result
+        finally:
+            self._running.discard(task)
+            if not self._stopping:
+                await self._advertise_slots()
+
+    async def _advertise_slots(self) -> None:
+        if self.discovery is not None:
+            with contextlib.suppress(Exception):
+                await self.discovery.set_slots(self.free_slots)
+
+    async def _run_in_worker(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return await run_in_worker(payload, timeout=self.config.task_timeout)

@@ -1,0 +1,154 @@
+"""``pyagent node``, ``pyagent peers`` and ``pyagent trust`` as real subprocesses on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pyagent.voyager.node import NodeConfig, VoyagerNode
+from tests.voyager.conftest import run
+
+
+def start_node(cmd: list[str], env: dict[str, str], home: Path, name: str, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*cmd, "node", "--name", name, "--home", str(home), "--interface", "127.0.0.1", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def wait_line(proc: subprocess.Popen[str], needle: str, timeout: float) -> list[str]:
+    """Read stdout lines until one contains ``needle`` (bounded by ``timeout``)."""
+    lines: list[str] = []
+    done = threading.Event()
+
+    def reader() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if needle in line:
+                done.set()
+                return
+        done.set()
+
+    threading.Thread(target=reader, daemon=True).start()
+    assert done.wait(timeout), f"no {needle!r} within {timeout}s: {lines}"
+    assert any(needle in line for line in lines), lines
+    return lines
+
+
+def test_show_key_is_stable_and_trust_accepts_it(
+    pyagent_cmd: list[str], clean_env: dict[str, str], tmp_path: Path
+) -> None:
+    show = [*pyagent_cmd, "node", "--show-key", "--home", str(tmp_path / "a")]
+    key = subprocess.run(show, capture_output=True, text=True, check=True, env=clean_env).stdout.strip()
+    assert len(key) == 40
+    assert subprocess.run(show, capture_output=True, text=True, check=True, env=clean_env).stdout.strip() == key
+    assert (tmp_path / "a" / "node.key_secret").stat().st_mode & 0o077 == 0
+    trust = [*pyagent_cmd, "trust", key, "--home", str(tmp_path / "b")]
+    out = subprocess.run(trust, capture_output=True, text=True, env=clean_env)
+    assert out.returncode == 0 and out.stdout.startswith("trusted: "), out.stderr
+    again = subprocess.run(trust, capture_output=True, text=True, env=clean_env)
+    assert again.stdout.startswith("already trusted"), again.stdout
+    assert (tmp_path / "b" / "trusted_keys").read_text().split() == [key]
+
+
+def test_trust_rejects_a_bad_key_without_traceback(
+    pyagent_cmd: list[str], clean_env: dict[str, str], tmp_path: Path
+) -> None:
+    out = subprocess.run(
+        [*pyagent_cmd, "trust", "not-a-key", "--home", str(tmp_path)], capture_output=True, text=True, env=clean_env
+    )
+    assert out.returncode == 2
+    assert "not a CurveZMQ public key" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "trusted_keys").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--port", "70000"], "not a TCP port"), (["--slots", "0"], "at least 1"), (["--interface", "10.255.255.1"], "cannot start")],
+)
+def test_node_bad_arguments_are_clear_errors(
+    pyagent_cmd: list[str], clean_env: dict[str, str], tmp_path: Path, args: list[str], message: str
+) -> None:
+    out = subprocess.run(
+        [*pyagent_cmd, "node", "--home", str(tmp_path), *args], capture_output=True, text=True, env=clean_env, timeout=30
+    )
+    assert out.returncode == 2, out.stderr
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_peers_rejects_bad_timeout(pyagent_cmd: list[str], clean_env: dict[str, str]) -> None:
+    out = subprocess.run([*pyagent_cmd, "peers", "--timeout", "-1"], capture_output=True, text=True, env=clean_env)
+    assert out.returncode == 2 and "--timeout" in out.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_node_is_listed_by_peers_and_stops_on_signal_within_2s(
+    pyagent_cmd: list[str], clean_env: dict[str, str], tmp_path: Path, sig: signal.Signals
+) -> None:
+    home = tmp_path / "home"
+    key = subprocess.run(
+        [*pyagent_cmd, "node", "--show-key", "--home", str(home)], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    subprocess.run([*pyagent_cmd, "trust", key, "--home", str(tmp_path / "viewer")], check=True, capture_output=True)
+    proc = start_node(pyagent_cmd, clean_env, home, f"sig{sig.value}", "--slots", "3")
+    try:
+        wait_line(proc, "listening on", 20)
+        out = subprocess.run(
+            [*pyagent_cmd, "peers", "--json", "--timeout", "2", "--home", str(tmp_path / "viewer")],
+            capture_output=True,
+            text=True,
+            env=clean_env,
+            timeout=30,
+        )
+        peers = [p for p in json.loads(out.stdout) if p["name"] == f"sig{sig.value}"]
+        assert len(peers) == 1, out.stdout
+        assert peers[0]["address"] == "127.0.0.1" and peers[0]["slots"] == 3 and peers[0]["trusted"] is True
+        assert isinstance(peers[0]["port"], int) and peers[0]["port"] > 0
+        t0 = time.monotonic()
+        proc.send_signal(sig)
+        code = proc.wait(timeout=10)
+        elapsed = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert code == 0, proc.stderr.read() if proc.stderr else ""
+    assert elapsed < 2.0, f"stopping took {elapsed:.2f}s"
+    # it said goodbye on mDNS: a fresh browse no longer finds it
+    out = subprocess.run(
+        [*pyagent_cmd, "peers", "--json", "--timeout", "1.5"], capture_output=True, text=True, env=clean_env, timeout=30
+    )
+    assert all(p["name"] != f"sig{sig.value}" for p in json.loads(out.stdout))
+
+
+def test_node_in_process_leaves_no_threads_or_sockets(tmp_path: Path) -> None:
+    def fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    async def scenario() -> None:
+        node = VoyagerNode(NodeConfig(name="inproc", home=str(tmp_path)))
+        await node.start()
+        task = asyncio.ensure_future(node.serve_forever(install_signals=False))
+        await asyncio.sleep(0.3)
+        node.stop()
+        await task
+
+    threads_before = set(threading.enumerate())
+    fds_before = fds()
+    run(scenario())
+    assert set(threading.enumerate()) == threads_before
+    assert fds() <= fds_before
