@@ -201,11 +201,3 @@ def test_progress_bar_on_a_terminal(tmp_path: Path, pyagent_cmd: list[str], clea
             os.close(secondary)
     assert proc.returncode == 0
     assert b"auditing" in b"".join(chunks)
-
-
-def test_demo_audits_the_bundled_sample(pyagent_cmd: list[str], clean_env: dict[str, str]) -> None:
-    out = subprocess.run(
-        [*pyagent_cmd, "demo"], capture_output=True, text=True, env={**clean_env, "COLUMNS": "200"}, timeout=120
-    )
-    assert out.returncode == 0, out.stderr
-    assert "inventory/core.py" in out.stdout and "classify" in out.stdout

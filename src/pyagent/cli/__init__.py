@@ -20,6 +20,8 @@ from pyagent import __version__
 COMMANDS: list[str] = [
     # -- main job
     "demo",
+    "improve",
+    "undo",
     # -- health
     "audit",
 

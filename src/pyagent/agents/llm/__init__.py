@@ -1,0 +1,1 @@
+"""LLM backends: any OpenAI-compatible endpoint (Responses API or Chat Completions), metered."""

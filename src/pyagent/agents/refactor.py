@@ -1,0 +1,134 @@
+"""LLM agents: reduce the complexity of one function, or add missing docstrings to one file.
+
+Both ask for SEARCH/REPLACE edits (see ``pyagent.agents.edits``), guard them (the file parses;
+the refactor really lowers the function's complexity; the docstring edit changes nothing but
+docstrings) and repair at most three times before giving up with the last error.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pyagent.agents.docstrings import missing_docstrings, strip_docstrings
+from pyagent.agents.edits import EDIT_FORMAT, edit_with_repairs
+from pyagent.agents.worker import AgentOutcome
+
+if TYPE_CHECKING:
+    from pyagent.agents.llm.base import LLMClient
+    from pyagent.agents.task import AgentTask
+    from pyagent.health import CodeHealthAuditor
+
+__all__ = ["DocstringAgent", "RefactorAgent", "missing_docstrings", "strip_docstrings"]
+
+SYSTEM = "You are a careful senior Python engineer. You make small, behaviour-preserving edits."
+
+
+def _complexities(auditor: CodeHealthAuditor, source: str, path: str) -> dict[str, int]:
+    return {f.qualname: f.complexity for f in auditor.audit_source(source, path).functions}
+
+
+class RefactorAgent:
+    """Lowers the complexity of ``task.params["function"]`` (a qualname) below what it was."""
+
+    name = "refactor"
+
+    def __init__(
+        self,
+        llm: LLMClient,
+        *,
+        max_complexity: int = 10,
+        max_repairs: int = 3,
+        auditor: CodeHealthAuditor | None = None,
+    ) -> None:
+        self.llm = llm
+        self.max_complexity = max_complexity
+        self.max_repairs = max_repairs
+        self._auditor = auditor
+
+    @property
+    def auditor(self) -> CodeHealthAuditor:
+        if self._auditor is None:
+            from pyagent.health import CodeHealthAuditor
+
+            self._auditor = CodeHealthAuditor()
+        return self._auditor
+
+    async def run(self, task: AgentTask, workspace: Path) -> AgentOutcome:
+        path = task.target
+        qualname = str(task.params.get("function", ""))
+        source = (workspace / path).read_text(encoding="utf-8")
+        before = _complexities(self.auditor, source, path)
+        if qualname not in before:
+            return AgentOutcome(note="", error=f"function {qualname!r} not found in {path}")
+        old = before[qualname]
+
+        def validate(new: str) -> str | None:
+            after = _complexities(self.auditor, new, path)
+            if qualname not in after:
+                return f"the function {qualname} must keep its name and signature"
+            if after[qualname] >= old:
+                return f"complexity of {qualname} is still {after[qualname]} (was {old}); it must go down"
+            worst = max((c for q, c in after.items() if q not in before), default=0)
+            if worst > max(self.max_complexity, after[qualname]):
+                return f"a new helper has complexity {worst}; keep helpers simple"
+            return None
+
+        prompt = (
+            f"File `{path}`:\n```python\n{source}\n```\n\nThe function `{qualname}` has cyclomatic complexity "
+            f"{old} (threshold {self.max_complexity}). Refactor it to lower its complexity without changing "
+            f"behaviour: early returns, lookup tables, small helper functions. Keep its name and signature.\n\n"
+            + EDIT_FORMAT
+        )
+        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]
+        new, error, usage = await edit_with_repairs(
+            self.llm, messages, source, validate, max_repairs=self.max_repairs
+        )
+        if new is None:
+            return AgentOutcome(note="", usage=usage, error=f"no valid refactoring of {qualname}: {error}")
+        (workspace / path).write_text(new, encoding="utf-8")
+        after = _complexities(self.auditor, new, path)[qualname]
+        return AgentOutcome(
+            note=f"refactored {qualname}: complexity {old} -> {after} (LLM {self.llm.model})", usage=usage
+        )
+
+
+class DocstringAgent:
+    """Adds concise docstrings (why, not what) to ``task.params["names"]`` in ``task.target``."""
+
+    name = "docstring"
+
+    def __init__(self, llm: LLMClient, *, max_repairs: int = 3) -> None:
+        self.llm = llm
+        self.max_repairs = max_repairs
+
+    async def run(self, task: AgentTask, workspace: Path) -> AgentOutcome:
+        path = task.target
+        source = (workspace / path).read_text(encoding="utf-8")
+        wanted = [str(n) for n in task.params.get("names", [])] or missing_docstrings(source)
+        if not wanted:
+            return AgentOutcome(note="", error=f"no missing docstrings in {path}")
+        shape = strip_docstrings(source)
+        missing_before = set(missing_docstrings(source))
+
+        def validate(new: str) -> str | None:
+            if strip_docstrings(new) != shape:
+                return "only docstrings may be added; the code itself must stay exactly the same"
+            if len(missing_docstrings(new)) >= len(missing_before):
+                return "no docstring was added"
+            return None
+
+        prompt = (
+            f"File `{path}`:\n```python\n{source}\n```\n\nAdd concise docstrings (one or two lines saying why "
+            f"the code exists, not what each line does) to: {', '.join(wanted)}. Change nothing else.\n\n"
+            + EDIT_FORMAT
+        )
+        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]
+        new, error, usage = await edit_with_repairs(
+            self.llm, messages, source, validate, max_repairs=self.max_repairs
+        )
+        if new is None:
+            return AgentOutcome(note="", usage=usage, error=f"no valid docstring edit: {error}")
+        (workspace / path).write_text(new, encoding="utf-8")
+        added = len(missing_before) - len(missing_docstrings(new))
+        return AgentOutcome(note=f"added {added} docstring(s) to {path} (LLM {self.llm.model})", usage=usage)

@@ -1,0 +1,104 @@
+"""``pyagent improve PATH``: audit, plan, change, verify, keep or roll back, report."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from pyagent.cli import CommandError
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _budget(text: str) -> float:
+    try:
+        value = float(text.removeprefix("$"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an amount in USD: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "improve",
+        help="improve a Python project: every change verified by its tests, kept or rolled back",
+        description=(
+            "Audit PATH, plan small changes worst code first, run them on a fleet of agents in isolated "
+            "copies, keep only the changes that parse, pass the project's tests and do not worsen its health. "
+            "In a git repository the kept changes are commits on a new branch pyagent/<run-id>; elsewhere "
+            "they are applied in place (`pyagent undo PATH` reverts them)."
+        ),
+    )
+    p.add_argument("path", metavar="PATH", help="the project's root folder")
+    p.add_argument("--llm", metavar="MODEL", help="use an LLM for refactoring and docstrings (or local:DIR)")
+    p.add_argument(
+        "--llm-base-url", metavar="URL", help="OpenAI-compatible endpoint (default $OPENAI_BASE_URL)"
+    )
+    p.add_argument(
+        "--llm-api", choices=("auto", "responses", "chat"), default="auto", help="endpoint protocol"
+    )
+    p.add_argument("--test-cmd", metavar="CMD", help="command that runs the project's tests (default: found)")
+    p.add_argument("--max-tasks", type=_positive_int, metavar="N", help="at most N changes are attempted")
+    p.add_argument("--budget", type=_budget, metavar="USD", help="hard stop for LLM spending, in USD")
+    p.add_argument("--budget-tokens", type=_positive_int, metavar="N", help="hard stop for LLM tokens")
+    p.add_argument(
+        "--concurrency", type=_positive_int, default=2, metavar="N", help="agents at once (default 2)"
+    )
+    p.add_argument("--max-complexity", type=_positive_int, default=10, metavar="N", help="refactor threshold")
+    p.add_argument("--test-timeout", type=float, default=300.0, metavar="S", help="seconds per test run")
+    p.add_argument(
+        "--dry-run", action="store_true", help="show the diffs of verified changes, change nothing"
+    )
+    p.add_argument("--no-git", action="store_true", help="change files in place even in a git repository")
+    p.add_argument("--swarm", action="store_true", help="spread tasks over Voyager peers on the LAN")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from pyagent.improve.display import LiveDisplay, print_summary
+    from pyagent.improve.run import ImproveError, ImproveOptions, improve, load_swarm_factory
+
+    factory = None
+    if args.swarm:
+        try:
+            factory = load_swarm_factory()
+        except ImproveError as exc:
+            raise CommandError(str(exc)) from exc
+    display = LiveDisplay()
+    opts = ImproveOptions(
+        path=args.path,
+        llm=args.llm,
+        llm_base_url=args.llm_base_url,
+        llm_api=args.llm_api,
+        test_cmd=args.test_cmd,
+        max_tasks=args.max_tasks,
+        budget_usd=args.budget,
+        budget_tokens=args.budget_tokens,
+        concurrency=args.concurrency,
+        max_complexity=args.max_complexity,
+        test_timeout=args.test_timeout,
+        dry_run=args.dry_run,
+        use_git=not args.no_git,
+        executor_factory=factory,
+        on_progress=display,
+    )
+    try:
+        with display:
+            result = asyncio.run(improve(opts))
+    except ImproveError as exc:
+        raise CommandError(str(exc)) from exc
+    if args.dry_run:
+        for task in result.tasks:
+            if task.status == "kept" and task.diff:
+                display.console.print(task.diff, markup=False, highlight=False, end="")
+    print_summary(result, display.console)
+    return 1 if result.regressions() else 0

@@ -1,0 +1,1 @@
+"""Pipeline of `pyagent improve`: plan, execute through the fleet, verify, merge, report."""

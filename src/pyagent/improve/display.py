@@ -1,0 +1,102 @@
+"""Live progress of a run in the terminal (rich), and the final summary.
+
+On a terminal: a progress bar, the running LLM token/cost counter and one line per finished task.
+Elsewhere (pipes, CI, tests) the same lines are printed plainly.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from pyagent.improve.run import RunResult
+
+__all__ = ["LiveDisplay", "print_summary"]
+
+_STYLE = {"kept": "green", "rolled_back": "red", "failed": "yellow", "skipped": "dim"}
+
+
+class LiveDisplay:
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console(highlight=False, soft_wrap=True)
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[llm]}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=True,
+            disable=not self.console.is_terminal,
+        )
+        self.bar: Any = None
+        self.llm = ""
+
+    def __enter__(self) -> LiveDisplay:
+        self.progress.start()
+        self.bar = self.progress.add_task("auditing", total=None, llm="")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        kind = event["kind"]
+        if kind == "phase":
+            self.progress.update(self.bar, description=event["phase"])
+            if not self.console.is_terminal:
+                self.console.print(escape(f"[{event['phase']}] {event.get('detail', '')}"))
+        elif kind == "plan":
+            self.progress.update(self.bar, description="improving", total=len(event["tasks"]), completed=0)
+            self.console.print(f"planned {len(event['tasks'])} task(s), {len(event['skipped'])} skipped")
+            for s in event["skipped"]:
+                self.console.print(escape(f"  skipped {s['action']} in {s['target']}: {s['reason']}"), style="dim")
+        elif kind == "task":
+            t = event["task"]
+            self.progress.advance(self.bar)
+            style = _STYLE.get(t["status"], "")
+            self.console.print(
+                f"[{style}]{t['status']:<11}[/] {t['id']} {escape(t['action']):<22} {escape(t['target'])}  "
+                f"[dim]{escape(t['reason'][:90])}[/]"
+            )
+        elif kind == "llm":
+            tot = event["totals"]
+            self.llm = f"LLM {tot['calls']} calls {tot['tokens']} tok ${tot['cost']:.4f}"
+            self.progress.update(self.bar, llm=self.llm)
+
+
+def print_summary(result: RunResult, console: Console | None = None) -> None:
+    console = console or Console(highlight=False)
+    c = result.counts()
+    console.print(
+        f"\n[bold]{c['kept']} kept[/], {c['rolled_back']} rolled back, {c['failed']} failed, {c['skipped']} skipped "
+        f"in {result.duration:.1f}s"
+    )
+    table = Table("metric", "before", "after")
+    for key, before in result.metrics_before.items():
+        table.add_row(key, str(before), str(result.metrics_after.get(key)))
+    tb, ta = result.tests_before, result.tests_after
+    if tb is not None and ta is not None:
+        table.add_row("tests passed", str(tb.passed), str(ta.passed))
+        table.add_row("tests failed", str(tb.failed), str(ta.failed))
+    console.print(table)
+    usage = result.usage
+    if usage.get("calls"):
+        console.print(f"LLM: {usage['calls']} calls, {usage['tokens']} tokens, ${usage['cost']:.4f}")
+    regressions = result.regressions()
+    if regressions:
+        console.print(f"[red]test regressions: {', '.join(regressions)}[/]")
+    for note in result.notes:
+        console.print(f"note: {note}")
+    if result.branch:
+        console.print(
+            f"changes are on branch [bold]{result.branch}[/] (your branch and working tree are unchanged)"
+        )
+    elif result.mode == "in-place" and c["kept"]:
+        console.print(f"changes were applied in place; `pyagent undo {result.root}` reverts them")
+    console.print(f"report: {result.report_dir / 'report.html' if result.report_dir else '(none)'}")

@@ -1,0 +1,553 @@
+"""``pyagent improve``: audit → plan → fleet → isolated change → gate → transaction → report.
+
+Data flows one way. Every task runs in its own isolated copy (``LocalExecutor`` or a swarm
+executor); a verified change is merged into the run's tree through a ``StateTransaction`` after a
+base-hash check (a stale change is recomputed once on the new base, or dropped). In a git
+repository the run's tree is a linked worktree on a new branch and every kept change is a commit;
+elsewhere the project is changed in place and ``pyagent undo`` restores it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import difflib
+import importlib
+import os
+import secrets
+import shutil
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pyagent.agents.task import AgentTask, ChangeSet, content_hash
+
+if TYPE_CHECKING:
+    from pyagent.agents.knowledge import KnowledgeBackend
+    from pyagent.agents.llm.base import LLMClient
+    from pyagent.agents.testing import TestResults
+    from pyagent.fleet.core import TaskControl
+    from pyagent.fleet.events import FleetEvent
+    from pyagent.fleet.executor import Executor, ExecutorFactory
+    from pyagent.health import AuditReport
+    from pyagent.improve.gitops import GitRepo
+    from pyagent.shell import SecureShell
+
+__all__ = ["ImproveError", "ImproveOptions", "RunResult", "TaskRecord", "improve", "new_run_id"]
+
+STATUSES = ("kept", "rolled_back", "failed", "skipped")
+
+
+class ImproveError(Exception):
+    """A run that cannot start (bad path, bad options); the message says what to do."""
+
+
+@dataclass
+class ImproveOptions:
+    path: str | os.PathLike[str]
+    llm: str | None = None
+    llm_base_url: str | None = None
+    llm_api: str = "auto"
+    test_cmd: str | None = None
+    max_tasks: int | None = None
+    budget_usd: float | None = None
+    budget_tokens: int | None = None
+    concurrency: int = 2
+    dry_run: bool = False
+    max_complexity: int = 10
+    test_timeout: float = 300.0
+    use_git: bool = True
+    executor_factory: ExecutorFactory | None = None
+    knowledge: KnowledgeBackend | None = None
+    on_progress: Callable[[dict[str, Any]], None] | None = None
+    run_id: str | None = None
+    llm_client: LLMClient | None = None  # a ready client (tests, embedding); wins over ``llm``
+    test_env: dict[str, str] = field(default_factory=dict)  # extra variables for the test command
+
+
+@dataclass
+class TaskRecord:
+    id: str
+    agent: str
+    action: str
+    target: str
+    priority: str
+    status: str = "skipped"
+    reason: str = ""
+    note: str = ""
+    diff: str = ""
+    verification: dict[str, Any] = field(default_factory=dict)
+    tokens: int = 0
+    cost: float = 0.0
+    duration: float = 0.0
+    commit: str | None = None
+    lineage: tuple[str, ...] = ()
+    base_hash: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "agent": self.agent,
+            "action": self.action,
+            "target": self.target,
+            "priority": self.priority,
+            "status": self.status,
+            "reason": self.reason,
+            "note": self.note,
+            "diff": self.diff,
+            "verification": self.verification,
+            "tokens": self.tokens,
+            "cost": round(self.cost, 6),
+            "duration": round(self.duration, 3),
+            "commit": self.commit,
+            "lineage": list(self.lineage),
+        }
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    root: Path
+    mode: str  # git | in-place | dry-run
+    tasks: list[TaskRecord]
+    skipped_by_memory: list[dict[str, str]]
+    tests_before: TestResults | None
+    tests_after: TestResults | None
+    metrics_before: dict[str, Any]
+    metrics_after: dict[str, Any]
+    usage: dict[str, Any]
+    duration: float
+    branch: str | None = None
+    base_commit: str | None = None
+    report_dir: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        return {s: sum(1 for t in self.tasks if t.status == s) for s in STATUSES}
+
+    def regressions(self) -> list[str]:
+        if self.tests_before is None or self.tests_after is None:
+            return []
+        return self.tests_after.regressions(self.tests_before)
+
+
+def new_run_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+
+
+def _diff(path: str, old: bytes | None, new: bytes | None) -> str:
+    a = (old or b"").decode("utf-8", errors="replace").splitlines(keepends=True)
+    b = (new or b"").decode("utf-8", errors="replace").splitlines(keepends=True)
+    return "".join(difflib.unified_diff(a, b, f"a/{path}", f"b/{path}"))
+
+
+def metrics_summary(audit: AuditReport, findings: int, max_complexity: int) -> dict[str, Any]:
+    """The run's before/after numbers (what the report compares)."""
+    ok = [f for f in audit.files if not f.error]
+    mis = [f.mi for f in ok if f.mi is not None]
+    fns = [fn.complexity for f in ok for fn in f.functions]
+    return {
+        "files": len(audit.files),
+        "functions": len(fns),
+        "mi_avg": round(sum(mis) / len(mis), 3) if mis else None,
+        "mi_min": round(min(mis), 3) if mis else None,
+        "complexity_avg": round(sum(fns) / len(fns), 3) if fns else None,
+        "complexity_max": max(fns, default=0),
+        "functions_over_threshold": sum(1 for c in fns if c > max_complexity),
+        "ruff_findings": findings,
+    }
+
+
+class _Run:
+    def __init__(self, opts: ImproveOptions) -> None:
+        from pyagent.agents.testing import TEST_ENV_ALLOW
+        from pyagent.improve.gitops import GIT_ENV_ALLOW
+        from pyagent.shell import SecureShell
+
+        self.opts = opts
+        self.path = Path(opts.path).resolve()
+        self.run_id = opts.run_id or new_run_id()
+        self.shell: SecureShell = SecureShell(
+            env_allow=tuple({*TEST_ENV_ALLOW, *GIT_ENV_ALLOW}), timeout=600.0
+        )
+        self.records: dict[str, TaskRecord] = {}
+        self.file_locks: dict[str, asyncio.Lock] = {}
+        self.merge_lock = asyncio.Lock()
+        self.applied: set[str] = set()
+        self.originals: dict[str, bytes | None] = {}
+        self.notes: list[str] = []
+        self.budget_stop: str | None = None
+        self.repo: GitRepo | None = None
+        self.branch: str | None = None
+        self.base_commit: str | None = None
+        self.drop_branch: str | None = None
+
+    def progress(self, kind: str, **data: Any) -> None:
+        if self.opts.on_progress is not None:
+            try:
+                self.opts.on_progress({"kind": kind, "run_id": self.run_id, **data})
+            except (Exception, SystemExit) as exc:  # a broken display (closed pipe) must not break the run
+                self.opts.on_progress = None
+                self.notes.append(f"progress display stopped: {type(exc).__name__}")
+
+    # -- setup ------------------------------------------------------------------------------
+    async def _prepare_tree(self, scratch: Path) -> tuple[Path, str]:
+        from pyagent.fleet.workspace import isolated_copy, project_files
+        from pyagent.improve.gitops import GitRepo
+
+        if self.opts.dry_run:
+            files = project_files(self.path)
+            copy = await asyncio.to_thread(
+                isolated_copy, self.path, writable=files, parent=scratch, files=files
+            )
+            return copy, "dry-run"
+        repo = await GitRepo.find(self.path, self.shell) if self.opts.use_git else None
+        if repo is None:
+            return self.path, "in-place"
+        self.repo = repo
+        self.base_commit, _ = await repo.head()
+        self.branch = f"pyagent/{self.run_id}"
+        wt = scratch / "worktree"
+        await repo.add_worktree(wt, self.branch)
+        rel = (
+            self.path.relative_to(repo.toplevel.resolve()) if self.path != repo.toplevel.resolve() else Path()
+        )
+        status = await repo.git("status", "--porcelain", "--untracked-files=no")
+        if status.strip():
+            self.notes.append(
+                "the working tree has uncommitted changes; the run works on the last commit (HEAD)"
+            )
+        return wt / rel, "git"
+
+    # -- merging ----------------------------------------------------------------------------
+    def _merge_sync(self, tree: Path, cs: ChangeSet) -> list[str]:
+        from pyagent.state import ConflictError, StateTransaction
+
+        with StateTransaction(tree) as tx:
+            for path, data in cs.changes.items():
+                current = tx.read_bytes(path) if tx.exists(path) else None
+                if content_hash(current if current is not None else b"") != cs.base_hashes.get(path):
+                    raise ConflictError(path)
+                if path not in self.originals:
+                    self.originals[path] = current
+                if data is None:
+                    tx.delete(path)
+                else:
+                    tx.write_bytes(path, data)
+        return sorted(cs.changes)
+
+    async def _merge(self, tree: Path, task: AgentTask, cs: ChangeSet, rec: TaskRecord) -> None:
+        async with self.merge_lock:
+            if cs.digest in self.applied:
+                return
+            paths = await asyncio.to_thread(self._merge_sync, tree, cs)
+            self.applied.add(cs.digest)
+            if self.repo is not None:
+                rec.commit = await self.repo.commit(tree, paths, self._commit_message(task, rec))
+
+    def _commit_message(self, task: AgentTask, rec: TaskRecord) -> str:
+        metrics = rec.verification.get("metrics", {}).get(task.target, {})
+        parts = []
+        mi = metrics.get("mi") or [None, None]
+        if mi[0] is not None and mi[1] is not None:
+            parts.append(f"MI {mi[0]:.2f} -> {mi[1]:.2f}")
+        ruff = metrics.get("ruff")
+        if ruff:
+            parts.append(f"ruff findings {ruff[0]} -> {ruff[1]}")
+        for qn, (old, new) in (metrics.get("complexity") or {}).items():
+            if old is not None:
+                parts.append(f"complexity of {qn} {old} -> {new}")
+        tests = rec.verification.get("tests") or {}
+        if tests:
+            parts.append(f"tests {tests.get('passed', 0)} passed, {tests.get('failed', 0)} failed")
+        return (
+            f"pyagent: {task.params.get('action', task.agent)} in {task.target}\n\n"
+            f"What: {rec.note}\nWhy: {self._why(task)}\nMetrics: {'; '.join(parts) or 'unchanged'}\n"
+            f"Run: {self.run_id}, task {task.id}\n"
+        )
+
+    @staticmethod
+    def _why(task: AgentTask) -> str:
+        if task.agent == "refactor":
+            return f"complexity {task.params.get('complexity')} is over the threshold {task.params.get('max_complexity')}"
+        if task.agent == "docstring":
+            return "public code without docstrings"
+        if task.agent == "format":
+            return "the file was not formatted consistently"
+        return f"ruff {task.params.get('rule')}: {task.params.get('message')}"
+
+    # -- one task ----------------------------------------------------------------------------
+    async def _task(self, control: TaskControl, task: AgentTask, tree: Path, executor: Executor) -> None:
+        from pyagent.agents.errors import CascadeLimitError
+        from pyagent.agents.llm.base import LLMError
+        from pyagent.state import ConflictError
+
+        rec = self.records[task.id]
+        start = time.monotonic()
+        try:
+            if self.budget_stop:
+                rec.status, rec.reason = "skipped", f"budget exhausted: {self.budget_stop}"
+                return
+            await control.checkpoint()
+            lock = self.file_locks.setdefault(task.target, asyncio.Lock())
+            async with lock:
+                for attempt in (1, 2):
+                    files = {p: (tree / p).read_bytes() for p in task.files if (tree / p).is_file()}
+                    cs = await executor.execute(task, files)
+                    self._record_change(rec, cs, files)
+                    if not cs.passed:
+                        break
+                    try:
+                        await self._merge(tree, task, cs, rec)
+                    except ConflictError as exc:
+                        if attempt == 2:
+                            rec.status, rec.reason = (
+                                "failed",
+                                f"conflict: {exc} changed again; change dropped",
+                            )
+                        continue
+                    rec.status, rec.reason = "kept", cs.verification.get("reason", "verified")
+                    break
+        except CascadeLimitError as exc:
+            self.budget_stop = self.budget_stop or exc.reason
+            rec.status, rec.reason = "failed", exc.reason
+        except (LLMError, OSError, RuntimeError, ValueError) as exc:
+            rec.status, rec.reason = "failed", f"{type(exc).__name__}: {exc}"
+        except asyncio.CancelledError:
+            rec.status, rec.reason = "failed", "cancelled"
+            raise
+        finally:
+            rec.duration = time.monotonic() - start
+            self.progress("task", task=rec.to_dict())
+
+    def _job(
+        self, task: AgentTask, tree: Path, executor: Executor
+    ) -> Callable[[TaskControl], Awaitable[None]]:
+        async def job(control: TaskControl) -> None:
+            await self._task(control, task, tree, executor)
+
+        return job
+
+    def _record_change(self, rec: TaskRecord, cs: ChangeSet, files: dict[str, bytes]) -> None:
+        status = cs.verification.get("status")
+        rec.verification = {k: v for k, v in cs.verification.items() if k != "status"}
+        rec.tokens += int(cs.usage.get("tokens", 0) or 0)
+        rec.cost += float(cs.usage.get("cost", 0.0) or 0.0)
+        rec.note = str(cs.usage.get("note") or cs.reason)
+        rec.diff = "".join(_diff(p, files.get(p), new) for p, new in sorted(cs.changes.items()))
+        rec.base_hash = cs.base_hashes.get(rec.target, rec.base_hash)
+        if status == "noop":
+            rec.status, rec.reason = "skipped", "nothing to change (already fixed by an earlier change)"
+        elif status == "error":
+            rec.status, rec.reason = "failed", cs.reason
+        elif not cs.passed:
+            rec.status, rec.reason = "rolled_back", cs.reason
+
+    # -- the whole run -----------------------------------------------------------------------
+    async def run(self) -> RunResult:
+        if not self.path.is_dir():
+            raise ImproveError(f"{self.opts.path} is not a directory; give the project's root folder")
+        if self.opts.concurrency < 1:
+            raise ImproveError("--concurrency must be at least 1")
+        started = time.monotonic()
+        scratch = Path(tempfile.mkdtemp(prefix="pyagent-run-"))
+        tree: Path | None = None
+        try:
+            tree, mode = await self._prepare_tree(scratch)
+            return await self._run_in(tree, mode, scratch, started)
+        finally:
+            if self.repo is not None and tree is not None:
+                try:
+                    await self.repo.remove_worktree(scratch / "worktree")
+                    if self.drop_branch is not None:
+                        await self.repo.delete_branch(self.drop_branch)
+                except RuntimeError as exc:
+                    self.notes.append(f"cleanup: {exc}")
+            await asyncio.to_thread(shutil.rmtree, scratch, True)
+
+    async def _measure(self, tree: Path) -> tuple[AuditReport, int, list[Any], list[str]]:
+        from pyagent.agents import ruff
+        from pyagent.health import CodeHealthAuditor
+
+        audit = await asyncio.to_thread(CodeHealthAuditor().audit_path, tree)
+        findings = await ruff.check(tree, ["."], shell=self.shell)
+        unformatted = await ruff.unformatted(tree, ["."], shell=self.shell)
+        return audit, len(findings), findings, unformatted
+
+    async def _tests(self, runner: Any, tree: Path, scratch: Path) -> TestResults:
+        from pyagent.fleet.workspace import isolated_copy
+
+        ws = await asyncio.to_thread(isolated_copy, tree, parent=scratch)
+        try:
+            result: TestResults = await runner.run(ws)
+            return result
+        finally:
+            await asyncio.to_thread(shutil.rmtree, ws, True)
+
+    async def _run_in(self, tree: Path, mode: str, scratch: Path, started: float) -> RunResult:
+        from pyagent.agents.budget import Budget
+        from pyagent.agents.context import CascadeContext
+        from pyagent.agents.knowledge import ChangeOutcome, InMemoryKnowledge
+        from pyagent.agents.llm.base import UsageMeter
+        from pyagent.agents.registry import build_agents
+        from pyagent.agents.testing import TestRunner, discover_tests
+        from pyagent.fleet.executor import ExecutorSetup, LocalExecutor
+        from pyagent.fleet.gate import VerificationGate
+        from pyagent.fleet.manager import FleetManager
+        from pyagent.fleet.planner import candidates, plan_tasks
+
+        opts = self.opts
+        budget = Budget(tokens=opts.budget_tokens, cost_usd=opts.budget_usd)
+        meter = UsageMeter(on_call=lambda reply, totals: self.progress("llm", totals=totals))
+        llm = opts.llm_client
+        if llm is None and opts.llm:
+            from pyagent.agents.llm.factory import LLMConfigError, make_llm
+
+            try:
+                llm = make_llm(
+                    opts.llm, base_url=opts.llm_base_url, api=opts.llm_api, budget=budget, meter=meter
+                )
+            except LLMConfigError as exc:
+                raise ImproveError(str(exc)) from exc
+        if llm is not None:
+            meter = llm.meter
+            meter.on_call = lambda reply, totals: self.progress("llm", totals=totals)
+        self.progress("phase", phase="audit", detail=str(self.path))
+        audit_before, n_before, findings, unformatted = await self._measure(tree)
+        metrics_before = metrics_summary(audit_before, n_before, opts.max_complexity)
+        try:
+            command = discover_tests(tree, opts.test_cmd)
+        except ValueError as exc:
+            raise ImproveError(f"--test-cmd: {exc}") from exc
+        if command is not None and opts.test_env:
+            command = dataclasses.replace(command, extra_env={**command.extra_env, **opts.test_env})
+        runner = TestRunner(command, self.shell, timeout=opts.test_timeout) if command else None
+        baseline = None
+        if runner is not None:
+            self.progress("phase", phase="baseline", detail=" ".join(command.argv) if command else "")
+            baseline = await self._tests(runner, tree, scratch)
+            if baseline.timed_out:
+                raise ImproveError(
+                    f"the test baseline timed out after {opts.test_timeout:.0f}s; pass --test-cmd"
+                )
+        else:
+            self.notes.append("no tests found: changes were verified by parsing, lint and metrics only")
+        gate = VerificationGate(tests=runner, baseline=baseline, shell=self.shell)
+        agents = build_agents(self.shell, llm, max_complexity=opts.max_complexity)
+        local = LocalExecutor(tree, agents=agents, gate=gate, scratch=scratch)
+        executor: Executor = local
+        if opts.executor_factory is not None:
+            executor = opts.executor_factory(ExecutorSetup(tree, local, opts.test_cmd, baseline, opts.llm))
+        knowledge = opts.knowledge if opts.knowledge is not None else InMemoryKnowledge()
+        root_ctx = CascadeContext.root("improve", action=f"improve:{self.run_id}", budget=budget)
+        cands = candidates(
+            audit_before,
+            findings,
+            unformatted,
+            llm=llm is not None,
+            max_complexity=opts.max_complexity,
+            root=tree,
+        )
+        plan = plan_tasks(
+            tree,
+            audit_before,
+            cands,
+            context=root_ctx,
+            knowledge=knowledge,
+            max_tasks=opts.max_tasks,
+            params={"max_complexity": opts.max_complexity},
+        )
+        for t in plan.tasks:
+            self.records[t.id] = TaskRecord(
+                t.id,
+                t.agent,
+                str(t.params.get("action", t.agent)),
+                t.target,
+                t.priority.name.lower(),
+                lineage=tuple(e.task_id for e in t.context.lineage),
+            )
+        self.progress(
+            "plan",
+            tasks=[r.to_dict() for r in self.records.values()],
+            skipped=[s.__dict__ for s in plan.skipped],
+        )
+        events: list[FleetEvent] = []
+        async with FleetManager(opts.concurrency, on_event=events.append, knowledge=knowledge) as fleet:
+            fleet.add_listener(lambda e: self.progress("fleet", event=e.to_dict()))
+            for t in plan.tasks:
+                fleet.submit(
+                    f"{t.agent}:{t.target}",
+                    self._job(t, tree, executor),
+                    priority=t.priority,
+                    context=t.context,
+                    kind=t.kind,
+                )
+            await fleet.join()
+        for t in plan.tasks:
+            rec = self.records[t.id]
+            knowledge.record_outcome(
+                ChangeOutcome(
+                    agent=t.agent,
+                    action=rec.action,
+                    task_kind=t.kind,
+                    target=t.target,
+                    target_hash=str(t.params.get("target_hash", "")),
+                    status=rec.status,  # type: ignore[arg-type]
+                    reason=rec.reason or None,
+                    lineage=rec.lineage,
+                )
+            )
+        self.progress("phase", phase="after", detail="re-measuring")
+        audit_after, n_after, _f, _u = await self._measure(tree)
+        tests_after = await self._tests(runner, tree, scratch) if runner is not None else None
+        if mode == "git" and not any(r.commit for r in self.records.values()):
+            self.drop_branch, self.branch = self.branch, None
+            self.notes.append("no change was kept, so no branch was left behind")
+        result = RunResult(
+            run_id=self.run_id,
+            root=self.path,
+            mode=mode,
+            tasks=[self.records[t.id] for t in plan.tasks],
+            skipped_by_memory=[
+                {"agent": s.agent, "action": s.action, "target": s.target, "reason": s.reason}
+                for s in plan.skipped
+            ],
+            tests_before=baseline,
+            tests_after=tests_after,
+            metrics_before=metrics_before,
+            metrics_after=metrics_summary(audit_after, n_after, opts.max_complexity),
+            usage=meter.to_dict() | {"budget": budget.to_wire()},
+            duration=time.monotonic() - started,
+            branch=self.branch,
+            base_commit=self.base_commit,
+            notes=self.notes,
+        )
+        if mode == "in-place":
+            from pyagent.improve.undo import save_run
+
+            save_run(self.path, self.run_id, self.originals)
+        from pyagent.improve.report import write_report
+
+        result.report_dir = write_report(result, events)
+        return result
+
+
+async def improve(opts: ImproveOptions) -> RunResult:
+    """Run one improvement pass over ``opts.path``; see the module docstring."""
+    return await _Run(opts).run()
+
+
+def load_swarm_factory() -> ExecutorFactory:
+    """The Voyager swarm's executor factory (``improve --swarm``), from ``pyagent.voyager.swarm``."""
+    try:
+        swarm = importlib.import_module("pyagent.voyager.swarm")
+    except ImportError as exc:
+        raise ImproveError(f"--swarm needs the Voyager component, which is not available: {exc}") from exc
+    factory = getattr(swarm, "swarm_executor_factory", None)
+    if factory is None:
+        raise ImproveError("--swarm: pyagent.voyager.swarm has no swarm_executor_factory")
+    return factory  # type: ignore[no-any-return]

@@ -1,0 +1,103 @@
+"""The test agent: finding a project's tests, running them for real, per-test outcomes."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pyagent.agents.testing import TestResults, TestRunner, discover_tests, parse_junit, parse_unittest
+from tests.improve_helpers import UNITTEST_CMD, make_project
+
+
+def test_discovers_pytest_from_config(tmp_path: Path) -> None:
+    make_project(tmp_path)
+    cmd = discover_tests(tmp_path)
+    assert cmd is not None and cmd.style == "pytest"
+
+
+def test_no_tests_means_no_command(tmp_path: Path) -> None:
+    (tmp_path / "a.py").write_text("x = 1\n")
+    assert discover_tests(tmp_path) is None
+
+
+def test_explicit_command_wins_and_pytest_is_recognised(tmp_path: Path) -> None:
+    assert discover_tests(tmp_path, "make check").style == "exit-code"  # type: ignore[union-attr]
+    assert discover_tests(tmp_path, f"{sys.executable} -m pytest -x").style == "pytest"  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="empty test command"):
+        discover_tests(tmp_path, "   ")
+
+
+def test_runs_real_pytest_and_reports_each_test(tmp_path: Path) -> None:
+    make_project(tmp_path, extra_test="\n\ndef test_broken():\n    assert 1 == 2\n")
+    runner = TestRunner(discover_tests(tmp_path))  # type: ignore[arg-type]
+    res = asyncio.run(runner.run(tmp_path))
+    assert res.outcomes["tests.test_pkg.TestPkg::test_total"] == "passed"
+    assert res.outcomes["tests.test_pkg::test_broken"] == "failed"
+    assert (res.passed, res.failed) == (3, 1)
+    assert not any(p.name == ".pytest_cache" for p in tmp_path.iterdir())
+
+
+def test_regressions_include_vanished_tests() -> None:
+    before = TestResults({"a": "passed", "b": "passed", "c": "failed"}, (), 0, 0.1)
+    after = TestResults({"a": "passed", "c": "passed"}, (), 1, 0.1)
+    assert after.regressions(before) == ["b"]
+    assert TestResults.from_dict(after.to_dict()).outcomes == after.outcomes
+
+
+def test_unittest_command_reports_each_test(tmp_path: Path) -> None:
+    make_project(tmp_path)
+    cmd = discover_tests(tmp_path, UNITTEST_CMD)
+    assert cmd is not None and cmd.style == "unittest" and cmd.argv[-1] == "-v"
+    res = asyncio.run(TestRunner(cmd).run(tmp_path))
+    assert res.outcomes == {
+        "test_pkg.TestPkg.test_total": "passed",
+        "test_pkg.TestPkg.test_name": "passed",
+        "test_pkg.TestPkg.test_plugin_registered": "passed",
+    }
+
+
+def test_exit_code_command_counts_as_one_test(tmp_path: Path) -> None:
+    ok = TestRunner(discover_tests(tmp_path, f"{sys.executable} -c pass"))  # type: ignore[arg-type]
+    bad = TestRunner(discover_tests(tmp_path, f"{sys.executable} -c 'raise SystemExit(3)'"))  # type: ignore[arg-type]
+    assert asyncio.run(ok.run(tmp_path)).passed == 1
+    res = asyncio.run(bad.run(tmp_path))
+    assert (res.passed, res.failed, res.exit_code) == (0, 1, 3)
+
+
+def test_timeout_is_reported(tmp_path: Path) -> None:
+    cmd = discover_tests(tmp_path, f"{sys.executable} -c 'import time; time.sleep(30)'")
+    res = asyncio.run(TestRunner(cmd, timeout=0.5).run(tmp_path))  # type: ignore[arg-type]
+    assert res.timed_out and res.failed == 1 and "timed out" in res.note
+
+
+def test_api_keys_do_not_reach_tests(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-should-not-leak")
+    (tmp_path / "test_env.py").write_text(
+        "import os\n\ndef test_env():\n    assert 'OPENAI_API_KEY' not in os.environ\n"
+    )
+    res = asyncio.run(TestRunner(discover_tests(tmp_path)).run(tmp_path))  # type: ignore[arg-type]
+    assert res.outcomes == {"test_env::test_env": "passed"}
+
+
+def test_parse_junit_collection_error_counts_as_error() -> None:
+    xml = (
+        '<testsuites><testsuite><testcase classname="" name="tests.test_x"><error message="boom"/></testcase>'
+        '<testcase classname="tests.test_y" name="test_a"><skipped/></testcase></testsuite></testsuites>'
+    )
+    assert parse_junit(xml) == {"tests.test_x": "error", "tests.test_y::test_a": "skipped"}
+
+
+def test_parse_real_unittest_output(tmp_path: Path) -> None:
+    (tmp_path / "test_u.py").write_text(
+        "import unittest\n\nclass T(unittest.TestCase):\n"
+        "    def test_ok(self):\n        pass\n\n    def test_bad(self):\n        self.fail('x')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "unittest", "discover", "-v"], cwd=tmp_path, capture_output=True, text=True
+    )
+    outcomes = parse_unittest(out.stderr)
+    assert outcomes == {"test_u.T.test_ok": "passed", "test_u.T.test_bad": "failed"}

@@ -1,0 +1,105 @@
+"""`improve` with an LLM: the endpoint is a real loopback HTTP server with SCRIPTED replies (a test
+double of a paid LLM API); the agents, gate, tests, transactions and report are all real."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from pyagent.agents.llm.openai_compat import OpenAICompatClient
+from pyagent.improve.run import ImproveOptions, RunResult, improve
+from tests.agents.llm_server import Reply, Script, scripted_server
+from tests.agents.test_llm_agents import MALFORMED
+
+SRC = """\
+def grade(n):
+    if n > 90:
+        return "A"
+    if n > 80:
+        return "B"
+    if n > 70:
+        return "C"
+    return "D"
+"""
+GOOD = """<<<<<<< SEARCH
+    if n > 90:
+        return "A"
+    if n > 80:
+        return "B"
+    if n > 70:
+        return "C"
+    return "D"
+=======
+    for limit, mark in ((90, "A"), (80, "B"), (70, "C")):
+        if n > limit:
+            return mark
+    return "D"
+>>>>>>> REPLACE"""
+
+DOC = (
+    "<<<<<<< SEARCH\ndef grade(n):\n=======\ndef grade(n):\n"
+    '    """Letter grade for a score, as the report cards use."""\n>>>>>>> REPLACE'
+)
+TEST = (
+    "import unittest\n\nfrom m import grade\n\n\nclass T(unittest.TestCase):\n    def test_grade(self):\n"
+    "        self.assertEqual([grade(x) for x in (95, 85, 75, 5)], ['A', 'B', 'C', 'D'])\n"
+)
+
+
+def _project(root: Path) -> Path:
+    (root / "tests").mkdir(parents=True)
+    (root / "m.py").write_text('"""Grades."""\n\n\n' + SRC)
+    (root / "tests" / "test_m.py").write_text(TEST)
+    return root
+
+
+def _run(root: Path, url: str, **kw: object) -> RunResult:
+    client = OpenAICompatClient(
+        "gpt-4o-mini", base_url=url, api_key="sk-test-0123456789abcdefghij", backoff=0.01
+    )
+    opts = ImproveOptions(
+        path=root,
+        use_git=False,
+        concurrency=1,
+        max_complexity=3,
+        test_cmd=f"{sys.executable} -m unittest discover -s tests",
+        llm_client=client,
+        **kw,  # type: ignore[arg-type]
+    )
+    if opts.budget_tokens is not None:
+        from pyagent.agents.budget import Budget
+
+        client.budget = Budget(tokens=opts.budget_tokens)
+    return asyncio.run(improve(opts))
+
+
+def test_llm_docstring_and_refactor_are_verified_and_costed(tmp_path: Path) -> None:
+    root = _project(tmp_path / "p")
+    script = Script([Reply(text=DOC), Reply(text=MALFORMED), Reply(text=GOOD)])
+    with scripted_server(script) as url:
+        result = _run(root, url)
+    status = {t.agent: (t.status, t.reason) for t in result.tasks}
+    assert status["docstring"][0] == "kept", status
+    assert status["refactor"][0] == "kept", status
+    assert len(script.requests) == 3
+    text = (root / "m.py").read_text()
+    assert "Letter grade" in text and "for limit, mark in" in text
+    assert result.metrics_after["complexity_max"] < result.metrics_before["complexity_max"]
+    rep = json.loads((result.report_dir / "report.json").read_text())  # type: ignore[operator]
+    assert rep["usage"]["calls"] == 3 and rep["usage"]["tokens"] == 450
+    refactor = next(t for t in rep["tasks"] if t["agent"] == "refactor")
+    assert refactor["tokens"] == 300 and refactor["cost"] > 0
+    assert "sk-test-0123456789abcdefghij" not in json.dumps(script.requests[0]["json"])
+
+
+def test_budget_is_a_hard_stop_for_the_run(tmp_path: Path) -> None:
+    root = _project(tmp_path / "p")
+    script = Script([Reply(text=DOC), Reply(text=GOOD), Reply(text=GOOD)])
+    with scripted_server(script) as url:
+        result = _run(root, url, budget_tokens=100)
+    assert len(script.requests) == 1  # the first reply spent the budget; nothing else was asked
+    for t in result.tasks:
+        assert t.status in ("failed", "skipped") and "budget" in t.reason, (t.status, t.reason)
+    assert (root / "m.py").read_text() == '"""Grades."""\n\n\n' + SRC
