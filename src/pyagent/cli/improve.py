@@ -62,7 +62,27 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="spread tasks over trusted Voyager peers found by mDNS (keys: $PYAGENT_NODE_HOME or ~/.pyagent/node)",
     )
+    p.add_argument(
+        "--no-memory",
+        action="store_true",
+        help="do not use or update the knowledge store PATH/.pyagent/memory.db (see `pyagent memory`)",
+    )
     return p
+
+
+def _open_memory(args: argparse.Namespace) -> Any:
+    """The workspace's persistent knowledge store (None with --no-memory or when PATH is no folder)."""
+    import os
+
+    if args.no_memory or not os.path.isdir(args.path):
+        return None
+    from pyagent.memory.errors import StoreError
+    from pyagent.memory.fleet_memory import StoreKnowledge
+
+    try:
+        return StoreKnowledge.open(args.path)
+    except StoreError as exc:
+        raise CommandError(f"{exc}; run with --no-memory, or move the store away") from exc
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         except ImproveError as exc:
             raise CommandError(str(exc)) from exc
     display = LiveDisplay()
+    knowledge = _open_memory(args)
     opts = ImproveOptions(
         path=args.path,
         llm=args.llm,
@@ -93,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
         use_git=not args.no_git,
         executor_factory=factory,
+        knowledge=knowledge,
         on_progress=display,
     )
     try:
@@ -104,6 +126,9 @@ def run(args: argparse.Namespace) -> int:
             result = asyncio.run(improve(opts))
     except ImproveError as exc:
         raise CommandError(str(exc)) from exc
+    finally:
+        if knowledge is not None:
+            knowledge.close()
     if args.dry_run:
         for task in result.tasks:
             if task.status == "kept" and task.diff:
