@@ -52,6 +52,8 @@ BAD_BODIES: list[tuple[str, Any, int, str | None]] = [
     ("unknown previous response", {"model": "standin", "input": "x", "previous_response_id": "resp_nope"}, 404,
      "previous_response_id"),
     ("array body", [1, 2], 400, None),
+    ("empty input list", {"model": "standin", "input": []}, 400, "input"),
+    ("stream of the wrong type", {"model": "standin", "input": "x", "stream": "yes"}, 400, "stream"),
 ]
 
 
@@ -71,6 +73,10 @@ def test_malformed_json_and_huge_body(serve: Callable[..., Running]) -> None:
     assert _assert_error(_post(run, None, raw=huge), 413)["code"] == "request_too_large"
     _assert_error(httpx.get(run.url + "/responses/resp_unknown"), 404)
     _assert_error(httpx.get(run.url + "/no/such/route"), 404)
+    assert _assert_error(_post(run, None, raw=b""), 400)["code"] == "missing_body"
+    _assert_error(httpx.get(run.url + "/responses/x", params={"stream": "maybe"}), 400, "stream")
+    _assert_error(httpx.get(run.url + "/responses/x", params={"starting_after": -5}), 400, "starting_after")
+    _assert_error(httpx.put(run.url + "/responses"), 405)
     assert _post(run, {"model": "standin", "input": "ok"}).status_code == 200
 
 
