@@ -332,3 +332,36 @@ def test_apply_changes_is_one_real_transaction(tmp_path: Path) -> None:
     current = hash_bytes(b"a = 2\n")
     agent.apply_changes({"pkg/a.py": b"a = 3\n"}, base_hashes={"pkg/a.py": current})
     assert (tmp_path / "pkg" / "a.py").read_bytes() == b"a = 3\n"
+
+
+def test_run_command_is_governed_and_sandboxed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-should-never-reach-a-child")
+    python = Path(sys.executable).name
+
+    class Runner(BaseAgent):
+        name = "runner"
+
+        async def run(self, control: TaskControl, payload: Any) -> Any:
+            ok = await self.run_command(
+                control, [sys.executable, "-c", "import os; print(os.getcwd()); print(os.environ.get('OPENAI_API_KEY'))"]
+            )
+            with pytest.raises(GovernanceError, match="'touch' is not allowed"):
+                await self.run_command(control, ["touch", "should-not-exist"])
+            return ok
+
+    agent = Runner(root=tmp_path, allowed_commands=[python])
+    events: list[FleetEvent] = []
+
+    async def main() -> Any:
+        async with FleetManager(1, on_event=events.append) as fleet:
+            return await agent.submit_to(fleet).result()
+
+    result = asyncio.run(main())
+    assert result.exit_code == 0
+    cwd, key = result.stdout.splitlines()
+    assert Path(cwd).resolve() == tmp_path.resolve() and key == "None"
+    assert not (tmp_path / "should-not-exist").exists()
+    cmd_events = [(e.action, e.outcome) for e in events if e.kind == "agent"]
+    assert cmd_events == [(f"command:{python}", "ok")]

@@ -151,3 +151,21 @@ def test_next_transaction_recovers_automatically(tmp_path: Path) -> None:
 def test_recover_on_missing_path_is_clear(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no such directory"):
         recover(tmp_path / "missing")
+
+
+def test_recovery_killed_half_way_is_finished_by_the_next_one(tmp_path: Path) -> None:
+    make_tree(tmp_path)
+    before = snapshot(tmp_path)
+    subprocess.run([sys.executable, "-c", CHILD, str(tmp_path), "60"], capture_output=True)
+    crash_recover = (
+        "import os, sys\nfrom pyagent.state import recover\nreal = os.replace\ncalls = [0]\n"
+        "def boom(a, b):\n    calls[0] += 1\n    if calls[0] == 7: os._exit(9)\n    real(a, b)\n"
+        "os.replace = boom\nrecover(sys.argv[1])\n"
+    )
+    assert subprocess.run([sys.executable, "-c", crash_recover, str(tmp_path)]).returncode == 9
+    assert os.path.exists(journal_path(str(tmp_path)))
+    assert list(tmp_path.glob(".*.pyagent-restore.tmp"))  # the killed rollback left its temp files
+    result = recover(tmp_path)
+    assert result is not None
+    assert snapshot(tmp_path) == before
+    assert not list(tmp_path.rglob("*.tmp"))

@@ -74,6 +74,9 @@ def rollback(root: str, journal: Journal) -> RecoveryResult:
             if remove_quietly(target):  # type: ignore[arg-type]
                 removed.append(os.fsdecode(e.path))
             continue
+        head, tail = os.path.split(target)
+        tmp = os.path.join(head, b"." + tail + b".pyagent-restore.tmp")
+        remove_quietly(tmp)  # type: ignore[arg-type]  # left by a rollback that was itself killed
         current = _hash_file(target)
         mode = e.orig_mode if e.orig_mode is not None else 0o644
         if current == (e.orig_hash, mode):
@@ -83,9 +86,7 @@ def rollback(root: str, journal: Journal) -> RecoveryResult:
     temps: list[tuple[str, bytes, int]] = []
     for target, data, mode in restores:
         head, tail = os.path.split(target)
-        tmp = os.path.join(head, b"." + tail + b".pyagent-restore.tmp")
-        remove_quietly(tmp)  # type: ignore[arg-type]
-        temps.append((os.fsdecode(tmp), data, mode))
+        temps.append((os.fsdecode(os.path.join(head, b"." + tail + b".pyagent-restore.tmp")), data, mode))
     write_many_synced(temps)
     for (tmp_s, _, _), (target, _, _) in zip(temps, restores, strict=True):
         os.replace(tmp_s, target)

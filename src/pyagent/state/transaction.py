@@ -21,6 +21,7 @@ import os
 import stat
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -300,10 +301,8 @@ class StateTransaction:
         created: list[str] = []
         deleted: list[str] = []
         offset = 0
-        for rel in sorted(self._staged):
+        for rel, current, cur_hash in self._read_current(sorted(self._staged)):
             new = self._staged[rel]
-            current = self._disk_read(rel)
-            cur_hash = _ABSENT if current is None else hash_bytes(current)
             base = self._base.get(rel)
             if base is not None and base != cur_hash:
                 detail = "it was deleted" if current is None else ("it was created" if base == _ABSENT else "")
@@ -379,6 +378,18 @@ class StateTransaction:
         fsync_dir(vault_dir(self.root))
         timings["finish"] = time.perf_counter() - t
         return CommitResult(tuple(changed), tuple(created), tuple(deleted), size, timings)
+
+    def _read_current(self, rels: list[str]) -> list[tuple[str, bytes | None, str]]:
+        """What is on disk now, with its hash; read in parallel (I/O and blake3 release the GIL)."""
+
+        def one(rel: str) -> tuple[str, bytes | None, str]:
+            data = self._disk_read(rel)
+            return rel, data, _ABSENT if data is None else hash_bytes(data)
+
+        if len(rels) < 16:
+            return [one(rel) for rel in rels]
+        with ThreadPoolExecutor(min(8, len(rels))) as pool:
+            return list(pool.map(one, rels))
 
     def _rollback_after_failure(self, exc: BaseException) -> None:
         """Undo a commit that failed half-way (disk full, permission denied); the journal says how."""

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import inspect
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pyagent.agents.context import SecurityScope
 from pyagent.fleet.priority import AgentPriority
 
 if TYPE_CHECKING:
+    from pyagent.agents.context import CascadeContext
     from pyagent.fleet.core import TaskControl, TaskFn, TaskHandle
+    from pyagent.shell import SecureShell, ShellResult
 
 
 class UnknownToolError(KeyError):
@@ -25,6 +29,7 @@ class OrchestrationMixin:
     """Tools the agent may call (each call is one budget step and one event) and delegation."""
 
     name: str
+    root: Path
     _tools: dict[str, Callable[..., Any]] | None = None
 
     def register_tool(self, name: str, fn: Callable[..., Any]) -> None:
@@ -59,6 +64,36 @@ class OrchestrationMixin:
             control.emit(f"tool:{tool}", outcome="error", duration=time.monotonic() - started, detail=str(exc))
             raise
         control.emit(f"tool:{tool}", outcome="ok", duration=time.monotonic() - started)
+        return result
+
+    def authorize_command(self, argv: Sequence[str], *, context: CascadeContext | None = None) -> None:
+        """Overridden by ``GovernanceMixin``; alone, any command is allowed."""
+
+    async def run_command(
+        self,
+        control: TaskControl,
+        argv: Sequence[str],
+        *,
+        cwd: str | os.PathLike[str] | None = None,
+        timeout: float | None = None,
+        shell: SecureShell | None = None,
+        on_line: Callable[[str, str], None] | None = None,
+    ) -> ShellResult:
+        """Run a program through ``SecureShell`` (no shell, allow-listed environment, limits) in the
+        workspace, after governance allowed it; one budget step, one event."""
+        from pyagent.shell import SecureShell
+
+        self.authorize_command(argv, context=control.context)
+        control.context.budget.charge(steps=1)
+        runner = shell if shell is not None else SecureShell()
+        result = await runner.run(list(argv), cwd=self.root if cwd is None else cwd, timeout=timeout, on_line=on_line)
+        outcome = "ok" if result.exit_code == 0 else ("timed_out" if result.timed_out else "error")
+        control.emit(
+            f"command:{Path(argv[0]).name}",
+            outcome=outcome,
+            duration=result.duration,
+            detail={"argv": list(argv), "exit_code": result.exit_code},
+        )
         return result
 
     def delegate(
