@@ -74,6 +74,18 @@ def test_prefill_over_cached_prefix_matches_dense() -> None:
         np.testing.assert_allclose(out[i], dense_attention(q[i], k[:, :ctx], v[:, :ctx], 0.25), atol=2e-6)
 
 
+def test_long_prefill_is_split_by_query_with_the_same_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pyagent.inference.attention as attention
+
+    rng = np.random.default_rng(4)
+    q = rng.standard_normal((50, 4, 8)).astype(np.float32)
+    k = rng.standard_normal((2, 60, 8)).astype(np.float32)
+    v = rng.standard_normal((2, 60, 8)).astype(np.float32)
+    whole = prefill_attention(q, k, v, 10, 0.3)
+    monkeypatch.setattr(attention, "_MAX_SCORE_FLOATS", 4 * 60 * 7)  # slices of 7 queries
+    np.testing.assert_allclose(prefill_attention(q, k, v, 10, 0.3), whole, atol=1e-6)
+
+
 def test_kernel_rejects_bad_inputs_with_clear_errors() -> None:
     q, k, v, tables, lens = random_case(2, [20, 30])
     out = np.empty_like(q)

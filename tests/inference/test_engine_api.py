@@ -213,3 +213,40 @@ def test_generate_rejects_bad_prompts_at_once_and_cancel_or_drop_aborts(tiny_dir
         assert engine.kv_cache.num_used_blocks == 0
     finally:
         engine.close()
+
+
+def test_callers_never_wait_for_a_running_step(tiny_dir: Path) -> None:
+    import threading
+
+    engine = PagedAttentionEngine.from_pretrained(tiny_dir)
+    in_step, release = threading.Event(), threading.Event()
+
+    def slow_observer(rid: str, pos: int, row: np.ndarray) -> None:
+        in_step.set()
+        release.wait(30)
+
+    engine.logits_observer = slow_observer
+    engine.add_request("busy", [1, 2, 3], SamplingParams(max_tokens=3, ignore_eos=True))
+    stepper = threading.Thread(target=engine.step)
+    stepper.start()
+    assert in_step.wait(30)
+    done = threading.Event()
+
+    def caller() -> None:  # runs while the step is stuck inside the model
+        engine.add_request("new", [1, 4], SamplingParams(max_tokens=2))
+        engine.abort("busy")
+        assert engine.has_unfinished()
+        done.set()
+
+    t = threading.Thread(target=caller)
+    t.start()
+    finished_while_stepping = done.wait(10)
+    release.set()
+    stepper.join(30)
+    t.join(30)
+    engine.logits_observer = None
+    assert finished_while_stepping
+    outs = drain(engine)
+    assert outs["busy"][-1].finish_reason == "abort"
+    assert outs["new"][-1].finish_reason == "length"
+    assert engine.kv_cache.num_used_blocks == 0

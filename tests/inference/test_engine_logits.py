@@ -81,9 +81,10 @@ def test_prefix_cache_hits(tiny_dir: Path, dense: DenseLlama) -> None:
     assert_matches_dense(dense, final, seen)
 
 
-def test_preemption_and_recompute(tiny_dir: Path, dense: DenseLlama) -> None:
+@pytest.mark.parametrize("caching", [True, False])
+def test_preemption_and_recompute(tiny_dir: Path, dense: DenseLlama, caching: bool) -> None:
     # 10 blocks (160 slots) cannot hold four sequences growing to 60+ tokens: someone gets preempted.
-    engine = PagedAttentionEngine.from_pretrained(tiny_dir, num_blocks=10)
+    engine = PagedAttentionEngine.from_pretrained(tiny_dir, num_blocks=10, enable_prefix_caching=caching)
     rng = np.random.default_rng(4)
     params = SamplingParams(max_tokens=30, temperature=0.0, ignore_eos=True)
     prompts = {f"p{i}": prompt(rng, 30 + i) for i in range(4)}

@@ -62,13 +62,28 @@ def paged_decode_attention_reference(q: np.ndarray, k_cache: np.ndarray, v_cache
     return out
 
 
+# Largest score matrix one prefill attention call materializes (floats); longer chunks are split by query.
+_MAX_SCORE_FLOATS = 1 << 24
+
+
 def prefill_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start_pos: int, scale: float) -> np.ndarray:
     """Causal attention of new tokens at positions ``start_pos..`` over keys ``0..start_pos+len``.
 
     ``q``: [new, heads, head_dim]; ``k``, ``v``: [kv_heads, context, head_dim] with context = start_pos + new.
+    Queries are processed in slices so that the score matrix stays under ``_MAX_SCORE_FLOATS``.
     """
+    new, num_heads, _ = q.shape
+    step = max(1, _MAX_SCORE_FLOATS // (num_heads * k.shape[1]))
+    if new <= step:
+        return _prefill_slice(q, k, v, start_pos, scale)
+    return np.concatenate([_prefill_slice(q[i:i + step], k, v, start_pos + i, scale) for i in range(0, new, step)])
+
+
+def _prefill_slice(q: np.ndarray, k: np.ndarray, v: np.ndarray, start_pos: int, scale: float) -> np.ndarray:
     new, num_heads, head_dim = q.shape
-    num_kv_heads, ctx, _ = k.shape
+    num_kv_heads = k.shape[0]
+    ctx = start_pos + new  # keys after the last query are never attended
+    k, v = k[:, :ctx], v[:, :ctx]
     group = num_heads // num_kv_heads
     # [kv_heads, group*new, head_dim]: the query heads that share a KV head attend in one matmul.
     qg = q.reshape(new, num_kv_heads, group, head_dim).transpose(1, 2, 0, 3).reshape(num_kv_heads, group * new, head_dim)

@@ -79,12 +79,17 @@ class PagedAttentionEngine:
         self.model = DecoderModel(config, weights, self.max_model_len, partition_size=partition_size)
         self.scheduler = Scheduler(self.kv_cache, max_num_seqs=max_num_seqs,
                                    max_num_batched_tokens=max_num_batched_tokens)
-        self._requests: dict[str, Request] = {}
-        self._streams: dict[str, _Stream] = {}
-        self._aborted: list[RequestOutput] = []
         self._rng = np.random.default_rng()
+        # Two locks so that callers never wait for a model step: `_lock` owns the scheduler, KV cache and
+        # model and is held for a whole step; `_inbox` guards the small hand-over state below and is only
+        # ever held for a few dictionary operations.
         self._lock = threading.RLock()
-        self._wakeup = threading.Condition(self._lock)
+        self._inbox = threading.Condition()
+        self._requests: dict[str, Request] = {}  # every live request, queued or scheduled
+        self._streams: dict[str, _Stream] = {}
+        self._incoming: list[Request] = []
+        self._abort_ids: set[str] = set()
+        self._aborted: list[RequestOutput] = []
         self._listeners: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue[RequestOutput | BaseException]]] = {}
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -117,35 +122,59 @@ class PagedAttentionEngine:
             raise ValueError(f"the prompt has {len(prompt)} tokens but the context holds {self.max_model_len} "
                              f"(prompt plus at least one generated token); shorten the prompt")
         rng = np.random.default_rng(params.seed) if params.seed is not None else self._rng
-        with self._wakeup:
+        with self._inbox:
             if request_id in self._requests:
                 raise ValueError(f"request id {request_id!r} is already in use")
             req = Request(request_id, prompt, params, rng)
             self._requests[request_id] = req
             self._streams[request_id] = _Stream(IncrementalDetokenizer(self.tokenizer, prompt), list(params.stop))
-            self.scheduler.add(req)
-            self._wakeup.notify_all()
+            self._incoming.append(req)
+            self._inbox.notify_all()
 
     def abort(self, request_id: str) -> None:
-        """Stop a request and free its blocks; its final output (reason "abort") comes with the next step."""
-        with self._lock:
-            req = self._requests.pop(request_id, None)
-            if req is None:
+        """Stop a request and free its blocks (at once when no step is running, else right after it).
+
+        Its final output (finish reason "abort") comes with the next step. Unknown ids are ignored.
+        """
+        with self._inbox:
+            if request_id not in self._requests:
                 return
-            self.scheduler.finish(req)
-            stream = self._streams.pop(request_id)
-            self._aborted.append(RequestOutput(request_id, req.prompt_token_ids, req.output_token_ids, [],
-                                               stream.text, "", True, "abort"))
+            self._abort_ids.add(request_id)
+            self._inbox.notify_all()
+        if self._lock.acquire(blocking=False):
+            try:
+                self._take_inbox()
+            finally:
+                self._lock.release()
 
     def has_unfinished(self) -> bool:
-        with self._lock:
-            return self.scheduler.has_unfinished()
+        with self._inbox:
+            return bool(self._requests)
+
+    def _take_inbox(self) -> None:
+        """Move new requests into the scheduler and carry out pending aborts (caller holds ``_lock``)."""
+        with self._inbox:
+            incoming, self._incoming = self._incoming, []
+            aborts, self._abort_ids = self._abort_ids, set()
+            gone = [(self._requests.pop(rid), self._streams.pop(rid)) for rid in aborts if rid in self._requests]
+        for req in incoming:
+            self.scheduler.add(req)
+        outputs = []
+        for req, stream in gone:
+            self.scheduler.finish(req)
+            outputs.append(RequestOutput(req.request_id, req.prompt_token_ids, req.output_token_ids, [],
+                                         stream.text, "", True, "abort"))
+        if outputs:
+            with self._inbox:
+                self._aborted.extend(outputs)
 
     # -- stepping
     def step(self) -> list[RequestOutput]:
         """Schedule, run the model once, sample, and report every request that progressed or finished."""
         with self._lock:
-            outputs, self._aborted = self._aborted, []
+            self._take_inbox()
+            with self._inbox:
+                outputs, self._aborted = self._aborted, []
             plan = self.scheduler.schedule()
             if plan.chunks:
                 chunks = [SeqChunk(c.request.request_id, c.request.token_ids[c.start:c.start + c.num_tokens],
@@ -195,27 +224,30 @@ class PagedAttentionEngine:
         new_ids, stream.pending_ids = stream.pending_ids, []
         if reason is not None:
             self.scheduler.finish(req)
-            del self._requests[req.request_id]
-            del self._streams[req.request_id]
+            with self._inbox:
+                del self._requests[req.request_id]
+                del self._streams[req.request_id]
         return RequestOutput(req.request_id, req.prompt_token_ids, req.output_token_ids, new_ids, stream.text,
                              delta, reason is not None, reason)
 
     # -- async streaming
     def _dispatch(self, outputs: list[RequestOutput]) -> None:
         for out in outputs:
-            target = self._listeners.get(out.request_id)
+            with self._inbox:
+                target = self._listeners.get(out.request_id)
             if target is None:
                 continue
             loop, queue = target
             try:
                 loop.call_soon_threadsafe(queue.put_nowait, out)
             except RuntimeError:  # the caller's event loop is gone: nobody will read this request
-                self._listeners.pop(out.request_id, None)
+                with self._inbox:
+                    self._listeners.pop(out.request_id, None)
                 if not out.finished:
                     self.abort(out.request_id)
 
     def _ensure_thread(self) -> None:
-        with self._lock:
+        with self._inbox:
             if self._thread is None or not self._thread.is_alive():
                 self._closed = False
                 self._thread = threading.Thread(target=self._run_loop, name="pyagent-engine", daemon=True)
@@ -223,27 +255,30 @@ class PagedAttentionEngine:
 
     def _run_loop(self) -> None:
         while True:
-            with self._wakeup:
-                while not self._closed and not (self.scheduler.has_unfinished() or self._aborted):
-                    self._wakeup.wait()
+            with self._inbox:
+                while not self._closed and not (self._requests or self._aborted or self._abort_ids):
+                    self._inbox.wait()
                 if self._closed:
                     return
             try:
                 self.step()
             except BaseException as exc:  # deliver the failure to every waiting caller instead of hanging them
+                with self._inbox:
+                    listeners, self._listeners = dict(self._listeners), {}
+                for rid, (loop, queue) in listeners.items():
+                    self.abort(rid)
+                    with contextlib.suppress(RuntimeError):
+                        loop.call_soon_threadsafe(queue.put_nowait, exc)
                 with self._lock:
-                    for rid, (loop, queue) in list(self._listeners.items()):
-                        self.abort(rid)
-                        with contextlib.suppress(RuntimeError):
-                            loop.call_soon_threadsafe(queue.put_nowait, exc)
-                    self._listeners.clear()
-                    self._aborted.clear()
+                    self._take_inbox()
+                    with self._inbox:
+                        self._aborted.clear()
 
     def close(self) -> None:
         """Stop the background thread (requests still queued stay queued)."""
-        with self._wakeup:
+        with self._inbox:
             self._closed = True
-            self._wakeup.notify_all()
+            self._inbox.notify_all()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=30)
@@ -259,17 +294,26 @@ class PagedAttentionEngine:
         rid = request_id or uuid.uuid4().hex
         loop = asyncio.get_running_loop()
         stream = RequestStream(self, rid)
-        with self._lock:
+        with self._inbox:
+            if rid in self._listeners:
+                raise ValueError(f"request id {rid!r} is already in use")
+            self._listeners[rid] = (loop, stream.queue)  # before the request exists: no output can be missed
+        try:
             self.add_request(rid, prompt_token_ids, params)
-            self._listeners[rid] = (loop, stream.queue)
+        except BaseException:
+            with self._inbox:
+                self._listeners.pop(rid, None)
+            stream.detach()
+            raise
         self._ensure_thread()
         return stream
 
     def _release(self, request_id: str, finished: bool) -> None:
-        with self._lock:
+        with self._inbox:
             self._listeners.pop(request_id, None)
-            if not finished:
-                self.abort(request_id)
+        if not finished:
+            self.abort(request_id)
+            with self._inbox:
                 self._aborted = [o for o in self._aborted if o.request_id != request_id]
 
 
@@ -298,6 +342,10 @@ class RequestStream(AsyncIterator[RequestOutput]):
         if item.finished:
             self._close(finished=True)
         return item
+
+    def detach(self) -> None:
+        """Forget the engine without aborting (the request was never started)."""
+        self._engine = None
 
     def _close(self, *, finished: bool) -> None:
         engine, self._engine = self._engine, None

@@ -46,8 +46,8 @@ def make_llm(
             raise LLMConfigError("--llm local:DIR needs the model directory after 'local:'")
         factory = LOCAL_BACKENDS.get("local")
         if factory is None:
-            with contextlib.suppress(ImportError):  # the engine registers LOCAL_BACKENDS["local"] on import
-                importlib.import_module("pyagent.inference.llm_backend")
+            with contextlib.suppress(ImportError):  # the server registers LOCAL_BACKENDS["local"] on import
+                importlib.import_module("pyagent.server.llm_backend")
             factory = LOCAL_BACKENDS.get("local")
         if factory is None:
             raise LLMConfigError(
