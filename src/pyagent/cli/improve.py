@@ -93,6 +93,10 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         with display:
+            if args.swarm:  # voyager hook: pyzmq needs the selector loop on Windows
+                from pyagent.voyager.loop import configure_event_loop_policy
+
+                configure_event_loop_policy()
             result = asyncio.run(improve(opts))
     except ImproveError as exc:
         raise CommandError(str(exc)) from exc

@@ -74,6 +74,9 @@ class StoreKnowledge:
         """The workspace's store (created on first use) with periodic snapshots next to it."""
         path = default_store_path(workspace)
         store = KnowledgeStore(path)
+        ignore = path.parent / ".gitignore"
+        if not ignore.exists():
+            ignore.write_text("*\n")  # PyAgent's own state: keeps the user's `git status` clean
         policy = None
         if snapshot_every:
             policy = SnapshotPolicy(path.parent / "memory-snapshots", every=snapshot_every, keep=snapshot_keep)
