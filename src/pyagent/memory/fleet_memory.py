@@ -90,6 +90,9 @@ class StoreKnowledge:
     def record_outcome(self, outcome: ChangeOutcome) -> None:
         if outcome.status == "skipped":
             return
+        if not outcome.target_hash:  # no content identity: a failure could not be matched safely
+            self.pruning.record_route(outcome.agent, outcome.task_kind, success=outcome.status == "kept")
+            return
         kept = outcome.status == "kept"
         key = failure_key(outcome.target_hash, outcome.agent, outcome.action)
         reason = outcome.reason or outcome.status
@@ -122,6 +125,8 @@ class StoreKnowledge:
 
     def known_failure(self, *, agent: str, action: str, target: str, target_hash: str) -> str | None:
         """The recorded reason this change failed on this exact content (the same content hash)."""
+        if not target_hash:
+            return None
         key = failure_key(target_hash, agent, action)
         fact = self.store.fact(FAILURES, key)
         if fact is None:
