@@ -291,7 +291,7 @@ def test_running_node_drops_garbage_and_keeps_serving(
         try:
             for _ in range(100):
                 info = await client.request("node", "node.info", None, timeout=10)
-                if info["stats"]["dropped_malformed"] >= 2000:
+                if info["stats"]["dropped_malformed"] >= 2000 and info["stats"]["handshake_failed"] >= 30:
                     break
                 await asyncio.sleep(0.05)
             stats: dict[str, int] = info["stats"]
