@@ -69,6 +69,12 @@ def _rel(path: str, corpus: Path) -> str:
     return p.as_posix().removeprefix("./")
 
 
+def tool(name: str) -> str:
+    """The console script installed beside this interpreter, else the one on PATH."""
+    beside = Path(sys.executable).with_name(name)
+    return str(beside) if beside.exists() else (shutil.which(name) or name)
+
+
 def parse_ruff(diagnostics: list[dict[str, Any]], corpus: Path) -> dict[str, list[tuple[str, int, int]]]:
     out: dict[str, list[tuple[str, int, int]]] = {}
     for d in diagnostics:
@@ -85,7 +91,7 @@ def parse_ruff(diagnostics: list[dict[str, Any]], corpus: Path) -> dict[str, lis
 
 def run_ruff(corpus: Path, files: Sequence[str] | None = None) -> dict[str, list[tuple[str, int, int]]]:
     cmd = [
-        sys.executable, "-m", "ruff", "check", "--isolated", "--select", "C901",
+        tool("ruff"), "check", "--isolated", "--select", "C901",
         "--config", "lint.mccabe.max-complexity=0", "--output-format", "json", "--exit-zero",
         *(files or ["."]),
     ]  # fmt: skip
@@ -94,19 +100,25 @@ def run_ruff(corpus: Path, files: Sequence[str] | None = None) -> dict[str, list
 
 
 def run_radon(kind: str, corpus: Path, files: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
-    cmd = [sys.executable, "-m", "radon", kind, "-j", *(files or ["."])]
+    # The console script, not `python -m radon`: with -m the corpus (cwd) would shadow the stdlib.
+    cmd = [tool("radon"), kind, "-j", *(files or ["."])]
     out = subprocess.run(cmd, cwd=corpus, capture_output=True, text=True, check=True)
     data: dict[str, dict[str, Any]] = json.loads(out.stdout or "{}")
     return {_rel(k, corpus): v for k, v in data.items()}
 
 
 def collect_reference(corpus: Path, files: Sequence[str] | None = None, *, skip_mi: bool = False) -> Reference:
-    return Reference(
-        c901=run_ruff(corpus, files),
-        mi={} if skip_mi else run_radon("mi", corpus, files),
-        raw=run_radon("raw", corpus, files),
-        hal=run_radon("hal", corpus, files),
-    )
+    """Run ruff and the three radon commands concurrently (each is single-threaded)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        c901 = pool.submit(run_ruff, corpus, files)
+        mi = None if skip_mi else pool.submit(run_radon, "mi", corpus, files)
+        raw = pool.submit(run_radon, "raw", corpus, files)
+        hal = pool.submit(run_radon, "hal", corpus, files)
+        return Reference(
+            c901=c901.result(), mi=mi.result() if mi else {}, raw=raw.result(), hal=hal.result()
+        )
 
 
 def load_reference(ref: Path, corpus: Path) -> Reference:
@@ -130,6 +142,7 @@ class Check:
     total: int = 0
     agreed: int = 0
     exceptions: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ratio(self) -> float:
@@ -148,7 +161,18 @@ def _explain_missing(path: str, ours: dict[str, Any]) -> str:
     return "we have no value for it"
 
 
+def _why_radon_failed(path: str, corpus: Path) -> str:
+    head = (corpus / path).read_bytes()[:3]
+    if head == b"\xef\xbb\xbf":
+        return (
+            ". Reason: the file starts with a UTF-8 BOM; radon opens files as 'utf-8', not 'utf-8-sig', so its "
+            "tokenizer sees U+FEFF as an error token. Python ignores the BOM, and so do we."
+        )
+    return ""
+
+
 def compare(report: AuditReport, ref: Reference) -> list[Check]:
+    corpus = Path(report.root)
     ours = {f.path: f.to_dict() for f in report.files}
     checks = []
 
@@ -175,7 +199,9 @@ def compare(report: AuditReport, ref: Reference) -> list[Check]:
                 if mine is not None and same(mine, None):
                     chk.agreed += 1
                 else:
-                    chk.exceptions.append(f"{path}: radon failed ({theirs['error']}); ours {show(mine)}")
+                    chk.exceptions.append(
+                        f"{path}: radon failed ({theirs['error']}); ours {show(mine)}{_why_radon_failed(path, corpus)}"
+                    )
                 continue
             if mine is not None and same(mine, theirs):
                 chk.agreed += 1
@@ -194,6 +220,12 @@ def compare(report: AuditReport, ref: Reference) -> list[Check]:
         return f"{d['mi']}" if theirs or d.get("mi") is not None else f"none ({d.get('error')})"
 
     checks.append(per_file("Maintainability Index (radon mi, +-0.01)", ref.mi, mi_same, mi_show))
+    diffs = [
+        abs(ours[p]["mi"] - t["mi"]) for p, t in ref.mi.items() if "mi" in t and p in ours and ours[p]["mi"] is not None
+    ]
+    if diffs:
+        exact = sum(1 for d in diffs if d == 0.0)
+        checks[-1].notes.append(f"bit-identical: {exact}/{len(diffs)}; largest difference: {max(diffs):.3g}")
 
     def raw_same(mine: dict[str, Any], theirs: dict[str, Any] | None) -> bool:
         if theirs is None:
@@ -224,6 +256,12 @@ def compare(report: AuditReport, ref: Reference) -> list[Check]:
         return f"volume {h['volume']} (h1 {h['h1']} h2 {h['h2']} N1 {h['N1']} N2 {h['N2']})"
 
     checks.append(per_file("Halstead volume (radon hal)", ref.hal, hal_same, hal_show))
+    counts = [
+        all(ours[p]["halstead"][k] == t["total"][k] for k in ("h1", "h2", "N1", "N2"))
+        for p, t in ref.hal.items()
+        if "total" in t and p in ours and ours[p]["halstead"]
+    ]
+    checks[-1].notes.append(f"h1, h2, N1, N2 all equal: {sum(counts)}/{len(counts)}")
     return checks
 
 
@@ -246,6 +284,8 @@ def print_checks(checks: list[Check], *, out: Any = sys.stdout) -> bool:
             f"{'met' if met else 'NOT MET'}",
             file=out,
         )
+        for n in c.notes:
+            print(f"    ({n})", file=out)
         for e in c.exceptions:
             print(f"    - {e}", file=out)
     return ok

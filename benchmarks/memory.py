@@ -49,14 +49,21 @@ def _facts(n: int) -> dict[str, list[tuple[str, Any]]]:
     return out
 
 
-def _timed(fn: Any) -> tuple[float, Any]:
+CPU: dict[str, float] = {}
+
+
+def _timed(fn: Any, label: str = "") -> tuple[float, Any]:
+    """Wall seconds (the verdict) and, under ``label``, CPU seconds of this process (less load-sensitive)."""
     gc.collect()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     result = fn()
+    if label:
+        CPU[label] = time.process_time() - cpu
     return time.perf_counter() - start, result
 
 
 def _dump_load(path: Path, records: list[dict[str, Any]], fmt: str) -> tuple[float, int]:
+    """Dump the records to one fsynced file and load them back; (seconds, file size)."""
     def run() -> int:
         if fmt == "json":
             with open(path, "w", encoding="utf-8") as f:
@@ -74,7 +81,7 @@ def _dump_load(path: Path, records: list[dict[str, Any]], fmt: str) -> tuple[flo
                 loaded = pickle.load(f)
         return len(loaded)
 
-    seconds, count = _timed(run)
+    seconds, count = _timed(run, fmt)
     assert count == len(records)
     return seconds, path.stat().st_size
 
@@ -89,21 +96,23 @@ def _lookups(store: KnowledgeStore, data: dict[str, list[tuple[str, Any]]], n: i
     rng = random.Random(11)
     all_keys = list(anchor)
     probes = [all_keys[rng.randrange(len(all_keys))] for _ in range(lookups_n)]
-    dict_s, _ = _timed(lambda: [anchor[p] for p in probes])
+    dict_s, _ = _timed(lambda: [anchor[p] for p in probes], "dict")
     get = store.get
-    get_s, got = _timed(lambda: [get(ns, k) for ns, k in probes])
+    get_s, got = _timed(lambda: [get(ns, k) for ns, k in probes], "get")
     assert got == [anchor[p] for p in probes]
     by_ns: dict[str, list[str]] = {}
     for ns, k in probes:
         by_ns.setdefault(ns, []).append(k)
-    many_s, many = _timed(lambda: [store.get_many(ns, keys) for ns, keys in by_ns.items()])
+    many_s, many = _timed(lambda: [store.get_many(ns, keys) for ns, keys in by_ns.items()], "get_many")
     assert sum(len(m) for m in many) == len(set(probes))
     lookups = lookups_n
     print(f"\nkey lookups ({lookups:,} random keys of {n:,})")
     print(f"  python dict          {lookups / dict_s:>14,.0f} /s")
     print(f"  store.get            {lookups / get_s:>14,.0f} /s   (dict is {get_s / dict_s:,.0f}x faster)")
     print(f"  store.get_many(500)  {lookups / many_s:>14,.0f} /s   (dict is {many_s / dict_s:,.0f}x faster)")
-    print(f"  target >= 100,000/s: get {'MET' if lookups / get_s >= 100_000 else 'MISSED'}, "
+    print(f"  per CPU-second of this process: dict {lookups / CPU['dict']:,.0f}, get {lookups / CPU['get']:,.0f}, "
+          f"get_many {lookups / CPU['get_many']:,.0f}")
+    print(f"  target >= 100,000/s (wall): get {'MET' if lookups / get_s >= 100_000 else 'MISSED'}, "
           f"get_many {'MET' if lookups / many_s >= 100_000 else 'MISSED'}")
 
 
@@ -129,20 +138,22 @@ def main() -> None:
         gc.collect()
 
         # -- snapshot + restore --------------------------------------------------------------------
+        snap_s, info = _timed(lambda: store.snapshot(work / "snap"), "snapshot")
+        restore_s, restored = _timed(lambda: KnowledgeStore.restore(work / "snap", work / "restored.db"), "restore")
+        assert restored.counts()["facts"] == n and info.counts["facts"] == n
+        probe = store.query("pyagent.files", "src/pkg42/", limit=1)[0]
+        assert restored.get(probe.namespace, probe.key) == probe.value
+        restored.close()
+        ours_s = snap_s + restore_s
+        ours_bytes = _dir_size(work / "snap")
+        # The anchors' data: the same facts as Python objects (built after our run, so that our
+        # run does not pay for the garbage collector walking a million dicts).
         records = [
             {"namespace": f.namespace, "key": f.key, "value": f.value, "weight": f.weight,
              "created_cycle": f.created_cycle, "last_used_cycle": f.last_used_cycle,
              "provenance": list(f.provenance)}
             for f in store.iter_facts()
         ]
-        snap_s, info = _timed(lambda: store.snapshot(work / "snap"))
-        restore_s, restored = _timed(lambda: KnowledgeStore.restore(work / "snap", work / "restored.db"))
-        assert restored.counts()["facts"] == n and info.counts["facts"] == n
-        probe = records[n // 2]
-        assert restored.get(probe["namespace"], probe["key"]) == probe["value"]
-        restored.close()
-        ours_s = snap_s + restore_s
-        ours_bytes = _dir_size(work / "snap")
         json_s, json_bytes = _dump_load(work / "facts.json", records, "json")
         pickle_s, pickle_bytes = _dump_load(work / "facts.pickle", records, "pickle")
         print(f"\nsnapshot + restore of {n:,} facts ({info.shards} shards)")
@@ -152,9 +163,14 @@ def main() -> None:
               f"   ours is {json_s / ours_s:.2f}x faster, {json_bytes / ours_bytes:.2f}x smaller")
         print(f"  pickle {pickle_s:7.2f} s  (dump + load)                               {pickle_bytes / 1e6:7.1f} MB"
               f"   ours is {pickle_s / ours_s:.2f}x faster, {pickle_bytes / ours_bytes:.2f}x smaller")
-        print(f"  target >= 3x faster than json: {'MET' if json_s / ours_s >= 3 else 'MISSED'}")
+        ours_cpu = CPU["snapshot"] + CPU["restore"]
+        print(f"  CPU seconds of this process: ours {ours_cpu:.2f}, json {CPU['json']:.2f} "
+              f"({CPU['json'] / ours_cpu:.2f}x), pickle {CPU['pickle']:.2f} ({CPU['pickle'] / ours_cpu:.2f}x)")
+        print(f"  target >= 3x faster than json (wall): {'MET' if json_s / ours_s >= 3 else 'MISSED'}")
 
         # -- incremental snapshot ------------------------------------------------------------------
+        records = []
+        gc.collect()
         store.put_many("pyagent.failures", [(f"new/{i}.py", {"i": i}) for i in range(100)])
         inc_s, inc = _timed(lambda: store.snapshot(work / "snap"))
         print(f"\nsnapshot after 100 new facts: {inc_s:.2f} s, {inc.shards_written} shards written, "

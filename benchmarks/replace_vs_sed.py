@@ -108,6 +108,7 @@ def commit_cost(base: Path, n: int = 1000) -> None:
             f.write(data)
     t_plain = time.perf_counter() - t
 
+    subprocess.run(["sync"], check=True)
     t = time.perf_counter()
     for rel, data in payload:
         fd = os.open(synced / rel, os.O_WRONLY | os.O_TRUNC)
@@ -116,6 +117,7 @@ def commit_cost(base: Path, n: int = 1000) -> None:
         os.close(fd)
     t_synced = time.perf_counter() - t
 
+    subprocess.run(["sync"], check=True)
     t = time.perf_counter()
     with StateTransaction(txn) as tx:
         for rel, data in payload:
@@ -145,8 +147,12 @@ def main() -> None:
             warm(t)
         subprocess.run(["sync"], check=True)  # start all three with a clean page cache writeback
         print(f"stdlib copy: {n} .py files under {base}; regex {args.pattern!r} -> {args.replacement!r}")
+        # `sync` (untimed) between tools: otherwise pyagent's fsyncs would also pay for writing back the
+        # dirty pages sed and the Python loop left behind (ext4 commits them together).
         t_sed = run_sed(trees["sed"], args.sed)
+        subprocess.run(["sync"], check=True)
         t_py = run_python(trees["python"], args.pattern, args.replacement)
+        subprocess.run(["sync"], check=True)
         t_pa, t_fsync, summary = run_pyagent(trees["pyagent"], args.pattern, args.replacement)
         agree, differ = same_utf8_content(trees["pyagent"], trees["sed"])
         print(f"GNU sed -i via xargs   {t_sed:7.3f} s   (not durable: no fsync)")

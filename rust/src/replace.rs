@@ -60,6 +60,7 @@ pub fn compile(pattern: &str, opts: &ReplaceOptions) -> Result<Regex, String> {
     let source: Cow<'_, str> = if opts.literal { Cow::Owned(regex::escape(pattern)) } else { Cow::Borrowed(pattern) };
     RegexBuilder::new(&source)
         .multi_line(true)
+        .crlf(true)
         .dot_matches_new_line(opts.multiline)
         .size_limit(64 << 20)
         .build()

@@ -92,6 +92,28 @@ def test_five_megabyte_generated_file(tmp_path: Path) -> None:
     assert fh.mi is not None
 
 
+@pytest.mark.parametrize("shape", ["data_literal", "docstring"])
+def test_five_megabyte_single_statement(tmp_path: Path, shape: str) -> None:
+    """One statement spanning ~200k lines: radon's own tokenizer loop is quadratic here, ours is not.
+
+    Expected values follow from radon's definitions: a statement is one logical line; a string
+    statement spanning lines counts each non-empty line as ``multi``, anything else as ``sloc``.
+    """
+    n = 5 * 1024 * 1024 // 26
+    if shape == "data_literal":
+        text = "DATA = [\n" + "".join(f"    ({i:>8}, 'abcdefgh'),\n" for i in range(n)) + "]\n"
+    else:
+        text = '"""Generated.\n\n' + "".join(f"line {i:>8} of the text......\n" for i in range(n)) + '"""\n'
+    (tmp_path / "big.py").write_text(text)
+    fh = _by_path(tmp_path)["big.py"]
+    assert fh.error is None and fh.raw is not None and fh.mi is not None
+    nonblank = sum(1 for line in text.splitlines() if line.strip())
+    if shape == "data_literal":
+        assert (fh.raw.sloc, fh.raw.multi, fh.raw.lloc, fh.raw.blank) == (nonblank, 0, 1, 0)
+    else:
+        assert (fh.raw.sloc, fh.raw.multi, fh.raw.lloc, fh.raw.blank) == (0, nonblank, 1, 1)
+
+
 def test_line_endings_and_bom_do_not_change_results(tmp_path: Path) -> None:
     source = '"""Doc.\n\nMore.\n"""\n\n\ndef f(a):\n    if a:  # why\n        return a + 1\n    return 0\n'
     (tmp_path / "lf.py").write_text(source)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from radon.metrics import h_visit, mi_visit
 from radon.raw import analyze
 from radon.visitors import ComplexityVisitor
 
+from benchmarks.agreement import tool
 from pyagent.health import CodeHealthAuditor, FileHealth
 
 # name -> (source, value stated by ARCHITECTURE.md for the function `f`, if any)
@@ -92,7 +92,7 @@ def ruff_c901(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[tuple[
     for name, (source, _) in C901_RULES.items():
         (root / f"{name}.py").write_text(source)
     out = subprocess.run(
-        [sys.executable, "-m", "ruff", "check", "--isolated", "--select", "C901", "--config",
+        [tool("ruff"), "check", "--isolated", "--select", "C901", "--config",
          "lint.mccabe.max-complexity=0", "--output-format", "json", "--exit-zero", "."],
         cwd=root, capture_output=True, text=True, check=True, timeout=60,
     )  # fmt: skip

@@ -83,3 +83,14 @@ def test_llm_candidates(tmp_path: Path) -> None:
     assert [(t.target, t.params["function"]) for t in refactor] == [("pkg/big.py", "big")]
     docs = {t.target: t.params["names"] for t in plan.tasks if t.agent == "docstring"}
     assert "total" in docs["pkg/mod.py"] and "pkg/big.py" not in docs
+
+
+def test_source_files_come_before_tests(tmp_path: Path) -> None:
+    root = make_project(tmp_path)
+    (root / "tests" / "test_extra.py").write_text("import os, sys\n\n\ndef test_x():\n    assert 1 == 1\n")
+    plan = _plan(root)
+    targets = [t.target for t in plan.tasks]
+    assert "tests/test_extra.py" in targets
+    last_source = max(i for i, t in enumerate(targets) if not t.startswith("tests/"))
+    first_test = min(i for i, t in enumerate(targets) if t.startswith("tests/"))
+    assert last_source < first_test

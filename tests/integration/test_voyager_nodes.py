@@ -6,13 +6,15 @@ import queue
 import subprocess
 import threading
 import time
+import uuid
 from pathlib import Path
 
 
 def test_three_nodes_find_each_other_within_5s(
     pyagent_cmd: list[str], clean_env: dict[str, str], tmp_path: Path
 ) -> None:
-    names = ["ann", "bob", "cyd"]
+    tag = uuid.uuid4().hex[:6]  # unique names: other test runs may share the LAN
+    names = [f"ann-{tag}", f"bob-{tag}", f"cyd-{tag}"]
     lines: queue.Queue[tuple[str, str]] = queue.Queue()
     procs: dict[str, subprocess.Popen[str]] = {}
 

@@ -9,6 +9,7 @@ deterministic "model", so the HTTP layer can be tested in isolation. The must-sh
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -65,6 +66,7 @@ class StandInEngine:
         self.delay = delay
         self.stop_after = stop_after
         self.prompts: list[list[int]] = []
+        self.started = threading.Event()  # set when a generation has taken its blocks
 
     async def generate(
         self, prompt_token_ids: list[int], params: StandInParams, request_id: str | None = None
@@ -74,6 +76,7 @@ class StandInEngine:
         self.prompts.append(list(prompt_token_ids))
         blocks = (len(prompt_token_ids) + params.max_tokens) // 16 + 1
         self.kv_cache.num_free_blocks -= blocks
+        self.started.set()
         try:
             ids: list[int] = []
             seed = sum(prompt_token_ids)

@@ -5,6 +5,7 @@ The must-show scenarios on the real engine are in tests/integration/test_server_
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -51,6 +52,8 @@ BAD_BODIES: list[tuple[str, Any, int, str | None]] = [
     ("unknown previous response", {"model": "standin", "input": "x", "previous_response_id": "resp_nope"}, 404,
      "previous_response_id"),
     ("array body", [1, 2], 400, None),
+    ("empty input list", {"model": "standin", "input": []}, 400, "input"),
+    ("stream of the wrong type", {"model": "standin", "input": "x", "stream": "yes"}, 400, "stream"),
 ]
 
 
@@ -70,6 +73,10 @@ def test_malformed_json_and_huge_body(serve: Callable[..., Running]) -> None:
     assert _assert_error(_post(run, None, raw=huge), 413)["code"] == "request_too_large"
     _assert_error(httpx.get(run.url + "/responses/resp_unknown"), 404)
     _assert_error(httpx.get(run.url + "/no/such/route"), 404)
+    assert _assert_error(_post(run, None, raw=b""), 400)["code"] == "missing_body"
+    _assert_error(httpx.get(run.url + "/responses/x", params={"stream": "maybe"}), 400, "stream")
+    _assert_error(httpx.get(run.url + "/responses/x", params={"starting_after": -5}), 400, "starting_after")
+    _assert_error(httpx.put(run.url + "/responses"), 405)
     assert _post(run, {"model": "standin", "input": "ok"}).status_code == 200
 
 
@@ -183,7 +190,7 @@ def test_client_disconnect_aborts_generation(serve: Callable[..., Running]) -> N
     while engine.kv_cache.num_free_blocks != free and time.monotonic() < deadline:
         time.sleep(0.02)
     assert engine.kv_cache.num_free_blocks == free
-    stored = httpx.get(f"{run.url}/responses/{rid}").json()
+    stored = _settled(run, str(rid))
     assert stored["status"] == "cancelled"
     assert stored["usage"]["output_tokens"] < 2000
 
@@ -197,16 +204,31 @@ def test_non_streamed_request_is_aborted_when_the_client_gives_up(serve: Callabl
         body: dict[str, Any] = {"model": "standin", "input": "long", "max_output_tokens": 2000}
     else:
         body = {"model": "standin", "messages": [{"role": "user", "content": "long"}], "max_tokens": 2000}
-    with pytest.raises(httpx.ReadTimeout):
-        httpx.post(run.url + path, json=body, timeout=httpx.Timeout(30, read=0.3))
-    assert engine.kv_cache.num_free_blocks < free  # it was generating when the client left
-    deadline = time.monotonic() + 10
+    payload = orjson.dumps(body)
+    url = httpx.URL(run.url + path)
+    with socket.create_connection((url.host, url.port), timeout=30) as sock:
+        head = (f"POST {url.path} HTTP/1.1\r\nHost: {url.host}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(payload)}\r\n\r\n")
+        sock.sendall(head.encode() + payload)
+        assert engine.started.wait(30)  # generating now; the client hangs up without reading the answer
+    deadline = time.monotonic() + 30
     while engine.kv_cache.num_free_blocks != free and time.monotonic() < deadline:
         time.sleep(0.02)
     assert engine.kv_cache.num_free_blocks == free
     if path == "/responses":
-        (stored,) = [run.store.get(rid) for rid in _stored_ids(run)]
-        assert stored is not None and stored.status == "cancelled"
+        (rid,) = _stored_ids(run)
+        stored = _settled(run, rid)
+        assert stored["status"] == "cancelled" and stored["usage"]["output_tokens"] < 2000
+
+
+def _settled(run: Running, rid: str, timeout: float = 30.0) -> dict[str, Any]:
+    """The stored response once it has left in_progress (blocks are freed just before it is recorded)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        body: dict[str, Any] = httpx.get(f"{run.url}/responses/{rid}", timeout=30).json()
+        if body["status"] != "in_progress" or time.monotonic() > deadline:
+            return body
+        time.sleep(0.02)
 
 
 def _stored_ids(run: Running) -> list[str]:

@@ -108,11 +108,20 @@ def test_background_process_left_behind_is_killed(tmp_path: Path) -> None:
     assert r.leftovers >= 1
 
 
+def rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        line = next(x for x in f if x.startswith("VmRSS:"))
+    return int(line.split()[1]) * 1024
+
+
 def test_endless_printer_is_cut_off_with_bounded_memory() -> None:
     cap = 64 * 1024
+    rss_before = rss_bytes()
     r = SecureShell(max_output_bytes=cap).run_sync(["yes", "spam spam spam"], timeout=1.5)
+    grown = rss_bytes() - rss_before
     assert r.timed_out
     assert r.truncated and r.dropped_bytes > 10 * cap
+    assert grown < 16 << 20, f"memory grew {grown} bytes while {r.dropped_bytes} bytes were dropped"
     assert len(r.stdout.encode()) < cap + 200  # head + tail + the marker line
     assert "bytes dropped by the output cap" in r.stdout
     assert r.stdout.startswith("spam spam spam\n") and r.stdout.endswith("spam\n")

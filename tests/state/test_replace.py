@@ -79,6 +79,10 @@ def test_multiline_only_when_asked() -> None:
     assert _rust.replace_in_text(text, r"^m\w+$", "M") == ("start\nM\nend\n", 1)
 
 
+def test_line_anchors_work_on_crlf_files() -> None:
+    assert _rust.replace_in_text("a = 1\r\nb = 2\r\n", r"^(\w) = (\d)$", "$1: $2") == ("a: 1\r\nb: 2\r\n", 2)
+
+
 def test_invalid_regex_is_a_clear_value_error(tree: Path) -> None:
     with pytest.raises(ValueError, match=r"(?s)invalid regex .*unclosed group"):
         plan_replace(tree, "(unclosed", "x")

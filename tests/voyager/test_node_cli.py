@@ -9,6 +9,7 @@ import signal
 import subprocess
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -104,7 +105,8 @@ def test_node_is_listed_by_peers_and_stops_on_signal_within_2s(
         [*pyagent_cmd, "node", "--show-key", "--home", str(home)], capture_output=True, text=True, check=True
     ).stdout.strip()
     subprocess.run([*pyagent_cmd, "trust", key, "--home", str(tmp_path / "viewer")], check=True, capture_output=True)
-    proc = start_node(pyagent_cmd, clean_env, home, f"sig{sig.value}", "--slots", "3")
+    name = f"sig{sig.value}-{uuid.uuid4().hex[:6]}"  # unique: other test runs may share the LAN
+    proc = start_node(pyagent_cmd, clean_env, home, name, "--slots", "3")
     try:
         wait_line(proc, "listening on", 20)
         out = subprocess.run(
@@ -114,7 +116,7 @@ def test_node_is_listed_by_peers_and_stops_on_signal_within_2s(
             env=clean_env,
             timeout=30,
         )
-        peers = [p for p in json.loads(out.stdout) if p["name"] == f"sig{sig.value}"]
+        peers = [p for p in json.loads(out.stdout) if p["name"] == name]
         assert len(peers) == 1, out.stdout
         assert peers[0]["address"] == "127.0.0.1" and peers[0]["slots"] == 3 and peers[0]["trusted"] is True
         assert isinstance(peers[0]["port"], int) and peers[0]["port"] > 0
@@ -132,7 +134,7 @@ def test_node_is_listed_by_peers_and_stops_on_signal_within_2s(
     out = subprocess.run(
         [*pyagent_cmd, "peers", "--json", "--timeout", "1.5"], capture_output=True, text=True, env=clean_env, timeout=30
     )
-    assert all(p["name"] != f"sig{sig.value}" for p in json.loads(out.stdout))
+    assert all(p["name"] != name for p in json.loads(out.stdout))
 
 
 def test_node_in_process_leaves_no_threads_or_sockets(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@
 //! True`, and a name `x` equals the string `'x'`), anything else by identity (always distinct);
 //! each key is qualified by the innermost enclosing function name. Only function bodies are
 //! visited (not decorators, defaults or annotations of a `def`), as in radon.
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use ruff_python_ast::visitor::{walk_expr, walk_stmt, Visitor};
 use ruff_python_ast::{self as ast, BoolOp, CmpOp, Expr, Number, Operator, Stmt, UnaryOp};
@@ -31,8 +31,8 @@ pub struct Halstead {
 
 /// An operand's identity under Python `==`/`hash` of radon's key.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-enum Key {
-    Str(String),
+enum Key<'a> {
+    Str(&'a str),
     Bytes(Vec<u8>),
     Int(i128),
     Float(u64),
@@ -43,7 +43,7 @@ enum Key {
     Unique(u64),
 }
 
-fn float_key(f: f64) -> Key {
+fn float_key(f: f64) -> Key<'static> {
     if f.is_finite() && f.fract() == 0.0 && f.abs() < 1.0e38 {
         Key::Int(f as i128)
     } else {
@@ -67,22 +67,22 @@ fn cmp_id(op: CmpOp) -> u32 {
     22 + op as u32
 }
 
-struct Hal {
+struct Hal<'a> {
     context: u32,
-    contexts: Vec<String>,
+    contexts: HashMap<&'a str, u32>,
     operators_seen: u64,
     operators: u64,
     operands: u64,
-    operands_seen: HashSet<(u32, Key)>,
+    operands_seen: HashSet<(u32, Key<'a>)>,
     next_unique: u64,
 }
 
-impl Hal {
-    fn key(&mut self, e: &Expr) -> Key {
+impl<'a> Hal<'a> {
+    fn key(&mut self, e: &'a Expr) -> Key<'a> {
         match e {
-            Expr::Name(n) => Key::Str(n.id.as_str().to_string()),
-            Expr::Attribute(a) => Key::Str(a.attr.id.as_str().to_string()),
-            Expr::StringLiteral(s) => Key::Str(s.value.to_str().to_string()),
+            Expr::Name(n) => Key::Str(n.id.as_str()),
+            Expr::Attribute(a) => Key::Str(a.attr.id.as_str()),
+            Expr::StringLiteral(s) => Key::Str(s.value.to_str()),
             Expr::BytesLiteral(b) => Key::Bytes(b.value.bytes().collect()),
             Expr::NumberLiteral(n) => match &n.value {
                 Number::Int(i) => match i.as_i64() {
@@ -111,7 +111,7 @@ impl Hal {
         }
     }
 
-    fn record(&mut self, operators: u64, op_ids: &[u32], operands: &[&Expr]) {
+    fn record(&mut self, operators: u64, op_ids: &[u32], operands: &[&'a Expr]) {
         self.operators += operators;
         self.operands += operands.len() as u64;
         for id in op_ids {
@@ -123,16 +123,14 @@ impl Hal {
         }
     }
 
-    fn context_id(&mut self, name: &str) -> u32 {
-        if let Some(i) = self.contexts.iter().position(|c| c == name) {
-            return i as u32 + 1;
-        }
-        self.contexts.push(name.to_string());
-        self.contexts.len() as u32
+    /// A small id per distinct function name (0 is module level), as radon keys operands by name.
+    fn context_id(&mut self, name: &'a str) -> u32 {
+        let next = self.contexts.len() as u32 + 1;
+        *self.contexts.entry(name).or_insert(next)
     }
 }
 
-impl<'a> Visitor<'a> for Hal {
+impl<'a> Visitor<'a> for Hal<'a> {
     fn visit_stmt(&mut self, stmt: &'a Stmt) {
         match stmt {
             Stmt::FunctionDef(def) => {
@@ -156,12 +154,12 @@ impl<'a> Visitor<'a> for Hal {
             Expr::BinOp(b) => self.record(1, &[op_id(b.op)], &[&b.left, &b.right]),
             Expr::UnaryOp(u) => self.record(1, &[unary_id(u.op)], &[&u.operand]),
             Expr::BoolOp(b) => {
-                let values: Vec<&Expr> = b.values.iter().collect();
+                let values: Vec<&'a Expr> = b.values.iter().collect();
                 self.record(1, &[bool_id(b.op)], &values);
             }
             Expr::Compare(c) => {
                 let ids: Vec<u32> = c.ops.iter().map(|o| cmp_id(*o)).collect();
-                let mut operands: Vec<&Expr> = c.comparators.iter().collect();
+                let mut operands: Vec<&'a Expr> = c.comparators.iter().collect();
                 operands.push(&c.left);
                 self.record(c.ops.len() as u64, &ids, &operands);
             }
@@ -201,7 +199,7 @@ pub fn report(h1: u64, h2: u64, n1: u64, n2: u64) -> Halstead {
 pub fn module_halstead(module: &[Stmt]) -> Halstead {
     let mut v = Hal {
         context: 0,
-        contexts: Vec::new(),
+        contexts: HashMap::new(),
         operators_seen: 0,
         operators: 0,
         operands: 0,

@@ -13,7 +13,7 @@ pub mod raw;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pyo3::prelude::*;
 use rayon::prelude::*;
@@ -123,25 +123,42 @@ fn pool() -> &'static rayon::ThreadPool {
     })
 }
 
-/// Analyses every file in parallel; `done` counts finished files for progress reports.
+/// CPU time of the calling thread: per-file cost that does not grow when the machine is busy.
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_THREAD_CPUTIME_ID is always supported on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Analyses every file in parallel, largest first so one big file does not finish last alone;
+/// results come back in the order of `files`. `done` counts finished files for progress reports.
 pub fn analyze_files(root: &Path, files: &[PathBuf], multi_as_comments: bool, done: &AtomicUsize) -> Vec<FileResult> {
-    pool().install(|| {
-        files
+    let mut order: Vec<(u64, usize)> =
+        files.iter().enumerate().map(|(i, f)| (std::fs::metadata(f).map_or(0, |m| m.len()), i)).collect();
+    order.sort_unstable_by(|a, b| b.cmp(a));
+    let mut results: Vec<(usize, FileResult)> = pool().install(|| {
+        order
             .par_iter()
-            .map(|f| {
-                let start = Instant::now();
+            .with_max_len(1)
+            .map(|&(_, i)| {
+                let f = &files[i];
+                let start = thread_cpu_time();
                 let outcome = analyze_file(f, multi_as_comments);
                 done.fetch_add(1, Ordering::Relaxed);
-                FileResult { path: relative(root, f), outcome, elapsed: start.elapsed() }
+                let elapsed = thread_cpu_time().saturating_sub(start);
+                (i, FileResult { path: relative(root, f), outcome, elapsed })
             })
             .collect()
-    })
+    });
+    results.sort_unstable_by_key(|(i, _)| *i);
+    results.into_iter().map(|(_, r)| r).collect()
 }
 
 type PyFunction = (String, String, u32, u32, u32);
 type PyHalstead = (u64, u64, u64, u64, u64, u64, f64, f64, f64, f64, f64, f64);
 type PyRaw = (u64, u64, u64, u64, u64, u64, u64);
-/// (path, error, skipped, mi, mi_rank, complexity, halstead, raw, functions, seconds)
+/// (path, error, skipped, mi, mi_rank, complexity, halstead, raw, functions, CPU seconds)
 type PyFile = (
     String,
     Option<String>,
@@ -257,9 +274,14 @@ fn audit_tree(
 #[pyfunction]
 #[pyo3(signature = (source, path="<string>".to_string(), *, multi_as_comments=true))]
 fn audit_source(py: Python<'_>, source: String, path: String, multi_as_comments: bool) -> PyFile {
-    let start = Instant::now();
-    let outcome = py.detach(|| pool().install(|| analyze_source(&source, multi_as_comments)));
-    to_py(FileResult { path, outcome, elapsed: start.elapsed() })
+    let (outcome, elapsed) = py.detach(|| {
+        pool().install(|| {
+            let start = thread_cpu_time();
+            let outcome = analyze_source(&source, multi_as_comments);
+            (outcome, thread_cpu_time().saturating_sub(start))
+        })
+    });
+    to_py(FileResult { path, outcome, elapsed })
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -67,21 +67,34 @@ fn py_space(c: char) -> bool {
 }
 
 /// Python's `str.splitlines()` boundaries, after universal-newline translation (no `\r` left).
+#[cfg(test)]
 fn py_line_break(c: char) -> bool {
     matches!(c, '\n' | '\r' | '\x0b' | '\x0c' | '\x1c' | '\x1d' | '\x1e' | '\u{85}' | '\u{2028}' | '\u{2029}')
 }
 
 /// `[l.strip() for l in source.splitlines()]`; `source` must already have `\r\n`/`\r` turned into `\n`.
 fn stripped_lines(source: &str) -> Vec<&str> {
-    let mut out = Vec::new();
+    let b = source.as_bytes();
+    let mut out = Vec::with_capacity(b.len() / 32 + 1);
     let mut start = 0;
-    for (i, c) in source.char_indices() {
-        if py_line_break(c) {
-            out.push(source[start..i].trim_matches(py_space));
-            start = i + c.len_utf8();
+    let mut i = 0;
+    while i < b.len() {
+        // Byte-level test for the separators of `py_line_break` (U+0085 is C2 85, U+2028/9 E2 80 A8/A9).
+        let width = match b[i] {
+            b'\n' | b'\r' | 0x0b | 0x0c | 0x1c | 0x1d | 0x1e => 1,
+            0xc2 if b.get(i + 1) == Some(&0x85) => 2,
+            0xe2 if b.get(i + 1) == Some(&0x80) && matches!(b.get(i + 2), Some(0xa8 | 0xa9)) => 3,
+            _ => 0,
+        };
+        if width == 0 {
+            i += 1;
+            continue;
         }
+        out.push(source[start..i].trim_matches(py_space));
+        i += width;
+        start = i;
     }
-    if start < source.len() {
+    if start < b.len() {
         out.push(source[start..].trim_matches(py_space));
     }
     out
@@ -365,7 +378,13 @@ fn pseudo(line: &str, i: usize) -> Option<(Pseudo, usize)> {
     }
     let first = line[i..].chars().next()?;
     if is_word(first) {
-        let end = line[i..].char_indices().find(|&(_, ch)| !is_word(ch)).map_or(line.len(), |(k, _)| i + k);
+        let mut end = i;
+        while end < s.len() && (s[end].is_ascii_alphanumeric() || s[end] == b'_') {
+            end += 1;
+        }
+        if end < s.len() && s[end] >= 0x80 {
+            end = line[end..].char_indices().find(|&(_, ch)| !is_word(ch)).map_or(line.len(), |(k, _)| end + k);
+        }
         return Some((Pseudo::Name(first == '_' || first.is_alphabetic()), end));
     }
     None
@@ -505,13 +524,24 @@ fn finish_attempt(state: &TokState, last: &str, out: &mut Vec<Tk>) -> Result<(),
 fn logical(tokens: &[Tk]) -> u64 {
     let mut total = 0;
     for part in tokens.split(|t| *t == Tk::Semi) {
-        let processed: Vec<Tk> =
-            part.iter().copied().filter(|t| !matches!(t, Tk::Comment | Tk::Nl | Tk::Newline)).collect();
-        if let Some(idx) = processed.iter().rposition(|t| *t == Tk::Colon) {
-            total += if idx as isize == processed.len() as isize - 2 { 1 } else { 2 };
-        } else if processed.iter().any(|t| !matches!(t, Tk::EndMarker)) {
-            total += 1;
+        // Over the part without comments and newlines: its length, the index of the last `:`,
+        // and whether anything but the end marker is left.
+        let (mut len, mut colon, mut content) = (0isize, None, false);
+        for t in part {
+            match t {
+                Tk::Comment | Tk::Nl | Tk::Newline => continue,
+                Tk::Colon => colon = Some(len),
+                Tk::EndMarker => {}
+                _ => {}
+            }
+            content |= *t != Tk::EndMarker;
+            len += 1;
         }
+        total += match colon {
+            Some(idx) if idx == len - 2 => 1,
+            Some(_) => 2,
+            None => u64::from(content),
+        };
     }
     total
 }
@@ -526,6 +556,7 @@ pub fn analyze(source: &str) -> Result<RawMetrics, RawError> {
     let mut m = RawMetrics::default();
     let mut tokens: Vec<Tk> = Vec::new();
     let mut committed: Vec<Tk> = Vec::new();
+    let mut tail: Vec<Tk> = Vec::new();
     let mut buf = String::new();
     let mut i = 0;
     while i < lines.len() {
@@ -535,12 +566,15 @@ pub fn analyze(source: &str) -> Result<RawMetrics, RawError> {
         let mut committed_error = false;
         let mut j = i;
         loop {
-            tokens.clear();
-            tokens.extend_from_slice(&committed);
-            let ok = finish_attempt(&state, lines[j], &mut tokens).is_ok()
+            // The attempt's own tokens go to `tail`, so a long run costs linear time, not quadratic.
+            tail.clear();
+            let ok = finish_attempt(&state, lines[j], &mut tail).is_ok()
                 && !committed_error
-                && !tokens.contains(&Tk::Error);
+                && !tail.contains(&Tk::Error);
             if ok {
+                tokens.clear();
+                tokens.extend_from_slice(&committed);
+                tokens.extend_from_slice(&tail);
                 break;
             }
             buf.clear();
@@ -586,6 +620,25 @@ pub fn analyze(source: &str) -> Result<RawMetrics, RawError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_level_line_split_matches_char_level() {
+        let text = "a\x0bb\x0cc\u{85}d\u{2028}e\u{2029}f\x1cg\x1fh \u{a0}\n\n é\u{2027}";
+        let mut expected = Vec::new();
+        let mut cur = String::new();
+        for c in text.chars() {
+            if py_line_break(c) {
+                expected.push(cur.trim_matches(py_space).to_string());
+                cur.clear();
+            } else {
+                cur.push(c);
+            }
+        }
+        if !cur.is_empty() {
+            expected.push(cur.trim_matches(py_space).to_string());
+        }
+        assert_eq!(stripped_lines(text), expected);
+    }
 
     #[test]
     fn simple_module() {

@@ -27,7 +27,19 @@ if TYPE_CHECKING:
 __all__ = ["TestResults", "TestRunner", "discover_tests"]
 
 # Variables a project's tests may legitimately need; everything else (API keys included) stays out.
-TEST_ENV_ALLOW: tuple[str, ...] = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TZ", "SYSTEMROOT")
+# PYTHONPATH is left out on purpose: pointing at the real tree, it would make the gate test the wrong code.
+TEST_ENV_ALLOW: tuple[str, ...] = (
+    "PATH",
+    "HOME",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TMPDIR",
+    "TZ",
+    "SYSTEMROOT",
+    "PYTEST_ADDOPTS",
+    "PYTEST_DISABLE_PLUGIN_AUTOLOAD",
+)
 _EXTRA_ENV: dict[str, str] = {"PYTHONDONTWRITEBYTECODE": "1", "NO_COLOR": "1", "PYTHONHASHSEED": "0"}
 _UNITTEST_LINE = re.compile(
     r"^(\w+) \(([\w.]+)\).*\.\.\. (ok|FAIL|ERROR|skipped.*|expected failure|unexpected success)$"

@@ -86,14 +86,11 @@ def _audit(args: argparse.Namespace) -> AuditReport:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from pyagent.health.auditor import gate
 
     if args.max_complexity is not None and args.max_complexity < 0:
         raise CommandError("--max-complexity must be >= 0")
     report = _audit(args)
-    err = Console(stderr=True)
     if args.format == "json":
         text = report.to_json(indent=True) + "\n"
     elif args.format == "html":
@@ -103,11 +100,16 @@ def run(args: argparse.Namespace) -> int:
     else:
         text = ""
     if args.format == "table":
+        from rich.console import Console
+
         from pyagent.health.table import render_table
 
         if args.output:
-            with open(args.output, "w", encoding="utf-8") as fh:
-                render_table(report, Console(file=fh, width=160, no_color=True), top=args.top or None)
+            try:
+                with open(args.output, "w", encoding="utf-8") as fh:
+                    render_table(report, Console(file=fh, width=160, no_color=True), top=args.top or None)
+            except OSError as exc:
+                raise CommandError(f"cannot write {args.output}: {exc.strerror}") from exc
         else:
             render_table(report, Console(), top=args.top or None)
     elif args.output:
@@ -118,12 +120,14 @@ def run(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text)
     if args.output:
-        err.print(f"wrote {args.format} report to {args.output}", highlight=False)
+        print(f"wrote {args.format} report to {args.output}", file=sys.stderr)
 
     offenders = gate(report, max_complexity=args.max_complexity, min_mi=args.min_mi)
     if offenders:
+        from rich.console import Console
+
         from pyagent.health.table import render_offenders
 
-        render_offenders(offenders, err)
+        render_offenders(offenders, Console(stderr=True))
         return 1
     return 0

@@ -58,7 +58,27 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--no-git", action="store_true", help="change files in place even in a git repository")
     p.add_argument("--swarm", action="store_true", help="spread tasks over Voyager peers on the LAN")
+    p.add_argument(
+        "--no-memory",
+        action="store_true",
+        help="do not use or update the knowledge store PATH/.pyagent/memory.db (see `pyagent memory`)",
+    )
     return p
+
+
+def _open_memory(args: argparse.Namespace) -> Any:
+    """The workspace's persistent knowledge store (None with --no-memory or when PATH is no folder)."""
+    import os
+
+    if args.no_memory or not os.path.isdir(args.path):
+        return None
+    from pyagent.memory.errors import StoreError
+    from pyagent.memory.fleet_memory import StoreKnowledge
+
+    try:
+        return StoreKnowledge.open(args.path)
+    except StoreError as exc:
+        raise CommandError(f"{exc}; run with --no-memory, or move the store away") from exc
 
 
 def run(args: argparse.Namespace) -> int:
@@ -74,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         except ImproveError as exc:
             raise CommandError(str(exc)) from exc
     display = LiveDisplay()
+    knowledge = _open_memory(args)
     opts = ImproveOptions(
         path=args.path,
         llm=args.llm,
@@ -89,13 +110,21 @@ def run(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
         use_git=not args.no_git,
         executor_factory=factory,
+        knowledge=knowledge,
         on_progress=display,
     )
     try:
         with display:
+            if args.swarm:  # voyager hook: pyzmq needs the selector loop on Windows
+                from pyagent.voyager.loop import configure_event_loop_policy
+
+                configure_event_loop_policy()
             result = asyncio.run(improve(opts))
     except ImproveError as exc:
         raise CommandError(str(exc)) from exc
+    finally:
+        if knowledge is not None:
+            knowledge.close()
     if args.dry_run:
         for task in result.tasks:
             if task.status == "kept" and task.diff:

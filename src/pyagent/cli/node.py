@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
             on_peer=lambda event, peer: print(
                 f"peer {event}: {peer.name} {peer.address}:{peer.port} slots={peer.slots}", flush=True
             ),
+            on_task=lambda event, task_id, detail: print(f"task {event}: {task_id} {detail}", flush=True),
         )
     except HomeError as exc:
         raise CommandError(str(exc)) from None

@@ -142,7 +142,10 @@ def plan_tasks(
     """Order candidates worst file first, interleaving files so concurrent slots work on different ones."""
     root = Path(root)
     badness = _badness(audit.files)
-    ranked_files = sorted({c.target for c in cands}, key=lambda p: (badness.get(p, (100.0, 0)), p))
+    # Worst first, but the project's own code before its tests (the tests are the gate's reference).
+    ranked_files = sorted(
+        {c.target for c in cands}, key=lambda p: (_is_test_file(p), badness.get(p, (100.0, 0)), p)
+    )
     rank = {p: i for i, p in enumerate(ranked_files)}
     hashes: dict[str, str] = {}
     skipped: list[SkippedTask] = []
@@ -165,15 +168,15 @@ def plan_tasks(
             weight = knowledge.route_weight(c.agent, c.kind)
         order = AGENT_ORDER.index(c.agent) if c.agent in AGENT_ORDER else len(AGENT_ORDER)
         per_file[c.target].append((-weight, order, c))
-    queues = [
-        sorted(per_file[p], key=lambda t: (t[0], t[1], t[2].action)) for p in ranked_files if per_file[p]
-    ]
     ordered: list[tuple[float, Candidate]] = []
-    while any(queues):
-        for q in queues:
-            if q:
-                w, _o, c = q.pop(0)
-                ordered.append((-w, c))
+    for tests in (False, True):
+        group = [p for p in ranked_files if per_file[p] and _is_test_file(p) == tests]
+        queues = [sorted(per_file[p], key=lambda t: (t[0], t[1], t[2].action)) for p in group]
+        while any(queues):
+            for q in queues:
+                if q:
+                    w, _o, c = q.pop(0)
+                    ordered.append((-w, c))
     limit = len(ordered) if max_tasks is None else max(0, max_tasks)
     tasks: list[AgentTask] = []
     top = max(1, len(ranked_files) // 4)

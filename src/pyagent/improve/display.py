@@ -54,8 +54,16 @@ class LiveDisplay:
         elif kind == "plan":
             self.progress.update(self.bar, description="improving", total=len(event["tasks"]), completed=0)
             self.console.print(f"planned {len(event['tasks'])} task(s), {len(event['skipped'])} skipped")
+            over = [s for s in event["skipped"] if s["reason"].startswith("over --max-tasks")]
             for s in event["skipped"]:
-                self.console.print(escape(f"  skipped {s['action']} in {s['target']}: {s['reason']}"), style="dim")
+                if s not in over:
+                    self.console.print(
+                        escape(f"  skipped {s['action']} in {s['target']}: {s['reason']}"), style="dim"
+                    )
+            if over:
+                self.console.print(
+                    f"  {len(over)} more change(s) left for a later run (over --max-tasks)", style="dim"
+                )
         elif kind == "task":
             t = event["task"]
             self.progress.advance(self.bar)

@@ -487,6 +487,10 @@ class _Run:
                     kind=t.kind,
                 )
             await fleet.join()
+        closer = getattr(executor, "aclose", None)  # voyager hook: a swarm executor holds sockets
+        if closer is not None:
+            await closer()
+            self.notes.append(str(getattr(executor, "summary", "")) or "swarm executor closed")
         for t in plan.tasks:
             rec = self.records[t.id]
             knowledge.record_outcome(

@@ -74,6 +74,9 @@ class StoreKnowledge:
         """The workspace's store (created on first use) with periodic snapshots next to it."""
         path = default_store_path(workspace)
         store = KnowledgeStore(path)
+        ignore = path.parent / ".gitignore"
+        if not ignore.exists():
+            ignore.write_text("*\n")  # PyAgent's own state: keeps the user's `git status` clean
         policy = None
         if snapshot_every:
             policy = SnapshotPolicy(path.parent / "memory-snapshots", every=snapshot_every, keep=snapshot_keep)
@@ -86,6 +89,9 @@ class StoreKnowledge:
 
     def record_outcome(self, outcome: ChangeOutcome) -> None:
         if outcome.status == "skipped":
+            return
+        if not outcome.target_hash:  # no content identity: a failure could not be matched safely
+            self.pruning.record_route(outcome.agent, outcome.task_kind, success=outcome.status == "kept")
             return
         kept = outcome.status == "kept"
         key = failure_key(outcome.target_hash, outcome.agent, outcome.action)
@@ -119,6 +125,8 @@ class StoreKnowledge:
 
     def known_failure(self, *, agent: str, action: str, target: str, target_hash: str) -> str | None:
         """The recorded reason this change failed on this exact content (the same content hash)."""
+        if not target_hash:
+            return None
         key = failure_key(target_hash, agent, action)
         fact = self.store.fact(FAILURES, key)
         if fact is None:

@@ -33,6 +33,7 @@ import sqlite3
 import time
 import zlib
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,9 +63,10 @@ __all__ = [
 MANIFEST = "manifest.json"
 SHARDS = "shards"
 SNAPSHOT_FORMAT = "pyagent-knowledge-snapshot"
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
 _BOUNDARY_MASK = 0xFFF  # a record ends a shard when crc32(key) & mask == 0: ~4,096 records per shard
 _MAX_RECORDS = 16384
+_WRITERS = 4
 _MANIFEST_TAG = f"{SNAPSHOT_FORMAT} blake3="
 
 
@@ -121,11 +123,13 @@ def _dir_lock(directory: Path) -> Iterator[None]:
 # -- writing -------------------------------------------------------------------------------------
 
 
-def _boundary_key(table: str) -> Any:
-    if table in ("facts", "docs"):
-        return lambda row: zlib.crc32(row[1].encode("utf-8"))
+def _cuts(table: str, rows: list[tuple[Any, ...]]) -> list[int]:
+    """Indexes of the rows that end a shard: their key's CRC-32 has its low bits zero."""
+    crc, mask = zlib.crc32, _BOUNDARY_MASK
+    if table in ("facts", "docs"):  # keyed by (namespace, key): the key alone decides
+        return [i for i, row in enumerate(rows) if not crc(row[1].encode("utf-8")) & mask]
     width = len(PRIMARY_KEYS[table])
-    return lambda row: zlib.crc32("\x00".join(row[:width]).encode("utf-8"))
+    return [i for i, row in enumerate(rows) if not crc("\x00".join(row[:width]).encode("utf-8")) & mask]
 
 
 def _split(records: list[tuple[Any, ...]]) -> Iterator[list[tuple[Any, ...]]]:
@@ -151,8 +155,7 @@ def _iter_shards(store: KnowledgeStore, meta_out: dict[str, Any]) -> Iterator[tu
                 for piece in _split(pending):
                     yield names[current], piece
             pending, current = [], index
-        bkey = _boundary_key(names[index])
-        cuts = [i for i, row in enumerate(rows) if not bkey(row) & _BOUNDARY_MASK]
+        cuts = _cuts(names[index], rows)
         start = 0
         for cut in cuts:
             pending.extend(rows[start : cut + 1])
@@ -202,21 +205,27 @@ def write_snapshot(
         tables: dict[str, dict[str, Any]] = {t: {"columns": list(TABLES[t]), "records": 0, "shards": []} for t in TABLES}
         written = reused = total_bytes = 0
         files: list[str] = []
-        for table, records in _iter_shards(store, meta):
-            data = _encode_shard(table, records)
-            digest = blake3.blake3(data).hexdigest()
-            name = f"{digest}.shard"
-            target = shard_dir / name
-            if _same_bytes(target, data) or any(_link_if_same(src / name, target, data) for src in sources):
-                reused += 1
-            else:
-                _write_durable(target, data)
-                written += 1
-            entry = {"file": f"{SHARDS}/{name}", "blake3": digest, "bytes": len(data), "records": len(records)}
-            tables[table]["shards"].append(entry)
-            tables[table]["records"] += len(records)
-            total_bytes += len(data)
-            files.append(name)
+        # Shards are packed and hashed here; writing and fsyncing them (which release the GIL and
+        # let the file system batch journal commits) overlap in a few threads.
+        with ThreadPoolExecutor(max_workers=_WRITERS) as pool:
+            pending: list[Future[None]] = []
+            for table, records in _iter_shards(store, meta):
+                data = _encode_shard(table, records)
+                digest = blake3.blake3(data).hexdigest()
+                name = f"{digest}.shard"
+                target = shard_dir / name
+                if _same_bytes(target, data) or any(_link_if_same(src / name, target, data) for src in sources):
+                    reused += 1
+                else:
+                    pending.append(pool.submit(_write_durable, target, data))
+                    written += 1
+                entry = {"file": f"{SHARDS}/{name}", "blake3": digest, "bytes": len(data), "records": len(records)}
+                tables[table]["shards"].append(entry)
+                tables[table]["records"] += len(records)
+                total_bytes += len(data)
+                files.append(name)
+            for future in pending:
+                future.result()
         if written:
             _fsync_dir(shard_dir)
         counts = {t: int(tables[t]["records"]) for t in TABLES}

@@ -64,7 +64,8 @@ def not_found(what: str, ident: str, param: str | None = None) -> APIError:
     return APIError(404, f"{what} with id '{ident}' not found.", param=param, code="not_found")
 
 
-_TYPE_BRANCHES = ("str", "int", "float", "bool", "dict", "none", "list[", "function-", "tagged-union", "literal[")
+_TYPE_NAMES = frozenset({"str", "int", "float", "bool", "dict", "none", "list"})
+_TYPE_PREFIXES = ("list[", "dict[", "function-", "tagged-union", "literal[")
 _TAGS = frozenset({"input_text", "output_text", "text"})
 
 
@@ -73,7 +74,7 @@ def _param(loc: Sequence[int | str]) -> str | None:
     parts: list[int | str] = []
     items = [p for p in loc if p not in ("body", "query", "path", "header")]
     for i, p in enumerate(items):
-        if isinstance(p, str) and p.lower().startswith(_TYPE_BRANCHES):
+        if isinstance(p, str) and (p.lower() in _TYPE_NAMES or p.lower().startswith(_TYPE_PREFIXES)):
             continue
         after_index = i > 0 and isinstance(items[i - 1], int)
         if isinstance(p, str) and after_index and p in _TAGS and i + 1 < len(items):
@@ -107,10 +108,18 @@ def validation_error(exc: RequestValidationError) -> APIError:
     # deepest is the one that names the field the caller got wrong.
     err = max(errors, key=lambda e: len(e.get("loc", ())))
     name = _param(err.get("loc", ()))
-    if len(errors) > 1 and len({_param(e.get("loc", ())) for e in errors}) == 1:
+    # Union branches: a branch whose type matched but whose value did not (an empty list, say) says more
+    # than "wrong type" from the branches that did not match at all.
+    value_errors = [e for e in errors if not str(e.get("type", "")).endswith("_type")]
+    if len(errors) > 1 and value_errors:
+        err = value_errors[0]
+        name = _param(err.get("loc", ()))
+    elif len(errors) > 1 and len({_param(e.get("loc", ())) for e in errors}) == 1:
         got = type(err.get("input")).__name__.replace("NoneType", "null")
         return APIError(400, f"Invalid type for '{name}': no accepted type matches (got {got}).",
                         param=name, code="invalid_type")
+    if err.get("type") == "missing" and name is None:
+        return APIError(400, "The request body is missing: send a JSON object.", code="missing_body")
     if err.get("type") == "missing":
         return APIError(400, f"Missing required parameter: '{name}'.", param=name, code="missing_required_parameter")
     if name is None and err.get("type") in ("model_attributes_type", "dict_type"):

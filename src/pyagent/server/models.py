@@ -88,7 +88,7 @@ class TextConfig(BaseModel):
 
 class ResponseCreate(_Request):
     model: str
-    input: str | list[MessageIn]
+    input: str | Annotated[list[MessageIn], Field(min_length=1)]
     instructions: str | None = None
     previous_response_id: str | None = None
     store: bool = True

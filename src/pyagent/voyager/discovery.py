@@ -37,11 +37,12 @@ class PeerInfo:
     name: str
     address: str
     port: int
-    slots: int
+    slots: int  # free task slots, as last advertised
     fingerprint: str
     version: str
     capabilities: tuple[str, ...]
     service_name: str
+    capacity: int = 0  # total task slots (0 if the node did not say)
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -50,6 +51,7 @@ class PeerInfo:
             "address": self.address,
             "port": self.port,
             "slots": self.slots,
+            "capacity": self.capacity,
             "fingerprint": self.fingerprint,
             "version": self.version,
             "capabilities": list(self.capabilities),
@@ -57,7 +59,15 @@ class PeerInfo:
 
 
 def build_txt(
-    *, node_id: str, name: str, port: int, slots: int, fingerprint: str, capabilities: Iterable[str], version: str
+    *,
+    node_id: str,
+    name: str,
+    port: int,
+    slots: int,
+    fingerprint: str,
+    capabilities: Iterable[str],
+    version: str,
+    capacity: int = 0,
 ) -> dict[str, str]:
     txt = {
         "id": node_id,
@@ -65,6 +75,7 @@ def build_txt(
         "v": version,
         "port": str(port),
         "slots": str(slots),
+        "cap": str(capacity),
         "fp": fingerprint,
         "caps": ",".join(capabilities),
     }
@@ -87,6 +98,7 @@ def parse_txt(info: AsyncServiceInfo) -> PeerInfo | None:
     try:
         port = int(props["port"])
         slots = int(props.get("slots", "0"))
+        capacity = int(props.get("cap", "0"))
         node_id = props["id"]
     except (KeyError, ValueError):
         return None
@@ -103,6 +115,7 @@ def parse_txt(info: AsyncServiceInfo) -> PeerInfo | None:
         version=props.get("v", ""),
         capabilities=caps,
         service_name=info.name,
+        capacity=max(0, capacity),
     )
 
 
@@ -121,6 +134,7 @@ class DiscoveryNode:
         port: int | None,
         fingerprint: str = "",
         slots: int = 0,
+        capacity: int = 0,
         capabilities: Iterable[str] = ("task",),
         interfaces: list[str] | None = None,
         address: str | None = None,
@@ -133,6 +147,7 @@ class DiscoveryNode:
         self.port = port
         self.fingerprint = fingerprint
         self.slots = slots
+        self.capacity = capacity
         self.capabilities = tuple(capabilities)
         self.interfaces = interfaces if interfaces is not None else ["127.0.0.1"]
         self.address = address or self.interfaces[0]
@@ -195,6 +210,7 @@ class DiscoveryNode:
             fingerprint=self.fingerprint,
             capabilities=self.capabilities,
             version=self.version,
+            capacity=self.capacity,
         )
         return AsyncServiceInfo(
             SERVICE_TYPE,

@@ -22,12 +22,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pyagent import __version__
+from pyagent.voyager.blobs import BlobError, BlobStore, blob_hash, check_relpath
 from pyagent.voyager.discovery import DiscoveryNode, PeerEvent, PeerInfo
 from pyagent.voyager.home import NodeHome
 from pyagent.voyager.transport import VoyagerTransport
 from pyagent.voyager.worker import run_in_worker
 
 TaskRunner = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+TaskEvent = Callable[[str, str, str], None]  # (started|done|failed|handed_back, task id, detail)
 
 
 class NodeStopping(Exception):
@@ -36,6 +38,14 @@ class NodeStopping(Exception):
 
 class NoFreeSlots(Exception):
     """Every task slot of the node is busy."""
+
+
+class MissingBlobs(Exception):
+    """The task's manifest names files this node was never sent; send them and retry."""
+
+
+class BaseHashMismatch(Exception):
+    """A task file's bytes do not match the base hash the origin recorded for it."""
 
 
 @dataclass
@@ -59,6 +69,7 @@ class VoyagerNode:
         *,
         runner: TaskRunner | None = None,
         on_peer: Callable[[PeerEvent, PeerInfo], None] | None = None,
+        on_task: TaskEvent | None = None,
     ) -> None:
         self.config = config or NodeConfig()
         self.home = NodeHome(self.config.home)
@@ -75,6 +86,10 @@ class VoyagerNode:
         )
         self.transport.register("task.run", self._handle_task)
         self.transport.register("node.info", self._handle_info)
+        self.transport.register("blobs.missing", self._handle_blobs_missing)
+        self.transport.register("blobs.put", self._handle_blobs_put)
+        self.blobs: BlobStore | None = None
+        self._on_task = on_task
         self.discovery: DiscoveryNode | None = None
         self._on_peer = on_peer
         self._running: set[asyncio.Task[dict[str, Any]]] = set()
@@ -87,6 +102,7 @@ class VoyagerNode:
         return 0 if self._stopping else max(0, self.config.slots - len(self._running))
 
     async def start(self) -> int:
+        self.blobs = BlobStore()
         port = await self.transport.start()
         if self.config.discovery:
             self.discovery = DiscoveryNode(
@@ -95,6 +111,7 @@ class VoyagerNode:
                 port=port,
                 fingerprint=self.keypair.fingerprint,
                 slots=self.free_slots,
+                capacity=self.config.slots,
                 interfaces=[self.config.interface],
                 on_change=self._on_peer,
             )
@@ -102,6 +119,7 @@ class VoyagerNode:
                 await self.discovery.start()
             except BaseException:
                 await self.transport.close()
+                self.blobs.close()
                 raise
         return port
 
@@ -136,6 +154,8 @@ class VoyagerNode:
         if self._running:
             await asyncio.wait(self._running, timeout=1.0)
         await self.transport.close()
+        if self.blobs is not None:
+            self.blobs.close()
 
     # -- request handlers
 
@@ -151,24 +171,81 @@ class VoyagerNode:
             "stats": self.transport.stats.to_dict(),
         }
 
+    def _handle_blobs_missing(self, payload: Any, request: Any) -> list[str]:
+        if self.blobs is None or not isinstance(payload, list) or not all(isinstance(h, str) for h in payload):
+            raise ValueError("blobs.missing takes a list of hashes")
+        return self.blobs.missing(payload)
+
+    def _handle_blobs_put(self, payload: Any, request: Any) -> int:
+        if self.blobs is None or not isinstance(payload, dict):
+            raise ValueError("blobs.put takes a map of hash to bytes")
+        for digest, data in payload.items():
+            if not isinstance(digest, str) or not isinstance(data, bytes):
+                raise ValueError("blobs.put takes a map of hash to bytes")
+            self.blobs.put(digest, data)
+        return len(payload)
+
+    def _check_task(self, payload: Any) -> str:
+        """Validate a task.run payload before spending a slot on it; returns the task id."""
+        if not isinstance(payload, dict):
+            raise ValueError("task.run payload must be a map")
+        task, files, bases, manifest = (payload.get(k) for k in ("task", "files", "base_hashes", "manifest"))
+        if not isinstance(task, dict) or not isinstance(task.get("id"), str):
+            raise ValueError("task.run needs a task with an id")
+        if not isinstance(files, dict) or not isinstance(bases, dict) or not isinstance(manifest, dict):
+            raise ValueError("task.run needs files, base_hashes and manifest maps")
+        for path, data in files.items():
+            if not isinstance(path, str) or not isinstance(data, bytes):
+                raise ValueError("task files must map paths to bytes")
+            check_relpath(path)
+            if bases.get(path) != blob_hash(data):
+                raise BaseHashMismatch(f"{path}: bytes received do not match the origin's base hash")
+        for path, digest in manifest.items():
+            if not isinstance(path, str) or not isinstance(digest, str):
+                raise ValueError("manifest must map paths to hashes")
+            check_relpath(path)
+        assert self.blobs is not None
+        missing = self.blobs.missing(manifest.values())
+        if missing:
+            raise MissingBlobs(",".join(missing[:2000]))
+        return str(task["id"])
+
     async def _handle_task(self, payload: Any, request: Any) -> dict[str, Any]:
         if self._stopping:
             raise NodeStopping("node is stopping; run the task elsewhere")
         if self.free_slots <= 0:
             raise NoFreeSlots(f"all {self.config.slots} slots are busy")
-        if not isinstance(payload, dict):
-            raise ValueError("task.run payload must be a map")
-        task = asyncio.ensure_future(self.runner(payload))
-        self._running.add(task)
-        await self._advertise_slots()
         try:
-            result = await task
+            task_id = self._check_task(payload)
+        except BlobError as exc:
+            raise ValueError(str(exc)) from None
+        assert self.blobs is not None
+        job = asyncio.ensure_future(self.runner({**payload, "blob_dir": str(self.blobs.root)}))
+        self._running.add(job)
+        self._event("started", task_id, request.client_key[:8] if hasattr(request, "client_key") else "")
+        await self._advertise_slots()
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        try:
+            result = await job
             self.tasks_done += 1
+            self._event("done", task_id, f"{loop.time() - t0:.2f}s")
             return result
+        except asyncio.CancelledError:
+            self._event("handed_back", task_id, "node stopping")
+            raise
+        except Exception as exc:
+            self._event("failed", task_id, f"{type(exc).__name__}: {exc}"[:200])
+            raise
         finally:
-            self._running.discard(task)
+            self._running.discard(job)
             if not self._stopping:
                 await self._advertise_slots()
+
+    def _event(self, event: str, task_id: str, detail: str) -> None:
+        if self._on_task is not None:
+            with contextlib.suppress(Exception):
+                self._on_task(event, task_id, detail)
 
     async def _advertise_slots(self) -> None:
         if self.discovery is not None:

@@ -1,9 +1,40 @@
-"""What a worker process does with one teleported task (placeholder until the improve pipeline lands)."""
+"""What a node's worker process does with one teleported task.
+
+The project arrives as a manifest of blobs the node already holds; the task's own files arrive
+with it (their base hashes were checked by the node). The worker rebuilds the project in a fresh
+folder and runs the improve pipeline's :func:`pyagent.fleet.remote.execute_task` there: the same
+agents and verification gate as a local run, so a remote change is judged exactly like a local one.
+"""
 
 from __future__ import annotations
 
+import os
+import tempfile
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
+
+from pyagent.voyager.blobs import BlobStore
 
 
 def run_payload(payload: dict[str, Any]) -> dict[str, Any]:
-    raise NotImplementedError
+    from pyagent.agents.task import AgentTask
+    from pyagent.fleet.remote import execute_task
+
+    task = AgentTask.from_wire(payload["task"])
+    store = BlobStore(payload["blob_dir"])
+    test_cmd = payload.get("test_cmd")
+    with tempfile.TemporaryDirectory(prefix="pyagent-task-") as workdir:
+        store.materialize(payload["manifest"], Path(workdir))
+        change = execute_task(
+            task, payload["files"], workdir=workdir, test_cmd=test_cmd if isinstance(test_cmd, str) else None
+        )
+    # Lineage stays one across nodes: report the chain this node ran under, for the origin to check.
+    ran = {
+        "pid": os.getpid(),
+        "root_task_id": task.context.root_task_id,
+        "lineage": [entry.task_id for entry in task.context.lineage],
+    }
+    change = replace(change, verification={**change.verification, "remote": ran})
+    wire: dict[str, Any] = change.to_wire()
+    return wire

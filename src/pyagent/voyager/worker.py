@@ -34,7 +34,7 @@ async def run_in_worker(payload: dict[str, Any], *, timeout: float) -> dict[str,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env=scrubbed_env(),
+        env={**scrubbed_env(), "PYAGENT_NODE_PID": str(os.getpid())},
         start_new_session=True,
     )
     data = msgpack.packb(payload, use_bin_type=True)
@@ -59,9 +59,25 @@ async def run_in_worker(payload: dict[str, Any], *, timeout: float) -> dict[str,
     return result
 
 
+def _exit_when_orphaned(parent: int) -> None:
+    """If the node dies (even by SIGKILL) the task is void: kill this worker's whole group."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.25)
+        with contextlib.suppress(OSError):
+            os.killpg(0, signal.SIGKILL)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
+
+
 def main() -> int:
     from pyagent.voyager.tasks import run_payload
 
+    _exit_when_orphaned(int(os.environ.get("PYAGENT_NODE_PID", "0")) or os.getppid())
     payload = msgpack.unpackb(sys.stdin.buffer.read(), raw=False)
     try:
         reply: dict[str, Any] = {"ok": run_payload(payload)}
