@@ -555,11 +555,12 @@ def test_one_manager_across_two_event_loops() -> None:
     assert fleet.cycle == 2
 
 
-def test_tasks_of_a_stopped_chain_do_not_start() -> None:
+def test_tasks_of_a_stopped_chain_stop_at_their_first_checkpoint() -> None:
     ran: list[str] = []
 
     async def main() -> None:
         async def work(c: TaskControl) -> None:
+            await c.checkpoint()
             ran.append(c.name)
 
         spent = CascadeContext.root("a", budget=Budget(tokens=1))
@@ -568,11 +569,13 @@ def test_tasks_of_a_stopped_chain_do_not_start() -> None:
         broken = CascadeContext.root("b")
         for _ in range(3):
             broken = broken.record_failure("apply", "patch did not apply")
+        healthy = CascadeContext.root("c")
         async with FleetManager(2) as fleet:
             with pytest.raises(BudgetExceeded, match="token budget exhausted"):
                 await fleet.submit("a", work, context=spent).result()
             with pytest.raises(CircuitOpen, match="failed 3 times"):
                 await fleet.submit("b", work, context=broken).result()
+            await fleet.submit("c", work, context=healthy).result()
 
     run(main())
-    assert ran == []
+    assert ran == ["c"]

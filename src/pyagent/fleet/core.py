@@ -248,10 +248,10 @@ class TaskControl:
 
     async def checkpoint(self) -> None:
         """A safe point: yields to the loop, suspends here while preempted, and raises
-        ``BudgetExceeded`` once the chain's budget is spent."""
+        ``BudgetExceeded``/``CircuitOpen`` once the chain must stop."""
         h = self._h
         if h._context is not None:
-            h._context.budget.check()
+            h._context.check()  # budget spent or circuit open: the chain stops here, with the reason
         if h._suspend_requested:
             await h._core._suspend(h)
         else:
@@ -642,8 +642,6 @@ class FleetExecutionCore:
     async def _run(self, h: TaskHandle[Any]) -> None:
         control = TaskControl(h)
         try:
-            if h._context is not None:
-                h._context.check()  # a chain whose budget is spent or whose circuit is open starts nothing
             if h._timeout is None:
                 value = await h._fn(control)
             else:

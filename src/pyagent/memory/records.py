@@ -8,7 +8,20 @@ from typing import Any
 
 import msgpack
 
-__all__ = ["BATCH", "MAX_WEIGHT", "Edge", "Fact", "Hit", "check_text", "check_weight", "pack_value", "unpack_value"]
+__all__ = [
+    "BATCH",
+    "MAX_WEIGHT",
+    "Edge",
+    "Fact",
+    "Hit",
+    "check_text",
+    "check_weight",
+    "origin_tail",
+    "pack_fact",
+    "pack_value",
+    "unpack_fact",
+    "unpack_value",
+]
 
 MAX_WEIGHT = 1e9
 BATCH = 500  # keys per SQL statement in batched reads (well under SQLite's variable limit)
@@ -61,10 +74,27 @@ def pack_value(value: Any, what: str) -> bytes:
 
 
 _unpackb = msgpack.unpackb
+_FACT_HEADER = b"\x93"  # msgpack fixarray of 3: [value, created cycle, provenance]
+
+
+def origin_tail(created: int, provenance: list[str]) -> bytes:
+    """The packed (created, provenance) part shared by every fact of one put."""
+    return msgpack.packb(created) + msgpack.packb(provenance, use_bin_type=True)
+
+
+def pack_fact(value: Any, tail: bytes, what: str) -> bytes:
+    """One fact's blob: exactly ``msgpack.packb([value, created, provenance])``, built by concatenation."""
+    return _FACT_HEADER + pack_value(value, what) + tail
 
 
 def unpack_value(raw: bytes) -> Any:
-    return _unpackb(raw, raw=False, strict_map_key=False)
+    """The value of a fact blob (the first element)."""
+    return _unpackb(raw, raw=False, strict_map_key=False)[0]
+
+
+def unpack_fact(raw: bytes) -> tuple[Any, int, tuple[str, ...]]:
+    value, created, provenance = _unpackb(raw, raw=False, strict_map_key=False)
+    return value, int(created), tuple(provenance)
 
 
 def check_text(name: str, value: object) -> str:

@@ -63,7 +63,7 @@ __all__ = [
 MANIFEST = "manifest.json"
 SHARDS = "shards"
 SNAPSHOT_FORMAT = "pyagent-knowledge-snapshot"
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
 _BOUNDARY_MASK = 0xFFF  # a record ends a shard when crc32(key) & mask == 0: ~4,096 records per shard
 _MAX_RECORDS = 16384
 _WRITERS = 4

@@ -116,22 +116,21 @@ async def wait_or_abort(request: Request, run: ResponseRun, poll: float = 0.25) 
 async def _stream_and_abort_on_disconnect(run: ResponseRun) -> AsyncIterator[bytes]:
     finished = False
     try:
-        async for event in run.follow():
-            yield sse(event)
+        async for batch in run.follow():
+            yield b"".join(map(sse, batch))
         finished = True
     finally:
         if not finished:  # the client went away (Starlette cancelled us): stop generating
             run.cancel()
 
 
-async def _replay(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
-    async for event in events:
-        yield sse(event)
+async def _replay(batches: AsyncIterator[list[dict[str, Any]]]) -> AsyncIterator[bytes]:
+    async for batch in batches:
+        yield b"".join(map(sse, batch))
 
 
-async def _stored_events(events: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
-    for event in events:
-        yield event
+async def _stored_events(events: list[dict[str, Any]]) -> AsyncIterator[list[dict[str, Any]]]:
+    yield events
 
 
 @router.get("/v1/responses/{response_id}", response_model=ResponseObject, responses=_ERRORS)

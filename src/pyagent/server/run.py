@@ -67,13 +67,16 @@ class ResponseRun:
             self._cancel_requested = True
             self._task.cancel()
 
-    async def follow(self, starting_after: int = -1) -> AsyncIterator[dict[str, Any]]:
-        """Every event after sequence number ``starting_after``, live until the response ends."""
+    async def follow(self, starting_after: int = -1) -> AsyncIterator[list[dict[str, Any]]]:
+        """Every event after sequence number ``starting_after``, live until the response ends, in batches
+        of whatever is ready (one write per batch instead of one per token when the server is busy)."""
         index = starting_after + 1
         while True:
-            while index < len(self.events):
-                yield self.events[index]
-                index += 1
+            if index < len(self.events):
+                batch = self.events[index:]
+                index += len(batch)
+                yield batch
+                continue
             if self.done.is_set():
                 return
             self._changed.clear()
