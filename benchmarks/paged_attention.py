@@ -113,11 +113,13 @@ def waste_section() -> None:
 
 def batching_section(n_requests: int, max_tokens: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        model = init_tiny(Path(tmp) / "m", seed=1, hidden_size=512, num_layers=4, num_heads=8, num_kv_heads=2,
-                          intermediate_size=1376)
+        # 180 MB of float32 weights: bigger than the caches, so decoding one sequence streams every
+        # weight once per token (memory-bound, like real LLMs), and batching shares each read across requests.
+        model = init_tiny(Path(tmp) / "m", seed=1, hidden_size=1024, num_layers=4, num_heads=16, num_kv_heads=4,
+                          intermediate_size=2816)
         engine = PagedAttentionEngine.from_pretrained(model)
         rng = np.random.default_rng(3)
-        prompts = [[1, *rng.integers(3, 500, size=int(rng.integers(16, 64))).tolist()] for _ in range(n_requests)]
+        prompts = [[1, *rng.integers(3, 500, size=int(rng.integers(8, 24))).tolist()] for _ in range(n_requests)]
         params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
 
         def run(batch: list[list[int]], tag: str) -> list[list[int]]:
@@ -140,10 +142,14 @@ def batching_section(n_requests: int, max_tokens: int) -> None:
         batched = run(prompts, "batch")
         t_batch = time.perf_counter() - t
         tokens = n_requests * max_tokens
-        print(f"\n== {n_requests} requests x {max_tokens} tokens, random Llama (hidden 512, 4 layers, 8/2 heads)")
+        print(f"\n== {n_requests} requests (prompts of 8-23 tokens) x {max_tokens} generated tokens, random Llama (hidden 1024, 4 layers, 16/4 heads, 180 MB)")
         print(f"  one at a time:        {tokens / t_seq:8.1f} tokens/s")
         print(f"  continuous batching:  {tokens / t_batch:8.1f} tokens/s")
-        print(f"  speedup: {t_seq / t_batch:.1f}x (target >= 4x); same greedy tokens: {one_by_one == batched}")
+        same = sum(a == b for a, b in zip(one_by_one, batched, strict=True))
+        # A difference can only come from a near-tie between the two best logits: batched and single-row
+        # matrix products round differently in float32 (a plain float32 dense forward of this model is
+        # ~1e-3 away from float64; the engine's logits are checked against a dense forward in the tests).
+        print(f"  speedup: {t_seq / t_batch:.1f}x (target >= 4x); identical greedy outputs: {same}/{n_requests}")
 
 
 def main() -> None:
@@ -156,7 +162,7 @@ def main() -> None:
     context, repeat = (2048, 2) if args.quick else (args.context, args.repeat)
     attention_section(context, repeat, args.partition_size)
     waste_section()
-    batching_section(4 if args.quick else 16, 8 if args.quick else 64)
+    batching_section(4 if args.quick else 16, 8 if args.quick else 48)
 
 
 if __name__ == "__main__":

@@ -343,21 +343,29 @@ pub fn paged_decode(
     let hd = s.head_dim;
     let group = s.num_heads / s.num_kv_heads;
     let simd = has_avx2_fma();
+    // Below this many K/V floats to read, waking the thread pool costs more than it saves (and on a
+    // busy machine a sleeping worker can take milliseconds to be scheduled).
+    const PARALLEL_MIN_FLOATS: usize = 1 << 20;
+    let work: usize = inputs.context_lens.iter().map(|&c| c as usize).sum::<usize>() * s.num_kv_heads * hd * 2;
+    let parallel = work >= PARALLEL_MIN_FLOATS;
     // One output chunk per (sequence, KV head): the `group` query heads that share it are adjacent.
-    out.par_chunks_mut(group * hd).enumerate().for_each(|(idx, chunk)| {
+    let run = |(idx, chunk): (usize, &mut [f32])| {
         let (seq, kv_head) = (idx / s.num_kv_heads, idx % s.num_kv_heads);
         let ctx = inputs.context_lens[seq] as usize;
         if ctx == 0 {
             chunk.fill(0.0);
             return;
         }
-        let parts: Vec<Partial> = (0..ctx.div_ceil(partition_size))
-            .into_par_iter()
-            .map(|p| {
-                let start = p * partition_size;
-                partition(&s, inputs, seq, kv_head, start, (start + partition_size).min(ctx), scale, simd)
-            })
-            .collect();
+        let one = |p: usize| {
+            let start = p * partition_size;
+            partition(&s, inputs, seq, kv_head, start, (start + partition_size).min(ctx), scale, simd)
+        };
+        let n_parts = ctx.div_ceil(partition_size);
+        let parts: Vec<Partial> = if parallel {
+            (0..n_parts).into_par_iter().map(one).collect()
+        } else {
+            (0..n_parts).map(one).collect()
+        };
         for j in 0..group {
             let m = parts.iter().map(|p| p.max[j]).fold(f32::NEG_INFINITY, f32::max);
             let o = &mut chunk[j * hd..(j + 1) * hd];
@@ -371,7 +379,12 @@ pub fn paged_decode(
             let inv = 1.0 / total;
             o.iter_mut().for_each(|x| *x *= inv);
         }
-    });
+    };
+    if parallel {
+        out.par_chunks_mut(group * hd).enumerate().for_each(run);
+    } else {
+        out.chunks_mut(group * hd).enumerate().for_each(run);
+    }
     Ok(())
 }
 

@@ -110,3 +110,10 @@ def test_kernel_rejects_bad_inputs_with_clear_errors() -> None:
         _rust.paged_attention_decode(out, q, k, v, tables, lens, 1.0, 0)
     with pytest.raises(BufferError):
         _rust.paged_attention_decode(out, q.astype(np.float64), k, v, tables, lens, 1.0)
+
+
+def test_rust_kernel_parallel_path_on_a_long_context() -> None:
+    # Over a million K/V floats: the kernel spreads partitions over the thread pool.
+    q, k, v, tables, lens = random_case(9, [5000, 1234], heads=16, kv_heads=8, d=32)
+    rust = paged_decode_attention(q, k, v, tables, lens, 0.2, 256)
+    np.testing.assert_allclose(rust, paged_decode_attention_reference(q, k, v, tables, lens, 0.2, 256), atol=2e-6)

@@ -154,3 +154,93 @@ def test_node_in_process_leaves_no_threads_or_sockets(tmp_path: Path) -> None:
     run(scenario())
     assert set(threading.enumerate()) == threads_before
     assert fds() <= fds_before
+
+
+def test_sigint_with_a_task_in_flight_hands_it_back_and_kills_the_worker(
+    pyagent_cmd: list[str], clean_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A real worker runs a task whose test baseline takes 60 s; SIGINT must still stop within 2 s."""
+    import sys
+
+    from pyagent.agents.context import CascadeContext
+    from pyagent.agents.task import AgentTask, content_hash
+    from pyagent.fleet.priority import AgentPriority
+    from pyagent.voyager.home import NodeHome
+    from pyagent.voyager.transport import RemoteError, VoyagerTransport
+
+    node_home, client_home = NodeHome(tmp_path / "node"), NodeHome(tmp_path / "client")
+    node_home.trust(client_home.keypair().public.decode())
+    client_home.trust(node_home.keypair().public.decode())
+    proc = start_node(pyagent_cmd, clean_env, tmp_path / "node", f"busy-{uuid.uuid4().hex[:6]}")
+    lines = wait_line(proc, "listening on", 20)
+    port = int(lines[-1].split("tcp://127.0.0.1:")[1].split(",")[0])
+    source = b"x = 1\n"
+    token = f"slow-test-{uuid.uuid4().hex}"
+    task = AgentTask(
+        id="t-slow",
+        agent="lint",
+        kind="lint",
+        target="mod.py",
+        files=("mod.py",),
+        priority=AgentPriority.STANDARD,
+        context=CascadeContext.root("improve", action="test:slow"),
+        params={},
+    )
+    payload = {
+        "task": task.to_wire(),
+        "files": {"mod.py": source},
+        "base_hashes": {"mod.py": content_hash(source)},
+        "manifest": {"mod.py": content_hash(source)},
+        "test_cmd": f"{sys.executable} -c 'import time; time.sleep(60)' {token}",
+    }
+
+    async def scenario() -> tuple[float, int | None]:
+        client = VoyagerTransport(client_home.keypair(), heartbeat_interval=0.2, heartbeat_misses=50)
+        await client.start(serve=False)
+        client.connect("node", "127.0.0.1", port, node_home.keypair().public)
+        try:
+            await client.request("node", "blobs.put", {content_hash(source): source}, timeout=10)
+            pending = asyncio.ensure_future(client.request("node", "task.run", payload, timeout=60))
+            await asyncio.to_thread(wait_line, proc, "task started: t-slow", 20)
+            for _ in range(300):  # the worker's test baseline (the 60 s command) is running
+                if processes_matching(token.encode()):
+                    break
+                await asyncio.sleep(0.05)
+            assert processes_matching(token.encode())
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGINT)
+            with pytest.raises(RemoteError) as err:
+                await pending
+            assert err.value.kind == "Cancelled"  # handed back, so the origin re-runs it elsewhere
+            code = await asyncio.to_thread(proc.wait, 10)
+            return time.monotonic() - t0, code
+        finally:
+            await client.close()
+
+    try:
+        elapsed, code = run(scenario(), timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert code == 0
+    assert elapsed < 2.0, f"stopping took {elapsed:.2f}s"
+    # the worker and the test command it ran were killed with the node's stop
+    for _ in range(40):
+        if not processes_matching(token.encode()):
+            break
+        time.sleep(0.05)
+    assert processes_matching(token.encode()) == []
+    assert processes_matching(f"PYAGENT_NODE_PID={proc.pid}".encode(), "environ") == []
+
+
+def processes_matching(needle: bytes, what: str = "cmdline") -> list[int]:
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit() and int(pid) != os.getpid():
+            try:
+                if needle in Path(f"/proc/{pid}/{what}").read_bytes().split(b"\0"):
+                    found.append(int(pid))
+            except OSError:
+                continue
+    return found

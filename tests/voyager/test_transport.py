@@ -416,3 +416,52 @@ def test_close_releases_sockets_and_threads() -> None:
     run(scenario())
     assert set(threading.enumerate()) == threads_before
     assert fds() <= fds_before
+
+
+def test_work_of_a_client_that_went_silent_is_cancelled() -> None:
+    """A killed origin must not keep this node busy: its heartbeats stop, its work is cancelled."""
+
+    async def scenario() -> None:
+        s_kp, alive_kp, gone_kp = keypair(), keypair(), keypair()
+        server = VoyagerTransport(s_kp, trusted={alive_kp.public, gone_kp.public}, client_timeout=0.8)
+        cancelled: list[str] = []
+        release = asyncio.Event()
+
+        async def hold(payload: Any, req: Request) -> str:
+            try:
+                await release.wait()
+            except asyncio.CancelledError:
+                cancelled.append(payload)
+                raise
+            return payload
+
+        server.register("hold", hold)
+        await server.start()
+        clients = {}
+        for name, kp in (("alive", alive_kp), ("gone", gone_kp)):
+            clients[name] = VoyagerTransport(kp, heartbeat_interval=0.1, heartbeat_misses=50)
+            await clients[name].start(serve=False)
+            clients[name].connect("server", "127.0.0.1", server.port, s_kp.public)
+        try:
+            alive = asyncio.ensure_future(clients["alive"].request("server", "hold", "alive", timeout=20))
+            gone = asyncio.ensure_future(clients["gone"].request("server", "hold", "gone", timeout=20))
+            await asyncio.sleep(0.3)
+            await clients["gone"].close()  # no more heartbeats from this one
+            with pytest.raises(PeerDeadError):
+                await gone
+            for _ in range(60):
+                if cancelled:
+                    break
+                await asyncio.sleep(0.05)
+            assert cancelled == ["gone"]
+            assert server.stats.clients_lost == 1
+            await asyncio.sleep(1.0)  # well past client_timeout: the live client's work is untouched
+            assert cancelled == ["gone"] and not alive.done()
+            release.set()
+            assert await alive == "alive"
+        finally:
+            for c in clients.values():
+                await c.close()
+            await server.close()
+
+    run(scenario())

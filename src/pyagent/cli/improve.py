@@ -57,7 +57,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="show the diffs of verified changes, change nothing"
     )
     p.add_argument("--no-git", action="store_true", help="change files in place even in a git repository")
-    p.add_argument("--swarm", action="store_true", help="spread tasks over Voyager peers on the LAN")
+    p.add_argument(
+        "--swarm",
+        action="store_true",
+        help="spread tasks over trusted Voyager peers found by mDNS (keys: $PYAGENT_NODE_HOME or ~/.pyagent/node)",
+    )
     p.add_argument(
         "--no-memory",
         action="store_true",

@@ -16,6 +16,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
             "Run a Voyager node in the foreground until Ctrl+C or SIGTERM. It advertises itself by mDNS and "
             "runs tasks sent by peers whose public keys were added with `pyagent trust`."
         ),
+        epilog=(
+            "A swarm in four steps: on each machine `pyagent node --show-key`; on every node "
+            "`pyagent trust ORIGIN_KEY`; on the origin `pyagent trust NODE_KEY` for each node; run "
+            "`pyagent node --interface LAN_IP` on the nodes and `pyagent improve PATH --swarm` on the origin "
+            "(PYAGENT_SWARM_INTERFACE=LAN_IP; PYAGENT_NODE_HOME picks its key folder)."
+        ),
     )
     p.add_argument("--name", help="node name shown to peers (default: host name)")
     p.add_argument("--interface", default="127.0.0.1", help="IPv4 address to bind and advertise (default 127.0.0.1)")

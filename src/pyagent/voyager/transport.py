@@ -98,6 +98,7 @@ class TransportStats:
     handler_errors: int = 0
     late_replies: int = 0
     peers_dead: int = 0
+    clients_lost: int = 0
 
     @property
     def dropped(self) -> int:
@@ -151,6 +152,7 @@ class VoyagerTransport:
         heartbeat_interval: float = 0.5,
         heartbeat_misses: int = 6,
         on_peer_dead: Callable[[str], None] | None = None,
+        client_timeout: float = 15.0,
     ) -> None:
         self.keypair = keypair
         if callable(trusted):
@@ -173,6 +175,9 @@ class VoyagerTransport:
         self._monitor: zmq.asyncio.Socket | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._client_inflight: dict[bytes, int] = {}
+        self.client_timeout = client_timeout
+        self._client_seen: dict[bytes, float] = {}
+        self._client_work: dict[bytes, set[asyncio.Task[Any]]] = {}
         self._links: dict[str, PeerLink] = {}
         self._closed = False
 
@@ -219,6 +224,7 @@ class VoyagerTransport:
         self._router = router
         self._spawn(self._serve())
         self._spawn(self._watch_monitor())
+        self._spawn(self._reap_lost_clients())
         return self.port
 
     async def close(self) -> None:
@@ -281,6 +287,7 @@ class VoyagerTransport:
                 continue
             ident = frames[0].bytes
             body = frames[1]
+            self._client_seen[ident] = asyncio.get_running_loop().time()
             try:
                 env = Envelope.decode(body.bytes, self.max_message_bytes)
             except OversizedError:
@@ -312,7 +319,9 @@ class VoyagerTransport:
                 continue
             if inspect.isawaitable(result):
                 self._client_inflight[ident] = inflight + 1
-                self._spawn(self._finish(ident, env.msg_id, result))
+                work = self._spawn(self._finish(ident, env.msg_id, result))
+                self._client_work.setdefault(ident, set()).add(work)
+                work.add_done_callback(self._client_work[ident].discard)
             else:
                 await self._send_reply(ident, Envelope(REPLY, result, env.msg_id))
 
@@ -355,6 +364,25 @@ class VoyagerTransport:
                 self.stats.unroutable += 1
             elif exc.errno not in (zmq.ETERM, zmq.ENOTSOCK):
                 log.warning("ROUTER send failed: %s", exc)
+
+    async def _reap_lost_clients(self) -> None:
+        """Cancel the work of a client that went silent (its heartbeats stopped: it died).
+
+        A killed origin would otherwise keep this node's slots busy until its tasks time out.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(1.0, self.client_timeout / 4))
+            now = loop.time()
+            for ident, seen in list(self._client_seen.items()):
+                if now - seen <= self.client_timeout:
+                    continue
+                work = self._client_work.pop(ident, set())
+                self._client_seen.pop(ident, None)
+                if work:
+                    self.stats.clients_lost += 1
+                    for task in work:
+                        task.cancel()
 
     async def _watch_monitor(self) -> None:
         """Count connections that close before completing a CURVE handshake (garbage, bad keys)."""
