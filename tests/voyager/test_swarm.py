@@ -275,3 +275,28 @@ def test_wrong_lineage_from_a_peer_is_not_accepted(project: Path, tmp_path: Path
             await node.close()
 
     run(scenario(), timeout=60)
+
+
+def test_llm_agent_tasks_stay_on_the_origin(project: Path, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        origin = NodeHome(tmp_path / "origin")
+        trust_both(origin, NodeHome(tmp_path / "n1"))
+        answer = Answer("n1")
+        node = await start_node(tmp_path / "n1", "n1-llm", answer)
+        local = LocalRecorder()
+        swarm = SwarmExecutor(project, local=local, home=origin, discovery_wait=15)
+        try:
+            await swarm.start()
+            task = make_task("t1")
+            refactor = AgentTask(
+                "t2", "refactor", "refactor", task.target, task.files, task.priority, task.context, {}
+            )
+            cs = await swarm.execute(refactor, {"pkg/mod.py": b"x = 1\n"})
+            assert cs.reason == "local" and local.ran == ["t2"] and answer.payloads == []
+            cs = await swarm.execute(task, {"pkg/mod.py": b"x = 1\n"})  # an offline fixer does travel
+            assert cs.verification["node"] == "n1-llm"
+        finally:
+            await swarm.aclose()
+            await node.close()
+
+    run(scenario(), timeout=60)

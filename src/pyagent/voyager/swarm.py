@@ -12,7 +12,8 @@ content-addressed manifest: only blobs the peer lacks are sent), and sends the t
 same agents and gate (``pyagent.fleet.remote.execute_task``) in a worker process and returns the
 change set plus its verification. If the peer dies (missed heartbeats), stops, is full or fails,
 the task is re-run on another peer or locally; a late reply from a peer given up on is dropped by
-the transport, so each execute call yields exactly one change set. The usage a peer reports is
+the transport, so each execute call yields exactly one change set. Peers get no LLM, so tasks of
+LLM agents (refactor, docstring) always run locally. The usage a peer reports is
 charged to the task's own ``Budget`` here, so one budget covers the whole run across nodes.
 
 Configuration for ``pyagent improve --swarm``: the node home (keys, trusted list) is
@@ -184,9 +185,18 @@ class SwarmExecutor:
 
     # -- Executor protocol
 
+    @staticmethod
+    def _offline_agents() -> frozenset[str]:
+        """Agents a peer can run: peers get no LLM, so LLM agents (refactor, docstring) stay here."""
+        from pyagent.agents.registry import build_agents
+
+        return frozenset(build_agents(None))
+
     async def execute(self, task: AgentTask, files: dict[str, bytes]) -> ChangeSet:
         await self.start()
         tried: set[str] = set()
+        if task.agent not in self._offline_agents():
+            tried.update(p.node_id for p in self._trusted_peers())  # needs this machine's LLM
         while (peer := self._pick(tried)) is not None:
             tried.add(peer.node_id)
             self._inflight[peer.node_id] += 1
