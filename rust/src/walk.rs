@@ -77,6 +77,7 @@ pub fn collect(root: &Path, opts: &WalkOptions) -> Result<WalkResult, WalkError>
     }
     let overrides = overrides.build().map_err(|e| WalkError::BadGlob(e.to_string()))?;
 
+    let include_hidden = opts.hidden;
     let mut builder = WalkBuilder::new(root);
     builder
         .hidden(!opts.hidden)
@@ -88,9 +89,13 @@ pub fn collect(root: &Path, opts: &WalkOptions) -> Result<WalkResult, WalkError>
         .require_git(false)
         .follow_links(false)
         .overrides(overrides)
-        .filter_entry(|e| {
-            !(e.file_type().map(|t| t.is_dir()).unwrap_or(false)
-                && e.file_name().to_str().map(|n| ALWAYS_SKIPPED.contains(&n)).unwrap_or(false))
+        .filter_entry(move |e| {
+            let name = e.file_name().to_str().unwrap_or("");
+            let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
+            // A whitelist glob (`--glob '*.py'`) overrides the `ignore` crate's hidden-file filter,
+            // so hidden entries are also dropped here: `--hidden` alone lets them in.
+            let hidden = !include_hidden && e.depth() > 0 && name.starts_with('.');
+            !(hidden || (is_dir && ALWAYS_SKIPPED.contains(&name)))
         });
 
     let found: Mutex<WalkResult> = Mutex::new(WalkResult::default());

@@ -88,3 +88,25 @@ def test_execute_task_for_remote_nodes(tmp_path: Path) -> None:
     assert cs.passed, cs.reason
     assert b"else:" not in (cs.changes[MOD] or b"")
     assert ChangeSet.from_wire(cs.to_wire()).digest == cs.digest
+
+
+def test_the_chain_scope_governs_what_a_task_may_do(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from pyagent.agents.context import SecurityScope
+
+    root = make_project(tmp_path / "p")
+    ex = _executor(root, tmp_path)
+    original = (root / MOD).read_bytes()
+    cases = [
+        (SecurityScope(paths=("docs",)), "outside the allowed paths"),
+        (SecurityScope(write=False), "read-only"),
+        (SecurityScope(commands=("pytest",)), "needs 'ruff'"),
+    ]
+    for scope, message in cases:
+        task = _task("modernize", "UP006")
+        task = replace(task, context=replace(task.context, scope=scope))
+        cs = _run(ex, root, task)
+        assert cs.verification["status"] == "error" and message in cs.reason, cs.reason
+        assert not cs.changes
+    assert (root / MOD).read_bytes() == original

@@ -187,3 +187,26 @@ def test_bad_options_are_clear_errors(tmp_path: Path, kw: dict[str, object], mes
     with pytest.raises(ImproveError, match=message):
         asyncio.run(improve(ImproveOptions(**opts)))  # type: ignore[arg-type]
     assert not (root / ".pyagent" / "runs").exists()
+
+
+class _BreaksOnce:
+    """Through the --swarm hook: the second task's executor raises something unexpected."""
+
+    def __init__(self, setup: ExecutorSetup) -> None:
+        self.setup = setup
+        self.calls = 0
+
+    async def execute(self, task: AgentTask, files: dict[str, bytes]) -> ChangeSet:
+        self.calls += 1
+        if self.calls == 2:
+            raise LookupError("peer vanished")
+        return await self.setup.local.execute(task, files)
+
+
+def test_an_unexpected_error_fails_one_task_and_the_run_goes_on(tmp_path: Path) -> None:
+    root = make_project(tmp_path / "p")
+    result = _run(root, use_git=False, max_tasks=3, concurrency=1, executor_factory=_BreaksOnce)
+    failed = [t for t in result.tasks if t.status == "failed"]
+    assert len(failed) == 1 and failed[0].reason == "unexpected LookupError: peer vanished"
+    assert len(result.tasks) == 3 and all(t.status != "skipped" or t.reason for t in result.tasks)
+    assert result.tests_after is not None and result.regressions() == []

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pyagent.agents import ruff
+from pyagent.agents.mixins.identity import IdentityMixin
 from pyagent.agents.worker import AgentOutcome
 
 if TYPE_CHECKING:
@@ -43,8 +44,11 @@ def agent_for_rule(code: str) -> str | None:
     return best[1] if best else None
 
 
-class RuffFixAgent:
+class RuffFixAgent(IdentityMixin):
     """Applies ruff's safe fixes of ``task.params["rule"]`` to the task's files."""
+
+    capabilities = frozenset({"ruff-fix"})
+    commands: tuple[str, ...] = ("ruff",)
 
     def __init__(self, name: str, shell: SecureShell | None = None) -> None:
         if name not in FAMILIES:
@@ -63,10 +67,12 @@ class RuffFixAgent:
         return AgentOutcome(note=f"ruff safe fix {rule}: {message} ({count} finding(s); {why})")
 
 
-class FormatAgent:
+class FormatAgent(IdentityMixin):
     """Runs ``ruff format`` on the task's files (the project's own formatter settings apply)."""
 
     name = "format"
+    capabilities = frozenset({"format"})
+    commands: tuple[str, ...] = ("ruff",)
 
     def __init__(self, shell: SecureShell | None = None) -> None:
         self.shell = shell

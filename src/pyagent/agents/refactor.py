@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from pyagent.agents.docstrings import missing_docstrings, strip_docstrings
 from pyagent.agents.edits import EDIT_FORMAT, edit_with_repairs
+from pyagent.agents.mixins.identity import IdentityMixin
 from pyagent.agents.worker import AgentOutcome
 
 if TYPE_CHECKING:
@@ -28,10 +29,12 @@ def _complexities(auditor: CodeHealthAuditor, source: str, path: str) -> dict[st
     return {f.qualname: f.complexity for f in auditor.audit_source(source, path).functions}
 
 
-class RefactorAgent:
+class RefactorAgent(IdentityMixin):
     """Lowers the complexity of ``task.params["function"]`` (a qualname) below what it was."""
 
     name = "refactor"
+    capabilities = frozenset({"llm-refactor"})
+    commands: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -93,10 +96,12 @@ class RefactorAgent:
         )
 
 
-class DocstringAgent:
+class DocstringAgent(IdentityMixin):
     """Adds concise docstrings (why, not what) to ``task.params["names"]`` in ``task.target``."""
 
     name = "docstring"
+    capabilities = frozenset({"llm-docstring"})
+    commands: tuple[str, ...] = ()
 
     def __init__(self, llm: LLMClient, *, max_repairs: int = 3) -> None:
         self.llm = llm

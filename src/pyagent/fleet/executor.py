@@ -50,6 +50,20 @@ def _rejected(
     )
 
 
+def _governance(task: AgentTask, agent: CodeAgent) -> str | None:
+    """Why the task's chain scope forbids this change (paths, writes, the agent's programs), or None."""
+    scope = task.context.scope
+    if not scope.write:
+        return f"governance: the chain of task {task.id} is read-only"
+    for path in task.files:
+        if not scope.allows_path(safe_relpath(path)):
+            return f"governance: {path} is outside the allowed paths {list(scope.paths or [])}"
+    for program in getattr(agent, "commands", ()):
+        if not scope.allows_command(program):
+            return f"governance: {task.agent} needs {program!r}, not allowed (allowed: {list(scope.commands or [])})"
+    return None
+
+
 class LocalExecutor:
     """Runs agents in a private hard-linked copy of ``root`` and judges the result with ``gate``.
 
@@ -80,6 +94,9 @@ class LocalExecutor:
         agent = self.agents.get(task.agent)
         if agent is None:
             return _rejected(task, "error", f"no agent named {task.agent!r} here", base, {})
+        refusal = _governance(task, agent)
+        if refusal is not None:
+            return _rejected(task, "error", refusal, base, {})
         if self._listing is None:
             self._listing = await asyncio.to_thread(project_files, self.root)
         ws = await asyncio.to_thread(

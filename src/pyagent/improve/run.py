@@ -185,6 +185,7 @@ class _Run:
         self.branch: str | None = None
         self.base_commit: str | None = None
         self.drop_branch: str | None = None
+        self.mode = ""
 
     def progress(self, kind: str, **data: Any) -> None:
         if self.opts.on_progress is not None:
@@ -246,6 +247,10 @@ class _Run:
                 return
             paths = await asyncio.to_thread(self._merge_sync, tree, cs)
             self.applied.add(cs.digest)
+            if self.mode == "in-place":  # undo works even if the run is interrupted later
+                from pyagent.improve.undo import save_run
+
+                await asyncio.to_thread(save_run, self.path, self.run_id, dict(self.originals))
             if self.repo is not None:
                 rec.commit = await self.repo.commit(tree, paths, self._commit_message(task, rec))
 
@@ -317,6 +322,8 @@ class _Run:
             rec.status, rec.reason = "failed", exc.reason
         except (LLMError, OSError, RuntimeError, ValueError) as exc:
             rec.status, rec.reason = "failed", f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # one broken task must not lose the run's record of it
+            rec.status, rec.reason = "failed", f"unexpected {type(exc).__name__}: {exc}"
         except asyncio.CancelledError:
             rec.status, rec.reason = "failed", "cancelled"
             raise
@@ -358,6 +365,7 @@ class _Run:
         tree: Path | None = None
         try:
             tree, mode = await self._prepare_tree(scratch)
+            self.mode = mode
             return await self._run_in(tree, mode, scratch, started)
         finally:
             if self.repo is not None and tree is not None:

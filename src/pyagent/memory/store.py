@@ -169,7 +169,10 @@ class KnowledgeStore(RelationsMixin, SemanticMixin):
             raise StoreError(f"{self._path} is not a PyAgent knowledge store: {exc}") from None
         try:
             self._init(synchronous)
-        except sqlite3.DatabaseError as exc:
+        except sqlite3.OperationalError as exc:  # locked, read-only file system, I/O error
+            self._conn.close()
+            raise StoreError(f"cannot open knowledge store {self._path}: {exc}") from None
+        except sqlite3.DatabaseError as exc:  # "file is not a database", corruption
             self._conn.close()
             raise StoreError(f"{self._path} is not a PyAgent knowledge store: {exc}") from None
         except StoreError:

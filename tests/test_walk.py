@@ -1,0 +1,68 @@
+"""The one tree walk shared by audit, replace and the agents (``pyagent._rust.walk``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pyagent import _rust
+
+
+def _rel(root: Path, files: list[str]) -> list[str]:
+    return [Path(f).relative_to(root).as_posix() for f in files]
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    for rel in ["a.py", "b.txt", "pkg/c.py", ".hidden/d.py", ".e.py", "build/f.py", ".git/g.py", ".pyagent/h.py"]:
+        p = tmp_path / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("x = 1\n")
+    (tmp_path / ".gitignore").write_text("build/\n")
+    return tmp_path
+
+
+def test_gitignore_hidden_and_internal_dirs(tree: Path) -> None:
+    files, errors = _rust.walk(str(tree), extensions=["py"])
+    assert _rel(tree, files) == ["a.py", "pkg/c.py"]
+    assert errors == []
+
+
+def test_hidden_flag_lets_hidden_in_but_never_git_or_pyagent(tree: Path) -> None:
+    files, _ = _rust.walk(str(tree), extensions=["py"], hidden=True)
+    assert _rel(tree, files) == [".e.py", ".hidden/d.py", "a.py", "pkg/c.py"]
+
+
+def test_whitelist_glob_does_not_pull_in_hidden_files(tree: Path) -> None:
+    files, _ = _rust.walk(str(tree), globs=["*.py"])
+    assert _rel(tree, files) == ["a.py", "pkg/c.py"]
+    files, _ = _rust.walk(str(tree), globs=["*.py"], hidden=True)
+    assert _rel(tree, files) == [".e.py", ".hidden/d.py", "a.py", "pkg/c.py"]
+
+
+def test_excludes_and_no_ignore(tree: Path) -> None:
+    files, _ = _rust.walk(str(tree), extensions=["py"], excludes=["pkg/"])
+    assert _rel(tree, files) == ["a.py"]
+    files, _ = _rust.walk(str(tree), extensions=["py"], no_ignore=True)
+    assert _rel(tree, files) == ["a.py", "build/f.py", "pkg/c.py"]
+
+
+def test_file_root_and_missing_root(tree: Path) -> None:
+    files, _ = _rust.walk(str(tree / "b.txt"), extensions=["py"])
+    assert files == [str(tree / "b.txt")]
+    with pytest.raises(FileNotFoundError, match="no such file or directory"):
+        _rust.walk(str(tree / "nope"))
+
+
+def test_bad_glob_is_a_clear_error(tree: Path) -> None:
+    with pytest.raises(ValueError, match="invalid --exclude"):
+        _rust.walk(str(tree), excludes=["a[b"])
+
+
+def test_symlink_loop_is_not_followed(tmp_path: Path) -> None:
+    (tmp_path / "x.py").write_text("pass\n")
+    os.symlink(tmp_path, tmp_path / "loop")
+    files, _ = _rust.walk(str(tmp_path), extensions=["py"])
+    assert _rel(tmp_path, files) == ["x.py"]
