@@ -181,7 +181,9 @@ def discover_tests(
     if _pytest_available():
         return TestCommand((sys.executable, "-m", "pytest"), "pytest")
     # Without pytest: the standard library's runner; a tests/ folder without __init__.py is its own top.
-    start = ("-s", "tests") if (root / "tests").is_dir() and not (root / "tests" / "__init__.py").exists() else ()
+    start = (
+        ("-s", "tests") if (root / "tests").is_dir() and not (root / "tests" / "__init__.py").exists() else ()
+    )
     return TestCommand((sys.executable, "-m", "unittest", "discover", *start, "-v"), "unittest")
 
 
