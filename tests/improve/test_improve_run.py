@@ -74,6 +74,7 @@ def test_memory_skips_a_change_that_failed_on_the_same_content(tmp_path: Path) -
     assert "known to fail (memory)" in second.skipped_by_memory[0]["reason"]
     rep = json.loads((second.report_dir / "report.json").read_text())  # type: ignore[operator]
     assert rep["skipped_by_memory"][0]["action"] == "lint:F401"
+    assert rep["not_attempted"] == 0
 
 
 def test_undo_restores_and_refuses_after_later_edits(tmp_path: Path) -> None:
@@ -81,6 +82,7 @@ def test_undo_restores_and_refuses_after_later_edits(tmp_path: Path) -> None:
     original = (root / MOD).read_text()
     result = _run(root, use_git=False, max_tasks=3)
     assert result.counts()["kept"] >= 1
+    assert result.not_attempted > 0 and result.skipped_by_memory == []
     changed = (root / MOD).read_text()
     assert changed != original
     (root / MOD).write_text(changed + "# my own edit\n")

@@ -6,6 +6,8 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.improve_helpers import make_project
 
 
@@ -91,3 +93,22 @@ def test_cli_bad_input_is_a_clear_error(
         assert out.returncode == 2, (args, out.stdout, out.stderr)
         assert message in out.stderr, (args, out.stderr)
         assert "Traceback" not in out.stderr
+
+
+def test_demo_sample_needs_no_pytest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pip install . && pyagent demo` has no pytest: the sample's tests run under unittest, trap included."""
+    import asyncio
+
+    from pyagent.agents import testing
+    from pyagent.improve.demo import prepare_demo
+    from pyagent.improve.run import ImproveOptions, improve
+
+    monkeypatch.setattr(testing, "_pytest_available", lambda: False)
+    project = prepare_demo(tmp_path / "demo")
+    result = asyncio.run(improve(ImproveOptions(path=project, use_git=False, concurrency=2)))
+    assert result.tests_before is not None and result.tests_before.command[2] == "unittest"
+    assert result.tests_before.passed == 6
+    trap = [t for t in result.tasks if t.action == "lint:F401" and t.target == "inventory/core.py"]
+    assert trap[0].status == "rolled_back" and "test_export_formats_are_registered" in trap[0].reason
+    assert sum(t.status == "kept" for t in result.tasks) >= 3
+    assert result.regressions() == []

@@ -244,3 +244,69 @@ def processes_matching(needle: bytes, what: str = "cmdline") -> list[int]:
             except OSError:
                 continue
     return found
+
+
+def test_running_node_drops_garbage_and_keeps_serving(
+    pyagent_cmd: list[str], clean_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Thousands of bad frames at a real ``pyagent node`` process; its own stats count them all."""
+    import random
+    import socket
+
+    import zmq
+    import zmq.asyncio
+
+    from pyagent.voyager.envelope import Envelope
+    from pyagent.voyager.home import NodeHome
+    from pyagent.voyager.transport import VoyagerTransport
+
+    node_home, client_home = NodeHome(tmp_path / "node"), NodeHome(tmp_path / "client")
+    node_home.trust(client_home.keypair().public.decode())
+    proc = start_node(pyagent_cmd, clean_env, tmp_path / "node", f"fuzz-{uuid.uuid4().hex[:6]}")
+    lines = wait_line(proc, "listening on", 20)
+    port = int(lines[-1].split("tcp://127.0.0.1:")[1].split(",")[0])
+    rng = random.Random(66)
+    server_key, kp = node_home.keypair().public, client_home.keypair()
+
+    async def scenario() -> dict[str, int]:
+        for _ in range(40):  # not even ZMTP
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+                s.sendall(rng.randbytes(rng.randint(1, 400)))
+        ctx = zmq.asyncio.Context()
+        raw = ctx.socket(zmq.DEALER)
+        raw.setsockopt(zmq.LINGER, 0)
+        raw.curve_serverkey, raw.curve_publickey, raw.curve_secretkey = server_key, kp.public, kp.secret
+        raw.connect(f"tcp://127.0.0.1:{port}")
+        valid = Envelope("node.info", None).encode()
+        for i in range(2000):
+            if i % 3 == 0:
+                await raw.send(rng.randbytes(rng.randint(0, 200)))
+            elif i % 3 == 1:
+                await raw.send(valid[: rng.randint(0, len(valid) - 1)])
+            else:
+                await raw.send_multipart([valid, valid])
+        client = VoyagerTransport(kp)
+        await client.start(serve=False)
+        client.connect("node", "127.0.0.1", port, server_key)
+        try:
+            for _ in range(100):
+                info = await client.request("node", "node.info", None, timeout=10)
+                if info["stats"]["dropped_malformed"] >= 2000 and info["stats"]["handshake_failed"] >= 30:
+                    break
+                await asyncio.sleep(0.05)
+            stats: dict[str, int] = info["stats"]
+            return stats
+        finally:
+            await client.close()
+            raw.close(0)
+            ctx.destroy(0)
+
+    try:
+        stats = run(scenario(), timeout=60)
+        assert proc.poll() is None  # still serving
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=10)
+    assert stats["dropped_malformed"] == 2000
+    assert stats["handshake_failed"] >= 30
+    assert code == 0

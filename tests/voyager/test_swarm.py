@@ -114,7 +114,7 @@ def test_task_runs_on_a_trusted_peer_with_lineage_budget_and_files(project: Path
         node = await start_node(tmp_path / "n1", "n1-swarm", answer)
         budget = Budget(tokens=100)
         local = LocalRecorder()
-        swarm = SwarmExecutor(project, local=local, home=origin, baseline={"passed": 1})
+        swarm = SwarmExecutor(project, local=local, home=origin, baseline={"passed": 1}, discovery_wait=15)
         try:
             await swarm.start()
             task = make_task("t1", budget)
@@ -154,7 +154,11 @@ def test_untrusted_or_full_peers_are_not_used(project: Path, tmp_path: Path) -> 
         try:
             await swarm.start()
             assert swarm.discovery is not None
-            assert any(p.name == "stranger-swarm" for p in swarm.discovery.peers())
+            for _ in range(200):  # bounded: wait until the stranger is known, so the choice is real
+                if any(p.node_id == stranger.node_id for p in swarm.discovery.peers()):
+                    break
+                await asyncio.sleep(0.05)
+            assert any(p.node_id == stranger.node_id for p in swarm.discovery.peers())
             cs = await swarm.execute(make_task("t1"), {"pkg/mod.py": b"x = 1\n"})
             assert cs.reason == "local"
             assert local.ran == ["t1"] and answer.payloads == []
@@ -172,7 +176,7 @@ def test_node_stopping_mid_task_hands_it_back_and_it_runs_locally(project: Path,
         answer = Answer("n1", hold=asyncio.Event())  # never finishes on its own
         node = await start_node(tmp_path / "n1", "n1-stop", answer)
         local = LocalRecorder()
-        swarm = SwarmExecutor(project, local=local, home=origin)
+        swarm = SwarmExecutor(project, local=local, home=origin, discovery_wait=15)
         try:
             await swarm.start()
             pending = asyncio.ensure_future(swarm.execute(make_task("t1"), {"pkg/mod.py": b"x = 1\n"}))
@@ -194,7 +198,7 @@ def test_restarted_node_gets_the_files_again(project: Path, tmp_path: Path) -> N
         origin = NodeHome(tmp_path / "origin")
         trust_both(origin, NodeHome(tmp_path / "n1"))
         node = await start_node(tmp_path / "n1", "n1-blobs", Answer("n1"))
-        swarm = SwarmExecutor(project, local=None, home=origin)
+        swarm = SwarmExecutor(project, local=None, home=origin, discovery_wait=15)
         try:
             await swarm.start()
             await swarm.execute(make_task("t1"), {"pkg/mod.py": b"x = 1\n"})
@@ -217,7 +221,7 @@ def test_node_refuses_bad_task_payloads(project: Path, tmp_path: Path) -> None:
         trust_both(origin, NodeHome(tmp_path / "n1"))
         answer = Answer("n1")
         node = await start_node(tmp_path / "n1", "n1-bad", answer)
-        swarm = SwarmExecutor(project, local=None, home=origin)
+        swarm = SwarmExecutor(project, local=None, home=origin, discovery_wait=15)
         try:
             await swarm.start()
             key = origin.trusted_keys().pop()
@@ -260,7 +264,7 @@ def test_wrong_lineage_from_a_peer_is_not_accepted(project: Path, tmp_path: Path
         trust_both(origin, NodeHome(tmp_path / "n1"))
         node = await start_node(tmp_path / "n1", "n1-liar", Liar("n1"))
         local = LocalRecorder()
-        swarm = SwarmExecutor(project, local=local, home=origin)
+        swarm = SwarmExecutor(project, local=local, home=origin, discovery_wait=15)
         try:
             await swarm.start()
             cs = await swarm.execute(make_task("t1"), {"pkg/mod.py": b"x = 1\n"})

@@ -180,7 +180,11 @@ def discover_tests(
         return None
     if _pytest_available():
         return TestCommand((sys.executable, "-m", "pytest"), "pytest")
-    return TestCommand((sys.executable, "-m", "unittest", "discover", "-v"), "unittest")
+    # Without pytest: the standard library's runner; a tests/ folder without __init__.py is its own top.
+    start = (
+        ("-s", "tests") if (root / "tests").is_dir() and not (root / "tests" / "__init__.py").exists() else ()
+    )
+    return TestCommand((sys.executable, "-m", "unittest", "discover", *start, "-v"), "unittest")
 
 
 def parse_junit(xml_text: str) -> dict[str, str]:

@@ -42,6 +42,7 @@ def report_dict(result: RunResult) -> dict[str, Any]:
         "summary": result.counts(),
         "tasks": [t.to_dict() for t in result.tasks],
         "skipped_by_memory": result.skipped_by_memory,
+        "not_attempted": result.not_attempted,
         "tests": {
             "before": _tests(result.tests_before),
             "after": _tests(result.tests_after),
@@ -125,7 +126,8 @@ def render_html(rep: dict[str, Any]) -> str:
         f"<h2>LLM usage</h2><p>{usage.get('calls', 0)} calls, {usage.get('tokens', 0)} tokens, "
         f"${usage.get('cost', 0.0):.4f}</p>"
         f"<h2>Changes</h2>{''.join(tasks) or '<p>No tasks.</p>'}"
-        f"{'<h2>Skipped</h2><ul>' + memory + '</ul>' if memory else ''}"
+        f"{'<h2>Skipped: known to fail (memory)</h2><ul>' + memory + '</ul>' if memory else ''}"
+        f"<p>{rep['not_attempted']} more change(s) were planned but not attempted (--max-tasks).</p>"
         "</body></html>"
     )
 

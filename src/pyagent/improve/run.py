@@ -125,6 +125,7 @@ class RunResult:
     base_commit: str | None = None
     report_dir: Path | None = None
     notes: list[str] = field(default_factory=list)
+    not_attempted: int = 0  # planned changes left out (over --max-tasks, unreadable files)
 
     def counts(self) -> dict[str, int]:
         return {s: sum(1 for t in self.tasks if t.status == s) for s in STATUSES}
@@ -527,7 +528,9 @@ class _Run:
             skipped_by_memory=[
                 {"agent": s.agent, "action": s.action, "target": s.target, "reason": s.reason}
                 for s in plan.skipped
+                if s.reason.startswith("known to fail")
             ],
+            not_attempted=sum(1 for s in plan.skipped if not s.reason.startswith("known to fail")),
             tests_before=baseline,
             tests_after=tests_after,
             metrics_before=metrics_before,

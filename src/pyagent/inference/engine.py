@@ -12,7 +12,7 @@ import contextlib
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -52,7 +52,6 @@ class _Stream:
     stop: list[str]
     emitted: int = 0
     text: str = ""
-    pending_ids: list[int] = field(default_factory=list)
 
 
 class PagedAttentionEngine:
@@ -220,14 +219,12 @@ class PagedAttentionEngine:
         delta = full[stream.emitted:safe]
         stream.emitted = safe
         stream.text = full[:safe]
-        stream.pending_ids.append(token)
-        new_ids, stream.pending_ids = stream.pending_ids, []
         if reason is not None:
             self.scheduler.finish(req)
             with self._inbox:
                 del self._requests[req.request_id]
                 del self._streams[req.request_id]
-        return RequestOutput(req.request_id, req.prompt_token_ids, req.output_token_ids, new_ids, stream.text,
+        return RequestOutput(req.request_id, req.prompt_token_ids, req.output_token_ids, [token], stream.text,
                              delta, reason is not None, reason)
 
     # -- async streaming
