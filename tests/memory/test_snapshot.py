@@ -183,3 +183,19 @@ def test_snapshot_policy_every_n_cycles_keeps_last_k(tmp_path: Path) -> None:
             assert restored.get("bulk", "key000000") == -12
     with pytest.raises(ValueError):
         SnapshotPolicy(tmp_path, every=0)
+
+
+def test_restore_removes_temporaries_of_a_killed_restore(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    with KnowledgeStore(tmp_path / "m.db") as store:
+        store.put("n", "k", 1)
+        store.snapshot(tmp_path / "snap")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / "out" / f".r.db.restore-{int(dead.stdout)}.tmp"
+    stale.parent.mkdir()
+    stale.write_bytes(b"half a database")
+    with KnowledgeStore.restore(tmp_path / "snap", tmp_path / "out" / "r.db") as restored:
+        assert restored.get("n", "k") == 1
+    assert not stale.exists()

@@ -362,6 +362,7 @@ def restore_snapshot(snapshot_dir: str | os.PathLike[str], path: str | os.PathLi
     root = Path(os.fspath(snapshot_dir))
     manifest, shards = verify_snapshot(root)  # every hash checked before anything is written
     target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_dead_restores(target)
     tmp = target.with_name(f".{target.name}.restore-{os.getpid()}.tmp")
     for leftover in _store_files(tmp):
         leftover.unlink(missing_ok=True)
@@ -381,6 +382,18 @@ def restore_snapshot(snapshot_dir: str | os.PathLike[str], path: str | os.PathLi
         for leftover in _store_files(tmp):
             leftover.unlink(missing_ok=True)
     return counts
+
+
+def _remove_dead_restores(target: Path) -> None:
+    """Delete temporary files of earlier restores to ``target`` whose process is gone (killed)."""
+    for leftover in target.parent.glob(f".{target.name}.restore-*.tmp*"):
+        pid_text = leftover.name[len(f".{target.name}.restore-") :].split(".", 1)[0]
+        try:
+            os.kill(int(pid_text), 0)
+        except ProcessLookupError:
+            leftover.unlink(missing_ok=True)
+        except (ValueError, PermissionError):
+            continue  # not ours to judge: a malformed name, or another user's live process
 
 
 def _build(tmp: Path, root: Path, manifest: dict[str, Any], shards: dict[str, bytes]) -> dict[str, int]:
