@@ -54,8 +54,8 @@ def test_improve_swarm_survives_a_sigkilled_node(
     names = [f"ann-{tag}", f"bob-{tag}", f"cyd-{tag}"]
     keys = {n: _key(pyagent_cmd, tmp_path / n) for n in [*names, "origin"]}
     for n in names:  # the origin trusts each node, each node trusts the origin
-        subprocess.run([*pyagent_cmd, "trust", keys[n], "--home", str(tmp_path / "origin")], check=True, capture_output=True)
-        subprocess.run([*pyagent_cmd, "trust", keys["origin"], "--home", str(tmp_path / n)], check=True, capture_output=True)
+        subprocess.run([*pyagent_cmd, "trust", "--home", str(tmp_path / "origin"), "--", keys[n]], check=True, capture_output=True)
+        subprocess.run([*pyagent_cmd, "trust", "--home", str(tmp_path / n), "--", keys["origin"]], check=True, capture_output=True)
 
     lines: queue.Queue[tuple[str, str]] = queue.Queue()
     logs: dict[str, list[str]] = {n: [] for n in names}

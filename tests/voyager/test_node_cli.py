@@ -56,12 +56,27 @@ def test_show_key_is_stable_and_trust_accepts_it(
     assert len(key) == 40
     assert subprocess.run(show, capture_output=True, text=True, check=True, env=clean_env).stdout.strip() == key
     assert (tmp_path / "a" / "node.key_secret").stat().st_mode & 0o077 == 0
-    trust = [*pyagent_cmd, "trust", key, "--home", str(tmp_path / "b")]
+    trust = [*pyagent_cmd, "trust", "--home", str(tmp_path / "b"), "--", key]
     out = subprocess.run(trust, capture_output=True, text=True, env=clean_env)
     assert out.returncode == 0 and out.stdout.startswith("trusted: "), out.stderr
     again = subprocess.run(trust, capture_output=True, text=True, env=clean_env)
     assert again.stdout.startswith("already trusted"), again.stdout
     assert (tmp_path / "b" / "trusted_keys").read_text().split() == [key]
+
+
+def test_trust_takes_a_key_that_starts_with_a_dash(
+    pyagent_cmd: list[str], clean_env: dict[str, str], tmp_path: Path
+) -> None:
+    import zmq
+
+    key = ""
+    while not key.startswith("-"):  # about 1 in 85 Z85 keys starts with '-'
+        key = zmq.curve_keypair()[0].decode()
+    out = subprocess.run(
+        [*pyagent_cmd, "trust", "--home", str(tmp_path), "--", key], capture_output=True, text=True, env=clean_env
+    )
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "trusted_keys").read_text().split() == [key]
 
 
 def test_trust_rejects_a_bad_key_without_traceback(
@@ -104,7 +119,7 @@ def test_node_is_listed_by_peers_and_stops_on_signal_within_2s(
     key = subprocess.run(
         [*pyagent_cmd, "node", "--show-key", "--home", str(home)], capture_output=True, text=True, check=True
     ).stdout.strip()
-    subprocess.run([*pyagent_cmd, "trust", key, "--home", str(tmp_path / "viewer")], check=True, capture_output=True)
+    subprocess.run([*pyagent_cmd, "trust", "--home", str(tmp_path / "viewer"), "--", key], check=True, capture_output=True)
     name = f"sig{sig.value}-{uuid.uuid4().hex[:6]}"  # unique: other test runs may share the LAN
     proc = start_node(pyagent_cmd, clean_env, home, name, "--slots", "3")
     try:

@@ -18,7 +18,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         ),
         epilog=(
             "A swarm in four steps: on each machine `pyagent node --show-key`; on every node "
-            "`pyagent trust ORIGIN_KEY`; on the origin `pyagent trust NODE_KEY` for each node; run "
+            "`pyagent trust -- ORIGIN_KEY`; on the origin `pyagent trust -- NODE_KEY` for each node; run "
             "`pyagent node --interface LAN_IP` on the nodes and `pyagent improve PATH --swarm` on the origin "
             "(PYAGENT_SWARM_INTERFACE=LAN_IP; PYAGENT_NODE_HOME picks its key folder)."
         ),

@@ -13,7 +13,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="trust a Voyager node's public key",
         description=(
             "Add a peer's CurveZMQ public key (printed by `pyagent node --show-key` on that machine) to this "
-            "node's trusted list. Only trusted keys may submit work, and work is only sent to trusted peers."
+            "node's trusted list. Only trusted keys may submit work, and work is only sent to trusted peers. "
+            "Z85 keys may start with '-': write `pyagent trust -- KEY` so the key is not read as an option."
         ),
     )
     p.add_argument("key", help="the peer's public key (40 Z85 characters)")
