@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -69,7 +70,14 @@ def _progress_bar() -> tuple[Any, Any]:
 
 def _audit(args: argparse.Namespace) -> AuditReport:
     from pyagent.health.auditor import CodeHealthAuditor
+    from pyagent.state.errors import TransactionError
+    from pyagent.state.recovery import ensure_recovered
 
+    if os.path.exists(args.path):
+        try:  # never measure a tree that a killed transaction left half-changed
+            ensure_recovered(args.path)
+        except TransactionError as exc:
+            raise CommandError(f"{args.path}: cannot roll back an interrupted transaction: {exc}") from exc
     auditor = CodeHealthAuditor(multi_as_comments=not args.no_multi_as_comments, excludes=args.exclude)
     update, stop = _progress_bar() if sys.stderr.isatty() else (None, None)
     try:

@@ -361,6 +361,15 @@ class _Run:
             raise ImproveError(f"{self.opts.path} is not a directory; give the project's root folder")
         if self.opts.concurrency < 1:
             raise ImproveError("--concurrency must be at least 1")
+        from pyagent.state.recovery import ensure_recovered
+
+        # a transaction killed before its commit point must not be measured or built upon
+        recovered = await asyncio.to_thread(ensure_recovered, self.path)
+        if recovered is not None:
+            self.notes.append(
+                f"rolled back interrupted transaction {recovered.txid} first "
+                f"({len(recovered.restored)} restored, {len(recovered.removed)} removed)"
+            )
         started = time.monotonic()
         scratch = Path(tempfile.mkdtemp(prefix="pyagent-run-"))
         tree: Path | None = None
