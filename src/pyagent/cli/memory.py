@@ -232,14 +232,13 @@ def _prune(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from pyagent.memory.report import export_lines
+    from pyagent.state.fsutil import atomic_writer
 
     with _open(args) as store:
         if args.output:
-            tmp = f"{args.output}.tmp"
-            with open(tmp, "wb") as out:
+            with atomic_writer(args.output, durable=False) as out:
                 for line in export_lines(store):
                     out.write(line)
-            os.replace(tmp, args.output)
         else:
             try:
                 for line in export_lines(store):

@@ -14,6 +14,7 @@ from pathlib import Path
 import orjson
 
 from pyagent.agents.task import content_hash
+from pyagent.state.fsutil import atomic_write
 
 __all__ = ["UndoError", "UndoResult", "save_run", "undo_last_run"]
 
@@ -34,12 +35,7 @@ def _runs(root: Path) -> Path:
 
 def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, data)
 
 
 def save_run(root: str | os.PathLike[str], run_id: str, originals: dict[str, bytes | None]) -> None:

@@ -44,6 +44,7 @@ import orjson
 
 from pyagent.memory.errors import SnapshotError, StoreError
 from pyagent.memory.store import _SCHEMA, FORMAT_VERSION, INDEXES, PRIMARY_KEYS, TABLES
+from pyagent.state.fsutil import atomic_write, fsync_dir
 
 if TYPE_CHECKING:
     from pyagent.memory.store import KnowledgeStore
@@ -86,28 +87,6 @@ class SnapshotInfo:
 
 
 # -- durable file helpers ------------------------------------------------------------------------
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_durable(path: Path, data: bytes) -> None:
-    """temp file in the same directory, fsync, rename over ``path`` (the caller fsyncs the directory)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 @contextlib.contextmanager
@@ -217,7 +196,8 @@ def write_snapshot(
                 if _same_bytes(target, data) or any(_link_if_same(src / name, target, data) for src in sources):
                     reused += 1
                 else:
-                    pending.append(pool.submit(_write_durable, target, data))
+                    # the directory is fsynced once, after all shards
+                    pending.append(pool.submit(atomic_write, target, data, sync_dir=False))
                     written += 1
                 entry = {"file": f"{SHARDS}/{name}", "blake3": digest, "bytes": len(data), "records": len(records)}
                 tables[table]["shards"].append(entry)
@@ -227,7 +207,7 @@ def write_snapshot(
             for future in pending:
                 future.result()
         if written:
-            _fsync_dir(shard_dir)
+            fsync_dir(shard_dir)
         counts = {t: int(tables[t]["records"]) for t in TABLES}
         body = {
             "format": SNAPSHOT_FORMAT,
@@ -240,8 +220,7 @@ def write_snapshot(
             "tables": tables,
         }
         manifest = _encode_manifest(body)
-        _write_durable(root / MANIFEST, manifest)
-        _fsync_dir(root)
+        atomic_write(root / MANIFEST, manifest)
         keep = set(files)
         for old in shard_dir.iterdir():
             if old.name not in keep:
@@ -377,7 +356,7 @@ def restore_snapshot(snapshot_dir: str | os.PathLike[str], path: str | os.PathLi
             os.link(tmp, target)  # atomic, and fails if something appeared at target meanwhile
         except FileExistsError:
             raise StoreError(f"refusing to restore over {target}: it appeared during the restore") from None
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     finally:
         for leftover in _store_files(tmp):
             leftover.unlink(missing_ok=True)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import blake3
 
+from pyagent.state.fsutil import atomic_write
+
 _HASH = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -58,9 +60,7 @@ class BlobStore:
             raise BlobError(f"blob {digest[:12]}… does not match its content")
         if path.exists():
             return
-        tmp = path.with_name(f".{digest}.{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        atomic_write(path, data, durable=False)  # a cache: a blob lost in a crash is fetched again
 
     def materialize(self, manifest: Mapping[str, str], dest: Path) -> None:
         """Write the project described by ``manifest`` into ``dest`` (copies, never links)."""

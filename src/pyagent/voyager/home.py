@@ -23,6 +23,8 @@ from pathlib import Path
 
 import blake3
 
+from pyagent.state.fsutil import atomic_write
+
 _Z85_KEY = re.compile(r"^[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}$")
 DEFAULT_HOME = Path("~/.pyagent/node")
 
@@ -92,7 +94,7 @@ class NodeHome:
             return KeyPair(public, secret)
         public, secret = zmq.curve_keypair()
         _write_private(self.secret_file, secret + b"\n")
-        _write_atomic(self.public_file, public + b"\n", 0o644)
+        atomic_write(self.public_file, public + b"\n", mode=0o644)
         return KeyPair(public, secret)
 
     def node_id(self) -> str:
@@ -105,7 +107,7 @@ class NodeHome:
         except FileNotFoundError:
             pass
         value = uuid.uuid4().hex
-        _write_atomic(path, value.encode() + b"\n", 0o644)
+        atomic_write(path, value.encode() + b"\n", mode=0o644)
         return value
 
     def trusted_keys(self) -> set[bytes]:
@@ -140,7 +142,7 @@ class NodeHome:
             return False
         self._ensure_dir()
         lines = [k.decode() for k in sorted(keys | {raw})]
-        _write_atomic(self.trusted_file, ("\n".join(lines) + "\n").encode(), 0o644)
+        atomic_write(self.trusted_file, ("\n".join(lines) + "\n").encode(), mode=0o644)
         self._trusted_cache = None
         return True
 
@@ -150,21 +152,5 @@ class NodeHome:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    _write_atomic(path, data, 0o600)
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    # atomic_write creates the temp file no more permissive than 0o600: the secret is never readable by others.
+    atomic_write(path, data, mode=0o600)
