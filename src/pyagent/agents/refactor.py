@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from pyagent.agents.docstrings import missing_docstrings, strip_docstrings
 from pyagent.agents.edits import EDIT_FORMAT, edit_with_repairs
+from pyagent.agents.mixins.auditor import AuditorMixin
 from pyagent.agents.mixins.identity import IdentityMixin
 from pyagent.agents.worker import AgentOutcome
 
@@ -29,7 +30,7 @@ def _complexities(auditor: CodeHealthAuditor, source: str, path: str) -> dict[st
     return {f.qualname: f.complexity for f in auditor.audit_source(source, path).functions}
 
 
-class RefactorAgent(IdentityMixin):
+class RefactorAgent(AuditorMixin, IdentityMixin):
     """Lowers the complexity of ``task.params["function"]`` (a qualname) below what it was."""
 
     name = "refactor"
@@ -48,14 +49,6 @@ class RefactorAgent(IdentityMixin):
         self.max_complexity = max_complexity
         self.max_repairs = max_repairs
         self._auditor = auditor
-
-    @property
-    def auditor(self) -> CodeHealthAuditor:
-        if self._auditor is None:
-            from pyagent.health import CodeHealthAuditor
-
-            self._auditor = CodeHealthAuditor()
-        return self._auditor
 
     async def run(self, task: AgentTask, workspace: Path) -> AgentOutcome:
         path = task.target

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from pyagent.agents import ruff
 from pyagent.agents.docstrings import strip_docstrings
+from pyagent.agents.mixins.auditor import AuditorMixin
 
 if TYPE_CHECKING:
     from pyagent.agents.testing import TestResults, TestRunner
@@ -75,7 +76,7 @@ def _is_python(path: str) -> bool:
     return path.endswith((".py", ".pyi"))
 
 
-class VerificationGate:
+class VerificationGate(AuditorMixin):
     """Measures before a change, judges after it. One gate serves a whole run (it is stateless)."""
 
     def __init__(
@@ -92,14 +93,6 @@ class VerificationGate:
         self.baseline = baseline
         self.shell = shell
         self._auditor = auditor
-
-    @property
-    def auditor(self) -> CodeHealthAuditor:
-        if self._auditor is None:
-            from pyagent.health import CodeHealthAuditor
-
-            self._auditor = CodeHealthAuditor()
-        return self._auditor
 
     async def measure(self, workspace: str | Path, paths: Iterable[str]) -> Snapshot:
         """Parse, audit and lint ``paths`` as they are now in ``workspace``."""

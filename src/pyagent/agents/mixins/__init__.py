@@ -1,5 +1,6 @@
 """Single-purpose mixins that ``BaseAgent`` composes; a concrete agent picks what it needs."""
 
+from pyagent.agents.mixins.auditor import AuditorMixin
 from pyagent.agents.mixins.governance import GovernanceError, GovernanceMixin
 from pyagent.agents.mixins.identity import IdentityMixin
 from pyagent.agents.mixins.knowledge import KnowledgeMixin
@@ -7,6 +8,7 @@ from pyagent.agents.mixins.orchestration import OrchestrationMixin, UnknownToolE
 from pyagent.agents.mixins.persistence import CheckpointError, PersistenceMixin
 
 __all__ = [
+    "AuditorMixin",
     "CheckpointError",
     "GovernanceError",
     "GovernanceMixin",
