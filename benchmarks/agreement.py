@@ -21,7 +21,6 @@ import re
 import shutil
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 from collections.abc import Sequence
@@ -33,20 +32,6 @@ from pyagent.health import AuditReport, CodeHealthAuditor
 
 MI_TOLERANCE = 0.01
 RUFF_MESSAGE = re.compile(r"^`(?P<name>.+)` is too complex \((?P<complexity>\d+) > \d+\)$")
-
-
-def stdlib_copy(dest: Path) -> Path:
-    """Copy this interpreter's ``Lib/`` without ``test/``, ``site-packages/`` and caches to ``dest``."""
-    src = Path(sysconfig.get_paths()["stdlib"])
-
-    def ignore(directory: str, names: list[str]) -> set[str]:
-        skip = {"__pycache__", "site-packages", "dist-packages"}
-        if Path(directory) == src:
-            skip |= {"test"}
-        return {n for n in names if n in skip or (not n.endswith(".py") and (Path(directory) / n).is_file())}
-
-    shutil.copytree(src, dest, ignore=ignore, symlinks=True)
-    return dest
 
 
 @dataclass
@@ -292,6 +277,8 @@ def print_checks(checks: list[Check], *, out: Any = sys.stdout) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from corpus import stdlib_copy  # script-only: the tests import this module as benchmarks.agreement
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", type=Path, help="tree to compare on (default: a copy of the stdlib)")
     parser.add_argument("--ref", type=Path, help="directory with cached c901.json, mi.json, raw.json, hal.json")

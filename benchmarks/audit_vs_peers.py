@@ -24,7 +24,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from agreement import stdlib_copy, tool
+from agreement import tool
+from corpus import stdlib_copy
 
 
 def timed(cmd: Sequence[str], cwd: Path, out: Path) -> tuple[float, float, float]:

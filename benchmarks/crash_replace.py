@@ -15,10 +15,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 from pathlib import Path
+
+from corpus import count_py, stdlib_copy
 
 PATTERN, REPLACEMENT = r"\bself\b", "this"
 
@@ -36,19 +37,6 @@ with StateTransaction(root) as tx:
     for i in range(5):
         tx.create(f"new/pkg{i}/mod.py", b"created = True\n")
 """
-
-
-def copy_stdlib(dest: Path) -> int:
-    src = Path(sysconfig.get_paths()["stdlib"])
-    n = 0
-    for p in sorted(src.rglob("*.py")):
-        if "site-packages" in p.parts or not p.is_file():
-            continue
-        target = dest / p.relative_to(src)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(p, target)
-        n += 1
-    return n
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
@@ -118,7 +106,7 @@ def main() -> None:
     try:
         # 1. pyagent replace --yes over the standard library
         pristine = base / "stdlib"
-        n = copy_stdlib(pristine)
+        n = count_py(stdlib_copy(pristine, with_tests=True))
         before = snapshot(pristine)
         ref = base / "ref"
         shutil.copytree(pristine, ref)

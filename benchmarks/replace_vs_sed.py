@@ -14,23 +14,11 @@ import re
 import shutil
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 from pathlib import Path
 
-
-def copy_stdlib(dest: Path) -> int:
-    src = Path(sysconfig.get_paths()["stdlib"])
-    n = 0
-    for p in sorted(src.rglob("*.py")):
-        if "site-packages" in p.parts or not p.is_file():
-            continue
-        target = dest / p.relative_to(src)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(p, target)
-        n += 1
-    return n
+from corpus import count_py, stdlib_copy
 
 
 def warm(root: Path) -> None:
@@ -140,7 +128,7 @@ def main() -> None:
     base = Path(tempfile.mkdtemp(prefix="pyagent-bench-", dir=args.workdir))
     try:
         trees = {name: base / name for name in ("sed", "python", "pyagent")}
-        n = copy_stdlib(trees["sed"])
+        n = count_py(stdlib_copy(trees["sed"], with_tests=True))
         shutil.copytree(trees["sed"], trees["python"])
         shutil.copytree(trees["sed"], trees["pyagent"])
         for t in trees.values():
