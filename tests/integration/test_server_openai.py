@@ -174,6 +174,54 @@ def test_multi_turn_with_previous_response_id(live: Live) -> None:
         c.responses.create(model=m, input="x", previous_response_id="resp_missing")
 
 
+# Words no other test sends, so these prompts' first blocks are in no cache before these tests run.
+CACHE_PROBE = ("Prefix cache probe: quartz zebras judge the lazy sphinx, five dozen jugs of 0123456789, "
+               "and the small model dreams in random numbers.")
+
+
+def test_second_turn_reports_the_prefix_cache_hits(live: Live) -> None:
+    c, m, kv = live.client, live.model, live.engine.kv_cache
+    bs = kv.block_size
+    hits = kv.hits
+    # One output token: the first turn computes exactly its prompt, so exactly its full blocks get cached.
+    first = c.responses.create(model=m, input=CACHE_PROBE, temperature=0, max_output_tokens=1)
+    assert first.usage is not None and first.usage.input_tokens_details.cached_tokens == 0
+    assert kv.hits == hits
+    n1 = first.usage.input_tokens
+    assert n1 >= 2 * bs
+    second = c.responses.create(model=m, input="And then?", previous_response_id=first.id, temperature=0,
+                                max_output_tokens=1)
+    assert second.usage is not None
+    cached = second.usage.input_tokens_details.cached_tokens
+    print(f"second turn: input_tokens={second.usage.input_tokens} cached_tokens={cached} block_size={bs}")
+    # The second prompt starts with the first one, so every full block of the first is served from cache.
+    assert cached == (n1 // bs) * bs > 0 and cached % bs == 0
+    assert cached == (kv.hits - hits) * bs  # what the engine's KV manager matched for this request
+    assert c.responses.retrieve(second.id).usage == second.usage  # the stored response says the same
+
+
+def test_chat_completions_report_cached_prompt_tokens(live: Live) -> None:
+    messages: Any = [{"role": "user", "content": "Chat edition. " + CACHE_PROBE}]  # not the prefix above
+    kv = live.engine.kv_cache
+    bs = kv.block_size
+    first = live.client.chat.completions.create(model=live.model, messages=messages, temperature=0, max_tokens=1)
+    assert first.usage is not None and first.usage.prompt_tokens_details is not None
+    assert first.usage.prompt_tokens_details.cached_tokens == 0
+    n = first.usage.prompt_tokens
+    # The same prompt again: all its full blocks but the one holding the last token (always computed).
+    expected = ((n - 1) // bs) * bs
+    assert expected >= bs
+    chunks = list(live.client.chat.completions.create(model=live.model, messages=messages, temperature=0,
+                                                      max_tokens=1, stream=True,
+                                                      stream_options={"include_usage": True}))
+    usage = chunks[-1].usage
+    assert usage is not None and usage.prompt_tokens_details is not None
+    assert usage.prompt_tokens == n and usage.prompt_tokens_details.cached_tokens == expected
+    again = live.client.chat.completions.create(model=live.model, messages=messages, temperature=0, max_tokens=1)
+    assert again.usage is not None and again.usage.prompt_tokens_details is not None
+    assert again.usage.prompt_tokens_details.cached_tokens == expected
+
+
 def test_chat_completions_with_and_without_stream(live: Live) -> None:
     messages: Any = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hi"}]
     plain = live.client.chat.completions.create(model=live.model, messages=messages, temperature=0, max_tokens=16)

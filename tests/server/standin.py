@@ -33,6 +33,7 @@ class StandInOutput:
     text_delta: str
     finished: bool
     finish_reason: str | None
+    num_cached_tokens: int = 0  # the stand-in has no prefix cache
 
 
 class ByteTokenizer:

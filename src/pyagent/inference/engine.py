@@ -42,6 +42,7 @@ class RequestOutput:
     text_delta: str
     finished: bool
     finish_reason: FinishReason | None = None
+    num_cached_tokens: int = 0  # prompt tokens served from the prefix cache (a multiple of the block size)
 
 
 @dataclass(eq=False)
@@ -162,7 +163,8 @@ class PagedAttentionEngine:
         for req, stream in gone:
             self.scheduler.finish(req)
             outputs.append(RequestOutput(req.request_id, req.prompt_token_ids, req.output_token_ids, [],
-                                         stream.text, "", True, "abort"))
+                                         stream.text, "", True, "abort",
+                                         req.num_cached_tokens or 0))
         if outputs:
             with self._inbox:
                 self._aborted.extend(outputs)
@@ -225,7 +227,7 @@ class PagedAttentionEngine:
                 del self._requests[req.request_id]
                 del self._streams[req.request_id]
         return RequestOutput(req.request_id, req.prompt_token_ids, req.output_token_ids, [token], stream.text,
-                             delta, reason is not None, reason)
+                             delta, reason is not None, reason, req.num_cached_tokens or 0)
 
     # -- async streaming
     def _dispatch(self, outputs: list[RequestOutput]) -> None:

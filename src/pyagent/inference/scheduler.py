@@ -35,6 +35,9 @@ class Request:
     num_computed_tokens: int = 0
     status: RequestStatus = RequestStatus.WAITING
     num_preemptions: int = 0
+    # Prompt tokens the prefix cache served at the first admission (None until then); a recompute after a
+    # preemption keeps this figure, since it reports what the request's prompt cost, not its retries.
+    num_cached_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if not self.token_ids:
@@ -131,6 +134,8 @@ class Scheduler:
                 break
             self.waiting.popleft()
             req.num_computed_tokens = computed
+            if req.num_cached_tokens is None:
+                req.num_cached_tokens = computed
             req.status = RequestStatus.RUNNING
             self.running.append(req)
             chunks.append(ScheduledChunk(req, computed, n))

@@ -29,6 +29,7 @@ class OutputLike(Protocol):
     text_delta: str
     finished: bool
     finish_reason: str | None
+    num_cached_tokens: int  # prompt tokens the engine's prefix cache served
 
 
 class EngineLike(Protocol):

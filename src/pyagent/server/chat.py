@@ -73,8 +73,7 @@ async def create_chat_completion(body: ChatCompletionCreate, request: Request) -
                 return Response(status_code=499)
     finally:
         task.cancel()
-    text, n_out, finish = task.result()
-    n_in = len(prompt.token_ids)
+    text, n_out, n_cached, finish = task.result()
     return JSONResponse({
         "id": cid,
         "object": "chat.completion",
@@ -82,25 +81,31 @@ async def create_chat_completion(body: ChatCompletionCreate, request: Request) -
         "model": backend.model_name,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
                      "finish_reason": finish, "logprobs": None}],
-        "usage": {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out},
+        "usage": _usage(len(prompt.token_ids), n_out, n_cached),
     })
+
+
+def _usage(n_in: int, n_out: int, n_cached: int) -> dict[str, Any]:
+    return {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out,
+            "prompt_tokens_details": {"cached_tokens": n_cached}}
 
 
 def _finish_reason(reason: str | None) -> str:
     return "length" if reason == "length" else "stop"
 
 
-async def _complete(backend: Backend, prompt: Prompt, params: GenParams, cid: str) -> tuple[str, int, str]:
-    text, n_out, finish = "", 0, None
+async def _complete(backend: Backend, prompt: Prompt, params: GenParams, cid: str
+                    ) -> tuple[str, int, int, str]:
+    text, n_out, n_cached, finish = "", 0, 0, None
     stream = await backend.generate(prompt, params, cid)
     try:
         async for out in stream:
-            text, n_out = out.text, len(out.token_ids)
+            text, n_out, n_cached = out.text, len(out.token_ids), out.num_cached_tokens
             if out.finished:
                 finish = out.finish_reason
     finally:
         await aclose(stream)
-    return text, n_out, _finish_reason(finish)
+    return text, n_out, n_cached, _finish_reason(finish)
 
 
 async def _stream(
@@ -112,19 +117,18 @@ async def _stream(
                 "choices": [choice]}
 
     stream = await backend.generate(prompt, params, cid)
-    n_out, finish = 0, None
+    n_out, n_cached, finish = 0, 0, None
     try:
         yield sse_data(chunk({"role": "assistant", "content": ""}, None))
         async for out in stream:
             if out.text_delta:
                 yield sse_data(chunk({"content": out.text_delta}, None))
-            n_out = len(out.token_ids)
+            n_out, n_cached = len(out.token_ids), out.num_cached_tokens
             if out.finished:
                 finish = out.finish_reason
         yield sse_data(chunk({}, _finish_reason(finish)))
         if include_usage:
-            n_in = len(prompt.token_ids)
-            usage = {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}
+            usage = _usage(len(prompt.token_ids), n_out, n_cached)
             yield sse_data({"id": cid, "object": "chat.completion.chunk", "created": created,
                             "model": backend.model_name, "choices": [], "usage": usage})
         yield sse_data("[DONE]")

@@ -96,7 +96,7 @@ class ResponseRun:
         b.item_added(self._message("", "in_progress") | {"content": []})
         b.part_added(self.item_id)
         self._notify()
-        text, n_out, finish, error = "", 0, None, None
+        text, n_out, n_cached, finish, error = "", 0, 0, None, None
         stream = None
         try:
             stream = await self.backend.generate(self.prompt, self.params, self.id)
@@ -104,7 +104,7 @@ class ResponseRun:
                 if out.text_delta:
                     b.delta(self.item_id, out.text_delta)
                     self._notify()
-                text, n_out = out.text, len(out.token_ids)
+                text, n_out, n_cached = out.text, len(out.token_ids), out.num_cached_tokens
                 if out.finished:
                     finish = out.finish_reason
         except asyncio.CancelledError:
@@ -116,14 +116,15 @@ class ResponseRun:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(aclose(stream))
         try:
-            self._finish(text, n_out, finish, error)
+            self._finish(text, n_out, n_cached, finish, error)
         finally:  # waiters must never hang, even if storing the result failed
             self.done.set()
             self._notify()
             if self._on_finish is not None:
                 self._on_finish(self)
 
-    def _finish(self, text: str, n_out: int, finish: str | None, error: dict[str, str] | None) -> None:
+    def _finish(self, text: str, n_out: int, n_cached: int, finish: str | None,
+                error: dict[str, str] | None) -> None:
         b, resp = self.builder, self.response
         if error is not None:
             status = "failed"
@@ -148,7 +149,7 @@ class ResponseRun:
             incomplete_details={"reason": "max_output_tokens"} if status == "incomplete" else None,
             usage={
                 "input_tokens": n_in,
-                "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+                "input_tokens_details": {"cached_tokens": n_cached, "cache_write_tokens": 0},
                 "output_tokens": n_out,
                 "output_tokens_details": {"reasoning_tokens": 0},
                 "total_tokens": n_in + n_out,
