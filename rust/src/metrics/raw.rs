@@ -243,27 +243,9 @@ fn string_prefix(s: &[u8], i: usize) -> Option<usize> {
     None
 }
 
-/// End of the tail of a triple-quoted string (`Single3`/`Double3`) starting at `i`.
-fn triple_end(s: &[u8], mut i: usize, q: u8) -> Option<usize> {
-    while i < s.len() {
-        let c = s[i];
-        if c == b'\\' {
-            if i + 1 < s.len() && s[i + 1] != b'\n' {
-                i += 2;
-                continue;
-            }
-            return None;
-        }
-        if c == q && i + 2 < s.len() && s[i + 1] == q && s[i + 2] == q {
-            return Some(i + 3);
-        }
-        i += 1;
-    }
-    None
-}
-
-/// End of the tail of a single-quoted string (`Single`/`Double`) starting at `i` (newlines allowed).
-fn single_end(s: &[u8], mut i: usize, q: u8) -> Option<usize> {
+/// End of the tail of a string whose quote is `q` (`triple`: `Single3`/`Double3`, else `Single`/`Double`,
+/// newlines allowed) starting at `i`; `None` at a backslash-newline or the end of the text.
+fn string_end(s: &[u8], mut i: usize, q: u8, triple: bool) -> Option<usize> {
     while i < s.len() {
         let c = s[i];
         if c == b'\\' {
@@ -274,7 +256,12 @@ fn single_end(s: &[u8], mut i: usize, q: u8) -> Option<usize> {
             return None;
         }
         if c == q {
-            return Some(i + 1);
+            if !triple {
+                return Some(i + 1);
+            }
+            if i + 2 < s.len() && s[i + 1] == q && s[i + 2] == q {
+                return Some(i + 3);
+            }
         }
         i += 1;
     }
@@ -405,8 +392,8 @@ impl TokState {
                 return Err(TokenError);
             }
             let end = match pat {
-                EndPat::Single(q) => single_end(s, 0, q),
-                EndPat::Triple(q) => triple_end(s, 0, q),
+                EndPat::Single(q) => string_end(s, 0, q, false),
+                EndPat::Triple(q) => string_end(s, 0, q, true),
             };
             if let Some(end) = end {
                 pos = end;
@@ -464,7 +451,7 @@ impl TokState {
                 Pseudo::Newline => out.push(if self.parenlev > 0 { Tk::Nl } else { Tk::Newline }),
                 Pseudo::Comment => out.push(Tk::Comment),
                 Pseudo::Triple(q) => {
-                    if let Some(e) = triple_end(s, pos, q) {
+                    if let Some(e) = string_end(s, pos, q, true) {
                         pos = e;
                         out.push(Tk::Str { srow: lnum, erow: lnum });
                     } else {
