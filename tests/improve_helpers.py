@@ -71,6 +71,9 @@ def make_project(root: Path, *, extra_test: str = "") -> Path:
     (root / "tests" / "test_pkg.py").write_text(TESTS + textwrap.dedent(extra_test))
     (root / "pyproject.toml").write_text(
         '[project]\nname = "tiny"\nversion = "0"\n\n[tool.pytest.ini_options]\npythonpath = ["."]\n'
+        # the project's own lint rules: improve fixes within these
+        '\n[tool.ruff.lint]\nselect = ["E", "F", "W", "B", "UP", "SIM", "C4", "PIE", "RET"]\n'
+        'ignore = ["E501"]\n'
     )
     return root
 

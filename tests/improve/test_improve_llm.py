@@ -66,6 +66,7 @@ def _run(root: Path, url: str, **kw: object) -> RunResult:
         max_complexity=3,
         test_cmd=f"{sys.executable} -m unittest discover -s tests",
         llm_client=client,
+        allow_few_tests=True,  # these projects hold one test on purpose: the LLM agents are under test
         **kw,  # type: ignore[arg-type]
     )
     if opts.budget_tokens is not None:

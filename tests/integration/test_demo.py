@@ -6,8 +6,6 @@ import json
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from tests.improve_helpers import make_project
 
 
@@ -95,18 +93,17 @@ def test_cli_bad_input_is_a_clear_error(
         assert "Traceback" not in out.stderr
 
 
-def test_demo_sample_needs_no_pytest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`pip install . && pyagent demo` has no pytest: the sample's tests run under unittest, trap included."""
+def test_demo_sample_needs_no_pytest(tmp_path: Path) -> None:
+    """`pip install . && pyagent demo` has no pytest: the sample declares a unittest command, trap included."""
     import asyncio
 
-    from pyagent.agents import testing
     from pyagent.improve.demo import prepare_demo
     from pyagent.improve.run import ImproveOptions, improve
 
-    monkeypatch.setattr(testing, "_pytest_available", lambda: False)
     project = prepare_demo(tmp_path / "demo")
     result = asyncio.run(improve(ImproveOptions(path=project, use_git=False, concurrency=2)))
     assert result.tests_before is not None and result.tests_before.command[2] == "unittest"
+    assert "[tool.pyagent] test-cmd" in result.settings["tests"]
     assert result.tests_before.passed == 6
     trap = [t for t in result.tasks if t.action == "lint:F401" and t.target == "inventory/core.py"]
     assert trap[0].status == "rolled_back" and "test_export_formats_are_registered" in trap[0].reason

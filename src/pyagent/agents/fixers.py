@@ -1,11 +1,13 @@
-"""Deterministic, offline agents: ruff's SAFE autofixes, one rule at a time, and ruff's formatter.
+"""Deterministic, offline agents: ruff's SAFE autofixes, one rule at a time, and the project's formatter.
 
 One rule per task keeps every change small and attributable ("UP006 in core.py"), so one bad fix is
-rolled back without losing the good ones next to it.
+rolled back without losing the good ones next to it. Both work within the project's rules: the lint
+settings travel in ``task.params["lint_args"]`` and the declared formatter in ``task.params["formatter"]``.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,7 +19,7 @@ if TYPE_CHECKING:
     from pyagent.agents.task import AgentTask
     from pyagent.shell import SecureShell
 
-__all__ = ["FAMILIES", "FormatAgent", "RuffFixAgent", "agent_for_rule"]
+__all__ = ["FAMILIES", "FormatAgent", "RuffFixAgent", "agent_for_rule", "task_rules"]
 
 # agent name -> (rule prefixes it owns, what it is for). Order = the order tasks on one file run in.
 FAMILIES: dict[str, tuple[tuple[str, ...], str]] = {
@@ -44,6 +46,12 @@ def agent_for_rule(code: str) -> str | None:
     return best[1] if best else None
 
 
+def task_rules(task: AgentTask) -> ruff.LintRules:
+    """The project's lint rules as the run resolved them (sent with every task, so peers agree)."""
+    args = task.params.get("lint_args")
+    return ruff.LintRules(tuple(str(a) for a in args)) if isinstance(args, list | tuple) else ruff.LintRules()
+
+
 class RuffFixAgent(IdentityMixin):
     """Applies ruff's safe fixes of ``task.params["rule"]`` to the task's files."""
 
@@ -60,15 +68,50 @@ class RuffFixAgent(IdentityMixin):
         rule = str(task.params.get("rule", ""))
         if not rule or agent_for_rule(rule) != self.name:
             return AgentOutcome(note="", error=f"{self.name} agent does not own rule {rule!r}")
-        await ruff.fix(workspace, list(task.files), rule, shell=self.shell)
+        rules = task_rules(task)
+        files = list(task.files)
+        before = Counter(f.key() for f in await ruff.check(workspace, files, rules=rules, shell=self.shell))
+        await ruff.fix(workspace, files, rule, rules=rules, shell=self.shell)
+        knock_on = await self._fix_knock_on(workspace, files, rules, before)
         message = task.params.get("message") or rule
         count = task.params.get("count", 0)
         why = FAMILIES[self.name][1]
-        return AgentOutcome(note=f"ruff safe fix {rule}: {message} ({count} finding(s); {why})")
+        extra = f"; then {knock_on} finding(s) the fix itself caused" if knock_on else ""
+        return AgentOutcome(note=f"ruff safe fix {rule}: {message} ({count} finding(s); {why}){extra}")
+
+    async def _fix_knock_on(
+        self, workspace: Path, files: list[str], rules: ruff.LintRules, before: Counter[tuple[str, str, str, str]]
+    ) -> int:
+        """Fix what the fix itself caused (e.g. ``from typing import List`` left unused by UP006),
+        edit by edit, so no finding the file already had is touched."""
+        fixed = 0
+        for _round in range(2):
+            after = await ruff.check(workspace, files, rules=rules, shell=self.shell)
+            left = before.copy()
+            new = []
+            for f in after:
+                if left[f.key()] > 0:
+                    left[f.key()] -= 1
+                else:
+                    new.append(f)
+            by_file: dict[str, list[ruff.Finding]] = {}
+            for f in new:
+                if f.fix == "safe":
+                    by_file.setdefault(f.path, []).append(f)
+            if not by_file:
+                break
+            done = sum(ruff.apply_fixes(workspace / p, fs) for p, fs in by_file.items())
+            if not done:
+                break
+            fixed += done
+        return fixed
 
 
 class FormatAgent(IdentityMixin):
-    """Runs ``ruff format`` on the task's files (the project's own formatter settings apply)."""
+    """Runs the project's declared formatter (``ruff format`` or black, with the project's settings).
+
+    The planner only creates format tasks for a project that declares a formatter.
+    """
 
     name = "format"
     capabilities = frozenset({"format"})
@@ -78,5 +121,13 @@ class FormatAgent(IdentityMixin):
         self.shell = shell
 
     async def run(self, task: AgentTask, workspace: Path) -> AgentOutcome:
+        formatter = str(task.params.get("formatter", "ruff"))
+        if formatter == "black":
+            from pyagent.agents import black
+
+            await black.format_files(workspace, list(task.files), shell=self.shell)
+            return AgentOutcome(note="black: the project's declared formatter, with its settings")
+        if formatter != "ruff":
+            return AgentOutcome(note="", error=f"unknown formatter {formatter!r}")
         await ruff.format_files(workspace, list(task.files), shell=self.shell)
-        return AgentOutcome(note="ruff format: consistent layout and quoting")
+        return AgentOutcome(note="ruff format: the project's declared formatter, with its settings")

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pyagent.shell import SecureShell
 
-__all__ = ["TestResults", "TestRunner", "discover_tests"]
+__all__ = ["TestCommand", "TestResults", "TestRunner", "command_from_argv", "discover_tests"]
 
 # Variables a project's tests may legitimately need; everything else (API keys included) stays out.
 # PYTHONPATH is left out on purpose: pointing at the real tree, it would make the gate test the wrong code.
@@ -41,9 +41,9 @@ TEST_ENV_ALLOW: tuple[str, ...] = (
     "PYTEST_DISABLE_PLUGIN_AUTOLOAD",
 )
 _EXTRA_ENV: dict[str, str] = {"PYTHONDONTWRITEBYTECODE": "1", "NO_COLOR": "1", "PYTHONHASHSEED": "0"}
-_UNITTEST_LINE = re.compile(
-    r"^(\w+) \(([\w.]+)\).*\.\.\. (ok|FAIL|ERROR|skipped.*|expected failure|unexpected success)$"
-)
+_UNITTEST_VERDICT = re.compile(r"^(.*?) \.\.\. (ok|FAIL|ERROR|skipped.*|expected failure|unexpected success)$")
+_UNITTEST_TEST = re.compile(r"^(\w+) \(([\w.]+)\)")
+_UNITTEST_RAN = re.compile(r"^Ran (\d+) tests? in ", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -138,21 +138,45 @@ def _pytest_configured(root: Path) -> bool:
     return False
 
 
-def _has_test_files(root: Path) -> bool:
+def _test_files(root: Path) -> list[Path]:
     from pyagent._rust import walk
 
     files, _ = walk(str(root), extensions=["py"], excludes=[".git", ".pyagent", ".venv", "venv", ".tox"])
+    out = []
     for f in files:
         name = Path(f).name
         if name.startswith("test_") or name.endswith("_test.py"):
-            return True
+            out.append(Path(f) if Path(f).is_absolute() else root / f)
+    return sorted(out)
+
+
+_PYTEST_STYLE = re.compile(r"^(import pytest|from pytest|from _pytest|def test_|async def test_)", re.MULTILINE)
+
+
+def _written_for_pytest(files: Sequence[Path]) -> bool:
+    """Tests that import pytest or are plain ``def test_*`` functions need pytest to run at all."""
+    for f in files:
+        try:
+            if _PYTEST_STYLE.search(f.read_text(encoding="utf-8", errors="replace")):
+                return True
+        except OSError:
+            continue
     return False
 
 
-def _pytest_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("pytest") is not None
+def command_from_argv(argv: Sequence[str]) -> TestCommand:
+    """A test command as given, with the reporting its runner needs (pytest's junit, unittest's -v)."""
+    argv = tuple(argv)
+    if not argv:
+        raise ValueError("empty test command")
+    is_pytest = Path(argv[0]).name in ("pytest", "py.test") or (
+        len(argv) >= 3 and argv[1] == "-m" and argv[2] in ("pytest", "py.test")
+    )
+    if is_pytest:
+        return TestCommand(argv, "pytest")
+    if len(argv) >= 3 and argv[1] == "-m" and argv[2] == "unittest":
+        return TestCommand(argv if "-v" in argv else (*argv, "-v"), "unittest")
+    return TestCommand(argv, "exit-code")
 
 
 def discover_tests(
@@ -160,27 +184,19 @@ def discover_tests(
 ) -> TestCommand | None:
     """The project's test command, or ``None`` when it has no tests we can find.
 
-    An explicit ``test_cmd`` wins; a pytest command there still gets per-test outcomes.
+    An explicit ``test_cmd`` wins; a pytest command there still gets per-test outcomes. Otherwise the
+    project's content decides, never what happens to be installed: pytest configuration or tests
+    written for pytest mean pytest; tests that are all ``unittest`` cases mean the standard runner.
     """
     root = Path(root)
     if test_cmd:
-        argv = tuple(shlex.split(test_cmd) if isinstance(test_cmd, str) else test_cmd)
-        if not argv:
-            raise ValueError("empty test command")
-        is_pytest = any(Path(a).name in ("pytest", "py.test") for a in argv[:1]) or (
-            len(argv) >= 3 and argv[1] == "-m" and argv[2] == "pytest"
-        )
-        if is_pytest:
-            return TestCommand(argv, "pytest")
-        if "unittest" in argv[:3]:
-            return TestCommand(argv if "-v" in argv else (*argv, "-v"), "unittest")
-        return TestCommand(argv, "exit-code")
-    configured = _pytest_configured(root)
-    if not configured and not _has_test_files(root):
-        return None
-    if _pytest_available():
+        return command_from_argv(shlex.split(test_cmd) if isinstance(test_cmd, str) else test_cmd)
+    files = _test_files(root)
+    if _pytest_configured(root) or (root / "conftest.py").is_file() or _written_for_pytest(files):
         return TestCommand((sys.executable, "-m", "pytest"), "pytest")
-    # Without pytest: the standard library's runner; a tests/ folder without __init__.py is its own top.
+    if not files:
+        return None
+    # A tests/ folder without __init__.py is its own top.
     start = (
         ("-s", "tests") if (root / "tests").is_dir() and not (root / "tests" / "__init__.py").exists() else ()
     )
@@ -208,18 +224,39 @@ def parse_junit(xml_text: str) -> dict[str, str]:
 
 
 def parse_unittest(output: str) -> dict[str, str]:
-    """Per-test outcomes from ``python -m unittest -v`` (its lines go to stderr)."""
+    """Per-test outcomes from ``python -m unittest -v`` (its lines go to stderr).
+
+    A test with a docstring (and every doctest) prints its name on one line and the description with
+    the verdict on the next; both forms are read.
+    """
     outcomes: dict[str, str] = {}
-    for line in output.splitlines():
-        m = _UNITTEST_LINE.match(line.strip())
+    previous = ""
+    for raw in output.splitlines():
+        line = raw.strip()
+        m = _UNITTEST_VERDICT.match(line)
         if not m:
+            previous = line
             continue
-        name, where, verdict = m.groups()
+        head, verdict = m.groups()
+        test = _UNITTEST_TEST.match(head) or _UNITTEST_TEST.match(previous)
+        previous = ""
+        if test is None:
+            continue
+        name, where = test.groups()
         status = {"ok": "passed", "FAIL": "failed", "ERROR": "error", "unexpected success": "failed"}.get(
             verdict, "skipped"
         )
-        outcomes[f"{where}.{name}" if not where.endswith(name) else where] = status
+        test_id = f"{where}.{name}" if not where.endswith(name) else where
+        while test_id in outcomes:  # two doctests of one name in a module: both count
+            test_id += "'"
+        outcomes[test_id] = status
     return outcomes
+
+
+def unittest_ran(output: str) -> int | None:
+    """The runner's own count (``Ran N tests``), to check the per-test parse against."""
+    m = _UNITTEST_RAN.search(output)
+    return int(m.group(1)) if m else None
 
 
 class TestRunner:
@@ -255,6 +292,9 @@ class TestRunner:
                     note = f"unreadable junit xml: {exc}"
             elif self.command.style == "unittest":
                 outcomes = parse_unittest(output)
+                ran = unittest_ran(output)
+                if ran is not None and ran != len(outcomes):
+                    note = f"unittest ran {ran} tests; {len(outcomes)} could be read from its output"
             if self.command.style == "exit-code" or (
                 not outcomes and not note and res.exit_code not in (0, 5)
             ):

@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         path=project,
         concurrency=concurrency,
         use_git=False,
+        in_place=True,  # the demo works on its own copy of the sample
         on_progress=display,
         test_env={"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"},
     )

@@ -33,7 +33,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             "Audit PATH, plan small changes worst code first, run them on a fleet of agents in isolated "
             "copies, keep only the changes that parse, pass the project's tests and do not worsen its health. "
             "In a git repository the kept changes are commits on a new branch pyagent/<run-id>; elsewhere "
-            "they are applied in place (`pyagent undo PATH` reverts them)."
+            "they are applied in place only with --in-place (`pyagent undo PATH` reverts them). It works within "
+            "the project's own rules: its ruff (or flake8) configuration, its formatter or none, its declared "
+            "test command. Per-project defaults go in pyproject.toml [tool.pyagent]; flags win over them."
         ),
     )
     p.add_argument("path", metavar="PATH", help="the project's root folder")
@@ -44,19 +46,54 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--llm-api", choices=("auto", "responses", "chat"), default="auto", help="endpoint protocol"
     )
-    p.add_argument("--test-cmd", metavar="CMD", help="command that runs the project's tests (default: found)")
+    p.add_argument(
+        "--test-cmd",
+        metavar="CMD",
+        help="command that runs the project's tests (default: [tool.pyagent] test-cmd, tox.ini, noxfile.py, "
+        "Makefile test target, CI workflow, then discovery)",
+    )
+    p.add_argument(
+        "--allow-few-tests",
+        action="store_true",
+        default=None,
+        help="gate on a test baseline of 0 or 1 test (refused otherwise)",
+    )
+    p.add_argument(
+        "--formatter",
+        choices=("auto", "ruff", "black", "none"),
+        help="auto (default): only the formatter the project declares; none: never format",
+    )
+    p.add_argument(
+        "--agents",
+        metavar="A,B",
+        type=lambda text: tuple(a.strip() for a in text.split(",") if a.strip()),
+        help="only these agents (lint, modernize, simplify, format, refactor, docstring)",
+    )
+    p.add_argument(
+        "--exclude", metavar="GLOB", action="append", default=[], help="leave matching paths alone (repeatable)"
+    )
     p.add_argument("--max-tasks", type=_positive_int, metavar="N", help="at most N changes are attempted")
     p.add_argument("--budget", type=_budget, metavar="USD", help="hard stop for LLM spending, in USD")
     p.add_argument("--budget-tokens", type=_positive_int, metavar="N", help="hard stop for LLM tokens")
     p.add_argument(
         "--concurrency", type=_positive_int, default=2, metavar="N", help="agents at once (default 2)"
     )
-    p.add_argument("--max-complexity", type=_positive_int, default=10, metavar="N", help="refactor threshold")
+    p.add_argument(
+        "--max-complexity", type=_positive_int, metavar="N", help="refactor threshold (default 10)"
+    )
     p.add_argument("--test-timeout", type=float, default=300.0, metavar="S", help="seconds per test run")
     p.add_argument(
         "--dry-run", action="store_true", help="show the diffs of verified changes, change nothing"
     )
     p.add_argument("--no-git", action="store_true", help="change files in place even in a git repository")
+    p.add_argument(
+        "--in-place",
+        action="store_true",
+        help="outside git: apply verified changes to the files (without it the run is a dry run)",
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue this project's newest unfinished (killed) git run"
+    )
     p.add_argument(
         "--swarm",
         action="store_true",
@@ -87,9 +124,14 @@ def _open_memory(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     import asyncio
+    import os
 
     from pyagent.improve.display import LiveDisplay, print_summary
-    from pyagent.improve.run import ImproveError, ImproveOptions, improve, load_swarm_factory
+    from pyagent.improve.project_config import python_files
+    from pyagent.improve.run import ImproveError, ImproveOptions, RunInterrupted, improve, load_swarm_factory
+
+    if os.path.isdir(args.path) and not python_files(args.path):  # before anything is written
+        raise CommandError(f"no Python files under {args.path}: nothing to improve")
 
     factory = None
     if args.swarm:
@@ -113,6 +155,12 @@ def run(args: argparse.Namespace) -> int:
         test_timeout=args.test_timeout,
         dry_run=args.dry_run,
         use_git=not args.no_git,
+        in_place=args.in_place,
+        formatter=args.formatter,
+        allow_few_tests=args.allow_few_tests,
+        agents=args.agents,
+        exclude=tuple(args.exclude),
+        resume=args.resume,
         executor_factory=factory,
         knowledge=knowledge,
         on_progress=display,
@@ -126,6 +174,10 @@ def run(args: argparse.Namespace) -> int:
             result = asyncio.run(improve(opts))
     except ImproveError as exc:
         raise CommandError(str(exc)) from exc
+    except RunInterrupted as exc:
+        where = f"; report: {exc.report_dir / 'report.html'}" if exc.report_dir else ""
+        display.console.print(f"pyagent improve: {exc}{where}")
+        return 128 + exc.signum
     finally:
         if knowledge is not None:
             knowledge.close()

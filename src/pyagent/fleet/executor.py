@@ -121,7 +121,9 @@ class LocalExecutor:
                     changes[p] = now
             if not changes:
                 return _rejected(task, "noop", "the agent made no change", base, outcome.usage)
-            verdict = await self.gate.verify(ws, before, changes)
+            from pyagent.fleet.gate import LINT_KINDS
+
+            verdict = await self.gate.verify(ws, before, changes, judge_health=task.kind not in LINT_KINDS)
             verification = {**verdict.to_dict(), "status": "verified" if verdict.passed else "rejected"}
             return ChangeSet(
                 task_id=task.id,

@@ -1,13 +1,15 @@
 """From an audit to a task list: worst code first, one small attributable change per task.
 
-Sources of tasks: ruff findings with a SAFE fix (one task per rule and file), files ``ruff format``
-would change, and, with an LLM, functions over the complexity threshold and files missing
+Sources of tasks: ruff findings with a SAFE fix under the project's own rules (one task per rule
+and file), files the project's declared formatter would change (none when it declares none), and,
+with an LLM, functions over the complexity threshold and files missing
 docstrings. The knowledge backend vetoes changes known to fail on the same file content (the
 report lists them) and its route weights order the agents.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -29,7 +31,6 @@ __all__ = ["AGENT_ORDER", "Candidate", "Plan", "SkippedTask", "plan_tasks"]
 
 # Order of agents on one file: cheap mechanical fixes first, formatting after them, LLM work last.
 AGENT_ORDER: tuple[str, ...] = (*FAMILIES, "format", "docstring", "refactor")
-FIX_RULES: tuple[str, ...] = ("F", "E", "W", "B", "I", "PIE", "UP", "SIM", "C4", "RET")
 
 
 @dataclass(frozen=True)
@@ -88,8 +89,39 @@ def candidates(
     llm: bool = False,
     max_complexity: int = 10,
     root: str | os.PathLike[str] | None = None,
+    formatter: str | None = "ruff",
+    exclude: Sequence[str] = (),
+    agents: Sequence[str] | None = None,
 ) -> list[Candidate]:
-    """Every change worth trying, unordered."""
+    """Every change worth trying, unordered.
+
+    ``unformatted`` files get a format task only when ``formatter`` names the project's formatter;
+    paths matching ``exclude`` and agents not in ``agents`` (None: all) are left out.
+    """
+    out = _candidates(audit, findings, unformatted if formatter else (), llm, max_complexity, root, formatter)
+    return [
+        c
+        for c in out
+        if not excluded(c.target, exclude) and (agents is None or c.agent in agents)
+    ]
+
+
+def excluded(path: str, patterns: Sequence[str]) -> bool:
+    """``[tool.pyagent] exclude``: a glob on the POSIX path, or a folder the path is under."""
+    return any(
+        fnmatch.fnmatch(path, p) or path.startswith(p.rstrip("/") + "/") for p in patterns
+    )
+
+
+def _candidates(
+    audit: AuditReport,
+    findings: Sequence[Finding],
+    unformatted: Sequence[str],
+    llm: bool,
+    max_complexity: int,
+    root: str | os.PathLike[str] | None,
+    formatter: str | None,
+) -> list[Candidate]:
     out: list[Candidate] = []
     by_rule: dict[tuple[str, str], list[Finding]] = defaultdict(list)
     for f in findings:
@@ -100,7 +132,9 @@ def candidates(
         assert agent is not None
         params = {"rule": code, "message": group[0].message, "count": len(group)}
         out.append(Candidate(agent, "ruff-fix", f"{agent}:{code}", path, params))
-    out.extend(Candidate("format", "format", "format", path) for path in unformatted)
+    out.extend(
+        Candidate("format", "format", "format", path, {"formatter": formatter}) for path in unformatted
+    )
     if llm:
         from pyagent.agents.docstrings import missing_docstrings
 

@@ -29,6 +29,7 @@ async def execute_task_async(
     test_cmd: str | Sequence[str] | None = None,
     llm: LLMClient | None = None,
 ) -> ChangeSet:
+    from pyagent.agents.fixers import task_rules
     from pyagent.agents.registry import build_agents
     from pyagent.agents.testing import TestResults, TestRunner, discover_tests
     from pyagent.fleet.executor import LocalExecutor
@@ -48,7 +49,7 @@ async def execute_task_async(
                 baseline = await runner.run(ws)
             finally:
                 await asyncio.to_thread(shutil.rmtree, ws, True)
-    gate = VerificationGate(tests=runner, baseline=baseline)
+    gate = VerificationGate(tests=runner, baseline=baseline, rules=task_rules(task))
     max_c = int(task.params.get("max_complexity", 10))
     executor = LocalExecutor(workdir, agents=build_agents(llm=llm, max_complexity=max_c), gate=gate)
     return await executor.execute(task, files)

@@ -33,7 +33,13 @@ def render_table(report: AuditReport, console: Console, *, top: int | None = Non
     if top and len(ranked) > top:
         title += f" (top {top}; --top 0 shows all)"
     table = Table(title=title, title_justify="left")
-    table.add_column("path", overflow="fold", min_width=20)
+    # In a pipe or file nobody resizes the window: the path column is never folded, cut or dropped.
+    piped = not console.is_terminal
+    longest = max((len(f.path) for f in shown), default=20)
+    if piped:
+        table.add_column("path", no_wrap=True, overflow="ignore", min_width=max(20, longest))
+    else:
+        table.add_column("path", overflow="fold", min_width=20)
     table.add_column("MI", justify="right", no_wrap=True)
     table.add_column("rank", justify="center", no_wrap=True)
     table.add_column("max CC", justify="right", no_wrap=True)
@@ -51,7 +57,10 @@ def render_table(report: AuditReport, console: Console, *, top: int | None = Non
             str(f.raw.sloc) if f.raw else "-",
             _worst_function(f),
         )
-    console.print(table)
+    if piped:
+        console.print(table, width=max(console.width, longest + 80), crop=False)
+    else:
+        console.print(table)
     s = report.summary
     worst = s.get("max_complexity")
     console.print(

@@ -66,3 +66,26 @@ class GitRepo:
 
     async def delete_branch(self, branch: str) -> None:
         await self.git("branch", "-D", branch)
+
+    async def reorder(self, worktree: Path, base: str, order: list[str]) -> dict[str, str] | None:
+        """Rebuild the worktree's branch on ``base`` with the commits ``order`` lists, in that order.
+
+        Returns old sha -> new sha; None (and the branch as it was) when a pick conflicts or the
+        rebuilt tree differs from the original one: grouping must never change the result.
+        """
+        head = (await self.git("rev-parse", "HEAD", cwd=worktree)).strip()
+        tree = (await self.git("rev-parse", "HEAD^{tree}", cwd=worktree)).strip()
+        await self.git("reset", "--hard", "--quiet", base, cwd=worktree)
+        mapping: dict[str, str] = {}
+        try:
+            for sha in order:
+                await self.git("cherry-pick", "--allow-empty", sha, cwd=worktree)
+                mapping[sha] = (await self.git("rev-parse", "HEAD", cwd=worktree)).strip()
+            same = (await self.git("rev-parse", "HEAD^{tree}", cwd=worktree)).strip() == tree
+        except GitError:
+            await self.shell.run(["git", "cherry-pick", "--abort"], cwd=str(worktree))
+            same = False
+        if not same:
+            await self.git("reset", "--hard", "--quiet", head, cwd=worktree)
+            return None
+        return mapping

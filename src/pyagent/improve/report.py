@@ -1,4 +1,5 @@
-"""The run's report: ``report.json`` for machines, ``report.html`` for people, ``events.jsonl`` beside them.
+"""The run's report: ``report.json`` for machines, ``report.html`` for people, ``PR.md`` for the pull
+request, ``events.jsonl`` beside them.
 
 Everything passes through ``redact()`` before it is written.
 """
@@ -15,7 +16,17 @@ if TYPE_CHECKING:
     from pyagent.fleet.events import FleetEvent
     from pyagent.improve.run import RunResult
 
-__all__ = ["report_dict", "write_report"]
+__all__ = ["render_pr", "report_dict", "write_report"]
+
+# Report themes, in the order a reviewer reads them: agent name -> heading.
+THEMES: dict[str, str] = {
+    "lint": "Lint fixes (the project's own rules)",
+    "modernize": "Modernisation",
+    "simplify": "Simplification",
+    "format": "Formatting (the project's declared formatter)",
+    "refactor": "Refactors",
+    "docstring": "Docstrings",
+}
 
 
 def _tests(t: Any) -> dict[str, Any] | None:
@@ -51,6 +62,9 @@ def report_dict(result: RunResult) -> dict[str, Any]:
         "metrics": {"before": result.metrics_before, "after": result.metrics_after},
         "usage": result.usage,
         "notes": result.notes,
+        "gate": result.gate,
+        "settings": result.settings,
+        "interrupted": result.interrupted,
     }
 
 
@@ -59,8 +73,35 @@ body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px;color:
 h1{font-size:1.5em}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;
 text-align:left}.kept{color:#176f2c}.rolled_back{color:#b3261e}.failed{color:#8a5300}.skipped{color:#666}
 pre{background:#f6f8fa;padding:8px;overflow:auto;font-size:12px}.add{color:#176f2c}.del{color:#b3261e}
-details{margin:.4em 0}summary{cursor:pointer}
+details{margin:.4em 0}summary{cursor:pointer}.filter label{margin-right:1em}
 """
+
+# Status filter: a checkbox per status hides or shows the changes that ended that way.
+_FILTER_JS = """
+document.querySelectorAll('.filter input').forEach(function(box){box.addEventListener('change',function(){
+document.querySelectorAll('details[data-status="'+box.value+'"]').forEach(function(d){
+d.style.display=box.checked?'':'none';});});});
+"""
+
+
+def _lines_changed(diff: str) -> tuple[int, int]:
+    lines = diff.splitlines()
+    added = sum(1 for x in lines if x.startswith("+") and not x.startswith("+++"))
+    removed = sum(1 for x in lines if x.startswith("-") and not x.startswith("---"))
+    return added, removed
+
+
+def _complexity_rows(t: dict[str, Any]) -> str:
+    e = html.escape
+    per_file = (t.get("verification") or {}).get("metrics", {}).get(t["target"], {})
+    changed = per_file.get("complexity") or {}
+    if not changed:
+        return ""
+    rows = "".join(
+        f"<tr><td><code>{e(qn)}</code></td><td>{e(str(old))}</td><td>{e(str(new))}</td></tr>"
+        for qn, (old, new) in sorted(changed.items())
+    )
+    return f"<table><tr><th>function</th><th>complexity before</th><th>after</th></tr>{rows}</table>"
 
 
 def _diff_html(diff: str) -> str:
@@ -99,14 +140,22 @@ def render_html(rep: dict[str, Any]) -> str:
             body += f"<p><b>What:</b> {e(t['note'])}</p>"
         if t["commit"]:
             body += f"<p>Commit <code>{e(t['commit'][:12])}</code></p>"
+        body += _complexity_rows(t)
         if t["tokens"]:
             body += f"<p>LLM: {t['tokens']} tokens, ${t['cost']:.4f}</p>"
         if t["diff"]:
             body += _diff_html(t["diff"])
+        commit = f" <code>{e(t['commit'][:10])}</code>" if t["commit"] else ""
         tasks.append(
-            f'<details><summary><span class="{e(t["status"])}">{e(t["status"])}</span> '
-            f"{e(t['id'])} {e(t['action'])} in <code>{e(t['target'])}</code></summary>{body}</details>"
+            f'<details data-status="{e(t["status"])}"><summary><span class="{e(t["status"])}">{e(t["status"])}'
+            f"</span> {e(t['id'])} {e(t['action'])} in <code>{e(t['target'])}</code>{commit}</summary>{body}</details>"
         )
+    boxes = "".join(
+        f'<label><input type="checkbox" value="{st}" checked> {st} ({s.get(st, 0)})</label>'
+        for st in ("kept", "rolled_back", "failed", "skipped")
+    )
+    gate = "".join(f"<li>{e(g)}</li>" for g in rep.get("gate", []))
+    settings = "".join(f"<li><b>{e(k)}</b>: {e(v)}</li>" for k, v in rep.get("settings", {}).items())
     memory = "".join(
         f"<li>{e(m['action'])} in <code>{e(m['target'])}</code>: {e(m['reason'])}</li>"
         for m in rep["skipped_by_memory"]
@@ -121,15 +170,68 @@ def render_html(rep: dict[str, Any]) -> str:
         f"<span class='kept'>{s['kept']} kept</span>, <span class='rolled_back'>{s['rolled_back']} rolled back</span>, "
         f"<span class='failed'>{s['failed']} failed</span>, <span class='skipped'>{s['skipped']} skipped</span>.</p>"
         f"{'<ul>' + notes + '</ul>' if notes else ''}"
+        f"{'<h2>Project rules</h2><ul>' + settings + '</ul>' if settings else ''}"
+        f"{'<h2>Gate</h2><ul>' + gate + '</ul>' if gate else ''}"
         f"<h2>Metrics</h2><table><tr><th>metric</th><th>before</th><th>after</th></tr>{rows}</table>"
         f"<h2>Tests</h2>{tests}"
         f"<h2>LLM usage</h2><p>{usage.get('calls', 0)} calls, {usage.get('tokens', 0)} tokens, "
         f"${usage.get('cost', 0.0):.4f}</p>"
-        f"<h2>Changes</h2>{''.join(tasks) or '<p>No tasks.</p>'}"
+        f"<h2>Changes</h2><p class='filter'>Show: {boxes}</p>{''.join(tasks) or '<p>No tasks.</p>'}"
         f"{'<h2>Skipped: known to fail (memory)</h2><ul>' + memory + '</ul>' if memory else ''}"
         f"<p>{rep['not_attempted']} more change(s) were planned but not attempted (--max-tasks).</p>"
-        "</body></html>"
+        f"<script>{_FILTER_JS}</script></body></html>"
     )
+
+
+def render_pr(rep: dict[str, Any]) -> str:
+    """A pull-request description: what changed by theme, before/after metrics, tests, the gate's rules."""
+    s = rep["summary"]
+    out = [f"## PyAgent: {s['kept']} verified change(s)", ""]
+    if rep.get("interrupted"):
+        out += [f"_The run was interrupted ({rep['interrupted']}); this covers what was done._", ""]
+    total_add = total_del = 0
+    by_theme: dict[str, list[dict[str, Any]]] = {}
+    for t in rep["tasks"]:
+        by_theme.setdefault(t["agent"], []).append(t)
+    out += ["| theme | kept | rolled back | failed | skipped | lines +/- |", "|---|---|---|---|---|---|"]
+    for agent in sorted(by_theme, key=lambda a: list(THEMES).index(a) if a in THEMES else len(THEMES)):
+        tasks = by_theme[agent]
+        added = removed = 0
+        for t in tasks:
+            if t["status"] == "kept":
+                a, r = _lines_changed(t["diff"])
+                added, removed = added + a, removed + r
+        total_add, total_del = total_add + added, total_del + removed
+        counts = [sum(1 for t in tasks if t["status"] == st) for st in ("kept", "rolled_back", "failed", "skipped")]
+        out.append(f"| {THEMES.get(agent, agent)} | {' | '.join(map(str, counts))} | +{added}/-{removed} |")
+    out += ["", f"Lines changed in kept changes: +{total_add}/-{total_del}.", ""]
+    for agent in sorted(by_theme, key=lambda a: list(THEMES).index(a) if a in THEMES else len(THEMES)):
+        kept = [t for t in by_theme[agent] if t["status"] == "kept"]
+        if kept:
+            out += [f"### {THEMES.get(agent, agent)}", ""]
+            out += [
+                f"- `{(t['commit'] or '')[:10]}` {t['action']} in `{t['target']}`: {t['note'] or t['reason']}"
+                for t in kept
+            ]
+            out.append("")
+    before, after = rep["metrics"]["before"], rep["metrics"]["after"]
+    out += ["### Metrics", "", "| metric | before | after |", "|---|---|---|"]
+    out += [f"| {k} | {before.get(k)} | {after.get(k, '-')} |" for k in before]
+    tb, ta = rep["tests"]["before"], rep["tests"]["after"]
+    out += ["", "### Tests", ""]
+    if rep.get("settings", {}).get("tests"):
+        out.append(f"Command: {rep['settings']['tests']}")
+    if tb is not None:
+        out.append(f"- baseline: {tb['passed']} passed, {tb['failed']} failed of {tb['total']}")
+    if ta is not None:
+        out.append(f"- after: {ta['passed']} passed, {ta['failed']} failed of {ta['total']}")
+    out.append(f"- regressions: {', '.join(rep['tests']['regressions']) or 'none'}")
+    if rep.get("settings"):
+        out += ["", "### Project rules used", ""] + [f"- {k}: {v}" for k, v in rep["settings"].items()]
+    if rep.get("gate"):
+        out += ["", "### How each change was checked", ""] + [f"- {g}" for g in rep["gate"]]
+    out += ["", f"Run `{rep['run_id']}`; full report in `report.html`."]
+    return "\n".join(out) + "\n"
 
 
 def write_report(result: RunResult, events: list[FleetEvent]) -> Path:
@@ -144,6 +246,7 @@ def write_report(result: RunResult, events: list[FleetEvent]) -> Path:
     rep = redact(report_dict(result))
     (out / "report.json").write_bytes(orjson.dumps(rep, option=orjson.OPT_INDENT_2))
     (out / "report.html").write_text(render_html(rep), encoding="utf-8")
+    (out / "PR.md").write_text(render_pr(rep), encoding="utf-8")
     with EventLog(out / "events.jsonl") as log:
         for ev in events:
             log.write(ev)

@@ -4,18 +4,25 @@ Data flows one way. Every task runs in its own isolated copy (``LocalExecutor`` 
 executor); a verified change is merged into the run's tree through a ``StateTransaction`` after a
 base-hash check (a stale change is recomputed once on the new base, or dropped). In a git
 repository the run's tree is a linked worktree on a new branch and every kept change is a commit;
-elsewhere the project is changed in place and ``pyagent undo`` restores it.
+outside git the project is changed in place only with ``in_place`` (``pyagent undo`` restores
+it), otherwise the run is a dry run. The run works inside the project's own rules
+(``improve.project_config``, ``improve.test_command``). SIGTERM/SIGHUP/SIGINT end it cleanly: no
+worktree or temp dir is left, the report for what was done is written and memory is saved; a git
+run's progress is on disk (``improve.run_state``) so ``resume`` continues one that was killed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import difflib
 import importlib
 import os
 import secrets
+import shlex
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -37,13 +44,30 @@ if TYPE_CHECKING:
     from pyagent.improve.gitops import GitRepo
     from pyagent.shell import SecureShell
 
-__all__ = ["ImproveError", "ImproveOptions", "RunResult", "TaskRecord", "improve", "new_run_id"]
+__all__ = [
+    "ImproveError",
+    "ImproveOptions",
+    "RunInterrupted",
+    "RunResult",
+    "TaskRecord",
+    "improve",
+    "new_run_id",
+]
 
 STATUSES = ("kept", "rolled_back", "failed", "skipped")
 
 
 class ImproveError(Exception):
     """A run that cannot start (bad path, bad options); the message says what to do."""
+
+
+class RunInterrupted(Exception):
+    """SIGTERM or SIGHUP ended the run after it cleaned up and wrote its report."""
+
+    def __init__(self, signum: int, report_dir: Path | None) -> None:
+        self.signum = signum
+        self.report_dir = report_dir
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
 
 
 @dataclass
@@ -58,9 +82,15 @@ class ImproveOptions:
     budget_tokens: int | None = None
     concurrency: int = 2
     dry_run: bool = False
-    max_complexity: int = 10
+    max_complexity: int | None = None  # None: [tool.pyagent] max-complexity, else 10
     test_timeout: float = 300.0
     use_git: bool = True
+    in_place: bool = False  # outside git: change files in place (else the run is a dry run)
+    formatter: str | None = None  # ruff | black | none | auto; None: [tool.pyagent], else auto
+    allow_few_tests: bool | None = None  # gate on a baseline of 0 or 1 test
+    agents: tuple[str, ...] | None = None  # None: [tool.pyagent] agents, else all
+    exclude: tuple[str, ...] = ()  # added to [tool.pyagent] exclude
+    resume: bool = False  # continue the newest unfinished git run of this project
     executor_factory: ExecutorFactory | None = None
     knowledge: KnowledgeBackend | None = None
     on_progress: Callable[[dict[str, Any]], None] | None = None
@@ -126,6 +156,9 @@ class RunResult:
     report_dir: Path | None = None
     notes: list[str] = field(default_factory=list)
     not_attempted: int = 0  # planned changes left out (over --max-tasks, unreadable files)
+    gate: list[str] = field(default_factory=list)  # the gate's rules, in words
+    settings: dict[str, str] = field(default_factory=dict)  # lint rules, formatter, test command: and why
+    interrupted: str | None = None  # the signal that ended the run early
 
     def counts(self) -> dict[str, int]:
         return {s: sum(1 for t in self.tasks if t.status == s) for s in STATUSES}
@@ -146,7 +179,7 @@ def _diff(path: str, old: bytes | None, new: bytes | None) -> str:
     return "".join(difflib.unified_diff(a, b, f"a/{path}", f"b/{path}"))
 
 
-def metrics_summary(audit: AuditReport, findings: int, max_complexity: int) -> dict[str, Any]:
+def metrics_summary(audit: AuditReport, findings: int | None, max_complexity: int) -> dict[str, Any]:
     """The run's before/after numbers (what the report compares)."""
     ok = [f for f in audit.files if not f.error]
     mis = [f.mi for f in ok if f.mi is not None]
@@ -187,6 +220,15 @@ class _Run:
         self.base_commit: str | None = None
         self.drop_branch: str | None = None
         self.mode = ""
+        self.max_complexity = 10
+        self.interrupted: str | None = None
+        self.state: Any = None  # RunState of a git run
+        self.resumed: Any = None  # the RunState being resumed
+        self.report_dir: Path | None = None
+        from pyagent.agents.ruff import LintRules
+
+        self.rules = LintRules()
+        self.settings: dict[str, str] = {}
 
     def progress(self, kind: str, **data: Any) -> None:
         if self.opts.on_progress is not None:
@@ -209,12 +251,24 @@ class _Run:
             return copy, "dry-run"
         repo = await GitRepo.find(self.path, self.shell) if self.opts.use_git else None
         if repo is None:
-            return self.path, "in-place"
+            if self.opts.resume:
+                raise ImproveError("--resume continues a git run; this project is not in a git repository")
+            if self.opts.in_place or not self.opts.use_git:
+                return self.path, "in-place"
+            self.notes.append(
+                f"{self.path} is not in a git repository, so nothing was changed (a dry run); pass "
+                "--in-place to apply verified changes to the files directly (`pyagent undo PATH` reverts them)"
+            )
+            self.opts.dry_run = True
+            return await self._prepare_tree(scratch)
         self.repo = repo
-        self.base_commit, _ = await repo.head()
-        self.branch = f"pyagent/{self.run_id}"
         wt = scratch / "worktree"
-        await repo.add_worktree(wt, self.branch)
+        if self.opts.resume:
+            await self._resume_worktree(repo, wt)
+        else:
+            self.base_commit, _ = await repo.head()
+            self.branch = f"pyagent/{self.run_id}"
+            await repo.add_worktree(wt, self.branch)
         rel = (
             self.path.relative_to(repo.toplevel.resolve()) if self.path != repo.toplevel.resolve() else Path()
         )
@@ -224,6 +278,27 @@ class _Run:
                 "the working tree has uncommitted changes; the run works on the last commit (HEAD)"
             )
         return wt / rel, "git"
+
+    async def _resume_worktree(self, repo: GitRepo, wt: Path) -> None:
+        """Check out the killed run's branch again; what the killed run left behind is removed."""
+        from pyagent.improve.run_state import latest_unfinished
+
+        state = latest_unfinished(self.path)
+        if state is None:
+            raise ImproveError(f"--resume: no unfinished run of {self.path} was found (.pyagent/runs)")
+        branch = str(state.data["branch"])
+        if not (await repo.git("branch", "--list", branch)).strip():
+            raise ImproveError(f"--resume: the run's branch {branch} no longer exists; start a new run")
+        old = state.data.get("worktree")
+        if old:
+            with contextlib.suppress(RuntimeError):
+                await repo.remove_worktree(Path(old))
+            await asyncio.to_thread(shutil.rmtree, Path(old).parent, True)
+        await repo.git("worktree", "prune")
+        await repo.git("worktree", "add", "--quiet", os.fspath(wt), branch)
+        self.resumed, self.run_id, self.branch = state, str(state.data["run_id"]), branch
+        self.base_commit = str(state.data["base_commit"])
+        self.notes.append(f"resumed run {self.run_id} on branch {branch}")
 
     # -- merging ----------------------------------------------------------------------------
     def _merge_sync(self, tree: Path, cs: ChangeSet) -> list[str]:
@@ -330,6 +405,8 @@ class _Run:
             raise
         finally:
             rec.duration = time.monotonic() - start
+            if self.state is not None and rec.reason != "cancelled":
+                await asyncio.to_thread(self.state.record, task.id, rec.to_dict())
             self.progress("task", task=rec.to_dict())
 
     def _job(
@@ -361,6 +438,7 @@ class _Run:
             raise ImproveError(f"{self.opts.path} is not a directory; give the project's root folder")
         if self.opts.concurrency < 1:
             raise ImproveError("--concurrency must be at least 1")
+        self._configure()
         from pyagent.state.recovery import ensure_recovered
 
         # a transaction killed before its commit point must not be measured or built upon
@@ -379,6 +457,14 @@ class _Run:
             return await self._run_in(tree, mode, scratch, started)
         finally:
             if self.repo is not None and tree is not None:
+                with contextlib.suppress(RuntimeError):
+                    if (
+                        self.drop_branch is None
+                        and self.branch
+                        and self.base_commit
+                        and not await self.repo.branch_has_commits(self.branch, self.base_commit)
+                    ):
+                        self.drop_branch = self.branch  # an interrupted run that kept nothing
                 try:
                     await self.repo.remove_worktree(scratch / "worktree")
                     if self.drop_branch is not None:
@@ -387,14 +473,74 @@ class _Run:
                     self.notes.append(f"cleanup: {exc}")
             await asyncio.to_thread(shutil.rmtree, scratch, True)
 
-    async def _measure(self, tree: Path) -> tuple[AuditReport, int, list[Any], list[str]]:
+    def _configure(self) -> None:
+        """Options from ``[tool.pyagent]`` where the caller left them unset; fail fast on what cannot work."""
+        from pyagent.improve.project_config import ProjectConfigError, load_pyagent_config, python_files
+
+        if not python_files(self.path):
+            raise ImproveError(f"no Python files under {self.path}: nothing to improve")
+        try:
+            cfg = load_pyagent_config(self.path)
+        except ProjectConfigError as exc:
+            raise ImproveError(str(exc)) from exc
+        opts = self.opts
+        self.config = cfg
+        self.max_complexity = opts.max_complexity or cfg.max_complexity or 10
+        self.test_cmd = opts.test_cmd if opts.test_cmd is not None else None
+        self.configured_test_cmd = cfg.test_cmd
+        self.formatter_override = opts.formatter if opts.formatter is not None else cfg.formatter
+        self.allow_few_tests = bool(opts.allow_few_tests if opts.allow_few_tests is not None else cfg.allow_few_tests)
+        self.agents = opts.agents if opts.agents is not None else cfg.agents
+        self.exclude = (*cfg.exclude, *opts.exclude)
+        from pyagent.agents.registry import OFFLINE_AGENTS
+
+        known = {*OFFLINE_AGENTS, "refactor", "docstring"}
+        unknown = sorted(set(self.agents or ()) - known)
+        if unknown:
+            raise ImproveError(f"unknown agent(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        if opts.llm and opts.llm_client is None:
+            from pyagent.agents.llm.factory import LLMConfigError, preflight
+
+            try:
+                preflight(opts.llm, base_url=opts.llm_base_url)
+            except LLMConfigError as exc:
+                raise ImproveError(str(exc)) from exc
+
+    async def _measure(
+        self, tree: Path, *, formatted: bool = True
+    ) -> tuple[AuditReport, int, list[Any], list[str] | None]:
         from pyagent.agents import ruff
         from pyagent.health import CodeHealthAuditor
 
         audit = await asyncio.to_thread(CodeHealthAuditor().audit_path, tree)
-        findings = await ruff.check(tree, ["."], shell=self.shell)
-        unformatted = await ruff.unformatted(tree, ["."], shell=self.shell)
+        findings = await ruff.check(tree, ["."], rules=self.rules, shell=self.shell)
+        unformatted = await ruff.unformatted(tree, ["."], shell=self.shell) if formatted else None
         return audit, len(findings), findings, unformatted
+
+    async def _choose_formatter(self, tree: Path, ruff_unformatted: list[str] | None) -> tuple[str | None, list[str]]:
+        """The declared formatter and the files it would change ([] when none is declared)."""
+        from pyagent.improve.project_config import ProjectConfigError, choose_formatter, python_files
+
+        try:
+            choice = choose_formatter(
+                tree,
+                override=self.formatter_override,
+                python_file_count=len(python_files(tree)),
+                ruff_unformatted=None if ruff_unformatted is None else len(ruff_unformatted),
+            )
+        except ProjectConfigError as exc:
+            raise ImproveError(str(exc)) from exc
+        self.settings["formatter"] = f"{choice.name or 'none'}: {choice.origin}"
+        if choice.name == "black":
+            from pyagent.agents import black
+
+            if not black.available():
+                self.notes.append(f"{choice.origin}, but black is not installed here: no formatting (pip install black)")
+                return None, []
+            return "black", await black.unformatted(tree, ["."], shell=self.shell)
+        if choice.name == "ruff":
+            return "ruff", ruff_unformatted or []
+        return None, []
 
     async def _tests(self, runner: Any, tree: Path, scratch: Path) -> TestResults:
         from pyagent.fleet.workspace import isolated_copy
@@ -406,17 +552,87 @@ class _Run:
         finally:
             await asyncio.to_thread(shutil.rmtree, ws, True)
 
+    async def _baseline(self, tree: Path, scratch: Path) -> tuple[Any, TestResults | None]:
+        """The project's declared test command and its baseline; refuses a baseline of 0 or 1 test."""
+        from pyagent.agents.testing import TestRunner
+        from pyagent.improve.test_command import TestCommandError, choose_test_command
+
+        opts = self.opts
+        try:
+            chosen = choose_test_command(tree, self.test_cmd, self.configured_test_cmd)
+        except TestCommandError as exc:
+            raise ImproveError(str(exc)) from exc
+        self.settings["tests"] = chosen.describe()
+        self.progress("phase", phase="tests", detail=chosen.describe())
+        command = chosen.command
+        if command is None:
+            if not self.allow_few_tests:
+                raise ImproveError(
+                    f"{self.path} has no tests we can run ({chosen.source}), so no change could be checked "
+                    "against them: pass --test-cmd CMD, or --allow-few-tests to gate on lint and parsing only"
+                )
+            self.notes.append("no tests found: changes were verified by parsing, lint and metrics only")
+            return None, None
+        if opts.test_env:
+            command = dataclasses.replace(command, extra_env={**command.extra_env, **opts.test_env})
+        runner = TestRunner(command, self.shell, timeout=opts.test_timeout)
+        if self.resumed is not None and isinstance(self.resumed.data.get("baseline"), dict):
+            from pyagent.agents.testing import TestResults
+
+            return runner, TestResults.from_dict(self.resumed.data["baseline"])
+        self.progress("phase", phase="baseline", detail=shlex.join(command.argv))
+        baseline = await self._tests(runner, tree, scratch)
+        if baseline.timed_out:
+            raise ImproveError(f"the test baseline timed out after {opts.test_timeout:.0f}s; pass --test-cmd")
+        if len(baseline.outcomes) <= 1 and not self.allow_few_tests:
+            tail = baseline.output_tail.strip().splitlines()[-3:]
+            raise ImproveError(
+                f"the baseline of {chosen.describe()} ran {len(baseline.outcomes)} test(s) (exit "
+                f"{baseline.exit_code}{': ' + ' / '.join(tail) if tail else ''}); a change cannot be judged by so "
+                "few: pass --test-cmd with the command that runs the suite, or --allow-few-tests"
+            )
+        if baseline.note:
+            self.notes.append(f"test baseline: {baseline.note}")
+        return runner, baseline
+
+    def _plan(self, tree: Path, audit: AuditReport, findings: list[Any], formatter: str | None,
+              unformatted: list[str], llm: Any, root_ctx: Any, knowledge: Any) -> Any:
+        from pyagent.agents.task import AgentTask
+        from pyagent.fleet.planner import Plan, candidates, plan_tasks
+
+        if self.resumed is not None:  # the same plan; known outcomes are not redone
+            tasks = [AgentTask.from_wire(t) for t in self.resumed.data["tasks"]]
+            return Plan(tasks, [], {})
+        cands = candidates(
+            audit,
+            findings,
+            unformatted,
+            llm=llm is not None,
+            max_complexity=self.max_complexity,
+            root=tree,
+            formatter=formatter,
+            exclude=self.exclude,
+            agents=self.agents,
+        )
+        return plan_tasks(
+            tree,
+            audit,
+            cands,
+            context=root_ctx,
+            knowledge=knowledge,
+            max_tasks=self.opts.max_tasks,
+            params={"max_complexity": self.max_complexity, "lint_args": list(self.rules.args)},
+        )
+
     async def _run_in(self, tree: Path, mode: str, scratch: Path, started: float) -> RunResult:
         from pyagent.agents.budget import Budget
         from pyagent.agents.context import CascadeContext
-        from pyagent.agents.knowledge import ChangeOutcome, InMemoryKnowledge
+        from pyagent.agents.knowledge import InMemoryKnowledge
         from pyagent.agents.llm.base import UsageMeter
         from pyagent.agents.registry import build_agents
-        from pyagent.agents.testing import TestRunner, discover_tests
         from pyagent.fleet.executor import ExecutorSetup, LocalExecutor
-        from pyagent.fleet.gate import VerificationGate
-        from pyagent.fleet.manager import FleetManager
-        from pyagent.fleet.planner import candidates, plan_tasks
+        from pyagent.fleet.gate import VerificationGate, gate_rules
+        from pyagent.improve.project_config import ProjectConfigError, lint_rules
 
         opts = self.opts
         budget = Budget(tokens=opts.budget_tokens, cost_usd=opts.budget_usd)
@@ -434,53 +650,37 @@ class _Run:
         if llm is not None:
             meter = llm.meter
             meter.on_call = lambda reply, totals: self.progress("llm", totals=totals)
-        self.progress("phase", phase="audit", detail=str(self.path))
-        audit_before, n_before, findings, unformatted = await self._measure(tree)
-        metrics_before = metrics_summary(audit_before, n_before, opts.max_complexity)
         try:
-            command = discover_tests(tree, opts.test_cmd)
-        except ValueError as exc:
-            raise ImproveError(f"--test-cmd: {exc}") from exc
-        if command is not None and opts.test_env:
-            command = dataclasses.replace(command, extra_env={**command.extra_env, **opts.test_env})
-        runner = TestRunner(command, self.shell, timeout=opts.test_timeout) if command else None
-        baseline = None
-        if runner is not None:
-            self.progress("phase", phase="baseline", detail=" ".join(command.argv) if command else "")
-            baseline = await self._tests(runner, tree, scratch)
-            if baseline.timed_out:
-                raise ImproveError(
-                    f"the test baseline timed out after {opts.test_timeout:.0f}s; pass --test-cmd"
-                )
-        else:
-            self.notes.append("no tests found: changes were verified by parsing, lint and metrics only")
-        gate = VerificationGate(tests=runner, baseline=baseline, shell=self.shell)
-        agents = build_agents(self.shell, llm, max_complexity=opts.max_complexity)
+            self.rules = lint_rules(tree)
+        except ProjectConfigError as exc:
+            raise ImproveError(str(exc)) from exc
+        self.settings["lint"] = self.rules.origin
+        self.progress("phase", phase="rules", detail=f"lint: {self.rules.origin}")
+        self.progress("phase", phase="audit", detail=str(self.path))
+        audit_before, n_before, findings, ruff_unformatted = await self._measure(tree)
+        formatter, unformatted = await self._choose_formatter(tree, ruff_unformatted)
+        self.progress("phase", phase="rules", detail=f"formatter: {self.settings['formatter']}")
+        metrics_before = metrics_summary(audit_before, n_before, self.max_complexity)
+        runner, baseline = await self._baseline(tree, scratch)
+        if self.resumed is not None and isinstance(self.resumed.data.get("metrics_before"), dict):
+            metrics_before = self.resumed.data["metrics_before"]
+        gate = VerificationGate(tests=runner, baseline=baseline, shell=self.shell, rules=self.rules)
+        gate_text = gate_rules(
+            self.rules.origin,
+            f"{self.settings['tests']}, {len(baseline.outcomes)} tests" if baseline is not None else None,
+        )
+        agents = build_agents(self.shell, llm, max_complexity=self.max_complexity)
         local = LocalExecutor(tree, agents=agents, gate=gate, scratch=scratch)
         executor: Executor = local
         if opts.executor_factory is not None:
-            executor = opts.executor_factory(ExecutorSetup(tree, local, opts.test_cmd, baseline, opts.llm))
+            cmd = shlex.join(runner.command.argv) if runner is not None else opts.test_cmd
+            executor = opts.executor_factory(ExecutorSetup(tree, local, cmd, baseline, opts.llm))
         knowledge = opts.knowledge if opts.knowledge is not None else InMemoryKnowledge()
         root_ctx = CascadeContext.root("improve", action=f"improve:{self.run_id}", budget=budget)
-        cands = candidates(
-            audit_before,
-            findings,
-            unformatted,
-            llm=llm is not None,
-            max_complexity=opts.max_complexity,
-            root=tree,
-        )
-        plan = plan_tasks(
-            tree,
-            audit_before,
-            cands,
-            context=root_ctx,
-            knowledge=knowledge,
-            max_tasks=opts.max_tasks,
-            params={"max_complexity": opts.max_complexity},
-        )
+        plan = self._plan(tree, audit_before, findings, formatter, unformatted, llm, root_ctx, knowledge)
+        known = dict(self.resumed.data.get("outcomes", {})) if self.resumed is not None else {}
         for t in plan.tasks:
-            self.records[t.id] = TaskRecord(
+            rec = TaskRecord(
                 t.id,
                 t.agent,
                 str(t.params.get("action", t.agent)),
@@ -488,15 +688,103 @@ class _Run:
                 t.priority.name.lower(),
                 lineage=tuple(e.task_id for e in t.context.lineage),
             )
+            if t.id in known:
+                for key in ("status", "reason", "note", "diff", "verification", "commit"):
+                    setattr(rec, key, known[t.id].get(key, getattr(rec, key)))
+            self.records[t.id] = rec
+        if mode == "git":
+            from pyagent.improve.run_state import RunState
+
+            if self.resumed is not None:
+                self.state = self.resumed
+                self.state.set(status="running", scratch=str(scratch), worktree=str(scratch / "worktree"))
+            else:
+                self.state = await asyncio.to_thread(
+                    RunState.create,
+                    self.path,
+                    self.run_id,
+                    branch=self.branch,
+                    base_commit=self.base_commit,
+                    scratch=str(scratch),
+                    worktree=str(scratch / "worktree"),
+                    tasks=[t.to_wire() for t in plan.tasks],
+                    baseline=baseline.to_dict() if baseline is not None else None,
+                    metrics_before=metrics_before,
+                )
         self.progress(
             "plan",
             tasks=[r.to_dict() for r in self.records.values()],
             skipped=[s.__dict__ for s in plan.skipped],
         )
         events: list[FleetEvent] = []
-        async with FleetManager(opts.concurrency, on_event=events.append, knowledge=knowledge) as fleet:
+        todo = [t for t in plan.tasks if t.id not in known]
+        try:
+            await self._fleet(todo, tree, executor, knowledge, events)
+        except asyncio.CancelledError:
+            self.interrupted = self.interrupted or "SIGINT"
+            for rec in self.records.values():
+                if rec.reason in ("", "cancelled"):
+                    rec.status, rec.reason = "skipped", f"not attempted: the run was interrupted ({self.interrupted})"
+            self._remember(plan.tasks, knowledge)
+            result = self._result(
+                plan, mode, baseline, None, metrics_before, {}, meter, budget, started, gate_text
+            )
+            self.notes.append(
+                f"interrupted by {self.interrupted}: the report covers what was done"
+                + (f"; `pyagent improve {self.path} --resume` continues it" if self.branch else "")
+            )
+            await self._finish(result, events, status="interrupted")
+            raise
+        self._remember(plan.tasks, knowledge)
+        if self.repo is not None and self.base_commit is not None:
+            await self._group_commits(tree)
+        self.progress("phase", phase="after", detail="re-measuring")
+        audit_after, n_after, _f, _u = await self._measure(tree, formatted=False)
+        tests_after = await self._tests(runner, tree, scratch) if runner is not None else None
+        if mode == "git" and not any(r.commit for r in self.records.values()):
+            self.drop_branch, self.branch = self.branch, None
+            self.notes.append("no change was kept, so no branch was left behind")
+        metrics_after = metrics_summary(audit_after, n_after, self.max_complexity)
+        result = self._result(
+            plan, mode, baseline, tests_after, metrics_before, metrics_after, meter, budget, started, gate_text
+        )
+        await self._finish(result, events, status="done")
+        return result
+
+    async def _group_commits(self, tree: Path) -> None:
+        """Order the branch's commits theme by theme (lint, modernisation, ...) for the reviewer."""
+        from pyagent.fleet.planner import AGENT_ORDER
+
+        assert self.repo is not None and self.base_commit is not None
+        wt = tree  # inside the run's worktree (a project below the repository root is a subfolder)
+        created = (await self.repo.git("rev-list", "--reverse", f"{self.base_commit}..HEAD", cwd=wt)).split()
+        by_sha = {r.commit: r for r in self.records.values() if r.commit}
+        if len(created) < 2 or set(created) != set(by_sha):
+            return
+
+        def theme(sha: str) -> tuple[int, int]:
+            agent = by_sha[sha].agent
+            return (AGENT_ORDER.index(agent) if agent in AGENT_ORDER else len(AGENT_ORDER), created.index(sha))
+
+        order = sorted(created, key=theme)
+        if order == created:
+            return
+        mapping = await self.repo.reorder(wt, self.base_commit, order)
+        if mapping is None:
+            self.notes.append("the commits could not be grouped by theme without changing the result; kept as made")
+            return
+        for rec in by_sha.values():
+            rec.commit = mapping[rec.commit or ""]
+        self.notes.append("commits were grouped by theme (lint, modernisation, simplification, formatting, ...)")
+
+    async def _fleet(
+        self, tasks: list[AgentTask], tree: Path, executor: Executor, knowledge: Any, events: list[FleetEvent]
+    ) -> None:
+        from pyagent.fleet.manager import FleetManager
+
+        async with FleetManager(self.opts.concurrency, on_event=events.append, knowledge=knowledge) as fleet:
             fleet.add_listener(lambda e: self.progress("fleet", event=e.to_dict()))
-            for t in plan.tasks:
+            for t in tasks:
                 fleet.submit(
                     f"{t.agent}:{t.target}",
                     self._job(t, tree, executor),
@@ -509,8 +797,15 @@ class _Run:
         if closer is not None:
             await closer()
             self.notes.append(str(getattr(executor, "summary", "")) or "swarm executor closed")
-        for t in plan.tasks:
+
+    def _remember(self, tasks: list[AgentTask], knowledge: Any) -> None:
+        """Every finished task's outcome goes to memory (also when the run was interrupted)."""
+        from pyagent.agents.knowledge import ChangeOutcome
+
+        for t in tasks:
             rec = self.records[t.id]
+            if rec.reason.startswith("not attempted"):
+                continue
             knowledge.record_outcome(
                 ChangeOutcome(
                     agent=t.agent,
@@ -523,13 +818,21 @@ class _Run:
                     lineage=rec.lineage,
                 )
             )
-        self.progress("phase", phase="after", detail="re-measuring")
-        audit_after, n_after, _f, _u = await self._measure(tree)
-        tests_after = await self._tests(runner, tree, scratch) if runner is not None else None
-        if mode == "git" and not any(r.commit for r in self.records.values()):
-            self.drop_branch, self.branch = self.branch, None
-            self.notes.append("no change was kept, so no branch was left behind")
-        result = RunResult(
+
+    def _result(
+        self,
+        plan: Any,
+        mode: str,
+        baseline: TestResults | None,
+        tests_after: TestResults | None,
+        metrics_before: dict[str, Any],
+        metrics_after: dict[str, Any],
+        meter: Any,
+        budget: Any,
+        started: float,
+        gate_text: list[str],
+    ) -> RunResult:
+        return RunResult(
             run_id=self.run_id,
             root=self.path,
             mode=mode,
@@ -543,26 +846,61 @@ class _Run:
             tests_before=baseline,
             tests_after=tests_after,
             metrics_before=metrics_before,
-            metrics_after=metrics_summary(audit_after, n_after, opts.max_complexity),
+            metrics_after=metrics_after,
             usage=meter.to_dict() | {"budget": budget.to_wire()},
             duration=time.monotonic() - started,
             branch=self.branch,
             base_commit=self.base_commit,
             notes=self.notes,
+            gate=gate_text,
+            settings=dict(self.settings),
+            interrupted=self.interrupted,
         )
-        if mode == "in-place":
+
+    async def _finish(self, result: RunResult, events: list[FleetEvent], *, status: str) -> None:
+        if result.mode == "in-place":
             from pyagent.improve.undo import save_run
 
-            save_run(self.path, self.run_id, self.originals)
+            await asyncio.to_thread(save_run, self.path, self.run_id, self.originals)
         from pyagent.improve.report import write_report
 
-        result.report_dir = write_report(result, events)
-        return result
+        result.report_dir = self.report_dir = await asyncio.to_thread(write_report, result, events)
+        if self.state is not None:
+            await asyncio.to_thread(self.state.set, status=status)
 
 
 async def improve(opts: ImproveOptions) -> RunResult:
-    """Run one improvement pass over ``opts.path``; see the module docstring."""
-    return await _Run(opts).run()
+    """Run one improvement pass over ``opts.path``; see the module docstring.
+
+    SIGTERM and SIGHUP cancel the run like SIGINT does (cleanup and the report happen on the way
+    out), then raise :class:`RunInterrupted`.
+    """
+    run = _Run(opts)
+    loop = asyncio.get_running_loop()
+    me = asyncio.current_task()
+    installed: list[signal.Signals] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        if run.interrupted is None and me is not None:
+            run.interrupted = sig.name
+            me.cancel()
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        try:
+            loop.add_signal_handler(sig, on_signal, sig)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no such signal
+            pass
+    try:
+        return await run.run()
+    except asyncio.CancelledError:
+        if run.interrupted in ("SIGTERM", "SIGHUP") and me is not None:
+            me.uncancel()
+            raise RunInterrupted(signal.Signals[run.interrupted], run.report_dir) from None
+        raise
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
 
 
 def load_swarm_factory() -> ExecutorFactory:

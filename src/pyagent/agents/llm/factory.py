@@ -17,7 +17,7 @@ from pyagent.agents.llm.base import LLMClient, UsageMeter
 if TYPE_CHECKING:
     from pyagent.agents.budget import Budget
 
-__all__ = ["LOCAL_BACKENDS", "LLMConfigError", "make_llm"]
+__all__ = ["LOCAL_BACKENDS", "LLMConfigError", "make_llm", "preflight"]
 
 # name -> factory(dir, budget, meter). The hook for `--llm local:DIR`.
 LOCAL_BACKENDS: dict[str, Callable[[str, Budget | None, UsageMeter], LLMClient]] = {}
@@ -63,3 +63,37 @@ def make_llm(
         )
     except ValueError as exc:
         raise LLMConfigError(str(exc)) from exc
+
+
+def preflight(spec: str, *, base_url: str | None = None, timeout: float = 3.0) -> None:
+    """Fail before any task, in one line, when ``--llm`` cannot work: no key, or nothing listening.
+
+    Only a TCP connection is opened (nothing is sent), so no prompt or key leaves the machine here.
+    """
+    import os
+    import socket
+    from urllib.parse import urlsplit
+
+    from pyagent.agents.llm.openai_compat import DEFAULT_BASE_URL
+
+    spec = spec.strip()
+    if not spec:
+        raise LLMConfigError("--llm needs a model name (e.g. gpt-4.1-mini) or local:DIR")
+    if spec.startswith("local:"):
+        return
+    url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+    if url == DEFAULT_BASE_URL and not os.environ.get("OPENAI_API_KEY"):
+        raise LLMConfigError(
+            f"--llm {spec} talks to {url}, which needs OPENAI_API_KEY (not set); set it, or point "
+            "--llm-base-url at an OpenAI-compatible server (e.g. `pyagent serve`)"
+        )
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise LLMConfigError(f"--llm-base-url {url!r} is not an http(s) URL")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    except OSError as exc:
+        raise LLMConfigError(
+            f"--llm {spec}: cannot reach {url} ({exc.strerror or exc}); start the server or fix --llm-base-url"
+        ) from exc
