@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import difflib
-import importlib
 import os
 import secrets
 import shutil
@@ -24,10 +23,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pyagent.improve.result import RunResult, TaskRecord
 from pyagent.model.task import AgentTask, ChangeSet, content_hash
 
 if TYPE_CHECKING:
     from pyagent.agents.llm.base import LLMClient
+    from pyagent.agents.llm.factory import LocalBackend
     from pyagent.agents.testing import TestResults
     from pyagent.fleet.core import TaskControl
     from pyagent.fleet.events import FleetEvent
@@ -38,9 +39,6 @@ if TYPE_CHECKING:
     from pyagent.shell import SecureShell
 
 __all__ = ["ImproveError", "ImproveOptions", "RunResult", "TaskRecord", "improve", "new_run_id"]
-
-STATUSES = ("kept", "rolled_back", "failed", "skipped")
-
 
 class ImproveError(Exception):
     """A run that cannot start (bad path, bad options); the message says what to do."""
@@ -67,73 +65,7 @@ class ImproveOptions:
     run_id: str | None = None
     llm_client: LLMClient | None = None  # a ready client (tests, embedding); wins over ``llm``
     test_env: dict[str, str] = field(default_factory=dict)  # extra variables for the test command
-
-
-@dataclass
-class TaskRecord:
-    id: str
-    agent: str
-    action: str
-    target: str
-    priority: str
-    status: str = "skipped"
-    reason: str = ""
-    note: str = ""
-    diff: str = ""
-    verification: dict[str, Any] = field(default_factory=dict)
-    tokens: int = 0
-    cost: float = 0.0
-    duration: float = 0.0
-    commit: str | None = None
-    lineage: tuple[str, ...] = ()
-    base_hash: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "agent": self.agent,
-            "action": self.action,
-            "target": self.target,
-            "priority": self.priority,
-            "status": self.status,
-            "reason": self.reason,
-            "note": self.note,
-            "diff": self.diff,
-            "verification": self.verification,
-            "tokens": self.tokens,
-            "cost": round(self.cost, 6),
-            "duration": round(self.duration, 3),
-            "commit": self.commit,
-            "lineage": list(self.lineage),
-        }
-
-
-@dataclass
-class RunResult:
-    run_id: str
-    root: Path
-    mode: str  # git | in-place | dry-run
-    tasks: list[TaskRecord]
-    skipped_by_memory: list[dict[str, str]]
-    tests_before: TestResults | None
-    tests_after: TestResults | None
-    metrics_before: dict[str, Any]
-    metrics_after: dict[str, Any]
-    usage: dict[str, Any]
-    duration: float
-    branch: str | None = None
-    base_commit: str | None = None
-    report_dir: Path | None = None
-    notes: list[str] = field(default_factory=list)
-    not_attempted: int = 0  # planned changes left out (over --max-tasks, unreadable files)
-
-    def counts(self) -> dict[str, int]:
-        return {s: sum(1 for t in self.tasks if t.status == s) for s in STATUSES}
-
-    def regressions(self) -> list[str]:
-        if self.tests_before is None or self.tests_after is None:
-            return []
-        return self.tests_after.regressions(self.tests_before)
+    local_llm: LocalBackend | None = None  # what `--llm local:DIR` runs on, passed in by the CLI
 
 
 def new_run_id() -> str:
@@ -410,7 +342,7 @@ class _Run:
         from pyagent.agents.llm.base import UsageMeter
         from pyagent.agents.registry import build_agents
         from pyagent.agents.testing import TestRunner, discover_tests
-        from pyagent.fleet.manager import FleetManager
+        from pyagent.fleet.core import FleetManager
         from pyagent.model.budget import Budget
         from pyagent.model.context import CascadeContext
         from pyagent.model.knowledge import ChangeOutcome, InMemoryKnowledge
@@ -427,7 +359,8 @@ class _Run:
 
             try:
                 llm = make_llm(
-                    opts.llm, base_url=opts.llm_base_url, api=opts.llm_api, budget=budget, meter=meter
+                    opts.llm, base_url=opts.llm_base_url, api=opts.llm_api, budget=budget, meter=meter,
+                    local=opts.local_llm,
                 )
             except LLMConfigError as exc:
                 raise ImproveError(str(exc)) from exc
@@ -564,14 +497,3 @@ async def improve(opts: ImproveOptions) -> RunResult:
     """Run one improvement pass over ``opts.path``; see the module docstring."""
     return await _Run(opts).run()
 
-
-def load_swarm_factory() -> ExecutorFactory:
-    """The Voyager swarm's executor factory (``improve --swarm``), from ``pyagent.voyager.swarm``."""
-    try:
-        swarm = importlib.import_module("pyagent.voyager.swarm")
-    except ImportError as exc:
-        raise ImproveError(f"--swarm needs the Voyager component, which is not available: {exc}") from exc
-    factory = getattr(swarm, "swarm_executor_factory", None)
-    if factory is None:
-        raise ImproveError("--swarm: pyagent.voyager.swarm has no swarm_executor_factory")
-    return factory  # type: ignore[no-any-return]

@@ -321,7 +321,7 @@ class SwarmExecutor:
 
 
 def swarm_executor_factory(setup: ExecutorSetup) -> SwarmExecutor:
-    """What ``pyagent improve --swarm`` calls (see ``pyagent.improve.run.load_swarm_factory``)."""
+    """What ``pyagent improve --swarm`` calls (the CLI passes it as ``ImproveOptions.executor_factory``)."""
     baseline = setup.baseline.to_dict() if setup.baseline is not None else None
     return SwarmExecutor(
         setup.root,
