@@ -10,7 +10,6 @@ elsewhere the project is changed in place and ``pyagent undo`` restores it.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import difflib
 import os
 import secrets
@@ -97,16 +96,13 @@ def metrics_summary(audit: AuditReport, findings: int, max_complexity: int) -> d
 
 class _Run:
     def __init__(self, opts: ImproveOptions) -> None:
-        from pyagent.agents.testing import TEST_ENV_ALLOW
         from pyagent.improve.gitops import GIT_ENV_ALLOW
-        from pyagent.shell import SecureShell
+        from pyagent.pipeline.builder import pipeline_shell
 
         self.opts = opts
         self.path = Path(opts.path).resolve()
         self.run_id = opts.run_id or new_run_id()
-        self.shell: SecureShell = SecureShell(
-            env_allow=tuple({*TEST_ENV_ALLOW, *GIT_ENV_ALLOW}), timeout=600.0
-        )
+        self.shell: SecureShell = pipeline_shell(*GIT_ENV_ALLOW)
         self.records: dict[str, TaskRecord] = {}
         self.file_locks: dict[str, asyncio.Lock] = {}
         self.merge_lock = asyncio.Lock()
@@ -329,25 +325,18 @@ class _Run:
         return audit, len(findings), findings, unformatted
 
     async def _tests(self, runner: Any, tree: Path, scratch: Path) -> TestResults:
-        from pyagent.pipeline.workspace import isolated_copy
+        from pyagent.pipeline.builder import run_tests
 
-        ws = await asyncio.to_thread(isolated_copy, tree, parent=scratch)
-        try:
-            result: TestResults = await runner.run(ws)
-            return result
-        finally:
-            await asyncio.to_thread(shutil.rmtree, ws, True)
+        return await run_tests(runner, tree, scratch)
 
     async def _run_in(self, tree: Path, mode: str, scratch: Path, started: float) -> RunResult:
         from pyagent.agents.llm.base import UsageMeter
-        from pyagent.agents.registry import build_agents
-        from pyagent.agents.testing import TestRunner, discover_tests
         from pyagent.fleet.core import FleetManager
         from pyagent.model.budget import Budget
         from pyagent.model.context import CascadeContext
         from pyagent.model.knowledge import ChangeOutcome, InMemoryKnowledge
-        from pyagent.pipeline.executor import ExecutorSetup, LocalExecutor
-        from pyagent.pipeline.gate import VerificationGate
+        from pyagent.pipeline.builder import PipelineSettings, build_executor, make_test_runner
+        from pyagent.pipeline.executor import ExecutorSetup
         from pyagent.pipeline.planner import candidates, plan_tasks
 
         opts = self.opts
@@ -370,16 +359,17 @@ class _Run:
         self.progress("phase", phase="audit", detail=str(self.path))
         audit_before, n_before, findings, unformatted = await self._measure(tree)
         metrics_before = metrics_summary(audit_before, n_before, opts.max_complexity)
+        settings = PipelineSettings(
+            test_cmd=opts.test_cmd, test_timeout=opts.test_timeout, test_env=dict(opts.test_env),
+            max_complexity=opts.max_complexity,
+        )
         try:
-            command = discover_tests(tree, opts.test_cmd)
+            runner = make_test_runner(tree, settings, self.shell)
         except ValueError as exc:
             raise ImproveError(f"--test-cmd: {exc}") from exc
-        if command is not None and opts.test_env:
-            command = dataclasses.replace(command, extra_env={**command.extra_env, **opts.test_env})
-        runner = TestRunner(command, self.shell, timeout=opts.test_timeout) if command else None
         baseline = None
         if runner is not None:
-            self.progress("phase", phase="baseline", detail=" ".join(command.argv) if command else "")
+            self.progress("phase", phase="baseline", detail=" ".join(runner.command.argv))
             baseline = await self._tests(runner, tree, scratch)
             if baseline.timed_out:
                 raise ImproveError(
@@ -387,12 +377,12 @@ class _Run:
                 )
         else:
             self.notes.append("no tests found: changes were verified by parsing, lint and metrics only")
-        gate = VerificationGate(tests=runner, baseline=baseline, shell=self.shell)
-        agents = build_agents(self.shell, llm, max_complexity=opts.max_complexity)
-        local = LocalExecutor(tree, agents=agents, gate=gate, scratch=scratch)
+        local = build_executor(
+            tree, settings, shell=self.shell, runner=runner, baseline=baseline, llm=llm, scratch=scratch
+        )
         executor: Executor = local
         if opts.executor_factory is not None:
-            executor = opts.executor_factory(ExecutorSetup(tree, local, opts.test_cmd, baseline, opts.llm))
+            executor = opts.executor_factory(ExecutorSetup(tree, local, settings, baseline, opts.llm))
         knowledge = opts.knowledge if opts.knowledge is not None else InMemoryKnowledge()
         root_ctx = CascadeContext.root("improve", action=f"improve:{self.run_id}", budget=budget)
         cands = candidates(
