@@ -2,7 +2,8 @@
 
 One rule per task keeps every change small and attributable ("UP006 in core.py"), so one bad fix is
 rolled back without losing the good ones next to it. Both work within the project's rules: the lint
-settings travel in ``task.params["lint_args"]`` and the declared formatter in ``task.params["formatter"]``.
+settings come from the run's pipeline settings (the same on every peer) and the declared formatter in
+``task.params["formatter"]``.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from pyagent.agents.mixins.identity import IdentityMixin
 from pyagent.agents.worker import AgentOutcome
 
 if TYPE_CHECKING:
-    from pyagent.agents.task import AgentTask
+    from pyagent.model.task import AgentTask
     from pyagent.shell import SecureShell
 
-__all__ = ["FAMILIES", "FormatAgent", "RuffFixAgent", "agent_for_rule", "task_rules"]
+__all__ = ["FAMILIES", "FormatAgent", "RuffFixAgent", "agent_for_rule"]
 
 # agent name -> (rule prefixes it owns, what it is for). Order = the order tasks on one file run in.
 FAMILIES: dict[str, tuple[tuple[str, ...], str]] = {
@@ -46,29 +47,26 @@ def agent_for_rule(code: str) -> str | None:
     return best[1] if best else None
 
 
-def task_rules(task: AgentTask) -> ruff.LintRules:
-    """The project's lint rules as the run resolved them (sent with every task, so peers agree)."""
-    args = task.params.get("lint_args")
-    return ruff.LintRules(tuple(str(a) for a in args)) if isinstance(args, list | tuple) else ruff.LintRules()
-
-
 class RuffFixAgent(IdentityMixin):
     """Applies ruff's safe fixes of ``task.params["rule"]`` to the task's files."""
 
     capabilities = frozenset({"ruff-fix"})
     commands: tuple[str, ...] = ("ruff",)
 
-    def __init__(self, name: str, shell: SecureShell | None = None) -> None:
+    def __init__(
+        self, name: str, shell: SecureShell | None = None, rules: ruff.LintRules | None = None
+    ) -> None:
         if name not in FAMILIES:
             raise ValueError(f"unknown fixer family {name!r}")
         self.name = name
         self.shell = shell
+        self.rules = rules or ruff.LintRules()
 
     async def run(self, task: AgentTask, workspace: Path) -> AgentOutcome:
         rule = str(task.params.get("rule", ""))
         if not rule or agent_for_rule(rule) != self.name:
             return AgentOutcome(note="", error=f"{self.name} agent does not own rule {rule!r}")
-        rules = task_rules(task)
+        rules = self.rules
         files = list(task.files)
         before = Counter(f.key() for f in await ruff.check(workspace, files, rules=rules, shell=self.shell))
         await ruff.fix(workspace, files, rule, rules=rules, shell=self.shell)

@@ -8,6 +8,7 @@ from pyagent.agents.fixers import FAMILIES, FormatAgent, RuffFixAgent
 
 if TYPE_CHECKING:
     from pyagent.agents.llm.base import LLMClient
+    from pyagent.agents.ruff import LintRules
     from pyagent.agents.worker import CodeAgent
     from pyagent.shell import SecureShell
 
@@ -17,10 +18,15 @@ OFFLINE_AGENTS: tuple[str, ...] = (*FAMILIES, "format")
 
 
 def build_agents(
-    shell: SecureShell | None = None, llm: LLMClient | None = None, *, max_complexity: int = 10
+    shell: SecureShell | None = None,
+    llm: LLMClient | None = None,
+    *,
+    max_complexity: int = 10,
+    rules: LintRules | None = None,
 ) -> dict[str, CodeAgent]:
-    """Offline fixers always; the refactor and docstring agents when an LLM is configured."""
-    agents: dict[str, CodeAgent] = {name: RuffFixAgent(name, shell) for name in FAMILIES}
+    """Offline fixers always (under the project's lint ``rules``); the refactor and docstring agents
+    when an LLM is configured."""
+    agents: dict[str, CodeAgent] = {name: RuffFixAgent(name, shell, rules) for name in FAMILIES}
     agents["format"] = FormatAgent(shell)
     if llm is not None:
         from pyagent.agents.refactor import DocstringAgent, RefactorAgent

@@ -126,19 +126,20 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
     import os
 
+    from pyagent.cli.local_llm import local_llm
     from pyagent.improve.display import LiveDisplay, print_summary
     from pyagent.improve.project_config import python_files
-    from pyagent.improve.run import ImproveError, ImproveOptions, RunInterrupted, improve, load_swarm_factory
+    from pyagent.improve.run import ImproveError, ImproveOptions, RunInterrupted, improve
+    from pyagent.pipeline.executor import ExecutorFactory
 
     if os.path.isdir(args.path) and not python_files(args.path):  # before anything is written
         raise CommandError(f"no Python files under {args.path}: nothing to improve")
 
-    factory = None
+    factory: ExecutorFactory | None = None
     if args.swarm:
-        try:
-            factory = load_swarm_factory()
-        except ImproveError as exc:
-            raise CommandError(str(exc)) from exc
+        from pyagent.voyager.swarm import swarm_executor_factory
+
+        factory = swarm_executor_factory
     display = LiveDisplay()
     knowledge = _open_memory(args)
     opts = ImproveOptions(
@@ -164,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
         executor_factory=factory,
         knowledge=knowledge,
         on_progress=display,
+        local_llm=local_llm,
     )
     try:
         with display:
@@ -181,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if knowledge is not None:
             knowledge.close()
-    if args.dry_run:
+    if result.mode == "dry-run":
         for task in result.tasks:
             if task.status == "kept" and task.diff:
                 display.console.print(task.diff, markup=False, highlight=False, end="")

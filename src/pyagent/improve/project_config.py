@@ -271,6 +271,6 @@ def load_pyagent_config(root: str | os.PathLike[str]) -> PyAgentConfig:
 
 def python_files(root: str | os.PathLike[str]) -> list[str]:
     """The project's Python files (``.gitignore`` honoured), POSIX and relative to ``root``."""
-    from pyagent.fleet.workspace import project_files
+    from pyagent.pipeline.workspace import project_files
 
     return [p for p in project_files(Path(root)) if p.endswith((".py", ".pyi"))]

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 if TYPE_CHECKING:
+    from pyagent.agents.testing import TestResults
     from pyagent.fleet.events import FleetEvent
-    from pyagent.improve.run import RunResult
+    from pyagent.improve.result import RunResult
 
 __all__ = ["render_pr", "report_dict", "write_report"]
 
@@ -29,7 +30,7 @@ THEMES: dict[str, str] = {
 }
 
 
-def _tests(t: Any) -> dict[str, Any] | None:
+def _tests(t: TestResults | None) -> dict[str, Any] | None:
     if t is None:
         return None
     return {

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import difflib
-import importlib
 import os
 import secrets
 import shlex
@@ -31,17 +29,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pyagent.agents.task import AgentTask, ChangeSet, content_hash
+from pyagent.improve.result import RunResult, TaskRecord
+from pyagent.model.task import AgentTask, ChangeSet, content_hash
 
 if TYPE_CHECKING:
-    from pyagent.agents.knowledge import KnowledgeBackend
     from pyagent.agents.llm.base import LLMClient
+    from pyagent.agents.llm.factory import LocalBackend
     from pyagent.agents.testing import TestResults
     from pyagent.fleet.core import TaskControl
     from pyagent.fleet.events import FleetEvent
-    from pyagent.fleet.executor import Executor, ExecutorFactory
     from pyagent.health import AuditReport
     from pyagent.improve.gitops import GitRepo
+    from pyagent.model.knowledge import KnowledgeBackend
+    from pyagent.pipeline.executor import Executor, ExecutorFactory
     from pyagent.shell import SecureShell
 
 __all__ = [
@@ -53,9 +53,6 @@ __all__ = [
     "improve",
     "new_run_id",
 ]
-
-STATUSES = ("kept", "rolled_back", "failed", "skipped")
-
 
 class ImproveError(Exception):
     """A run that cannot start (bad path, bad options); the message says what to do."""
@@ -97,76 +94,7 @@ class ImproveOptions:
     run_id: str | None = None
     llm_client: LLMClient | None = None  # a ready client (tests, embedding); wins over ``llm``
     test_env: dict[str, str] = field(default_factory=dict)  # extra variables for the test command
-
-
-@dataclass
-class TaskRecord:
-    id: str
-    agent: str
-    action: str
-    target: str
-    priority: str
-    status: str = "skipped"
-    reason: str = ""
-    note: str = ""
-    diff: str = ""
-    verification: dict[str, Any] = field(default_factory=dict)
-    tokens: int = 0
-    cost: float = 0.0
-    duration: float = 0.0
-    commit: str | None = None
-    lineage: tuple[str, ...] = ()
-    base_hash: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "agent": self.agent,
-            "action": self.action,
-            "target": self.target,
-            "priority": self.priority,
-            "status": self.status,
-            "reason": self.reason,
-            "note": self.note,
-            "diff": self.diff,
-            "verification": self.verification,
-            "tokens": self.tokens,
-            "cost": round(self.cost, 6),
-            "duration": round(self.duration, 3),
-            "commit": self.commit,
-            "lineage": list(self.lineage),
-        }
-
-
-@dataclass
-class RunResult:
-    run_id: str
-    root: Path
-    mode: str  # git | in-place | dry-run
-    tasks: list[TaskRecord]
-    skipped_by_memory: list[dict[str, str]]
-    tests_before: TestResults | None
-    tests_after: TestResults | None
-    metrics_before: dict[str, Any]
-    metrics_after: dict[str, Any]
-    usage: dict[str, Any]
-    duration: float
-    branch: str | None = None
-    base_commit: str | None = None
-    report_dir: Path | None = None
-    notes: list[str] = field(default_factory=list)
-    not_attempted: int = 0  # planned changes left out (over --max-tasks, unreadable files)
-    gate: list[str] = field(default_factory=list)  # the gate's rules, in words
-    settings: dict[str, str] = field(default_factory=dict)  # lint rules, formatter, test command: and why
-    interrupted: str | None = None  # the signal that ended the run early
-
-    def counts(self) -> dict[str, int]:
-        return {s: sum(1 for t in self.tasks if t.status == s) for s in STATUSES}
-
-    def regressions(self) -> list[str]:
-        if self.tests_before is None or self.tests_after is None:
-            return []
-        return self.tests_after.regressions(self.tests_before)
+    local_llm: LocalBackend | None = None  # what `--llm local:DIR` runs on, passed in by the CLI
 
 
 def new_run_id() -> str:
@@ -198,16 +126,13 @@ def metrics_summary(audit: AuditReport, findings: int | None, max_complexity: in
 
 class _Run:
     def __init__(self, opts: ImproveOptions) -> None:
-        from pyagent.agents.testing import TEST_ENV_ALLOW
         from pyagent.improve.gitops import GIT_ENV_ALLOW
-        from pyagent.shell import SecureShell
+        from pyagent.pipeline.builder import pipeline_shell
 
         self.opts = opts
         self.path = Path(opts.path).resolve()
         self.run_id = opts.run_id or new_run_id()
-        self.shell: SecureShell = SecureShell(
-            env_allow=tuple({*TEST_ENV_ALLOW, *GIT_ENV_ALLOW}), timeout=600.0
-        )
+        self.shell: SecureShell = pipeline_shell(*GIT_ENV_ALLOW)
         self.records: dict[str, TaskRecord] = {}
         self.file_locks: dict[str, asyncio.Lock] = {}
         self.merge_lock = asyncio.Lock()
@@ -240,8 +165,8 @@ class _Run:
 
     # -- setup ------------------------------------------------------------------------------
     async def _prepare_tree(self, scratch: Path) -> tuple[Path, str]:
-        from pyagent.fleet.workspace import isolated_copy, project_files
         from pyagent.improve.gitops import GitRepo
+        from pyagent.pipeline.workspace import isolated_copy, project_files
 
         if self.opts.dry_run:
             files = project_files(self.path)
@@ -363,8 +288,8 @@ class _Run:
 
     # -- one task ----------------------------------------------------------------------------
     async def _task(self, control: TaskControl, task: AgentTask, tree: Path, executor: Executor) -> None:
-        from pyagent.agents.errors import CascadeLimitError
         from pyagent.agents.llm.base import LLMError
+        from pyagent.model.errors import CascadeLimitError
         from pyagent.state import ConflictError
 
         rec = self.records[task.id]
@@ -543,19 +468,17 @@ class _Run:
         return None, []
 
     async def _tests(self, runner: Any, tree: Path, scratch: Path) -> TestResults:
-        from pyagent.fleet.workspace import isolated_copy
+        from pyagent.pipeline.builder import run_tests
 
-        ws = await asyncio.to_thread(isolated_copy, tree, parent=scratch)
-        try:
-            result: TestResults = await runner.run(ws)
-            return result
-        finally:
-            await asyncio.to_thread(shutil.rmtree, ws, True)
+        return await run_tests(runner, tree, scratch)
 
-    async def _baseline(self, tree: Path, scratch: Path) -> tuple[Any, TestResults | None]:
-        """The project's declared test command and its baseline; refuses a baseline of 0 or 1 test."""
-        from pyagent.agents.testing import TestRunner
+    async def _baseline(self, tree: Path, scratch: Path) -> tuple[Any, TestResults | None, Any]:
+        """The project's declared test command, its baseline and the run's pipeline settings.
+
+        Refuses a baseline of 0 or 1 test unless allowed.
+        """
         from pyagent.improve.test_command import TestCommandError, choose_test_command
+        from pyagent.pipeline.builder import PipelineSettings, make_test_runner
 
         opts = self.opts
         try:
@@ -565,6 +488,13 @@ class _Run:
         self.settings["tests"] = chosen.describe()
         self.progress("phase", phase="tests", detail=chosen.describe())
         command = chosen.command
+        settings = PipelineSettings(
+            test_cmd=shlex.join(command.argv) if command is not None else None,
+            test_timeout=opts.test_timeout,
+            test_env=dict(opts.test_env),
+            max_complexity=self.max_complexity,
+            lint_args=self.rules.args,
+        )
         if command is None:
             if not self.allow_few_tests:
                 raise ImproveError(
@@ -572,14 +502,12 @@ class _Run:
                     "against them: pass --test-cmd CMD, or --allow-few-tests to gate on lint and parsing only"
                 )
             self.notes.append("no tests found: changes were verified by parsing, lint and metrics only")
-            return None, None
-        if opts.test_env:
-            command = dataclasses.replace(command, extra_env={**command.extra_env, **opts.test_env})
-        runner = TestRunner(command, self.shell, timeout=opts.test_timeout)
+            return None, None, settings
+        runner = make_test_runner(tree, settings, self.shell)
         if self.resumed is not None and isinstance(self.resumed.data.get("baseline"), dict):
             from pyagent.agents.testing import TestResults
 
-            return runner, TestResults.from_dict(self.resumed.data["baseline"])
+            return runner, TestResults.from_dict(self.resumed.data["baseline"]), settings
         self.progress("phase", phase="baseline", detail=shlex.join(command.argv))
         baseline = await self._tests(runner, tree, scratch)
         if baseline.timed_out:
@@ -593,12 +521,12 @@ class _Run:
             )
         if baseline.note:
             self.notes.append(f"test baseline: {baseline.note}")
-        return runner, baseline
+        return runner, baseline, settings
 
     def _plan(self, tree: Path, audit: AuditReport, findings: list[Any], formatter: str | None,
               unformatted: list[str], llm: Any, root_ctx: Any, knowledge: Any) -> Any:
-        from pyagent.agents.task import AgentTask
-        from pyagent.fleet.planner import Plan, candidates, plan_tasks
+        from pyagent.model.task import AgentTask
+        from pyagent.pipeline.planner import Plan, candidates, plan_tasks
 
         if self.resumed is not None:  # the same plan; known outcomes are not redone
             tasks = [AgentTask.from_wire(t) for t in self.resumed.data["tasks"]]
@@ -621,18 +549,18 @@ class _Run:
             context=root_ctx,
             knowledge=knowledge,
             max_tasks=self.opts.max_tasks,
-            params={"max_complexity": self.max_complexity, "lint_args": list(self.rules.args)},
+            params={"max_complexity": self.max_complexity},
         )
 
     async def _run_in(self, tree: Path, mode: str, scratch: Path, started: float) -> RunResult:
-        from pyagent.agents.budget import Budget
-        from pyagent.agents.context import CascadeContext
-        from pyagent.agents.knowledge import InMemoryKnowledge
         from pyagent.agents.llm.base import UsageMeter
-        from pyagent.agents.registry import build_agents
-        from pyagent.fleet.executor import ExecutorSetup, LocalExecutor
-        from pyagent.fleet.gate import VerificationGate, gate_rules
         from pyagent.improve.project_config import ProjectConfigError, lint_rules
+        from pyagent.model.budget import Budget
+        from pyagent.model.context import CascadeContext
+        from pyagent.model.knowledge import InMemoryKnowledge
+        from pyagent.pipeline.builder import build_executor
+        from pyagent.pipeline.executor import ExecutorSetup
+        from pyagent.pipeline.gate import gate_rules
 
         opts = self.opts
         budget = Budget(tokens=opts.budget_tokens, cost_usd=opts.budget_usd)
@@ -643,7 +571,8 @@ class _Run:
 
             try:
                 llm = make_llm(
-                    opts.llm, base_url=opts.llm_base_url, api=opts.llm_api, budget=budget, meter=meter
+                    opts.llm, base_url=opts.llm_base_url, api=opts.llm_api, budget=budget, meter=meter,
+                    local=opts.local_llm,
                 )
             except LLMConfigError as exc:
                 raise ImproveError(str(exc)) from exc
@@ -661,20 +590,19 @@ class _Run:
         formatter, unformatted = await self._choose_formatter(tree, ruff_unformatted)
         self.progress("phase", phase="rules", detail=f"formatter: {self.settings['formatter']}")
         metrics_before = metrics_summary(audit_before, n_before, self.max_complexity)
-        runner, baseline = await self._baseline(tree, scratch)
+        runner, baseline, settings = await self._baseline(tree, scratch)
         if self.resumed is not None and isinstance(self.resumed.data.get("metrics_before"), dict):
             metrics_before = self.resumed.data["metrics_before"]
-        gate = VerificationGate(tests=runner, baseline=baseline, shell=self.shell, rules=self.rules)
         gate_text = gate_rules(
             self.rules.origin,
             f"{self.settings['tests']}, {len(baseline.outcomes)} tests" if baseline is not None else None,
         )
-        agents = build_agents(self.shell, llm, max_complexity=self.max_complexity)
-        local = LocalExecutor(tree, agents=agents, gate=gate, scratch=scratch)
+        local = build_executor(
+            tree, settings, shell=self.shell, runner=runner, baseline=baseline, llm=llm, scratch=scratch
+        )
         executor: Executor = local
         if opts.executor_factory is not None:
-            cmd = shlex.join(runner.command.argv) if runner is not None else opts.test_cmd
-            executor = opts.executor_factory(ExecutorSetup(tree, local, cmd, baseline, opts.llm))
+            executor = opts.executor_factory(ExecutorSetup(tree, local, settings, baseline, opts.llm))
         knowledge = opts.knowledge if opts.knowledge is not None else InMemoryKnowledge()
         root_ctx = CascadeContext.root("improve", action=f"improve:{self.run_id}", budget=budget)
         plan = self._plan(tree, audit_before, findings, formatter, unformatted, llm, root_ctx, knowledge)
@@ -753,7 +681,7 @@ class _Run:
 
     async def _group_commits(self, tree: Path) -> None:
         """Order the branch's commits theme by theme (lint, modernisation, ...) for the reviewer."""
-        from pyagent.fleet.planner import AGENT_ORDER
+        from pyagent.pipeline.planner import AGENT_ORDER
 
         assert self.repo is not None and self.base_commit is not None
         wt = tree  # inside the run's worktree (a project below the repository root is a subfolder)
@@ -780,7 +708,7 @@ class _Run:
     async def _fleet(
         self, tasks: list[AgentTask], tree: Path, executor: Executor, knowledge: Any, events: list[FleetEvent]
     ) -> None:
-        from pyagent.fleet.manager import FleetManager
+        from pyagent.fleet.core import FleetManager
 
         async with FleetManager(self.opts.concurrency, on_event=events.append, knowledge=knowledge) as fleet:
             fleet.add_listener(lambda e: self.progress("fleet", event=e.to_dict()))
@@ -800,7 +728,7 @@ class _Run:
 
     def _remember(self, tasks: list[AgentTask], knowledge: Any) -> None:
         """Every finished task's outcome goes to memory (also when the run was interrupted)."""
-        from pyagent.agents.knowledge import ChangeOutcome
+        from pyagent.model.knowledge import ChangeOutcome
 
         for t in tasks:
             rec = self.records[t.id]
@@ -901,15 +829,3 @@ async def improve(opts: ImproveOptions) -> RunResult:
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
-
-
-def load_swarm_factory() -> ExecutorFactory:
-    """The Voyager swarm's executor factory (``improve --swarm``), from ``pyagent.voyager.swarm``."""
-    try:
-        swarm = importlib.import_module("pyagent.voyager.swarm")
-    except ImportError as exc:
-        raise ImproveError(f"--swarm needs the Voyager component, which is not available: {exc}") from exc
-    factory = getattr(swarm, "swarm_executor_factory", None)
-    if factory is None:
-        raise ImproveError("--swarm: pyagent.voyager.swarm has no swarm_executor_factory")
-    return factory  # type: ignore[no-any-return]

@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from pyagent.agents.task import AgentTask, ChangeSet, content_hash
-from pyagent.fleet.workspace import isolated_copy, project_files, safe_relpath
+from pyagent.model.task import AgentTask, ChangeSet, content_hash
+from pyagent.pipeline.workspace import isolated_copy, project_files, safe_relpath
 
 if TYPE_CHECKING:
     from pyagent.agents.testing import TestResults
     from pyagent.agents.worker import CodeAgent
-    from pyagent.fleet.gate import VerificationGate
+    from pyagent.pipeline.builder import PipelineSettings
+    from pyagent.pipeline.gate import VerificationGate
 
 __all__ = ["Executor", "ExecutorFactory", "ExecutorSetup", "LocalExecutor"]
 
@@ -121,7 +122,7 @@ class LocalExecutor:
                     changes[p] = now
             if not changes:
                 return _rejected(task, "noop", "the agent made no change", base, outcome.usage)
-            from pyagent.fleet.gate import LINT_KINDS
+            from pyagent.pipeline.gate import LINT_KINDS
 
             verdict = await self.gate.verify(ws, before, changes, judge_health=task.kind not in LINT_KINDS)
             verification = {**verdict.to_dict(), "status": "verified" if verdict.passed else "rejected"}
@@ -148,7 +149,7 @@ class ExecutorSetup:
 
     root: Path
     local: LocalExecutor
-    test_cmd: str | None
+    settings: PipelineSettings
     baseline: TestResults | None
     llm: str | None
 
