@@ -60,7 +60,7 @@ def test_improve_and_undo_cli(tmp_path: Path, pyagent_cmd: list[str], clean_env:
     original = (root / "pkg" / "mod.py").read_text()
     env = {**clean_env, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
     out = subprocess.run(
-        [*pyagent_cmd, "improve", str(root), "--max-tasks", "2", "--concurrency", "1"],
+        [*pyagent_cmd, "improve", str(root), "--max-tasks", "2", "--concurrency", "1", "--in-place"],
         capture_output=True,
         text=True,
         env=env,
@@ -77,6 +77,7 @@ def test_improve_and_undo_cli(tmp_path: Path, pyagent_cmd: list[str], clean_env:
 def test_cli_bad_input_is_a_clear_error(
     tmp_path: Path, pyagent_cmd: list[str], clean_env: dict[str, str]
 ) -> None:
+    (tmp_path / "m.py").write_text("x = 1\n")  # a Python project, so the options are what is wrong
     cases = [
         (["improve", str(tmp_path / "missing")], "is not a directory"),
         (["improve", str(tmp_path), "--concurrency", "0"], "must be at least 1"),

@@ -86,7 +86,7 @@ def test_flake8_config_tox_runner_and_doctests_via_load_tests(tmp_path: Path) ->
     assert "import os" not in text and "List[int]" in text and "x == None" in text
     _common_checks(
         root, result, tmp_path, formatter=False,
-        lint_args=("--isolated", "--config", 'lint.select = ["F"]', "--config", "line-length = 100"),
+        lint_args=("--isolated", "--select=F", "--line-length=100"),
     )
 
 
@@ -109,7 +109,7 @@ def test_black_config_nox_runner_formats_with_black(tmp_path: Path) -> None:
     assert len(result.tests_before.outcomes) == kit.declared_count(root, [sys.executable, "-m", "pytest", "-q"]) == 3
     _common_checks(
         root, result, tmp_path, formatter=True,
-        lint_args=("--isolated", "--config", 'lint.select = ["F", "E9", "B"]'),
+        lint_args=("--isolated", "--select=F,E9,B", "--ignore=B009,B010"),
     )
 
 
@@ -131,7 +131,7 @@ def test_no_config_gets_bug_class_rules_and_no_formatting(tmp_path: Path) -> Non
     assert "Lint fixes" in pr and "Command: `" in pr and "baseline: 2 passed" in pr
     _common_checks(
         root, result, tmp_path, formatter=False,
-        lint_args=("--isolated", "--config", 'lint.select = ["F", "E9", "B"]'),
+        lint_args=("--isolated", "--select=F,E9,B", "--ignore=B009,B010"),
     )
 
 

@@ -35,9 +35,10 @@ __all__ = [
 # are style and left out. No import sorting, no else-after-return, no operand swapping.
 DEFAULT_SELECT: tuple[str, ...] = ("F", "E9", "B")
 DEFAULT_IGNORE: tuple[str, ...] = ("B009", "B010")
+# Selection goes in ruff's --select/--ignore flags: ruff applies inline `--config lint.ignore` after a
+# `lint.select` inconsistently (the order of the two changed the result in 0.17).
 DEFAULT_RULES = LintRules(
-    ("--isolated", "--config", f"lint.select = {json.dumps(list(DEFAULT_SELECT))}",
-     "--config", f"lint.ignore = {json.dumps(list(DEFAULT_IGNORE))}"),
+    ("--isolated", f"--select={','.join(DEFAULT_SELECT)}", f"--ignore={','.join(DEFAULT_IGNORE)}"),
     "no lint configuration found: the default bug-class rules F (pyflakes), E9 (syntax errors), "
     "B (bugbear) except B009/B010",
 )
@@ -117,11 +118,11 @@ def _flake8_rules(name: str, section: configparser.SectionProxy) -> LintRules:
     dropped = sorted({s for s in select + ignore if not known_rule(s)})
     select = [s for s in select if known_rule(s)]
     ignore = [s for s in ignore if known_rule(s)]
-    args = ["--isolated", "--config", f"lint.select = {_toml_list(select)}"]
+    args = ["--isolated", f"--select={','.join(select)}"]
     if ignore:
-        args += ["--config", f"lint.ignore = {_toml_list(ignore)}"]
+        args.append(f"--ignore={','.join(ignore)}")
     length = section.get("max-line-length", section.get("max_line_length", "79")).strip() or "79"
-    args += ["--config", f"line-length = {int(length)}"]
+    args.append(f"--line-length={int(length)}")
     if max_cc and int(max_cc) >= 0:
         args += ["--config", f"lint.mccabe.max-complexity = {int(max_cc)}"]
     per_file: dict[str, list[str]] = {}
