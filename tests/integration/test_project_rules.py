@@ -240,3 +240,46 @@ def test_declared_runner_not_installed_stops_with_what_to_install(tmp_path: Path
     )
     with pytest.raises(ImproveError, match=r"needs nose2, which is not installed.*pip install nose2"):
         _improve(root)
+
+
+def test_commits_are_grouped_by_theme_and_pr_md_lists_them(tmp_path: Path) -> None:
+    root = kit.write_project(
+        tmp_path / "p",
+        {
+            "pyproject.toml": '[tool.ruff.lint]\nselect = ["F", "UP"]\n',
+            "pkg/__init__.py": "",
+            # a.py is the worse file (planned first, at high priority): lint, then modernize, then
+            # b.py's lint fix run in that order, and the branch is regrouped lint, lint, modernize
+            "pkg/a.py": (
+                "import os\nfrom typing import List\n\n\ndef a(x: List[int] = None) -> str:\n"
+                "    for i in x or []:\n        if i > 1:\n            if i > 2:\n                return 'big'\n"
+                "            return 'mid'\n        elif i < 0:\n            return 'neg'\n    return 'a'\n"
+            ),
+            "pkg/b.py": "import sys\n\n\ndef b(x: list) -> int:\n    return len(x)\n",
+            "tests/__init__.py": "",
+            "tests/test_ab.py": (
+                "import unittest\n\nfrom pkg.a import a\nfrom pkg.b import b\n\n\nclass T(unittest.TestCase):\n"
+                "    def test_a(self):\n        self.assertEqual(a([3]), 'big')\n\n"
+                "    def test_b(self):\n        self.assertEqual(b([1]), 1)\n"
+            ),
+        },
+    )
+    result = _improve(root)
+    kept = [t for t in result.tasks if t.status == "kept"]
+    assert sorted((t.target, t.action) for t in kept) == [
+        ("pkg/a.py", "lint:F401"), ("pkg/a.py", "modernize:UP006"), ("pkg/b.py", "lint:F401")
+    ]
+    subjects = kit.git(root, "log", "--reverse", "--format=%s", f"main..{result.branch}").splitlines()
+    themes = [s.split()[1].split(":")[0] for s in subjects]
+    assert themes == ["lint", "lint", "modernize"], subjects
+    assert "commits were grouped by theme (lint, modernisation, simplification, formatting, ...)" in result.notes
+    # every record points at its commit on the branch as it is now
+    on_branch = set(kit.branch_commits(root, result.branch or ""))
+    assert {t.commit for t in kept} == on_branch
+    pr = (result.report_dir / "PR.md").read_text()  # type: ignore[operator]
+    assert pr.index("### Lint fixes") < pr.index("### Modernisation")
+    for t in kept:
+        assert f"`{(t.commit or '')[:10]}` {t.action}" in pr
+    html = (result.report_dir / "report.html").read_text()  # type: ignore[operator]
+    assert html.count('<details data-status="kept">') == 3 and 'type="checkbox" value="rolled_back"' in html
+    _common_checks(root, result, tmp_path, formatter=False)
