@@ -10,10 +10,10 @@ from pyagent.agents.testing import TestRunner
 from pyagent.model.context import CascadeContext
 from pyagent.model.priority import AgentPriority
 from pyagent.model.task import AgentTask, ChangeSet, content_hash
-from pyagent.pipeline.builder import PipelineSettings
 from pyagent.pipeline.executor import LocalExecutor
 from pyagent.pipeline.gate import VerificationGate
 from pyagent.pipeline.remote import execute_task
+from pyagent.pipeline.settings import PipelineSettings
 from tests.improve_helpers import make_project, pytest_command
 
 MOD = "pkg/mod.py"

@@ -335,9 +335,10 @@ class _Run:
         from pyagent.model.budget import Budget
         from pyagent.model.context import CascadeContext
         from pyagent.model.knowledge import ChangeOutcome, InMemoryKnowledge
-        from pyagent.pipeline.builder import PipelineSettings, build_executor, make_test_runner
+        from pyagent.pipeline.builder import build_executor, make_test_runner
         from pyagent.pipeline.executor import ExecutorSetup
         from pyagent.pipeline.planner import candidates, plan_tasks
+        from pyagent.pipeline.settings import PipelineSettings
 
         opts = self.opts
         budget = Budget(tokens=opts.budget_tokens, cost_usd=opts.budget_usd)

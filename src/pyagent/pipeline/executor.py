@@ -20,8 +20,8 @@ from pyagent.pipeline.workspace import isolated_copy, project_files, safe_relpat
 if TYPE_CHECKING:
     from pyagent.agents.testing import TestResults
     from pyagent.agents.worker import CodeAgent
-    from pyagent.pipeline.builder import PipelineSettings
     from pyagent.pipeline.gate import VerificationGate
+    from pyagent.pipeline.settings import PipelineSettings
 
 __all__ = ["Executor", "ExecutorFactory", "ExecutorSetup", "LocalExecutor"]
 
