@@ -100,7 +100,7 @@ def test_the_chain_scope_governs_what_a_task_may_do(tmp_path: Path) -> None:
     ex = _executor(root, tmp_path)
     original = (root / MOD).read_bytes()
     cases = [
-        (SecurityScope(paths=("docs",)), "outside the allowed paths"),
+        (SecurityScope(paths=("docs",)), "not under the allowed paths"),
         (SecurityScope(write=False), "read-only"),
         (SecurityScope(commands=("pytest",)), "needs 'ruff'"),
     ]

@@ -24,6 +24,7 @@ from pyagent.shell import SecureShell
 
 if TYPE_CHECKING:
     from pyagent.agents.llm.base import LLMClient
+    from pyagent.model.knowledge import KnowledgeBackend
 
 __all__ = ["build_executor", "make_test_runner", "pipeline_shell", "run_tests"]
 
@@ -67,9 +68,10 @@ def build_executor(
     runner: TestRunner | None,
     baseline: TestResults | None,
     llm: LLMClient | None = None,
+    knowledge: KnowledgeBackend | None = None,
     scratch: str | os.PathLike[str] | None = None,
 ) -> LocalExecutor:
     """The executor that runs agents on ``tree`` and judges their changes against ``baseline``."""
     gate = VerificationGate(tests=runner, baseline=baseline, shell=shell)
-    agents = build_agents(shell, llm, max_complexity=settings.max_complexity)
+    agents = build_agents(shell, llm, max_complexity=settings.max_complexity, knowledge=knowledge)
     return LocalExecutor(Path(tree), agents=agents, gate=gate, scratch=scratch)
