@@ -254,7 +254,7 @@ impl FunctionInfo {
 }
 
 impl Halstead {
-    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+    fn to_dict<'py>(self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
         for (k, v) in [("h1", self.h1), ("h2", self.h2), ("N1", self.n1), ("N2", self.n2)] {
             d.set_item(k, v)?;
@@ -276,7 +276,7 @@ impl Halstead {
 }
 
 impl RawMetrics {
-    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+    fn to_dict<'py>(self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
         for (k, v) in [
             ("loc", self.loc),
@@ -347,7 +347,7 @@ fn audit_tree(
     excludes: Vec<String>,
     multi_as_comments: bool,
     progress: Option<Py<PyAny>>,
-) -> PyResult<(Vec<FileHealth>, Vec<(String, String)>)> {
+) -> PyResult<(Vec<FileHealth>, walk::PathErrors)> {
     guarded(|| {
         let opts = WalkOptions { extensions: Some(vec!["py".to_string()]), excludes, ..Default::default() };
         let walked = py.detach(|| walk::collect(&root, &opts))?;
