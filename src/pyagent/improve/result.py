@@ -72,6 +72,7 @@ class RunResult:
     report_dir: Path | None = None
     notes: list[str] = field(default_factory=list)
     not_attempted: int = 0  # planned changes left out (over --max-tasks, unreadable files)
+    agents: list[dict[str, Any]] = field(default_factory=list)  # the identity of every agent of the run
 
     def counts(self) -> dict[str, int]:
         return {s: sum(1 for t in self.tasks if t.status == s) for s in STATUSES}

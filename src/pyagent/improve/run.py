@@ -26,6 +26,7 @@ from pyagent.improve.result import RunResult, TaskRecord
 from pyagent.model.task import AgentTask, ChangeSet, content_hash
 
 if TYPE_CHECKING:
+    from pyagent.agents.base import BaseAgent
     from pyagent.agents.llm.base import LLMClient
     from pyagent.agents.llm.factory import LocalBackend
     from pyagent.agents.testing import TestResults
@@ -115,6 +116,7 @@ class _Run:
         self.base_commit: str | None = None
         self.drop_branch: str | None = None
         self.mode = ""
+        self.agents: dict[str, BaseAgent] = {}  # this machine's agents: they authorize every merge
 
     def progress(self, kind: str, **data: Any) -> None:
         if self.opts.on_progress is not None:
@@ -171,6 +173,12 @@ class _Run:
         return sorted(cs.changes)
 
     async def _merge(self, tree: Path, task: AgentTask, cs: ChangeSet, rec: TaskRecord) -> None:
+        from pyagent.agents.mixins.governance import GovernanceError
+
+        agent = self.agents.get(task.agent)
+        if agent is None:
+            raise GovernanceError(f"no agent named {task.agent!r} on this machine may change {task.target}")
+        agent.authorize_change(task, cs.changes, tree)  # the executor's check again: a peer's change set too
         async with self.merge_lock:
             if cs.digest in self.applied:
                 return
@@ -334,10 +342,11 @@ class _Run:
         from pyagent.fleet.core import FleetManager
         from pyagent.model.budget import Budget
         from pyagent.model.context import CascadeContext
-        from pyagent.model.knowledge import ChangeOutcome, InMemoryKnowledge
-        from pyagent.pipeline.builder import PipelineSettings, build_executor, make_test_runner
+        from pyagent.model.knowledge import InMemoryKnowledge
+        from pyagent.pipeline.builder import build_executor, make_test_runner
         from pyagent.pipeline.executor import ExecutorSetup
         from pyagent.pipeline.planner import candidates, plan_tasks
+        from pyagent.pipeline.settings import PipelineSettings
 
         opts = self.opts
         budget = Budget(tokens=opts.budget_tokens, cost_usd=opts.budget_usd)
@@ -377,13 +386,15 @@ class _Run:
                 )
         else:
             self.notes.append("no tests found: changes were verified by parsing, lint and metrics only")
+        knowledge = opts.knowledge if opts.knowledge is not None else InMemoryKnowledge()
         local = build_executor(
-            tree, settings, shell=self.shell, runner=runner, baseline=baseline, llm=llm, scratch=scratch
+            tree, settings, shell=self.shell, runner=runner, baseline=baseline, llm=llm, knowledge=knowledge,
+            scratch=scratch,
         )
+        self.agents = local.agents
         executor: Executor = local
         if opts.executor_factory is not None:
             executor = opts.executor_factory(ExecutorSetup(tree, local, settings, baseline, opts.llm))
-        knowledge = opts.knowledge if opts.knowledge is not None else InMemoryKnowledge()
         root_ctx = CascadeContext.root("improve", action=f"improve:{self.run_id}", budget=budget)
         cands = candidates(
             audit_before,
@@ -434,18 +445,7 @@ class _Run:
             self.notes.append(str(getattr(executor, "summary", "")) or "swarm executor closed")
         for t in plan.tasks:
             rec = self.records[t.id]
-            knowledge.record_outcome(
-                ChangeOutcome(
-                    agent=t.agent,
-                    action=rec.action,
-                    task_kind=t.kind,
-                    target=t.target,
-                    target_hash=str(t.params.get("target_hash", "")),
-                    status=rec.status,  # type: ignore[arg-type]
-                    reason=rec.reason or None,
-                    lineage=rec.lineage,
-                )
-            )
+            self.agents[t.agent].record_outcome(t, rec.status, rec.reason or None)  # type: ignore[arg-type]
         self.progress("phase", phase="after", detail="re-measuring")
         audit_after, n_after, _f, _u = await self._measure(tree)
         tests_after = await self._tests(runner, tree, scratch) if runner is not None else None
@@ -472,6 +472,7 @@ class _Run:
             branch=self.branch,
             base_commit=self.base_commit,
             notes=self.notes,
+            agents=[agent.identity() for agent in self.agents.values()],
         )
         if mode == "in-place":
             from pyagent.improve.undo import save_run

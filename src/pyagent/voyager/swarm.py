@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pyagent.pipeline.builder import PipelineSettings
+from pyagent.pipeline.settings import PipelineSettings
 from pyagent.voyager.blobs import blob_hash
 from pyagent.voyager.discovery import DiscoveryNode, PeerInfo
 from pyagent.voyager.home import NodeHome
