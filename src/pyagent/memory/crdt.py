@@ -42,8 +42,9 @@ class Entry(NamedTuple):
 
 
 def encode_counters(counters: Mapping[str, Mapping[str, int]]) -> bytes:
-    """Canonical bytes (sorted keys, no empty maps) so equal counters hash equally."""
-    canonical = {f: dict(sorted(per.items())) for f, per in sorted(counters.items()) if per}
+    """Canonical bytes (sorted keys, no zero counts, no empty maps) so equal counters hash equally."""
+    canonical = {f: dict(sorted((n, c) for n, c in per.items() if c)) for f, per in sorted(counters.items())}
+    canonical = {f: per for f, per in canonical.items() if per}
     return msgpack.packb(canonical, use_bin_type=True)
 
 
