@@ -55,11 +55,16 @@ class FleetClient:
         await self._discovery.start()
         links = TrustedLinks(lambda: self._discovery, self.home, self._transport)
         self.memory = FleetMemory(self._transport, links, node_id=uuid.uuid4().hex, name="client")
+        # Wait for the first trusted node, then until no new one shows up for a second (each node's
+        # record resolves separately), all within ``discovery_wait``.
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.discovery_wait
-        while not links.known() and loop.time() < deadline:
-            await self._discovery.wait_for_peers(len(self._discovery.peers()) + 1, deadline - loop.time())
-        await asyncio.sleep(0.2)  # the other nodes answer the same browse within a few ms of the first
+        while loop.time() < deadline:
+            seen = len(self._discovery.peers())
+            quiet = deadline - loop.time() if not links.known() else min(1.0, deadline - loop.time())
+            await self._discovery.wait_for_peers(seen + 1, quiet)
+            if links.known() and len(self._discovery.peers()) == seen:
+                break
 
     def _call(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
         assert self._loop is not None, "start() the client first"

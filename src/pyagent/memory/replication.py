@@ -204,8 +204,14 @@ class FleetMemory:
             },
             "shards_fetched": self.stats.shards_fetched,
             "bytes_fetched": self.stats.bytes_fetched,
+            "store_bytes": self.store_bytes(),
             "refused": self.stats.refused[-20:],
         }
+
+    def store_bytes(self) -> int:
+        """The size of everything this node holds, in shard wire form (what a full copy would cost)."""
+        replica = self._need_replica()
+        return sum(len(replica.shard_bytes(s, stamped=True)) for s in replica.shard_hashes())
 
     # -- client side: anti-entropy ---------------------------------------------------------------
 
@@ -233,20 +239,20 @@ class FleetMemory:
         members = sorted({self.node_id, *(p.node_id for p in live)})
         # Shards this node holds without owning them (it wrote to them) are pulled too: otherwise
         # its partial copy would differ from the owners' for ever and be fetched every round.
-        hashes = replica.shard_hashes()
-        mine = sorted(set(self.owned(members)) | set(hashes))
+        mine = sorted(set(self.owned(members)) | set(replica.shard_hashes()))
         fetched = 0
         complete = bool(live)
         for peer in live:
             try:
-                fetched += await self._pull(peer.node_id, peer.name, mine, hashes)
+                # hashes as of now: what the previous peer sent is not fetched again from this one
+                fetched += await self._pull(peer.node_id, peer.name, mine, replica.shard_hashes(mine))
             except TransportError as exc:
                 complete = False
                 log.info("memory pull from %s failed: %s", peer.name, exc)
         self.stats.rounds += 1
         if complete and not self._caught_up and all(p.behind == 0 for p in self.stats.peers.values()):
             self._caught_up = True
-            full = sum(len(replica.shard_bytes(s)) for s in replica.shard_hashes())
+            full = self.store_bytes()
             self._emit(
                 f"memory caught up in {time.monotonic() - self._started:.2f}s: fetched "
                 f"{self.stats.shards_fetched} shard(s), {self.stats.bytes_fetched} bytes of a "
