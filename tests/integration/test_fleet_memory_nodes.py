@@ -16,10 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from pyagent.agents.context import CascadeContext
-from pyagent.agents.knowledge import ChangeOutcome
-from pyagent.agents.task import content_hash
-from pyagent.fleet.planner import Candidate, plan_tasks
 from pyagent.health import CodeHealthAuditor
 from pyagent.memory.fleet_client import FleetClient
 from pyagent.memory.fleet_knowledge import FleetKnowledge
@@ -27,6 +23,10 @@ from pyagent.memory.fleet_memory import StoreKnowledge
 from pyagent.memory.replica import ReplicaStore
 from pyagent.memory.report import fleet_summary
 from pyagent.memory.store import KnowledgeStore
+from pyagent.model.context import CascadeContext
+from pyagent.model.knowledge import ChangeOutcome
+from pyagent.model.task import content_hash
+from pyagent.pipeline.planner import Candidate, plan_tasks
 from pyagent.voyager.home import NodeHome
 
 pytestmark = pytest.mark.slow

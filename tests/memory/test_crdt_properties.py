@@ -9,12 +9,12 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pyagent.agents.knowledge import ChangeOutcome
 from pyagent.memory.crdt import Entry, encode_counters, merge
 from pyagent.memory.fleet_memory import FAILURES, StoreKnowledge
 from pyagent.memory.hlc import HybridClock
 from pyagent.memory.replica import ReplicaStore
 from pyagent.memory.store import KnowledgeStore
+from pyagent.model.knowledge import ChangeOutcome
 
 NODES = ("a" * 32, "b" * 32, "c" * 32)
 

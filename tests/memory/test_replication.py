@@ -143,8 +143,8 @@ def test_replication_spreads_facts_and_refuses_a_tampered_shard(tmp_path: Path) 
             deadline = loop.time() + 20
             while loop.time() < deadline:
                 await asyncio.sleep(0.3)
-                honest = [m.replica.store.namespaces().get("ns", 0) for m in mems[:2] if m.replica]
-                if honest == [400, 400] and all(m.stats.refused for m in mems[:2]):
+                held = [m.replica.store.namespaces().get("ns", 0) for m in mems if m.replica]
+                if held == [400, 400, 600] and all(m.stats.refused for m in mems[:2]):
                     break
             counts = {m.name: m.replica.store.namespaces().get("ns", 0) for m in mems if m.replica}
             return mems, counts

@@ -16,8 +16,8 @@ from pyagent.memory.fleet_memory import FAILURES, StoreKnowledge, failure_key
 from pyagent.memory.pruning import ROUTES
 
 if TYPE_CHECKING:
-    from pyagent.agents.knowledge import ChangeOutcome
     from pyagent.memory.fleet_client import FleetClient
+    from pyagent.model.knowledge import ChangeOutcome
 
 __all__ = ["FleetKnowledge"]
 
@@ -26,7 +26,7 @@ _SEP = "\x1f"
 
 
 class FleetKnowledge:
-    """Implements ``pyagent.agents.knowledge.KnowledgeBackend``; thread-safe."""
+    """Implements ``pyagent.model.knowledge.KnowledgeBackend``; thread-safe."""
 
     def __init__(self, local: StoreKnowledge, client: FleetClient, *, deadline: float = 1.0,
                  route_ttl: float = 1.0) -> None:
