@@ -33,6 +33,7 @@ class FleetAnswer:
     result: Any
     answered: tuple[str, ...] = ()
     missing: tuple[str, ...] = field(default=())
+    errors: dict[str, str] = field(default_factory=dict)  # why each missing peer is missing
 
     @property
     def complete(self) -> bool:

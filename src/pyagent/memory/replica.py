@@ -15,9 +15,10 @@ so two nodes holding the same entries of a shard have the same hash and exchange
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import blake3
@@ -87,8 +88,11 @@ class ShardError(StoreError):
         self.peer = peer
 
 
+_PAYLOAD_COLS = {t: tuple(c for c in TABLES[t] if c not in PRIMARY_KEYS[t]) for t in REPLICATED}
+
+
 def _payload_cols(table: str) -> tuple[str, ...]:
-    return tuple(c for c in TABLES[table] if c not in PRIMARY_KEYS[table])
+    return _PAYLOAD_COLS[table]
 
 
 class ReplicaStore:
@@ -101,6 +105,7 @@ class ReplicaStore:
         self.node_id = node_id
         self._conn: sqlite3.Connection = store._conn
         self._hashes: dict[int, bytes] = {}
+        self._sizes: dict[int, int] = {}
         self._hash_lock = threading.Lock()
         with store.batch():
             fresh = self._conn.execute(
@@ -127,34 +132,57 @@ class ReplicaStore:
             return self._stamp()
 
     def _stamp(self) -> int:
+        """Stamp every dirty key: one joined read per table, then bulk writes (inside a batch)."""
         conn = self._conn
-        dirty = conn.execute("SELECT tbl, a, b, c, old, had_old FROM repl_dirty").fetchall()
-        for tbl, a, b, c, old, had_old in dirty:
-            key = (a, b, c)
-            current = self._read_row(tbl, key)
-            prev = self._entry(tbl, key)
-            counters = decode_counters(prev.counters) if prev is not None else {}
-            if tbl == "facts" and current is not None:
-                before = unpack_fact(old)[0] if had_old and old is not None else None
-                for f, n in increments(before, unpack_fact(current[0])[0]).items():
-                    per = counters.setdefault(f, {})
-                    per[self.node_id] = per.get(self.node_id, 0) + n
-            payload = None if current is None else msgpack.packb(list(current), use_bin_type=True)
-            entry = Entry(self.clock.now(), current is None, payload, encode_counters(counters))
-            self._write_entry(tbl, key, entry)
-            if tbl == "facts" and current is not None and counters:
-                self._materialize(tbl, key, entry)
-        if dirty:
+        total = 0
+        for tbl in REPLICATED:
+            pk = PRIMARY_KEYS[tbl]
+            cols = _payload_cols(tbl)
+            on = " AND ".join(f"t.{c} = d.{k}" for c, k in zip(pk, "abc", strict=False))
+            rows = conn.execute(
+                f"SELECT d.a, d.b, d.c, d.old, d.had_old, t.{pk[0]} IS NOT NULL, "
+                f"{', '.join('t.' + c for c in cols)}, r.counters FROM repl_dirty d "
+                f"LEFT JOIN {tbl} t ON {on} "
+                "LEFT JOIN repl_items r ON r.tbl = d.tbl AND r.a = d.a AND r.b = d.b AND r.c = d.c "
+                "WHERE d.tbl = ?", (tbl,)).fetchall()
+            if not rows:
+                continue
+            total += len(rows)
+            items = []
+            counted = []
+            width = len(pk)
+            for row in rows:
+                a, b, c, old, had_old, present = row[:6]
+                current = row[6 : 6 + len(cols)] if present else None
+                raw_counters = row[-1] if row[-1] is not None else _EMPTY
+                if tbl == "facts" and current is not None:
+                    before = unpack_fact(old)[0] if had_old and old is not None else None
+                    raised = increments(before, unpack_fact(current[0])[0])
+                    if raised:
+                        counters = decode_counters(raw_counters)
+                        for f, n in raised.items():
+                            per = counters.setdefault(f, {})
+                            per[self.node_id] = per.get(self.node_id, 0) + n
+                        raw_counters = encode_counters(counters)
+                payload = None if current is None else msgpack.packb(list(current), use_bin_type=True)
+                key = (a, b, c)
+                entry = Entry(self.clock.now(), current is None, payload, raw_counters)
+                items.append((tbl, a, b, c, shard_of(tbl, key[:width]), entry.hlc, int(entry.deleted), payload,
+                              raw_counters))
+                if tbl == "facts" and current is not None and raw_counters != _EMPTY:
+                    counted.append((key, entry))
+            self._write_entries(items)
+            self._materialize(tbl, counted)
+        if total:
             conn.execute("DELETE FROM repl_dirty")
         self._sync_cycle()
-        return len(dirty)
+        return total
 
-    def _read_row(self, tbl: str, key: tuple[str, str, str]) -> tuple[Any, ...] | None:
-        pk = PRIMARY_KEYS[tbl]
-        where = " AND ".join(f"{c} = ?" for c in pk)
-        row = self._conn.execute(
-            f"SELECT {', '.join(_payload_cols(tbl))} FROM {tbl} WHERE {where}", key[: len(pk)]).fetchone()
-        return None if row is None else tuple(row)
+    def _write_entries(self, items: list[tuple[Any, ...]]) -> None:
+        self._conn.executemany("INSERT OR REPLACE INTO repl_items VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", items)
+        with self._hash_lock:
+            for item in items:
+                self._hashes.pop(item[4], None)
 
     def _entry(self, tbl: str, key: tuple[str, str, str]) -> Entry | None:
         row = self._conn.execute(
@@ -162,28 +190,28 @@ class ReplicaStore:
             (tbl, *key)).fetchone()
         return None if row is None else Entry(row[0], bool(row[1]), row[2], row[3])
 
-    def _write_entry(self, tbl: str, key: tuple[str, str, str], entry: Entry) -> None:
-        shard = shard_of(tbl, key[: len(PRIMARY_KEYS[tbl])])
-        self._conn.execute("INSERT OR REPLACE INTO repl_items VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                           (tbl, *key, shard, entry.hlc, int(entry.deleted), entry.payload, entry.counters))
-        with self._hash_lock:
-            self._hashes.pop(shard, None)
-
-    def _materialize(self, tbl: str, key: tuple[str, str, str], entry: Entry) -> None:
-        """Make the table row what the merged entry says (the triggers' marks are cleared by the caller)."""
+    def _materialize(self, tbl: str, rows: list[tuple[tuple[str, str, str], Entry]]) -> None:
+        """Make the table rows what the merged entries say (the triggers' marks are cleared by the caller)."""
         pk = PRIMARY_KEYS[tbl]
+        width = len(pk)
         where = " AND ".join(f"{c} = ?" for c in pk)
-        if entry.deleted or entry.payload is None:
-            self._conn.execute(f"DELETE FROM {tbl} WHERE {where}", key[: len(pk)])
-            return
-        cols = list(msgpack.unpackb(entry.payload, raw=False))
-        if tbl == "facts":
-            value, created, provenance = unpack_fact(cols[0])
-            counted = materialize_value(value, decode_counters(entry.counters))
-            if counted != value:
-                cols[0] = msgpack.packb([counted, created, list(provenance)], use_bin_type=True)
-        row = (*key[: len(pk)], *cols)
-        self._conn.execute(f"INSERT OR REPLACE INTO {tbl} VALUES ({', '.join('?' * len(row))})", row)
+        deletes: list[tuple[str, ...]] = []
+        puts: list[tuple[Any, ...]] = []
+        for key, entry in rows:
+            if entry.deleted or entry.payload is None:
+                deletes.append(key[:width])
+                continue
+            cols = list(msgpack.unpackb(entry.payload, raw=False))
+            if tbl == "facts" and entry.counters != _EMPTY:
+                value, created, provenance = unpack_fact(cols[0])
+                counted = materialize_value(value, decode_counters(entry.counters))
+                if counted != value:
+                    cols[0] = msgpack.packb([counted, created, list(provenance)], use_bin_type=True)
+            puts.append((*key[:width], *cols))
+        if deletes:
+            self._conn.executemany(f"DELETE FROM {tbl} WHERE {where}", deletes)
+        if puts:
+            self._conn.executemany(f"INSERT OR REPLACE INTO {tbl} VALUES ({', '.join('?' * len(TABLES[tbl]))})", puts)
 
     # -- the decay clock -------------------------------------------------------------------------
 
@@ -196,11 +224,27 @@ class ReplicaStore:
         fleet = int(conn.execute("SELECT coalesce(sum(ticks), 0) FROM repl_clock").fetchone()[0])
         if fleet != cycle:
             conn.execute("UPDATE meta SET value = ? WHERE key = 'cycle'", (fleet,))
-        conn.execute("UPDATE meta SET value = ? WHERE key = 'repl_cycle_seen'", (fleet,))
+        if fleet != seen:  # no write (and no durable commit) when nothing changed: reads stamp too
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'repl_cycle_seen'", (fleet,))
+
+    @contextlib.contextmanager
+    def _fresh(self) -> Iterator[None]:
+        """Hold the store's lock with every local write stamped, for reading.
+
+        Stamps (a write transaction) only when something is dirty, so reads do not commit, and
+        do not invalidate the store's cached vector matrix.
+        """
+        with self.store._lock:
+            dirty = self._conn.execute(
+                "SELECT EXISTS(SELECT 1 FROM repl_dirty) OR (SELECT value FROM meta WHERE key = 'cycle') "
+                "IS NOT (SELECT value FROM meta WHERE key = 'repl_cycle_seen')").fetchone()[0]
+            if dirty:
+                with self.store.batch():
+                    self._stamp()
+            yield
 
     def clock_vector(self) -> dict[str, int]:
-        with self.store.batch():
-            self._stamp()
+        with self._fresh():
             return {n: int(t) for n, t in self._conn.execute("SELECT node, ticks FROM repl_clock")}
 
     def merge_clock(self, vector: dict[str, int]) -> int:
@@ -212,7 +256,7 @@ class ReplicaStore:
             self._stamp()
             for node, ticks in vector.items():
                 self._conn.execute("INSERT INTO repl_clock VALUES (?, ?) ON CONFLICT(node) DO UPDATE "
-                                   "SET ticks = max(ticks, excluded.ticks)", (node, ticks))
+                                   "SET ticks = excluded.ticks WHERE excluded.ticks > ticks", (node, ticks))
             self._sync_cycle()
             return int(self._conn.execute("SELECT value FROM meta WHERE key = 'cycle'").fetchone()[0])
 
@@ -220,8 +264,7 @@ class ReplicaStore:
 
     def shard_hashes(self, shards: Iterable[int] | None = None) -> dict[int, bytes]:
         """blake3 of every held (non-empty) shard, or of the given ones that are held."""
-        self.stamp()
-        with self.store.batch():
+        with self._fresh():
             held = [int(s) for (s,) in self._conn.execute("SELECT DISTINCT shard FROM repl_items")]
         wanted = set(held) if shards is None else set(held) & set(shards)
         out: dict[int, bytes] = {}
@@ -229,17 +272,23 @@ class ReplicaStore:
             with self._hash_lock:
                 cached = self._hashes.get(s)
             if cached is None:
-                cached = blake3.blake3(self.shard_bytes(s, stamped=True)).digest()
+                data = self.shard_bytes(s, stamped=True)
+                cached = blake3.blake3(data).digest()
                 with self._hash_lock:
                     self._hashes[s] = cached
+                    self._sizes[s] = len(data)
             out[s] = cached
         return out
 
+    def held_bytes(self) -> int:
+        """The size of every held shard in wire form: what a full copy of this node would transfer."""
+        held = self.shard_hashes()
+        with self._hash_lock:
+            return sum(self._sizes.get(s, 0) for s in held)
+
     def shard_bytes(self, shard: int, *, stamped: bool = False) -> bytes:
         """The canonical wire form of one shard (empty list when not held)."""
-        if not stamped:
-            self.stamp()
-        with self.store.batch():
+        with contextlib.nullcontext() if stamped else self._fresh(), self.store._lock:
             rows = self._conn.execute(
                 "SELECT tbl, a, b, c, hlc, deleted, payload, counters FROM repl_items WHERE shard = ? "
                 "ORDER BY tbl, a, b, c", (shard,)).fetchall()
@@ -261,7 +310,7 @@ class ReplicaStore:
         Each shard is verified and decoded before anything is written; a refused shard (hash
         mismatch, malformed) is left out whole and reported with the peer's name.
         """
-        valid: list[tuple[str, tuple[str, str, str], Entry]] = []
+        valid: list[tuple[int, list[tuple[str, tuple[str, str, str], Entry]]]] = []
         refused: list[ShardError] = []
         for data, expected in shards:
             digest = blake3.blake3(data).digest()
@@ -270,26 +319,37 @@ class ReplicaStore:
                                           f"match the advertised {expected.hex()[:16]}", peer))
                 continue
             try:
-                valid.extend(_decode_shard(data, peer))
+                valid.append(_decode_shard(data, peer))
             except ShardError as exc:
                 refused.append(exc)
-        changed = 0
         if not valid:
             return 0, refused
+        changed = 0
         with self.store.batch():
             self._stamp()
-            for tbl, key, remote in valid:
-                local = self._entry(tbl, key)
-                merged = remote if local is None else merge(local, remote)
-                if merged == local:
-                    continue
-                self.clock.observe(merged.hlc)
-                self._write_entry(tbl, key, merged)
-                if tbl == "docs" and self.store.get_meta("embedder") is None and not merged.deleted:
-                    self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('embedder', ?)",
-                                       (self.store.embedder.name,))
-                self._materialize(tbl, key, merged)
-                changed += 1
+            for shard, entries in valid:
+                local = {(r[0], r[1], r[2], r[3]): Entry(r[4], bool(r[5]), r[6], r[7]) for r in self._conn.execute(
+                    "SELECT tbl, a, b, c, hlc, deleted, payload, counters FROM repl_items WHERE shard = ?", (shard,))}
+                items = []
+                newest = ""
+                applied: dict[str, list[tuple[tuple[str, str, str], Entry]]] = {t: [] for t in REPLICATED}
+                for tbl, key, remote in entries:
+                    mine = local.get((tbl, *key))
+                    merged = remote if mine is None else merge(mine, remote)
+                    if merged == mine:
+                        continue
+                    newest = max(newest, merged.hlc)
+                    items.append((tbl, *key, shard, merged.hlc, int(merged.deleted), merged.payload, merged.counters))
+                    if tbl == "docs" and self.store.get_meta("embedder") is None and not merged.deleted:
+                        self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('embedder', ?)",
+                                           (self.store.embedder.name,))
+                    applied[tbl].append((key, merged))
+                if items:
+                    for tbl, rows in applied.items():
+                        self._materialize(tbl, rows)
+                    self._write_entries(items)
+                    self.clock.observe(newest)
+                    changed += len(items)
             self._conn.execute("DELETE FROM repl_dirty")
         return changed, refused
 
@@ -298,14 +358,12 @@ class ReplicaStore:
     def entry(self, tbl: str, key: Sequence[str]) -> Entry | None:
         """The current entry of one key (local writes stamped first)."""
         full = (*key, *([""] * (3 - len(key))))
-        with self.store.batch():
-            self._stamp()
+        with self._fresh():
             return self._entry(tbl, (full[0], full[1], full[2]))
 
     def entries(self, tbl: str, a: str, prefix: str = "") -> list[tuple[str, Entry]]:
         """(second key column, entry) of every entry of ``tbl`` whose first key column is ``a``."""
-        with self.store.batch():
-            self._stamp()
+        with self._fresh():
             rows = self._conn.execute(
                 "SELECT b, hlc, deleted, payload, counters FROM repl_items WHERE tbl = ? AND a = ? AND b >= ? "
                 "ORDER BY b", (tbl, a, prefix)).fetchall()
@@ -313,15 +371,14 @@ class ReplicaStore:
 
     def counts(self) -> dict[str, int]:
         """Live items, tombstones and held shards."""
-        with self.store.batch():
-            self._stamp()
+        with self._fresh():
             live, dead, shards = self._conn.execute(
                 "SELECT coalesce(sum(deleted = 0), 0), coalesce(sum(deleted), 0), count(DISTINCT shard) "
                 "FROM repl_items").fetchone()
         return {"items": int(live), "tombstones": int(dead), "shards": int(shards)}
 
 
-def _decode_shard(data: bytes, peer: str) -> list[tuple[str, tuple[str, str, str], Entry]]:
+def _decode_shard(data: bytes, peer: str) -> tuple[int, list[tuple[str, tuple[str, str, str], Entry]]]:
     try:
         shard, rows = msgpack.unpackb(data, raw=False, max_bin_len=_MAX_SHARD_BYTES, max_str_len=_MAX_SHARD_BYTES)
         if not isinstance(shard, int) or not 0 <= shard < SHARDS or not isinstance(rows, list):
@@ -338,7 +395,8 @@ def _decode_shard(data: bytes, peer: str) -> list[tuple[str, tuple[str, str, str
             parse_stamp(hlc)
             if not isinstance(deleted, bool | int) or not isinstance(counters, bytes):
                 raise ValueError("bad entry")
-            decode_counters(counters)
+            if counters != _EMPTY:
+                decode_counters(counters)
             if deleted:
                 if payload is not None:
                     raise ValueError("a tombstone carries no columns")
@@ -349,6 +407,6 @@ def _decode_shard(data: bytes, peer: str) -> list[tuple[str, tuple[str, str, str
                 if tbl == "facts":
                     unpack_fact(cols[0])
             out.append((tbl, key, Entry(hlc, bool(deleted), payload, counters)))
-        return out
+        return shard, out
     except (ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
         raise ShardError(f"refused a malformed shard from {peer}: {exc}", peer) from None

@@ -25,9 +25,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +66,13 @@ class ReplicationStats:
     shards_changed_meanwhile: int = 0
     refused: list[str] = field(default_factory=list)  # "peer: reason"
     peers: dict[str, PeerSync] = field(default_factory=dict)
+
+
+def _threaded(handler: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Awaitable[Any]]:
+    async def run(payload: Any, request: Any) -> Any:
+        return await asyncio.to_thread(handler, payload, request)
+
+    return run
 
 
 def _pairs(value: Any, what: str) -> dict[int, bytes]:
@@ -109,14 +117,18 @@ class FleetMemory:
         self._stopping = False
         self._served: OrderedDict[bytes, bytes] = OrderedDict()  # advertised shard bytes by blake3
         self._served_bytes = 0
+        self._served_lock = threading.Lock()
         self._started = time.monotonic()
 
     def register(self) -> None:
-        """Serve the memory requests on this node's transport (call before it starts)."""
-        self.transport.register("memory.digest", self._handle_digest)
-        self.transport.register("memory.shard", self._handle_shard)
-        self.transport.register("memory.query", self._handle_query)
-        self.transport.register("memory.status", self._handle_status)
+        """Serve the memory requests on this node's transport (call before it starts).
+
+        The handlers do SQLite work; they run in worker threads so the event loop keeps
+        answering heartbeats while a big shard is merged or a store is stamped.
+        """
+        for kind, handler in (("memory.digest", self._handle_digest), ("memory.shard", self._handle_shard),
+                              ("memory.query", self._handle_query), ("memory.status", self._handle_status)):
+            self.transport.register(kind, _threaded(handler))
 
     # -- placement -------------------------------------------------------------------------------
 
@@ -155,12 +167,14 @@ class FleetMemory:
     def _offer(self, digest: bytes, data: bytes) -> None:
         if blake3.blake3(data).digest() != digest:
             return  # the shard changed between hashing and reading: the next round advertises it anew
-        self._served[digest] = data
-        self._served.move_to_end(digest)
-        self._served_bytes += len(data)
-        while self._served_bytes > _SERVED_BYTES and len(self._served) > 1:
-            _, old = self._served.popitem(last=False)
-            self._served_bytes -= len(old)
+        with self._served_lock:
+            if digest not in self._served:
+                self._served_bytes += len(data)
+            self._served[digest] = data
+            self._served.move_to_end(digest)
+            while self._served_bytes > _SERVED_BYTES and len(self._served) > 1:
+                _, old = self._served.popitem(last=False)
+                self._served_bytes -= len(old)
 
     def _handle_shard(self, payload: Any, request: Any) -> dict[str, Any]:
         replica = self._need_replica()
@@ -168,7 +182,8 @@ class FleetMemory:
             raise ValueError("memory.shard takes a map")
         wanted = _pairs([[payload.get("shard"), payload.get("hash")]], "shard")
         shard, digest = next(iter(wanted.items()))
-        data = self._served.get(digest)
+        with self._served_lock:
+            data = self._served.get(digest)
         if data is None:
             if replica.shard_hashes([shard]).get(shard) != digest:
                 return {"changed": True}
@@ -210,8 +225,7 @@ class FleetMemory:
 
     def store_bytes(self) -> int:
         """The size of everything this node holds, in shard wire form (what a full copy would cost)."""
-        replica = self._need_replica()
-        return sum(len(replica.shard_bytes(s, stamped=True)) for s in replica.shard_hashes())
+        return self._need_replica().held_bytes()
 
     # -- client side: anti-entropy ---------------------------------------------------------------
 
@@ -239,20 +253,21 @@ class FleetMemory:
         members = sorted({self.node_id, *(p.node_id for p in live)})
         # Shards this node holds without owning them (it wrote to them) are pulled too: otherwise
         # its partial copy would differ from the owners' for ever and be fetched every round.
-        mine = sorted(set(self.owned(members)) | set(replica.shard_hashes()))
+        mine = sorted(set(self.owned(members)) | set(await asyncio.to_thread(replica.shard_hashes)))
         fetched = 0
         complete = bool(live)
         for peer in live:
             try:
                 # hashes as of now: what the previous peer sent is not fetched again from this one
-                fetched += await self._pull(peer.node_id, peer.name, mine, replica.shard_hashes(mine))
+                hashes = await asyncio.to_thread(replica.shard_hashes, mine)
+                fetched += await self._pull(peer.node_id, peer.name, mine, hashes)
             except TransportError as exc:
                 complete = False
                 log.info("memory pull from %s failed: %s", peer.name, exc)
         self.stats.rounds += 1
         if complete and not self._caught_up and all(p.behind == 0 for p in self.stats.peers.values()):
             self._caught_up = True
-            full = self.store_bytes()
+            full = await asyncio.to_thread(self.store_bytes)
             self._emit(
                 f"memory caught up in {time.monotonic() - self._started:.2f}s: fetched "
                 f"{self.stats.shards_fetched} shard(s), {self.stats.bytes_fetched} bytes of a "
@@ -266,12 +281,13 @@ class FleetMemory:
         sync.name = name
         reply = await self.transport.request(
             peer_id, "memory.digest",
-            {"shards": mine, "hashes": [[s, h] for s, h in sorted(hashes.items())], "clock": replica.clock_vector()},
+            {"shards": mine, "hashes": [[s, h] for s, h in sorted(hashes.items())],
+             "clock": await asyncio.to_thread(replica.clock_vector)},
             timeout=10.0,
         )
         if not isinstance(reply, dict) or not isinstance(reply.get("clock"), dict):
             raise ShardError(f"{name} sent a malformed digest", name)
-        replica.merge_clock(reply["clock"])
+        await asyncio.to_thread(replica.merge_clock, reply["clock"])
         differ = _pairs(reply.get("differ", []), "differ")
         wanted = [(s, h) for s, h in sorted(differ.items()) if s in set(mine)]
         sync.behind = len(wanted)
@@ -293,7 +309,7 @@ class FleetMemory:
                 self.stats.bytes_fetched += len(data)
                 batch.append((data, digest))
             # one commit for the whole chunk: a durable commit per shard would cost an fsync each
-            changed, refused = replica.merge_shards(batch, peer=name)
+            changed, refused = await asyncio.to_thread(replica.merge_shards, batch, peer=name)
             self.stats.entries_merged += changed
             for exc in refused:
                 self._refuse(name, str(exc))
@@ -325,7 +341,7 @@ class FleetMemory:
         answers: list[Any] = []
         answered: list[str] = []
         if self.replica is not None:
-            answers.append(answer(self.replica, op, args))
+            answers.append(await asyncio.to_thread(answer, self.replica, op, args))
             answered.append(self.name)
         replies = await asyncio.gather(
             *(self.transport.request(p.node_id, "memory.query", {"op": op, "args": dict(args)}, timeout=timeout)
@@ -333,19 +349,21 @@ class FleetMemory:
             return_exceptions=True,
         )
         missing: list[str] = []
+        errors: dict[str, str] = {}
         for peer, reply in zip(peers, replies, strict=True):
             if isinstance(reply, BaseException):
                 if not isinstance(reply, TransportError | ValueError):
                     raise reply
                 missing.append(peer.name)
+                errors[peer.name] = f"{type(reply).__name__}: {reply}"
             else:
                 answers.append(reply)
                 answered.append(peer.name)
-        return FleetAnswer(op, combine(op, answers, args), tuple(answered), tuple(sorted(missing)))
+        return FleetAnswer(op, combine(op, answers, args), tuple(answered), tuple(sorted(missing)), errors)
 
     async def statuses(self, *, timeout: float = 2.0) -> tuple[list[dict[str, Any]], list[str]]:
         """Every known node's :meth:`status` (this one's first when it has a store), and who did not answer."""
-        out = [self.status()] if self.replica is not None else []
+        out = [await asyncio.to_thread(self.status)] if self.replica is not None else []
         peers = self.links.known()
         replies = await asyncio.gather(
             *(self.transport.request(p.node_id, "memory.status", None, timeout=timeout) for p in peers),
