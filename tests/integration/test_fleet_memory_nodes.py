@@ -167,6 +167,18 @@ def test_a_failure_on_a_vetoes_c_and_a_route_learned_on_b_orders_agents_on_a(nod
         time.sleep(on_a.route_ttl)
         assert on_a.route_weight("second", "lint") > 1.0 > on_a.route_weight("first", "lint")
         assert [t.agent for t in _plan(project, two, on_a).tasks] == ["second", "first"]  # type: ignore[attr-defined]
+
+        # once replicated, the failure outlives its author: with A killed, C still vetoes the change
+        deadline = time.monotonic() + 30
+        while True:
+            st, _ = on_c.client.statuses()
+            if len(st) == 3 and fleet_summary(st, [])["min_replication"] >= 2 and all(n["behind"] == 0 for n in st):
+                break
+            assert time.monotonic() < deadline, "the failure was not replicated"
+            time.sleep(0.3)
+        nodes.kill(ann)
+        plan = _plan(project, [change], on_c)
+        assert not plan.tasks and plan.skipped[0].reason.endswith("tests failed: test_f")  # type: ignore[attr-defined]
     finally:
         on_c.close()
         on_a.close()
