@@ -125,3 +125,16 @@ def test_fleet_summary_counts_identical_copies() -> None:
     assert summary["min_replication"] == 1 and summary["under_replicated"] == 1  # shard 1 differs
     assert summary["missing"] == ["c"] and summary["nodes"][1]["lag"] == 1
     assert summary["nodes"][1]["last_sync_s"] == 0.4
+
+
+def test_texts_from_a_peer_with_another_embedder_are_refused(tmp_path: Path) -> None:
+    with KnowledgeStore(tmp_path / "a.db") as a, KnowledgeStore(tmp_path / "b.db") as b:
+        source, target = ReplicaStore(a, "a" * 32), ReplicaStore(b, "b" * 32)
+        a.remember("notes", "n1", "tests fail after the refactor")
+        shards = [(source.shard_bytes(s), h) for s, h in source.shard_hashes().items()]
+        changed, refused = target.merge_shards(shards, peer="carol", embedder="some-other-model")
+        assert changed == 0 and len(refused) == 1
+        assert "carol" in str(refused[0]) and "some-other-model" in str(refused[0])
+        changed, refused = target.merge_shards(shards, peer="carol", embedder=a.get_meta("embedder"))
+        assert changed == 1 and not refused
+        assert b.search("refactor tests fail", k=1)[0].key == "n1"

@@ -304,11 +304,13 @@ class ReplicaStore:
             raise refused[0]
         return changed
 
-    def merge_shards(self, shards: Sequence[tuple[bytes, bytes]], *, peer: str) -> tuple[int, list[ShardError]]:
+    def merge_shards(self, shards: Sequence[tuple[bytes, bytes]], *, peer: str,
+                     embedder: str | None = None) -> tuple[int, list[ShardError]]:
         """Merge many (bytes, expected blake3) shards in one commit; returns entries changed and refusals.
 
         Each shard is verified and decoded before anything is written; a refused shard (hash
-        mismatch, malformed) is left out whole and reported with the peer's name.
+        mismatch, malformed, or texts whose vectors come from another embedder than this store's,
+        ``embedder`` being the peer's) is left out whole and reported with the peer's name.
         """
         valid: list[tuple[int, list[tuple[str, tuple[str, str, str], Entry]]]] = []
         refused: list[ShardError] = []
@@ -319,9 +321,17 @@ class ReplicaStore:
                                           f"match the advertised {expected.hex()[:16]}", peer))
                 continue
             try:
-                valid.append(_decode_shard(data, peer))
+                decoded = _decode_shard(data, peer)
             except ShardError as exc:
                 refused.append(exc)
+                continue
+            if any(t == "docs" and not e.deleted for t, _k, e in decoded[1]):
+                ours = self.store.get_meta("embedder") or self.store.embedder.name
+                if embedder != ours:
+                    refused.append(ShardError(f"refused a shard from {peer}: its texts are embedded with "
+                                              f"{embedder!r}, this store's with {ours!r}", peer))
+                    continue
+            valid.append(decoded)
         if not valid:
             return 0, refused
         changed = 0

@@ -3,17 +3,24 @@
 Anti-entropy by pull, every ``interval`` seconds, with each live trusted peer:
 
 1. ``memory.digest``: this node sends the shards it should hold (rendezvous placement over the
-   live members, :mod:`pyagent.memory.placement`), their blake3 hashes and its decay-clock
-   vector; the peer merges the clock and answers with its own clock and the hashes of those
-   shards it holds *differently*.
+   live members, :mod:`pyagent.memory.placement`, plus any shard it holds anyway, e.g. because
+   it wrote to it), their blake3 hashes and its decay-clock vector; the peer merges the clock
+   and answers with its own clock and the hashes of those shards it holds *differently*, keeping
+   the bytes it advertised.
 2. ``memory.shard``: for each differing shard this node asks for the bytes *by hash*. It checks
-   the blake3 of what arrives before decoding anything; a mismatch is refused, counted and the
-   peer named (``refused``). A peer whose shard changed meanwhile says so, and the next round
-   asks again. Verified shards are merged entry by entry (:mod:`pyagent.memory.crdt`).
+   the blake3 of what arrives before decoding anything; a mismatch (or a malformed shard, or
+   texts from another embedder) is refused, counted and the peer named (``refused``).
+   Verified shards are merged entry by entry (:mod:`pyagent.memory.crdt`), many per commit.
 
 So a node only ever fetches shards it lacks or holds stale, a restarted node catches up with the
 shards that changed while it was away, and when a node leaves, the placement over the survivors
-names new holders for its shards, which pull them from the survivors that still have them.
+names new holders for its shards, which pull them from the survivors that still have them. A
+node keeps what it holds (placement adds holders, it never deletes a copy), so every item lives
+on at least R live nodes once a round has run.
+
+Limits: a write's clock stamp is taken when this node's replicator picks it up (within one
+interval), not at the write itself; tombstones are kept (a deleted or pruned fact stays a small
+row so that the delete wins everywhere).
 
 Queries (``memory.query``) fan out to every known trusted peer with a deadline; the answers are
 combined by :func:`pyagent.memory.fleet_query.combine`, and peers that did not answer in time
@@ -162,7 +169,8 @@ class FleetMemory:
         differ = [(s, h) for s, h in sorted(mine.items()) if theirs.get(s) != h]
         for shard, digest in differ:  # keep what was advertised: it is asked for by hash next
             self._offer(digest, replica.shard_bytes(shard, stamped=True))
-        return {"clock": replica.clock_vector(), "differ": [[s, h] for s, h in differ]}
+        return {"clock": replica.clock_vector(), "differ": [[s, h] for s, h in differ],
+                "embedder": replica.store.get_meta("embedder")}
 
     def _offer(self, digest: bytes, data: bytes) -> None:
         if blake3.blake3(data).digest() != digest:
@@ -309,7 +317,9 @@ class FleetMemory:
                 self.stats.bytes_fetched += len(data)
                 batch.append((data, digest))
             # one commit for the whole chunk: a durable commit per shard would cost an fsync each
-            changed, refused = await asyncio.to_thread(replica.merge_shards, batch, peer=name)
+            embedder = reply.get("embedder")
+            changed, refused = await asyncio.to_thread(
+                replica.merge_shards, batch, peer=name, embedder=embedder if isinstance(embedder, str) else None)
             self.stats.entries_merged += changed
             for exc in refused:
                 self._refuse(name, str(exc))
