@@ -28,11 +28,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pyagent.memory.fleet_client import FleetClient
 from pyagent.memory.replica import ReplicaStore
 from pyagent.memory.report import fleet_summary
 from pyagent.memory.store import KnowledgeStore
 from pyagent.voyager.home import NodeHome
+from pyagent.voyager.memory_client import FleetClient
 
 
 def _pcts(samples: list[float]) -> tuple[float, float]:

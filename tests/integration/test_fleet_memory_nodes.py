@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from pyagent.health import CodeHealthAuditor
-from pyagent.memory.fleet_client import FleetClient
 from pyagent.memory.fleet_knowledge import FleetKnowledge
 from pyagent.memory.fleet_memory import StoreKnowledge
 from pyagent.memory.replica import ReplicaStore
@@ -28,6 +27,7 @@ from pyagent.model.knowledge import ChangeOutcome
 from pyagent.model.task import content_hash
 from pyagent.pipeline.planner import Candidate, plan_tasks
 from pyagent.voyager.home import NodeHome
+from pyagent.voyager.memory_client import FleetClient
 
 pytestmark = pytest.mark.slow
 

@@ -12,11 +12,11 @@ import pytest
 from pyagent.memory.hlc import HybridClock, parse_stamp
 from pyagent.memory.placement import SHARDS, owners, shard_of
 from pyagent.memory.replica import ReplicaStore, ShardError
-from pyagent.memory.replication import FleetMemory
 from pyagent.memory.report import fleet_summary
 from pyagent.memory.store import KnowledgeStore
 from pyagent.voyager.home import NodeHome
 from pyagent.voyager.links import TrustedLinks
+from pyagent.voyager.replication import FleetMemory
 from pyagent.voyager.transport import VoyagerTransport
 
 NODES = [f"{i:032x}" for i in range(1, 6)]

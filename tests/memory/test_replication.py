@@ -12,11 +12,11 @@ from typing import Any
 
 from pyagent.memory.fleet_query import FleetAnswer
 from pyagent.memory.replica import ReplicaStore
-from pyagent.memory.replication import FleetMemory
 from pyagent.memory.store import KnowledgeStore
 from pyagent.voyager.home import NodeHome
 from pyagent.voyager.links import TrustedLinks
 from pyagent.voyager.node import NodeConfig, VoyagerNode
+from pyagent.voyager.replication import FleetMemory
 from tests.voyager.conftest import run
 
 

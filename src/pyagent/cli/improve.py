@@ -91,7 +91,7 @@ def _open_memory(args: argparse.Namespace) -> Any:
         raise CommandError(f"{exc}; run with --no-memory, or move the store away") from exc
     if not getattr(args, "fleet_memory", False):
         return local
-    from pyagent.memory.fleet_client import open_fleet_knowledge
+    from pyagent.voyager.memory_client import open_fleet_knowledge
 
     return open_fleet_knowledge(local)
 

@@ -181,9 +181,9 @@ def _query(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     from pyagent.cli import CommandError
-    from pyagent.memory.fleet_client import FleetClient
     from pyagent.memory.report import fleet_summary
     from pyagent.voyager.home import HomeError, NodeHome
+    from pyagent.voyager.memory_client import FleetClient
 
     if not args.wait >= 0:
         raise CommandError("--wait must be >= 0")

@@ -106,9 +106,9 @@ def _attach_memory(args: argparse.Namespace, node: Any) -> Any:
 
     from pyagent.memory.errors import StoreError
     from pyagent.memory.replica import ReplicaStore
-    from pyagent.memory.replication import FleetMemory
     from pyagent.memory.store import KnowledgeStore
     from pyagent.voyager.links import TrustedLinks
+    from pyagent.voyager.replication import FleetMemory
 
     path = Path(args.memory)
     if path.is_dir():

@@ -16,7 +16,7 @@ from pyagent.memory.fleet_memory import FAILURES, StoreKnowledge, failure_key
 from pyagent.memory.pruning import ROUTES
 
 if TYPE_CHECKING:
-    from pyagent.memory.fleet_client import FleetClient
+    from pyagent.memory.fleet_query import FleetQuery
     from pyagent.model.knowledge import ChangeOutcome
 
 __all__ = ["FleetKnowledge"]
@@ -28,7 +28,7 @@ _SEP = "\x1f"
 class FleetKnowledge:
     """Implements ``pyagent.model.knowledge.KnowledgeBackend``; thread-safe."""
 
-    def __init__(self, local: StoreKnowledge, client: FleetClient, *, deadline: float = 1.0,
+    def __init__(self, local: StoreKnowledge, client: FleetQuery, *, deadline: float = 1.0,
                  route_ttl: float = 1.0) -> None:
         self.local = local
         self.client = client

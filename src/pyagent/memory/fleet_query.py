@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import msgpack
 
@@ -19,7 +19,7 @@ from pyagent.memory.crdt import decode_counters, materialize_value
 from pyagent.memory.records import unpack_fact
 from pyagent.memory.replica import ReplicaStore
 
-__all__ = ["OPS", "FleetAnswer", "answer", "combine"]
+__all__ = ["OPS", "FleetAnswer", "FleetQuery", "answer", "combine"]
 
 OPS = ("fact", "facts", "search", "neighbours")
 _MAX_K = 1000
@@ -38,6 +38,14 @@ class FleetAnswer:
     @property
     def complete(self) -> bool:
         return not self.missing
+
+
+class FleetQuery(Protocol):
+    """What asks the fleet (the Voyager memory client); the memory layer knows no transport."""
+
+    def query(self, op: str, args: Mapping[str, Any], *, timeout: float = 1.0) -> FleetAnswer: ...
+
+    def close(self) -> None: ...
 
 
 def _fact_record(key: str, hlc: str, deleted: bool, payload: bytes | None, counters: bytes) -> list[Any]:

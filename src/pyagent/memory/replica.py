@@ -29,7 +29,8 @@ from pyagent.memory.errors import StoreError
 from pyagent.memory.hlc import HybridClock, parse_stamp
 from pyagent.memory.placement import SHARDS, shard_of
 from pyagent.memory.records import unpack_fact
-from pyagent.memory.store import PRIMARY_KEYS, TABLES, KnowledgeStore
+from pyagent.memory.schema import PRIMARY_KEYS, TABLES
+from pyagent.memory.store import KnowledgeStore
 
 __all__ = ["REPLICATED", "ReplicaStore", "ShardError"]
 

@@ -14,11 +14,11 @@ from collections.abc import Coroutine, Mapping
 from typing import Any, TypeVar
 
 from pyagent.memory.fleet_query import FleetAnswer
-from pyagent.memory.replication import FleetMemory
 from pyagent.voyager.discovery import DiscoveryNode
 from pyagent.voyager.home import NodeHome
 from pyagent.voyager.links import TrustedLinks
 from pyagent.voyager.loop import configure_event_loop_policy
+from pyagent.voyager.replication import FleetMemory
 from pyagent.voyager.transport import VoyagerTransport
 
 __all__ = ["FleetClient"]
