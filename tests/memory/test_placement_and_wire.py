@@ -67,11 +67,12 @@ def test_malformed_shards_are_refused_whole_and_name_the_peer(tmp_path: Path) ->
             target = ReplicaStore(other, "b" * 32)
             for payload, reason in ((wrong_shard, "does not belong to shard"), (bad_stamp, "hybrid-logical-clock"),
                                     (b"\x00garbage", "malformed")):
-                with pytest.raises(ShardError, match=reason) as info:
-                    target.merge_shard(payload, blake3.blake3(payload).digest(), peer="mallory")
-                assert info.value.peer == "mallory" and "mallory" in str(info.value)
+                changed, [refusal] = target.merge_shards([(payload, blake3.blake3(payload).digest())],
+                                                         peer="mallory")
+                assert changed == 0 and isinstance(refusal, ShardError)
+                assert reason in str(refusal) and refusal.peer == "mallory" and "mallory" in str(refusal)
             assert other.counts()["facts"] == 0  # nothing of a refused shard was applied
-            assert target.merge_shard(data, blake3.blake3(data).digest(), peer="alice") == 1
+            assert target.merge_shards([(data, blake3.blake3(data).digest())], peer="alice") == (1, [])
             assert other.get("ns", "k") == 1
 
 

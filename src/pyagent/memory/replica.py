@@ -4,8 +4,8 @@
   and ``docs`` (tombstones included), with the row's shard (:mod:`pyagent.memory.placement`).
 - SQLite triggers put every changed key into ``repl_dirty``, so every writer of the file (the
   fleet's ``StoreKnowledge``, the pruning engine, ``pyagent memory``, another process) is
-  replicated without being changed; :meth:`ReplicaStore.stamp` turns dirty keys into entries
-  with a fresh clock stamp.
+  replicated without being changed; dirty keys become entries with a fresh clock
+  stamp before anything reads or merges the replicated state.
 - ``repl_clock`` is the fleet's decay clock as a grow-only counter: each node's own ticks, merged
   by maximum; the store's ``cycle`` is their sum, so a tick counts once however often it arrives.
 
@@ -126,11 +126,6 @@ class ReplicaStore:
         self.clock = HybridClock(node_id, start=latest)
 
     # -- local writes ----------------------------------------------------------------------------
-
-    def stamp(self) -> int:
-        """Turn every locally changed key into a stamped entry; returns how many."""
-        with self.store.batch():
-            return self._stamp()
 
     def _stamp(self) -> int:
         """Stamp every dirty key: one joined read per table, then bulk writes (inside a batch)."""
@@ -294,16 +289,6 @@ class ReplicaStore:
                 "SELECT tbl, a, b, c, hlc, deleted, payload, counters FROM repl_items WHERE shard = ? "
                 "ORDER BY tbl, a, b, c", (shard,)).fetchall()
         return msgpack.packb([shard, [list(r) for r in rows]], use_bin_type=True)
-
-    def merge_shard(self, data: bytes, expected: bytes, *, peer: str) -> int:
-        """Verify one shard's blake3 against ``expected``, check every entry, then merge it.
-
-        Raises :class:`ShardError` naming ``peer`` (nothing applied) on any mismatch.
-        """
-        changed, refused = self.merge_shards([(data, expected)], peer=peer)
-        if refused:
-            raise refused[0]
-        return changed
 
     def merge_shards(self, shards: Sequence[tuple[bytes, bytes]], *, peer: str,
                      embedder: str | None = None) -> tuple[int, list[ShardError]]:
