@@ -157,3 +157,37 @@ def test_replication_spreads_facts_and_refuses_a_tampered_shard(tmp_path: Path) 
                                             for r in honest.stats.refused)
         assert counts[honest.name] == 400  # the two honest nodes share their facts; none of the rogue's
     assert counts[rogue] == 600  # the rogue itself receives the honest shards fine
+
+
+def test_a_tool_run_from_the_node_home_may_ask_its_node_and_a_stranger_may_not(tmp_path: Path) -> None:
+    """``pyagent memory status --fleet`` on the node's own machine uses the node's keys."""
+    from pyagent.voyager.transport import RequestTimeout, VoyagerTransport
+    from tests.voyager.conftest import keypair
+
+    async def main() -> tuple[str, bool]:
+        node = VoyagerNode(NodeConfig(name="solo", home=str(tmp_path / "home"), discovery=False))
+        store = KnowledgeStore(tmp_path / "solo.db")
+        memory = FleetMemory(node.transport, TrustedLinks(lambda: None, node.home, node.transport),
+                             node_id=node.node_id, name="solo", replica=ReplicaStore(store, node.node_id))
+        memory.register()
+        port = await node.start()
+        same, stranger = VoyagerTransport(node.keypair), VoyagerTransport(keypair())
+        try:
+            for t in (same, stranger):
+                await t.start(serve=False)
+                t.connect("solo", "127.0.0.1", port, node.keypair.public)
+            status = await same.request("solo", "memory.status", None, timeout=5)
+            try:  # (the request's send itself can wait for a handshake that never completes)
+                await asyncio.wait_for(stranger.request("solo", "memory.status", None, timeout=1.5), 3)
+                refused = False
+            except (RequestTimeout, TimeoutError):  # the CURVE handshake is denied: no reply ever comes
+                refused = True
+            return status["name"], refused
+        finally:
+            await same.close()
+            await stranger.close()
+            await node.close()
+            store.close()
+
+    name, refused = run(main(), timeout=30)
+    assert name == "solo" and refused
