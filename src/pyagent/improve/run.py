@@ -167,14 +167,14 @@ class _Run:
     def __init__(self, opts: ImproveOptions) -> None:
         from pyagent.agents.testing import TEST_ENV_ALLOW
         from pyagent.improve.gitops import GIT_ENV_ALLOW
-        from pyagent.shell import SecureShell
+        from pyagent.shell import Confinement, SecureShell
 
         self.opts = opts
         self.path = Path(opts.path).resolve()
         self.run_id = opts.run_id or new_run_id()
-        self.shell: SecureShell = SecureShell(
-            env_allow=tuple({*TEST_ENV_ALLOW, *GIT_ENV_ALLOW}), timeout=600.0
-        )
+        self.shell: SecureShell = SecureShell(env_allow=TEST_ENV_ALLOW, timeout=600.0)
+        # git is PyAgent's own fixed argv on the user's repository (it must write .git): not confined.
+        self.git_shell: SecureShell = SecureShell(env_allow=GIT_ENV_ALLOW, timeout=600.0, confine=Confinement.off())
         self.records: dict[str, TaskRecord] = {}
         self.file_locks: dict[str, asyncio.Lock] = {}
         self.merge_lock = asyncio.Lock()
@@ -207,7 +207,7 @@ class _Run:
                 isolated_copy, self.path, writable=files, parent=scratch, files=files
             )
             return copy, "dry-run"
-        repo = await GitRepo.find(self.path, self.shell) if self.opts.use_git else None
+        repo = await GitRepo.find(self.path, self.git_shell) if self.opts.use_git else None
         if repo is None:
             return self.path, "in-place"
         self.repo = repo
