@@ -15,7 +15,7 @@ import pytest
 
 from pyagent.fleet.core import TaskControl
 from pyagent.fleet.manager import FleetManager
-from pyagent.fleet.priority import AgentPriority as P
+from pyagent.model.priority import AgentPriority as P
 from pyagent.shell import Confinement, SecureShell, ShellResult
 from pyagent.shell.limits import freezer_cgroup_base
 
