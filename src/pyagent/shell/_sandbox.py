@@ -111,6 +111,30 @@ def enter_user_namespace() -> None:
         f.write(f"{gid} {gid} 1")
 
 
+def setns(fd: int, nstype: int) -> None:
+    _check(_libc.setns(fd, nstype), "setns")
+
+
+def hold_namespaces() -> None:
+    """The namespace holder's whole life: a user namespace with an empty network namespace (only lo),
+    kept for confined commands to join (creating a network namespace per command costs more than the
+    rest of the sandbox together). Prints "ok", then lives until its stdin closes (PyAgent exited)."""
+    import sys
+
+    try:
+        enter_user_namespace()
+        unshare(CLONE_NEWNET)
+        loopback_up()
+    except OSError as exc:
+        sys.stdout.write(f"failed: {exc}\n")
+        sys.stdout.flush()
+        return
+    sys.stdout.write("ok\n")
+    sys.stdout.flush()
+    while sys.stdin.buffer.read(4096):
+        pass
+
+
 def loopback_up() -> None:
     """Brings up ``lo`` in a fresh network namespace (it starts down)."""
     import socket  # only here: keeps the supervisor's start cheap

@@ -189,9 +189,13 @@ def prepare(conf: dict[str, Any], layers: dict[str, str], in_pidns: bool) -> int
             layers["network namespace"] = "off: network allowed for this command"
         else:
             try:
-                sb.unshare(sb.CLONE_NEWNET)
-                sb.loopback_up()
-                layers["network namespace"] = "ok"
+                if conf.get("netfd") is not None:  # the holder's: no network, only its own loopback
+                    sb.setns(conf["netfd"], sb.CLONE_NEWNET)
+                    layers["network namespace"] = "ok (joined PyAgent's empty one)"
+                else:
+                    sb.unshare(sb.CLONE_NEWNET)
+                    sb.loopback_up()
+                    layers["network namespace"] = "ok"
             except OSError as exc:
                 layers["network namespace"] = str(exc)
     else:
@@ -232,7 +236,7 @@ def prepare(conf: dict[str, Any], layers: dict[str, str], in_pidns: bool) -> int
     try:
         fd, _missing = sb.landlock_ruleset(
             abi, read=conf["read"], write=conf["write"], write_files=conf["write_files"],
-            filter_tcp=not conf["network"] and layers.get("network namespace") != "ok")
+            filter_tcp=not conf["network"] and not layers.get("network namespace", "").startswith("ok"))
     except OSError as exc:
         layers["landlock"] = str(exc)
         return None
@@ -282,9 +286,22 @@ def init_main(cfg: dict[str, Any], report_w: int, old_mask: set[Any]) -> None:
 
 
 def enter_namespaces(conf: dict[str, Any], layers: dict[str, str]) -> bool:
-    """User + PID namespace for the supervisor's children; True when the PID namespace exists."""
+    """User + PID namespace for the supervisor's children; True when the PID namespace exists.
+    With a namespace holder (``holder``: its pid) the user and network namespaces are joined, not made."""
     try:
-        sb.enter_user_namespace()
+        joined = False
+        if conf.get("holder") and not conf["network"]:
+            try:
+                userfd = os.open(f"/proc/{conf['holder']}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+                netfd = os.open(f"/proc/{conf['holder']}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+                sb.setns(userfd, sb.CLONE_NEWUSER)
+                os.close(userfd)
+                conf["netfd"] = netfd
+                joined = True
+            except OSError:
+                conf["netfd"] = None  # the holder is gone: make our own
+        if not joined:
+            sb.enter_user_namespace()
         layers["user namespace"] = "ok"
         conf["userns_ok"] = True
     except OSError as exc:
@@ -396,4 +413,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["--hold"]:
+        sb.hold_namespaces()
+    else:
+        main()

@@ -14,15 +14,20 @@ elsewhere stay unreadable.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import ctypes
 import functools
 import os
 import site
+import subprocess
 import sys
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+SUPERVISOR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_supervisor.py")
 DEFAULT_TIMEOUT = 600.0  # seconds; a command never runs without a deadline
 DEFAULT_MEMORY = 1 << 30  # bytes for the whole tree (cgroup) or per process (RLIMIT_AS fallback)
 DEFAULT_TMP_SIZE = 128 << 20  # bytes of private tmp (tmpfs)
@@ -74,6 +79,50 @@ class Protection:
     active: bool
     detail: str
     required: bool = field(default=True, compare=False)
+
+
+_holder: subprocess.Popen[bytes] | None = None
+_holder_failed = False
+_holder_asked = 0
+_holder_lock = threading.Lock()
+
+
+def namespace_holder() -> int | None:
+    """Pid of this process's namespace holder (a user namespace with an empty network namespace that
+    confined commands join instead of making their own), or None where it cannot be. Started at the
+    second confined command (a one-shot ``pyagent exec`` would only pay for it). Commands of one PyAgent
+    process share that loopback; nothing reaches the host's network."""
+    global _holder, _holder_failed, _holder_asked
+    if sys.platform != "linux":
+        return None
+    with _holder_lock:
+        if _holder is not None and _holder.poll() is None:
+            return _holder.pid
+        _holder_asked += 1
+        if _holder_failed or _holder_asked < 2:
+            return None
+        proc = subprocess.Popen([sys.executable, "-I", "-S", SUPERVISOR, "--hold"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
+                                env={"PATH": "/usr/bin:/bin"})
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != b"ok":
+            _holder_failed = True
+            proc.kill()
+            proc.wait()
+            return None
+        if _holder is None:
+            atexit.register(_stop_holder)
+        _holder = proc
+        return proc.pid
+
+
+def _stop_holder() -> None:
+    if _holder is not None:
+        with contextlib.suppress(OSError):
+            if _holder.stdin is not None:
+                _holder.stdin.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            _holder.wait(1.0)
 
 
 def _is_home_or_above(path: str) -> bool:
@@ -143,6 +192,7 @@ def plan(policy: Confinement, *, cwd: str, exe: str, tmp: str, extra_write: Sequ
         "network": policy.allow_network, "tmp": tmp, "tmp_size": int(policy.tmp_size),
         "read": read, "write": write, "write_files": list(DEV_WRITE),
         "readonly": [git] if os.path.isdir(git) else [], "require": policy.require,
+        "holder": None if policy.allow_network else namespace_holder(),
     }
 
 

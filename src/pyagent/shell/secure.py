@@ -40,6 +40,7 @@ from typing import Any
 from pyagent.shell._supervisor import children
 from pyagent.shell.confine import (
     DEFAULT_TIMEOUT,
+    SUPERVISOR,
     Confinement,
     Protection,
     SandboxUnavailableError,
@@ -57,7 +58,6 @@ from pyagent.shell.limits import (
 )
 from pyagent.shell.output import CappedBuffer, LineSplitter
 
-SUPERVISOR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_supervisor.py")
 BASE_ENV = ("PATH", "HOME", "LANG", "TERM", "TMPDIR")
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 _CHUNK = 64 * 1024
