@@ -105,7 +105,7 @@ fn exp_nonpositive<A: Arith>(x: f32) -> f32 {
     p = A::madd(p, r, 8.333_452e-3);
     p = A::madd(p, r, 4.166_579_6e-2);
     p = A::madd(p, r, 1.666_666_5e-1);
-    p = A::madd(p, r, 5.000_000_1e-1);
+    p = A::madd(p, r, 0.5); // Cephes writes 5.0000001e-1, which is 0.5 in f32
     let y = A::madd(p, r * r, r) + 1.0;
     let bits = ((t.to_bits() as i32 - 0x4B40_0000 + 127) << 23) as u32;
     y * f32::from_bits(bits)
@@ -114,7 +114,7 @@ fn exp_nonpositive<A: Arith>(x: f32) -> f32 {
 /// Check the shape and table contents so that the kernel cannot read out of bounds.
 pub fn validate(shape: &DecodeShape, inputs: &DecodeInputs<'_>, out_len: usize) -> Result<(), String> {
     let s = shape;
-    if s.num_kv_heads == 0 || s.num_heads % s.num_kv_heads != 0 {
+    if s.num_kv_heads == 0 || !s.num_heads.is_multiple_of(s.num_kv_heads) {
         return Err(format!(
             "num_heads ({}) must be a positive multiple of num_kv_heads ({})",
             s.num_heads, s.num_kv_heads
@@ -246,7 +246,7 @@ fn partition_impl<A: Arith>(
         sum[j] = lanes_sum(row);
     }
     let mut acc = vec![0f32; group * hd];
-    if hd % TILE == 0 {
+    if hd.is_multiple_of(TILE) {
         for &base in &rows[..SUB.min(n)] {
             prefetch(inputs.v_cache, base, hd);
         }

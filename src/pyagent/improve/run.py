@@ -100,11 +100,14 @@ class _Run:
     def __init__(self, opts: ImproveOptions) -> None:
         from pyagent.improve.gitops import GIT_ENV_ALLOW
         from pyagent.pipeline.builder import pipeline_shell
+        from pyagent.shell import Confinement, SecureShell
 
         self.opts = opts
         self.path = Path(opts.path).resolve()
         self.run_id = opts.run_id or new_run_id()
-        self.shell: SecureShell = pipeline_shell(*GIT_ENV_ALLOW)
+        self.shell: SecureShell = pipeline_shell()
+        # git is PyAgent's own fixed argv on the user's repository (it must write .git): not confined.
+        self.git_shell: SecureShell = SecureShell(env_allow=GIT_ENV_ALLOW, timeout=600.0, confine=Confinement.off())
         self.records: dict[str, TaskRecord] = {}
         self.tasks: dict[str, AgentTask] = {}  # planned tasks and the retries they delegated, in that order
         self.file_locks: dict[str, asyncio.Lock] = {}
@@ -139,7 +142,7 @@ class _Run:
                 isolated_copy, self.path, writable=files, parent=scratch, files=files
             )
             return copy, "dry-run"
-        repo = await GitRepo.find(self.path, self.shell) if self.opts.use_git else None
+        repo = await GitRepo.find(self.path, self.git_shell) if self.opts.use_git else None
         if repo is None:
             return self.path, "in-place"
         self.repo = repo
