@@ -13,6 +13,7 @@ from pyagent.model.task import AgentTask, ChangeSet, content_hash
 from pyagent.pipeline.executor import LocalExecutor
 from pyagent.pipeline.gate import VerificationGate
 from pyagent.pipeline.remote import execute_task
+from pyagent.pipeline.settings import PipelineSettings
 from tests.improve_helpers import make_project, pytest_command
 
 MOD = "pkg/mod.py"
@@ -84,7 +85,7 @@ def test_change_is_computed_from_the_files_sent_not_the_tree(tmp_path: Path) -> 
 def test_execute_task_for_remote_nodes(tmp_path: Path) -> None:
     root = make_project(tmp_path / "p")
     task = AgentTask.from_wire(_task("simplify", "RET505").to_wire())
-    cs = execute_task(task, {MOD: (root / MOD).read_bytes()}, workdir=root)
+    cs = execute_task(task, {MOD: (root / MOD).read_bytes()}, workdir=root, settings=PipelineSettings())
     assert cs.passed, cs.reason
     assert b"else:" not in (cs.changes[MOD] or b"")
     assert ChangeSet.from_wire(cs.to_wire()).digest == cs.digest
@@ -99,7 +100,7 @@ def test_the_chain_scope_governs_what_a_task_may_do(tmp_path: Path) -> None:
     ex = _executor(root, tmp_path)
     original = (root / MOD).read_bytes()
     cases = [
-        (SecurityScope(paths=("docs",)), "outside the allowed paths"),
+        (SecurityScope(paths=("docs",)), "not under the allowed paths"),
         (SecurityScope(write=False), "read-only"),
         (SecurityScope(commands=("pytest",)), "needs 'ruff'"),
     ]
