@@ -66,6 +66,7 @@ def report_dict(result: RunResult) -> dict[str, Any]:
         "gate": result.gate,
         "settings": result.settings,
         "interrupted": result.interrupted,
+        "agents": result.agents,
     }
 
 

@@ -75,6 +75,7 @@ class RunResult:
     gate: list[str] = field(default_factory=list)  # the gate's rules, in words
     settings: dict[str, str] = field(default_factory=dict)  # lint rules, formatter, test command: and why
     interrupted: str | None = None  # the signal that ended the run early
+    agents: list[dict[str, Any]] = field(default_factory=list)  # the identity of every agent of the run
 
     def counts(self) -> dict[str, int]:
         return {s: sum(1 for t in self.tasks if t.status == s) for s in STATUSES}

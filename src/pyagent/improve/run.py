@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import difflib
 import os
 import secrets
@@ -33,6 +34,7 @@ from pyagent.improve.result import RunResult, TaskRecord
 from pyagent.model.task import AgentTask, ChangeSet, content_hash
 
 if TYPE_CHECKING:
+    from pyagent.agents.base import BaseAgent
     from pyagent.agents.llm.base import LLMClient
     from pyagent.agents.llm.factory import LocalBackend
     from pyagent.agents.testing import TestResults
@@ -128,11 +130,15 @@ class _Run:
     def __init__(self, opts: ImproveOptions) -> None:
         from pyagent.improve.gitops import GIT_ENV_ALLOW
         from pyagent.pipeline.builder import pipeline_shell
+        from pyagent.shell import Confinement, SecureShell
 
         self.opts = opts
         self.path = Path(opts.path).resolve()
         self.run_id = opts.run_id or new_run_id()
-        self.shell: SecureShell = pipeline_shell(*GIT_ENV_ALLOW)
+        self.shell: SecureShell = pipeline_shell()
+        # git is PyAgent's own fixed argv on the user's repository (it must write .git): not confined.
+        self.git_shell: SecureShell = SecureShell(env_allow=GIT_ENV_ALLOW, timeout=600.0, confine=Confinement.off())
+        self.tasks: dict[str, AgentTask] = {}  # planned tasks and the retries they delegated, in that order
         self.records: dict[str, TaskRecord] = {}
         self.file_locks: dict[str, asyncio.Lock] = {}
         self.merge_lock = asyncio.Lock()
@@ -145,6 +151,7 @@ class _Run:
         self.base_commit: str | None = None
         self.drop_branch: str | None = None
         self.mode = ""
+        self.agents: dict[str, BaseAgent] = {}  # this machine's agents: they authorize every merge
         self.max_complexity = 10
         self.interrupted: str | None = None
         self.state: Any = None  # RunState of a git run
@@ -174,7 +181,7 @@ class _Run:
                 isolated_copy, self.path, writable=files, parent=scratch, files=files
             )
             return copy, "dry-run"
-        repo = await GitRepo.find(self.path, self.shell) if self.opts.use_git else None
+        repo = await GitRepo.find(self.path, self.git_shell) if self.opts.use_git else None
         if repo is None:
             if self.opts.resume:
                 raise ImproveError("--resume continues a git run; this project is not in a git repository")
@@ -243,6 +250,12 @@ class _Run:
         return sorted(cs.changes)
 
     async def _merge(self, tree: Path, task: AgentTask, cs: ChangeSet, rec: TaskRecord) -> None:
+        from pyagent.agents.mixins.governance import GovernanceError
+
+        agent = self.agents.get(task.agent)
+        if agent is None:
+            raise GovernanceError(f"no agent named {task.agent!r} on this machine may change {task.target}")
+        agent.authorize_change(task, cs.changes, tree)  # the executor's check again: a peer's change set too
         async with self.merge_lock:
             if cs.digest in self.applied:
                 return
@@ -318,6 +331,8 @@ class _Run:
                         continue
                     rec.status, rec.reason = "kept", cs.verification.get("reason", "verified")
                     break
+            if rec.status == "rolled_back":
+                self._retry(control, task, rec, tree, executor)
         except CascadeLimitError as exc:
             self.budget_stop = self.budget_stop or exc.reason
             rec.status, rec.reason = "failed", exc.reason
@@ -333,6 +348,45 @@ class _Run:
             if self.state is not None and rec.reason != "cancelled":
                 await asyncio.to_thread(self.state.record, task.id, rec.to_dict())
             self.progress("task", task=rec.to_dict())
+
+    def _retry(self, control: TaskControl, task: AgentTask, rec: TaskRecord, tree: Path, executor: Executor) -> None:
+        """Delegate a rejected change to its agent again as a child task that carries the gate's reason.
+
+        The child's context is the parent's ``next_level``: it joins the parent's lineage and spends
+        the chain's one budget, and the depth limit and loop detection apply to it.
+        """
+        from pyagent.model.errors import CascadeLimitError
+
+        agent = self.agents.get(task.agent)
+        attempt = int(task.params.get("retry", 0)) + 1
+        if agent is None or attempt > agent.retries or self.budget_stop:
+            return
+        reason = rec.reason
+
+        async def child_job(child: TaskControl) -> None:
+            retry = dataclasses.replace(
+                task, id=child.context.task_id, context=child.context,
+                params={**task.params, "retry": attempt, "rejected_because": reason},
+            )
+            self._add_record(retry)
+            await self._task(child, retry, tree, executor)
+
+        try:
+            agent.delegate(control, f"retry {attempt}: {rec.action}", child_job)
+        except CascadeLimitError as exc:
+            rec.note = f"{rec.note}; not retried: {exc.reason}" if rec.note else f"not retried: {exc.reason}"
+
+    def _add_record(self, t: AgentTask) -> TaskRecord:
+        self.tasks[t.id] = t
+        rec = self.records[t.id] = TaskRecord(
+            t.id,
+            t.agent,
+            str(t.params.get("action", t.agent)),
+            t.target,
+            t.priority.name.lower(),
+            lineage=t.context.lineage_ids(),
+        )
+        return rec
 
     def _job(
         self, task: AgentTask, tree: Path, executor: Executor
@@ -415,12 +469,12 @@ class _Run:
         self.configured_test_cmd = cfg.test_cmd
         self.formatter_override = opts.formatter if opts.formatter is not None else cfg.formatter
         self.allow_few_tests = bool(opts.allow_few_tests if opts.allow_few_tests is not None else cfg.allow_few_tests)
-        self.agents = opts.agents if opts.agents is not None else cfg.agents
+        self.agent_filter = opts.agents if opts.agents is not None else cfg.agents
         self.exclude = (*cfg.exclude, *opts.exclude)
         from pyagent.agents.registry import OFFLINE_AGENTS
 
         known = {*OFFLINE_AGENTS, "refactor", "docstring"}
-        unknown = sorted(set(self.agents or ()) - known)
+        unknown = sorted(set(self.agent_filter or ()) - known)
         if unknown:
             raise ImproveError(f"unknown agent(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         if opts.llm and opts.llm_client is None:
@@ -478,7 +532,8 @@ class _Run:
         Refuses a baseline of 0 or 1 test unless allowed.
         """
         from pyagent.improve.test_command import TestCommandError, choose_test_command
-        from pyagent.pipeline.builder import PipelineSettings, make_test_runner
+        from pyagent.pipeline.builder import make_test_runner
+        from pyagent.pipeline.settings import PipelineSettings
 
         opts = self.opts
         try:
@@ -540,7 +595,7 @@ class _Run:
             root=tree,
             formatter=formatter,
             exclude=self.exclude,
-            agents=self.agents,
+            agents=self.agent_filter,
         )
         return plan_tasks(
             tree,
@@ -577,6 +632,9 @@ class _Run:
             except LLMConfigError as exc:
                 raise ImproveError(str(exc)) from exc
         if llm is not None:
+            if llm.budget is None:
+                llm.budget = budget
+            budget = llm.budget  # one budget: the LLM calls and the task chains spend the same one
             meter = llm.meter
             meter.on_call = lambda reply, totals: self.progress("llm", totals=totals)
         try:
@@ -597,29 +655,23 @@ class _Run:
             self.rules.origin,
             f"{self.settings['tests']}, {len(baseline.outcomes)} tests" if baseline is not None else None,
         )
+        knowledge = opts.knowledge if opts.knowledge is not None else InMemoryKnowledge()
         local = build_executor(
-            tree, settings, shell=self.shell, runner=runner, baseline=baseline, llm=llm, scratch=scratch
+            tree, settings, shell=self.shell, runner=runner, baseline=baseline, llm=llm, knowledge=knowledge,
+            scratch=scratch,
         )
+        self.agents = local.agents
         executor: Executor = local
         if opts.executor_factory is not None:
             executor = opts.executor_factory(ExecutorSetup(tree, local, settings, baseline, opts.llm))
-        knowledge = opts.knowledge if opts.knowledge is not None else InMemoryKnowledge()
         root_ctx = CascadeContext.root("improve", action=f"improve:{self.run_id}", budget=budget)
         plan = self._plan(tree, audit_before, findings, formatter, unformatted, llm, root_ctx, knowledge)
         known = dict(self.resumed.data.get("outcomes", {})) if self.resumed is not None else {}
         for t in plan.tasks:
-            rec = TaskRecord(
-                t.id,
-                t.agent,
-                str(t.params.get("action", t.agent)),
-                t.target,
-                t.priority.name.lower(),
-                lineage=tuple(e.task_id for e in t.context.lineage),
-            )
+            rec = self._add_record(t)
             if t.id in known:
                 for key in ("status", "reason", "note", "diff", "verification", "commit"):
                     setattr(rec, key, known[t.id].get(key, getattr(rec, key)))
-            self.records[t.id] = rec
         if mode == "git":
             from pyagent.improve.run_state import RunState
 
@@ -653,7 +705,7 @@ class _Run:
             for rec in self.records.values():
                 if rec.reason in ("", "cancelled"):
                     rec.status, rec.reason = "skipped", f"not attempted: the run was interrupted ({self.interrupted})"
-            self._remember(plan.tasks, knowledge)
+            self._remember()
             result = self._result(
                 plan, mode, baseline, None, metrics_before, {}, meter, budget, started, gate_text
             )
@@ -663,7 +715,7 @@ class _Run:
             )
             await self._finish(result, events, status="interrupted")
             raise
-        self._remember(plan.tasks, knowledge)
+        self._remember()
         if self.repo is not None and self.base_commit is not None:
             await self._group_commits(tree)
         self.progress("phase", phase="after", detail="re-measuring")
@@ -721,31 +773,17 @@ class _Run:
                     kind=t.kind,
                 )
             await fleet.join()
-        closer = getattr(executor, "aclose", None)  # voyager hook: a swarm executor holds sockets
-        if closer is not None:
-            await closer()
-            self.notes.append(str(getattr(executor, "summary", "")) or "swarm executor closed")
+        closed = await executor.aclose()
+        if closed:
+            self.notes.append(closed)
 
-    def _remember(self, tasks: list[AgentTask], knowledge: Any) -> None:
+    def _remember(self) -> None:
         """Every finished task's outcome goes to memory (also when the run was interrupted)."""
-        from pyagent.model.knowledge import ChangeOutcome
-
-        for t in tasks:
+        for t in self.tasks.values():
             rec = self.records[t.id]
-            if rec.reason.startswith("not attempted"):
+            if rec.reason.startswith("not attempted") or t.agent not in self.agents:
                 continue
-            knowledge.record_outcome(
-                ChangeOutcome(
-                    agent=t.agent,
-                    action=rec.action,
-                    task_kind=t.kind,
-                    target=t.target,
-                    target_hash=str(t.params.get("target_hash", "")),
-                    status=rec.status,  # type: ignore[arg-type]
-                    reason=rec.reason or None,
-                    lineage=rec.lineage,
-                )
-            )
+            self.agents[t.agent].record_outcome(t, rec.status, rec.reason or None)  # type: ignore[arg-type]
 
     def _result(
         self,
@@ -764,7 +802,7 @@ class _Run:
             run_id=self.run_id,
             root=self.path,
             mode=mode,
-            tasks=[self.records[t.id] for t in plan.tasks],
+            tasks=list(self.records.values()),
             skipped_by_memory=[
                 {"agent": s.agent, "action": s.action, "target": s.target, "reason": s.reason}
                 for s in plan.skipped
@@ -783,6 +821,7 @@ class _Run:
             gate=gate_text,
             settings=dict(self.settings),
             interrupted=self.interrupted,
+            agents=[agent.identity() for agent in self.agents.values()],
         )
 
     async def _finish(self, result: RunResult, events: list[FleetEvent], *, status: str) -> None:
