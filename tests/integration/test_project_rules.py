@@ -198,6 +198,20 @@ def test_a_baseline_of_one_test_is_refused_unless_allowed(tmp_path: Path) -> Non
     assert [t.action for t in result.tasks] == ["lint:F401"]
 
 
+def test_a_baseline_where_no_test_passes_is_refused(tmp_path: Path) -> None:
+    root = kit.write_project(
+        tmp_path / "p",
+        {
+            "pkg/__init__.py": "",
+            "pkg/mod.py": "import os\n",
+            "tests/test_two.py": "import missing_module\n\n\ndef test_a():\n    pass\n",
+            "tests/test_three.py": "import missing_module\n\n\ndef test_b():\n    pass\n",
+        },
+    )
+    with pytest.raises(ImproveError, match=r"none of the 2 tests .* passed before any change"):
+        _improve(root)
+
+
 def test_pyagent_table_sets_test_command_exclusions_and_agents(tmp_path: Path) -> None:
     root = kit.write_project(
         tmp_path / "p",

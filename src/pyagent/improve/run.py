@@ -567,6 +567,12 @@ class _Run:
         baseline = await self._tests(runner, tree, scratch)
         if baseline.timed_out:
             raise ImproveError(f"the test baseline timed out after {opts.test_timeout:.0f}s; pass --test-cmd")
+        if baseline.passed == 0 and len(baseline.outcomes) > 1 and not self.allow_few_tests:
+            raise ImproveError(
+                f"none of the {len(baseline.outcomes)} tests of {chosen.describe()} passed before any change "
+                f"(e.g. {sorted(baseline.outcomes)[0]}), so no change could be judged by them: make the suite "
+                "pass here (is the project installed?) or pass --test-cmd"
+            )
         if len(baseline.outcomes) <= 1 and not self.allow_few_tests:
             tail = baseline.output_tail.strip().splitlines()[-3:]
             raise ImproveError(
