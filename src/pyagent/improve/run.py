@@ -28,15 +28,19 @@ from pyagent.model.task import AgentTask, ChangeSet, content_hash
 
 if TYPE_CHECKING:
     from pyagent.agents.base import BaseAgent
-    from pyagent.agents.llm.base import LLMClient
+    from pyagent.agents.llm.base import LLMClient, UsageMeter
     from pyagent.agents.llm.factory import LocalBackend
-    from pyagent.agents.testing import TestResults
+    from pyagent.agents.testing import TestResults, TestRunner
     from pyagent.fleet.core import TaskControl
     from pyagent.fleet.events import FleetEvent
     from pyagent.health import AuditReport
     from pyagent.improve.gitops import GitRepo
+    from pyagent.model.budget import Budget
+    from pyagent.model.context import CascadeContext
     from pyagent.model.knowledge import KnowledgeBackend
     from pyagent.pipeline.executor import Executor, ExecutorFactory
+    from pyagent.pipeline.planner import Plan
+    from pyagent.pipeline.settings import PipelineSettings
     from pyagent.shell import SecureShell
 
 __all__ = ["ImproveError", "ImproveOptions", "RunResult", "TaskRecord", "improve", "new_run_id"]
@@ -384,109 +388,23 @@ class _Run:
         return await run_tests(runner, tree, scratch)
 
     async def _run_in(self, tree: Path, mode: str, scratch: Path, started: float) -> RunResult:
-        from pyagent.agents.llm.base import UsageMeter
-        from pyagent.fleet.core import FleetManager
-        from pyagent.model.budget import Budget
+        """The run's phases, in order: setup, audit, baseline, plan, fleet, learn, re-measure, report."""
         from pyagent.model.context import CascadeContext
         from pyagent.model.knowledge import InMemoryKnowledge
-        from pyagent.pipeline.builder import build_executor, make_test_runner
-        from pyagent.pipeline.executor import ExecutorSetup
-        from pyagent.pipeline.planner import candidates, plan_tasks
-        from pyagent.pipeline.settings import PipelineSettings
 
         opts = self.opts
-        budget = Budget(tokens=opts.budget_tokens, cost_usd=opts.budget_usd)
-        meter = UsageMeter(on_call=lambda reply, totals: self.progress("llm", totals=totals))
-        llm = opts.llm_client
-        if llm is None and opts.llm:
-            from pyagent.agents.llm.factory import LLMConfigError, make_llm
-
-            try:
-                llm = make_llm(
-                    opts.llm, base_url=opts.llm_base_url, api=opts.llm_api, budget=budget, meter=meter,
-                    local=opts.local_llm,
-                )
-            except LLMConfigError as exc:
-                raise ImproveError(str(exc)) from exc
-        if llm is not None:
-            if llm.budget is None:
-                llm.budget = budget
-            budget = llm.budget  # one budget: the LLM calls and the task chains spend the same one
-            meter = llm.meter
-            meter.on_call = lambda reply, totals: self.progress("llm", totals=totals)
+        llm, budget, meter = self._llm()
         self.progress("phase", phase="audit", detail=str(self.path))
         audit_before, n_before, findings, unformatted = await self._measure(tree)
         metrics_before = metrics_summary(audit_before, n_before, opts.max_complexity)
-        settings = PipelineSettings(
-            test_cmd=opts.test_cmd, test_timeout=opts.test_timeout, test_env=dict(opts.test_env),
-            max_complexity=opts.max_complexity,
-        )
-        try:
-            runner = make_test_runner(tree, settings, self.shell)
-        except ValueError as exc:
-            raise ImproveError(f"--test-cmd: {exc}") from exc
-        baseline = None
-        if runner is not None:
-            self.progress("phase", phase="baseline", detail=" ".join(runner.command.argv))
-            baseline = await self._tests(runner, tree, scratch)
-            if baseline.timed_out:
-                raise ImproveError(
-                    f"the test baseline timed out after {opts.test_timeout:.0f}s; pass --test-cmd"
-                )
-        else:
-            self.notes.append("no tests found: changes were verified by parsing, lint and metrics only")
+        settings = self._settings()
+        runner, baseline = await self._baseline(tree, scratch, settings)
         knowledge = opts.knowledge if opts.knowledge is not None else InMemoryKnowledge()
-        local = build_executor(
-            tree, settings, shell=self.shell, runner=runner, baseline=baseline, llm=llm, knowledge=knowledge,
-            scratch=scratch,
-        )
-        self.agents = local.agents
-        executor: Executor = local
-        if opts.executor_factory is not None:
-            executor = opts.executor_factory(ExecutorSetup(tree, local, settings, baseline, opts.llm))
+        executor = self._executor(tree, scratch, settings, runner, baseline, llm, knowledge)
         root_ctx = CascadeContext.root("improve", action=f"improve:{self.run_id}", budget=budget)
-        cands = candidates(
-            audit_before,
-            findings,
-            unformatted,
-            llm=llm is not None,
-            max_complexity=opts.max_complexity,
-            root=tree,
-        )
-        plan = plan_tasks(
-            tree,
-            audit_before,
-            cands,
-            context=root_ctx,
-            knowledge=knowledge,
-            max_tasks=opts.max_tasks,
-            params={"max_complexity": opts.max_complexity},
-        )
-        for t in plan.tasks:
-            self._add_record(t)
-        self.progress(
-            "plan",
-            tasks=[r.to_dict() for r in self.records.values()],
-            skipped=[s.__dict__ for s in plan.skipped],
-        )
-        events: list[FleetEvent] = []
-        async with FleetManager(opts.concurrency, on_event=events.append, knowledge=knowledge) as fleet:
-            fleet.add_listener(lambda e: self.progress("fleet", event=e.to_dict()))
-            for t in plan.tasks:
-                fleet.submit(
-                    f"{t.agent}:{t.target}",
-                    self._job(t, tree, executor),
-                    priority=t.priority,
-                    context=t.context,
-                    kind=t.kind,
-                )
-            await fleet.join()
-        closed = await executor.aclose()
-        if closed:
-            self.notes.append(closed)
-        for t in self.tasks.values():
-            rec = self.records[t.id]
-            self.agents[t.agent].record_outcome(t, rec.status, rec.reason or None)  # type: ignore[arg-type]
+        plan = self._plan(tree, audit_before, findings, unformatted, llm is not None, root_ctx, knowledge)
+        events = await self._execute(plan.tasks, tree, executor, knowledge)
+        self._learn()
         self.progress("phase", phase="after", detail="re-measuring")
         audit_after, n_after, _f, _u = await self._measure(tree)
         tests_after = await self._tests(runner, tree, scratch) if runner is not None else None
@@ -515,15 +433,159 @@ class _Run:
             notes=self.notes,
             agents=[agent.identity() for agent in self.agents.values()],
         )
-        if mode == "in-place":
+        return self._report(result, events)
+
+    # -- the phases of _run_in ---------------------------------------------------------------
+    def _llm(self) -> tuple[LLMClient | None, Budget, UsageMeter]:
+        """The run's LLM client (if any), its one budget, and the meter the report reads."""
+        from pyagent.agents.llm.base import UsageMeter
+        from pyagent.model.budget import Budget
+
+        opts = self.opts
+        budget = Budget(tokens=opts.budget_tokens, cost_usd=opts.budget_usd)
+        meter = UsageMeter(on_call=lambda reply, totals: self.progress("llm", totals=totals))
+        llm = opts.llm_client
+        if llm is None and opts.llm:
+            from pyagent.agents.llm.factory import LLMConfigError, make_llm
+
+            try:
+                llm = make_llm(
+                    opts.llm, base_url=opts.llm_base_url, api=opts.llm_api, budget=budget, meter=meter,
+                    local=opts.local_llm,
+                )
+            except LLMConfigError as exc:
+                raise ImproveError(str(exc)) from exc
+        if llm is not None:
+            if llm.budget is None:
+                llm.budget = budget
+            budget = llm.budget  # one budget: the LLM calls and the task chains spend the same one
+            meter = llm.meter
+            meter.on_call = lambda reply, totals: self.progress("llm", totals=totals)
+        return llm, budget, meter
+
+    def _settings(self) -> PipelineSettings:
+        from pyagent.pipeline.settings import PipelineSettings
+
+        opts = self.opts
+        return PipelineSettings(
+            test_cmd=opts.test_cmd, test_timeout=opts.test_timeout, test_env=dict(opts.test_env),
+            max_complexity=opts.max_complexity,
+        )
+
+    async def _baseline(
+        self, tree: Path, scratch: Path, settings: PipelineSettings
+    ) -> tuple[TestRunner | None, TestResults | None]:
+        """The project's test runner and what its tests do before any change (None without tests)."""
+        from pyagent.pipeline.builder import make_test_runner
+
+        try:
+            runner = make_test_runner(tree, settings, self.shell)
+        except ValueError as exc:
+            raise ImproveError(f"--test-cmd: {exc}") from exc
+        if runner is None:
+            self.notes.append("no tests found: changes were verified by parsing, lint and metrics only")
+            return None, None
+        self.progress("phase", phase="baseline", detail=" ".join(runner.command.argv))
+        baseline = await self._tests(runner, tree, scratch)
+        if baseline.timed_out:
+            raise ImproveError(f"the test baseline timed out after {self.opts.test_timeout:.0f}s; pass --test-cmd")
+        return runner, baseline
+
+    def _executor(
+        self,
+        tree: Path,
+        scratch: Path,
+        settings: PipelineSettings,
+        runner: TestRunner | None,
+        baseline: TestResults | None,
+        llm: LLMClient | None,
+        knowledge: KnowledgeBackend,
+    ) -> Executor:
+        """This machine's executor (whose agents authorize every merge), or the swarm's around it."""
+        from pyagent.pipeline.builder import build_executor
+        from pyagent.pipeline.executor import ExecutorSetup
+
+        local = build_executor(
+            tree, settings, shell=self.shell, runner=runner, baseline=baseline, llm=llm, knowledge=knowledge,
+            scratch=scratch,
+        )
+        self.agents = local.agents
+        if self.opts.executor_factory is None:
+            return local
+        return self.opts.executor_factory(ExecutorSetup(tree, local, settings, baseline, self.opts.llm))
+
+    def _plan(
+        self,
+        tree: Path,
+        audit: AuditReport,
+        findings: list[Any],
+        unformatted: list[str],
+        with_llm: bool,
+        root_ctx: CascadeContext,
+        knowledge: KnowledgeBackend,
+    ) -> Plan:
+        from pyagent.pipeline.planner import candidates, plan_tasks
+
+        opts = self.opts
+        cands = candidates(
+            audit, findings, unformatted, llm=with_llm, max_complexity=opts.max_complexity, root=tree
+        )
+        plan = plan_tasks(
+            tree,
+            audit,
+            cands,
+            context=root_ctx,
+            knowledge=knowledge,
+            max_tasks=opts.max_tasks,
+            params={"max_complexity": opts.max_complexity},
+        )
+        for t in plan.tasks:
+            self._add_record(t)
+        self.progress(
+            "plan",
+            tasks=[r.to_dict() for r in self.records.values()],
+            skipped=[s.__dict__ for s in plan.skipped],
+        )
+        return plan
+
+    async def _execute(
+        self, tasks: list[AgentTask], tree: Path, executor: Executor, knowledge: KnowledgeBackend
+    ) -> list[FleetEvent]:
+        """Every task (and every retry it delegates) through the fleet; returns the event log."""
+        from pyagent.fleet.core import FleetManager
+
+        events: list[FleetEvent] = []
+        async with FleetManager(self.opts.concurrency, on_event=events.append, knowledge=knowledge) as fleet:
+            fleet.add_listener(lambda e: self.progress("fleet", event=e.to_dict()))
+            for t in tasks:
+                fleet.submit(
+                    f"{t.agent}:{t.target}",
+                    self._job(t, tree, executor),
+                    priority=t.priority,
+                    context=t.context,
+                    kind=t.kind,
+                )
+            await fleet.join()
+        closed = await executor.aclose()
+        if closed:
+            self.notes.append(closed)
+        return events
+
+    def _learn(self) -> None:
+        """Each task's outcome into the knowledge store, through its agent (the next plan skips known failures)."""
+        for t in self.tasks.values():
+            rec = self.records[t.id]
+            self.agents[t.agent].record_outcome(t, rec.status, rec.reason or None)  # type: ignore[arg-type]
+
+    def _report(self, result: RunResult, events: list[FleetEvent]) -> RunResult:
+        from pyagent.improve.report import write_report
+
+        if self.mode == "in-place":
             from pyagent.improve.undo import save_run
 
             save_run(self.path, self.run_id, self.originals)
-        from pyagent.improve.report import write_report
-
         result.report_dir = write_report(result, events)
         return result
-
 
 async def improve(opts: ImproveOptions) -> RunResult:
     """Run one improvement pass over ``opts.path``; see the module docstring."""
