@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pyagent.improve.result import RunResult, TaskRecord
+from pyagent.model.status import SkipReason
 from pyagent.model.task import AgentTask, ChangeSet, content_hash
 
 if TYPE_CHECKING:
@@ -812,9 +813,9 @@ class _Run:
             skipped_by_memory=[
                 {"agent": s.agent, "action": s.action, "target": s.target, "reason": s.reason}
                 for s in plan.skipped
-                if s.reason.startswith("known to fail")
+                if s.why is SkipReason.KNOWN_FAILURE
             ],
-            not_attempted=sum(1 for s in plan.skipped if not s.reason.startswith("known to fail")),
+            not_attempted=sum(1 for s in plan.skipped if s.why is not SkipReason.KNOWN_FAILURE),
             tests_before=baseline,
             tests_after=tests_after,
             metrics_before=metrics_before,
