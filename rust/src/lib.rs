@@ -15,6 +15,9 @@ mod replace;
 // -- attention kernels
 mod attention;
 
+// -- quantized weight kernels
+mod quant;
+
 
 #[pymodule]
 fn _rust(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -29,6 +32,9 @@ fn _rust(m: &Bound<'_, PyModule>) -> PyResult<()> {
 
     // -- attention kernels
     attention::register(m)?;
+
+    // -- quantized weight kernels
+    quant::register(m)?;
 
     Ok(())
 }

@@ -48,6 +48,9 @@ class ByteTokenizer:
     def apply_chat_template(self, messages: Sequence[Mapping[str, str]]) -> str:
         return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
 
+    def encode_chat(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
+        return self.encode(self.apply_chat_template(messages))
+
 
 class KVCache:
     def __init__(self, num_blocks: int) -> None:

@@ -40,6 +40,7 @@ COMMANDS: list[str] = [
 
     # -- inference
     "generate",
+    "chat",
     "model",
 
     # -- server

@@ -18,7 +18,7 @@ from pyagent.server.errors import APIError
 class TokenizerLike(Protocol):
     def encode(self, text: str) -> list[int]: ...
     def decode(self, ids: Sequence[int]) -> str: ...
-    def apply_chat_template(self, messages: Sequence[Mapping[str, str]]) -> str: ...
+    def encode_chat(self, messages: Sequence[Mapping[str, str]]) -> list[int]: ...
 
 
 class OutputLike(Protocol):
@@ -75,8 +75,10 @@ class Backend:
         self._params_factory = params_factory or _default_params_factory()
 
     def _encode_chat(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
-        tok = self.engine.tokenizer
-        ids: list[int] = tok.encode(tok.apply_chat_template(list(messages)))
+        try:
+            ids: list[int] = self.engine.tokenizer.encode_chat(list(messages))
+        except ValueError as exc:  # the model's chat template refused this conversation (raise_exception)
+            raise APIError(400, str(exc), param="messages", code="invalid_prompt") from None
         return ids
 
     async def build_prompt(
