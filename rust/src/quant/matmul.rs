@@ -57,50 +57,80 @@ fn dot_acc<M: Madd>(w: &[f32], x: &[f32], lanes: &mut [f32; 8]) {
     }
 }
 
+/// `out[i] = dot(row, x[i])` by decoding one block at a time into `buf` (any format).
+#[inline(always)]
+fn generic_row<M: Madd>(t: QType, row: &[u8], x: &[f32], cols: usize, out: &mut [f32],
+                        lanes: &mut [[f32; 8]]) {
+    let mut buf = [0f32; MAX_BLOCK];
+    let (be, bb) = (t.block_elems(), t.block_bytes());
+    lanes.iter_mut().for_each(|l| *l = [0f32; 8]);
+    for (bi, block) in row.chunks_exact(bb).enumerate() {
+        let y = &mut buf[..be];
+        decode_block(t, block, y);
+        let off = bi * be;
+        for (i, l) in lanes.iter_mut().enumerate() {
+            dot_acc::<M>(y, &x[i * cols + off..i * cols + off + be], l);
+        }
+    }
+    for (o, l) in out.iter_mut().zip(lanes.iter()) {
+        *o = ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]));
+    }
+}
+
+/// `generic_row` with the format as a constant in each arm, so the decoder is specialised and inlined.
+#[inline(always)]
+fn dispatch_row<M: Madd>(t: QType, row: &[u8], x: &[f32], cols: usize, out: &mut [f32],
+                         lanes: &mut [[f32; 8]]) {
+    match t {
+        QType::Q4_0 => generic_row::<M>(QType::Q4_0, row, x, cols, out, lanes),
+        QType::Q4_1 => generic_row::<M>(QType::Q4_1, row, x, cols, out, lanes),
+        QType::Q5_0 => generic_row::<M>(QType::Q5_0, row, x, cols, out, lanes),
+        QType::Q5_1 => generic_row::<M>(QType::Q5_1, row, x, cols, out, lanes),
+        QType::Q8_0 => generic_row::<M>(QType::Q8_0, row, x, cols, out, lanes),
+        QType::Q4K => generic_row::<M>(QType::Q4K, row, x, cols, out, lanes),
+        QType::Q5K => generic_row::<M>(QType::Q5K, row, x, cols, out, lanes),
+        QType::Q6K => generic_row::<M>(QType::Q6K, row, x, cols, out, lanes),
+    }
+}
+
 /// Compute `tile` (row-major `[rows_in_tile, n]`) for global rows starting at `first`.
 #[inline(always)]
 fn tile_rows<M: Madd>(weights: &[(QWeight<'_>, usize)], x: &[f32], n: usize, cols: usize, first: usize,
-                      tile: &mut [f32]) {
-    let mut buf = [0f32; MAX_BLOCK];
+                      tile: &mut [f32], simd: bool) {
     let mut lanes = vec![[0f32; 8]; n];
     for (t, out_row) in tile.chunks_exact_mut(n).enumerate() {
-        let global = first + t;
         // which matrix holds this row: a short linear scan (at most a few matrices per call)
-        let mut local = global;
+        let mut local = first + t;
         let mut which = 0;
         while local >= weights[which].0.rows {
             local -= weights[which].0.rows;
             which += 1;
         }
         let (w, rb) = (&weights[which].0, weights[which].1);
-        let (be, bb) = (w.qtype.block_elems(), w.qtype.block_bytes());
         let row = &w.data[local * rb..(local + 1) * rb];
-        lanes.iter_mut().for_each(|l| *l = [0f32; 8]);
-        for (bi, block) in row.chunks_exact(bb).enumerate() {
-            let y = &mut buf[..be];
-            decode_block(w.qtype, block, y);
-            let off = bi * be;
-            for (i, l) in lanes.iter_mut().enumerate() {
-                dot_acc::<M>(y, &x[i * cols + off..i * cols + off + be], l);
-            }
+        #[cfg(target_arch = "x86_64")]
+        if simd && super::avx2::supports(w.qtype) {
+            // SAFETY: `simd` is only set when AVX2, FMA and F16C were detected; shapes were checked by `matmul`.
+            unsafe { super::avx2::row_dots(w.qtype, row, x, n, cols, out_row) };
+            continue;
         }
-        for (o, l) in out_row.iter_mut().zip(&lanes) {
-            *o = ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]));
-        }
+        let _ = simd;
+        dispatch_row::<M>(w.qtype, row, x, cols, out_row, &mut lanes);
     }
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn tile_rows_avx2(weights: &[(QWeight<'_>, usize)], x: &[f32], n: usize, cols: usize, first: usize,
                          tile: &mut [f32]) {
-    tile_rows::<Fused>(weights, x, n, cols, first, tile)
+    tile_rows::<Fused>(weights, x, n, cols, first, tile, true)
 }
 
 fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -133,12 +163,12 @@ pub fn matmul(weights: &[QWeight<'_>], x: &[f32], n: usize, cols: usize, out: &m
         let first = ti * TILE_ROWS;
         #[cfg(target_arch = "x86_64")]
         if simd {
-            // SAFETY: AVX2 and FMA were detected on this CPU just above.
+            // SAFETY: AVX2, FMA and F16C were detected on this CPU just above.
             unsafe { tile_rows_avx2(&ws, x, n, cols, first, tile) };
             return;
         }
         let _ = simd;
-        tile_rows::<Plain>(&ws, x, n, cols, first, tile);
+        tile_rows::<Plain>(&ws, x, n, cols, first, tile, false);
     };
     if total * cols >= 1 << 16 {
         out_t.par_chunks_mut(TILE_ROWS * n).enumerate().for_each(run);

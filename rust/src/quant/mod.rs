@@ -3,6 +3,8 @@ use pyo3::buffer::{Element, PyBuffer};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 pub mod formats;
 pub mod matmul;
 

@@ -29,13 +29,25 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, metavar="S", help="seed for reproducible sampling")
     p.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop at this text (repeatable)")
     p.add_argument("--ignore-eos", action="store_true", help="keep generating past the end-of-sequence token")
+    p.add_argument("--min-p", type=float, default=0.0, metavar="P",
+                   help="drop tokens less than P times as likely as the best (0 = off)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, metavar="R",
+                   help="penalise tokens already in the prompt or output (1.0 = off)")
+    p.add_argument("--frequency-penalty", type=float, default=0.0, metavar="F",
+                   help="subtract F per earlier occurrence in the output (-2..2)")
+    p.add_argument("--presence-penalty", type=float, default=0.0, metavar="F",
+                   help="subtract F from tokens already in the output (-2..2)")
+    p.add_argument("--min-tokens", type=int, default=0, metavar="N", help="generate at least N tokens")
 
 
 def sampling_params(args: argparse.Namespace) -> Any:
     from pyagent.inference.sampler import SamplingParams
 
     return SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
-                          top_k=args.top_k, seed=args.seed, stop=list(args.stop), ignore_eos=args.ignore_eos)
+                          top_k=args.top_k, seed=args.seed, stop=list(args.stop), ignore_eos=args.ignore_eos,
+                          min_p=args.min_p, repetition_penalty=args.repetition_penalty,
+                          frequency_penalty=args.frequency_penalty, presence_penalty=args.presence_penalty,
+                          min_tokens=args.min_tokens)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -25,7 +25,7 @@ from pyagent.inference.gguf_tokenizer import gguf_tokenizer
 from pyagent.inference.kv_cache import KVCacheManager
 from pyagent.inference.loader import ModelWeights, load_model
 from pyagent.inference.model import DecoderModel, SeqChunk
-from pyagent.inference.sampler import SamplingParams, sample
+from pyagent.inference.sampler import SamplingParams, adjust_logits, sample
 from pyagent.inference.scheduler import Request, Scheduler
 from pyagent.inference.tokenizer import IncrementalDetokenizer, Tokenizer
 
@@ -201,7 +201,11 @@ class PagedAttentionEngine:
                         continue
                     if self.logits_observer is not None:
                         self.logits_observer(req.request_id, len(req.token_ids) - 1, logits[row])
-                    token = sample(logits[row], req.params, req.rng)
+                    scores = logits[row]
+                    if req.params.adjusts_logits:
+                        scores = adjust_logits(scores, req.params, req.prompt_token_ids, req.output_token_ids,
+                                               () if req.params.ignore_eos else self.tokenizer.eos_token_ids)
+                    token = sample(scores, req.params, req.rng)
                     row += 1
                     req.token_ids.append(token)
                     outputs.append(self._progress(req, token))

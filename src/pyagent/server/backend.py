@@ -51,6 +51,7 @@ class GenParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    extras: Mapping[str, Any] = field(default_factory=dict)  # further sampling knobs (top_k, penalties ...)
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,7 @@ class Backend:
             top_p=params.top_p,
             seed=params.seed,
             stop=list(params.stop),
+            **params.extras,
         )
         try:
             stream = self.engine.generate(list(prompt.token_ids), sampling, request_id=request_id)
