@@ -22,7 +22,7 @@ const TILE_ROWS: usize = 16;
 
 /// Bytes in one row of `cols` elements, or an error naming what does not fit.
 pub fn row_bytes(qtype: QType, cols: usize) -> Result<usize, String> {
-    if cols == 0 || cols % qtype.block_elems() != 0 {
+    if cols == 0 || !cols.is_multiple_of(qtype.block_elems()) {
         return Err(format!("row length {cols} is not a positive multiple of the {qtype:?} block size {}",
                            qtype.block_elems()));
     }

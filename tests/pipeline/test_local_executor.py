@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from pyagent.agents.context import CascadeContext
 from pyagent.agents.registry import build_agents
-from pyagent.agents.task import AgentTask, ChangeSet, content_hash
 from pyagent.agents.testing import TestRunner
-from pyagent.fleet.executor import LocalExecutor
-from pyagent.fleet.gate import VerificationGate
-from pyagent.fleet.priority import AgentPriority
-from pyagent.fleet.remote import execute_task
+from pyagent.model.context import CascadeContext
+from pyagent.model.priority import AgentPriority
+from pyagent.model.task import AgentTask, ChangeSet, content_hash
+from pyagent.pipeline.builder import PipelineSettings
+from pyagent.pipeline.executor import LocalExecutor
+from pyagent.pipeline.gate import VerificationGate
+from pyagent.pipeline.remote import execute_task
 from tests.improve_helpers import make_project, pytest_command
 
 MOD = "pkg/mod.py"
@@ -84,7 +85,7 @@ def test_change_is_computed_from_the_files_sent_not_the_tree(tmp_path: Path) -> 
 def test_execute_task_for_remote_nodes(tmp_path: Path) -> None:
     root = make_project(tmp_path / "p")
     task = AgentTask.from_wire(_task("simplify", "RET505").to_wire())
-    cs = execute_task(task, {MOD: (root / MOD).read_bytes()}, workdir=root)
+    cs = execute_task(task, {MOD: (root / MOD).read_bytes()}, workdir=root, settings=PipelineSettings())
     assert cs.passed, cs.reason
     assert b"else:" not in (cs.changes[MOD] or b"")
     assert ChangeSet.from_wire(cs.to_wire()).digest == cs.digest
@@ -93,7 +94,7 @@ def test_execute_task_for_remote_nodes(tmp_path: Path) -> None:
 def test_the_chain_scope_governs_what_a_task_may_do(tmp_path: Path) -> None:
     from dataclasses import replace
 
-    from pyagent.agents.context import SecurityScope
+    from pyagent.model.context import SecurityScope
 
     root = make_project(tmp_path / "p")
     ex = _executor(root, tmp_path)
