@@ -52,6 +52,7 @@ def report_dict(result: RunResult) -> dict[str, Any]:
         "metrics": {"before": result.metrics_before, "after": result.metrics_after},
         "usage": result.usage,
         "notes": result.notes,
+        "agents": result.agents,
     }
 
 

@@ -10,6 +10,7 @@ elsewhere the project is changed in place and ``pyagent undo`` restores it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import difflib
 import os
 import secrets
@@ -23,18 +24,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pyagent.improve.result import RunResult, TaskRecord
+from pyagent.model.status import SkipReason
 from pyagent.model.task import AgentTask, ChangeSet, content_hash
 
 if TYPE_CHECKING:
-    from pyagent.agents.llm.base import LLMClient
+    from pyagent.agents.base import BaseAgent
+    from pyagent.agents.llm.base import LLMClient, UsageMeter
     from pyagent.agents.llm.factory import LocalBackend
-    from pyagent.agents.testing import TestResults
+    from pyagent.agents.testing import TestResults, TestRunner
     from pyagent.fleet.core import TaskControl
     from pyagent.fleet.events import FleetEvent
     from pyagent.health import AuditReport
     from pyagent.improve.gitops import GitRepo
+    from pyagent.model.budget import Budget
+    from pyagent.model.context import CascadeContext
     from pyagent.model.knowledge import KnowledgeBackend
     from pyagent.pipeline.executor import Executor, ExecutorFactory
+    from pyagent.pipeline.planner import Plan
+    from pyagent.pipeline.settings import PipelineSettings
     from pyagent.shell import SecureShell
 
 __all__ = ["ImproveError", "ImproveOptions", "RunResult", "TaskRecord", "improve", "new_run_id"]
@@ -98,12 +105,16 @@ class _Run:
     def __init__(self, opts: ImproveOptions) -> None:
         from pyagent.improve.gitops import GIT_ENV_ALLOW
         from pyagent.pipeline.builder import pipeline_shell
+        from pyagent.shell import Confinement, SecureShell
 
         self.opts = opts
         self.path = Path(opts.path).resolve()
         self.run_id = opts.run_id or new_run_id()
-        self.shell: SecureShell = pipeline_shell(*GIT_ENV_ALLOW)
+        self.shell: SecureShell = pipeline_shell()
+        # git is PyAgent's own fixed argv on the user's repository (it must write .git): not confined.
+        self.git_shell: SecureShell = SecureShell(env_allow=GIT_ENV_ALLOW, timeout=600.0, confine=Confinement.off())
         self.records: dict[str, TaskRecord] = {}
+        self.tasks: dict[str, AgentTask] = {}  # planned tasks and the retries they delegated, in that order
         self.file_locks: dict[str, asyncio.Lock] = {}
         self.merge_lock = asyncio.Lock()
         self.applied: set[str] = set()
@@ -115,6 +126,7 @@ class _Run:
         self.base_commit: str | None = None
         self.drop_branch: str | None = None
         self.mode = ""
+        self.agents: dict[str, BaseAgent] = {}  # this machine's agents: they authorize every merge
 
     def progress(self, kind: str, **data: Any) -> None:
         if self.opts.on_progress is not None:
@@ -135,7 +147,7 @@ class _Run:
                 isolated_copy, self.path, writable=files, parent=scratch, files=files
             )
             return copy, "dry-run"
-        repo = await GitRepo.find(self.path, self.shell) if self.opts.use_git else None
+        repo = await GitRepo.find(self.path, self.git_shell) if self.opts.use_git else None
         if repo is None:
             return self.path, "in-place"
         self.repo = repo
@@ -171,6 +183,12 @@ class _Run:
         return sorted(cs.changes)
 
     async def _merge(self, tree: Path, task: AgentTask, cs: ChangeSet, rec: TaskRecord) -> None:
+        from pyagent.agents.mixins.governance import GovernanceError
+
+        agent = self.agents.get(task.agent)
+        if agent is None:
+            raise GovernanceError(f"no agent named {task.agent!r} on this machine may change {task.target}")
+        agent.authorize_change(task, cs.changes, tree)  # the executor's check again: a peer's change set too
         async with self.merge_lock:
             if cs.digest in self.applied:
                 return
@@ -246,6 +264,8 @@ class _Run:
                         continue
                     rec.status, rec.reason = "kept", cs.verification.get("reason", "verified")
                     break
+            if rec.status == "rolled_back":
+                self._retry(control, task, rec, tree, executor)
         except CascadeLimitError as exc:
             self.budget_stop = self.budget_stop or exc.reason
             rec.status, rec.reason = "failed", exc.reason
@@ -259,6 +279,45 @@ class _Run:
         finally:
             rec.duration = time.monotonic() - start
             self.progress("task", task=rec.to_dict())
+
+    def _retry(self, control: TaskControl, task: AgentTask, rec: TaskRecord, tree: Path, executor: Executor) -> None:
+        """Delegate a rejected change to its agent again as a child task that carries the gate's reason.
+
+        The child's context is the parent's ``next_level``: it joins the parent's lineage and spends
+        the chain's one budget, and the depth limit and loop detection apply to it.
+        """
+        from pyagent.model.errors import CascadeLimitError
+
+        agent = self.agents.get(task.agent)
+        attempt = int(task.params.get("retry", 0)) + 1
+        if agent is None or attempt > agent.retries or self.budget_stop:
+            return
+        reason = rec.reason
+
+        async def child_job(child: TaskControl) -> None:
+            retry = dataclasses.replace(
+                task, id=child.context.task_id, context=child.context,
+                params={**task.params, "retry": attempt, "rejected_because": reason},
+            )
+            self._add_record(retry)
+            await self._task(child, retry, tree, executor)
+
+        try:
+            agent.delegate(control, f"retry {attempt}: {rec.action}", child_job)
+        except CascadeLimitError as exc:
+            rec.note = f"{rec.note}; not retried: {exc.reason}" if rec.note else f"not retried: {exc.reason}"
+
+    def _add_record(self, t: AgentTask) -> TaskRecord:
+        self.tasks[t.id] = t
+        rec = self.records[t.id] = TaskRecord(
+            t.id,
+            t.agent,
+            str(t.params.get("action", t.agent)),
+            t.target,
+            t.priority.name.lower(),
+            lineage=t.context.lineage_ids(),
+        )
+        return rec
 
     def _job(
         self, task: AgentTask, tree: Path, executor: Executor
@@ -330,14 +389,58 @@ class _Run:
         return await run_tests(runner, tree, scratch)
 
     async def _run_in(self, tree: Path, mode: str, scratch: Path, started: float) -> RunResult:
-        from pyagent.agents.llm.base import UsageMeter
-        from pyagent.fleet.core import FleetManager
-        from pyagent.model.budget import Budget
+        """The run's phases, in order: setup, audit, baseline, plan, fleet, learn, re-measure, report."""
         from pyagent.model.context import CascadeContext
-        from pyagent.model.knowledge import ChangeOutcome, InMemoryKnowledge
-        from pyagent.pipeline.builder import PipelineSettings, build_executor, make_test_runner
-        from pyagent.pipeline.executor import ExecutorSetup
-        from pyagent.pipeline.planner import candidates, plan_tasks
+        from pyagent.model.knowledge import InMemoryKnowledge
+
+        opts = self.opts
+        llm, budget, meter = self._llm()
+        self.progress("phase", phase="audit", detail=str(self.path))
+        audit_before, n_before, findings, unformatted = await self._measure(tree)
+        metrics_before = metrics_summary(audit_before, n_before, opts.max_complexity)
+        settings = self._settings()
+        runner, baseline = await self._baseline(tree, scratch, settings)
+        knowledge = opts.knowledge if opts.knowledge is not None else InMemoryKnowledge()
+        executor = self._executor(tree, scratch, settings, runner, baseline, llm, knowledge)
+        root_ctx = CascadeContext.root("improve", action=f"improve:{self.run_id}", budget=budget)
+        plan = self._plan(tree, audit_before, findings, unformatted, llm is not None, root_ctx, knowledge)
+        events = await self._execute(plan.tasks, tree, executor, knowledge)
+        self._learn()
+        self.progress("phase", phase="after", detail="re-measuring")
+        audit_after, n_after, _f, _u = await self._measure(tree)
+        tests_after = await self._tests(runner, tree, scratch) if runner is not None else None
+        if mode == "git" and not any(r.commit for r in self.records.values()):
+            self.drop_branch, self.branch = self.branch, None
+            self.notes.append("no change was kept, so no branch was left behind")
+        result = RunResult(
+            run_id=self.run_id,
+            root=self.path,
+            mode=mode,
+            tasks=list(self.records.values()),
+            skipped_by_memory=[
+                {"agent": s.agent, "action": s.action, "target": s.target, "reason": s.reason}
+                for s in plan.skipped
+                if s.why is SkipReason.KNOWN_FAILURE
+            ],
+            not_attempted=sum(1 for s in plan.skipped if s.why is not SkipReason.KNOWN_FAILURE),
+            tests_before=baseline,
+            tests_after=tests_after,
+            metrics_before=metrics_before,
+            metrics_after=metrics_summary(audit_after, n_after, opts.max_complexity),
+            usage=meter.to_dict() | {"budget": budget.to_wire()},
+            duration=time.monotonic() - started,
+            branch=self.branch,
+            base_commit=self.base_commit,
+            notes=self.notes,
+            agents=[agent.identity() for agent in self.agents.values()],
+        )
+        return self._report(result, events)
+
+    # -- the phases of _run_in ---------------------------------------------------------------
+    def _llm(self) -> tuple[LLMClient | None, Budget, UsageMeter]:
+        """The run's LLM client (if any), its one budget, and the meter the report reads."""
+        from pyagent.agents.llm.base import UsageMeter
+        from pyagent.model.budget import Budget
 
         opts = self.opts
         budget = Budget(tokens=opts.budget_tokens, cost_usd=opts.budget_usd)
@@ -354,48 +457,83 @@ class _Run:
             except LLMConfigError as exc:
                 raise ImproveError(str(exc)) from exc
         if llm is not None:
+            if llm.budget is None:
+                llm.budget = budget
+            budget = llm.budget  # one budget: the LLM calls and the task chains spend the same one
             meter = llm.meter
             meter.on_call = lambda reply, totals: self.progress("llm", totals=totals)
-        self.progress("phase", phase="audit", detail=str(self.path))
-        audit_before, n_before, findings, unformatted = await self._measure(tree)
-        metrics_before = metrics_summary(audit_before, n_before, opts.max_complexity)
-        settings = PipelineSettings(
+        return llm, budget, meter
+
+    def _settings(self) -> PipelineSettings:
+        from pyagent.pipeline.settings import PipelineSettings
+
+        opts = self.opts
+        return PipelineSettings(
             test_cmd=opts.test_cmd, test_timeout=opts.test_timeout, test_env=dict(opts.test_env),
             max_complexity=opts.max_complexity,
         )
+
+    async def _baseline(
+        self, tree: Path, scratch: Path, settings: PipelineSettings
+    ) -> tuple[TestRunner | None, TestResults | None]:
+        """The project's test runner and what its tests do before any change (None without tests)."""
+        from pyagent.pipeline.builder import make_test_runner
+
         try:
             runner = make_test_runner(tree, settings, self.shell)
         except ValueError as exc:
             raise ImproveError(f"--test-cmd: {exc}") from exc
-        baseline = None
-        if runner is not None:
-            self.progress("phase", phase="baseline", detail=" ".join(runner.command.argv))
-            baseline = await self._tests(runner, tree, scratch)
-            if baseline.timed_out:
-                raise ImproveError(
-                    f"the test baseline timed out after {opts.test_timeout:.0f}s; pass --test-cmd"
-                )
-        else:
+        if runner is None:
             self.notes.append("no tests found: changes were verified by parsing, lint and metrics only")
+            return None, None
+        self.progress("phase", phase="baseline", detail=" ".join(runner.command.argv))
+        baseline = await self._tests(runner, tree, scratch)
+        if baseline.timed_out:
+            raise ImproveError(f"the test baseline timed out after {self.opts.test_timeout:.0f}s; pass --test-cmd")
+        return runner, baseline
+
+    def _executor(
+        self,
+        tree: Path,
+        scratch: Path,
+        settings: PipelineSettings,
+        runner: TestRunner | None,
+        baseline: TestResults | None,
+        llm: LLMClient | None,
+        knowledge: KnowledgeBackend,
+    ) -> Executor:
+        """This machine's executor (whose agents authorize every merge), or the swarm's around it."""
+        from pyagent.pipeline.builder import build_executor
+        from pyagent.pipeline.executor import ExecutorSetup
+
         local = build_executor(
-            tree, settings, shell=self.shell, runner=runner, baseline=baseline, llm=llm, scratch=scratch
+            tree, settings, shell=self.shell, runner=runner, baseline=baseline, llm=llm, knowledge=knowledge,
+            scratch=scratch,
         )
-        executor: Executor = local
-        if opts.executor_factory is not None:
-            executor = opts.executor_factory(ExecutorSetup(tree, local, settings, baseline, opts.llm))
-        knowledge = opts.knowledge if opts.knowledge is not None else InMemoryKnowledge()
-        root_ctx = CascadeContext.root("improve", action=f"improve:{self.run_id}", budget=budget)
+        self.agents = local.agents
+        if self.opts.executor_factory is None:
+            return local
+        return self.opts.executor_factory(ExecutorSetup(tree, local, settings, baseline, self.opts.llm))
+
+    def _plan(
+        self,
+        tree: Path,
+        audit: AuditReport,
+        findings: list[Any],
+        unformatted: list[str],
+        with_llm: bool,
+        root_ctx: CascadeContext,
+        knowledge: KnowledgeBackend,
+    ) -> Plan:
+        from pyagent.pipeline.planner import candidates, plan_tasks
+
+        opts = self.opts
         cands = candidates(
-            audit_before,
-            findings,
-            unformatted,
-            llm=llm is not None,
-            max_complexity=opts.max_complexity,
-            root=tree,
+            audit, findings, unformatted, llm=with_llm, max_complexity=opts.max_complexity, root=tree
         )
         plan = plan_tasks(
             tree,
-            audit_before,
+            audit,
             cands,
             context=root_ctx,
             knowledge=knowledge,
@@ -403,23 +541,24 @@ class _Run:
             params={"max_complexity": opts.max_complexity},
         )
         for t in plan.tasks:
-            self.records[t.id] = TaskRecord(
-                t.id,
-                t.agent,
-                str(t.params.get("action", t.agent)),
-                t.target,
-                t.priority.name.lower(),
-                lineage=tuple(e.task_id for e in t.context.lineage),
-            )
+            self._add_record(t)
         self.progress(
             "plan",
             tasks=[r.to_dict() for r in self.records.values()],
             skipped=[s.__dict__ for s in plan.skipped],
         )
+        return plan
+
+    async def _execute(
+        self, tasks: list[AgentTask], tree: Path, executor: Executor, knowledge: KnowledgeBackend
+    ) -> list[FleetEvent]:
+        """Every task (and every retry it delegates) through the fleet; returns the event log."""
+        from pyagent.fleet.core import FleetManager
+
         events: list[FleetEvent] = []
-        async with FleetManager(opts.concurrency, on_event=events.append, knowledge=knowledge) as fleet:
+        async with FleetManager(self.opts.concurrency, on_event=events.append, knowledge=knowledge) as fleet:
             fleet.add_listener(lambda e: self.progress("fleet", event=e.to_dict()))
-            for t in plan.tasks:
+            for t in tasks:
                 fleet.submit(
                     f"{t.agent}:{t.target}",
                     self._job(t, tree, executor),
@@ -428,60 +567,26 @@ class _Run:
                     kind=t.kind,
                 )
             await fleet.join()
-        closer = getattr(executor, "aclose", None)  # voyager hook: a swarm executor holds sockets
-        if closer is not None:
-            await closer()
-            self.notes.append(str(getattr(executor, "summary", "")) or "swarm executor closed")
-        for t in plan.tasks:
+        closed = await executor.aclose()
+        if closed:
+            self.notes.append(closed)
+        return events
+
+    def _learn(self) -> None:
+        """Each task's outcome into the knowledge store, through its agent (the next plan skips known failures)."""
+        for t in self.tasks.values():
             rec = self.records[t.id]
-            knowledge.record_outcome(
-                ChangeOutcome(
-                    agent=t.agent,
-                    action=rec.action,
-                    task_kind=t.kind,
-                    target=t.target,
-                    target_hash=str(t.params.get("target_hash", "")),
-                    status=rec.status,  # type: ignore[arg-type]
-                    reason=rec.reason or None,
-                    lineage=rec.lineage,
-                )
-            )
-        self.progress("phase", phase="after", detail="re-measuring")
-        audit_after, n_after, _f, _u = await self._measure(tree)
-        tests_after = await self._tests(runner, tree, scratch) if runner is not None else None
-        if mode == "git" and not any(r.commit for r in self.records.values()):
-            self.drop_branch, self.branch = self.branch, None
-            self.notes.append("no change was kept, so no branch was left behind")
-        result = RunResult(
-            run_id=self.run_id,
-            root=self.path,
-            mode=mode,
-            tasks=[self.records[t.id] for t in plan.tasks],
-            skipped_by_memory=[
-                {"agent": s.agent, "action": s.action, "target": s.target, "reason": s.reason}
-                for s in plan.skipped
-                if s.reason.startswith("known to fail")
-            ],
-            not_attempted=sum(1 for s in plan.skipped if not s.reason.startswith("known to fail")),
-            tests_before=baseline,
-            tests_after=tests_after,
-            metrics_before=metrics_before,
-            metrics_after=metrics_summary(audit_after, n_after, opts.max_complexity),
-            usage=meter.to_dict() | {"budget": budget.to_wire()},
-            duration=time.monotonic() - started,
-            branch=self.branch,
-            base_commit=self.base_commit,
-            notes=self.notes,
-        )
-        if mode == "in-place":
+            self.agents[t.agent].record_outcome(t, rec.status, rec.reason or None)  # type: ignore[arg-type]
+
+    def _report(self, result: RunResult, events: list[FleetEvent]) -> RunResult:
+        from pyagent.improve.report import write_report
+
+        if self.mode == "in-place":
             from pyagent.improve.undo import save_run
 
             save_run(self.path, self.run_id, self.originals)
-        from pyagent.improve.report import write_report
-
         result.report_dir = write_report(result, events)
         return result
-
 
 async def improve(opts: ImproveOptions) -> RunResult:
     """Run one improvement pass over ``opts.path``; see the module docstring."""
