@@ -19,6 +19,9 @@ mod replace;
 // -- attention kernels
 mod attention;
 
+// -- quantized weight kernels
+mod quant;
+
 #[pymodule]
 fn _rust(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -32,6 +35,9 @@ fn _rust(m: &Bound<'_, PyModule>) -> PyResult<()> {
 
     // -- attention kernels
     attention::register(m)?;
+
+    // -- quantized weight kernels
+    quant::register(m)?;
 
     Ok(())
 }

@@ -210,3 +210,20 @@ def paged_attention_decode(
     partition_size: int = 512,
 ) -> None:
     """Paged decode attention into ``out`` (float32 [seqs, heads, head_dim]); int32 tables; GIL released."""
+
+# -- quantized weight kernels
+
+def quant_matmul(
+    out: np.ndarray,
+    x: np.ndarray,
+    weights: list[np.ndarray],
+    qtypes: list[int],
+    rows: list[int],
+    portable: bool = False,
+) -> None:
+    """``out[n, sum(rows)] = x[n, cols] @ concat(weights)^T`` with GGML-quantized uint8 weights; GIL released."""
+
+def quant_dequantize(
+    out: np.ndarray, weight: np.ndarray, qtype_id: int, rows: int, ids: np.ndarray | None = None
+) -> None:
+    """Decode a quantized matrix (or its rows ``ids``, int64) into float32 ``out``; GIL released."""

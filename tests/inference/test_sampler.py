@@ -47,3 +47,46 @@ def test_seeded_generators_repeat() -> None:
     a = [sample(LOGITS, params, rng1) for _ in range(50)]
     b = [sample(LOGITS, params, rng2) for _ in range(50)]
     assert a == b and len(set(a)) > 1
+
+
+def test_repetition_penalty_divides_positive_and_multiplies_negative_logits() -> None:
+    from pyagent.inference.sampler import adjust_logits
+
+    logits = np.array([2.0, -1.0, 3.0, 0.5], dtype=np.float32)
+    out = adjust_logits(logits, SamplingParams(repetition_penalty=2.0), [0], [1], [])
+    np.testing.assert_allclose(out, [1.0, -2.0, 3.0, 0.5])
+    assert logits[0] == 2.0  # the caller's row is not modified
+
+
+def test_frequency_and_presence_penalties_count_output_tokens_only() -> None:
+    from pyagent.inference.sampler import adjust_logits
+
+    logits = np.zeros(4, dtype=np.float32)
+    out = adjust_logits(logits, SamplingParams(frequency_penalty=0.5, presence_penalty=0.25), [3, 3], [1, 1, 2], [])
+    np.testing.assert_allclose(out, [0.0, -1.25, -0.75, 0.0])
+
+
+def test_min_tokens_masks_eos_until_reached() -> None:
+    from pyagent.inference.sampler import adjust_logits
+
+    logits = np.array([0.0, 5.0, 1.0], dtype=np.float32)
+    params = SamplingParams(min_tokens=2, temperature=0.0)
+    masked = adjust_logits(logits, params, [0], [2], eos_ids=[1])
+    assert sample(masked, params, np.random.default_rng(0)) == 2
+    assert adjust_logits(logits, params, [0], [2, 2], eos_ids=[1])[1] == 5.0
+
+
+def test_min_p_drops_unlikely_tokens() -> None:
+    # 0.05 / 0.4 = 0.125 < 0.2: token 0 is never drawn; 0.1 / 0.4 = 0.25 keeps token 4
+    freq = draws(SamplingParams(temperature=1.0, min_p=0.2))
+    assert freq[0] == 0.0 and freq[4] > 0.05
+    np.testing.assert_allclose(freq[1:], np.array([0.4, 0.3, 0.15, 0.1]) / 0.95, atol=0.03)
+
+
+def test_new_parameters_are_validated_by_name() -> None:
+    import pytest
+
+    for kw, name in (({"min_p": 2.0}, "min_p"), ({"repetition_penalty": 0.0}, "repetition_penalty"),
+                     ({"frequency_penalty": 3.0}, "frequency_penalty"), ({"min_tokens": 500}, "min_tokens")):
+        with pytest.raises(ValueError, match=name):
+            SamplingParams(**kw).validate()  # type: ignore[arg-type]

@@ -1,4 +1,4 @@
-"""Tokenizer wrapper: EOS discovery, chat formats, streaming decode of multi-byte characters."""
+"""Tokenizer wrapper: EOS discovery, the model's chat template, streaming decode of multi-byte characters."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from pyagent.inference.chat_template import ChatTemplateError
 from pyagent.inference.errors import ModelLoadError
 from pyagent.inference.tiny import build_tokenizer
 from pyagent.inference.tokenizer import IncrementalDetokenizer, Tokenizer
@@ -34,27 +35,60 @@ def test_streaming_decode_holds_back_partial_characters(tiny_dir: Path) -> None:
     assert any(d == "" for d in deltas)  # some tokens carry only part of a character
 
 
-def write_template(folder: Path, template: str, extra_tokens: list[str]) -> Tokenizer:
+CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+          "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+def write_template(folder: Path, template: str, extra_tokens: list[str], *, jinja_file: bool = False,
+                   bos: str | None = None) -> Tokenizer:
     tok = build_tokenizer()
     tok.add_special_tokens(extra_tokens)
     tok.save(str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": template}))
+    config: dict[str, object] = {} if bos is None else {"bos_token": {"content": bos}}
+    if jinja_file:  # transformers >= 5 keeps the template beside the config
+        (folder / "chat_template.jinja").write_text(template)
+    else:
+        config["chat_template"] = template
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
     return Tokenizer.from_dir(folder)
 
 
-def test_chat_formats(tmp_path: Path, tiny_dir: Path) -> None:
-    assert Tokenizer.from_dir(tiny_dir).apply_chat_template(MESSAGES) == "system: Be brief.\nuser: Hi!\nassistant:"
-    chatml = write_template(tmp_path, "{% for m in messages %}<|im_start|>{{m.role}}...{% endfor %}",
-                            ["<|im_start|>", "<|im_end|>"])
-    assert chatml.apply_chat_template(MESSAGES) == (
-        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi!<|im_end|>\n<|im_start|>assistant\n")
+def test_without_a_template_the_simple_format_is_used(tiny_dir: Path) -> None:
+    tok = Tokenizer.from_dir(tiny_dir)
+    assert tok.apply_chat_template(MESSAGES) == "system: Be brief.\nuser: Hi!\nassistant:"
+    assert tok.encode_chat(MESSAGES) == tok.encode("system: Be brief.\nuser: Hi!\nassistant:")
+
+
+@pytest.mark.parametrize("jinja_file", [False, True])
+def test_the_models_template_is_executed(tmp_path: Path, jinja_file: bool) -> None:
+    chatml = write_template(tmp_path, CHATML, ["<|im_start|>", "<|im_end|>"], jinja_file=jinja_file)
+    text = chatml.apply_chat_template(MESSAGES)
+    assert text == ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi!<|im_end|>\n"
+                    "<|im_start|>assistant\n")
+    assert chatml.apply_chat_template(MESSAGES, add_generation_prompt=False).endswith("Hi!<|im_end|>\n")
+    # the template writes its own special tokens: encoding adds none (as apply_chat_template(tokenize=True))
+    assert chatml.encode_chat(MESSAGES) == chatml.encode(text, add_special_tokens=False)
     assert chatml.encode("<|im_end|>", add_special_tokens=False)[0] in chatml.eos_token_ids
-    llama3 = write_template(tmp_path, "{{ '<|start_header_id|>' + m.role + '<|end_header_id|>' }}",
-                            ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"])
-    assert llama3.apply_chat_template(MESSAGES[1:]) == (
-        "<|start_header_id|>user<|end_header_id|>\n\nHi!<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
     with pytest.raises(ValueError, match="message 0"):
-        llama3.apply_chat_template([{"role": "user"}])
+        chatml.apply_chat_template([{"role": "user"}])
+
+
+def test_template_sees_bos_token_and_may_raise(tmp_path: Path) -> None:
+    template = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'system' %}"
+                "{{ raise_exception('System role not supported') }}{% endif %}[{{ m['role'] }}] {{ m['content'] }}"
+                "{% endfor %}")
+    tok = write_template(tmp_path, template, [], bos="<s>")
+    assert tok.apply_chat_template(MESSAGES[1:]) == "<s>[user] Hi!"
+    with pytest.raises(ChatTemplateError, match=r"tokenizer_config\.json raised: System role not supported"):
+        tok.apply_chat_template(MESSAGES)
+
+
+def test_templates_run_sandboxed(tmp_path: Path) -> None:
+    tok = write_template(tmp_path, "{{ messages.append({'role': 'x'}) }}", [])
+    with pytest.raises(ChatTemplateError, match="raised"):
+        tok.apply_chat_template(MESSAGES)
+    with pytest.raises(ChatTemplateError, match="does not compile"):
+        write_template(tmp_path, "{% for m in messages %}", [])
 
 
 def test_broken_tokenizer_file_is_a_clear_error(tiny_dir: Path, tmp_path: Path) -> None:

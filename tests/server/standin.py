@@ -21,6 +21,13 @@ class StandInParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    ignore_eos: bool = False
+    min_tokens: int = 0
 
 
 @dataclass
@@ -47,6 +54,9 @@ class ByteTokenizer:
 
     def apply_chat_template(self, messages: Sequence[Mapping[str, str]]) -> str:
         return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+
+    def encode_chat(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
+        return self.encode(self.apply_chat_template(messages))
 
 
 class KVCache:

@@ -10,7 +10,7 @@ def test_missing_model_dir_is_a_clear_error(pyagent_cmd: list[str], tmp_path: Pa
     out = subprocess.run([*pyagent_cmd, "serve", "--model", str(tmp_path / "nope")], capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 2
-    assert "not a directory" in out.stderr and "Traceback" not in out.stderr
+    assert "not a model directory or GGUF file" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_bad_port_is_a_clear_error(pyagent_cmd: list[str], tmp_path: Path) -> None:

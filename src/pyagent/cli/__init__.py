@@ -41,6 +41,7 @@ COMMANDS: list[str] = [
 
     # -- inference
     "generate",
+    "chat",
     "model",
 
     # -- server

@@ -9,12 +9,19 @@ from typing import Any
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = subparsers.add_parser(
-        "generate", help="generate text with a local model (Hugging Face folder: safetensors + tokenizer.json)",
+        "generate", help="generate text with a local model (a GGUF file or a Hugging Face folder)",
         description="Generate a completion of PROMPT with a local Llama/Mistral/Qwen2 checkpoint, streaming the "
                     "text as it is produced.")
     p.add_argument("prompt", metavar="PROMPT", help="the text to complete")
-    p.add_argument("--model", required=True, metavar="DIR", help="checkpoint folder (config.json, *.safetensors, "
-                                                                  "tokenizer.json)")
+    p.add_argument("--model", required=True, metavar="PATH", help="a GGUF file, or a checkpoint folder (config.json, "
+                                                                   "*.safetensors, tokenizer.json)")
+    add_sampling_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object: text, token_ids, prompt_token_ids")
+    return p
+
+
+def add_sampling_args(p: argparse.ArgumentParser) -> None:
+    """The sampling options ``generate`` and ``chat`` share."""
     p.add_argument("--max-tokens", type=int, default=256, metavar="N", help="tokens to generate at most (256)")
     p.add_argument("--temperature", type=float, default=1.0, metavar="T", help="0 = greedy (default 1.0)")
     p.add_argument("--top-p", type=float, default=1.0, metavar="P", help="nucleus sampling mass (1.0 = off)")
@@ -22,18 +29,33 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, metavar="S", help="seed for reproducible sampling")
     p.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop at this text (repeatable)")
     p.add_argument("--ignore-eos", action="store_true", help="keep generating past the end-of-sequence token")
-    p.add_argument("--json", action="store_true", help="print one JSON object: text, token_ids, prompt_token_ids")
-    return p
+    p.add_argument("--min-p", type=float, default=0.0, metavar="P",
+                   help="drop tokens less than P times as likely as the best (0 = off)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, metavar="R",
+                   help="penalise tokens already in the prompt or output (1.0 = off)")
+    p.add_argument("--frequency-penalty", type=float, default=0.0, metavar="F",
+                   help="subtract F per earlier occurrence in the output (-2..2)")
+    p.add_argument("--presence-penalty", type=float, default=0.0, metavar="F",
+                   help="subtract F from tokens already in the output (-2..2)")
+    p.add_argument("--min-tokens", type=int, default=0, metavar="N", help="generate at least N tokens")
+
+
+def sampling_params(args: argparse.Namespace) -> Any:
+    from pyagent.inference.sampler import SamplingParams
+
+    return SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
+                          top_k=args.top_k, seed=args.seed, stop=list(args.stop), ignore_eos=args.ignore_eos,
+                          min_p=args.min_p, repetition_penalty=args.repetition_penalty,
+                          frequency_penalty=args.frequency_penalty, presence_penalty=args.presence_penalty,
+                          min_tokens=args.min_tokens)
 
 
 def run(args: argparse.Namespace) -> int:
     from pyagent.cli import CommandError
     from pyagent.inference.engine import PagedAttentionEngine
     from pyagent.inference.errors import ModelLoadError
-    from pyagent.inference.sampler import SamplingParams
 
-    params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
-                            top_k=args.top_k, seed=args.seed, stop=list(args.stop), ignore_eos=args.ignore_eos)
+    params = sampling_params(args)
     try:
         params.validate()
         engine = PagedAttentionEngine.from_pretrained(args.model, max_num_seqs=1)

@@ -1,6 +1,6 @@
-"""``pyagent improve --llm local:DIR``: the agents use PyAgent's own model through PyAgent's own server.
+"""``pyagent improve --llm local:DIR`` (or ``local:FILE.gguf``): the agents use PyAgent's own model through PyAgent's own server.
 
-``local:DIR`` serves the checkpoint in DIR in-process (uvicorn on 127.0.0.1, a free port, a thread; one
+``local:DIR`` serves the checkpoint in DIR (or the GGUF file) in-process (uvicorn on 127.0.0.1, a free port, a thread; one
 server per directory); ``local:http://HOST:PORT/v1`` points at a running ``pyagent serve`` (its bearer
 key, if any, from ``$PYAGENT_API_KEY``). Either way the agents talk to it as to any OpenAI-compatible
 endpoint, so metering, budgets, retries and redaction work exactly as with a hosted model.
@@ -45,15 +45,15 @@ def local_llm(target: str, budget: Budget | None, meter: UsageMeter) -> LLMClien
     else:
         from pyagent.server.local import start_local_server
 
-        directory = Path(target)
-        if not directory.is_dir():
-            raise LLMConfigError(f"--llm local:{target}: not a model directory (make a tiny one with "
-                                 "`pyagent model init-tiny DIR`, or give local:http://HOST:PORT/v1)")
+        path = Path(target)
+        if not path.is_dir() and not path.is_file():
+            raise LLMConfigError(f"--llm local:{target}: not a model directory or GGUF file (make a tiny one "
+                                 "with `pyagent model init-tiny DIR`, or give local:http://HOST:PORT/v1)")
         try:
-            base_url = start_local_server(directory)
+            base_url = start_local_server(path)
         except (OSError, ValueError) as exc:
             raise LLMConfigError(f"--llm local:{target}: cannot load the model: {exc}") from None
-        api_key, model = "", directory.resolve().name
+        api_key, model = "", path.resolve().stem if path.is_file() else path.resolve().name
     # api_key="" sends no Authorization header: never hand $OPENAI_API_KEY to a local server.
     return OpenAICompatClient(model, base_url=base_url, api_key=api_key, api="responses", budget=budget,
                               meter=meter)

@@ -21,12 +21,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "serve",
         help="serve a local model as an OpenAI Responses API",
         description=(
-            "Serve a local Llama-family model (safetensors + tokenizer.json) over HTTP as the OpenAI Responses "
+            "Serve a local Llama-family model (a GGUF file, or safetensors + tokenizer.json) over HTTP as the OpenAI Responses "
             "API (/v1/responses, SSE streaming, stored responses) and Chat Completions (/v1/chat/completions). "
             "Binds 127.0.0.1 unless told otherwise."
         ),
     )
-    p.add_argument("--model", required=True, metavar="DIR", help="model directory (config.json, *.safetensors, tokenizer.json)")
+    p.add_argument("--model", required=True, metavar="PATH",
+                   help="a GGUF file, or a model directory (config.json, *.safetensors, tokenizer.json)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 = any free port)")
     p.add_argument("--store", metavar="DB", default=None,
@@ -42,8 +43,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def run(args: argparse.Namespace) -> int:
     model_dir = Path(args.model)
-    if not model_dir.is_dir():
-        raise CommandError(f"--model {args.model}: not a directory (create a tiny one with `pyagent model init-tiny DIR`)")
+    if not model_dir.is_dir() and not model_dir.is_file():
+        raise CommandError(f"--model {args.model}: not a model directory or GGUF file (create a tiny one with "
+                           "`pyagent model init-tiny DIR`)")
     if not 0 <= args.port <= 65535:
         raise CommandError(f"--port {args.port}: must be between 0 and 65535")
     if args.max_responses < 1 or args.max_age_days <= 0:

@@ -19,10 +19,13 @@ from typing import Literal
 import numpy as np
 
 from pyagent.inference.config import ModelConfig
+from pyagent.inference.gguf_loader import load_gguf_model
+from pyagent.inference.gguf_reader import is_gguf
+from pyagent.inference.gguf_tokenizer import gguf_tokenizer
 from pyagent.inference.kv_cache import KVCacheManager
 from pyagent.inference.loader import ModelWeights, load_model
 from pyagent.inference.model import DecoderModel, SeqChunk
-from pyagent.inference.sampler import SamplingParams, sample
+from pyagent.inference.sampler import SamplingParams, adjust_logits, sample
 from pyagent.inference.scheduler import Request, Scheduler
 from pyagent.inference.tokenizer import IncrementalDetokenizer, Tokenizer
 
@@ -101,10 +104,18 @@ class PagedAttentionEngine:
                         max_num_seqs: int = 32, max_num_batched_tokens: int = 2048,
                         enable_prefix_caching: bool = True, partition_size: int = 512,
                         kv_cache_bytes: int = DEFAULT_KV_CACHE_BYTES) -> PagedAttentionEngine:
-        """Load a Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer.json)."""
-        config, weights = load_model(model_dir)
-        tokenizer = Tokenizer.from_dir(model_dir, config_eos=config.eos_token_ids)
-        return cls(config, weights, tokenizer, model_name=Path(model_dir).resolve().name, block_size=block_size,
+        """Load a GGUF file (weights stay quantized) or a Hugging Face checkpoint folder (config.json,
+        *.safetensors, tokenizer.json)."""
+        path = Path(model_dir)
+        if path.suffix.lower() == ".gguf" or (path.is_file() and is_gguf(path)):
+            gguf, config, weights = load_gguf_model(path)
+            tokenizer = gguf_tokenizer(gguf)
+            name = path.resolve().stem
+        else:
+            config, weights = load_model(path)
+            tokenizer = Tokenizer.from_dir(path, config_eos=config.eos_token_ids)
+            name = path.resolve().name
+        return cls(config, weights, tokenizer, model_name=name, block_size=block_size,
                    num_blocks=num_blocks, max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
                    enable_prefix_caching=enable_prefix_caching, partition_size=partition_size,
                    kv_cache_bytes=kv_cache_bytes)
@@ -190,7 +201,11 @@ class PagedAttentionEngine:
                         continue
                     if self.logits_observer is not None:
                         self.logits_observer(req.request_id, len(req.token_ids) - 1, logits[row])
-                    token = sample(logits[row], req.params, req.rng)
+                    scores = logits[row]
+                    if req.params.adjusts_logits:
+                        scores = adjust_logits(scores, req.params, req.prompt_token_ids, req.output_token_ids,
+                                               () if req.params.ignore_eos else self.tokenizer.eos_token_ids)
+                    token = sample(scores, req.params, req.rng)
                     row += 1
                     req.token_ids.append(token)
                     outputs.append(self._progress(req, token))

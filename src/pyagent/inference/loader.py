@@ -9,31 +9,32 @@ import numpy as np
 
 from pyagent.inference.config import ModelConfig, load_config
 from pyagent.inference.errors import ModelLoadError
+from pyagent.inference.quant import Linear, QuantMatrix
 from pyagent.inference.safetensors_io import load_checkpoint
 
 
 @dataclass(frozen=True)
 class LayerWeights:
-    """One decoder layer; matrices are ``[in, out]`` so that ``x @ w`` applies them."""
+    """One decoder layer; dense matrices are ``[in, out]`` so that ``x @ w`` applies them (see ``linear``)."""
 
     input_norm: np.ndarray
-    qkv: np.ndarray  # q, k and v projections side by side
+    qkv: Linear  # q, k and v projections side by side
     qkv_bias: np.ndarray | None
-    o: np.ndarray
+    o: Linear
     o_bias: np.ndarray | None
     post_norm: np.ndarray
-    gate_up: np.ndarray  # gate and up projections side by side
+    gate_up: Linear  # gate and up projections side by side
     gate_up_bias: np.ndarray | None
-    down: np.ndarray
+    down: Linear
     down_bias: np.ndarray | None
 
 
 @dataclass(frozen=True)
 class ModelWeights:
-    embed: np.ndarray  # [vocab, hidden]
+    embed: np.ndarray | QuantMatrix  # [vocab, hidden]
     layers: tuple[LayerWeights, ...]
     norm: np.ndarray
-    lm_head: np.ndarray  # [hidden, vocab]
+    lm_head: Linear  # [hidden, vocab]
 
 
 class _Tensors:

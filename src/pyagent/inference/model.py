@@ -16,6 +16,7 @@ from pyagent.inference.attention import paged_decode_attention, prefill_attentio
 from pyagent.inference.config import ModelConfig
 from pyagent.inference.kv_cache import KVCacheManager
 from pyagent.inference.loader import ModelWeights
+from pyagent.inference.quant import embedding_rows, linear
 from pyagent.inference.rope import RotaryEmbedding
 
 
@@ -71,10 +72,10 @@ class DecoderModel:
                 block_tables[r, :len(t)] = t
             context_lens = np.array([chunks[i].start + 1 for i in decode_idx], dtype=np.int32)
 
-        x = w.embed[token_ids]
+        x = embedding_rows(w.embed, token_ids)
         for layer_idx, lw in enumerate(w.layers):
             h = rms_norm(x, lw.input_norm, c.rms_norm_eps)
-            qkv = h @ lw.qkv
+            qkv = linear(h, lw.qkv)
             if lw.qkv_bias is not None:
                 qkv += lw.qkv_bias
             q = qkv[:, : nh * hd].reshape(-1, nh, hd)
@@ -92,20 +93,20 @@ class DecoderModel:
                 ch, a, b = chunks[i], offsets[i], offsets[i + 1]
                 kc, vc = kv.gather(layer_idx, ch.seq_id, ch.start + lengths[i])
                 attn[a:b] = prefill_attention(q[a:b], kc, vc, ch.start, self.scale)
-            o = attn.reshape(-1, nh * hd) @ lw.o
+            o = linear(attn.reshape(-1, nh * hd), lw.o)
             if lw.o_bias is not None:
                 o += lw.o_bias
             x = x + o
             h = rms_norm(x, lw.post_norm, c.rms_norm_eps)
-            gu = h @ lw.gate_up
+            gu = linear(h, lw.gate_up)
             if lw.gate_up_bias is not None:
                 gu += lw.gate_up_bias
             inter = c.intermediate_size
-            m = (silu(gu[:, :inter]) * gu[:, inter:]) @ lw.down
+            m = linear(silu(gu[:, :inter]) * gu[:, inter:], lw.down)
             if lw.down_bias is not None:
                 m += lw.down_bias
             x = x + m
         last = np.array([offsets[i + 1] - 1 for i, ch in enumerate(chunks) if ch.needs_logits], dtype=np.int64)
         if not len(last):
             return np.zeros((0, c.vocab_size), dtype=np.float32)
-        return np.asarray(rms_norm(x[last], w.norm, c.rms_norm_eps) @ w.lm_head, dtype=np.float32)
+        return linear(rms_norm(x[last], w.norm, c.rms_norm_eps), w.lm_head)

@@ -1,7 +1,15 @@
-"""Sampling parameters and turning one logits row into a token (greedy, temperature, top-k, top-p)."""
+"""Sampling parameters and turning one logits row into a token.
+
+Greedy, temperature, top-k, top-p and min-p; the repetition penalty (transformers' rule over prompt and
+output: divide positive logits, multiply negative ones), OpenAI's frequency and presence penalties (over
+the generated tokens, as vLLM applies them) and vLLM's ``min_tokens`` (end-of-sequence ids are masked
+until that many tokens exist) all act on the logits before the choice, so they apply to greedy decoding
+too.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,6 +26,11 @@ class SamplingParams:
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False
+    min_p: float = 0.0  # 0 = off
+    repetition_penalty: float = 1.0  # 1 = off
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    min_tokens: int = 0
 
     def validate(self) -> None:
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
@@ -30,6 +43,37 @@ class SamplingParams:
             raise ValueError(f"top_k must be a non-negative integer (0 = off), got {self.top_k!r}")
         if not isinstance(self.stop, list) or not all(isinstance(s, str) and s for s in self.stop):
             raise ValueError("stop must be a list of non-empty strings")
+        if not 0.0 <= self.min_p <= 1.0:
+            raise ValueError(f"min_p must be in [0, 1], got {self.min_p!r}")
+        if not self.repetition_penalty > 0.0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty!r}")
+        for name in ("frequency_penalty", "presence_penalty"):
+            if not -2.0 <= getattr(self, name) <= 2.0:
+                raise ValueError(f"{name} must be in [-2, 2], got {getattr(self, name)!r}")
+        if not isinstance(self.min_tokens, int) or not 0 <= self.min_tokens <= self.max_tokens:
+            raise ValueError(f"min_tokens must be an integer in [0, max_tokens], got {self.min_tokens!r}")
+
+    @property
+    def adjusts_logits(self) -> bool:
+        return (self.repetition_penalty != 1.0 or self.frequency_penalty != 0.0 or self.presence_penalty != 0.0
+                or self.min_tokens > 0)
+
+
+def adjust_logits(logits: np.ndarray, params: SamplingParams, prompt_ids: Sequence[int],
+                  output_ids: Sequence[int], eos_ids: Iterable[int]) -> np.ndarray:
+    """A copy of ``logits`` with the penalties and the ``min_tokens`` EOS mask applied."""
+    out = np.array(logits, dtype=np.float32)
+    if params.repetition_penalty != 1.0:
+        seen = np.unique(np.asarray([*prompt_ids, *output_ids], dtype=np.int64))
+        vals = out[seen]
+        out[seen] = np.where(vals > 0, vals / params.repetition_penalty, vals * params.repetition_penalty)
+    if (params.frequency_penalty or params.presence_penalty) and len(output_ids):
+        ids, counts = np.unique(np.asarray(output_ids, dtype=np.int64), return_counts=True)
+        out[ids] -= counts * np.float32(params.frequency_penalty) + np.float32(params.presence_penalty)
+    if len(output_ids) < params.min_tokens:
+        eos = [e for e in eos_ids if 0 <= e < out.shape[0]]
+        out[eos] = -np.inf
+    return out
 
 
 def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
@@ -44,6 +88,9 @@ def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator)
     order = np.argsort(-scaled, kind="stable")
     scaled, candidates = scaled[order], candidates[order]
     probs = np.exp(scaled - scaled[0])
+    if params.min_p > 0.0:  # keep tokens at least min_p times as likely as the most likely one
+        keep = int(np.count_nonzero(probs >= params.min_p))
+        probs, candidates = probs[:keep], candidates[:keep]
     probs /= probs.sum()
     if params.top_p < 1.0:
         # Keep the smallest head of the sorted distribution whose mass reaches top_p.

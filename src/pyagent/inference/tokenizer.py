@@ -1,15 +1,9 @@
-"""Tokenizer wrapper over ``tokenizers`` (``tokenizer.json``), EOS discovery, chat formats, streaming decode.
+"""Tokenizer wrapper over ``tokenizers``: EOS discovery, the model's own chat template, streaming decode.
 
-Chat templates: checkpoints ship Jinja templates, and running them needs a Jinja engine (not a dependency).
-Instead we recognise the two common families by their markers and write their format directly; anything
-else gets a documented simple format:
-
-- ChatML (Qwen and many others): ``<|im_start|>ROLE\\nCONTENT<|im_end|>\\n`` per message, then
-  ``<|im_start|>assistant\\n``.
-- Llama 3: ``<|start_header_id|>ROLE<|end_header_id|>\\n\\nCONTENT<|eot_id|>`` per message, then the assistant
-  header. The ``<|begin_of_text|>`` token is not written: ``encode`` adds it, as the tokenizer's
-  post-processor says.
-- Simple (no template or an unrecognised one): ``ROLE: CONTENT\\n`` per message, then ``assistant:``.
+Chat templates are the checkpoint's Jinja template (``tokenizer_config.json``'s ``chat_template``,
+``chat_template.jinja`` or ``chat_template.json`` in a folder; ``tokenizer.chat_template`` in a GGUF
+file), run as transformers runs them (see ``chat_template``). A model without one gets a documented
+simple format: ``ROLE: CONTENT\\n`` per message, then ``assistant:``.
 """
 
 from __future__ import annotations
@@ -21,9 +15,12 @@ from typing import Any
 
 from tokenizers import Tokenizer as HFTokenizer
 
+from pyagent.inference.chat_template import ChatTemplate
 from pyagent.inference.errors import ModelLoadError
 
-_END_OF_TURN = {"chatml": "<|im_end|>", "llama3": "<|eot_id|>"}
+# End-of-turn markers: a template that uses one ends the assistant's turn with it, so it also ends
+# generation even when the checkpoint's EOS list forgot it.
+_END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -44,17 +41,32 @@ def _ids(value: Any) -> list[int]:
     return [int(value)]
 
 
-class Tokenizer:
-    """Text <-> token ids for one checkpoint, plus its end-of-sequence ids and chat format."""
+def _token_text(value: Any) -> str | None:
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
 
-    def __init__(self, tokenizer: HFTokenizer, *, eos_token_ids: Sequence[int] = (), chat_format: str = "simple") -> None:
+
+def _pick_template(template: Any) -> str | None:
+    if isinstance(template, list):  # named templates: use the default one
+        template = next((t.get("template") for t in template if isinstance(t, dict) and t.get("name") == "default"),
+                        None)
+    return template if isinstance(template, str) else None
+
+
+class Tokenizer:
+    """Text <-> token ids for one checkpoint, plus its end-of-sequence ids and chat template."""
+
+    def __init__(self, tokenizer: HFTokenizer, *, eos_token_ids: Sequence[int] = (),
+                 chat_template: ChatTemplate | None = None) -> None:
         self._tok = tokenizer
-        self.chat_format = chat_format
+        self.chat_template = chat_template
         eos = list(dict.fromkeys(eos_token_ids))
-        end = _END_OF_TURN.get(chat_format)
-        end_id = None if end is None else tokenizer.token_to_id(end)
-        if end_id is not None and end_id not in eos:
-            eos.append(end_id)
+        if chat_template is not None:
+            for marker in _END_OF_TURN:
+                marker_id = tokenizer.token_to_id(marker)
+                if marker in chat_template.source and marker_id is not None and marker_id not in eos:
+                    eos.append(marker_id)
         self.eos_token_ids: frozenset[int] = frozenset(eos)
         self.eos_token_id: int | None = eos[0] if eos else None
 
@@ -70,17 +82,21 @@ class Tokenizer:
             raise ModelLoadError(f"{path} is not a valid tokenizer.json: {exc}") from None
         tok_config = _read_json(root / "tokenizer_config.json")
         eos = _ids(_read_json(root / "generation_config.json").get("eos_token_id")) or list(config_eos)
-        if not eos:
-            token = tok_config.get("eos_token")
-            if isinstance(token, dict):
-                token = token.get("content")
-            token_id = tok.token_to_id(token) if isinstance(token, str) else None
-            if token_id is not None:
-                eos = [int(token_id)]
-        template = tok_config.get("chat_template")
-        if isinstance(template, list):  # named templates: use the default one
-            template = next((t.get("template") for t in template if t.get("name") == "default"), None)
-        return cls(tok, eos_token_ids=eos, chat_format=_detect_chat_format(template, tok))
+        eos_text = _token_text(tok_config.get("eos_token"))
+        eos_id = None if eos_text is None else tok.token_to_id(eos_text)
+        if not eos and eos_id is not None:
+            eos = [int(eos_id)]
+        special = {name: text for name in ("bos_token", "eos_token", "unk_token", "pad_token")
+                   if (text := _token_text(tok_config.get(name))) is not None}
+        template, origin = _pick_template(tok_config.get("chat_template")), root / "tokenizer_config.json"
+        if template is None and (root / "chat_template.jinja").is_file():
+            origin = root / "chat_template.jinja"
+            template = origin.read_text(encoding="utf-8")
+        if template is None:
+            origin = root / "chat_template.json"
+            template = _pick_template(_read_json(origin).get("chat_template"))
+        compiled = None if template is None else ChatTemplate(template, str(origin), special)
+        return cls(tok, eos_token_ids=eos, chat_template=compiled)
 
     @property
     def vocab_size(self) -> int:
@@ -92,34 +108,24 @@ class Tokenizer:
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
         return str(self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens))
 
-    def apply_chat_template(self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = True) -> str:
-        """The prompt text for a conversation (see the module docstring for the formats)."""
-        parts: list[str] = []
+    def apply_chat_template(self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True) -> str:
+        """The prompt text for a conversation: the model's template, or the simple format without one."""
         for i, message in enumerate(messages):
-            role, content = message.get("role"), message.get("content")
-            if not isinstance(role, str) or not isinstance(content, str):
+            if not isinstance(message.get("role"), str) or not isinstance(message.get("content"), str):
                 raise ValueError(f"message {i} needs string 'role' and 'content' fields")
-            if self.chat_format == "chatml":
-                parts.append(f"<|im_start|>{role}\n{content}<|im_end|>\n")
-            elif self.chat_format == "llama3":
-                parts.append(f"<|start_header_id|>{role}<|end_header_id|>\n\n{content}<|eot_id|>")
-            else:
-                parts.append(f"{role}: {content}\n")
-        if add_generation_prompt:
-            parts.append({"chatml": "<|im_start|>assistant\n",
-                          "llama3": "<|start_header_id|>assistant<|end_header_id|>\n\n"}.get(self.chat_format,
-                                                                                            "assistant:"))
-        return "".join(parts)
+        if self.chat_template is not None:
+            return self.chat_template.render(messages, add_generation_prompt=add_generation_prompt)
+        text = "".join(f"{m['role']}: {m['content']}\n" for m in messages)
+        return text + ("assistant:" if add_generation_prompt else "")
 
+    def encode_chat(self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True) -> list[int]:
+        """Token ids of a conversation, as ``apply_chat_template(tokenize=True)`` gives them.
 
-def _detect_chat_format(template: Any, tok: HFTokenizer) -> str:
-    if not isinstance(template, str):
-        return "simple"
-    if "<|im_start|>" in template and tok.token_to_id("<|im_start|>") is not None:
-        return "chatml"
-    if "<|start_header_id|>" in template and tok.token_to_id("<|start_header_id|>") is not None:
-        return "llama3"
-    return "simple"
+        A template writes its own special tokens (``bos_token``), so the text is encoded without adding
+        them again; the simple format gets them from the tokenizer like any prompt.
+        """
+        text = self.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+        return self.encode(text, add_special_tokens=self.chat_template is None)
 
 
 class IncrementalDetokenizer:

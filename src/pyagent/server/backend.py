@@ -18,7 +18,7 @@ from pyagent.server.errors import APIError
 class TokenizerLike(Protocol):
     def encode(self, text: str) -> list[int]: ...
     def decode(self, ids: Sequence[int]) -> str: ...
-    def apply_chat_template(self, messages: Sequence[Mapping[str, str]]) -> str: ...
+    def encode_chat(self, messages: Sequence[Mapping[str, str]]) -> list[int]: ...
 
 
 class OutputLike(Protocol):
@@ -51,6 +51,7 @@ class GenParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    extras: Mapping[str, Any] = field(default_factory=dict)  # further sampling knobs (top_k, penalties ...)
 
 
 @dataclass(frozen=True)
@@ -75,8 +76,10 @@ class Backend:
         self._params_factory = params_factory or _default_params_factory()
 
     def _encode_chat(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
-        tok = self.engine.tokenizer
-        ids: list[int] = tok.encode(tok.apply_chat_template(list(messages)))
+        try:
+            ids: list[int] = self.engine.tokenizer.encode_chat(list(messages))
+        except ValueError as exc:  # the model's chat template refused this conversation (raise_exception)
+            raise APIError(400, str(exc), param="messages", code="invalid_prompt") from None
         return ids
 
     async def build_prompt(
@@ -135,6 +138,7 @@ class Backend:
             top_p=params.top_p,
             seed=params.seed,
             stop=list(params.stop),
+            **params.extras,
         )
         try:
             stream = self.engine.generate(list(prompt.token_ids), sampling, request_id=request_id)

@@ -56,7 +56,11 @@ async def create_chat_completion(body: ChatCompletionCreate, request: Request) -
         top_p=1.0 if body.top_p is None else body.top_p,
         seed=body.seed,
         stop=stop,
+        extras=body.sampling_extras(),
     )
+    if (body.min_tokens or 0) > params.max_tokens:
+        raise APIError(400, f"min_tokens ({body.min_tokens}) exceeds the {params.max_tokens} tokens this request "
+                       "may generate.", param="min_tokens")
     cid, created = new_id("chatcmpl"), int(time.time())
     if body.stream:
         include_usage = body.stream_options is not None and body.stream_options.include_usage

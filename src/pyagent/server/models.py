@@ -256,6 +256,22 @@ class ChatCompletionCreate(_Request):
     seed: int | None = None
     stop: str | list[str] | None = None
     n: Literal[1] | None = None
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    # vLLM's sampling extensions (benchmarks and local-model clients send them in extra_body)
+    top_k: int | None = Field(default=None, ge=-1)  # -1 or 0 = off
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    repetition_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
+    ignore_eos: bool | None = None
+    min_tokens: int | None = Field(default=None, ge=0)
+
+    def sampling_extras(self) -> dict[str, float | int | bool]:
+        """The extension knobs the client set, in the engine's ``SamplingParams`` names."""
+        given = {"frequency_penalty": self.frequency_penalty, "presence_penalty": self.presence_penalty,
+                 "top_k": None if self.top_k is None else max(self.top_k, 0), "min_p": self.min_p,
+                 "repetition_penalty": self.repetition_penalty, "ignore_eos": self.ignore_eos,
+                 "min_tokens": self.min_tokens}
+        return {k: v for k, v in given.items() if v is not None}
 
 
 class ChatResponseMessage(BaseModel):

@@ -1,0 +1,187 @@
+"""PyAgent's engine against llama.cpp on the same GGUF file, 2 threads each.
+
+Each side runs in its own subprocess (so peak RSS is its own): single-stream decode tokens/s (greedy,
+128 tokens), prompt processing tokens/s for a 512-token prompt, 16 concurrent requests of 64 tokens
+(llama-cpp-python's ``Llama`` serves one sequence at a time, so its 16 run back to back, which is what a
+user of it gets), and peak RSS. A read probe with as many threads as the kernels use gives the memory
+bandwidth; the fraction of the bound is decode tokens/s x bytes of weights read per token / bandwidth.
+
+llama.cpp comes from llama-cpp-python built from source in a cached venv outside the repository:
+
+    python3 -m venv ~/.cache/pyagent-bench/llamacpp
+    ~/.cache/pyagent-bench/llamacpp/bin/pip install llama-cpp-python   # ~15 minutes on 2 cores
+
+    python benchmarks/llamacpp_vs_pyagent.py [--model FILE.gguf] [--llamacpp-python PATH]
+
+Without ``--model`` the SmolLM2-135M-Instruct Q4_1 file the tests use is taken from its cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+THREADS = 2
+DECODE_TOKENS = 128
+PROMPT_TOKENS = 512
+CONCURRENT = 16
+CONCURRENT_TOKENS = 64
+TEXT = ("The history of computing is a story of abstraction layered on abstraction, from relays and vacuum "
+        "tubes to transistors, integrated circuits and the programs that run on them. ")
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    for k in ("RAYON_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[k] = str(THREADS)
+    return env
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def worker_ours(model: str) -> dict[str, Any]:
+    from pyagent.inference.engine import PagedAttentionEngine
+    from pyagent.inference.sampler import SamplingParams
+
+    engine = PagedAttentionEngine.from_pretrained(model, max_num_seqs=CONCURRENT, enable_prefix_caching=False)
+    tok = engine.tokenizer
+
+    def run(prompts: list[list[int]], n: int) -> tuple[float, float]:
+        for i, p in enumerate(prompts):
+            engine.add_request(f"r{time.monotonic_ns()}-{i}", p, SamplingParams(max_tokens=n, temperature=0.0,
+                                                                                ignore_eos=True))
+        t0 = time.perf_counter()
+        first = None
+        while engine.has_unfinished():
+            outs = engine.step()
+            if first is None and outs:
+                first = time.perf_counter()
+        return t0, first if first is not None else t0
+
+    short = tok.encode("Once upon a time")
+    run([short], 8)  # warm-up
+    t0, first = run([short], DECODE_TOKENS + 1)
+    decode = DECODE_TOKENS / (time.perf_counter() - first)
+    long = (tok.encode(TEXT * 40))[:PROMPT_TOKENS]
+    t0, first = run([long], 1)
+    prompt = PROMPT_TOKENS / (first - t0)
+    prompts = [tok.encode(f"Story number {i}: once upon a time") for i in range(CONCURRENT)]
+    t0, _ = run(prompts, CONCURRENT_TOKENS)
+    concurrent = CONCURRENT * CONCURRENT_TOKENS / (time.perf_counter() - t0)
+    return {"decode_tok_s": decode, "prompt_tok_s": prompt, "concurrent_tok_s": concurrent,
+            "peak_rss_mb": _peak_rss_mb()}
+
+
+def worker_llamacpp(model: str) -> dict[str, Any]:
+    from llama_cpp import Llama  # the cached benchmark venv's interpreter runs this
+
+    llm = Llama(model_path=model, n_threads=THREADS, n_threads_batch=THREADS, n_ctx=2048, n_batch=512,
+                verbose=False)
+
+    def greedy(prompt: list[int], n: int) -> tuple[float, float, float]:
+        llm.reset()
+        t0 = time.perf_counter()
+        llm.eval(prompt)
+        t1 = time.perf_counter()
+        for _ in range(n):
+            token = llm.sample(temp=0.0)
+            llm.eval([token])
+        return t0, t1, time.perf_counter()
+
+    short = llm.tokenize(b"Once upon a time", add_bos=False)
+    greedy(short, 8)
+    _, t1, t2 = greedy(short, DECODE_TOKENS)
+    decode = DECODE_TOKENS / (t2 - t1)
+    long = llm.tokenize((TEXT * 40).encode(), add_bos=False)[:PROMPT_TOKENS]
+    t0, t1, _ = greedy(long, 0)
+    prompt = PROMPT_TOKENS / (t1 - t0)
+    start = time.perf_counter()
+    for i in range(CONCURRENT):
+        greedy(llm.tokenize(f"Story number {i}: once upon a time".encode(), add_bos=False), CONCURRENT_TOKENS)
+    concurrent = CONCURRENT * CONCURRENT_TOKENS / (time.perf_counter() - start)
+    return {"decode_tok_s": decode, "prompt_tok_s": prompt, "concurrent_tok_s": concurrent,
+            "peak_rss_mb": _peak_rss_mb()}
+
+
+def bandwidth_gb_s(threads: int = THREADS, size: int = 1 << 30) -> float:
+    """Read bandwidth with ``threads`` threads each summing its share of a 1 GiB array (best of 3)."""
+    import numpy as np
+
+    data = np.ones(size // 8, dtype=np.float64)
+    parts = np.array_split(data, threads)
+    best = 0.0
+    for _ in range(3):
+        ts = [threading.Thread(target=np.sum, args=(p,)) for p in parts]
+        t0 = time.perf_counter()
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        best = max(best, size / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+def weight_bytes(model: str) -> int:
+    """Bytes of weights read per decoded token: every tensor once (the tied embedding as the output layer)."""
+    from pyagent.inference.gguf_reader import GGUFFile
+
+    g = GGUFFile(model)
+    return sum(t.data.nbytes for t in g.tensors.values())
+
+
+def run_worker(python: str, kind: str, model: str) -> dict[str, Any]:
+    done = subprocess.run([python, __file__, "--worker", kind, "--model", model], capture_output=True, text=True,
+                          env=_env(), timeout=3600)
+    if done.returncode:
+        raise SystemExit(f"{kind} worker failed:\n{done.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="GGUF file (default: the tests' SmolLM2 Q4_1 file)")
+    ap.add_argument("--llamacpp-python", default=str(Path("~/.cache/pyagent-bench/llamacpp/bin/python").expanduser()))
+    ap.add_argument("--worker", choices=["ours", "llamacpp"], help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.model is None:
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        from tests.model_files import smollm2_gguf
+
+        args.model = str(smollm2_gguf())
+    if args.worker:
+        fn = worker_ours if args.worker == "ours" else worker_llamacpp
+        print(json.dumps(fn(args.model)))
+        return 0
+    if not Path(args.llamacpp_python).exists():
+        raise SystemExit(f"{args.llamacpp_python} not found: build llama-cpp-python first (see the docstring)")
+    ours = run_worker(sys.executable, "ours", args.model)
+    theirs = run_worker(args.llamacpp_python, "llamacpp", args.model)
+    bw = bandwidth_gb_s()
+    per_token = weight_bytes(args.model)
+    print(f"model {Path(args.model).name}: {per_token / 1e6:.1f} MB of weights per token; read probe "
+          f"{bw:.1f} GB/s with {THREADS} threads")
+    print(f"{'metric':<28}{'pyagent':>12}{'llama.cpp':>12}{'ratio':>10}")
+    for key, label, higher in (("decode_tok_s", "decode tok/s", True), ("prompt_tok_s", f"prompt {PROMPT_TOKENS} tok/s", True),
+                               ("concurrent_tok_s", f"{CONCURRENT} concurrent tok/s", True),
+                               ("peak_rss_mb", "peak RSS MB", False)):
+        ratio = ours[key] / theirs[key]
+        print(f"{label:<28}{ours[key]:>12.1f}{theirs[key]:>12.1f}{ratio:>9.2f}x" + ("" if higher else " (lower is better)"))
+    for name, r in (("pyagent", ours), ("llama.cpp", theirs)):
+        print(f"{name}: decode reaches {r['decode_tok_s'] * per_token / 1e9 / bw:.2f} of the bandwidth bound "
+              f"({bw * 1e9 / per_token:.0f} tok/s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,285 @@
+//! Matrix products with weights that stay quantized in memory.
+//!
+//! `out[n, R] = x[n, cols] @ W^T`, where W is one or more quantized matrices stacked along their rows
+//! (q/k/v or gate/up are one call, so one parallel region and one pass over `x`). Each weight row is
+//! decoded one block at a time into a small stack buffer (L1-resident, never the whole matrix) and
+//! multiplied with every row of `x` while it is hot, so the weight bytes are read from memory once per
+//! call whatever `n` is. Rows are spread over rayon's threads in tiles; the inner loops are compiled
+//! twice, for AVX2+FMA (chosen at run time) and for any CPU.
+use rayon::prelude::*;
+
+use super::formats::{decode_block, QType};
+
+/// One quantized matrix: `rows` rows of `cols / block_elems` blocks each, row-major.
+pub struct QWeight<'a> {
+    pub data: &'a [u8],
+    pub qtype: QType,
+    pub rows: usize,
+}
+
+const MAX_BLOCK: usize = 256;
+const TILE_ROWS: usize = 16;
+
+/// Bytes in one row of `cols` elements, or an error naming what does not fit.
+pub fn row_bytes(qtype: QType, cols: usize) -> Result<usize, String> {
+    if cols == 0 || !cols.is_multiple_of(qtype.block_elems()) {
+        return Err(format!("row length {cols} is not a positive multiple of the {qtype:?} block size {}",
+                           qtype.block_elems()));
+    }
+    Ok(cols / qtype.block_elems() * qtype.block_bytes())
+}
+
+trait Madd {
+    fn madd(a: f32, b: f32, c: f32) -> f32;
+}
+struct Plain;
+impl Madd for Plain {
+    #[inline(always)]
+    fn madd(a: f32, b: f32, c: f32) -> f32 {
+        a * b + c
+    }
+}
+struct Fused;
+impl Madd for Fused {
+    #[inline(always)]
+    fn madd(a: f32, b: f32, c: f32) -> f32 {
+        a.mul_add(b, c)
+    }
+}
+
+/// `lanes += w * x` elementwise in 8 independent lanes (vectorizes without reassociating one sum).
+#[inline(always)]
+fn dot_acc<M: Madd>(w: &[f32], x: &[f32], lanes: &mut [f32; 8]) {
+    for (wc, xc) in w.chunks_exact(8).zip(x.chunks_exact(8)) {
+        for i in 0..8 {
+            lanes[i] = M::madd(wc[i], xc[i], lanes[i]);
+        }
+    }
+}
+
+/// `out[i] = dot(row, x[i])` by decoding one block at a time into `buf` (any format).
+#[inline(always)]
+fn generic_row<M: Madd>(t: QType, row: &[u8], x: &[f32], cols: usize, out: &mut [f32],
+                        lanes: &mut [[f32; 8]]) {
+    let mut buf = [0f32; MAX_BLOCK];
+    let (be, bb) = (t.block_elems(), t.block_bytes());
+    lanes.iter_mut().for_each(|l| *l = [0f32; 8]);
+    for (bi, block) in row.chunks_exact(bb).enumerate() {
+        let y = &mut buf[..be];
+        decode_block(t, block, y);
+        let off = bi * be;
+        for (i, l) in lanes.iter_mut().enumerate() {
+            dot_acc::<M>(y, &x[i * cols + off..i * cols + off + be], l);
+        }
+    }
+    for (o, l) in out.iter_mut().zip(lanes.iter()) {
+        *o = ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]));
+    }
+}
+
+/// `generic_row` with the format as a constant in each arm, so the decoder is specialised and inlined.
+#[inline(always)]
+fn dispatch_row<M: Madd>(t: QType, row: &[u8], x: &[f32], cols: usize, out: &mut [f32],
+                         lanes: &mut [[f32; 8]]) {
+    match t {
+        QType::Q4_0 => generic_row::<M>(QType::Q4_0, row, x, cols, out, lanes),
+        QType::Q4_1 => generic_row::<M>(QType::Q4_1, row, x, cols, out, lanes),
+        QType::Q5_0 => generic_row::<M>(QType::Q5_0, row, x, cols, out, lanes),
+        QType::Q5_1 => generic_row::<M>(QType::Q5_1, row, x, cols, out, lanes),
+        QType::Q8_0 => generic_row::<M>(QType::Q8_0, row, x, cols, out, lanes),
+        QType::Q4K => generic_row::<M>(QType::Q4K, row, x, cols, out, lanes),
+        QType::Q5K => generic_row::<M>(QType::Q5K, row, x, cols, out, lanes),
+        QType::Q6K => generic_row::<M>(QType::Q6K, row, x, cols, out, lanes),
+    }
+}
+
+/// Compute `tile` (row-major `[rows_in_tile, n]`) for global rows starting at `first`.
+#[inline(always)]
+fn tile_rows<M: Madd>(weights: &[(QWeight<'_>, usize)], x: &[f32], n: usize, cols: usize, first: usize,
+                      tile: &mut [f32], simd: bool) {
+    let mut lanes = vec![[0f32; 8]; n];
+    for (t, out_row) in tile.chunks_exact_mut(n).enumerate() {
+        // which matrix holds this row: a short linear scan (at most a few matrices per call)
+        let mut local = first + t;
+        let mut which = 0;
+        while local >= weights[which].0.rows {
+            local -= weights[which].0.rows;
+            which += 1;
+        }
+        let (w, rb) = (&weights[which].0, weights[which].1);
+        let row = &w.data[local * rb..(local + 1) * rb];
+        #[cfg(target_arch = "x86_64")]
+        if simd && super::avx2::supports(w.qtype) {
+            // SAFETY: `simd` is only set when AVX2, FMA and F16C were detected; shapes were checked by `matmul`.
+            unsafe { super::avx2::row_dots(w.qtype, row, x, n, cols, out_row) };
+            continue;
+        }
+        let _ = simd;
+        dispatch_row::<M>(w.qtype, row, x, cols, out_row, &mut lanes);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile_rows_avx2(weights: &[(QWeight<'_>, usize)], x: &[f32], n: usize, cols: usize, first: usize,
+                         tile: &mut [f32]) {
+    tile_rows::<Fused>(weights, x, n, cols, first, tile, true)
+}
+
+fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `out[n, sum(rows)] = x[n, cols] @ [W_0; W_1; ...]^T`. `portable` forces the non-SIMD build (tests).
+pub fn matmul(weights: &[QWeight<'_>], x: &[f32], n: usize, cols: usize, out: &mut [f32], portable: bool)
+              -> Result<(), String> {
+    let total: usize = weights.iter().map(|w| w.rows).sum();
+    if x.len() != n * cols || out.len() != n * total {
+        return Err(format!("x must be [{n}, {cols}] and out [{n}, {total}]"));
+    }
+    let mut ws = Vec::with_capacity(weights.len());
+    for (i, w) in weights.iter().enumerate() {
+        let rb = row_bytes(w.qtype, cols)?;
+        if w.data.len() != rb * w.rows {
+            return Err(format!("weight {i}: {} bytes, expected {} for {} rows of {cols} {:?} elements",
+                               w.data.len(), rb * w.rows, w.rows, w.qtype));
+        }
+        ws.push((QWeight { data: w.data, qtype: w.qtype, rows: w.rows }, rb));
+    }
+    if n == 0 || total == 0 {
+        return Ok(());
+    }
+    let simd = !portable && has_avx2();
+    let mut out_t = vec![0f32; total * n];
+    let run = |(ti, tile): (usize, &mut [f32])| {
+        let first = ti * TILE_ROWS;
+        #[cfg(target_arch = "x86_64")]
+        if simd {
+            // SAFETY: AVX2, FMA and F16C were detected on this CPU just above.
+            unsafe { tile_rows_avx2(&ws, x, n, cols, first, tile) };
+            return;
+        }
+        let _ = simd;
+        tile_rows::<Plain>(&ws, x, n, cols, first, tile, false);
+    };
+    if total * cols >= 1 << 16 {
+        out_t.par_chunks_mut(TILE_ROWS * n).enumerate().for_each(run);
+    } else {
+        out_t.chunks_mut(TILE_ROWS * n).enumerate().for_each(run);
+    }
+    if n == 1 {
+        out.copy_from_slice(&out_t);
+    } else {
+        for (r, vals) in out_t.chunks_exact(n).enumerate() {
+            for (i, v) in vals.iter().enumerate() {
+                out[i * total + r] = *v;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Decode rows `ids` (all rows when `None`) of one matrix into `out` (`[len, cols]`), in parallel.
+pub fn dequantize(w: &QWeight<'_>, cols: usize, ids: Option<&[i64]>, out: &mut [f32]) -> Result<(), String> {
+    let rb = row_bytes(w.qtype, cols)?;
+    if w.data.len() != rb * w.rows {
+        return Err(format!("{} bytes, expected {} for {} rows of {cols} {:?} elements", w.data.len(),
+                           rb * w.rows, w.rows, w.qtype));
+    }
+    let count = ids.map_or(w.rows, |v| v.len());
+    if out.len() != count * cols {
+        return Err(format!("out must hold [{count}, {cols}] floats"));
+    }
+    if let Some(bad) = ids.and_then(|v| v.iter().find(|&&r| r < 0 || r as usize >= w.rows)) {
+        return Err(format!("row {bad} is outside 0..{}", w.rows));
+    }
+    let (be, bb) = (w.qtype.block_elems(), w.qtype.block_bytes());
+    let decode = |(i, dst): (usize, &mut [f32])| {
+        let r = ids.map_or(i, |v| v[i] as usize);
+        for (block, y) in w.data[r * rb..(r + 1) * rb].chunks_exact(bb).zip(dst.chunks_exact_mut(be)) {
+            decode_block(w.qtype, block, y);
+        }
+    };
+    if count * cols >= 1 << 16 {
+        out.par_chunks_mut(cols).enumerate().for_each(decode);
+    } else {
+        out.chunks_mut(cols).enumerate().for_each(decode);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: &mut u64) -> u8 {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (*seed >> 33) as u8
+    }
+
+    /// Random blocks whose f16 scales are small finite numbers.
+    fn random_weight(qtype: QType, rows: usize, cols: usize, seed: &mut u64) -> Vec<u8> {
+        let rb = row_bytes(qtype, cols).unwrap();
+        let mut data: Vec<u8> = (0..rows * rb).map(|_| lcg(seed)).collect();
+        let scale_offsets: &[usize] = match qtype {
+            QType::Q4_0 | QType::Q5_0 | QType::Q8_0 => &[0],
+            QType::Q4_1 | QType::Q5_1 | QType::Q4K | QType::Q5K => &[0, 2],
+            QType::Q6K => &[208],
+        };
+        for block in data.chunks_exact_mut(qtype.block_bytes()) {
+            for &o in scale_offsets {
+                let h: u16 = 0x2000 | (lcg(seed) as u16); // about 0.008 .. 0.016
+                block[o..o + 2].copy_from_slice(&h.to_le_bytes());
+            }
+        }
+        data
+    }
+
+    #[test]
+    fn matmul_equals_dequantize_then_dot_for_every_type() {
+        let mut seed = 7u64;
+        for qtype in [QType::Q4_0, QType::Q4_1, QType::Q5_0, QType::Q5_1, QType::Q8_0, QType::Q4K, QType::Q5K,
+                      QType::Q6K] {
+            let (rows, cols, n) = (37, 512, 3);
+            let a = random_weight(qtype, rows, cols, &mut seed);
+            let b = random_weight(qtype, 5, cols, &mut seed);
+            let x: Vec<f32> = (0..n * cols).map(|_| lcg(&mut seed) as f32 / 128.0 - 1.0).collect();
+            let mut dense = vec![0f32; (rows + 5) * cols];
+            let (top, bottom) = dense.split_at_mut(rows * cols);
+            dequantize(&QWeight { data: &a, qtype, rows }, cols, None, top).unwrap();
+            dequantize(&QWeight { data: &b, qtype, rows: 5 }, cols, None, bottom).unwrap();
+            for portable in [true, false] {
+                let mut out = vec![0f32; n * (rows + 5)];
+                let ws = [QWeight { data: &a, qtype, rows }, QWeight { data: &b, qtype, rows: 5 }];
+                matmul(&ws, &x, n, cols, &mut out, portable).unwrap();
+                for i in 0..n {
+                    for r in 0..rows + 5 {
+                        let want: f64 = (0..cols).map(|c| dense[r * cols + c] as f64 * x[i * cols + c] as f64).sum();
+                        let scale: f64 = (0..cols).map(|c| (dense[r * cols + c] as f64 * x[i * cols + c] as f64).abs())
+                            .sum::<f64>().max(1e-6);
+                        let got = out[i * (rows + 5) + r] as f64;
+                        assert!((got - want).abs() <= 1e-5 * scale, "{qtype:?} row {r}: {got} vs {want}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        let data = vec![0u8; 20];
+        let w = QWeight { data: &data, qtype: QType::Q4_1, rows: 1 };
+        let mut out = vec![0f32; 1];
+        assert!(matmul(&[w], &[0f32; 33], 1, 33, &mut out, true).unwrap_err().contains("block size"));
+        let w = QWeight { data: &data, qtype: QType::Q4_1, rows: 2 };
+        assert!(dequantize(&w, 32, None, &mut [0f32; 64]).unwrap_err().contains("bytes"));
+    }
+}

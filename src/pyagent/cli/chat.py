@@ -1,0 +1,71 @@
+"""``pyagent chat``: talk to a local model with its own chat template, one-shot or interactively."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from pyagent.cli.generate import add_sampling_args, sampling_params
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "chat", help="chat with a local model (a GGUF file or a Hugging Face folder)",
+        description="Send MESSAGE to a local model formatted by the model's own chat template and print the "
+                    "reply; without MESSAGE, hold an interactive conversation (an empty line or Ctrl-D ends it).")
+    p.add_argument("message", metavar="MESSAGE", nargs="?", help="one user message (omit for interactive mode)")
+    p.add_argument("--model", required=True, metavar="PATH", help="a GGUF file, or a checkpoint folder")
+    p.add_argument("--system", metavar="TEXT", default=None, help="a system message (else the template's default)")
+    add_sampling_args(p)
+    p.set_defaults(temperature=0.7)
+    return p
+
+
+def _reply(engine: Any, messages: list[dict[str, str]], params: Any, turn: int) -> str:
+    prompt_ids = engine.tokenizer.encode_chat(messages)
+    engine.add_request(f"chat-{turn}", prompt_ids, params)
+    text = ""
+    while engine.has_unfinished():
+        for out in engine.step():
+            text = out.text
+            if out.text_delta:
+                sys.stdout.write(out.text_delta)
+                sys.stdout.flush()
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    return text
+
+
+def run(args: argparse.Namespace) -> int:
+    from pyagent.cli import CommandError
+    from pyagent.inference.engine import PagedAttentionEngine
+    from pyagent.inference.errors import ModelLoadError
+
+    params = sampling_params(args)
+    try:
+        params.validate()
+        engine = PagedAttentionEngine.from_pretrained(args.model, max_num_seqs=1)
+    except (ModelLoadError, ValueError) as exc:
+        raise CommandError(str(exc)) from None
+    messages: list[dict[str, str]] = [] if args.system is None else [{"role": "system", "content": args.system}]
+    turn = 0
+    while True:
+        if args.message is not None:
+            text = args.message
+        else:
+            try:
+                text = input("> " if sys.stdin.isatty() else "")
+            except EOFError:
+                return 0
+            if not text.strip():
+                return 0
+        messages.append({"role": "user", "content": text})
+        try:
+            reply = _reply(engine, messages, params, turn)
+        except ValueError as exc:  # a template that refuses the conversation, a prompt beyond the context
+            raise CommandError(str(exc)) from None
+        messages.append({"role": "assistant", "content": reply})
+        turn += 1
+        if args.message is not None:
+            return 0

@@ -1,0 +1,93 @@
+"""Weight matrices that stay quantized in memory, and the one matrix product the forward pass uses.
+
+A :class:`QuantLinear` is one or more GGML-quantized matrices stacked along their output rows (q/k/v,
+gate/up); its bytes are views of the memory-mapped GGUF file. Few rows of ``x`` (decode, small batches)
+go through the Rust kernel, which decodes blocks in registers and reads the weights once per call. Many
+rows (prompt processing) are compute-bound: the matrix is decoded to float32 a slice at a time and
+multiplied with BLAS, which is faster there than any hand-written kernel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from pyagent import _rust
+
+# Batch size from which decoding to float32 + BLAS beats the quantized kernel.
+BLAS_MIN_ROWS = 16
+# Rows decoded at once on the BLAS path (bounds the transient float32 copy).
+_DEQUANT_ROWS = 8192
+
+
+@dataclass(frozen=True)
+class QuantMatrix:
+    """``rows x cols`` weights as raw GGML blocks (``data`` is uint8, row-major)."""
+
+    data: np.ndarray
+    type_id: int
+    rows: int
+    cols: int
+
+    def dequantize(self, ids: np.ndarray | None = None) -> np.ndarray:
+        """Float32 rows (all, or those in ``ids``): ``[len, cols]``."""
+        if ids is None:
+            out = np.empty((self.rows, self.cols), dtype=np.float32)
+            _rust.quant_dequantize(out, self.data, self.type_id, self.rows)
+        else:
+            idx = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+            out = np.empty((len(idx), self.cols), dtype=np.float32)
+            _rust.quant_dequantize(out, self.data, self.type_id, self.rows, idx)
+        return out
+
+    def row_slice(self, start: int, stop: int) -> QuantMatrix:
+        per_row = self.data.size // self.rows
+        return QuantMatrix(self.data[start * per_row:stop * per_row], self.type_id, stop - start, self.cols)
+
+
+@dataclass(frozen=True)
+class QuantLinear:
+    """``x @ concat(parts).T``: quantized matrices sharing one input, their outputs side by side."""
+
+    parts: tuple[QuantMatrix, ...]
+
+    @property
+    def out_features(self) -> int:
+        return sum(p.rows for p in self.parts)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.shape[0] >= BLAS_MIN_ROWS:
+            return np.concatenate([_blas(x, p) for p in self.parts], axis=1)
+        out = np.empty((x.shape[0], self.out_features), dtype=np.float32)
+        _rust.quant_matmul(out, x, [p.data for p in self.parts], [p.type_id for p in self.parts],
+                           [p.rows for p in self.parts])
+        return out
+
+
+def _blas(x: np.ndarray, m: QuantMatrix) -> np.ndarray:
+    if m.rows <= _DEQUANT_ROWS:
+        out: np.ndarray = x @ m.dequantize().T
+        return out
+    return np.concatenate([x @ m.row_slice(s, min(s + _DEQUANT_ROWS, m.rows)).dequantize().T
+                           for s in range(0, m.rows, _DEQUANT_ROWS)], axis=1)
+
+
+Linear = np.ndarray | QuantLinear  # dense weights are [in, out] float32
+
+
+def linear(x: np.ndarray, w: Linear) -> np.ndarray:
+    """``x @ w`` for dense ``[in, out]`` weights or a quantized :class:`QuantLinear`."""
+    if isinstance(w, QuantLinear):
+        return w(x)
+    out: np.ndarray = np.asarray(x @ w, dtype=np.float32)
+    return out
+
+
+def embedding_rows(table: np.ndarray | QuantMatrix, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Rows of an embedding table, decoding only those rows when it is quantized."""
+    if isinstance(table, QuantMatrix):
+        return table.dequantize(np.asarray(ids, dtype=np.int64))
+    return np.asarray(table[np.asarray(ids, dtype=np.int64)], dtype=np.float32)

@@ -1,0 +1,201 @@
+"""GGUF files: the reader and loader on the real SmolLM2 file and on small files written by gguf-py.
+
+Bad files (truncated, an unknown or kernel-less quantization type, an unsupported architecture) must
+fail with an error that names the file and the tensor or metadata key.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as T
+from gguf import GGUFWriter, quants
+
+from pyagent.inference.engine import PagedAttentionEngine
+from pyagent.inference.errors import ModelLoadError
+from pyagent.inference.gguf_loader import load_gguf_model
+from pyagent.inference.gguf_reader import GGUFFile
+from pyagent.inference.gguf_tokenizer import gguf_tokenizer
+from pyagent.inference.loader import ModelWeights
+from pyagent.inference.quant import Linear, QuantLinear, QuantMatrix
+
+
+def test_real_file_is_read_without_copying(smollm2_path: Path) -> None:
+    g = GGUFFile(smollm2_path)
+    assert g.get("general.architecture") == "llama" and g.get("llama.block_count") == 30
+    assert len(g.tensors) == 272
+    t = g.tensors["blk.0.ffn_gate.weight"]
+    assert (t.type_name, t.shape) == ("Q4_1", (1536, 576))
+    # every tensor is a read-only view of the one mapping, and together they cover most of the file
+    assert all(not x.data.flags.writeable and not x.data.flags.owndata for x in g.tensors.values())
+    assert sum(x.data.nbytes for x in g.tensors.values()) > 0.9 * smollm2_path.stat().st_size
+
+
+def test_real_file_loads_with_matrices_kept_quantized(smollm2_path: Path) -> None:
+    _, config, weights = load_gguf_model(smollm2_path)
+    assert (config.architecture, config.hidden_size, config.num_key_value_heads) == ("LlamaForCausalLM", 576, 3)
+    assert config.tie_word_embeddings and config.rope_theta == 100000.0
+    layer = weights.layers[0]
+    assert isinstance(layer.qkv, QuantLinear) and [p.rows for p in layer.qkv.parts] == [576, 192, 192]
+    assert isinstance(weights.embed, QuantMatrix) and isinstance(weights.lm_head, QuantLinear)
+    assert weights.lm_head.parts[0] is weights.embed  # tied: one copy of the table, used both ways
+    # v and the MLP are views of the mapped file; only Q/K rows were reordered (see gguf_loader)
+    for view in (layer.qkv.parts[2].data, layer.down.parts[0].data, weights.embed.data):
+        assert not view.flags.owndata and not view.flags.writeable
+
+
+def test_tokenizer_from_metadata(smollm2_path: Path) -> None:
+    tok = gguf_tokenizer(GGUFFile(smollm2_path))
+    text = "Hello world! 2024 is   here\n\tdef f(x): return x**2  # naïve café"
+    ids = tok.encode(text)
+    assert tok.decode(ids) == text
+    assert ids[0] != 1  # add_bos_token is false in this file
+    assert tok.encode("12", add_special_tokens=False) == [tok.encode("1")[0], tok.encode("2")[0]]  # digits split
+    assert tok.encode("<|im_start|>user", add_special_tokens=False)[0] == 1  # control tokens match whole
+    assert tok.eos_token_ids == {2}
+    prompt = tok.apply_chat_template([{"role": "user", "content": "Hi"}])
+    # the file's own template: its default system prompt is added when none is given
+    assert prompt.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
+    assert prompt.endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+    ids = tok.encode_chat([{"role": "user", "content": "Hi"}])
+    assert ids.count(1) == 3 and ids[0] == 1
+
+
+def test_greedy_chat_answers_the_capital_of_france(smollm2_path: Path) -> None:
+    from pyagent.inference.sampler import SamplingParams
+
+    engine = PagedAttentionEngine.from_pretrained(smollm2_path, max_num_seqs=2)
+    assert engine.model_name == "SmolLM2-135M-Instruct.Q4_1"
+    ids = engine.tokenizer.encode_chat([{"role": "user", "content": "What is the capital of France?"}])
+    engine.add_request("a", ids, SamplingParams(max_tokens=24, temperature=0.0))
+    text = ""
+    while engine.has_unfinished():
+        for out in engine.step():
+            text = out.text
+    assert "Paris" in text
+
+
+# -- bad files
+
+def _write_small(path: Path, arch: str = "llama", qtype: T = T.Q8_0, q_cols: int = 32) -> Path:
+    """A one-layer model file whose only quantized tensor is ``blk.0.attn_q.weight``."""
+    w = GGUFWriter(str(path), arch)
+    w.add_block_count(1)
+    w.add_embedding_length(32)
+    w.add_feed_forward_length(64)
+    w.add_head_count(2)
+    w.add_head_count_kv(2)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_context_length(64)
+    rng = np.random.default_rng(0)
+    w.add_tensor("token_embd.weight", rng.standard_normal((16, 32)).astype(np.float32))
+    q = rng.standard_normal((32, q_cols)).astype(np.float32)
+    w.add_tensor("blk.0.attn_q.weight", np.asarray(quants.quantize(q, qtype)), raw_dtype=qtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_truncated_file_names_the_file_and_what_was_cut(smollm2_path: Path, tmp_path: Path) -> None:
+    data = smollm2_path.read_bytes()
+    cut = tmp_path / "cut-data.gguf"
+    cut.write_bytes(data[:-1000])
+    with pytest.raises(ModelLoadError, match=r"cut-data\.gguf: file is truncated: tensor '[a-z_.0-9]+' needs"):
+        GGUFFile(cut)
+    cut = tmp_path / "cut-header.gguf"
+    cut.write_bytes(data[:200_000])  # inside the vocabulary
+    with pytest.raises(ModelLoadError, match=r"cut-header\.gguf: file is truncated while reading metadata key "
+                                             r"'tokenizer\.ggml\.tokens'"):
+        GGUFFile(cut)
+    empty = tmp_path / "empty.gguf"
+    empty.write_bytes(b"")
+    with pytest.raises(ModelLoadError, match=r"empty\.gguf"):
+        GGUFFile(empty)
+
+
+def test_unknown_and_unsupported_quantization_types_name_the_tensor(tmp_path: Path) -> None:
+    path = _write_small(tmp_path / "m.gguf")
+    raw = bytearray(path.read_bytes())
+    name = b"blk.0.attn_q.weight"
+    at = raw.index(name) + len(name) + 4 + 2 * 8  # after the name: n_dims (u32), two dims (u64), then the type
+    assert struct.unpack_from("<I", raw, at)[0] == int(T.Q8_0)
+    struct.pack_into("<I", raw, at, 99)
+    bad = tmp_path / "unknown.gguf"
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(ModelLoadError, match=r"unknown\.gguf: tensor 'blk\.0\.attn_q\.weight' has unknown ggml type 99"):
+        GGUFFile(bad)
+    no_kernel = _write_small(tmp_path / "nokernel.gguf", qtype=T.Q8_0, q_cols=256)
+    raw = bytearray(no_kernel.read_bytes())
+    struct.pack_into("<I", raw, at, int(T.Q2_K))  # a real ggml type (smaller than Q8_0) without a kernel here
+    no_kernel.write_bytes(bytes(raw))
+    g = GGUFFile(no_kernel)
+    from pyagent.inference.gguf_loader import _GGUFTensors
+
+    with pytest.raises(ModelLoadError, match=r"nokernel\.gguf: tensor 'blk\.0\.attn_q\.weight' has quantization "
+                                             r"type Q2_K, which this engine cannot run"):
+        _GGUFTensors(g).matrix("blk.0.attn_q.weight", (32, 256))
+
+
+def test_unsupported_architecture_names_the_key(tmp_path: Path) -> None:
+    path = _write_small(tmp_path / "falcon.gguf", arch="falcon")
+    with pytest.raises(ModelLoadError, match=r"falcon\.gguf: architecture 'falcon' \(metadata key "
+                                             r"'general\.architecture'\) is not supported"):
+        load_gguf_model(path)
+    with pytest.raises(ModelLoadError, match=r"falcon\.gguf"):
+        PagedAttentionEngine.from_pretrained(path)
+
+
+def test_missing_metadata_key_is_named(tmp_path: Path) -> None:
+    path = _write_small(tmp_path / "m.gguf")
+    with pytest.raises(ModelLoadError, match=r"m\.gguf: GGUF metadata lacks the required key 'tokenizer\.ggml\.model'"):
+        gguf_tokenizer(GGUFFile(path))
+    with pytest.raises(ModelLoadError, match=r"m\.gguf lacks tensor 'blk\.0\.attn_k\.weight'"):
+        load_gguf_model(path)
+
+
+PROMPTS = ["What is the capital of France?", "Write a haiku about the sea.", "Explain recursion in one sentence.",
+           "List three prime numbers.", "def fibonacci(n):", "Translate 'good morning' to Spanish.",
+           "Why is the sky blue?", "Name a famous physicist.", "What does HTTP stand for?",
+           "Give me a synonym for happy."]
+
+
+def _dense(weights: ModelWeights) -> ModelWeights:
+    """The same model with every matrix decoded to float32 (the dequantize-then-fp32 reference)."""
+    def d(w: Linear) -> np.ndarray:
+        return np.ascontiguousarray(np.concatenate([p.dequantize() for p in w.parts]).T) \
+            if isinstance(w, QuantLinear) else w
+
+    layers = tuple(replace(lw, qkv=d(lw.qkv), o=d(lw.o), gate_up=d(lw.gate_up), down=d(lw.down))
+                   for lw in weights.layers)
+    embed = weights.embed.dequantize() if isinstance(weights.embed, QuantMatrix) else weights.embed
+    return replace(weights, embed=embed, layers=layers, lm_head=d(weights.lm_head))
+
+
+def _greedy(engine: PagedAttentionEngine, n_tokens: int) -> list[list[int]]:
+    from pyagent.inference.sampler import SamplingParams
+
+    for i, prompt in enumerate(PROMPTS):
+        ids = engine.tokenizer.encode_chat([{"role": "user", "content": prompt}])
+        engine.add_request(str(i), ids, SamplingParams(max_tokens=n_tokens, temperature=0.0, ignore_eos=True))
+    done: dict[str, list[int]] = {}
+    while engine.has_unfinished():
+        for out in engine.step():
+            if out.finished:
+                done[out.request_id] = out.token_ids
+    return [done[str(i)] for i in range(len(PROMPTS))]
+
+
+@pytest.mark.slow
+def test_quantized_kernels_give_the_same_greedy_tokens_as_fp32_on_dequantized_weights(smollm2_path: Path) -> None:
+    g, config, weights = load_gguf_model(smollm2_path)
+    tok = gguf_tokenizer(g)
+    quantized = _greedy(PagedAttentionEngine(config, weights, tok, max_num_seqs=16), 32)
+    dense = _greedy(PagedAttentionEngine(config, _dense(weights), tok, max_num_seqs=16), 32)
+    assert all(len(t) == 32 for t in quantized)
+    assert quantized == dense

@@ -1,0 +1,111 @@
+"""Quantized kernels against an independent reference: the ``gguf`` package's NumPy (de)quantizers.
+
+Random blocks check every format's decoder (exactly, against gguf-py) and the rounding of real
+quantization (within the format's own step); the mat-mul kernels are checked against
+dequantize-then-float64 on random blocks and on the real model file's tensors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as T
+from gguf import quants
+
+from pyagent import _rust
+from pyagent.inference.gguf_reader import GGML_TYPES, GGUFFile
+from pyagent.inference.quant import BLAS_MIN_ROWS, QuantLinear, QuantMatrix
+
+SIMPLE = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0]
+K_TYPES = [T.Q4_K, T.Q5_K, T.Q6_K]
+BITS = {T.Q4_0: 4, T.Q4_1: 4, T.Q5_0: 5, T.Q5_1: 5, T.Q8_0: 8}
+# byte offsets of the f16 scales inside one block, for random K-quant blocks with sane scales
+K_SCALES = {T.Q4_K: (0, 2), T.Q5_K: (0, 2), T.Q6_K: (208,)}
+
+
+def random_blocks(qtype: T, rows: int, cols: int, rng: np.random.Generator) -> np.ndarray:
+    """``[rows, row_bytes]`` uint8: quantized random floats, or random bytes with small f16 scales (K types)."""
+    if qtype in SIMPLE:
+        return np.asarray(quants.quantize(rng.standard_normal((rows, cols)).astype(np.float32), qtype))
+    _, block, block_bytes = GGML_TYPES[int(qtype)]
+    raw = rng.integers(0, 256, size=(rows * cols // block, block_bytes), dtype=np.uint8)
+    for off in K_SCALES[qtype]:
+        raw[:, off:off + 2] = np.frombuffer(
+            rng.uniform(0.001, 0.05, size=raw.shape[0]).astype(np.float16).tobytes(), dtype=np.uint8).reshape(-1, 2)
+    return raw.reshape(rows, -1)
+
+
+def ours(data: np.ndarray, qtype: T, rows: int, cols: int) -> np.ndarray:
+    return QuantMatrix(np.ascontiguousarray(data).reshape(-1), int(qtype), rows, cols).dequantize()
+
+
+@pytest.mark.parametrize("qtype", SIMPLE + K_TYPES, ids=lambda t: t.name)
+def test_decoder_matches_gguf_reference_on_random_blocks(qtype: T) -> None:
+    rng = np.random.default_rng(int(qtype))
+    rows, cols = 7, 512
+    data = random_blocks(qtype, rows, cols, rng)
+    want = np.asarray(quants.dequantize(data, qtype), dtype=np.float32).reshape(rows, cols)
+    np.testing.assert_allclose(ours(data, qtype, rows, cols), want, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("qtype", SIMPLE, ids=lambda t: t.name)
+def test_round_trip_error_is_within_the_formats_step(qtype: T) -> None:
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4, 256)).astype(np.float32)
+    back = ours(np.asarray(quants.quantize(x, qtype)), qtype, 4, 256)
+    blocks_x, blocks_err = x.reshape(-1, 32), np.abs(back - x).reshape(-1, 32)
+    step = 2 * np.abs(blocks_x).max(axis=1) / (2 ** BITS[qtype] - 1)  # one quantization step of each block
+    assert (blocks_err.max(axis=1) <= step * 1.01).all()
+
+
+@pytest.mark.parametrize("qtype", SIMPLE + K_TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("n", [1, 3, BLAS_MIN_ROWS + 1])
+def test_matmul_equals_dequantize_then_dot(qtype: T, n: int) -> None:
+    rng = np.random.default_rng(int(qtype) * 10 + n)
+    cols = 512
+    parts = [random_blocks(qtype, rows, cols, rng) for rows in (48, 17)]
+    mats = tuple(QuantMatrix(p.reshape(-1), int(qtype), p.shape[0], cols) for p in parts)
+    x = rng.standard_normal((n, cols)).astype(np.float32)
+    dense = np.concatenate([m.dequantize() for m in mats]).astype(np.float64)
+    want = x.astype(np.float64) @ dense.T
+    bound = np.abs(x).astype(np.float64) @ np.abs(dense).T  # scale of the sums, for a relative tolerance
+    got = QuantLinear(mats)(x)
+    assert got.shape == (n, 65)
+    assert (np.abs(got - want) <= 1e-5 * bound + 1e-6).all()
+    if n < BLAS_MIN_ROWS:  # the portable (non-SIMD) kernel gives the same products
+        portable = np.empty_like(got)
+        _rust.quant_matmul(portable, x, [m.data for m in mats], [int(qtype)] * 2, [48, 17], portable=True)
+        assert (np.abs(portable - want) <= 1e-5 * bound + 1e-6).all()
+
+
+def test_kernel_rejects_bad_input_with_a_reason() -> None:
+    m = QuantMatrix(np.zeros(20 * 3, dtype=np.uint8), int(T.Q4_1), 2, 64)  # 2 rows of 2 blocks need 80
+    with pytest.raises(ValueError, match="bytes"):
+        _rust.quant_matmul(np.empty((1, 2), np.float32), np.zeros((1, 64), np.float32), [m.data], [3], [2])
+    with pytest.raises(ValueError, match="no quantized kernel"):
+        _rust.quant_matmul(np.empty((1, 2), np.float32), np.zeros((1, 64), np.float32), [m.data], [10], [2])
+    ok = QuantMatrix(np.zeros(20 * 4, dtype=np.uint8), int(T.Q4_1), 2, 64)
+    with pytest.raises(ValueError, match="outside"):
+        ok.dequantize(np.array([5]))
+
+
+def test_real_file_tensors_decode_and_multiply_like_the_reference(smollm2_path: Path) -> None:
+    g = GGUFFile(smollm2_path)
+    names = [n for n, t in g.tensors.items() if t.type_name != "F32" and (n.startswith("blk.0.") or "embd" in n)]
+    kinds = {g.tensors[n].type_name for n in names}
+    assert kinds == {"Q4_1", "Q8_0"}  # what this file holds: Q4_1 layers, a Q8_0 (tied) embedding
+    rng = np.random.default_rng(0)
+    for name in names:
+        t = g.tensors[name]
+        rows, cols = t.shape
+        m = QuantMatrix(t.data, t.type_id, rows, cols)
+        want = np.asarray(quants.dequantize(t.data.reshape(rows, -1), T(t.type_id)), dtype=np.float32)
+        dense = m.dequantize()
+        np.testing.assert_allclose(dense, want.reshape(rows, cols), rtol=1e-6, atol=1e-7, err_msg=name)
+        x = rng.standard_normal((2, cols)).astype(np.float32)
+        got = QuantLinear((m,))(x)
+        exact = x.astype(np.float64) @ dense.T.astype(np.float64)
+        bound = np.abs(x).astype(np.float64) @ np.abs(dense.T).astype(np.float64)
+        assert (np.abs(got - exact) <= 1e-5 * bound + 1e-6).all(), name
