@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pyagent.fleet.core import TaskControl
-from pyagent.fleet.manager import FleetManager
+from pyagent.fleet.core import FleetManager, TaskControl
 from pyagent.model.priority import AgentPriority as P
 from pyagent.shell import Confinement, SecureShell, ShellResult
 from pyagent.shell.limits import freezer_cgroup_base
