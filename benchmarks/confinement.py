@@ -37,16 +37,20 @@ def _cpu() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def median_ms(fn: Callable[[], object], runs: int) -> tuple[float, float]:
-    """(median wall ms, mean CPU ms) per run."""
-    fn()  # warm caches (page cache, the shell's path lists)
-    times = []
-    cpu0 = _cpu()
+def paired(confined: Callable[[], object], plain: Callable[[], object], runs: int) -> tuple[tuple[float, float], ...]:
+    """((median wall ms, mean CPU ms) confined, the same unconfined): runs alternate, so a change in the
+    machine's load during the benchmark hits both sides alike."""
+    confined()  # warm caches (page cache, the shell's path lists)
+    plain()
+    walls: tuple[list[float], list[float]] = ([], [])
+    cpus = [0.0, 0.0]
     for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1000, (_cpu() - cpu0) / runs * 1000
+        for side, fn in enumerate((confined, plain)):
+            cpu0, t = _cpu(), time.perf_counter()
+            fn()
+            walls[side].append(time.perf_counter() - t)
+            cpus[side] += _cpu() - cpu0
+    return tuple((statistics.median(walls[i]) * 1000, cpus[i] / runs * 1000) for i in (0, 1))
 
 
 def cli(args: list[str], cwd: str) -> Callable[[], object]:
@@ -102,12 +106,11 @@ def main() -> int:
         )
         (project / "pyproject.toml").write_text("[tool.pytest.ini_options]\npythonpath = ['.']\n")
         results = [
-            ("pyagent exec -- true (CLI)", median_ms(cli([], str(work)), args.runs),
-             median_ms(cli(["--no-sandbox"], str(work)), args.runs)),
-            ("SecureShell.run(['true'])", median_ms(in_process(Confinement(), str(work)), args.runs),
-             median_ms(in_process(Confinement.off(), str(work)), args.runs)),
-            ("gate run (pytest, 2 tests)", median_ms(gate(Confinement(), project), args.gate_runs),
-             median_ms(gate(Confinement.off(), project), args.gate_runs)),
+            ("pyagent exec -- true (CLI)", *paired(cli([], str(work)), cli(["--no-sandbox"], str(work)), args.runs)),
+            ("SecureShell.run(['true'])", *paired(in_process(Confinement(), str(work)),
+                                                  in_process(Confinement.off(), str(work)), args.runs)),
+            ("gate run (pytest, 2 tests)", *paired(gate(Confinement(), project), gate(Confinement.off(), project),
+                                                   args.gate_runs)),
         ]
     print(f"{'per run':40} {'confined':>12} {'unconfined':>12} {'overhead':>12}")
     for label, confined, plain in results:
