@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from pyagent.agents.complexity import ComplexityAgent
+from pyagent.agents.deadcode import DeadCodeAgent
 from pyagent.agents.fixers import FAMILIES, FormatAgent, RuffFixAgent
 
 if TYPE_CHECKING:
@@ -13,7 +15,7 @@ if TYPE_CHECKING:
 
 __all__ = ["OFFLINE_AGENTS", "build_agents"]
 
-OFFLINE_AGENTS: tuple[str, ...] = (*FAMILIES, "format")
+OFFLINE_AGENTS: tuple[str, ...] = (*FAMILIES, "format", "deadcode", "complexity")
 
 
 def build_agents(
@@ -22,6 +24,8 @@ def build_agents(
     """Offline fixers always; the refactor and docstring agents when an LLM is configured."""
     agents: dict[str, CodeAgent] = {name: RuffFixAgent(name, shell) for name in FAMILIES}
     agents["format"] = FormatAgent(shell)
+    agents["complexity"] = ComplexityAgent(max_complexity=max_complexity)
+    agents["deadcode"] = DeadCodeAgent()
     if llm is not None:
         from pyagent.agents.refactor import DocstringAgent, RefactorAgent
 

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 __all__ = ["AGENT_ORDER", "Candidate", "Plan", "SkippedTask", "plan_tasks"]
 
 # Order of agents on one file: cheap mechanical fixes first, formatting after them, LLM work last.
-AGENT_ORDER: tuple[str, ...] = (*FAMILIES, "format", "docstring", "refactor")
+AGENT_ORDER: tuple[str, ...] = (*FAMILIES, "format", "deadcode", "complexity", "docstring", "refactor")
 FIX_RULES: tuple[str, ...] = ("F", "E", "W", "B", "I", "PIE", "UP", "SIM", "C4", "RET")
 
 
@@ -80,6 +80,34 @@ def _is_test_file(path: str) -> bool:
     )
 
 
+def _over_threshold(
+    audit: AuditReport, agent: str, kind: str, max_complexity: int, *, only: str | None = None
+) -> list[Candidate]:
+    """One task per function over ``max_complexity`` in the project's own (non-test) code."""
+    out: list[Candidate] = []
+    for fh in audit.files:
+        if fh.error or _is_test_file(fh.path) or (only is not None and fh.path != only):
+            continue
+        for fn in fh.functions:
+            if fn.complexity > max_complexity:
+                params = {"function": fn.qualname, "complexity": fn.complexity, "max_complexity": max_complexity}
+                out.append(Candidate(agent, kind, f"{agent}:{fn.qualname}", fh.path, params))
+    return out
+
+
+def _dead_code(root: Path) -> list[Candidate]:
+    """One task per unused private definition or unreachable block in the project's own code."""
+    from pyagent.agents.deadcode import find_dead_code
+    from pyagent.fleet.workspace import project_files
+
+    files = [f for f in project_files(root) if f.endswith(".py")]
+    return [
+        Candidate("deadcode", "dead-code", f"deadcode:{item.name}@{item.line}", item.path, item.to_params())
+        for item in find_dead_code(root, files)
+        if not _is_test_file(item.path)
+    ]
+
+
 def candidates(
     audit: AuditReport,
     findings: Sequence[Finding],
@@ -101,22 +129,17 @@ def candidates(
         params = {"rule": code, "message": group[0].message, "count": len(group)}
         out.append(Candidate(agent, "ruff-fix", f"{agent}:{code}", path, params))
     out.extend(Candidate("format", "format", "format", path) for path in unformatted)
+    if root is not None:
+        out.extend(_dead_code(Path(root)))
+    if not llm:  # offline, the complexity agent's structural refactorings; with an LLM, the refactor agent
+        out.extend(_over_threshold(audit, "complexity", "offline-refactor", max_complexity))
     if llm:
         from pyagent.agents.docstrings import missing_docstrings
 
         for fh in audit.files:
             if fh.error or _is_test_file(fh.path):
                 continue
-            for fn in fh.functions:
-                if fn.complexity > max_complexity:
-                    params = {
-                        "function": fn.qualname,
-                        "complexity": fn.complexity,
-                        "max_complexity": max_complexity,
-                    }
-                    out.append(
-                        Candidate("refactor", "llm-refactor", f"refactor:{fn.qualname}", fh.path, params)
-                    )
+            out.extend(_over_threshold(audit, "refactor", "llm-refactor", max_complexity, only=fh.path))
             if root is not None:
                 try:
                     names = missing_docstrings((Path(root) / fh.path).read_text(encoding="utf-8"))

@@ -278,8 +278,10 @@ class _Run:
 
     @staticmethod
     def _why(task: AgentTask) -> str:
-        if task.agent == "refactor":
+        if task.agent in ("refactor", "complexity"):
             return f"complexity {task.params.get('complexity')} is over the threshold {task.params.get('max_complexity')}"
+        if task.agent == "deadcode":
+            return "nothing in the project refers to it (vulture's reference analysis and a text search)"
         if task.agent == "docstring":
             return "public code without docstrings"
         if task.agent == "format":

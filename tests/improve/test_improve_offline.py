@@ -1,0 +1,158 @@
+"""`improve` without an LLM on a small real project (git, pytest): complexity down, dead code out, traps caught."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from pyagent.health import CodeHealthAuditor
+from pyagent.improve.run import ImproveOptions, RunResult, improve
+from tests.improve_helpers import NO_PLUGINS
+
+REPORT = '''\
+"""Row statistics."""
+
+import logging
+
+log = logging.getLogger(__name__)
+
+
+def summarize(rows, strict=False):
+    """Totals by sign."""
+    total = 0
+    negatives = 0
+    for row in rows:
+        # rows below zero are refunds
+        if row < 0:
+            if strict:
+                raise ValueError(row)
+            negatives += 1
+        elif row > 100:
+            total += 100
+        else:
+            total += row
+    if total > 1000:
+        label = "huge"
+    elif total > 100:
+        label = "big"
+    else:
+        label = "small"
+    return total, negatives, label
+
+
+def audit_rows(rows):
+    """Logs each bad row; operators grep the log for the function name."""
+    bad = 0
+    for row in rows:
+        if row is None:
+            log.warning("missing row")
+            bad += 1
+        elif row < 0:
+            if row < -100:
+                log.warning("very negative row %s", row)
+            else:
+                log.warning("negative row %s", row)
+            bad += 1
+        elif row > 10**6:
+            log.warning("implausible row %s", row)
+    return bad
+
+
+def _old_format(total):
+    return "%d" % total
+'''
+
+TESTS = """\
+import logging
+
+import pytest
+
+from pkg.report import audit_rows, summarize
+
+
+def test_summarize():
+    assert summarize([1, 2, 300, -4]) == (103, 1, "big")
+    assert summarize([]) == (0, 0, "small")
+    assert summarize([100] * 11) == (1100, 0, "huge")
+    with pytest.raises(ValueError):
+        summarize([-1], strict=True)
+
+
+def test_audit_logs_come_from_audit_rows(caplog):
+    with caplog.at_level(logging.WARNING):
+        assert audit_rows([None, -5, -500, 3, 10**7]) == 3
+    assert [r.funcName for r in caplog.records] == ["audit_rows"] * 4
+"""
+
+
+def _project(root: Path) -> Path:
+    (root / "pkg").mkdir(parents=True)
+    (root / "tests").mkdir()
+    (root / "pkg" / "__init__.py").write_text('from pkg.report import summarize\n\n__all__ = ["summarize"]\n')
+    (root / "pkg" / "report.py").write_text(REPORT)
+    (root / "tests" / "test_report.py").write_text(TESTS)
+    (root / "pyproject.toml").write_text(
+        textwrap.dedent(
+            """\
+            [project]
+            name = "rows"
+            version = "0"
+
+            [tool.pytest.ini_options]
+            pythonpath = ["."]
+            """
+        )
+    )
+    for args in (
+        ["init", "-q"],
+        ["add", "-A"],
+        ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"],
+    ):
+        subprocess.run(["git", *args], cwd=root, check=True)
+    return root
+
+
+def _run(root: Path) -> RunResult:
+    opts = ImproveOptions(
+        path=root, test_cmd=f"{sys.executable} -m pytest", test_env=NO_PLUGINS, max_complexity=4
+    )
+    return asyncio.run(improve(opts))
+
+
+def _show(root: Path, branch: str, path: str) -> str:
+    return subprocess.run(
+        ["git", "show", f"{branch}:{path}"], cwd=root, check=True, capture_output=True, text=True
+    ).stdout
+
+
+def test_offline_improve_lowers_complexity_removes_dead_code_and_rolls_back_the_trap(tmp_path: Path) -> None:
+    root = _project(tmp_path / "rows")
+    result = _run(root)
+    by_action = {t.action: t for t in result.tasks}
+
+    kept = by_action["complexity:summarize"]
+    assert kept.status == "kept", kept.reason
+    # the logging trap: moving the log calls into a helper changes the records' funcName
+    trap = by_action["complexity:audit_rows"]
+    assert trap.status == "rolled_back", trap.reason
+    assert "test failure" in trap.reason and "test_audit_logs_come_from_audit_rows" in trap.reason
+    dead = next(t for t in result.tasks if t.action.startswith("deadcode:_old_format@"))
+    assert dead.status == "kept", dead.reason
+
+    assert result.branch is not None
+    new = _show(root, result.branch, "pkg/report.py")
+    auditor = CodeHealthAuditor()
+    before = {f.qualname: f.complexity for f in auditor.audit_source(REPORT).functions}
+    after = {f.qualname: f.complexity for f in auditor.audit_source(new).functions}
+    assert after["summarize"] < before["summarize"]
+    assert after["audit_rows"] == before["audit_rows"]
+    assert "_old_format" not in new and "def summarize" in new and "def audit_rows" in new
+    assert "# rows below zero are refunds" in new
+    assert (
+        result.metrics_after["functions_over_threshold"] < result.metrics_before["functions_over_threshold"]
+    )
+    assert result.tests_after is not None and result.tests_after.failed == 0 and result.regressions() == []
+    assert (root / "pkg" / "report.py").read_text() == REPORT  # the user's tree is untouched
