@@ -115,9 +115,13 @@ def _project(root: Path) -> Path:
     return root
 
 
-def _run(root: Path) -> RunResult:
+def _run(root: Path, **kw: object) -> RunResult:
     opts = ImproveOptions(
-        path=root, test_cmd=f"{sys.executable} -m pytest", test_env=NO_PLUGINS, max_complexity=4
+        path=root,
+        test_cmd=f"{sys.executable} -m pytest",
+        test_env=NO_PLUGINS,
+        max_complexity=4,
+        **kw,  # type: ignore[arg-type]
     )
     return asyncio.run(improve(opts))
 
@@ -156,3 +160,53 @@ def test_offline_improve_lowers_complexity_removes_dead_code_and_rolls_back_the_
     )
     assert result.tests_after is not None and result.tests_after.failed == 0 and result.regressions() == []
     assert (root / "pkg" / "report.py").read_text() == REPORT  # the user's tree is untouched
+
+
+DYNAMIC = """\
+import pkg.report as report
+
+# looked up under a computed name at import time: no test context runs it, no text search finds it
+LEGACY = getattr(report, "_old_" + "format")(7)
+
+
+def test_legacy_format():
+    assert LEGACY == "7"
+"""
+
+
+def test_selection_misses_an_import_time_use_and_bisect_drops_the_culprit(tmp_path: Path) -> None:
+    root = tmp_path / "rows"
+    _project(root)
+    (root / "tests" / "test_legacy.py").write_text(DYNAMIC)
+    subprocess.run(["git", "add", "-A"], cwd=root, check=True)
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "legacy"], cwd=root, check=True
+    )
+    result = _run(root)
+    dead = next(t for t in result.tasks if t.action.startswith("deadcode:_old_format@"))
+    # the selected tests (those that run report.py's lines) passed; the full suite did not
+    assert dead.status == "rolled_back", dead.reason
+    assert "bisecting the kept commits" in dead.reason and "test_legacy" in dead.reason
+    assert any("found by bisect" in n for n in result.notes)
+    assert result.tests_after is not None and result.regressions() == []
+    assert result.branch is not None
+    assert "def _old_format" in _show(root, result.branch, "pkg/report.py")
+    assert by_status(result, "kept")  # the other verified changes stay on the branch
+
+
+def by_status(result: RunResult, status: str) -> list[str]:
+    return [t.action for t in result.tasks if t.status == status]
+
+
+def test_full_tests_verifies_with_the_whole_suite_and_catches_it_up_front(tmp_path: Path) -> None:
+    root = tmp_path / "rows"
+    _project(root)
+    (root / "tests" / "test_legacy.py").write_text(DYNAMIC)
+    subprocess.run(["git", "add", "-A"], cwd=root, check=True)
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "legacy"], cwd=root, check=True
+    )
+    result = _run(root, full_tests=True)
+    dead = next(t for t in result.tasks if t.action.startswith("deadcode:_old_format@"))
+    assert dead.status == "rolled_back" and "test failure" in dead.reason, dead.reason
+    assert not any("test-impact selection" in n for n in result.notes)

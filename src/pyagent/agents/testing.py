@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from pyagent.agents.impact import TestImpact
     from pyagent.shell import SecureShell
 
 __all__ = ["TestResults", "TestRunner", "discover_tests"]
@@ -75,6 +76,14 @@ class TestResults:
         """Tests that passed in ``baseline`` and did not pass here (failed, errored or vanished)."""
         mine = self.passing()
         return sorted(t for t in baseline.passing() if t not in mine)
+
+    def selected_regressions(self, baseline: TestResults) -> list[str]:
+        """For a run narrowed to some tests: baseline passes among them that fail now, and new failures."""
+        lost = [t for t in baseline.passing() if t in self.outcomes and self.outcomes[t] != "passed"]
+        new = [t for t, s in self.outcomes.items() if s in ("failed", "error") and t not in baseline.outcomes]
+        if not self.outcomes and self.exit_code not in (0, 5):
+            new.append(f"the selected tests did not run (exit {self.exit_code})")
+        return sorted({*lost, *new})
 
     def summary(self) -> dict[str, Any]:
         return {"passed": self.passed, "failed": self.failed, "total": len(self.outcomes)}
@@ -236,10 +245,37 @@ class TestRunner:
         self.timeout = timeout
         self.shell = shell or SecureShell(env_allow=TEST_ENV_ALLOW, timeout=timeout)
 
-    async def run(self, cwd: str | Path) -> TestResults:
+    async def record_impact(self, cwd: str | Path) -> tuple[TestResults, TestImpact | None]:
+        """The baseline run under coverage.py with per-test contexts, and the impact map it yields."""
+        from pyagent.agents.impact import COVERAGE_RC, covered_argv, read_impact
+        from pyagent.fleet.workspace import project_files
+
+        cwd = Path(cwd)
+        with tempfile.TemporaryDirectory(prefix="pyagent-impact-") as tmp:
+            rc, data = Path(tmp) / "coveragerc", Path(tmp) / "coverage.data"
+            rc.write_text(COVERAGE_RC.format(source=cwd, data_file=data), encoding="utf-8")
+            if covered_argv(self.command.argv, rc) is None:
+                return await self.run(cwd), None
+            results = await self.run(cwd, coverage_rc=rc)
+            try:
+                impact = read_impact(data, cwd, project_files(cwd))
+            except Exception:  # an unreadable data file means no selection, never a failed run
+                impact = None
+        return results, impact
+
+    async def run(
+        self, cwd: str | Path, *, select: Sequence[str] | None = None, coverage_rc: Path | None = None
+    ) -> TestResults:
+        """Run the suite in ``cwd``; ``select`` narrows it to those test files, ``coverage_rc`` covers it."""
+        from pyagent.agents.impact import covered_argv, selected_argv
+
         cwd = Path(cwd)
         with tempfile.TemporaryDirectory(prefix="pyagent-junit-") as tmp:
             argv = list(self.command.argv)
+            if select is not None:
+                argv = selected_argv(argv, self.command.style, select, cwd) or argv
+            if coverage_rc is not None:
+                argv = covered_argv(argv, coverage_rc) or argv
             junit = Path(tmp) / "junit.xml"
             if self.command.style == "pytest":
                 argv += ["-q", "-rA", "-p", "no:cacheprovider", f"--junitxml={junit}"]

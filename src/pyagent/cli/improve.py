@@ -58,6 +58,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--no-git", action="store_true", help="change files in place even in a git repository")
     p.add_argument(
+        "--full-tests",
+        action="store_true",
+        help="verify every change with the whole test suite (default: only the tests that run the changed files)",
+    )
+    p.add_argument(
         "--swarm",
         action="store_true",
         help="spread tasks over trusted Voyager peers found by mDNS (keys: $PYAGENT_NODE_HOME or ~/.pyagent/node)",
@@ -113,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         test_timeout=args.test_timeout,
         dry_run=args.dry_run,
         use_git=not args.no_git,
+        full_tests=args.full_tests,
         executor_factory=factory,
         knowledge=knowledge,
         on_progress=display,

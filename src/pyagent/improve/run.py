@@ -27,9 +27,10 @@ from typing import TYPE_CHECKING, Any
 from pyagent.agents.task import AgentTask, ChangeSet, content_hash
 
 if TYPE_CHECKING:
+    from pyagent.agents.impact import TestImpact
     from pyagent.agents.knowledge import KnowledgeBackend
     from pyagent.agents.llm.base import LLMClient
-    from pyagent.agents.testing import TestResults
+    from pyagent.agents.testing import TestResults, TestRunner
     from pyagent.fleet.core import TaskControl
     from pyagent.fleet.events import FleetEvent
     from pyagent.fleet.executor import Executor, ExecutorFactory
@@ -67,6 +68,7 @@ class ImproveOptions:
     run_id: str | None = None
     llm_client: LLMClient | None = None  # a ready client (tests, embedding); wins over ``llm``
     test_env: dict[str, str] = field(default_factory=dict)  # extra variables for the test command
+    full_tests: bool = False  # verify every change with the whole suite (no test-impact selection)
 
 
 @dataclass
@@ -126,6 +128,7 @@ class RunResult:
     report_dir: Path | None = None
     notes: list[str] = field(default_factory=list)
     not_attempted: int = 0  # planned changes left out (over --max-tasks, unreadable files)
+    phase_seconds: dict[str, float] = field(default_factory=dict)  # baseline, tasks, final
 
     def counts(self) -> dict[str, int]:
         return {s: sum(1 for t in self.tasks if t.status == s) for s in STATUSES}
@@ -187,6 +190,7 @@ class _Run:
         self.base_commit: str | None = None
         self.drop_branch: str | None = None
         self.mode = ""
+        self.tree_rel = Path()  # the project's folder inside the repository
 
     def progress(self, kind: str, **data: Any) -> None:
         if self.opts.on_progress is not None:
@@ -218,6 +222,7 @@ class _Run:
         rel = (
             self.path.relative_to(repo.toplevel.resolve()) if self.path != repo.toplevel.resolve() else Path()
         )
+        self.tree_rel = rel
         status = await repo.git("status", "--porcelain", "--untracked-files=no")
         if status.strip():
             self.notes.append(
@@ -408,6 +413,71 @@ class _Run:
         finally:
             await asyncio.to_thread(shutil.rmtree, ws, True)
 
+    async def _baseline(
+        self, runner: TestRunner, tree: Path, scratch: Path
+    ) -> tuple[TestResults, TestImpact | None]:
+        """The baseline run; unless ``--full-tests``, under coverage to learn which tests exercise what."""
+        from pyagent.fleet.workspace import isolated_copy
+
+        ws = await asyncio.to_thread(isolated_copy, tree, parent=scratch)
+        try:
+            if self.opts.full_tests:
+                return await runner.run(ws), None
+            return await runner.record_impact(ws)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, ws, True)
+
+    async def _drop_culprits(
+        self, tree: Path, runner: TestRunner, baseline: TestResults, after: TestResults, scratch: Path
+    ) -> TestResults:
+        """Changes verified by selected tests, checked by one full suite; culprits are found and reverted."""
+        from pyagent.improve.bisect import first_bad_commit, regressions_at
+        from pyagent.improve.gitops import GitError
+
+        regs = after.regressions(baseline)
+        if not regs:
+            self.notes.append("the final full test suite passed on the branch")
+            return after
+        if self.repo is None or self.base_commit is None:
+            self.notes.append(
+                f"the final full test suite has {len(regs)} regression(s) ({', '.join(regs[:3])}); "
+                "outside git they are not bisected: rerun with --full-tests"
+            )
+            return after
+        repo = self.repo
+
+        async def check(path: Path) -> list[str]:
+            return (await runner.run(path)).regressions(baseline)
+
+        async def fails(commit: str) -> bool:
+            return bool(await regressions_at(repo, commit, self.tree_rel, check))
+
+        for _ in range(3):
+            by_commit = {r.commit: r for r in self.records.values() if r.status == "kept" and r.commit}
+            order = (await repo.git("rev-list", "--reverse", f"{self.base_commit}..HEAD", cwd=tree)).split()
+            culprit = await first_bad_commit([c for c in order if c in by_commit], fails)
+            if culprit is None:
+                break
+            rec = by_commit[culprit]
+            try:
+                await repo.git("revert", "--no-edit", culprit, cwd=tree)
+            except GitError as exc:
+                self.notes.append(f"could not revert {culprit[:10]} ({exc}); the branch keeps it")
+                break
+            rec.status = "rolled_back"
+            rec.reason = (
+                f"the final full suite failed ({', '.join(regs[:3])}); bisecting the kept commits found this "
+                f"change ({culprit[:10]}), which was reverted on the branch"
+            )
+            self.notes.append(f"dropped {rec.action} in {rec.target}: it broke the full suite (found by bisect)")
+            after = await self._tests(runner, tree, scratch)
+            regs = after.regressions(baseline)
+            if not regs:
+                self.notes.append("the final full test suite passed on the branch after dropping the culprit(s)")
+                return after
+        self.notes.append(f"the final full test suite still has {len(regs)} regression(s): {', '.join(regs[:3])}")
+        return after
+
     async def _run_in(self, tree: Path, mode: str, scratch: Path, started: float) -> RunResult:
         from pyagent.agents.budget import Budget
         from pyagent.agents.context import CascadeContext
@@ -447,16 +517,27 @@ class _Run:
             command = dataclasses.replace(command, extra_env={**command.extra_env, **opts.test_env})
         runner = TestRunner(command, self.shell, timeout=opts.test_timeout) if command else None
         baseline = None
+        impact = None
+        phase_start = time.monotonic()
         if runner is not None:
             self.progress("phase", phase="baseline", detail=" ".join(command.argv) if command else "")
-            baseline = await self._tests(runner, tree, scratch)
+            baseline, impact = await self._baseline(runner, tree, scratch)
+            if impact is not None:
+                self.notes.append(
+                    f"test-impact selection: {len(impact.by_file)} files mapped to the test files that run them; "
+                    f"{len(impact.uncovered)} test file(s) without coverage data run for every change "
+                    "(--full-tests runs the whole suite instead)"
+                )
+            elif not opts.full_tests:
+                self.notes.append("no test-impact data (the test command cannot run under coverage): full suite per change")
             if baseline.timed_out:
                 raise ImproveError(
                     f"the test baseline timed out after {opts.test_timeout:.0f}s; pass --test-cmd"
                 )
         else:
             self.notes.append("no tests found: changes were verified by parsing, lint and metrics only")
-        gate = VerificationGate(tests=runner, baseline=baseline, shell=self.shell)
+        gate = VerificationGate(tests=runner, baseline=baseline, shell=self.shell, impact=impact)
+        phases = {"baseline": time.monotonic() - phase_start}
         agents = build_agents(self.shell, llm, max_complexity=opts.max_complexity)
         local = LocalExecutor(tree, agents=agents, gate=gate, scratch=scratch)
         executor: Executor = local
@@ -496,6 +577,7 @@ class _Run:
             skipped=[s.__dict__ for s in plan.skipped],
         )
         events: list[FleetEvent] = []
+        phase_start = time.monotonic()
         async with FleetManager(opts.concurrency, on_event=events.append, knowledge=knowledge) as fleet:
             fleet.add_listener(lambda e: self.progress("fleet", event=e.to_dict()))
             for t in plan.tasks:
@@ -507,10 +589,16 @@ class _Run:
                     kind=t.kind,
                 )
             await fleet.join()
+        phases["tasks"] = time.monotonic() - phase_start
         closer = getattr(executor, "aclose", None)  # voyager hook: a swarm executor holds sockets
         if closer is not None:
             await closer()
             self.notes.append(str(getattr(executor, "summary", "")) or "swarm executor closed")
+        phase_start = time.monotonic()
+        tests_after = await self._tests(runner, tree, scratch) if runner is not None else None
+        if runner is not None and impact is not None and tests_after is not None and baseline is not None:
+            tests_after = await self._drop_culprits(tree, runner, baseline, tests_after, scratch)
+        phases["final"] = time.monotonic() - phase_start
         for t in plan.tasks:
             rec = self.records[t.id]
             knowledge.record_outcome(
@@ -527,7 +615,6 @@ class _Run:
             )
         self.progress("phase", phase="after", detail="re-measuring")
         audit_after, n_after, _f, _u = await self._measure(tree)
-        tests_after = await self._tests(runner, tree, scratch) if runner is not None else None
         if mode == "git" and not any(r.commit for r in self.records.values()):
             self.drop_branch, self.branch = self.branch, None
             self.notes.append("no change was kept, so no branch was left behind")
@@ -551,6 +638,7 @@ class _Run:
             branch=self.branch,
             base_commit=self.base_commit,
             notes=self.notes,
+            phase_seconds={k: round(v, 3) for k, v in phases.items()},
         )
         if mode == "in-place":
             from pyagent.improve.undo import save_run
