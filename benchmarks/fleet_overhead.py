@@ -18,7 +18,7 @@ from typing import Any
 from pyagent.fleet.core import TaskControl
 from pyagent.fleet.events import FleetEvent
 from pyagent.fleet.manager import FleetManager
-from pyagent.fleet.priority import AgentPriority
+from pyagent.model.priority import AgentPriority
 
 
 async def _noop() -> None:

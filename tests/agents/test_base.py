@@ -10,9 +10,6 @@ from typing import Any
 import pytest
 
 from pyagent.agents.base import BaseAgent
-from pyagent.agents.budget import Budget
-from pyagent.agents.context import BudgetExceeded, CascadeContext, LoopDetected, SecurityScope
-from pyagent.agents.knowledge import ChangeOutcome, InMemoryKnowledge, KnowledgeBackend
 from pyagent.agents.mixins import (
     CheckpointError,
     GovernanceError,
@@ -26,7 +23,10 @@ from pyagent.agents.mixins import (
 from pyagent.fleet.core import TaskControl
 from pyagent.fleet.events import FleetEvent
 from pyagent.fleet.manager import FleetManager
-from pyagent.fleet.priority import AgentPriority
+from pyagent.model.budget import Budget
+from pyagent.model.context import BudgetExceeded, CascadeContext, LoopDetected, SecurityScope
+from pyagent.model.knowledge import ChangeOutcome, InMemoryKnowledge, KnowledgeBackend
+from pyagent.model.priority import AgentPriority
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -46,7 +46,8 @@ def test_baseline_maps_files_to_the_tests_that_run_them(tmp_path: Path, style: s
     assert command is not None
     command = type(command)(command.argv, command.style, dict(NO_PLUGINS))
     runner = TestRunner(command, timeout=120)
-    baseline, impact = asyncio.run(runner.record_impact(root))
+    files = [p.relative_to(root).as_posix() for p in root.rglob("*.py")]
+    baseline, impact = asyncio.run(runner.record_impact(root, files))
     assert baseline.passed == 2 and baseline.failed == 0
     assert impact is not None
     assert impact.by_file["pkg/alpha.py"] == {"tests/test_alpha.py", "tests/test_both.py"}

@@ -7,11 +7,11 @@ import asyncio
 
 import pytest
 
-from pyagent.agents.budget import Budget
-from pyagent.agents.errors import BudgetExceeded
 from pyagent.agents.llm.base import LLMError, UsageMeter
 from pyagent.agents.llm.factory import LLMConfigError, make_llm
 from pyagent.agents.llm.openai_compat import OpenAICompatClient
+from pyagent.model.budget import Budget
+from pyagent.model.errors import BudgetExceeded
 from tests.agents.llm_server import Reply, Script, scripted_server
 
 MSGS = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}]

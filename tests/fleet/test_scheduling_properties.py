@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from pyagent.fleet.core import TaskControl
 from pyagent.fleet.manager import FleetManager
-from pyagent.fleet.priority import AgentPriority as P
+from pyagent.model.priority import AgentPriority as P
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pyagent.agents.budget import Budget
 from pyagent.agents.llm.factory import LLMConfigError, make_llm
 from pyagent.inference.tiny import init_tiny
+from pyagent.model.budget import Budget
 from pyagent.server import Backend, LocalServer, ResponseStore, create_app
 from pyagent.server.local import load_engine
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from pyagent.agents.knowledge import ChangeOutcome
 from pyagent.memory import KnowledgeStore
 from pyagent.memory.fleet_memory import StoreKnowledge
+from pyagent.model.knowledge import ChangeOutcome
 
 
 @pytest.fixture

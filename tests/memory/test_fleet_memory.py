@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from pyagent.agents.base import BaseAgent
-from pyagent.agents.context import CascadeContext
-from pyagent.agents.knowledge import ChangeOutcome, KnowledgeBackend
 from pyagent.fleet.core import TaskControl
 from pyagent.fleet.manager import FleetManager
 from pyagent.memory import KnowledgeStore, NeuralPruningEngine, SnapshotPolicy
 from pyagent.memory.fleet_memory import FAILURES, StoreKnowledge, default_store_path
 from pyagent.memory.snapshot import list_snapshots
+from pyagent.model.context import CascadeContext
+from pyagent.model.knowledge import ChangeOutcome, KnowledgeBackend
 
 
 def _outcome(status: str, *, h: str = "h1", agent: str = "ruff-fixer", reason: str | None = None) -> ChangeOutcome:

@@ -7,18 +7,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pyagent.agents.knowledge import InMemoryKnowledge, KnowledgeBackend
 from pyagent.agents.mixins.governance import GovernanceMixin
 from pyagent.agents.mixins.identity import IdentityMixin
 from pyagent.agents.mixins.knowledge import KnowledgeMixin
 from pyagent.agents.mixins.orchestration import OrchestrationMixin
 from pyagent.agents.mixins.persistence import PersistenceMixin
-from pyagent.fleet.priority import AgentPriority
+from pyagent.model.knowledge import InMemoryKnowledge, KnowledgeBackend
+from pyagent.model.priority import AgentPriority
 
 if TYPE_CHECKING:
-    from pyagent.agents.context import CascadeContext
     from pyagent.fleet.core import TaskControl, TaskFn, TaskHandle
     from pyagent.fleet.manager import FleetManager
+    from pyagent.model.context import CascadeContext
 
 
 class BaseAgent(IdentityMixin, GovernanceMixin, PersistenceMixin, KnowledgeMixin, OrchestrationMixin):

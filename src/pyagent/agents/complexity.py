@@ -37,8 +37,8 @@ from pyagent.agents.mixins.identity import IdentityMixin
 from pyagent.agents.worker import AgentOutcome
 
 if TYPE_CHECKING:
-    from pyagent.agents.task import AgentTask
     from pyagent.health import CodeHealthAuditor
+    from pyagent.model.task import AgentTask
 
 __all__ = ["ComplexityAgent", "RefactorSkipped", "Refactoring", "refactor_function"]
 

@@ -28,7 +28,7 @@ from pyagent.agents.mixins.identity import IdentityMixin
 from pyagent.agents.worker import AgentOutcome
 
 if TYPE_CHECKING:
-    from pyagent.agents.task import AgentTask
+    from pyagent.model.task import AgentTask
 
 __all__ = ["DeadCodeAgent", "DeadItem", "find_dead_code", "remove_dead"]
 

@@ -14,7 +14,7 @@ from pyagent.agents.mixins.identity import IdentityMixin
 from pyagent.agents.worker import AgentOutcome
 
 if TYPE_CHECKING:
-    from pyagent.agents.task import AgentTask
+    from pyagent.model.task import AgentTask
     from pyagent.shell import SecureShell
 
 __all__ = ["FAMILIES", "FormatAgent", "RuffFixAgent", "agent_for_rule"]

@@ -18,8 +18,8 @@ from pyagent.agents.worker import AgentOutcome
 
 if TYPE_CHECKING:
     from pyagent.agents.llm.base import LLMClient
-    from pyagent.agents.task import AgentTask
     from pyagent.health import CodeHealthAuditor
+    from pyagent.model.task import AgentTask
 
 __all__ = ["DocstringAgent", "RefactorAgent", "missing_docstrings", "strip_docstrings"]
 

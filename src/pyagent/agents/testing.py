@@ -245,10 +245,15 @@ class TestRunner:
         self.timeout = timeout
         self.shell = shell or SecureShell(env_allow=TEST_ENV_ALLOW, timeout=timeout)
 
-    async def record_impact(self, cwd: str | Path) -> tuple[TestResults, TestImpact | None]:
-        """The baseline run under coverage.py with per-test contexts, and the impact map it yields."""
+    async def record_impact(
+        self, cwd: str | Path, files: Sequence[str]
+    ) -> tuple[TestResults, TestImpact | None]:
+        """The baseline run under coverage.py with per-test contexts, and the impact map it yields.
+
+        ``files`` lists the project's files (POSIX, relative to ``cwd``); its test modules are the
+        units a change selects.
+        """
         from pyagent.agents.impact import COVERAGE_RC, covered_argv, read_impact
-        from pyagent.fleet.workspace import project_files
 
         cwd = Path(cwd)
         with tempfile.TemporaryDirectory(prefix="pyagent-impact-") as tmp:
@@ -258,7 +263,7 @@ class TestRunner:
                 return await self.run(cwd), None
             results = await self.run(cwd, coverage_rc=rc)
             try:
-                impact = read_impact(data, cwd, project_files(cwd))
+                impact = read_impact(data, cwd, files)
             except Exception:  # an unreadable data file means no selection, never a failed run
                 impact = None
         return results, impact

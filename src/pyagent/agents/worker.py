@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from pyagent.agents.task import AgentTask
+    from pyagent.model.task import AgentTask
 
 __all__ = ["AgentOutcome", "CodeAgent"]
 

@@ -22,13 +22,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from pyagent.agents.context import CascadeContext, SecurityScope
 from pyagent.fleet.events import FleetEvent
-from pyagent.fleet.priority import AgentPriority
+from pyagent.model.context import CascadeContext, SecurityScope
+from pyagent.model.priority import AgentPriority
 from pyagent.redact import redact
 
 if TYPE_CHECKING:
-    from pyagent.agents.knowledge import KnowledgeBackend
+    from pyagent.model.knowledge import KnowledgeBackend
 
 __all__ = [
     "FINAL_STATES",

@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any, TypeVar
 
-from pyagent.agents.context import CascadeContext
-from pyagent.agents.knowledge import InMemoryKnowledge, KnowledgeBackend
 from pyagent.fleet.core import FleetExecutionCore, TaskControl, TaskFn, TaskHandle, TaskInfo
 from pyagent.fleet.events import FleetEvent
-from pyagent.fleet.priority import AgentPriority
+from pyagent.model.context import CascadeContext
+from pyagent.model.knowledge import InMemoryKnowledge, KnowledgeBackend
+from pyagent.model.priority import AgentPriority
 
 __all__ = ["FleetManager"]
 

@@ -24,18 +24,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pyagent.agents.task import AgentTask, ChangeSet, content_hash
+from pyagent.model.task import AgentTask, ChangeSet, content_hash
 
 if TYPE_CHECKING:
     from pyagent.agents.impact import TestImpact
-    from pyagent.agents.knowledge import KnowledgeBackend
     from pyagent.agents.llm.base import LLMClient
     from pyagent.agents.testing import TestResults, TestRunner
     from pyagent.fleet.core import TaskControl
     from pyagent.fleet.events import FleetEvent
-    from pyagent.fleet.executor import Executor, ExecutorFactory
     from pyagent.health import AuditReport
     from pyagent.improve.gitops import GitRepo
+    from pyagent.model.knowledge import KnowledgeBackend
+    from pyagent.pipeline.executor import Executor, ExecutorFactory
     from pyagent.shell import SecureShell
 
 __all__ = ["ImproveError", "ImproveOptions", "RunResult", "TaskRecord", "improve", "new_run_id"]
@@ -202,8 +202,8 @@ class _Run:
 
     # -- setup ------------------------------------------------------------------------------
     async def _prepare_tree(self, scratch: Path) -> tuple[Path, str]:
-        from pyagent.fleet.workspace import isolated_copy, project_files
         from pyagent.improve.gitops import GitRepo
+        from pyagent.pipeline.workspace import isolated_copy, project_files
 
         if self.opts.dry_run:
             files = project_files(self.path)
@@ -295,8 +295,8 @@ class _Run:
 
     # -- one task ----------------------------------------------------------------------------
     async def _task(self, control: TaskControl, task: AgentTask, tree: Path, executor: Executor) -> None:
-        from pyagent.agents.errors import CascadeLimitError
         from pyagent.agents.llm.base import LLMError
+        from pyagent.model.errors import CascadeLimitError
         from pyagent.state import ConflictError
 
         rec = self.records[task.id]
@@ -404,7 +404,7 @@ class _Run:
         return audit, len(findings), findings, unformatted
 
     async def _tests(self, runner: Any, tree: Path, scratch: Path) -> TestResults:
-        from pyagent.fleet.workspace import isolated_copy
+        from pyagent.pipeline.workspace import isolated_copy
 
         ws = await asyncio.to_thread(isolated_copy, tree, parent=scratch)
         try:
@@ -417,13 +417,15 @@ class _Run:
         self, runner: TestRunner, tree: Path, scratch: Path
     ) -> tuple[TestResults, TestImpact | None]:
         """The baseline run; unless ``--full-tests``, under coverage to learn which tests exercise what."""
-        from pyagent.fleet.workspace import isolated_copy
+        from pyagent.pipeline.workspace import isolated_copy
 
         ws = await asyncio.to_thread(isolated_copy, tree, parent=scratch)
         try:
             if self.opts.full_tests:
                 return await runner.run(ws), None
-            return await runner.record_impact(ws)
+            from pyagent.pipeline.workspace import project_files
+
+            return await runner.record_impact(ws, await asyncio.to_thread(project_files, ws))
         finally:
             await asyncio.to_thread(shutil.rmtree, ws, True)
 
@@ -479,16 +481,16 @@ class _Run:
         return after
 
     async def _run_in(self, tree: Path, mode: str, scratch: Path, started: float) -> RunResult:
-        from pyagent.agents.budget import Budget
-        from pyagent.agents.context import CascadeContext
-        from pyagent.agents.knowledge import ChangeOutcome, InMemoryKnowledge
         from pyagent.agents.llm.base import UsageMeter
         from pyagent.agents.registry import build_agents
         from pyagent.agents.testing import TestRunner, discover_tests
-        from pyagent.fleet.executor import ExecutorSetup, LocalExecutor
-        from pyagent.fleet.gate import VerificationGate
         from pyagent.fleet.manager import FleetManager
-        from pyagent.fleet.planner import candidates, plan_tasks
+        from pyagent.model.budget import Budget
+        from pyagent.model.context import CascadeContext
+        from pyagent.model.knowledge import ChangeOutcome, InMemoryKnowledge
+        from pyagent.pipeline.executor import ExecutorSetup, LocalExecutor
+        from pyagent.pipeline.gate import VerificationGate
+        from pyagent.pipeline.planner import candidates, plan_tasks
 
         opts = self.opts
         budget = Budget(tokens=opts.budget_tokens, cost_usd=opts.budget_usd)

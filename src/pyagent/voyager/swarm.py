@@ -9,7 +9,7 @@ For each task the executor picks a trusted, live peer with free slots (advertise
 record, minus what we already sent it), makes sure the peer holds the project's files (a
 content-addressed manifest: only blobs the peer lacks are sent), and sends the task with its
 ``CascadeContext`` (lineage and budget), priority, files and their base hashes. The peer runs the
-same agents and gate (``pyagent.fleet.remote.execute_task``) in a worker process and returns the
+same agents and gate (``pyagent.pipeline.remote.execute_task``) in a worker process and returns the
 change set plus its verification. If the peer dies (missed heartbeats), stops, is full or fails,
 the task is re-run on another peer or locally; a late reply from a peer given up on is dropped by
 the transport, so each execute call yields exactly one change set. Peers get no LLM, so tasks of
@@ -40,8 +40,8 @@ from pyagent.voyager.home import NodeHome
 from pyagent.voyager.transport import RemoteError, TransportError, VoyagerTransport
 
 if TYPE_CHECKING:
-    from pyagent.agents.task import AgentTask, ChangeSet
-    from pyagent.fleet.executor import Executor, ExecutorSetup
+    from pyagent.model.task import AgentTask, ChangeSet
+    from pyagent.pipeline.executor import Executor, ExecutorSetup
 
 log = logging.getLogger(__name__)
 PUT_CHUNK_BYTES = 4 * 1024 * 1024
@@ -228,7 +228,7 @@ class SwarmExecutor:
             task.context.budget.charge(tokens=tokens, cost=cost)
 
     async def _run_on(self, peer: PeerInfo, task: AgentTask, files: dict[str, bytes]) -> ChangeSet:
-        from pyagent.agents.task import ChangeSet, content_hash
+        from pyagent.model.task import ChangeSet, content_hash
 
         key = self.home.trusted_by_fingerprint().get(peer.fingerprint)
         if key is None:
@@ -272,7 +272,7 @@ class SwarmExecutor:
     # -- project files
 
     def _manifest(self) -> dict[str, str]:
-        from pyagent.fleet.workspace import project_files
+        from pyagent.pipeline.workspace import project_files
 
         manifest: dict[str, str] = {}
         for rel in project_files(self.root):

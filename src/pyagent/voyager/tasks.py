@@ -2,7 +2,7 @@
 
 The project arrives as a manifest of blobs the node already holds; the task's own files arrive
 with it (their base hashes were checked by the node). The worker rebuilds the project in a fresh
-folder and runs the improve pipeline's :func:`pyagent.fleet.remote.execute_task` there: the same
+folder and runs the improve pipeline's :func:`pyagent.pipeline.remote.execute_task` there: the same
 agents and verification gate as a local run, so a remote change is judged exactly like a local one.
 """
 
@@ -18,8 +18,8 @@ from pyagent.voyager.blobs import BlobStore
 
 
 def run_payload(payload: dict[str, Any]) -> dict[str, Any]:
-    from pyagent.agents.task import AgentTask
-    from pyagent.fleet.remote import execute_task
+    from pyagent.model.task import AgentTask
+    from pyagent.pipeline.remote import execute_task
 
     task = AgentTask.from_wire(payload["task"])
     store = BlobStore(payload["blob_dir"])

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from pyagent.agents.llm.base import LLMClient, UsageMeter
 
 if TYPE_CHECKING:
-    from pyagent.agents.budget import Budget
+    from pyagent.model.budget import Budget
 
 __all__ = ["LOCAL_BACKENDS", "LLMConfigError", "make_llm"]
 
@@ -47,7 +47,7 @@ def make_llm(
         factory = LOCAL_BACKENDS.get("local")
         if factory is None:
             with contextlib.suppress(ImportError):  # the server registers LOCAL_BACKENDS["local"] on import
-                importlib.import_module("pyagent.server.llm_backend")
+                importlib.import_module("pyagent.cli.local_llm")
             factory = LOCAL_BACKENDS.get("local")
         if factory is None:
             raise LLMConfigError(

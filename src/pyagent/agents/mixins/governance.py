@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-from pyagent.agents.context import CascadeContext, SecurityScope
+from pyagent.model.context import CascadeContext, SecurityScope
 
 if TYPE_CHECKING:
     from pyagent.fleet.core import TaskControl

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pyagent.fleet.priority import AgentPriority
+from pyagent.model.priority import AgentPriority
 
 
 class IdentityMixin:

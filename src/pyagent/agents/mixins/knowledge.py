@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pyagent.agents.context import CascadeContext
-from pyagent.agents.knowledge import ChangeOutcome, KnowledgeBackend, OutcomeStatus
+from pyagent.model.context import CascadeContext
+from pyagent.model.knowledge import ChangeOutcome, KnowledgeBackend, OutcomeStatus
 
 
 class KnowledgeMixin:

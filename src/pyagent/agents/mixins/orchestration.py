@@ -9,12 +9,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pyagent.agents.context import SecurityScope
-from pyagent.fleet.priority import AgentPriority
+from pyagent.model.context import SecurityScope
+from pyagent.model.priority import AgentPriority
 
 if TYPE_CHECKING:
-    from pyagent.agents.context import CascadeContext
     from pyagent.fleet.core import TaskControl, TaskFn, TaskHandle
+    from pyagent.model.context import CascadeContext
     from pyagent.shell import SecureShell, ShellResult
 
 

@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 
 from pyagent.agents.testing import TestRunner
-from pyagent.fleet.gate import VerificationGate
+from pyagent.pipeline.gate import VerificationGate
 from tests.improve_helpers import make_project, pytest_command
 
 

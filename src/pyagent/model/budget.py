@@ -7,7 +7,7 @@ import threading
 import time
 from typing import Any
 
-from pyagent.agents.errors import BudgetExceeded, ContextWireError
+from pyagent.model.errors import BudgetExceeded, ContextWireError
 
 _LIMIT_KEYS = ("tokens", "cost_usd", "wall_seconds", "steps")
 

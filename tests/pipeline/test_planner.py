@@ -6,12 +6,12 @@ import asyncio
 from pathlib import Path
 
 from pyagent.agents import ruff
-from pyagent.agents.context import CascadeContext
-from pyagent.agents.knowledge import ChangeOutcome, InMemoryKnowledge
-from pyagent.agents.task import content_hash
-from pyagent.fleet.planner import candidates, plan_tasks
-from pyagent.fleet.priority import AgentPriority
 from pyagent.health import CodeHealthAuditor
+from pyagent.model.context import CascadeContext
+from pyagent.model.knowledge import ChangeOutcome, InMemoryKnowledge
+from pyagent.model.priority import AgentPriority
+from pyagent.model.task import content_hash
+from pyagent.pipeline.planner import candidates, plan_tasks
 from tests.improve_helpers import make_project
 
 CLEAN = '"""Clean."""\n\n\ndef f(x):\n    return x\n'

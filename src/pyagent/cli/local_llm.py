@@ -20,7 +20,7 @@ from pyagent.agents.llm.factory import LOCAL_BACKENDS, LLMConfigError
 from pyagent.agents.llm.openai_compat import OpenAICompatClient
 
 if TYPE_CHECKING:
-    from pyagent.agents.budget import Budget
+    from pyagent.model.budget import Budget
 
 API_KEY_ENV = "PYAGENT_API_KEY"
 

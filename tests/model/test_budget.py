@@ -7,8 +7,8 @@ import threading
 import msgpack
 import pytest
 
-from pyagent.agents.budget import Budget
-from pyagent.agents.errors import BudgetExceeded, CascadeLimitError, ContextWireError
+from pyagent.model.budget import Budget
+from pyagent.model.errors import BudgetExceeded, CascadeLimitError, ContextWireError
 
 
 def test_charge_within_limits_then_exhaust_tokens() -> None:

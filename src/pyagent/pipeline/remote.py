@@ -13,7 +13,7 @@ import shutil
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from pyagent.agents.task import AgentTask, ChangeSet
+from pyagent.model.task import AgentTask, ChangeSet
 
 if TYPE_CHECKING:
     from pyagent.agents.llm.base import LLMClient
@@ -31,9 +31,9 @@ async def execute_task_async(
 ) -> ChangeSet:
     from pyagent.agents.registry import build_agents
     from pyagent.agents.testing import TestResults, TestRunner, discover_tests
-    from pyagent.fleet.executor import LocalExecutor
-    from pyagent.fleet.gate import VerificationGate
-    from pyagent.fleet.workspace import isolated_copy
+    from pyagent.pipeline.executor import LocalExecutor
+    from pyagent.pipeline.gate import VerificationGate
+    from pyagent.pipeline.workspace import isolated_copy
 
     command = discover_tests(workdir, test_cmd or task.params.get("test_cmd"))
     runner = TestRunner(command) if command else None

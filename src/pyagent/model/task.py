@@ -13,8 +13,8 @@ import blake3
 import msgpack
 
 if TYPE_CHECKING:
-    from pyagent.agents.context import CascadeContext
-    from pyagent.fleet.priority import AgentPriority
+    from pyagent.model.context import CascadeContext
+    from pyagent.model.priority import AgentPriority
 
 __all__ = ["AgentTask", "ChangeSet", "WireError", "content_hash"]
 
@@ -66,8 +66,8 @@ class AgentTask:
 
     @classmethod
     def from_wire(cls, d: dict[str, Any]) -> AgentTask:
-        from pyagent.agents.context import CascadeContext
-        from pyagent.fleet.priority import AgentPriority
+        from pyagent.model.context import CascadeContext
+        from pyagent.model.priority import AgentPriority
 
         files = _field(d, "files", (list, tuple))
         if not all(isinstance(f, str) for f in files):

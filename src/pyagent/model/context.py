@@ -12,8 +12,8 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from pyagent.agents.budget import Budget
-from pyagent.agents.errors import (
+from pyagent.model.budget import Budget
+from pyagent.model.errors import (
     BudgetExceeded,
     CascadeLimitError,
     CircuitOpen,

@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from pyagent.agents.context import CascadeContext
 from pyagent.agents.registry import build_agents
-from pyagent.agents.task import AgentTask, ChangeSet, content_hash
 from pyagent.agents.testing import TestRunner
-from pyagent.fleet.executor import LocalExecutor
-from pyagent.fleet.gate import VerificationGate
-from pyagent.fleet.priority import AgentPriority
-from pyagent.fleet.remote import execute_task
+from pyagent.model.context import CascadeContext
+from pyagent.model.priority import AgentPriority
+from pyagent.model.task import AgentTask, ChangeSet, content_hash
+from pyagent.pipeline.executor import LocalExecutor
+from pyagent.pipeline.gate import VerificationGate
+from pyagent.pipeline.remote import execute_task
 from tests.improve_helpers import make_project, pytest_command
 
 MOD = "pkg/mod.py"
@@ -93,7 +93,7 @@ def test_execute_task_for_remote_nodes(tmp_path: Path) -> None:
 def test_the_chain_scope_governs_what_a_task_may_do(tmp_path: Path) -> None:
     from dataclasses import replace
 
-    from pyagent.agents.context import SecurityScope
+    from pyagent.model.context import SecurityScope
 
     root = make_project(tmp_path / "p")
     ex = _executor(root, tmp_path)

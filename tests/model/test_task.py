@@ -5,9 +5,9 @@ from __future__ import annotations
 import msgpack
 import pytest
 
-from pyagent.agents.context import CascadeContext
-from pyagent.agents.task import AgentTask, ChangeSet, WireError, content_hash
-from pyagent.fleet.priority import AgentPriority
+from pyagent.model.context import CascadeContext
+from pyagent.model.priority import AgentPriority
+from pyagent.model.task import AgentTask, ChangeSet, WireError, content_hash
 
 
 def _task() -> AgentTask:

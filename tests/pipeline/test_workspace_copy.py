@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pyagent.fleet.workspace import isolated_copy, project_files, safe_relpath
+from pyagent.pipeline.workspace import isolated_copy, project_files, safe_relpath
 from tests.improve_helpers import make_project
 
 

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from pyagent.agents.task import AgentTask, ChangeSet, content_hash
-from pyagent.fleet.workspace import isolated_copy, project_files, safe_relpath
+from pyagent.model.task import AgentTask, ChangeSet, content_hash
+from pyagent.pipeline.workspace import isolated_copy, project_files, safe_relpath
 
 if TYPE_CHECKING:
     from pyagent.agents.testing import TestResults
     from pyagent.agents.worker import CodeAgent
-    from pyagent.fleet.gate import VerificationGate
+    from pyagent.pipeline.gate import VerificationGate
 
 __all__ = ["Executor", "ExecutorFactory", "ExecutorSetup", "LocalExecutor"]
 

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pyagent.agents.budget import Budget
-from pyagent.agents.context import (
+from pyagent.model.budget import Budget
+from pyagent.model.context import (
     BudgetExceeded,
     CascadeContext,
     CascadeLimitError,

@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pyagent.agents.fixers import FAMILIES, agent_for_rule
-from pyagent.agents.task import AgentTask, content_hash
-from pyagent.fleet.priority import AgentPriority
+from pyagent.model.priority import AgentPriority
+from pyagent.model.task import AgentTask, content_hash
 
 if TYPE_CHECKING:
-    from pyagent.agents.context import CascadeContext
-    from pyagent.agents.knowledge import KnowledgeBackend
     from pyagent.agents.ruff import Finding
     from pyagent.health import AuditReport
+    from pyagent.model.context import CascadeContext
+    from pyagent.model.knowledge import KnowledgeBackend
 
 __all__ = ["AGENT_ORDER", "Candidate", "Plan", "SkippedTask", "plan_tasks"]
 
@@ -98,7 +98,7 @@ def _over_threshold(
 def _dead_code(root: Path) -> list[Candidate]:
     """One task per unused private definition or unreachable block in the project's own code."""
     from pyagent.agents.deadcode import find_dead_code
-    from pyagent.fleet.workspace import project_files
+    from pyagent.pipeline.workspace import project_files
 
     files = [f for f in project_files(root) if f.endswith(".py")]
     return [
