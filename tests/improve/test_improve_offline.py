@@ -210,3 +210,58 @@ def test_full_tests_verifies_with_the_whole_suite_and_catches_it_up_front(tmp_pa
     dead = next(t for t in result.tasks if t.action.startswith("deadcode:_old_format@"))
     assert dead.status == "rolled_back" and "test failure" in dead.reason, dead.reason
     assert not any("test-impact selection" in n for n in result.notes)
+
+
+LEGACY = """\
+import logging
+import warnings
+
+log = logging.getLogger(__name__)
+
+
+def notify(msg):
+    log.warn(msg)
+    return msg
+
+
+def old_api():
+    warnings.warn("old_api is deprecated; call notify", DeprecationWarning, stacklevel=1)
+    return 1
+"""
+
+LEGACY_TESTS = """\
+import unittest
+
+from pkg.legacy import notify, old_api
+
+
+class TestLegacy(unittest.TestCase):
+    def test_notify(self):
+        self.assertEquals(notify("x"), "x")
+
+    def test_old_api(self):
+        self.assertEqual(old_api(), 1)
+"""
+
+
+def test_warnings_of_the_baseline_become_ruff_fixes_and_the_rest_is_listed(tmp_path: Path) -> None:
+    root = tmp_path / "legacy"
+    (root / "pkg").mkdir(parents=True)
+    (root / "tests").mkdir()
+    (root / "pkg" / "__init__.py").write_text("")
+    (root / "pkg" / "legacy.py").write_text(LEGACY)
+    (root / "tests" / "test_legacy.py").write_text(LEGACY_TESTS)
+    (root / "pyproject.toml").write_text(
+        '[project]\nname = "legacy"\nversion = "0"\n\n[tool.pytest.ini_options]\npythonpath = ["."]\n'
+    )
+    result = _run(root, use_git=False)
+    statuses = {(t.action, t.target): t.status for t in result.tasks}
+    assert statuses[("deprecation:G010", "pkg/legacy.py")] == "kept"
+    assert statuses[("deprecation:UP005", "tests/test_legacy.py")] == "kept"
+    assert "log.warning(msg)" in (root / "pkg" / "legacy.py").read_text()
+    assert "assertEquals" not in (root / "tests" / "test_legacy.py").read_text()
+    dep = result.categories()["deprecations"]
+    assert dep["warnings"] == [3, 1] and dep["fixed"] == 2 and dep["fixes_kept"] == 2
+    [left] = dep["without_a_ruff_fix"]
+    assert left["path"] == "pkg/legacy.py" and "old_api is deprecated" in left["message"]
+    assert result.tests_after is not None and result.tests_after.failed == 0

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from pyagent.agents.complexity import ComplexityAgent
 from pyagent.agents.deadcode import DeadCodeAgent
+from pyagent.agents.deprecation import DeprecationAgent
 from pyagent.agents.fixers import FAMILIES, FormatAgent, RuffFixAgent
 
 if TYPE_CHECKING:
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
 
 __all__ = ["OFFLINE_AGENTS", "build_agents"]
 
-OFFLINE_AGENTS: tuple[str, ...] = (*FAMILIES, "format", "deadcode", "complexity")
+OFFLINE_AGENTS: tuple[str, ...] = (*FAMILIES, "deprecation", "format", "deadcode", "complexity")
 
 
 def build_agents(
@@ -26,6 +27,7 @@ def build_agents(
     agents["format"] = FormatAgent(shell)
     agents["complexity"] = ComplexityAgent(max_complexity=max_complexity)
     agents["deadcode"] = DeadCodeAgent()
+    agents["deprecation"] = DeprecationAgent(shell)
     if llm is not None:
         from pyagent.agents.refactor import DocstringAgent, RefactorAgent
 

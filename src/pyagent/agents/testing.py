@@ -42,6 +42,11 @@ TEST_ENV_ALLOW: tuple[str, ...] = (
     "PYTEST_DISABLE_PLUGIN_AUTOLOAD",
 )
 _EXTRA_ENV: dict[str, str] = {"PYTHONDONTWRITEBYTECODE": "1", "NO_COLOR": "1", "PYTHONHASHSEED": "0"}
+_WARNING_LINE = re.compile(
+    r"^\s*(?P<path>[^\s:][^:]*\.py):(?P<line>\d+): "
+    r"(?P<cat>DeprecationWarning|PendingDeprecationWarning|FutureWarning): (?P<msg>.*)$",
+    re.MULTILINE,
+)
 _UNITTEST_LINE = re.compile(
     r"^(\w+) \(([\w.]+)\).*\.\.\. (ok|FAIL|ERROR|skipped.*|expected failure|unexpected success)$"
 )
@@ -60,6 +65,8 @@ class TestResults:
     timed_out: bool = False
     output_tail: str = ""
     note: str = ""
+    # (path, line, category, message) of deprecation warnings the run printed, as the runner reported them
+    warnings: tuple[tuple[str, int, str, str], ...] = ()
 
     @property
     def passed(self) -> int:
@@ -97,6 +104,7 @@ class TestResults:
             "duration": round(self.duration, 3),
             "timed_out": self.timed_out,
             "note": self.note,
+            "warnings": [list(w) for w in self.warnings],
         }
 
     @classmethod
@@ -216,6 +224,22 @@ def parse_junit(xml_text: str) -> dict[str, str]:
     return outcomes
 
 
+def parse_warnings(output: str, cwd: Path) -> tuple[tuple[str, int, str, str], ...]:
+    """Deprecation-type warnings in a test run's output whose file lies inside ``cwd`` (POSIX, relative)."""
+    base = cwd.resolve()
+    seen: dict[tuple[str, int, str, str], None] = {}
+    for m in _WARNING_LINE.finditer(output):
+        path = Path(m["path"])
+        try:
+            rel = (path if path.is_absolute() else base / path).resolve().relative_to(base)
+        except (ValueError, OSError):
+            continue  # a warning from an installed library, not from the project
+        if any(part in ("site-packages", ".venv", "venv") for part in rel.parts):
+            continue
+        seen[(rel.as_posix(), int(m["line"]), m["cat"], m["msg"].strip()[:300])] = None
+    return tuple(seen)
+
+
 def parse_unittest(output: str) -> dict[str, str]:
     """Per-test outcomes from ``python -m unittest -v`` (its lines go to stderr)."""
     outcomes: dict[str, str] = {}
@@ -310,5 +334,6 @@ class TestRunner:
             duration=res.duration,
             timed_out=res.timed_out,
             output_tail=output[-4000:],
+            warnings=parse_warnings(output, cwd),
             note=note,
         )

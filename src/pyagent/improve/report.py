@@ -49,6 +49,8 @@ def report_dict(result: RunResult) -> dict[str, Any]:
             "regressions": result.regressions(),
         },
         "metrics": {"before": result.metrics_before, "after": result.metrics_after},
+        "categories": result.categories(),
+        "phase_seconds": result.phase_seconds,
         "usage": result.usage,
         "notes": result.notes,
     }
@@ -82,6 +84,11 @@ def render_html(rep: dict[str, Any]) -> str:
     rows = "".join(
         f"<tr><td>{e(k)}</td><td>{e(str(before.get(k)))}</td><td>{e(str(after.get(k)))}</td></tr>"
         for k in before
+    )
+    cat_rows = "".join(
+        f"<tr><td>{e(cat)}</td><td>{e(k)}</td><td>{e(str(v))}</td></tr>"
+        for cat, values in rep["categories"].items()
+        for k, v in values.items()
     )
     tb, ta = rep["tests"]["before"], rep["tests"]["after"]
     tests = "<p>No tests were found; changes were verified by parsing, lint and metrics.</p>"
@@ -122,6 +129,8 @@ def render_html(rep: dict[str, Any]) -> str:
         f"<span class='failed'>{s['failed']} failed</span>, <span class='skipped'>{s['skipped']} skipped</span>.</p>"
         f"{'<ul>' + notes + '</ul>' if notes else ''}"
         f"<h2>Metrics</h2><table><tr><th>metric</th><th>before</th><th>after</th></tr>{rows}</table>"
+        f"<h2>By category</h2><table><tr><th>category</th><th>figure</th><th>before, after / count</th></tr>"
+        f"{cat_rows}</table>"
         f"<h2>Tests</h2>{tests}"
         f"<h2>LLM usage</h2><p>{usage.get('calls', 0)} calls, {usage.get('tokens', 0)} tokens, "
         f"${usage.get('cost', 0.0):.4f}</p>"

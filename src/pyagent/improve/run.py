@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from pyagent.model.task import AgentTask, ChangeSet, content_hash
 
 if TYPE_CHECKING:
+    from pyagent.agents.deprecation import WarningMatch
     from pyagent.agents.impact import TestImpact
     from pyagent.agents.llm.base import LLMClient
     from pyagent.agents.testing import TestResults, TestRunner
@@ -129,6 +130,39 @@ class RunResult:
     notes: list[str] = field(default_factory=list)
     not_attempted: int = 0  # planned changes left out (over --max-tasks, unreadable files)
     phase_seconds: dict[str, float] = field(default_factory=dict)  # baseline, tasks, final
+    warnings: list[dict[str, Any]] = field(default_factory=list)  # the baseline's deprecation warnings
+
+    def categories(self) -> dict[str, dict[str, Any]]:
+        """Before/after per kind of improvement: complexity, dead code, deprecations, lint."""
+        b, a = self.metrics_before, self.metrics_after
+
+        def kept(agent: str) -> list[TaskRecord]:
+            return [t for t in self.tasks if t.agent == agent and t.status == "kept"]
+
+        dead_lines = 0
+        for t in kept("deadcode"):
+            lines = t.diff.splitlines()
+            removed = sum(1 for ln in lines if ln.startswith("-") and not ln.startswith("---"))
+            added = sum(1 for ln in lines if ln.startswith("+") and not ln.startswith("+++"))
+            dead_lines += removed - added
+        before_w = {(w[0], w[2], w[3]) for w in (self.tests_before.warnings if self.tests_before else ())}
+        after_w = {(w[0], w[2], w[3]) for w in (self.tests_after.warnings if self.tests_after else ())}
+        return {
+            "complexity": {
+                "functions_over_threshold": [b.get("functions_over_threshold"), a.get("functions_over_threshold")],
+                "complexity_max": [b.get("complexity_max"), a.get("complexity_max")],
+                "complexity_avg": [b.get("complexity_avg"), a.get("complexity_avg")],
+                "refactors_kept": len(kept("complexity")) + len(kept("refactor")),
+            },
+            "dead_code": {"removals_kept": len(kept("deadcode")), "lines_removed": dead_lines},
+            "deprecations": {
+                "warnings": [len(before_w), len(after_w) if self.tests_after else None],
+                "fixed": len(before_w - after_w) if self.tests_after else 0,
+                "fixes_kept": len(kept("deprecation")),
+                "without_a_ruff_fix": [w for w in self.warnings if w.get("rule") is None],
+            },
+            "lint": {"ruff_findings": [b.get("ruff_findings"), a.get("ruff_findings")]},
+        }
 
     def counts(self) -> dict[str, int]:
         return {s: sum(1 for t in self.tasks if t.status == s) for s in STATUSES}
@@ -191,6 +225,7 @@ class _Run:
         self.drop_branch: str | None = None
         self.mode = ""
         self.tree_rel = Path()  # the project's folder inside the repository
+        self.warned: list[WarningMatch] = []
 
     def progress(self, kind: str, **data: Any) -> None:
         if self.opts.on_progress is not None:
@@ -480,6 +515,18 @@ class _Run:
         self.notes.append(f"the final full test suite still has {len(regs)} regression(s): {', '.join(regs[:3])}")
         return after
 
+    async def _match_warnings(self, tree: Path, baseline: TestResults | None) -> list[WarningMatch]:
+        """The baseline's deprecation warnings inside the project, each with the ruff rule that fixes it."""
+        from pyagent.agents import ruff
+        from pyagent.agents.deprecation import DEPRECATION_RULES, match_warnings
+
+        if baseline is None or not baseline.warnings:
+            return []
+        files = sorted({w[0] for w in baseline.warnings if (tree / w[0]).is_file()})
+        found = await ruff.check(tree, files, select=DEPRECATION_RULES, ignore=(), shell=self.shell) if files else []
+        self.warned = match_warnings(baseline.warnings, found)
+        return self.warned
+
     async def _run_in(self, tree: Path, mode: str, scratch: Path, started: float) -> RunResult:
         from pyagent.agents.llm.base import UsageMeter
         from pyagent.agents.registry import build_agents
@@ -547,6 +594,7 @@ class _Run:
             executor = opts.executor_factory(ExecutorSetup(tree, local, opts.test_cmd, baseline, opts.llm))
         knowledge = opts.knowledge if opts.knowledge is not None else InMemoryKnowledge()
         root_ctx = CascadeContext.root("improve", action=f"improve:{self.run_id}", budget=budget)
+        warned = await self._match_warnings(tree, baseline)
         cands = candidates(
             audit_before,
             findings,
@@ -554,6 +602,7 @@ class _Run:
             llm=llm is not None,
             max_complexity=opts.max_complexity,
             root=tree,
+            warnings=warned,
         )
         plan = plan_tasks(
             tree,
@@ -641,6 +690,7 @@ class _Run:
             base_commit=self.base_commit,
             notes=self.notes,
             phase_seconds={k: round(v, 3) for k, v in phases.items()},
+            warnings=[dataclasses.asdict(w) for w in self.warned],
         )
         if mode == "in-place":
             from pyagent.improve.undo import save_run

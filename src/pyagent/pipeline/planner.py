@@ -20,6 +20,7 @@ from pyagent.model.priority import AgentPriority
 from pyagent.model.task import AgentTask, content_hash
 
 if TYPE_CHECKING:
+    from pyagent.agents.deprecation import WarningMatch
     from pyagent.agents.ruff import Finding
     from pyagent.health import AuditReport
     from pyagent.model.context import CascadeContext
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 __all__ = ["AGENT_ORDER", "Candidate", "Plan", "SkippedTask", "plan_tasks"]
 
 # Order of agents on one file: cheap mechanical fixes first, formatting after them, LLM work last.
-AGENT_ORDER: tuple[str, ...] = (*FAMILIES, "format", "deadcode", "complexity", "docstring", "refactor")
+AGENT_ORDER: tuple[str, ...] = (*FAMILIES, "deprecation", "format", "deadcode", "complexity", "docstring", "refactor")
 FIX_RULES: tuple[str, ...] = ("F", "E", "W", "B", "I", "PIE", "UP", "SIM", "C4", "RET")
 
 
@@ -116,12 +117,20 @@ def candidates(
     llm: bool = False,
     max_complexity: int = 10,
     root: str | os.PathLike[str] | None = None,
+    warnings: Sequence[WarningMatch] = (),
 ) -> list[Candidate]:
     """Every change worth trying, unordered."""
     out: list[Candidate] = []
+    deprecations: dict[tuple[str, str], list[WarningMatch]] = defaultdict(list)
+    for w in warnings:
+        if w.rule is not None:
+            deprecations[(w.path, w.rule)].append(w)
+    for (path, code), matched in sorted(deprecations.items()):
+        params = {"rule": code, "warning": f"{matched[0].category}: {matched[0].message}", "count": len(matched)}
+        out.append(Candidate("deprecation", "deprecation-fix", f"deprecation:{code}", path, params))
     by_rule: dict[tuple[str, str], list[Finding]] = defaultdict(list)
     for f in findings:
-        if f.fix == "safe" and agent_for_rule(f.code):
+        if f.fix == "safe" and agent_for_rule(f.code) and (f.path, f.code) not in deprecations:
             by_rule[(f.path, f.code)].append(f)
     for (path, code), group in by_rule.items():
         agent = agent_for_rule(code)
