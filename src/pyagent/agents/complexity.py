@@ -380,9 +380,12 @@ def _name_and_doc(
     if returned:
         verb = "updated" if all(r in params for r in returned) else "computed"
         gives = f" and return the {verb} " + ", ".join(f"``{r}``" for r in returned)
-    if block.kind == "loop" and isinstance(owner, ast.For) and isinstance(owner.target, ast.Name):
-        item = owner.target.id.strip("_").lower() or "item"
-        return f"_process_{item}", f"Process one ``{owner.target.id}`` of the loop in ``{short}``{gives}."
+    if block.kind == "loop" and isinstance(owner, ast.For):
+        names = [n.id for n in ast.walk(owner.target) if isinstance(n, ast.Name)]
+        if names:
+            item = "_".join(n.strip("_").lower() for n in names[:2]) or "item"
+            targets = ", ".join(f"``{n}``" for n in names[:2])
+            return f"_process_{item}", f"Process one {targets} of the loop in ``{short}``{gives}."
     if returned:
         verb = "update" if all(r in params for r in returned) else "compute"
         name = f"_{verb}_" + "_and_".join(r.strip("_").lower() for r in returned[:2])
@@ -526,6 +529,10 @@ def _complexities(auditor: CodeHealthAuditor, source: str, path: str) -> dict[st
     return {f.qualname: f.complexity for f in health.functions}
 
 
+def _mi(auditor: CodeHealthAuditor, source: str, path: str) -> float | None:
+    return auditor.audit_source(source, path).mi
+
+
 def _check_input(source: str, path: str) -> None:
     if _TAB_INDENT.search(source):
         raise RefactorSkipped(f"{path} indents with tabs; rewriting its blocks could mix tabs and spaces")
@@ -539,8 +546,14 @@ def _check_input(source: str, path: str) -> None:
         raise RefactorSkipped(f"{path} uses syntax LibCST does not parse: {exc.message}") from exc
 
 
-def _extract_once(source: str, qualname: str, complexity: int, max_complexity: int) -> tuple[str, str, str]:
-    """One extraction from ``qualname``: (new source, helper name, step description)."""
+def _extract_once(
+    source: str, qualname: str, complexity: int, accept: Callable[[str, str], str | None]
+) -> tuple[str, str, str]:
+    """One extraction from ``qualname``: (new source, helper name, step description).
+
+    Blocks are tried best split first; ``accept(new_source, helper)`` returns why a result is not
+    good enough (complexity not lower, MI worse), and the next block is tried.
+    """
     tree = ast.parse(source)
     fn, _in_class = _find_function(tree, qualname)
     lines = source.splitlines(keepends=True)
@@ -573,6 +586,10 @@ def _extract_once(source: str, qualname: str, complexity: int, max_complexity: i
         except (RefactorSkipped, SyntaxError) as exc:
             last_error = str(exc)
             continue
+        refusal = accept(new, name)
+        if refusal is not None:
+            last_error = refusal
+            continue
         where = f"line {first.lineno}"
         return new, name, f"extracted the {block.kind} block at {where} into `{name}`"
     raise RefactorSkipped(f"no extraction of {qualname} worked: {last_error}")
@@ -590,18 +607,25 @@ def refactor_function(
     new, steps = _rewrite(source, qualname)
     helpers: list[str] = []
     current = _complexities(auditor, new, path)[qualname]
+    mi_before = _mi(auditor, source, path)
     extraction_note = ""
+
+    def accept(candidate: str, helper: str) -> str | None:
+        after = _complexities(auditor, candidate, path)
+        if after.get(qualname, current) >= current or after.get(helper, 0) > max(before - 1, max_complexity):
+            return f"extracting `{helper}` would not lower {qualname}"
+        mi = _mi(auditor, candidate, path)
+        if mi is not None and mi_before is not None and mi < mi_before - 1e-6:
+            return f"extracting `{helper}` would lower the file's maintainability index {mi_before:.2f} -> {mi:.2f}"
+        return None
+
     while current > max_complexity and len(helpers) < MAX_EXTRACTIONS:
         try:
-            candidate, helper, step = _extract_once(new, qualname, current, max_complexity)
+            candidate, helper, step = _extract_once(new, qualname, current, accept)
         except RefactorSkipped as exc:
             extraction_note = str(exc)
             break
-        after = _complexities(auditor, candidate, path)
-        if after.get(qualname, current) >= current or after.get(helper, 0) > max(before - 1, max_complexity):
-            extraction_note = f"extracting `{helper}` did not lower {qualname}"
-            break
-        new, current = candidate, after[qualname]
+        new, current = candidate, _complexities(auditor, candidate, path)[qualname]
         helpers.append(helper)
         steps.append(step)
     if current >= before:

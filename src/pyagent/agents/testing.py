@@ -85,7 +85,11 @@ class TestResults:
         return sorted(t for t in baseline.passing() if t not in mine)
 
     def selected_regressions(self, baseline: TestResults) -> list[str]:
-        """For a run narrowed to some tests: baseline passes among them that fail now, and new failures."""
+        """Baseline passes among the tests that ran which fail now, and new failures.
+
+        For a run narrowed to some tests, and for the final full run: a test that did not run is not
+        counted (a collection error shows up as a new failing entry instead).
+        """
         lost = [t for t in baseline.passing() if t in self.outcomes and self.outcomes[t] != "passed"]
         new = [t for t, s in self.outcomes.items() if s in ("failed", "error") and t not in baseline.outcomes]
         if not self.outcomes and self.exit_code not in (0, 5):
