@@ -15,9 +15,8 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from pyagent.fleet.core import TaskControl
+from pyagent.fleet.core import FleetManager, TaskControl
 from pyagent.fleet.events import FleetEvent
-from pyagent.fleet.manager import FleetManager
 from pyagent.model.priority import AgentPriority
 
 

@@ -39,7 +39,7 @@ _EXPORTS: dict[str, str] = {
     "OrchestrationMixin": "pyagent.agents.mixins.orchestration",
     "GovernanceMixin": "pyagent.agents.mixins.governance",
     "AgentPriority": "pyagent.model.priority",
-    "FleetManager": "pyagent.fleet.manager",
+    "FleetManager": "pyagent.fleet.core",
     "FleetExecutionCore": "pyagent.fleet.core",
 
     # -- memory (knowledge store)
@@ -70,7 +70,7 @@ if TYPE_CHECKING:  # one import line per component, same order as _EXPORTS
     from pyagent.agents.mixins import OrchestrationMixin as OrchestrationMixin
     from pyagent.agents.mixins import PersistenceMixin as PersistenceMixin
     from pyagent.fleet.core import FleetExecutionCore as FleetExecutionCore
-    from pyagent.fleet.manager import FleetManager as FleetManager
+    from pyagent.fleet.core import FleetManager as FleetManager
     from pyagent.health.auditor import AuditReport as AuditReport
     from pyagent.health.auditor import CodeHealthAuditor as CodeHealthAuditor
     from pyagent.health.auditor import FileHealth as FileHealth

@@ -20,9 +20,8 @@ from pyagent.agents.mixins import (
     PersistenceMixin,
     UnknownToolError,
 )
-from pyagent.fleet.core import TaskControl
+from pyagent.fleet.core import FleetManager, TaskControl
 from pyagent.fleet.events import FleetEvent
-from pyagent.fleet.manager import FleetManager
 from pyagent.model.budget import Budget
 from pyagent.model.context import BudgetExceeded, CascadeContext, LoopDetected, SecurityScope
 from pyagent.model.knowledge import ChangeOutcome, InMemoryKnowledge, KnowledgeBackend

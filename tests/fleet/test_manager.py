@@ -12,13 +12,13 @@ import pytest
 from pyagent.fleet.core import (
     FINAL_STATES,
     FleetClosedError,
+    FleetManager,
     TaskCancelledError,
     TaskControl,
     TaskHandle,
     TaskTimedOutError,
 )
 from pyagent.fleet.events import FleetEvent
-from pyagent.fleet.manager import FleetManager
 from pyagent.model.budget import Budget
 from pyagent.model.context import (
     BudgetExceeded,

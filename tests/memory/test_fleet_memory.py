@@ -7,8 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from pyagent.agents.base import BaseAgent
-from pyagent.fleet.core import TaskControl
-from pyagent.fleet.manager import FleetManager
+from pyagent.fleet.core import FleetManager, TaskControl
 from pyagent.memory import KnowledgeStore, NeuralPruningEngine, SnapshotPolicy
 from pyagent.memory.fleet_memory import FAILURES, StoreKnowledge, default_store_path
 from pyagent.memory.snapshot import list_snapshots

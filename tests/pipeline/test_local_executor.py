@@ -10,6 +10,7 @@ from pyagent.agents.testing import TestRunner
 from pyagent.model.context import CascadeContext
 from pyagent.model.priority import AgentPriority
 from pyagent.model.task import AgentTask, ChangeSet, content_hash
+from pyagent.pipeline.builder import PipelineSettings
 from pyagent.pipeline.executor import LocalExecutor
 from pyagent.pipeline.gate import VerificationGate
 from pyagent.pipeline.remote import execute_task
@@ -84,7 +85,7 @@ def test_change_is_computed_from_the_files_sent_not_the_tree(tmp_path: Path) -> 
 def test_execute_task_for_remote_nodes(tmp_path: Path) -> None:
     root = make_project(tmp_path / "p")
     task = AgentTask.from_wire(_task("simplify", "RET505").to_wire())
-    cs = execute_task(task, {MOD: (root / MOD).read_bytes()}, workdir=root)
+    cs = execute_task(task, {MOD: (root / MOD).read_bytes()}, workdir=root, settings=PipelineSettings())
     assert cs.passed, cs.reason
     assert b"else:" not in (cs.changes[MOD] or b"")
     assert ChangeSet.from_wire(cs.to_wire()).digest == cs.digest

@@ -206,7 +206,7 @@ def test_sigint_with_a_task_in_flight_hands_it_back_and_kills_the_worker(
         "files": {"mod.py": source},
         "base_hashes": {"mod.py": content_hash(source)},
         "manifest": {"mod.py": content_hash(source)},
-        "test_cmd": f"{sys.executable} -c 'import time; time.sleep(60)' {token}",
+        "pipeline": {"test_cmd": f"{sys.executable} -c 'import time; time.sleep(60)' {token}"},
     }
 
     async def scenario() -> tuple[float, int | None]:

@@ -16,8 +16,7 @@ from pyagent.model.knowledge import InMemoryKnowledge, KnowledgeBackend
 from pyagent.model.priority import AgentPriority
 
 if TYPE_CHECKING:
-    from pyagent.fleet.core import TaskControl, TaskFn, TaskHandle
-    from pyagent.fleet.manager import FleetManager
+    from pyagent.fleet.core import FleetManager, TaskControl, TaskFn, TaskHandle
     from pyagent.model.context import CascadeContext
 
 

@@ -93,15 +93,16 @@ def _open_memory(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     import asyncio
 
+    from pyagent.cli.local_llm import local_llm
     from pyagent.improve.display import LiveDisplay, print_summary
-    from pyagent.improve.run import ImproveError, ImproveOptions, improve, load_swarm_factory
+    from pyagent.improve.run import ImproveError, ImproveOptions, improve
+    from pyagent.pipeline.executor import ExecutorFactory
 
-    factory = None
+    factory: ExecutorFactory | None = None
     if args.swarm:
-        try:
-            factory = load_swarm_factory()
-        except ImproveError as exc:
-            raise CommandError(str(exc)) from exc
+        from pyagent.voyager.swarm import swarm_executor_factory
+
+        factory = swarm_executor_factory
     display = LiveDisplay()
     knowledge = _open_memory(args)
     opts = ImproveOptions(
@@ -122,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
         executor_factory=factory,
         knowledge=knowledge,
         on_progress=display,
+        local_llm=local_llm,
     )
     try:
         with display:

@@ -4,7 +4,7 @@
 server per directory); ``local:http://HOST:PORT/v1`` points at a running ``pyagent serve`` (its bearer
 key, if any, from ``$PYAGENT_API_KEY``). Either way the agents talk to it as to any OpenAI-compatible
 endpoint, so metering, budgets, retries and redaction work exactly as with a hosted model.
-Importing this module registers the backend in ``pyagent.agents.llm.factory.LOCAL_BACKENDS``.
+The CLI passes :func:`local_llm` to ``make_llm`` (via ``ImproveOptions.local_llm``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from pyagent.agents.llm.base import LLMClient, UsageMeter
-from pyagent.agents.llm.factory import LOCAL_BACKENDS, LLMConfigError
+from pyagent.agents.llm.factory import LLMConfigError
 from pyagent.agents.llm.openai_compat import OpenAICompatClient
 
 if TYPE_CHECKING:
@@ -58,5 +58,3 @@ def local_llm(target: str, budget: Budget | None, meter: UsageMeter) -> LLMClien
     return OpenAICompatClient(model, base_url=base_url, api_key=api_key, api="responses", budget=budget,
                               meter=meter)
 
-
-LOCAL_BACKENDS["local"] = local_llm

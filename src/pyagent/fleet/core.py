@@ -1,4 +1,4 @@
-"""FleetExecutionCore: the dispatcher behind FleetManager.
+"""FleetExecutionCore (also exported as FleetManager, the seed's name for it): the fleet's one scheduler.
 
 Scheduling in one paragraph: a task's *effective* priority is ``priority + waited / aging_seconds``.
 Because every waiting task ages at the same rate, the order between two tasks never changes, so
@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pyagent.fleet.events import FleetEvent
@@ -35,6 +36,7 @@ __all__ = [
     "FleetClosedError",
     "FleetError",
     "FleetExecutionCore",
+    "FleetManager",
     "TaskCancelledError",
     "TaskControl",
     "TaskFn",
@@ -302,7 +304,11 @@ class TaskControl:
 
 
 class FleetExecutionCore:
-    """Priority queue + slots + preemption + registry; see the module docstring for the rules."""
+    """Priority queue + slots + preemption + registry; see the module docstring for the rules.
+
+    ``async with FleetManager(4) as fleet: h = fleet.submit("lint", fn); await h.result()``.
+    Leaving the block waits for every task; leaving it with an exception cancels them.
+    """
 
     def __init__(
         self,
@@ -485,6 +491,28 @@ class FleetExecutionCore:
         finally:
             self._streams.remove(queue)
             self._listeners.remove(queue.put_nowait)
+
+    async def __aenter__(self) -> FleetExecutionCore:
+        self.bind_loop()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.shutdown(cancel=exc_type is not None)
+
+    async def run(
+        self,
+        name: str,
+        fn: TaskFn[T],
+        *,
+        priority: AgentPriority = AgentPriority.STANDARD,
+        context: CascadeContext | None = None,
+        timeout: float | None = None,
+        kind: str = "task",
+    ) -> T:
+        """Submit and wait for the result."""
+        return await self.submit(name, fn, priority=priority, context=context, timeout=timeout, kind=kind).result()
 
     # -- slots --------------------------------------------------------------------------------
 
@@ -753,6 +781,9 @@ class FleetExecutionCore:
                 listener(event)
             except Exception:
                 _log_listener_failure()
+
+
+FleetManager = FleetExecutionCore  # the seed's public name; one class, not a wrapper around another
 
 
 def _log_listener_failure() -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import difflib
-import importlib
 import os
 import secrets
 import shutil
@@ -24,12 +23,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pyagent.improve.result import RunResult, TaskRecord
 from pyagent.model.task import AgentTask, ChangeSet, content_hash
 
 if TYPE_CHECKING:
     from pyagent.agents.deprecation import WarningMatch
     from pyagent.agents.impact import TestImpact
     from pyagent.agents.llm.base import LLMClient
+    from pyagent.agents.llm.factory import LocalBackend
     from pyagent.agents.testing import TestResults, TestRunner
     from pyagent.fleet.core import TaskControl
     from pyagent.fleet.events import FleetEvent
@@ -40,9 +41,6 @@ if TYPE_CHECKING:
     from pyagent.shell import SecureShell
 
 __all__ = ["ImproveError", "ImproveOptions", "RunResult", "TaskRecord", "improve", "new_run_id"]
-
-STATUSES = ("kept", "rolled_back", "failed", "skipped")
-
 
 class ImproveError(Exception):
     """A run that cannot start (bad path, bad options); the message says what to do."""
@@ -70,107 +68,7 @@ class ImproveOptions:
     llm_client: LLMClient | None = None  # a ready client (tests, embedding); wins over ``llm``
     test_env: dict[str, str] = field(default_factory=dict)  # extra variables for the test command
     full_tests: bool = False  # verify every change with the whole suite (no test-impact selection)
-
-
-@dataclass
-class TaskRecord:
-    id: str
-    agent: str
-    action: str
-    target: str
-    priority: str
-    status: str = "skipped"
-    reason: str = ""
-    note: str = ""
-    diff: str = ""
-    verification: dict[str, Any] = field(default_factory=dict)
-    tokens: int = 0
-    cost: float = 0.0
-    duration: float = 0.0
-    commit: str | None = None
-    lineage: tuple[str, ...] = ()
-    base_hash: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "agent": self.agent,
-            "action": self.action,
-            "target": self.target,
-            "priority": self.priority,
-            "status": self.status,
-            "reason": self.reason,
-            "note": self.note,
-            "diff": self.diff,
-            "verification": self.verification,
-            "tokens": self.tokens,
-            "cost": round(self.cost, 6),
-            "duration": round(self.duration, 3),
-            "commit": self.commit,
-            "lineage": list(self.lineage),
-        }
-
-
-@dataclass
-class RunResult:
-    run_id: str
-    root: Path
-    mode: str  # git | in-place | dry-run
-    tasks: list[TaskRecord]
-    skipped_by_memory: list[dict[str, str]]
-    tests_before: TestResults | None
-    tests_after: TestResults | None
-    metrics_before: dict[str, Any]
-    metrics_after: dict[str, Any]
-    usage: dict[str, Any]
-    duration: float
-    branch: str | None = None
-    base_commit: str | None = None
-    report_dir: Path | None = None
-    notes: list[str] = field(default_factory=list)
-    not_attempted: int = 0  # planned changes left out (over --max-tasks, unreadable files)
-    phase_seconds: dict[str, float] = field(default_factory=dict)  # baseline, tasks, final
-    warnings: list[dict[str, Any]] = field(default_factory=list)  # the baseline's deprecation warnings
-
-    def categories(self) -> dict[str, dict[str, Any]]:
-        """Before/after per kind of improvement: complexity, dead code, deprecations, lint."""
-        b, a = self.metrics_before, self.metrics_after
-
-        def kept(agent: str) -> list[TaskRecord]:
-            return [t for t in self.tasks if t.agent == agent and t.status == "kept"]
-
-        dead_lines = 0
-        for t in kept("deadcode"):
-            lines = t.diff.splitlines()
-            removed = sum(1 for ln in lines if ln.startswith("-") and not ln.startswith("---"))
-            added = sum(1 for ln in lines if ln.startswith("+") and not ln.startswith("+++"))
-            dead_lines += removed - added
-        before_w = {(w[0], w[2], w[3]) for w in (self.tests_before.warnings if self.tests_before else ())}
-        after_w = {(w[0], w[2], w[3]) for w in (self.tests_after.warnings if self.tests_after else ())}
-        return {
-            "complexity": {
-                "functions_over_threshold": [b.get("functions_over_threshold"), a.get("functions_over_threshold")],
-                "complexity_max": [b.get("complexity_max"), a.get("complexity_max")],
-                "complexity_avg": [b.get("complexity_avg"), a.get("complexity_avg")],
-                "refactors_kept": len(kept("complexity")) + len(kept("refactor")),
-            },
-            "dead_code": {"removals_kept": len(kept("deadcode")), "lines_removed": dead_lines},
-            "deprecations": {
-                "warnings": [len(before_w), len(after_w) if self.tests_after else None],
-                "fixed": len(before_w - after_w) if self.tests_after else 0,
-                "fixes_kept": len(kept("deprecation")),
-                "without_a_ruff_fix": [w for w in self.warnings if w.get("rule") is None],
-            },
-            "lint": {"ruff_findings": [b.get("ruff_findings"), a.get("ruff_findings")]},
-        }
-
-    def counts(self) -> dict[str, int]:
-        return {s: sum(1 for t in self.tasks if t.status == s) for s in STATUSES}
-
-    def regressions(self) -> list[str]:
-        if self.tests_before is None or self.tests_after is None:
-            return []
-        return self.tests_after.regressions(self.tests_before)
+    local_llm: LocalBackend | None = None  # what `--llm local:DIR` runs on, passed in by the CLI
 
 
 def new_run_id() -> str:
@@ -202,16 +100,13 @@ def metrics_summary(audit: AuditReport, findings: int, max_complexity: int) -> d
 
 class _Run:
     def __init__(self, opts: ImproveOptions) -> None:
-        from pyagent.agents.testing import TEST_ENV_ALLOW
         from pyagent.improve.gitops import GIT_ENV_ALLOW
-        from pyagent.shell import SecureShell
+        from pyagent.pipeline.builder import pipeline_shell
 
         self.opts = opts
         self.path = Path(opts.path).resolve()
         self.run_id = opts.run_id or new_run_id()
-        self.shell: SecureShell = SecureShell(
-            env_allow=tuple({*TEST_ENV_ALLOW, *GIT_ENV_ALLOW}), timeout=600.0
-        )
+        self.shell: SecureShell = pipeline_shell(*GIT_ENV_ALLOW)
         self.records: dict[str, TaskRecord] = {}
         self.file_locks: dict[str, asyncio.Lock] = {}
         self.merge_lock = asyncio.Lock()
@@ -439,14 +334,9 @@ class _Run:
         return audit, len(findings), findings, unformatted
 
     async def _tests(self, runner: Any, tree: Path, scratch: Path) -> TestResults:
-        from pyagent.pipeline.workspace import isolated_copy
+        from pyagent.pipeline.builder import run_tests
 
-        ws = await asyncio.to_thread(isolated_copy, tree, parent=scratch)
-        try:
-            result: TestResults = await runner.run(ws)
-            return result
-        finally:
-            await asyncio.to_thread(shutil.rmtree, ws, True)
+        return await run_tests(runner, tree, scratch)
 
     async def _baseline(
         self, runner: TestRunner, tree: Path, scratch: Path
@@ -531,14 +421,12 @@ class _Run:
 
     async def _run_in(self, tree: Path, mode: str, scratch: Path, started: float) -> RunResult:
         from pyagent.agents.llm.base import UsageMeter
-        from pyagent.agents.registry import build_agents
-        from pyagent.agents.testing import TestRunner, discover_tests
-        from pyagent.fleet.manager import FleetManager
+        from pyagent.fleet.core import FleetManager
         from pyagent.model.budget import Budget
         from pyagent.model.context import CascadeContext
         from pyagent.model.knowledge import ChangeOutcome, InMemoryKnowledge
-        from pyagent.pipeline.executor import ExecutorSetup, LocalExecutor
-        from pyagent.pipeline.gate import VerificationGate
+        from pyagent.pipeline.builder import PipelineSettings, build_executor, make_test_runner
+        from pyagent.pipeline.executor import ExecutorSetup
         from pyagent.pipeline.planner import candidates, plan_tasks
 
         opts = self.opts
@@ -550,7 +438,8 @@ class _Run:
 
             try:
                 llm = make_llm(
-                    opts.llm, base_url=opts.llm_base_url, api=opts.llm_api, budget=budget, meter=meter
+                    opts.llm, base_url=opts.llm_base_url, api=opts.llm_api, budget=budget, meter=meter,
+                    local=opts.local_llm,
                 )
             except LLMConfigError as exc:
                 raise ImproveError(str(exc)) from exc
@@ -560,18 +449,19 @@ class _Run:
         self.progress("phase", phase="audit", detail=str(self.path))
         audit_before, n_before, findings, unformatted = await self._measure(tree)
         metrics_before = metrics_summary(audit_before, n_before, opts.max_complexity)
+        settings = PipelineSettings(
+            test_cmd=opts.test_cmd, test_timeout=opts.test_timeout, test_env=dict(opts.test_env),
+            max_complexity=opts.max_complexity,
+        )
         try:
-            command = discover_tests(tree, opts.test_cmd)
+            runner = make_test_runner(tree, settings, self.shell)
         except ValueError as exc:
             raise ImproveError(f"--test-cmd: {exc}") from exc
-        if command is not None and opts.test_env:
-            command = dataclasses.replace(command, extra_env={**command.extra_env, **opts.test_env})
-        runner = TestRunner(command, self.shell, timeout=opts.test_timeout) if command else None
         baseline = None
         impact = None
         phase_start = time.monotonic()
         if runner is not None:
-            self.progress("phase", phase="baseline", detail=" ".join(command.argv) if command else "")
+            self.progress("phase", phase="baseline", detail=" ".join(runner.command.argv))
             baseline, impact = await self._baseline(runner, tree, scratch)
             if impact is not None:
                 self.notes.append(
@@ -587,13 +477,20 @@ class _Run:
                 )
         else:
             self.notes.append("no tests found: changes were verified by parsing, lint and metrics only")
-        gate = VerificationGate(tests=runner, baseline=baseline, shell=self.shell, impact=impact)
         phases = {"baseline": time.monotonic() - phase_start}
-        agents = build_agents(self.shell, llm, max_complexity=opts.max_complexity)
-        local = LocalExecutor(tree, agents=agents, gate=gate, scratch=scratch)
+        local = build_executor(
+            tree,
+            settings,
+            shell=self.shell,
+            runner=runner,
+            baseline=baseline,
+            llm=llm,
+            scratch=scratch,
+            impact=impact,
+        )
         executor: Executor = local
         if opts.executor_factory is not None:
-            executor = opts.executor_factory(ExecutorSetup(tree, local, opts.test_cmd, baseline, opts.llm))
+            executor = opts.executor_factory(ExecutorSetup(tree, local, settings, baseline, opts.llm))
         knowledge = opts.knowledge if opts.knowledge is not None else InMemoryKnowledge()
         root_ctx = CascadeContext.root("improve", action=f"improve:{self.run_id}", budget=budget)
         warned = await self._match_warnings(tree, baseline)
@@ -708,14 +605,3 @@ async def improve(opts: ImproveOptions) -> RunResult:
     """Run one improvement pass over ``opts.path``; see the module docstring."""
     return await _Run(opts).run()
 
-
-def load_swarm_factory() -> ExecutorFactory:
-    """The Voyager swarm's executor factory (``improve --swarm``), from ``pyagent.voyager.swarm``."""
-    try:
-        swarm = importlib.import_module("pyagent.voyager.swarm")
-    except ImportError as exc:
-        raise ImproveError(f"--swarm needs the Voyager component, which is not available: {exc}") from exc
-    factory = getattr(swarm, "swarm_executor_factory", None)
-    if factory is None:
-        raise ImproveError("--swarm: pyagent.voyager.swarm has no swarm_executor_factory")
-    return factory  # type: ignore[no-any-return]

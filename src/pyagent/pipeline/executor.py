@@ -20,6 +20,7 @@ from pyagent.pipeline.workspace import isolated_copy, project_files, safe_relpat
 if TYPE_CHECKING:
     from pyagent.agents.testing import TestResults
     from pyagent.agents.worker import CodeAgent
+    from pyagent.pipeline.builder import PipelineSettings
     from pyagent.pipeline.gate import VerificationGate
 
 __all__ = ["Executor", "ExecutorFactory", "ExecutorSetup", "LocalExecutor"]
@@ -146,7 +147,7 @@ class ExecutorSetup:
 
     root: Path
     local: LocalExecutor
-    test_cmd: str | None
+    settings: PipelineSettings
     baseline: TestResults | None
     llm: str | None
 

@@ -1,22 +1,26 @@
 """What a remote node calls to run one task it received: the same executor and gate as a local run.
 
 The node holds a copy of the project in ``workdir``; the task's files arrive with the task and
-overlay that copy. The test baseline travels in ``task.params["baseline"]`` (a ``TestResults`` dict)
-so every node judges against the same reference; without it the node records its own first.
+overlay that copy. The origin's :class:`PipelineSettings` arrive with it too, and the pipeline is
+built by the same builder as the origin's. The test baseline travels in ``task.params["baseline"]``
+(a ``TestResults`` dict) so every node judges against the same reference; without it the node
+records its own first.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
+from pyagent.agents.testing import TestResults
 from pyagent.model.task import AgentTask, ChangeSet
-
-if TYPE_CHECKING:
-    from pyagent.agents.llm.base import LLMClient
+from pyagent.pipeline.builder import (
+    PipelineSettings,
+    build_executor,
+    make_test_runner,
+    pipeline_shell,
+    run_tests,
+)
 
 __all__ = ["execute_task", "execute_task_async"]
 
@@ -26,40 +30,21 @@ async def execute_task_async(
     files: dict[str, bytes],
     *,
     workdir: str | os.PathLike[str],
-    test_cmd: str | Sequence[str] | None = None,
-    llm: LLMClient | None = None,
+    settings: PipelineSettings,
 ) -> ChangeSet:
-    from pyagent.agents.registry import build_agents
-    from pyagent.agents.testing import TestResults, TestRunner, discover_tests
-    from pyagent.pipeline.executor import LocalExecutor
-    from pyagent.pipeline.gate import VerificationGate
-    from pyagent.pipeline.workspace import isolated_copy
-
-    command = discover_tests(workdir, test_cmd or task.params.get("test_cmd"))
-    runner = TestRunner(command) if command else None
+    shell = pipeline_shell()
+    runner = make_test_runner(workdir, settings, shell)
     baseline = None
     if runner is not None:
         wire = task.params.get("baseline")
-        if isinstance(wire, dict):
-            baseline = TestResults.from_dict(wire)
-        else:
-            ws = await asyncio.to_thread(isolated_copy, workdir)
-            try:
-                baseline = await runner.run(ws)
-            finally:
-                await asyncio.to_thread(shutil.rmtree, ws, True)
-    gate = VerificationGate(tests=runner, baseline=baseline)
-    max_c = int(task.params.get("max_complexity", 10))
-    executor = LocalExecutor(workdir, agents=build_agents(llm=llm, max_complexity=max_c), gate=gate)
+        baseline = TestResults.from_dict(wire) if isinstance(wire, dict) else await run_tests(runner, workdir)
+    # Peers get no LLM: the origin keeps LLM tasks (see SwarmExecutor._offline_agents).
+    executor = build_executor(workdir, settings, shell=shell, runner=runner, baseline=baseline)
     return await executor.execute(task, files)
 
 
 def execute_task(
-    task: AgentTask,
-    files: dict[str, bytes],
-    *,
-    workdir: str | os.PathLike[str],
-    test_cmd: str | Sequence[str] | None = None,
+    task: AgentTask, files: dict[str, bytes], *, workdir: str | os.PathLike[str], settings: PipelineSettings
 ) -> ChangeSet:
     """Blocking form for a node's worker thread; inside an event loop use :func:`execute_task_async`."""
-    return asyncio.run(execute_task_async(task, files, workdir=workdir, test_cmd=test_cmd))
+    return asyncio.run(execute_task_async(task, files, workdir=workdir, settings=settings))

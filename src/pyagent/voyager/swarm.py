@@ -34,6 +34,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pyagent.pipeline.builder import PipelineSettings
 from pyagent.voyager.blobs import blob_hash
 from pyagent.voyager.discovery import DiscoveryNode, PeerInfo
 from pyagent.voyager.home import NodeHome
@@ -77,7 +78,7 @@ class SwarmExecutor:
         local: Executor | None = None,
         home: NodeHome | str | os.PathLike[str] | None = None,
         interface: str = "127.0.0.1",
-        test_cmd: str | None = None,
+        settings: PipelineSettings | None = None,
         baseline: dict[str, Any] | None = None,
         task_timeout: float = 900.0,
         discovery_wait: float = 5.0,
@@ -89,7 +90,7 @@ class SwarmExecutor:
         self.local = local
         self.home = home if isinstance(home, NodeHome) else NodeHome(home)
         self.interface = interface
-        self.test_cmd = test_cmd
+        self.settings = settings if settings is not None else PipelineSettings()
         self.baseline = baseline
         self.task_timeout = task_timeout
         self.discovery_wait = discovery_wait
@@ -246,7 +247,7 @@ class SwarmExecutor:
             "files": files,
             "base_hashes": bases,
             "manifest": manifest,
-            "test_cmd": self.test_cmd,
+            "pipeline": self.settings.to_wire(),
         }
         for attempt in (1, 2):
             await self._sync_blobs(peer, manifest)
@@ -321,13 +322,13 @@ class SwarmExecutor:
 
 
 def swarm_executor_factory(setup: ExecutorSetup) -> SwarmExecutor:
-    """What ``pyagent improve --swarm`` calls (see ``pyagent.improve.run.load_swarm_factory``)."""
+    """What ``pyagent improve --swarm`` calls (the CLI passes it as ``ImproveOptions.executor_factory``)."""
     baseline = setup.baseline.to_dict() if setup.baseline is not None else None
     return SwarmExecutor(
         setup.root,
         local=setup.local,
         home=os.environ.get("PYAGENT_NODE_HOME") or None,
         interface=os.environ.get("PYAGENT_SWARM_INTERFACE", "127.0.0.1"),
-        test_cmd=setup.test_cmd,
+        settings=setup.settings,
         baseline=baseline,
     )
