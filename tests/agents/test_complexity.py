@@ -305,3 +305,21 @@ def test_tabs_and_unknown_syntax_are_skipped_with_a_reason() -> None:
         refactor_function("def f(:\n  pass\n", "f", "m.py", max_complexity=1, auditor=AUDITOR)
     with pytest.raises(RefactorSkipped, match="not found"):
         refactor_function("def g():\n    pass\n", "f", "m.py", max_complexity=1, auditor=AUDITOR)
+
+
+def test_a_helper_needing_many_parameters_is_not_written() -> None:
+    src = textwrap.dedent(
+        """
+        def mix(a, b, c, d, e, f, g):
+            out = []
+            for i in range(a):
+                if b:
+                    if c > i:
+                        out.append(d + e + f + g)
+                    elif d:
+                        out.append(e - f - g)
+            return out
+        """
+    )
+    with pytest.raises(RefactorSkipped, match="parameters"):
+        refactor_function(src, "mix", "m.py", max_complexity=1, auditor=AUDITOR)

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 __all__ = ["ComplexityAgent", "RefactorSkipped", "Refactoring", "refactor_function"]
 
 MAX_EXTRACTIONS = 3
+MAX_HELPER_PARAMS = 5  # beyond this a helper is harder to read than the block it replaced
 MAX_MERGED_TEST = 80  # characters; a longer ``a and b`` header is worse to read than the nesting
 _TEMP_NAME = "_pyagent_extracted_helper_"
 _ESCAPES = (ast.Return, ast.Yield, ast.YieldFrom, ast.Await, ast.Global, ast.Nonlocal, ast.NamedExpr)
@@ -399,6 +400,11 @@ def _name_and_doc(
         if block.kind == "branch":
             return prefix + "_".join(words), f"Handle the {case} case of ``{short}``{gives}."
         return prefix + "_".join(words), f"Handle ``{short}`` when {case} does not hold{gives}."
+    only = block.stmts[0] if len(block.stmts) == 1 else None
+    if isinstance(only, ast.For) and (words := _words(only.iter, 2)):
+        return "_process_" + "_".join(
+            words
+        ), f"Process each of ``{ast.unparse(only.iter)[:40]}`` for ``{short}``{gives}."
     base = short.strip("_")
     return f"_{base}_{block.kind}_part", f"The ``{block.kind}`` block of ``{short}``."
 
@@ -481,6 +487,8 @@ def _finish_helper(
         raise RefactorSkipped("rope's helper was not found in its result")
     module_level = helper in tree.body
     params = [a.arg for a in helper.args.args if a.arg not in ("self", "cls")]
+    if len(params) > MAX_HELPER_PARAMS:
+        raise RefactorSkipped(f"the helper would need {len(params)} parameters")
     returned: list[str] = []
     last = helper.body[-1]
     if isinstance(last, ast.Return) and last.value is not None:
