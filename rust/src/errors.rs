@@ -94,10 +94,11 @@ mod tests {
                 let err = os_error(p, &io::Error::from_raw_os_error(errno));
                 let value = err.value(py);
                 assert_eq!(value.get_type().name().unwrap().to_string(), class);
-                let args: (i32, String, String) = value.getattr("args").unwrap().extract().unwrap();
-                assert_eq!(args.0, errno);
-                assert_eq!(args.2, "/some/where");
-                assert!(!args.1.contains("os error"), "{}", args.1);
+                let attr = |name: &str| value.getattr(name).unwrap();
+                assert_eq!(attr("errno").extract::<i32>().unwrap(), errno);
+                assert_eq!(attr("filename").extract::<String>().unwrap(), "/some/where");
+                let strerror = attr("strerror").extract::<String>().unwrap();
+                assert!(!strerror.is_empty() && !strerror.contains("os error"), "{strerror}");
             }
             // A kind without an errno still picks its class.
             let err = os_error(p, &io::Error::from(io::ErrorKind::PermissionDenied));

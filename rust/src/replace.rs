@@ -50,7 +50,7 @@ pub struct ReplaceSummary {
     pub scanned: usize,
     pub binary: Vec<String>,
     pub non_utf8: Vec<String>,
-    pub errors: Vec<(String, String)>,
+    pub errors: walk::PathErrors,
 }
 
 /// Compiles the pattern; an invalid regex is a clear `ValueError` naming the problem.
@@ -165,7 +165,7 @@ pub struct ReplaceResult {
     scanned: usize,
     binary: Vec<String>,
     non_utf8: Vec<String>,
-    errors: Vec<(String, String)>,
+    errors: walk::PathErrors,
 }
 
 /// replace(root, pattern, replacement, *, literal=False, multiline=False, globs=[], excludes=[],
@@ -273,7 +273,7 @@ mod tests {
         assert_eq!((change.replaced.as_str(), change.matches), ("new = 1\nkeep = new\n", 2));
         assert_eq!(change.original, b"old = 1\nkeep = old\n");
         let diff = change.diff.as_deref().unwrap();
-        assert!(diff.starts_with("--- a/a.py\n+++ b/a.py\n") && diff.contains("-old = 1\n+new = 1\n"), "{diff}");
+        assert!(diff.starts_with("--- a/a.py\n+++ b/a.py\n") && diff.contains("-old = 1\n-keep = old\n+new = 1\n+keep = new\n"), "{diff}");
         assert_eq!(summary.binary, [t.path().join("bin.dat").display().to_string()]);
         assert_eq!(summary.non_utf8, [t.path().join("latin.txt").display().to_string()]);
         assert!(summary.errors.is_empty());

@@ -30,11 +30,14 @@ pub struct WalkOptions {
     pub no_ignore: bool,
 }
 
+/// (path, reason) for each entry that could not be read.
+pub type PathErrors = Vec<(String, String)>;
+
 /// The files found, sorted, and the entries that could not be read (path, reason).
 #[derive(Debug, Default)]
 pub struct WalkResult {
     pub files: Vec<PathBuf>,
-    pub errors: Vec<(String, String)>,
+    pub errors: PathErrors,
 }
 
 /// Why a walk could not start: the root itself is missing or unreadable, or a glob is invalid.
@@ -153,7 +156,7 @@ fn walk(
     excludes: Vec<String>,
     hidden: bool,
     no_ignore: bool,
-) -> PyResult<(Vec<String>, Vec<(String, String)>)> {
+) -> PyResult<(Vec<String>, PathErrors)> {
     guarded(|| {
         let opts = WalkOptions { extensions, globs, excludes, hidden, no_ignore };
         let result = py.detach(|| collect(&root, &opts))?;

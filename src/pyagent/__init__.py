@@ -34,7 +34,6 @@ _EXPORTS: dict[str, str] = {
     "CascadeContext": "pyagent.model.context",
     "BaseAgent": "pyagent.agents.base",
     "IdentityMixin": "pyagent.agents.mixins.identity",
-    "PersistenceMixin": "pyagent.agents.mixins.persistence",
     "KnowledgeMixin": "pyagent.agents.mixins.knowledge",
     "OrchestrationMixin": "pyagent.agents.mixins.orchestration",
     "GovernanceMixin": "pyagent.agents.mixins.governance",
@@ -68,7 +67,6 @@ if TYPE_CHECKING:  # one import line per component, same order as _EXPORTS
     from pyagent.agents.mixins import IdentityMixin as IdentityMixin
     from pyagent.agents.mixins import KnowledgeMixin as KnowledgeMixin
     from pyagent.agents.mixins import OrchestrationMixin as OrchestrationMixin
-    from pyagent.agents.mixins import PersistenceMixin as PersistenceMixin
     from pyagent.fleet.core import FleetExecutionCore as FleetExecutionCore
     from pyagent.fleet.core import FleetManager as FleetManager
     from pyagent.health.auditor import AuditReport as AuditReport

@@ -17,6 +17,7 @@ __all__ = [
     "ReplaceChange",
     "ReplaceResult",
     "RustPanicError",
+    "__version__",
     "audit_source",
     "audit_tree",
     "paged_attention_decode",

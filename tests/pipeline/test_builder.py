@@ -10,7 +10,7 @@ import pytest
 from pyagent.model.context import CascadeContext
 from pyagent.model.priority import AgentPriority
 from pyagent.model.task import AgentTask, ChangeSet, content_hash
-from pyagent.pipeline.builder import PipelineSettings
+from pyagent.pipeline.settings import PipelineSettings
 from pyagent.pipeline.workspace import project_files
 from pyagent.voyager.blobs import BlobStore, blob_hash
 from pyagent.voyager.tasks import run_payload

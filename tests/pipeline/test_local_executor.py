@@ -10,10 +10,10 @@ from pyagent.agents.testing import TestRunner
 from pyagent.model.context import CascadeContext
 from pyagent.model.priority import AgentPriority
 from pyagent.model.task import AgentTask, ChangeSet, content_hash
-from pyagent.pipeline.builder import PipelineSettings
 from pyagent.pipeline.executor import LocalExecutor
 from pyagent.pipeline.gate import VerificationGate
 from pyagent.pipeline.remote import execute_task
+from pyagent.pipeline.settings import PipelineSettings
 from tests.improve_helpers import make_project, pytest_command
 
 MOD = "pkg/mod.py"
@@ -100,7 +100,7 @@ def test_the_chain_scope_governs_what_a_task_may_do(tmp_path: Path) -> None:
     ex = _executor(root, tmp_path)
     original = (root / MOD).read_bytes()
     cases = [
-        (SecurityScope(paths=("docs",)), "outside the allowed paths"),
+        (SecurityScope(paths=("docs",)), "not under the allowed paths"),
         (SecurityScope(write=False), "read-only"),
         (SecurityScope(commands=("pytest",)), "needs 'ruff'"),
     ]

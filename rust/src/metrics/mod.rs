@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 use rayon::prelude::*;
@@ -197,19 +198,19 @@ impl FileHealth {
     /// The file as the JSON report writes it (everything but `seconds` and `max_complexity`).
     fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
-        d.set_item("path", &self.path)?;
-        d.set_item("mi", self.mi)?;
-        d.set_item("mi_rank", &self.mi_rank)?;
-        d.set_item("complexity", self.complexity)?;
-        d.set_item("halstead", self.halstead.as_ref().map(|h| h.get().to_dict(py)).transpose()?)?;
-        d.set_item("raw", self.raw.as_ref().map(|r| r.get().to_dict(py)).transpose()?)?;
+        d.set_item(intern!(py, "path"), &self.path)?;
+        d.set_item(intern!(py, "mi"), self.mi)?;
+        d.set_item(intern!(py, "mi_rank"), &self.mi_rank)?;
+        d.set_item(intern!(py, "complexity"), self.complexity)?;
+        d.set_item(intern!(py, "halstead"), self.halstead.as_ref().map(|h| h.get().to_dict(py)).transpose()?)?;
+        d.set_item(intern!(py, "raw"), self.raw.as_ref().map(|r| r.get().to_dict(py)).transpose()?)?;
         let functions = PyList::empty(py);
         for f in self.functions.bind(py).iter() {
             functions.append(f.cast::<FunctionInfo>()?.get().to_dict(py)?)?;
         }
-        d.set_item("functions", functions)?;
-        d.set_item("error", &self.error)?;
-        d.set_item("skipped", self.skipped)?;
+        d.set_item(intern!(py, "functions"), functions)?;
+        d.set_item(intern!(py, "error"), &self.error)?;
+        d.set_item(intern!(py, "skipped"), self.skipped)?;
         Ok(d)
     }
 
@@ -244,30 +245,35 @@ impl FileHealth {
 impl FunctionInfo {
     fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
-        d.set_item("name", &self.name)?;
-        d.set_item("qualname", &self.qualname)?;
-        d.set_item("lineno", self.lineno)?;
-        d.set_item("endline", self.endline)?;
-        d.set_item("complexity", self.complexity)?;
+        d.set_item(intern!(py, "name"), &self.name)?;
+        d.set_item(intern!(py, "qualname"), &self.qualname)?;
+        d.set_item(intern!(py, "lineno"), self.lineno)?;
+        d.set_item(intern!(py, "endline"), self.endline)?;
+        d.set_item(intern!(py, "complexity"), self.complexity)?;
         Ok(d)
     }
 }
 
 impl Halstead {
-    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+    fn to_dict<'py>(self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
-        for (k, v) in [("h1", self.h1), ("h2", self.h2), ("N1", self.n1), ("N2", self.n2)] {
+        for (k, v) in [
+            (intern!(py, "h1"), self.h1),
+            (intern!(py, "h2"), self.h2),
+            (intern!(py, "N1"), self.n1),
+            (intern!(py, "N2"), self.n2),
+        ] {
             d.set_item(k, v)?;
         }
-        d.set_item("vocabulary", self.vocabulary)?;
-        d.set_item("length", self.length)?;
+        d.set_item(intern!(py, "vocabulary"), self.vocabulary)?;
+        d.set_item(intern!(py, "length"), self.length)?;
         for (k, v) in [
-            ("calculated_length", self.calculated_length),
-            ("volume", self.volume),
-            ("difficulty", self.difficulty),
-            ("effort", self.effort),
-            ("time", self.time),
-            ("bugs", self.bugs),
+            (intern!(py, "calculated_length"), self.calculated_length),
+            (intern!(py, "volume"), self.volume),
+            (intern!(py, "difficulty"), self.difficulty),
+            (intern!(py, "effort"), self.effort),
+            (intern!(py, "time"), self.time),
+            (intern!(py, "bugs"), self.bugs),
         ] {
             d.set_item(k, v)?;
         }
@@ -276,16 +282,16 @@ impl Halstead {
 }
 
 impl RawMetrics {
-    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+    fn to_dict<'py>(self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
         for (k, v) in [
-            ("loc", self.loc),
-            ("lloc", self.lloc),
-            ("sloc", self.sloc),
-            ("comments", self.comments),
-            ("multi", self.multi),
-            ("blank", self.blank),
-            ("single_comments", self.single_comments),
+            (intern!(py, "loc"), self.loc),
+            (intern!(py, "lloc"), self.lloc),
+            (intern!(py, "sloc"), self.sloc),
+            (intern!(py, "comments"), self.comments),
+            (intern!(py, "multi"), self.multi),
+            (intern!(py, "blank"), self.blank),
+            (intern!(py, "single_comments"), self.single_comments),
         ] {
             d.set_item(k, v)?;
         }
@@ -347,7 +353,7 @@ fn audit_tree(
     excludes: Vec<String>,
     multi_as_comments: bool,
     progress: Option<Py<PyAny>>,
-) -> PyResult<(Vec<FileHealth>, Vec<(String, String)>)> {
+) -> PyResult<(Vec<FileHealth>, walk::PathErrors)> {
     guarded(|| {
         let opts = WalkOptions { extensions: Some(vec!["py".to_string()]), excludes, ..Default::default() };
         let walked = py.detach(|| walk::collect(&root, &opts))?;

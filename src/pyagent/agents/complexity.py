@@ -32,12 +32,13 @@ from typing import TYPE_CHECKING
 
 import libcst as cst
 
+from pyagent.agents.base import BaseAgent
 from pyagent.agents.mixins.auditor import AuditorMixin
-from pyagent.agents.mixins.identity import IdentityMixin
 from pyagent.agents.worker import AgentOutcome
 
 if TYPE_CHECKING:
     from pyagent.health import CodeHealthAuditor
+    from pyagent.model.knowledge import KnowledgeBackend
     from pyagent.model.task import AgentTask
 
 __all__ = ["ComplexityAgent", "RefactorSkipped", "Refactoring", "refactor_function"]
@@ -647,14 +648,21 @@ def refactor_function(
     return Refactoring(new, tuple(steps), before, current, tuple(helpers))
 
 
-class ComplexityAgent(AuditorMixin, IdentityMixin):
+class ComplexityAgent(AuditorMixin, BaseAgent):
     """Lowers the complexity of ``task.params["function"]`` without an LLM (see the module docstring)."""
 
     name = "complexity"
     capabilities = frozenset({"offline-refactor"})
     commands: tuple[str, ...] = ()
 
-    def __init__(self, *, max_complexity: int = 10, auditor: CodeHealthAuditor | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        max_complexity: int = 10,
+        auditor: CodeHealthAuditor | None = None,
+        knowledge: KnowledgeBackend | None = None,
+    ) -> None:
+        super().__init__(knowledge=knowledge)
         self.max_complexity = max_complexity
         self._auditor = auditor
 

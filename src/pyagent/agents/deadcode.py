@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import libcst as cst
 from libcst.metadata import MetadataWrapper, PositionProvider
 
-from pyagent.agents.mixins.identity import IdentityMixin
+from pyagent.agents.base import BaseAgent
 from pyagent.agents.worker import AgentOutcome
 
 if TYPE_CHECKING:
@@ -202,7 +202,7 @@ def remove_dead(source: str, kind: str, name: str, line: int, last_line: int) ->
     return new, remover.removed
 
 
-class DeadCodeAgent(IdentityMixin):
+class DeadCodeAgent(BaseAgent):
     """Removes one :class:`DeadItem` (``task.params``) from ``task.target``."""
 
     name = "deadcode"

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pyagent.agents import ruff
-from pyagent.agents.mixins.identity import IdentityMixin
+from pyagent.agents.base import BaseAgent
 from pyagent.agents.worker import AgentOutcome
 
 if TYPE_CHECKING:
     from pyagent.agents.ruff import Finding
+    from pyagent.model.knowledge import KnowledgeBackend
     from pyagent.model.task import AgentTask
     from pyagent.shell import SecureShell
 
@@ -59,14 +60,15 @@ def match_warnings(
     return [WarningMatch(p, ln, cat, msg, fixable.get((p, ln))) for p, ln, cat, msg in warnings]
 
 
-class DeprecationAgent(IdentityMixin):
+class DeprecationAgent(BaseAgent):
     """Applies ruff's safe fix of ``task.params["rule"]`` for a warning the tests emitted."""
 
     name = "deprecation"
     capabilities = frozenset({"deprecation-fix"})
     commands: tuple[str, ...] = ("ruff",)
 
-    def __init__(self, shell: SecureShell | None = None) -> None:
+    def __init__(self, shell: SecureShell | None = None, *, knowledge: KnowledgeBackend | None = None) -> None:
+        super().__init__(knowledge=knowledge)
         self.shell = shell
 
     async def run(self, task: AgentTask, workspace: Path) -> AgentOutcome:

@@ -313,7 +313,9 @@ class TestRunner:
             if self.command.style == "pytest":
                 argv += ["-q", "-rA", "-p", "no:cacheprovider", f"--junitxml={junit}"]
             env = {**_EXTRA_ENV, **self.command.extra_env}
-            res = await self.shell.run(argv, cwd=str(cwd), timeout=self.timeout, env=env)
+            # coverage writes its data file beside its rcfile
+            writable = [tmp] if coverage_rc is None else [tmp, str(coverage_rc.parent)]
+            res = await self.shell.run(argv, cwd=str(cwd), timeout=self.timeout, env=env, writable=writable)
             output = (res.stdout or "") + (res.stderr or "")
             outcomes: dict[str, str] = {}
             note = ""

@@ -72,6 +72,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="do not use or update the knowledge store PATH/.pyagent/memory.db (see `pyagent memory`)",
     )
+    p.add_argument(
+        "--fleet-memory",
+        action="store_true",
+        help="also skip changes known to fail, and weigh agents, by the memory of trusted nodes running "
+        "`pyagent node --memory` (keys: $PYAGENT_NODE_HOME or ~/.pyagent/node)",
+    )
     return p
 
 
@@ -85,9 +91,14 @@ def _open_memory(args: argparse.Namespace) -> Any:
     from pyagent.memory.fleet_memory import StoreKnowledge
 
     try:
-        return StoreKnowledge.open(args.path)
+        local = StoreKnowledge.open(args.path)
     except StoreError as exc:
         raise CommandError(f"{exc}; run with --no-memory, or move the store away") from exc
+    if not getattr(args, "fleet_memory", False):
+        return local
+    from pyagent.voyager.memory_client import open_fleet_knowledge
+
+    return open_fleet_knowledge(local)
 
 
 def run(args: argparse.Namespace) -> int:

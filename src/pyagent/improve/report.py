@@ -54,6 +54,7 @@ def report_dict(result: RunResult) -> dict[str, Any]:
         "phase_seconds": result.phase_seconds,
         "usage": result.usage,
         "notes": result.notes,
+        "agents": result.agents,
     }
 
 

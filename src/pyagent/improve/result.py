@@ -72,6 +72,7 @@ class RunResult:
     report_dir: Path | None = None
     notes: list[str] = field(default_factory=list)
     not_attempted: int = 0  # planned changes left out (over --max-tasks, unreadable files)
+    agents: list[dict[str, Any]] = field(default_factory=list)  # the identity of every agent of the run
     phase_seconds: dict[str, float] = field(default_factory=dict)  # baseline, tasks, final
     warnings: list[dict[str, Any]] = field(default_factory=list)  # the baseline's deprecation warnings
 

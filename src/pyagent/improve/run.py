@@ -27,6 +27,7 @@ from pyagent.improve.result import RunResult, TaskRecord
 from pyagent.model.task import AgentTask, ChangeSet, content_hash
 
 if TYPE_CHECKING:
+    from pyagent.agents.base import BaseAgent
     from pyagent.agents.deprecation import WarningMatch
     from pyagent.agents.impact import TestImpact
     from pyagent.agents.llm.base import LLMClient
@@ -102,12 +103,16 @@ class _Run:
     def __init__(self, opts: ImproveOptions) -> None:
         from pyagent.improve.gitops import GIT_ENV_ALLOW
         from pyagent.pipeline.builder import pipeline_shell
+        from pyagent.shell import Confinement, SecureShell
 
         self.opts = opts
         self.path = Path(opts.path).resolve()
         self.run_id = opts.run_id or new_run_id()
-        self.shell: SecureShell = pipeline_shell(*GIT_ENV_ALLOW)
+        self.shell: SecureShell = pipeline_shell()
+        # git is PyAgent's own fixed argv on the user's repository (it must write .git): not confined.
+        self.git_shell: SecureShell = SecureShell(env_allow=GIT_ENV_ALLOW, timeout=600.0, confine=Confinement.off())
         self.records: dict[str, TaskRecord] = {}
+        self.tasks: dict[str, AgentTask] = {}  # planned tasks and the retries they delegated, in that order
         self.file_locks: dict[str, asyncio.Lock] = {}
         self.merge_lock = asyncio.Lock()
         self.applied: set[str] = set()
@@ -121,6 +126,7 @@ class _Run:
         self.mode = ""
         self.tree_rel = Path()  # the project's folder inside the repository
         self.warned: list[WarningMatch] = []
+        self.agents: dict[str, BaseAgent] = {}  # this machine's agents: they authorize every merge
 
     def progress(self, kind: str, **data: Any) -> None:
         if self.opts.on_progress is not None:
@@ -141,7 +147,7 @@ class _Run:
                 isolated_copy, self.path, writable=files, parent=scratch, files=files
             )
             return copy, "dry-run"
-        repo = await GitRepo.find(self.path, self.shell) if self.opts.use_git else None
+        repo = await GitRepo.find(self.path, self.git_shell) if self.opts.use_git else None
         if repo is None:
             return self.path, "in-place"
         self.repo = repo
@@ -178,6 +184,12 @@ class _Run:
         return sorted(cs.changes)
 
     async def _merge(self, tree: Path, task: AgentTask, cs: ChangeSet, rec: TaskRecord) -> None:
+        from pyagent.agents.mixins.governance import GovernanceError
+
+        agent = self.agents.get(task.agent)
+        if agent is None:
+            raise GovernanceError(f"no agent named {task.agent!r} on this machine may change {task.target}")
+        agent.authorize_change(task, cs.changes, tree)  # the executor's check again: a peer's change set too
         async with self.merge_lock:
             if cs.digest in self.applied:
                 return
@@ -255,6 +267,8 @@ class _Run:
                         continue
                     rec.status, rec.reason = "kept", cs.verification.get("reason", "verified")
                     break
+            if rec.status == "rolled_back":
+                self._retry(control, task, rec, tree, executor)
         except CascadeLimitError as exc:
             self.budget_stop = self.budget_stop or exc.reason
             rec.status, rec.reason = "failed", exc.reason
@@ -268,6 +282,45 @@ class _Run:
         finally:
             rec.duration = time.monotonic() - start
             self.progress("task", task=rec.to_dict())
+
+    def _retry(self, control: TaskControl, task: AgentTask, rec: TaskRecord, tree: Path, executor: Executor) -> None:
+        """Delegate a rejected change to its agent again as a child task that carries the gate's reason.
+
+        The child's context is the parent's ``next_level``: it joins the parent's lineage and spends
+        the chain's one budget, and the depth limit and loop detection apply to it.
+        """
+        from pyagent.model.errors import CascadeLimitError
+
+        agent = self.agents.get(task.agent)
+        attempt = int(task.params.get("retry", 0)) + 1
+        if agent is None or attempt > agent.retries or self.budget_stop:
+            return
+        reason = rec.reason
+
+        async def child_job(child: TaskControl) -> None:
+            retry = dataclasses.replace(
+                task, id=child.context.task_id, context=child.context,
+                params={**task.params, "retry": attempt, "rejected_because": reason},
+            )
+            self._add_record(retry)
+            await self._task(child, retry, tree, executor)
+
+        try:
+            agent.delegate(control, f"retry {attempt}: {rec.action}", child_job)
+        except CascadeLimitError as exc:
+            rec.note = f"{rec.note}; not retried: {exc.reason}" if rec.note else f"not retried: {exc.reason}"
+
+    def _add_record(self, t: AgentTask) -> TaskRecord:
+        self.tasks[t.id] = t
+        rec = self.records[t.id] = TaskRecord(
+            t.id,
+            t.agent,
+            str(t.params.get("action", t.agent)),
+            t.target,
+            t.priority.name.lower(),
+            lineage=t.context.lineage_ids(),
+        )
+        return rec
 
     def _job(
         self, task: AgentTask, tree: Path, executor: Executor
@@ -424,10 +477,11 @@ class _Run:
         from pyagent.fleet.core import FleetManager
         from pyagent.model.budget import Budget
         from pyagent.model.context import CascadeContext
-        from pyagent.model.knowledge import ChangeOutcome, InMemoryKnowledge
-        from pyagent.pipeline.builder import PipelineSettings, build_executor, make_test_runner
+        from pyagent.model.knowledge import InMemoryKnowledge
+        from pyagent.pipeline.builder import build_executor, make_test_runner
         from pyagent.pipeline.executor import ExecutorSetup
         from pyagent.pipeline.planner import candidates, plan_tasks
+        from pyagent.pipeline.settings import PipelineSettings
 
         opts = self.opts
         budget = Budget(tokens=opts.budget_tokens, cost_usd=opts.budget_usd)
@@ -444,6 +498,9 @@ class _Run:
             except LLMConfigError as exc:
                 raise ImproveError(str(exc)) from exc
         if llm is not None:
+            if llm.budget is None:
+                llm.budget = budget
+            budget = llm.budget  # one budget: the LLM calls and the task chains spend the same one
             meter = llm.meter
             meter.on_call = lambda reply, totals: self.progress("llm", totals=totals)
         self.progress("phase", phase="audit", detail=str(self.path))
@@ -478,6 +535,7 @@ class _Run:
         else:
             self.notes.append("no tests found: changes were verified by parsing, lint and metrics only")
         phases = {"baseline": time.monotonic() - phase_start}
+        knowledge = opts.knowledge if opts.knowledge is not None else InMemoryKnowledge()
         local = build_executor(
             tree,
             settings,
@@ -485,13 +543,14 @@ class _Run:
             runner=runner,
             baseline=baseline,
             llm=llm,
+            knowledge=knowledge,
             scratch=scratch,
             impact=impact,
         )
+        self.agents = local.agents
         executor: Executor = local
         if opts.executor_factory is not None:
             executor = opts.executor_factory(ExecutorSetup(tree, local, settings, baseline, opts.llm))
-        knowledge = opts.knowledge if opts.knowledge is not None else InMemoryKnowledge()
         root_ctx = CascadeContext.root("improve", action=f"improve:{self.run_id}", budget=budget)
         warned = await self._match_warnings(tree, baseline)
         cands = candidates(
@@ -513,14 +572,7 @@ class _Run:
             params={"max_complexity": opts.max_complexity},
         )
         for t in plan.tasks:
-            self.records[t.id] = TaskRecord(
-                t.id,
-                t.agent,
-                str(t.params.get("action", t.agent)),
-                t.target,
-                t.priority.name.lower(),
-                lineage=tuple(e.task_id for e in t.context.lineage),
-            )
+            self._add_record(t)
         self.progress(
             "plan",
             tasks=[r.to_dict() for r in self.records.values()],
@@ -540,29 +592,17 @@ class _Run:
                 )
             await fleet.join()
         phases["tasks"] = time.monotonic() - phase_start
-        closer = getattr(executor, "aclose", None)  # voyager hook: a swarm executor holds sockets
-        if closer is not None:
-            await closer()
-            self.notes.append(str(getattr(executor, "summary", "")) or "swarm executor closed")
+        closed = await executor.aclose()
+        if closed:
+            self.notes.append(closed)
         phase_start = time.monotonic()
         tests_after = await self._tests(runner, tree, scratch) if runner is not None else None
         if runner is not None and impact is not None and tests_after is not None and baseline is not None:
             tests_after = await self._drop_culprits(tree, runner, baseline, tests_after, scratch)
         phases["final"] = time.monotonic() - phase_start
-        for t in plan.tasks:
+        for t in self.tasks.values():
             rec = self.records[t.id]
-            knowledge.record_outcome(
-                ChangeOutcome(
-                    agent=t.agent,
-                    action=rec.action,
-                    task_kind=t.kind,
-                    target=t.target,
-                    target_hash=str(t.params.get("target_hash", "")),
-                    status=rec.status,  # type: ignore[arg-type]
-                    reason=rec.reason or None,
-                    lineage=rec.lineage,
-                )
-            )
+            self.agents[t.agent].record_outcome(t, rec.status, rec.reason or None)  # type: ignore[arg-type]
         self.progress("phase", phase="after", detail="re-measuring")
         audit_after, n_after, _f, _u = await self._measure(tree)
         if mode == "git" and not any(r.commit for r in self.records.values()):
@@ -572,7 +612,7 @@ class _Run:
             run_id=self.run_id,
             root=self.path,
             mode=mode,
-            tasks=[self.records[t.id] for t in plan.tasks],
+            tasks=list(self.records.values()),
             skipped_by_memory=[
                 {"agent": s.agent, "action": s.action, "target": s.target, "reason": s.reason}
                 for s in plan.skipped
@@ -590,6 +630,7 @@ class _Run:
             notes=self.notes,
             phase_seconds={k: round(v, 3) for k, v in phases.items()},
             warnings=[dataclasses.asdict(w) for w in self.warned],
+            agents=[agent.identity() for agent in self.agents.values()],
         )
         if mode == "in-place":
             from pyagent.improve.undo import save_run

@@ -9,65 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import math
 import os
 import shutil
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pyagent.agents.registry import build_agents
 from pyagent.agents.testing import TEST_ENV_ALLOW, TestResults, TestRunner, discover_tests
 from pyagent.pipeline.executor import LocalExecutor
 from pyagent.pipeline.gate import VerificationGate
+from pyagent.pipeline.settings import PipelineSettings
 from pyagent.pipeline.workspace import isolated_copy
 from pyagent.shell import SecureShell
 
 if TYPE_CHECKING:
     from pyagent.agents.impact import TestImpact
     from pyagent.agents.llm.base import LLMClient
+    from pyagent.model.knowledge import KnowledgeBackend
 
-__all__ = ["PipelineSettings", "build_executor", "make_test_runner", "pipeline_shell", "run_tests"]
+__all__ = ["build_executor", "make_test_runner", "pipeline_shell", "run_tests"]
 
 SHELL_TIMEOUT = 600.0
-
-
-@dataclass(frozen=True)
-class PipelineSettings:
-    """How changes are verified in one run; the same on this machine and on every peer."""
-
-    test_cmd: str | None = None
-    test_timeout: float = 300.0
-    test_env: Mapping[str, str] = field(default_factory=dict)
-    max_complexity: int = 10
-
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "test_cmd": self.test_cmd,
-            "test_timeout": self.test_timeout,
-            "test_env": dict(self.test_env),
-            "max_complexity": self.max_complexity,
-        }
-
-    @classmethod
-    def from_wire(cls, data: object) -> PipelineSettings:
-        """Settings sent by an origin; anything malformed is a ``ValueError`` naming the field."""
-        if not isinstance(data, dict):
-            raise ValueError(f"pipeline settings must be a mapping, got {type(data).__name__}")
-        test_cmd = data.get("test_cmd")
-        if test_cmd is not None and not isinstance(test_cmd, str):
-            raise ValueError("pipeline settings: test_cmd must be a string or null")
-        timeout = data.get("test_timeout", 300.0)
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not math.isfinite(timeout) or timeout <= 0:
-            raise ValueError(f"pipeline settings: test_timeout must be a number > 0, got {timeout!r}")
-        env = data.get("test_env", {})
-        if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
-            raise ValueError("pipeline settings: test_env must map strings to strings")
-        limit = data.get("max_complexity", 10)
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ValueError(f"pipeline settings: max_complexity must be a whole number >= 1, got {limit!r}")
-        return cls(test_cmd=test_cmd, test_timeout=float(timeout), test_env=dict(env), max_complexity=limit)
 
 
 def pipeline_shell(*extra_env_allow: str) -> SecureShell:
@@ -107,6 +69,7 @@ def build_executor(
     runner: TestRunner | None,
     baseline: TestResults | None,
     llm: LLMClient | None = None,
+    knowledge: KnowledgeBackend | None = None,
     scratch: str | os.PathLike[str] | None = None,
     impact: TestImpact | None = None,
 ) -> LocalExecutor:
@@ -115,5 +78,5 @@ def build_executor(
     With ``impact`` (the baseline's test-impact map) the gate runs only the tests exercising a change.
     """
     gate = VerificationGate(tests=runner, baseline=baseline, shell=shell, impact=impact)
-    agents = build_agents(shell, llm, max_complexity=settings.max_complexity)
+    agents = build_agents(shell, llm, max_complexity=settings.max_complexity, knowledge=knowledge)
     return LocalExecutor(Path(tree), agents=agents, gate=gate, scratch=scratch)

@@ -14,14 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from pyagent.agents.mixins.governance import GovernanceError
 from pyagent.model.task import AgentTask, ChangeSet, content_hash
 from pyagent.pipeline.workspace import isolated_copy, project_files, safe_relpath
 
 if TYPE_CHECKING:
+    from pyagent.agents.base import BaseAgent
     from pyagent.agents.testing import TestResults
-    from pyagent.agents.worker import CodeAgent
-    from pyagent.pipeline.builder import PipelineSettings
     from pyagent.pipeline.gate import VerificationGate
+    from pyagent.pipeline.settings import PipelineSettings
 
 __all__ = ["Executor", "ExecutorFactory", "ExecutorSetup", "LocalExecutor"]
 
@@ -30,6 +31,10 @@ class Executor(Protocol):
     """Runs one task somewhere and returns its change set (verification included)."""
 
     async def execute(self, task: AgentTask, files: dict[str, bytes]) -> ChangeSet: ...
+
+    async def aclose(self) -> str | None:
+        """Release what the executor holds (a swarm's sockets); returns a line for the report, or None."""
+        ...
 
 
 def _rejected(
@@ -51,20 +56,6 @@ def _rejected(
     )
 
 
-def _governance(task: AgentTask, agent: CodeAgent) -> str | None:
-    """Why the task's chain scope forbids this change (paths, writes, the agent's programs), or None."""
-    scope = task.context.scope
-    if not scope.write:
-        return f"governance: the chain of task {task.id} is read-only"
-    for path in task.files:
-        if not scope.allows_path(safe_relpath(path)):
-            return f"governance: {path} is outside the allowed paths {list(scope.paths or [])}"
-    for program in getattr(agent, "commands", ()):
-        if not scope.allows_command(program):
-            return f"governance: {task.agent} needs {program!r}, not allowed (allowed: {list(scope.commands or [])})"
-    return None
-
-
 class LocalExecutor:
     """Runs agents in a private hard-linked copy of ``root`` and judges the result with ``gate``.
 
@@ -76,7 +67,7 @@ class LocalExecutor:
         self,
         root: str | os.PathLike[str],
         *,
-        agents: Mapping[str, CodeAgent],
+        agents: Mapping[str, BaseAgent],
         gate: VerificationGate,
         scratch: str | os.PathLike[str] | None = None,
     ) -> None:
@@ -86,18 +77,22 @@ class LocalExecutor:
         self.scratch = scratch
         self._listing: list[str] | None = None
 
+    async def aclose(self) -> str | None:
+        return None  # holds nothing between tasks
+
     def refresh_listing(self) -> None:
         """Forget the cached file listing (call after files were created or deleted in the tree)."""
         self._listing = None
 
     async def execute(self, task: AgentTask, files: dict[str, bytes]) -> ChangeSet:
-        base = {safe_relpath(p): content_hash(b) for p, b in files.items()}
         agent = self.agents.get(task.agent)
         if agent is None:
-            return _rejected(task, "error", f"no agent named {task.agent!r} here", base, {})
-        refusal = _governance(task, agent)
-        if refusal is not None:
-            return _rejected(task, "error", refusal, base, {})
+            return _rejected(task, "error", f"no agent named {task.agent!r} here", {}, {})
+        try:
+            agent.authorize(task, self.root)  # the same check improve repeats before merging
+        except GovernanceError as exc:
+            return _rejected(task, "error", f"governance: {exc}", {}, {})
+        base = {safe_relpath(p): content_hash(b) for p, b in files.items()}
         if self._listing is None:
             self._listing = await asyncio.to_thread(project_files, self.root)
         ws = await asyncio.to_thread(

@@ -15,12 +15,12 @@ import os
 from pyagent.agents.testing import TestResults
 from pyagent.model.task import AgentTask, ChangeSet
 from pyagent.pipeline.builder import (
-    PipelineSettings,
     build_executor,
     make_test_runner,
     pipeline_shell,
     run_tests,
 )
+from pyagent.pipeline.settings import PipelineSettings
 
 __all__ = ["execute_task", "execute_task_async"]
 

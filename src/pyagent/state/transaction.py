@@ -111,6 +111,29 @@ def _make_vault(root: str) -> None:
         raise TransactionError(f"cannot create PyAgent's vault {vault}: {exc.strerror or exc}") from exc
 
 
+@dataclass
+class _CommitPlan:
+    """Everything one commit will do, decided before the first byte is written."""
+
+    entries: list[Entry] = field(default_factory=list)
+    originals: list[bytes] = field(default_factory=list)  # vault contents, in entry order
+    writes: list[tuple[str, bytes, int]] = field(default_factory=list)  # (tmp full path, data, mode)
+    renames: list[tuple[str, str]] = field(default_factory=list)  # (tmp, target)
+    deletes: list[str] = field(default_factory=list)
+    created_dirs: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    created: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    offset: int = 0
+
+    def keep_original(self, data: bytes) -> int:
+        """Put ``data`` in the vault; returns its offset there."""
+        offset = self.offset
+        self.originals.append(data)
+        self.offset += len(data)
+        return offset
+
+
 class StateTransaction:
     """A set of file changes to one tree, staged in memory and applied atomically on commit.
 
@@ -286,90 +309,87 @@ class StateTransaction:
             self._lock.release()
 
     def _commit(self) -> CommitResult:
-        timings: dict[str, float] = {}
         t0 = time.perf_counter()
         txid = uuid.uuid4().hex[:12]
+        plan = self._plan(txid)
+        timings = {"check": time.perf_counter() - t0}
+        if not plan.entries:
+            return CommitResult(timings=timings)
+        return self._apply(plan, txid, timings)
+
+    # -- the plan: what the commit will do, decided (and conflicts found) before anything is written
+
+    def _plan(self, txid: str) -> _CommitPlan:
         umask = os.umask(0)
         os.umask(umask)
-        entries: list[Entry] = []
-        originals: list[bytes] = []
-        writes: list[tuple[str, bytes, int]] = []  # (tmp full path, data, mode)
-        renames: list[tuple[str, str]] = []
-        deletes: list[str] = []
-        created_dirs: list[str] = []
-        changed: list[str] = []
-        created: list[str] = []
-        deleted: list[str] = []
-        offset = 0
+        plan = _CommitPlan()
         for rel, current, cur_hash in self._read_current(sorted(self._staged)):
+            self._check_base(rel, current, cur_hash)
             new = self._staged[rel]
-            base = self._base.get(rel)
-            if base is not None and base != cur_hash:
-                detail = "it was deleted" if current is None else ("it was created" if base == _ABSENT else "")
-                raise ConflictError(rel, detail)
-            full = self._full(rel)
-            brel = os.fsencode(rel)
             if new is None:
-                if current is None:
-                    continue
-                mode = os.lstat(full).st_mode & 0o7777
-                entries.append(Entry(brel, DELETE, cur_hash, mode, offset, len(current)))
-                originals.append(current)
-                offset += len(current)
-                deletes.append(full)
-                deleted.append(rel)
-                continue
-            head, tail = os.path.split(full)
-            tmp = os.path.join(head, f".{tail}.pyagent-{txid}.tmp")
-            brtmp = os.fsencode(os.path.relpath(tmp, self.root))
-            new_hash = hash_bytes(new)
-            if current is None:
-                mode = self._modes.get(rel, 0o666 & ~umask)
-                parent = os.path.dirname(rel)
-                missing: list[str] = []
-                while parent and not os.path.isdir(self._full(parent)):
-                    missing.append(parent)
-                    parent = os.path.dirname(parent)
-                for d in reversed(missing):
-                    if d not in created_dirs:
-                        created_dirs.append(d)
-                entries.append(Entry(brel, CREATE, None, None, 0, 0, brtmp, new_hash))
-                created.append(rel)
+                if current is not None:
+                    self._plan_delete(plan, rel, current, cur_hash)
             else:
-                if new_hash == cur_hash:
-                    continue
-                mode = self._modes.get(rel, os.lstat(full).st_mode & 0o7777)
-                entries.append(Entry(brel, MODIFY, cur_hash, mode, offset, len(current), brtmp, new_hash))
-                originals.append(current)
-                offset += len(current)
-                changed.append(rel)
-            writes.append((tmp, new, mode))
-            renames.append((tmp, full))
-        timings["check"] = time.perf_counter() - t0
-        if not entries:
-            return CommitResult(timings=timings)
+                self._plan_write(plan, rel, new, current, cur_hash, txid, umask)
+        return plan
 
+    def _check_base(self, rel: str, current: bytes | None, cur_hash: str) -> None:
+        base = self._base.get(rel)
+        if base is not None and base != cur_hash:
+            detail = "it was deleted" if current is None else ("it was created" if base == _ABSENT else "")
+            raise ConflictError(rel, detail)
+
+    def _plan_delete(self, plan: _CommitPlan, rel: str, current: bytes, cur_hash: str) -> None:
+        full = self._full(rel)
+        mode = os.lstat(full).st_mode & 0o7777
+        plan.entries.append(Entry(os.fsencode(rel), DELETE, cur_hash, mode, plan.keep_original(current), len(current)))
+        plan.deletes.append(full)
+        plan.deleted.append(rel)
+
+    def _plan_write(
+        self, plan: _CommitPlan, rel: str, new: bytes, current: bytes | None, cur_hash: str, txid: str, umask: int
+    ) -> None:
+        full = self._full(rel)
+        brel = os.fsencode(rel)
+        head, tail = os.path.split(full)
+        tmp = os.path.join(head, f".{tail}.pyagent-{txid}.tmp")
+        brtmp = os.fsencode(os.path.relpath(tmp, self.root))
+        new_hash = hash_bytes(new)
+        if current is None:
+            mode = self._modes.get(rel, 0o666 & ~umask)
+            self._plan_parents(plan, rel)
+            plan.entries.append(Entry(brel, CREATE, None, None, 0, 0, brtmp, new_hash))
+            plan.created.append(rel)
+        else:
+            if new_hash == cur_hash:
+                return
+            mode = self._modes.get(rel, os.lstat(full).st_mode & 0o7777)
+            offset = plan.keep_original(current)
+            plan.entries.append(Entry(brel, MODIFY, cur_hash, mode, offset, len(current), brtmp, new_hash))
+            plan.changed.append(rel)
+        plan.writes.append((tmp, new, mode))
+        plan.renames.append((tmp, full))
+
+    def _plan_parents(self, plan: _CommitPlan, rel: str) -> None:
+        """Folders a new file needs that do not exist yet, outermost first (the journal removes them on rollback)."""
+        parent = os.path.dirname(rel)
+        missing: list[str] = []
+        while parent and not os.path.isdir(self._full(parent)):
+            missing.append(parent)
+            parent = os.path.dirname(parent)
+        for d in reversed(missing):
+            if d not in plan.created_dirs:
+                plan.created_dirs.append(d)
+
+    # -- the apply: journal, write, rename, sync, commit point; in this order, nothing else
+
+    def _apply(self, plan: _CommitPlan, txid: str, timings: dict[str, float]) -> CommitResult:
         t = time.perf_counter()
-        size = write_journal(self.root, txid, entries, originals, [os.fsencode(d) for d in created_dirs])
+        created_dirs = [os.fsencode(d) for d in plan.created_dirs]
+        size = write_journal(self.root, txid, plan.entries, plan.originals, created_dirs)
         timings["journal"] = time.perf_counter() - t
         try:
-            t = time.perf_counter()
-            for d in created_dirs:
-                os.mkdir(self._full(d))
-            write_many_synced(writes)
-            timings["write"] = time.perf_counter() - t
-            t = time.perf_counter()
-            for tmp, full in renames:
-                os.replace(tmp, full)
-            for full in deletes:
-                os.unlink(full)
-            timings["rename"] = time.perf_counter() - t
-            t = time.perf_counter()
-            dirs = {os.path.dirname(full) for _, full in renames}
-            dirs.update(os.path.dirname(full) for full in deletes)
-            dirs.update(os.path.dirname(self._full(d)) for d in created_dirs)
-            fsync_dirs(dirs)
-            timings["dirsync"] = time.perf_counter() - t
+            self._apply_changes(plan, timings)
         except BaseException as exc:
             self._rollback_after_failure(exc)
             raise
@@ -377,7 +397,26 @@ class StateTransaction:
         os.unlink(journal_path(self.root))  # the commit point
         fsync_dir(vault_dir(self.root))
         timings["finish"] = time.perf_counter() - t
-        return CommitResult(tuple(changed), tuple(created), tuple(deleted), size, timings)
+        return CommitResult(tuple(plan.changed), tuple(plan.created), tuple(plan.deleted), size, timings)
+
+    def _apply_changes(self, plan: _CommitPlan, timings: dict[str, float]) -> None:
+        t = time.perf_counter()
+        for d in plan.created_dirs:
+            os.mkdir(self._full(d))
+        write_many_synced(plan.writes)
+        timings["write"] = time.perf_counter() - t
+        t = time.perf_counter()
+        for tmp, full in plan.renames:
+            os.replace(tmp, full)
+        for full in plan.deletes:
+            os.unlink(full)
+        timings["rename"] = time.perf_counter() - t
+        t = time.perf_counter()
+        dirs = {os.path.dirname(full) for _, full in plan.renames}
+        dirs.update(os.path.dirname(full) for full in plan.deletes)
+        dirs.update(os.path.dirname(self._full(d)) for d in plan.created_dirs)
+        fsync_dirs(dirs)
+        timings["dirsync"] = time.perf_counter() - t
 
     def _read_current(self, rels: list[str]) -> list[tuple[str, bytes | None, str]]:
         """What is on disk now, with its hash; read in parallel (I/O and blake3 release the GIL)."""

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pyagent.pipeline.builder import PipelineSettings
+from pyagent.pipeline.settings import PipelineSettings
 from pyagent.voyager.blobs import blob_hash
 from pyagent.voyager.discovery import DiscoveryNode, PeerInfo
 from pyagent.voyager.home import NodeHome
@@ -139,10 +139,12 @@ class SwarmExecutor:
             f"locally, {self.stats.rerouted} re-routed after a peer failed or was busy"
         )
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> str:
+        """Close discovery and transport; returns the summary line for the run's report."""
         if self.discovery is not None:
             await self.discovery.close()
         await self.transport.close()
+        return self.summary
 
     async def __aenter__(self) -> SwarmExecutor:
         await self.start()

@@ -19,8 +19,8 @@ from pyagent.voyager.blobs import BlobStore
 
 def run_payload(payload: dict[str, Any]) -> dict[str, Any]:
     from pyagent.model.task import AgentTask
-    from pyagent.pipeline.builder import PipelineSettings
     from pyagent.pipeline.remote import execute_task
+    from pyagent.pipeline.settings import PipelineSettings
 
     task = AgentTask.from_wire(payload["task"])
     settings = PipelineSettings.from_wire(payload.get("pipeline", {}))
