@@ -17,7 +17,6 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 __all__ = ["COVERAGE_RC", "TestImpact", "covered_argv", "is_test_path", "read_impact", "selected_argv"]
 
@@ -71,13 +70,6 @@ class TestImpact:
                 chosen.add(path)
             chosen.update(self.by_file.get(path, ()))
         return sorted(chosen)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "by_file": {k: sorted(v) for k, v in sorted(self.by_file.items())},
-            "test_files": sorted(self.test_files),
-            "uncovered": sorted(self.uncovered),
-        }
 
 
 def _module_names(path: str) -> tuple[str, ...]:

@@ -307,11 +307,12 @@ class TestRunner:
             argv = list(self.command.argv)
             if select is not None:
                 argv = selected_argv(argv, self.command.style, select, cwd) or argv
-            if coverage_rc is not None:
-                argv = covered_argv(argv, coverage_rc) or argv
             junit = Path(tmp) / "junit.xml"
             if self.command.style == "pytest":
                 argv += ["-q", "-rA", "-p", "no:cacheprovider", f"--junitxml={junit}"]
+            shown = list(argv)  # the project's command as reported; coverage's wrapper is ours
+            if coverage_rc is not None:
+                argv = covered_argv(argv, coverage_rc) or argv
             env = {**_EXTRA_ENV, **self.command.extra_env}
             # coverage writes its data file beside its rcfile
             writable = [tmp] if coverage_rc is None else [tmp, str(coverage_rc.parent)]
@@ -335,7 +336,7 @@ class TestRunner:
                 note = f"test run timed out after {self.timeout:.0f}s"
         return TestResults(
             outcomes=outcomes,
-            command=tuple(argv),
+            command=tuple(shown),
             exit_code=res.exit_code,
             duration=res.duration,
             timed_out=res.timed_out,

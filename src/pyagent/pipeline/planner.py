@@ -72,13 +72,9 @@ def _badness(files: Iterable[Any]) -> dict[str, tuple[float, int]]:
 
 def _is_test_file(path: str) -> bool:
     """Tests are the gate's reference; LLM agents leave them alone."""
-    p = Path(path)
-    return (
-        any(part in ("tests", "test", "testing") for part in p.parts[:-1])
-        or p.name.startswith("test_")
-        or p.name.endswith("_test.py")
-        or p.name == "conftest.py"
-    )
+    from pyagent.agents.impact import is_test_path
+
+    return is_test_path(path)
 
 
 def _over_threshold(
