@@ -10,6 +10,7 @@ from pyagent.health import CodeHealthAuditor
 from pyagent.model.context import CascadeContext
 from pyagent.model.knowledge import ChangeOutcome, InMemoryKnowledge
 from pyagent.model.priority import AgentPriority
+from pyagent.model.status import SkipReason
 from pyagent.model.task import content_hash
 from pyagent.pipeline.planner import candidates, plan_tasks
 from tests.improve_helpers import make_project
@@ -51,6 +52,7 @@ def test_memory_skips_known_failures_on_the_same_content(tmp_path: Path) -> None
     assert not any(t.params["action"] == "lint:F401" for t in plan.tasks)
     assert [(s.action, s.target) for s in plan.skipped] == [("lint:F401", "pkg/mod.py")]
     assert "known to fail (memory)" in plan.skipped[0].reason
+    assert plan.skipped[0].why is SkipReason.KNOWN_FAILURE  # what the run tells apart, not the wording
     # once the file changes, the veto no longer applies
     (root / "pkg" / "mod.py").write_text((root / "pkg" / "mod.py").read_text() + "\n# edited\n")
     assert any(t.params["action"] == "lint:F401" for t in _plan(root, knowledge=knowledge).tasks)

@@ -6,12 +6,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pyagent.model.status import Status
+
 if TYPE_CHECKING:
     from pyagent.agents.testing import TestResults
 
 __all__ = ["STATUSES", "RunResult", "TaskRecord"]
 
-STATUSES = ("kept", "rolled_back", "failed", "skipped")
+STATUSES: tuple[Status, ...] = tuple(Status)
 
 
 
@@ -41,7 +43,7 @@ class TaskRecord:
             "action": self.action,
             "target": self.target,
             "priority": self.priority,
-            "status": self.status,
+            "status": Status.from_wire(self.status).value,
             "reason": self.reason,
             "note": self.note,
             "diff": self.diff,
@@ -109,7 +111,7 @@ class RunResult:
         }
 
     def counts(self) -> dict[str, int]:
-        return {s: sum(1 for t in self.tasks if t.status == s) for s in STATUSES}
+        return {s.value: sum(1 for t in self.tasks if t.status == s) for s in STATUSES}
 
     def regressions(self) -> list[str]:
         if self.tests_before is None or self.tests_after is None:

@@ -24,21 +24,26 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pyagent.improve.result import RunResult, TaskRecord
+from pyagent.model.status import SkipReason
 from pyagent.model.task import AgentTask, ChangeSet, content_hash
 
 if TYPE_CHECKING:
     from pyagent.agents.base import BaseAgent
     from pyagent.agents.deprecation import WarningMatch
     from pyagent.agents.impact import TestImpact
-    from pyagent.agents.llm.base import LLMClient
+    from pyagent.agents.llm.base import LLMClient, UsageMeter
     from pyagent.agents.llm.factory import LocalBackend
     from pyagent.agents.testing import TestResults, TestRunner
     from pyagent.fleet.core import TaskControl
     from pyagent.fleet.events import FleetEvent
     from pyagent.health import AuditReport
     from pyagent.improve.gitops import GitRepo
+    from pyagent.model.budget import Budget
+    from pyagent.model.context import CascadeContext
     from pyagent.model.knowledge import KnowledgeBackend
     from pyagent.pipeline.executor import Executor, ExecutorFactory
+    from pyagent.pipeline.planner import Plan
+    from pyagent.pipeline.settings import PipelineSettings
     from pyagent.shell import SecureShell
 
 __all__ = ["ImproveError", "ImproveOptions", "RunResult", "TaskRecord", "improve", "new_run_id"]
@@ -225,10 +230,10 @@ class _Run:
 
     @staticmethod
     def _why(task: AgentTask) -> str:
-        if task.agent in ("refactor", "complexity"):
-            return f"complexity {task.params.get('complexity')} is over the threshold {task.params.get('max_complexity')}"
         if task.agent == "deadcode":
             return "nothing in the project refers to it (vulture's reference analysis and a text search)"
+        if task.agent in ("refactor", "complexity"):
+            return f"complexity {task.params.get('complexity')} is over the threshold {task.params.get('max_complexity')}"
         if task.agent == "docstring":
             return "public code without docstrings"
         if task.agent == "format":
@@ -391,22 +396,6 @@ class _Run:
 
         return await run_tests(runner, tree, scratch)
 
-    async def _baseline(
-        self, runner: TestRunner, tree: Path, scratch: Path
-    ) -> tuple[TestResults, TestImpact | None]:
-        """The baseline run; unless ``--full-tests``, under coverage to learn which tests exercise what."""
-        from pyagent.pipeline.workspace import isolated_copy
-
-        ws = await asyncio.to_thread(isolated_copy, tree, parent=scratch)
-        try:
-            if self.opts.full_tests:
-                return await runner.run(ws), None
-            from pyagent.pipeline.workspace import project_files
-
-            return await runner.record_impact(ws, await asyncio.to_thread(project_files, ws))
-        finally:
-            await asyncio.to_thread(shutil.rmtree, ws, True)
-
     async def _drop_culprits(
         self, tree: Path, runner: TestRunner, baseline: TestResults, after: TestResults, scratch: Path
     ) -> TestResults:
@@ -473,15 +462,69 @@ class _Run:
         return self.warned
 
     async def _run_in(self, tree: Path, mode: str, scratch: Path, started: float) -> RunResult:
-        from pyagent.agents.llm.base import UsageMeter
-        from pyagent.fleet.core import FleetManager
-        from pyagent.model.budget import Budget
+        """The run's phases, in order: setup, audit, baseline, plan, fleet, learn, re-measure, report."""
         from pyagent.model.context import CascadeContext
         from pyagent.model.knowledge import InMemoryKnowledge
-        from pyagent.pipeline.builder import build_executor, make_test_runner
-        from pyagent.pipeline.executor import ExecutorSetup
-        from pyagent.pipeline.planner import candidates, plan_tasks
-        from pyagent.pipeline.settings import PipelineSettings
+
+        opts = self.opts
+        llm, budget, meter = self._llm()
+        self.progress("phase", phase="audit", detail=str(self.path))
+        audit_before, n_before, findings, unformatted = await self._measure(tree)
+        metrics_before = metrics_summary(audit_before, n_before, opts.max_complexity)
+        settings = self._settings()
+        phase_start = time.monotonic()
+        runner, baseline, impact = await self._baseline(tree, scratch, settings)
+        phases = {"baseline": time.monotonic() - phase_start}
+        knowledge = opts.knowledge if opts.knowledge is not None else InMemoryKnowledge()
+        executor = self._executor(tree, scratch, settings, runner, baseline, llm, knowledge, impact)
+        root_ctx = CascadeContext.root("improve", action=f"improve:{self.run_id}", budget=budget)
+        warned = await self._match_warnings(tree, baseline)
+        plan = self._plan(tree, audit_before, findings, unformatted, llm is not None, root_ctx, knowledge, warned)
+        phase_start = time.monotonic()
+        events = await self._execute(plan.tasks, tree, executor, knowledge)
+        phases["tasks"] = time.monotonic() - phase_start
+        phase_start = time.monotonic()
+        tests_after = await self._tests(runner, tree, scratch) if runner is not None else None
+        if runner is not None and impact is not None and tests_after is not None and baseline is not None:
+            tests_after = await self._drop_culprits(tree, runner, baseline, tests_after, scratch)
+        phases["final"] = time.monotonic() - phase_start
+        self._learn()
+        self.progress("phase", phase="after", detail="re-measuring")
+        audit_after, n_after, _f, _u = await self._measure(tree)
+        if mode == "git" and not any(r.commit for r in self.records.values()):
+            self.drop_branch, self.branch = self.branch, None
+            self.notes.append("no change was kept, so no branch was left behind")
+        result = RunResult(
+            run_id=self.run_id,
+            root=self.path,
+            mode=mode,
+            tasks=list(self.records.values()),
+            skipped_by_memory=[
+                {"agent": s.agent, "action": s.action, "target": s.target, "reason": s.reason}
+                for s in plan.skipped
+                if s.why is SkipReason.KNOWN_FAILURE
+            ],
+            not_attempted=sum(1 for s in plan.skipped if s.why is not SkipReason.KNOWN_FAILURE),
+            tests_before=baseline,
+            tests_after=tests_after,
+            metrics_before=metrics_before,
+            metrics_after=metrics_summary(audit_after, n_after, opts.max_complexity),
+            usage=meter.to_dict() | {"budget": budget.to_wire()},
+            duration=time.monotonic() - started,
+            branch=self.branch,
+            base_commit=self.base_commit,
+            notes=self.notes,
+            agents=[agent.identity() for agent in self.agents.values()],
+            phase_seconds={k: round(v, 3) for k, v in phases.items()},
+            warnings=[dataclasses.asdict(w) for w in self.warned],
+        )
+        return self._report(result, events)
+
+    # -- the phases of _run_in ---------------------------------------------------------------
+    def _llm(self) -> tuple[LLMClient | None, Budget, UsageMeter]:
+        """The run's LLM client (if any), its one budget, and the meter the report reads."""
+        from pyagent.agents.llm.base import UsageMeter
+        from pyagent.model.budget import Budget
 
         opts = self.opts
         budget = Budget(tokens=opts.budget_tokens, cost_usd=opts.budget_usd)
@@ -503,68 +546,109 @@ class _Run:
             budget = llm.budget  # one budget: the LLM calls and the task chains spend the same one
             meter = llm.meter
             meter.on_call = lambda reply, totals: self.progress("llm", totals=totals)
-        self.progress("phase", phase="audit", detail=str(self.path))
-        audit_before, n_before, findings, unformatted = await self._measure(tree)
-        metrics_before = metrics_summary(audit_before, n_before, opts.max_complexity)
-        settings = PipelineSettings(
+        return llm, budget, meter
+
+    def _settings(self) -> PipelineSettings:
+        from pyagent.pipeline.settings import PipelineSettings
+
+        opts = self.opts
+        return PipelineSettings(
             test_cmd=opts.test_cmd, test_timeout=opts.test_timeout, test_env=dict(opts.test_env),
             max_complexity=opts.max_complexity,
         )
+
+    async def _baseline(
+        self, tree: Path, scratch: Path, settings: PipelineSettings
+    ) -> tuple[TestRunner | None, TestResults | None, TestImpact | None]:
+        """The project's test runner, what its tests do before any change (None without tests), and,
+        unless ``--full-tests``, which test files run which files (the baseline runs under coverage)."""
+        from pyagent.pipeline.builder import make_test_runner
+
         try:
             runner = make_test_runner(tree, settings, self.shell)
         except ValueError as exc:
             raise ImproveError(f"--test-cmd: {exc}") from exc
-        baseline = None
-        impact = None
-        phase_start = time.monotonic()
-        if runner is not None:
-            self.progress("phase", phase="baseline", detail=" ".join(runner.command.argv))
-            baseline, impact = await self._baseline(runner, tree, scratch)
-            if impact is not None:
-                self.notes.append(
-                    f"test-impact selection: {len(impact.by_file)} files mapped to the test files that run them; "
-                    f"{len(impact.uncovered)} test file(s) without coverage data run for every change "
-                    "(--full-tests runs the whole suite instead)"
-                )
-            elif not opts.full_tests:
-                self.notes.append("no test-impact data (the test command cannot run under coverage): full suite per change")
-            if baseline.timed_out:
-                raise ImproveError(
-                    f"the test baseline timed out after {opts.test_timeout:.0f}s; pass --test-cmd"
-                )
-        else:
+        if runner is None:
             self.notes.append("no tests found: changes were verified by parsing, lint and metrics only")
-        phases = {"baseline": time.monotonic() - phase_start}
-        knowledge = opts.knowledge if opts.knowledge is not None else InMemoryKnowledge()
+            return None, None, None
+        self.progress("phase", phase="baseline", detail=" ".join(runner.command.argv))
+        baseline, impact = await self._covered_baseline(runner, tree, scratch)
+        if baseline.timed_out:
+            raise ImproveError(f"the test baseline timed out after {self.opts.test_timeout:.0f}s; pass --test-cmd")
+        if impact is not None:
+            self.notes.append(
+                f"test-impact selection: {len(impact.by_file)} files mapped to the test files that run them; "
+                f"{len(impact.uncovered)} test file(s) without coverage data run for every change "
+                "(--full-tests runs the whole suite instead)"
+            )
+        elif not self.opts.full_tests:
+            self.notes.append("no test-impact data (the test command cannot run under coverage): full suite per change")
+        return runner, baseline, impact
+
+    async def _covered_baseline(
+        self, runner: TestRunner, tree: Path, scratch: Path
+    ) -> tuple[TestResults, TestImpact | None]:
+        """The baseline run in a throwaway copy; unless ``--full-tests``, under coverage with per-test contexts."""
+        from pyagent.pipeline.workspace import isolated_copy, project_files
+
+        if self.opts.full_tests:
+            return await self._tests(runner, tree, scratch), None
+        ws = await asyncio.to_thread(isolated_copy, tree, parent=scratch)
+        try:
+            return await runner.record_impact(ws, await asyncio.to_thread(project_files, ws))
+        finally:
+            await asyncio.to_thread(shutil.rmtree, ws, True)
+
+    def _executor(
+        self,
+        tree: Path,
+        scratch: Path,
+        settings: PipelineSettings,
+        runner: TestRunner | None,
+        baseline: TestResults | None,
+        llm: LLMClient | None,
+        knowledge: KnowledgeBackend,
+        impact: TestImpact | None = None,
+    ) -> Executor:
+        """This machine's executor (whose agents authorize every merge), or the swarm's around it."""
+        from pyagent.pipeline.builder import build_executor
+        from pyagent.pipeline.executor import ExecutorSetup
+
         local = build_executor(
-            tree,
-            settings,
-            shell=self.shell,
-            runner=runner,
-            baseline=baseline,
-            llm=llm,
-            knowledge=knowledge,
-            scratch=scratch,
-            impact=impact,
+            tree, settings, shell=self.shell, runner=runner, baseline=baseline, llm=llm, knowledge=knowledge,
+            scratch=scratch, impact=impact,
         )
         self.agents = local.agents
-        executor: Executor = local
-        if opts.executor_factory is not None:
-            executor = opts.executor_factory(ExecutorSetup(tree, local, settings, baseline, opts.llm))
-        root_ctx = CascadeContext.root("improve", action=f"improve:{self.run_id}", budget=budget)
-        warned = await self._match_warnings(tree, baseline)
+        if self.opts.executor_factory is None:
+            return local
+        return self.opts.executor_factory(ExecutorSetup(tree, local, settings, baseline, self.opts.llm))
+
+    def _plan(
+        self,
+        tree: Path,
+        audit: AuditReport,
+        findings: list[Any],
+        unformatted: list[str],
+        with_llm: bool,
+        root_ctx: CascadeContext,
+        knowledge: KnowledgeBackend,
+        warnings: list[WarningMatch] | None = None,
+    ) -> Plan:
+        from pyagent.pipeline.planner import candidates, plan_tasks
+
+        opts = self.opts
         cands = candidates(
-            audit_before,
+            audit,
             findings,
             unformatted,
-            llm=llm is not None,
+            llm=with_llm,
             max_complexity=opts.max_complexity,
             root=tree,
-            warnings=warned,
+            warnings=warnings or [],
         )
         plan = plan_tasks(
             tree,
-            audit_before,
+            audit,
             cands,
             context=root_ctx,
             knowledge=knowledge,
@@ -578,11 +662,18 @@ class _Run:
             tasks=[r.to_dict() for r in self.records.values()],
             skipped=[s.__dict__ for s in plan.skipped],
         )
+        return plan
+
+    async def _execute(
+        self, tasks: list[AgentTask], tree: Path, executor: Executor, knowledge: KnowledgeBackend
+    ) -> list[FleetEvent]:
+        """Every task (and every retry it delegates) through the fleet; returns the event log."""
+        from pyagent.fleet.core import FleetManager
+
         events: list[FleetEvent] = []
-        phase_start = time.monotonic()
-        async with FleetManager(opts.concurrency, on_event=events.append, knowledge=knowledge) as fleet:
+        async with FleetManager(self.opts.concurrency, on_event=events.append, knowledge=knowledge) as fleet:
             fleet.add_listener(lambda e: self.progress("fleet", event=e.to_dict()))
-            for t in plan.tasks:
+            for t in tasks:
                 fleet.submit(
                     f"{t.agent}:{t.target}",
                     self._job(t, tree, executor),
@@ -591,56 +682,26 @@ class _Run:
                     kind=t.kind,
                 )
             await fleet.join()
-        phases["tasks"] = time.monotonic() - phase_start
         closed = await executor.aclose()
         if closed:
             self.notes.append(closed)
-        phase_start = time.monotonic()
-        tests_after = await self._tests(runner, tree, scratch) if runner is not None else None
-        if runner is not None and impact is not None and tests_after is not None and baseline is not None:
-            tests_after = await self._drop_culprits(tree, runner, baseline, tests_after, scratch)
-        phases["final"] = time.monotonic() - phase_start
+        return events
+
+    def _learn(self) -> None:
+        """Each task's outcome into the knowledge store, through its agent (the next plan skips known failures)."""
         for t in self.tasks.values():
             rec = self.records[t.id]
             self.agents[t.agent].record_outcome(t, rec.status, rec.reason or None)  # type: ignore[arg-type]
-        self.progress("phase", phase="after", detail="re-measuring")
-        audit_after, n_after, _f, _u = await self._measure(tree)
-        if mode == "git" and not any(r.commit for r in self.records.values()):
-            self.drop_branch, self.branch = self.branch, None
-            self.notes.append("no change was kept, so no branch was left behind")
-        result = RunResult(
-            run_id=self.run_id,
-            root=self.path,
-            mode=mode,
-            tasks=list(self.records.values()),
-            skipped_by_memory=[
-                {"agent": s.agent, "action": s.action, "target": s.target, "reason": s.reason}
-                for s in plan.skipped
-                if s.reason.startswith("known to fail")
-            ],
-            not_attempted=sum(1 for s in plan.skipped if not s.reason.startswith("known to fail")),
-            tests_before=baseline,
-            tests_after=tests_after,
-            metrics_before=metrics_before,
-            metrics_after=metrics_summary(audit_after, n_after, opts.max_complexity),
-            usage=meter.to_dict() | {"budget": budget.to_wire()},
-            duration=time.monotonic() - started,
-            branch=self.branch,
-            base_commit=self.base_commit,
-            notes=self.notes,
-            phase_seconds={k: round(v, 3) for k, v in phases.items()},
-            warnings=[dataclasses.asdict(w) for w in self.warned],
-            agents=[agent.identity() for agent in self.agents.values()],
-        )
-        if mode == "in-place":
+
+    def _report(self, result: RunResult, events: list[FleetEvent]) -> RunResult:
+        from pyagent.improve.report import write_report
+
+        if self.mode == "in-place":
             from pyagent.improve.undo import save_run
 
             save_run(self.path, self.run_id, self.originals)
-        from pyagent.improve.report import write_report
-
         result.report_dir = write_report(result, events)
         return result
-
 
 async def improve(opts: ImproveOptions) -> RunResult:
     """Run one improvement pass over ``opts.path``; see the module docstring."""

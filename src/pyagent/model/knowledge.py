@@ -11,8 +11,9 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
+from pyagent.model.status import Status
+
 OutcomeStatus = Literal["kept", "rolled_back", "failed", "skipped"]
-OUTCOME_STATUSES: frozenset[str] = frozenset({"kept", "rolled_back", "failed", "skipped"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,8 +30,7 @@ class ChangeOutcome:
     lineage: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.status not in OUTCOME_STATUSES:
-            raise ValueError(f"outcome status must be one of {sorted(OUTCOME_STATUSES)}, got {self.status!r}")
+        Status.from_wire(self.status)  # one of the run's statuses, or ValueError
         for name in ("agent", "action", "task_kind", "target"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ValueError(f"outcome {name} must be a non-empty string")

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from pyagent.agents.fixers import FAMILIES, agent_for_rule
 from pyagent.model.priority import AgentPriority
+from pyagent.model.status import SkipReason
 from pyagent.model.task import AgentTask, content_hash
 
 if TYPE_CHECKING:
@@ -49,7 +50,8 @@ class SkippedTask:
     agent: str
     action: str
     target: str
-    reason: str
+    reason: str  # for people, with the details
+    why: SkipReason  # for code: which kind of skip this is
 
 
 @dataclass
@@ -183,7 +185,7 @@ def plan_tasks(
             try:
                 hashes[c.target] = content_hash((root / c.target).read_bytes())
             except OSError as exc:
-                skipped.append(SkippedTask(c.agent, c.action, c.target, f"unreadable: {exc}"))
+                skipped.append(SkippedTask(c.agent, c.action, c.target, f"unreadable: {exc}", SkipReason.UNREADABLE))
                 continue
         weight = 1.0
         if knowledge is not None:
@@ -191,7 +193,9 @@ def plan_tasks(
                 agent=c.agent, action=c.action, target=c.target, target_hash=hashes[c.target]
             )
             if known is not None:
-                skipped.append(SkippedTask(c.agent, c.action, c.target, f"known to fail (memory): {known}"))
+                skipped.append(SkippedTask(
+                    c.agent, c.action, c.target, f"known to fail (memory): {known}", SkipReason.KNOWN_FAILURE
+                ))
                 continue
             weight = knowledge.route_weight(c.agent, c.kind)
         order = AGENT_ORDER.index(c.agent) if c.agent in AGENT_ORDER else len(AGENT_ORDER)
@@ -210,7 +214,7 @@ def plan_tasks(
     top = max(1, len(ranked_files) // 4)
     for n, (weight, c) in enumerate(ordered):
         if n >= limit:
-            skipped.append(SkippedTask(c.agent, c.action, c.target, f"over --max-tasks {limit}"))
+            skipped.append(SkippedTask(c.agent, c.action, c.target, f"over --max-tasks {limit}", SkipReason.OVER_LIMIT))
             continue
         if weight < 0.25:
             priority = AgentPriority.LOW
