@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from pyagent.agents.base import BaseAgent
+from pyagent.agents.complexity import ComplexityAgent
+from pyagent.agents.deadcode import DeadCodeAgent
+from pyagent.agents.deprecation import DeprecationAgent
 from pyagent.agents.fixers import FAMILIES, FormatAgent, RuffFixAgent
 
 if TYPE_CHECKING:
@@ -15,7 +18,7 @@ if TYPE_CHECKING:
 
 __all__ = ["OFFLINE_AGENTS", "build_agents"]
 
-OFFLINE_AGENTS: tuple[str, ...] = (*FAMILIES, "format")
+OFFLINE_AGENTS: tuple[str, ...] = (*FAMILIES, "deprecation", "format", "deadcode", "complexity")
 
 
 def build_agents(
@@ -32,6 +35,9 @@ def build_agents(
         name: RuffFixAgent(name, shell, knowledge=knowledge, rules=rules) for name in FAMILIES
     }
     agents["format"] = FormatAgent(shell, knowledge=knowledge)
+    agents["complexity"] = ComplexityAgent(max_complexity=max_complexity, knowledge=knowledge)
+    agents["deadcode"] = DeadCodeAgent(knowledge=knowledge)
+    agents["deprecation"] = DeprecationAgent(shell, knowledge=knowledge)
     if llm is not None:
         from pyagent.agents.refactor import DocstringAgent, RefactorAgent
 

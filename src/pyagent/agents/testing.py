@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from pyagent.agents.impact import TestImpact
     from pyagent.shell import SecureShell
 
 __all__ = ["TestCommand", "TestResults", "TestRunner", "command_from_argv", "discover_tests"]
@@ -44,6 +45,11 @@ _EXTRA_ENV: dict[str, str] = {"PYTHONDONTWRITEBYTECODE": "1", "NO_COLOR": "1", "
 _UNITTEST_VERDICT = re.compile(r"^(.*?) \.\.\. (ok|FAIL|ERROR|skipped.*|expected failure|unexpected success)$")
 _UNITTEST_TEST = re.compile(r"^(\w+) \(([\w.]+)\)")
 _UNITTEST_RAN = re.compile(r"^Ran (\d+) tests? in ", re.MULTILINE)
+_WARNING_LINE = re.compile(
+    r"^\s*(?P<path>[^\s:][^:]*\.py):(?P<line>\d+): "
+    r"(?P<cat>DeprecationWarning|PendingDeprecationWarning|FutureWarning): (?P<msg>.*)$",
+    re.MULTILINE,
+)
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,8 @@ class TestResults:
     timed_out: bool = False
     output_tail: str = ""
     note: str = ""
+    # (path, line, category, message) of deprecation warnings the run printed, as the runner reported them
+    warnings: tuple[tuple[str, int, str, str], ...] = ()
 
     @property
     def passed(self) -> int:
@@ -76,6 +84,18 @@ class TestResults:
         mine = self.passing()
         return sorted(t for t in baseline.passing() if t not in mine)
 
+    def selected_regressions(self, baseline: TestResults) -> list[str]:
+        """Baseline passes among the tests that ran which fail now, and new failures.
+
+        For a run narrowed to some tests, and for the final full run: a test that did not run is not
+        counted (a collection error shows up as a new failing entry instead).
+        """
+        lost = [t for t in baseline.passing() if t in self.outcomes and self.outcomes[t] != "passed"]
+        new = [t for t, s in self.outcomes.items() if s in ("failed", "error") and t not in baseline.outcomes]
+        if not self.outcomes and self.exit_code not in (0, 5):
+            new.append(f"the selected tests did not run (exit {self.exit_code})")
+        return sorted({*lost, *new})
+
     def summary(self) -> dict[str, Any]:
         return {"passed": self.passed, "failed": self.failed, "total": len(self.outcomes)}
 
@@ -88,6 +108,7 @@ class TestResults:
             "duration": round(self.duration, 3),
             "timed_out": self.timed_out,
             "note": self.note,
+            "warnings": [list(w) for w in self.warnings],
         }
 
     @classmethod
@@ -223,6 +244,22 @@ def parse_junit(xml_text: str) -> dict[str, str]:
     return outcomes
 
 
+def parse_warnings(output: str, cwd: Path) -> tuple[tuple[str, int, str, str], ...]:
+    """Deprecation-type warnings in a test run's output whose file lies inside ``cwd`` (POSIX, relative)."""
+    base = cwd.resolve()
+    seen: dict[tuple[str, int, str, str], None] = {}
+    for m in _WARNING_LINE.finditer(output):
+        path = Path(m["path"])
+        try:
+            rel = (path if path.is_absolute() else base / path).resolve().relative_to(base)
+        except (ValueError, OSError):
+            continue  # a warning from an installed library, not from the project
+        if any(part in ("site-packages", ".venv", "venv") for part in rel.parts):
+            continue
+        seen[(rel.as_posix(), int(m["line"]), m["cat"], m["msg"].strip()[:300])] = None
+    return tuple(seen)
+
+
 def parse_unittest(output: str) -> dict[str, str]:
     """Per-test outcomes from ``python -m unittest -v`` (its lines go to stderr).
 
@@ -273,15 +310,50 @@ class TestRunner:
         self.timeout = timeout
         self.shell = shell or SecureShell(env_allow=TEST_ENV_ALLOW, timeout=timeout)
 
-    async def run(self, cwd: str | Path) -> TestResults:
+    async def record_impact(
+        self, cwd: str | Path, files: Sequence[str]
+    ) -> tuple[TestResults, TestImpact | None]:
+        """The baseline run under coverage.py with per-test contexts, and the impact map it yields.
+
+        ``files`` lists the project's files (POSIX, relative to ``cwd``); its test modules are the
+        units a change selects.
+        """
+        from pyagent.agents.impact import COVERAGE_RC, covered_argv, read_impact
+
+        cwd = Path(cwd)
+        with tempfile.TemporaryDirectory(prefix="pyagent-impact-") as tmp:
+            rc, data = Path(tmp) / "coveragerc", Path(tmp) / "coverage.data"
+            rc.write_text(COVERAGE_RC.format(source=cwd, data_file=data), encoding="utf-8")
+            if covered_argv(self.command.argv, rc) is None:
+                return await self.run(cwd), None
+            results = await self.run(cwd, coverage_rc=rc)
+            try:
+                impact = read_impact(data, cwd, files)
+            except Exception:  # an unreadable data file means no selection, never a failed run
+                impact = None
+        return results, impact
+
+    async def run(
+        self, cwd: str | Path, *, select: Sequence[str] | None = None, coverage_rc: Path | None = None
+    ) -> TestResults:
+        """Run the suite in ``cwd``; ``select`` narrows it to those test files, ``coverage_rc`` covers it."""
+        from pyagent.agents.impact import covered_argv, selected_argv
+
         cwd = Path(cwd)
         with tempfile.TemporaryDirectory(prefix="pyagent-junit-") as tmp:
             argv = list(self.command.argv)
+            if select is not None:
+                argv = selected_argv(argv, self.command.style, select, cwd) or argv
             junit = Path(tmp) / "junit.xml"
             if self.command.style == "pytest":
                 argv += ["-q", "-rA", "-p", "no:cacheprovider", f"--junitxml={junit}"]
+            shown = list(argv)  # the project's command as reported; coverage's wrapper is ours
+            if coverage_rc is not None:
+                argv = covered_argv(argv, coverage_rc) or argv
             env = {**_EXTRA_ENV, **self.command.extra_env}
-            res = await self.shell.run(argv, cwd=str(cwd), timeout=self.timeout, env=env, writable=[tmp])
+            # coverage writes its data file beside its rcfile
+            writable = [tmp] if coverage_rc is None else [tmp, str(coverage_rc.parent)]
+            res = await self.shell.run(argv, cwd=str(cwd), timeout=self.timeout, env=env, writable=writable)
             output = (res.stdout or "") + (res.stderr or "")
             outcomes: dict[str, str] = {}
             note = ""
@@ -304,10 +376,11 @@ class TestRunner:
                 note = f"test run timed out after {self.timeout:.0f}s"
         return TestResults(
             outcomes=outcomes,
-            command=tuple(argv),
+            command=tuple(shown),
             exit_code=res.exit_code,
             duration=res.duration,
             timed_out=res.timed_out,
             output_tail=output[-4000:],
+            warnings=parse_warnings(output, cwd),
             note=note,
         )

@@ -95,6 +95,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue this project's newest unfinished (killed) git run"
     )
     p.add_argument(
+        "--full-tests",
+        action="store_true",
+        help="verify every change with the whole test suite (default: only the tests that run the changed files)",
+    )
+    p.add_argument(
         "--swarm",
         action="store_true",
         help="spread tasks over trusted Voyager peers found by mDNS (keys: $PYAGENT_NODE_HOME or ~/.pyagent/node)",
@@ -173,6 +178,7 @@ def run(args: argparse.Namespace) -> int:
         agents=args.agents,
         exclude=tuple(args.exclude),
         resume=args.resume,
+        full_tests=args.full_tests,
         executor_factory=factory,
         knowledge=knowledge,
         on_progress=display,

@@ -93,6 +93,17 @@ def print_summary(result: RunResult, console: Console | None = None) -> None:
         table.add_row("tests passed", str(tb.passed), str(ta.passed))
         table.add_row("tests failed", str(tb.failed), str(ta.failed))
     console.print(table)
+    cats = result.categories()
+    cx, dead, dep = cats["complexity"], cats["dead_code"], cats["deprecations"]
+    console.print(
+        f"complexity: functions over threshold {cx['functions_over_threshold'][0]} -> "
+        f"{cx['functions_over_threshold'][1]}, max {cx['complexity_max'][0]} -> {cx['complexity_max'][1]}, "
+        f"mean {cx['complexity_avg'][0]} -> {cx['complexity_avg'][1]} ({cx['refactors_kept']} refactor(s) kept); "
+        f"dead code: {dead['lines_removed']} line(s) removed; deprecation warnings: "
+        f"{dep['warnings'][0]} -> {dep['warnings'][1]} ({dep['fixed']} fixed)"
+    )
+    for w in dep["without_a_ruff_fix"][:10]:
+        console.print(f"warning without a ruff fix: {w['path']}:{w['line']}: {w['category']}: {w['message']}")
     usage = result.usage
     if usage.get("calls"):
         console.print(f"LLM: {usage['calls']} calls, {usage['tokens']} tokens, ${usage['cost']:.4f}")

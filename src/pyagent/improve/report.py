@@ -61,6 +61,8 @@ def report_dict(result: RunResult) -> dict[str, Any]:
             "regressions": result.regressions(),
         },
         "metrics": {"before": result.metrics_before, "after": result.metrics_after},
+        "categories": result.categories(),
+        "phase_seconds": result.phase_seconds,
         "usage": result.usage,
         "notes": result.notes,
         "gate": result.gate,
@@ -126,6 +128,11 @@ def render_html(rep: dict[str, Any]) -> str:
         f"<tr><td>{e(k)}</td><td>{e(str(before.get(k)))}</td><td>{e(str(after.get(k)))}</td></tr>"
         for k in before
     )
+    cat_rows = "".join(
+        f"<tr><td>{e(cat)}</td><td>{e(k)}</td><td>{e(str(v))}</td></tr>"
+        for cat, values in rep["categories"].items()
+        for k, v in values.items()
+    )
     tb, ta = rep["tests"]["before"], rep["tests"]["after"]
     tests = "<p>No tests were found; changes were verified by parsing, lint and metrics.</p>"
     if tb is not None and ta is not None:
@@ -175,6 +182,8 @@ def render_html(rep: dict[str, Any]) -> str:
         f"{'<h2>Project rules</h2><ul>' + settings + '</ul>' if settings else ''}"
         f"{'<h2>Gate</h2><ul>' + gate + '</ul>' if gate else ''}"
         f"<h2>Metrics</h2><table><tr><th>metric</th><th>before</th><th>after</th></tr>{rows}</table>"
+        f"<h2>By category</h2><table><tr><th>category</th><th>figure</th><th>before, after / count</th></tr>"
+        f"{cat_rows}</table>"
         f"<h2>Tests</h2>{tests}"
         f"<h2>LLM usage</h2><p>{usage.get('calls', 0)} calls, {usage.get('tokens', 0)} tokens, "
         f"${usage.get('cost', 0.0):.4f}</p>"

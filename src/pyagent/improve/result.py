@@ -78,6 +78,40 @@ class RunResult:
     settings: dict[str, str] = field(default_factory=dict)  # lint rules, formatter, test command: and why
     interrupted: str | None = None  # the signal that ended the run early
     agents: list[dict[str, Any]] = field(default_factory=list)  # the identity of every agent of the run
+    phase_seconds: dict[str, float] = field(default_factory=dict)  # baseline, tasks, final
+    warnings: list[dict[str, Any]] = field(default_factory=list)  # the baseline's deprecation warnings
+
+    def categories(self) -> dict[str, dict[str, Any]]:
+        """Before/after per kind of improvement: complexity, dead code, deprecations, lint."""
+        b, a = self.metrics_before, self.metrics_after
+
+        def kept(agent: str) -> list[TaskRecord]:
+            return [t for t in self.tasks if t.agent == agent and t.status == "kept"]
+
+        dead_lines = 0
+        for t in kept("deadcode"):
+            lines = t.diff.splitlines()
+            removed = sum(1 for ln in lines if ln.startswith("-") and not ln.startswith("---"))
+            added = sum(1 for ln in lines if ln.startswith("+") and not ln.startswith("+++"))
+            dead_lines += removed - added
+        before_w = {(w[0], w[2], w[3]) for w in (self.tests_before.warnings if self.tests_before else ())}
+        after_w = {(w[0], w[2], w[3]) for w in (self.tests_after.warnings if self.tests_after else ())}
+        return {
+            "complexity": {
+                "functions_over_threshold": [b.get("functions_over_threshold"), a.get("functions_over_threshold")],
+                "complexity_max": [b.get("complexity_max"), a.get("complexity_max")],
+                "complexity_avg": [b.get("complexity_avg"), a.get("complexity_avg")],
+                "refactors_kept": len(kept("complexity")) + len(kept("refactor")),
+            },
+            "dead_code": {"removals_kept": len(kept("deadcode")), "lines_removed": dead_lines},
+            "deprecations": {
+                "warnings": [len(before_w), len(after_w) if self.tests_after else None],
+                "fixed": len(before_w - after_w) if self.tests_after else 0,
+                "fixes_kept": len(kept("deprecation")),
+                "without_a_ruff_fix": [w for w in self.warnings if w.get("rule") is None],
+            },
+            "lint": {"ruff_findings": [b.get("ruff_findings"), a.get("ruff_findings")]},
+        }
 
     def counts(self) -> dict[str, int]:
         return {s.value: sum(1 for t in self.tasks if t.status == s) for s in STATUSES}

@@ -36,9 +36,11 @@ from pyagent.model.task import AgentTask, ChangeSet, content_hash
 
 if TYPE_CHECKING:
     from pyagent.agents.base import BaseAgent
+    from pyagent.agents.deprecation import WarningMatch
+    from pyagent.agents.impact import TestImpact
     from pyagent.agents.llm.base import LLMClient
     from pyagent.agents.llm.factory import LocalBackend
-    from pyagent.agents.testing import TestResults
+    from pyagent.agents.testing import TestResults, TestRunner
     from pyagent.fleet.core import TaskControl
     from pyagent.fleet.events import FleetEvent
     from pyagent.health import AuditReport
@@ -97,6 +99,7 @@ class ImproveOptions:
     run_id: str | None = None
     llm_client: LLMClient | None = None  # a ready client (tests, embedding); wins over ``llm``
     test_env: dict[str, str] = field(default_factory=dict)  # extra variables for the test command
+    full_tests: bool = False  # verify every change with the whole suite (no test-impact selection)
     local_llm: LocalBackend | None = None  # what `--llm local:DIR` runs on, passed in by the CLI
 
 
@@ -152,6 +155,8 @@ class _Run:
         self.base_commit: str | None = None
         self.drop_branch: str | None = None
         self.mode = ""
+        self.tree_rel = Path()  # the project's folder inside the repository
+        self.warned: list[WarningMatch] = []
         self.agents: dict[str, BaseAgent] = {}  # this machine's agents: they authorize every merge
         self.max_complexity = 10
         self.interrupted: str | None = None
@@ -162,6 +167,7 @@ class _Run:
 
         self.rules = LintRules()
         self.settings: dict[str, str] = {}
+        self.phases: dict[str, float] = {}  # seconds of the baseline, the tasks and the final suite
 
     def progress(self, kind: str, **data: Any) -> None:
         if self.opts.on_progress is not None:
@@ -205,6 +211,7 @@ class _Run:
         rel = (
             self.path.relative_to(repo.toplevel.resolve()) if self.path != repo.toplevel.resolve() else Path()
         )
+        self.tree_rel = rel
         status = await repo.git("status", "--porcelain", "--untracked-files=no")
         if status.strip():
             self.notes.append(
@@ -292,7 +299,9 @@ class _Run:
 
     @staticmethod
     def _why(task: AgentTask) -> str:
-        if task.agent == "refactor":
+        if task.agent == "deadcode":
+            return "nothing in the project refers to it (vulture's reference analysis and a text search)"
+        if task.agent in ("refactor", "complexity"):
             return f"complexity {task.params.get('complexity')} is over the threshold {task.params.get('max_complexity')}"
         if task.agent == "docstring":
             return "public code without docstrings"
@@ -527,7 +536,92 @@ class _Run:
 
         return await run_tests(runner, tree, scratch)
 
-    async def _baseline(self, tree: Path, scratch: Path) -> tuple[Any, TestResults | None, Any]:
+    async def _drop_culprits(
+        self, tree: Path, runner: TestRunner, baseline: TestResults, after: TestResults, scratch: Path
+    ) -> TestResults:
+        """Changes verified by selected tests, checked by one full suite; culprits are found and reverted."""
+        from pyagent.improve.bisect import first_bad_commit, regressions_at
+        from pyagent.improve.gitops import GitError
+
+        # tests that ran and now fail, or fail anew; a test id that merely vanished is not blamed on a
+        # change here (parametrized ids built from unordered data differ from run to run)
+        regs = after.selected_regressions(baseline)
+        if not regs:
+            self.notes.append("the final full test suite passed on the branch")
+            return after
+        if self.repo is None or self.base_commit is None:
+            self.notes.append(
+                f"the final full test suite has {len(regs)} regression(s) ({', '.join(regs[:3])}); "
+                "outside git they are not bisected: rerun with --full-tests"
+            )
+            return after
+        repo = self.repo
+
+        async def check(path: Path) -> list[str]:
+            return (await runner.run(path)).selected_regressions(baseline)
+
+        async def fails(commit: str) -> bool:
+            return bool(await regressions_at(repo, commit, self.tree_rel, check))
+
+        for _ in range(3):
+            by_commit = {r.commit: r for r in self.records.values() if r.status == "kept" and r.commit}
+            order = (await repo.git("rev-list", "--reverse", f"{self.base_commit}..HEAD", cwd=tree)).split()
+            culprit = await first_bad_commit([c for c in order if c in by_commit], fails)
+            if culprit is None:
+                break
+            rec = by_commit[culprit]
+            try:
+                await repo.git("revert", "--no-edit", culprit, cwd=tree)
+            except GitError as exc:
+                self.notes.append(f"could not revert {culprit[:10]} ({exc}); the branch keeps it")
+                break
+            rec.status = "rolled_back"
+            rec.reason = (
+                f"the final full suite failed ({', '.join(regs[:3])}); bisecting the kept commits found this "
+                f"change ({culprit[:10]}), which was reverted on the branch"
+            )
+            self.notes.append(f"dropped {rec.action} in {rec.target}: it broke the full suite (found by bisect)")
+            after = await self._tests(runner, tree, scratch)
+            regs = after.selected_regressions(baseline)
+            if not regs:
+                self.notes.append("the final full test suite passed on the branch after dropping the culprit(s)")
+                return after
+        self.notes.append(f"the final full test suite still has {len(regs)} regression(s): {', '.join(regs[:3])}")
+        return after
+
+
+    async def _match_warnings(self, tree: Path, baseline: TestResults | None) -> list[WarningMatch]:
+        """The baseline's deprecation warnings inside the project, each with the ruff rule that fixes it."""
+        from pyagent.agents import ruff
+        from pyagent.agents.deprecation import DEPRECATION_RULES, match_warnings
+
+        if baseline is None or not baseline.warnings:
+            return []
+        files = sorted({w[0] for w in baseline.warnings if (tree / w[0]).is_file()})
+        rules = ruff.LintRules(("--select", ",".join(DEPRECATION_RULES)), "the deprecation rules")
+        found = await ruff.check(tree, files, rules=rules, shell=self.shell) if files else []
+        self.warned = match_warnings(baseline.warnings, found)
+        return self.warned
+
+
+    async def _covered_baseline(
+        self, runner: TestRunner, tree: Path, scratch: Path
+    ) -> tuple[TestResults, TestImpact | None]:
+        """The baseline run in a throwaway copy; unless ``--full-tests``, under coverage with per-test contexts."""
+        from pyagent.pipeline.workspace import isolated_copy, project_files
+
+        if self.opts.full_tests:
+            return await self._tests(runner, tree, scratch), None
+        ws = await asyncio.to_thread(isolated_copy, tree, parent=scratch)
+        try:
+            return await runner.record_impact(ws, await asyncio.to_thread(project_files, ws))
+        finally:
+            await asyncio.to_thread(shutil.rmtree, ws, True)
+
+
+    async def _baseline(
+        self, tree: Path, scratch: Path
+    ) -> tuple[Any, TestResults | None, Any, TestImpact | None]:
         """The project's declared test command, its baseline and the run's pipeline settings.
 
         Refuses a baseline of 0 or 1 test unless allowed.
@@ -558,14 +652,16 @@ class _Run:
                     "against them: pass --test-cmd CMD, or --allow-few-tests to gate on lint and parsing only"
                 )
             self.notes.append("no tests found: changes were verified by parsing, lint and metrics only")
-            return None, None, settings
+            return None, None, settings, None
         runner = make_test_runner(tree, settings, self.shell)
         if self.resumed is not None and isinstance(self.resumed.data.get("baseline"), dict):
             from pyagent.agents.testing import TestResults
 
-            return runner, TestResults.from_dict(self.resumed.data["baseline"]), settings
+            self.notes.append("resumed: the remaining changes are verified by the full suite")
+            return runner, TestResults.from_dict(self.resumed.data["baseline"]), settings, None
         self.progress("phase", phase="baseline", detail=shlex.join(command.argv))
-        baseline = await self._tests(runner, tree, scratch)
+        assert runner is not None
+        baseline, impact = await self._covered_baseline(runner, tree, scratch)
         if baseline.timed_out:
             raise ImproveError(f"the test baseline timed out after {opts.test_timeout:.0f}s; pass --test-cmd")
         if baseline.passed == 0 and len(baseline.outcomes) > 1 and not self.allow_few_tests:
@@ -583,10 +679,19 @@ class _Run:
             )
         if baseline.note:
             self.notes.append(f"test baseline: {baseline.note}")
-        return runner, baseline, settings
+        if impact is not None:
+            self.notes.append(
+                f"test-impact selection: {len(impact.by_file)} files mapped to the test files that run them; "
+                f"{len(impact.uncovered)} test file(s) without coverage data run for every change "
+                "(--full-tests runs the whole suite instead)"
+            )
+        elif not self.opts.full_tests:
+            self.notes.append("no test-impact data (the test command cannot run under coverage): full suite per change")
+        return runner, baseline, settings, impact
 
     def _plan(self, tree: Path, audit: AuditReport, findings: list[Any], formatter: str | None,
-              unformatted: list[str], llm: Any, root_ctx: Any, knowledge: Any) -> Any:
+              unformatted: list[str], llm: Any, root_ctx: Any, knowledge: Any,
+              warnings: list[WarningMatch] | None = None) -> Any:
         from pyagent.model.task import AgentTask
         from pyagent.pipeline.planner import Plan, candidates, plan_tasks
 
@@ -603,6 +708,7 @@ class _Run:
             formatter=formatter,
             exclude=self.exclude,
             agents=self.agent_filter,
+            warnings=warnings or [],
         )
         return plan_tasks(
             tree,
@@ -655,7 +761,9 @@ class _Run:
         formatter, unformatted = await self._choose_formatter(tree, ruff_unformatted)
         self.progress("phase", phase="rules", detail=f"formatter: {self.settings['formatter']}")
         metrics_before = metrics_summary(audit_before, n_before, self.max_complexity)
-        runner, baseline, settings = await self._baseline(tree, scratch)
+        phase_start = time.monotonic()
+        runner, baseline, settings, impact = await self._baseline(tree, scratch)
+        self.phases["baseline"] = time.monotonic() - phase_start
         if self.resumed is not None and isinstance(self.resumed.data.get("metrics_before"), dict):
             metrics_before = self.resumed.data["metrics_before"]
         gate_text = gate_rules(
@@ -665,14 +773,15 @@ class _Run:
         knowledge = opts.knowledge if opts.knowledge is not None else InMemoryKnowledge()
         local = build_executor(
             tree, settings, shell=self.shell, runner=runner, baseline=baseline, llm=llm, knowledge=knowledge,
-            scratch=scratch,
+            scratch=scratch, impact=impact,
         )
         self.agents = local.agents
         executor: Executor = local
         if opts.executor_factory is not None:
             executor = opts.executor_factory(ExecutorSetup(tree, local, settings, baseline, opts.llm))
         root_ctx = CascadeContext.root("improve", action=f"improve:{self.run_id}", budget=budget)
-        plan = self._plan(tree, audit_before, findings, formatter, unformatted, llm, root_ctx, knowledge)
+        warned = await self._match_warnings(tree, baseline)
+        plan = self._plan(tree, audit_before, findings, formatter, unformatted, llm, root_ctx, knowledge, warned)
         known = dict(self.resumed.data.get("outcomes", {})) if self.resumed is not None else {}
         for t in plan.tasks:
             rec = self._add_record(t)
@@ -705,6 +814,7 @@ class _Run:
         )
         events: list[FleetEvent] = []
         todo = [t for t in plan.tasks if t.id not in known]
+        phase_start = time.monotonic()
         try:
             await self._fleet(todo, tree, executor, knowledge, events)
         except asyncio.CancelledError:
@@ -722,12 +832,17 @@ class _Run:
             )
             await self._finish(result, events, status="interrupted")
             raise
+        self.phases["tasks"] = time.monotonic() - phase_start
         self._remember()
         if self.repo is not None and self.base_commit is not None:
             await self._group_commits(tree)
         self.progress("phase", phase="after", detail="re-measuring")
         audit_after, n_after, _f, _u = await self._measure(tree, formatted=False)
+        phase_start = time.monotonic()
         tests_after = await self._tests(runner, tree, scratch) if runner is not None else None
+        if runner is not None and impact is not None and tests_after is not None and baseline is not None:
+            tests_after = await self._drop_culprits(tree, runner, baseline, tests_after, scratch)
+        self.phases["final"] = time.monotonic() - phase_start
         if mode == "git" and not any(r.commit for r in self.records.values()):
             self.drop_branch, self.branch = self.branch, None
             self.notes.append("no change was kept, so no branch was left behind")
@@ -829,6 +944,8 @@ class _Run:
             settings=dict(self.settings),
             interrupted=self.interrupted,
             agents=[agent.identity() for agent in self.agents.values()],
+            phase_seconds={k: round(v, 3) for k, v in self.phases.items()},
+            warnings=[dataclasses.asdict(w) for w in self.warned],
         )
 
     async def _finish(self, result: RunResult, events: list[FleetEvent], *, status: str) -> None:

@@ -24,6 +24,7 @@ from pyagent.pipeline.workspace import isolated_copy
 from pyagent.shell import SecureShell
 
 if TYPE_CHECKING:
+    from pyagent.agents.impact import TestImpact
     from pyagent.agents.llm.base import LLMClient
     from pyagent.model.knowledge import KnowledgeBackend
 
@@ -71,9 +72,13 @@ def build_executor(
     llm: LLMClient | None = None,
     knowledge: KnowledgeBackend | None = None,
     scratch: str | os.PathLike[str] | None = None,
+    impact: TestImpact | None = None,
 ) -> LocalExecutor:
-    """The executor that runs agents on ``tree`` and judges their changes against ``baseline``."""
+    """The executor that runs agents on ``tree`` and judges their changes against ``baseline``.
+
+    With ``impact`` (the baseline's test-impact map) the gate runs only the tests exercising a change.
+    """
     rules = LintRules(settings.lint_args)
-    gate = VerificationGate(tests=runner, baseline=baseline, shell=shell, rules=rules)
+    gate = VerificationGate(tests=runner, baseline=baseline, shell=shell, rules=rules, impact=impact)
     agents = build_agents(shell, llm, max_complexity=settings.max_complexity, knowledge=knowledge, rules=rules)
     return LocalExecutor(Path(tree), agents=agents, gate=gate, scratch=scratch)

@@ -24,6 +24,7 @@ from pyagent.agents.docstrings import strip_docstrings
 from pyagent.agents.mixins.auditor import AuditorMixin
 
 if TYPE_CHECKING:
+    from pyagent.agents.impact import TestImpact
     from pyagent.agents.testing import TestResults, TestRunner
     from pyagent.health import CodeHealthAuditor
     from pyagent.shell import SecureShell
@@ -156,6 +157,7 @@ class VerificationGate(AuditorMixin):
         shell: SecureShell | None = None,
         auditor: CodeHealthAuditor | None = None,
         rules: ruff.LintRules | None = None,
+        impact: TestImpact | None = None,
     ) -> None:
         if tests is not None and baseline is None:
             raise ValueError("a test runner needs the baseline it is compared against")
@@ -164,6 +166,7 @@ class VerificationGate(AuditorMixin):
         self.shell = shell
         self._auditor = auditor
         self.rules = rules or ruff.LintRules()
+        self.impact = impact  # test-impact selection: run only the tests exercising a change
 
     async def measure(self, workspace: str | Path, paths: Iterable[str]) -> Snapshot:
         """Parse, audit and lint ``paths`` as they are now in ``workspace``."""
@@ -278,9 +281,27 @@ class VerificationGate(AuditorMixin):
         verdict = self.compare(before, after, judge_health=judge_health)
         if not verdict.passed or self.tests is None or self.baseline is None:
             return verdict
-        results = await self.tests.run(workspace)
-        regressions = results.regressions(self.baseline)
-        tests = {**results.summary(), "regressions": regressions, "duration": round(results.duration, 3)}
+        changed = list(after)
+        selection = self.impact.select(changed) if self.impact is not None else None
+        if selection is not None and not selection:
+            return GateVerdict(
+                True,
+                "parses, no new findings, health not worse; no test exercises the changed files",
+                "",
+                verdict.metrics,
+                {"selected": 0},
+            )
+        results = await self.tests.run(workspace, select=selection)
+        if selection is None:
+            regressions = results.regressions(self.baseline)
+        else:
+            regressions = results.selected_regressions(self.baseline)
+        tests = {
+            **results.summary(),
+            "regressions": regressions,
+            "duration": round(results.duration, 3),
+            "selected": "all" if selection is None else selection,
+        }
         if results.timed_out:
             return GateVerdict(False, f"tests timed out ({results.note})", "tests", verdict.metrics, tests)
         if regressions:

@@ -23,6 +23,7 @@ from pyagent.model.status import SkipReason
 from pyagent.model.task import AgentTask, content_hash
 
 if TYPE_CHECKING:
+    from pyagent.agents.deprecation import WarningMatch
     from pyagent.agents.ruff import Finding
     from pyagent.health import AuditReport
     from pyagent.model.context import CascadeContext
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 __all__ = ["AGENT_ORDER", "Candidate", "Plan", "SkippedTask", "plan_tasks"]
 
 # Order of agents on one file: cheap mechanical fixes first, formatting after them, LLM work last.
-AGENT_ORDER: tuple[str, ...] = (*FAMILIES, "format", "docstring", "refactor")
+AGENT_ORDER: tuple[str, ...] = (*FAMILIES, "deprecation", "format", "deadcode", "complexity", "docstring", "refactor")
 
 
 @dataclass(frozen=True)
@@ -74,13 +75,37 @@ def _badness(files: Iterable[Any]) -> dict[str, tuple[float, int]]:
 
 def _is_test_file(path: str) -> bool:
     """Tests are the gate's reference; LLM agents leave them alone."""
-    p = Path(path)
-    return (
-        any(part in ("tests", "test", "testing") for part in p.parts[:-1])
-        or p.name.startswith("test_")
-        or p.name.endswith("_test.py")
-        or p.name == "conftest.py"
-    )
+    from pyagent.agents.impact import is_test_path
+
+    return is_test_path(path)
+
+
+def _over_threshold(
+    audit: AuditReport, agent: str, kind: str, max_complexity: int, *, only: str | None = None
+) -> list[Candidate]:
+    """One task per function over ``max_complexity`` in the project's own (non-test) code."""
+    out: list[Candidate] = []
+    for fh in audit.files:
+        if fh.error or _is_test_file(fh.path) or (only is not None and fh.path != only):
+            continue
+        for fn in fh.functions:
+            if fn.complexity > max_complexity:
+                params = {"function": fn.qualname, "complexity": fn.complexity, "max_complexity": max_complexity}
+                out.append(Candidate(agent, kind, f"{agent}:{fn.qualname}", fh.path, params))
+    return out
+
+
+def _dead_code(root: Path) -> list[Candidate]:
+    """One task per unused private definition or unreachable block in the project's own code."""
+    from pyagent.agents.deadcode import find_dead_code
+    from pyagent.pipeline.workspace import project_files
+
+    files = [f for f in project_files(root) if f.endswith(".py")]
+    return [
+        Candidate("deadcode", "dead-code", f"deadcode:{item.name}@{item.line}", item.path, item.to_params())
+        for item in find_dead_code(root, files)
+        if not _is_test_file(item.path)
+    ]
 
 
 def candidates(
@@ -94,13 +119,16 @@ def candidates(
     formatter: str | None = "ruff",
     exclude: Sequence[str] = (),
     agents: Sequence[str] | None = None,
+    warnings: Sequence[WarningMatch] = (),
 ) -> list[Candidate]:
     """Every change worth trying, unordered.
 
     ``unformatted`` files get a format task only when ``formatter`` names the project's formatter;
     paths matching ``exclude`` and agents not in ``agents`` (None: all) are left out.
     """
-    out = _candidates(audit, findings, unformatted if formatter else (), llm, max_complexity, root, formatter)
+    out = _candidates(
+        audit, findings, unformatted if formatter else (), llm, max_complexity, root, formatter, warnings
+    )
     return [
         c
         for c in out
@@ -123,11 +151,19 @@ def _candidates(
     max_complexity: int,
     root: str | os.PathLike[str] | None,
     formatter: str | None,
+    warnings: Sequence[WarningMatch],
 ) -> list[Candidate]:
     out: list[Candidate] = []
+    deprecations: dict[tuple[str, str], list[WarningMatch]] = defaultdict(list)
+    for w in warnings:
+        if w.rule is not None:
+            deprecations[(w.path, w.rule)].append(w)
+    for (path, code), matched in sorted(deprecations.items()):
+        params = {"rule": code, "warning": f"{matched[0].category}: {matched[0].message}", "count": len(matched)}
+        out.append(Candidate("deprecation", "deprecation-fix", f"deprecation:{code}", path, params))
     by_rule: dict[tuple[str, str], list[Finding]] = defaultdict(list)
     for f in findings:
-        if f.fix == "safe" and agent_for_rule(f.code):
+        if f.fix == "safe" and agent_for_rule(f.code) and (f.path, f.code) not in deprecations:
             by_rule[(f.path, f.code)].append(f)
     for (path, code), group in by_rule.items():
         agent = agent_for_rule(code)
@@ -137,22 +173,17 @@ def _candidates(
     out.extend(
         Candidate("format", "format", "format", path, {"formatter": formatter}) for path in unformatted
     )
+    if root is not None:
+        out.extend(_dead_code(Path(root)))
+    if not llm:  # offline, the complexity agent's structural refactorings; with an LLM, the refactor agent
+        out.extend(_over_threshold(audit, "complexity", "offline-refactor", max_complexity))
     if llm:
         from pyagent.agents.docstrings import missing_docstrings
 
         for fh in audit.files:
             if fh.error or _is_test_file(fh.path):
                 continue
-            for fn in fh.functions:
-                if fn.complexity > max_complexity:
-                    params = {
-                        "function": fn.qualname,
-                        "complexity": fn.complexity,
-                        "max_complexity": max_complexity,
-                    }
-                    out.append(
-                        Candidate("refactor", "llm-refactor", f"refactor:{fn.qualname}", fh.path, params)
-                    )
+            out.extend(_over_threshold(audit, "refactor", "llm-refactor", max_complexity, only=fh.path))
             if root is not None:
                 try:
                     names = missing_docstrings((Path(root) / fh.path).read_text(encoding="utf-8"))

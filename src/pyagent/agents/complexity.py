@@ -1,0 +1,688 @@
+"""The offline complexity agent: structural, behaviour-preserving refactorings of one function.
+
+Three moves, tried in this order on the function a task names:
+
+* **guard clauses** - ``if c: ...exit`` followed by ``else: rest`` loses its ``else`` (the rest is
+  dedented), and ``if c: long else: short-exit`` becomes ``if not c: short-exit`` + ``long``;
+* **merged conditions** - ``if a:`` whose whole body is ``if b:`` (no ``else`` on either) becomes
+  ``if a and b:``;
+* **extract helper** - while the function is still over the threshold, the block (loop body or
+  branch) that splits its complexity best becomes a helper next to it.
+
+LibCST does the first two (a concrete syntax tree: comments and layout around an edit survive).
+Extraction uses rope's extract-method, which computes the helper's parameters and return values
+from the block's data flow; we chose it over a hand-written data-flow pass on LibCST because rope
+already handles reads-before-writes, values used after the block and methods (``self.`` helpers,
+``@staticmethod`` kept). A block is offered to rope only when nothing in it escapes the block
+(``return``, ``yield``, ``await``, ``break``/``continue`` of an outer loop, ``global``/``nonlocal``,
+nested definitions, frame introspection), and rope's result is rejected when a value it returns may
+be unassigned. Anything we cannot do safely is a :class:`RefactorSkipped` with the reason; the
+source is never half-changed.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import libcst as cst
+
+from pyagent.agents.base import BaseAgent
+from pyagent.agents.mixins.auditor import AuditorMixin
+from pyagent.agents.worker import AgentOutcome
+
+if TYPE_CHECKING:
+    from pyagent.health import CodeHealthAuditor
+    from pyagent.model.knowledge import KnowledgeBackend
+    from pyagent.model.task import AgentTask
+
+__all__ = ["ComplexityAgent", "RefactorSkipped", "Refactoring", "refactor_function"]
+
+MAX_EXTRACTIONS = 3
+MAX_HELPER_PARAMS = 5  # beyond this a helper is harder to read than the block it replaced
+MAX_MERGED_TEST = 80  # characters; a longer ``a and b`` header is worse to read than the nesting
+_TEMP_NAME = "_pyagent_extracted_helper_"
+_ESCAPES = (ast.Return, ast.Yield, ast.YieldFrom, ast.Await, ast.Global, ast.Nonlocal, ast.NamedExpr)
+_DEFS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
+_INTROSPECTION = frozenset({"locals", "vars", "exec", "eval", "globals", "super", "sys._getframe"})
+_TAB_INDENT = re.compile(r"^[ ]*\t", re.MULTILINE)
+
+
+class RefactorSkipped(Exception):
+    """The function was left alone; ``str(exc)`` says why."""
+
+
+@dataclass(frozen=True)
+class Refactoring:
+    """A refactored module and what was done to the function."""
+
+    source: str
+    steps: tuple[str, ...]
+    before: int
+    after: int
+    helpers: tuple[str, ...]
+
+
+# -- LibCST rewrites ---------------------------------------------------------------------------
+
+
+def _has_comment(lines: Sequence[cst.EmptyLine]) -> bool:
+    return any(line.comment is not None for line in lines)
+
+
+def _is_exit(stmt: cst.BaseStatement) -> bool:
+    """The statement always leaves the block (return, raise, continue, break as its last action)."""
+    if isinstance(stmt, cst.SimpleStatementLine) and stmt.body:
+        return isinstance(stmt.body[-1], cst.Return | cst.Raise | cst.Continue | cst.Break)
+    return False
+
+
+def _block_exits(block: cst.BaseSuite) -> bool:
+    return isinstance(block, cst.IndentedBlock) and bool(block.body) and _is_exit(block.body[-1])
+
+
+def _parenthesize(expr: cst.BaseExpression) -> cst.BaseExpression:
+    """``expr`` safe to use as an operand of ``and``/``not`` (lower-precedence forms get parentheses)."""
+    loose = isinstance(expr, cst.IfExp | cst.Lambda | cst.NamedExpr | cst.Yield) or (
+        isinstance(expr, cst.BooleanOperation) and isinstance(expr.operator, cst.Or)
+    )
+    if loose and not expr.lpar:
+        return expr.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
+    return expr
+
+
+def _negate(expr: cst.BaseExpression) -> cst.BaseExpression:
+    """``not expr``, using the inverse operator only where the inversion is exact."""
+    if isinstance(expr, cst.UnaryOperation) and isinstance(expr.operator, cst.Not) and not expr.lpar:
+        return expr.expression
+    inverse: dict[type[cst.BaseCompOp], Callable[[], cst.BaseCompOp]] = {
+        cst.Is: cst.IsNot,
+        cst.IsNot: cst.Is,
+        cst.In: cst.NotIn,
+        cst.NotIn: cst.In,
+    }
+    if isinstance(expr, cst.Comparison) and len(expr.comparisons) == 1 and not expr.lpar:
+        target = expr.comparisons[0]
+        make = inverse.get(type(target.operator))
+        if make is not None:
+            return expr.with_changes(comparisons=[target.with_changes(operator=make())])
+    operand = expr
+    loose = isinstance(expr, cst.BooleanOperation | cst.Comparison | cst.IfExp | cst.Lambda | cst.NamedExpr)
+    if loose and not expr.lpar:
+        operand = expr.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
+    return cst.UnaryOperation(operator=cst.Not(), expression=operand)
+
+
+class _FunctionRewriter(cst.CSTTransformer):
+    """Guard clauses and merged conditions, only inside the function named ``qualname``."""
+
+    def __init__(self, qualname: str) -> None:
+        super().__init__()
+        self.qualname = qualname
+        self.scope: list[str] = []
+        self.inside = 0
+        self.steps: list[str] = []
+        self._module = cst.Module(body=[])
+
+    def _name(self, name: str) -> str:
+        return ".".join([*self.scope, name])
+
+    def visit_ClassDef(self, node: cst.ClassDef) -> None:
+        self.scope.append(node.name.value)
+
+    def leave_ClassDef(self, original: cst.ClassDef, updated: cst.ClassDef) -> cst.ClassDef:
+        self.scope.pop()
+        return updated
+
+    def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
+        if self.inside or self._name(node.name.value) == self.qualname:
+            self.inside += 1
+        self.scope.extend([node.name.value, "<locals>"])
+
+    def leave_FunctionDef(self, original: cst.FunctionDef, updated: cst.FunctionDef) -> cst.FunctionDef:
+        del self.scope[-2:]
+        if self.inside:
+            self.inside -= 1
+        return updated
+
+    def leave_If(self, original: cst.If, updated: cst.If) -> cst.If:
+        if not self.inside or updated.orelse is not None:
+            return updated
+        body = updated.body
+        if not isinstance(body, cst.IndentedBlock) or len(body.body) != 1 or _has_comment(body.footer):
+            return updated
+        inner = body.body[0]
+        if not isinstance(inner, cst.If) or inner.orelse is not None or _has_comment(inner.leading_lines):
+            return updated
+        if not isinstance(inner.body, cst.IndentedBlock):
+            return updated
+        outer_comment, inner_comment = body.header.comment, inner.body.header.comment
+        if outer_comment is not None and inner_comment is not None:
+            return updated
+        test = cst.BooleanOperation(
+            left=_parenthesize(updated.test), operator=cst.And(), right=_parenthesize(inner.test)
+        )
+        rendered = self._module.code_for_node(test)
+        if len(rendered) > MAX_MERGED_TEST or "\n" in rendered:
+            return updated
+        header = body.header if outer_comment is not None else inner.body.header
+        self.steps.append(f"merged nested conditions into `if {rendered}:`")
+        return updated.with_changes(test=test, body=inner.body.with_changes(header=header))
+
+    def leave_IndentedBlock(
+        self, original: cst.IndentedBlock, updated: cst.IndentedBlock
+    ) -> cst.IndentedBlock:
+        if not self.inside:
+            return updated
+        out: list[cst.BaseStatement] = []
+        changed = False
+        for stmt in updated.body:
+            flattened = self._guard(stmt)
+            changed = changed or flattened is not None
+            out.extend(flattened if flattened is not None else [stmt])
+        return updated.with_changes(body=out) if changed else updated
+
+    def _guard(self, stmt: cst.BaseStatement) -> list[cst.BaseStatement] | None:
+        """``stmt`` as guard clause + dedented rest, or None when it is not that shape."""
+        if not isinstance(stmt, cst.If) or not isinstance(stmt.orelse, cst.Else):
+            return None
+        orelse = stmt.orelse
+        if not isinstance(orelse.body, cst.IndentedBlock) or not isinstance(stmt.body, cst.IndentedBlock):
+            return None
+        if _has_comment(orelse.leading_lines) or orelse.body.header.comment is not None:
+            return None
+        if _has_comment(orelse.body.footer) or _has_comment(stmt.body.footer):
+            return None
+        if _block_exits(stmt.body):
+            self.steps.append("early exit: dropped the `else` after a branch that always leaves")
+            return [stmt.with_changes(orelse=None), *orelse.body.body]
+        if _block_exits(orelse.body) and len(orelse.body.body) < len(stmt.body.body):
+            if stmt.body.header.comment is not None:
+                return None
+            guard = stmt.with_changes(test=_negate(stmt.test), body=orelse.body, orelse=None)
+            self.steps.append("guard clause: the short exiting branch first, the main path dedented")
+            return [guard, *stmt.body.body]
+        return None
+
+
+def _rewrite(source: str, qualname: str) -> tuple[str, list[str]]:
+    """Guard clauses and merged conditions in ``qualname`` until nothing changes."""
+    steps: list[str] = []
+    for _ in range(10):
+        module = cst.parse_module(source)
+        rewriter = _FunctionRewriter(qualname)
+        new = module.visit(rewriter).code
+        if new == source:
+            break
+        steps.extend(rewriter.steps)
+        source = new
+    return source, steps
+
+
+# -- extraction --------------------------------------------------------------------------------
+
+
+def _decisions(nodes: Sequence[ast.AST]) -> int:
+    """C901 decision points inside ``nodes`` (what moving them out takes away from the caller)."""
+    count = 0
+    for top in nodes:
+        for node in ast.walk(top):
+            branches = isinstance(node, ast.If | ast.For | ast.AsyncFor | ast.While | ast.ExceptHandler)
+            try_else = isinstance(node, ast.Try | ast.TryStar) and bool(node.orelse)
+            if branches or try_else or isinstance(node, ast.match_case):
+                count += 1
+    return count
+
+
+def _escape_reason(block: Sequence[ast.stmt]) -> str | None:
+    """Why ``block`` cannot move into a helper unchanged, or None."""
+
+    def walk(node: ast.AST, loop_depth: int) -> str | None:
+        if isinstance(node, _ESCAPES):
+            return f"`{type(node).__name__.lower()}` inside the block"
+        if isinstance(node, _DEFS):
+            return "a nested definition inside the block"
+        if isinstance(node, ast.Break | ast.Continue) and loop_depth == 0:
+            return f"`{type(node).__name__.lower()}` of a loop outside the block"
+        if isinstance(node, ast.Delete):
+            return "`del` inside the block"
+        if isinstance(node, ast.Call):
+            func = ast.unparse(node.func)
+            if func in _INTROSPECTION:
+                return f"`{func}()` inside the block"
+        if isinstance(node, ast.AsyncFor | ast.AsyncWith):
+            return "async statements inside the block"
+        inner = loop_depth + 1 if isinstance(node, ast.For | ast.While) else loop_depth
+        for child in ast.iter_child_nodes(node):
+            if isinstance(node, ast.For | ast.While) and child in node.orelse:
+                why = walk(child, loop_depth)
+            else:
+                why = walk(child, inner)
+            if why:
+                return why
+        return None
+
+    for stmt in block:
+        why = walk(stmt, 0)
+        if why:
+            return why
+    return None
+
+
+@dataclass(frozen=True)
+class _Block:
+    stmts: tuple[ast.stmt, ...]
+    decisions: int
+    kind: str  # loop | branch | else | try | with
+    owner: ast.stmt
+
+
+def _find_function(tree: ast.Module, qualname: str) -> tuple[ast.FunctionDef | ast.AsyncFunctionDef, bool]:
+    """The function and whether it is a method of a top-level class (extraction needs either)."""
+    parts = qualname.split(".")
+    body: list[ast.stmt] = tree.body
+    in_class = False
+    for i, part in enumerate(parts):
+        found = next(
+            (
+                n
+                for n in body
+                if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and n.name == part
+            ),
+            None,
+        )
+        if found is None:
+            break
+        if i == len(parts) - 1 and isinstance(found, ast.FunctionDef | ast.AsyncFunctionDef):
+            return found, in_class
+        if not isinstance(found, ast.ClassDef) or i > 0:
+            break
+        in_class, body = True, found.body
+    raise RefactorSkipped(f"{qualname} is not a module-level function or method (nested code is left alone)")
+
+
+def _blocks(fn: ast.FunctionDef | ast.AsyncFunctionDef, lines: Sequence[str]) -> list[_Block]:
+    out: list[_Block] = []
+
+    def add(stmts: list[ast.stmt], kind: str, owner: ast.stmt) -> None:
+        if stmts:
+            out.append(_Block(tuple(stmts), _decisions(stmts), kind, owner))
+
+    def visit(stmts: list[ast.stmt]) -> None:
+        for s in stmts:
+            if isinstance(s, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                continue
+            if isinstance(s, ast.For | ast.While):
+                add(s.body, "loop", s)
+            elif isinstance(s, ast.If):
+                add(s.body, "branch", s)
+                first = s.orelse[0] if s.orelse else None
+                is_elif = first is not None and lines[first.lineno - 1].lstrip().startswith("elif")
+                if s.orelse and not is_elif:
+                    add(s.orelse, "else", s)
+            elif isinstance(s, ast.With):
+                add(s.body, "with", s)
+            elif isinstance(s, ast.Try):
+                add(s.body, "try", s)
+                for h in s.handlers:
+                    add(h.body, "except", s)
+            for field_name in ("body", "orelse", "finalbody"):
+                visit(getattr(s, field_name, []) or [])
+            for h in getattr(s, "handlers", []) or []:
+                visit(h.body)
+
+    visit(fn.body)
+    return out
+
+
+def _offset(lines: Sequence[str], lineno: int, col_bytes: int) -> int:
+    """Character offset of (1-based line, UTF-8 byte column) in the joined source."""
+    before = sum(len(line) for line in lines[: lineno - 1])
+    text = lines[lineno - 1]
+    return before + len(text.encode("utf-8")[:col_bytes].decode("utf-8", errors="ignore"))
+
+
+_WORD = re.compile(r"[A-Za-z][A-Za-z0-9]*")
+
+
+def _words(expr: ast.AST, limit: int = 3) -> list[str]:
+    seen: list[str] = []
+    for node in ast.walk(expr):
+        if isinstance(node, ast.Name):
+            word = node.id
+        elif isinstance(node, ast.Attribute):
+            word = node.attr
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.isidentifier():
+            word = node.value
+        else:
+            continue
+        word = word.strip("_").lower()
+        if word and word not in seen and word not in ("self", "cls"):
+            seen.append(word)
+    return seen[:limit]
+
+
+def _short(expr: ast.AST, limit: int = 40) -> str | None:
+    text = ast.unparse(expr)
+    return text if len(text) <= limit and "\n" not in text else None
+
+
+def _name_and_doc(
+    block: _Block, caller: str, returned: Sequence[str], params: Sequence[str]
+) -> tuple[str, str]:
+    """A name from what the helper iterates over, returns or tests, and a one-line summary of it."""
+    owner = block.owner
+    short = caller.rsplit(".", 1)[-1]
+    gives = ""
+    if returned:
+        verb = "updated" if all(r in params for r in returned) else "computed"
+        gives = f" and return the {verb} " + ", ".join(f"``{r}``" for r in returned)
+    if block.kind == "loop" and isinstance(owner, ast.For):
+        names = [n.id for n in ast.walk(owner.target) if isinstance(n, ast.Name)]
+        if names:
+            item = "_".join(n.strip("_").lower() for n in names[:2]) or "item"
+            targets = ", ".join(f"``{n}``" for n in names[:2])
+            return f"_process_{item}", f"Process one {targets} of the loop in ``{short}``{gives}."
+    if returned:
+        verb = "update" if all(r in params for r in returned) else "compute"
+        name = f"_{verb}_" + "_and_".join(r.strip("_").lower() for r in returned[:2])
+        what = ", ".join(f"``{r}``" for r in returned)
+        return name, f"{verb.capitalize()} {what} for ``{short}``."
+    if block.kind in ("branch", "else") and isinstance(owner, ast.If):
+        words = _words(owner.test) or ["case"]
+        shown = _short(owner.test)
+        prefix = "_handle_" if block.kind == "branch" else "_handle_not_"
+        case = f"``{shown}``" if shown else "its condition"
+        if block.kind == "branch":
+            return prefix + "_".join(words), f"Handle the {case} case of ``{short}``{gives}."
+        return prefix + "_".join(words), f"Handle ``{short}`` when {case} does not hold{gives}."
+    only = block.stmts[0] if len(block.stmts) == 1 else None
+    if isinstance(only, ast.For) and (words := _words(only.iter, 2)):
+        return "_process_" + "_".join(
+            words
+        ), f"Process each of ``{ast.unparse(only.iter)[:40]}`` for ``{short}``{gives}."
+    base = short.strip("_")
+    return f"_{base}_{block.kind}_part", f"The ``{block.kind}`` block of ``{short}``."
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    name = re.sub(r"[^0-9A-Za-z_]", "_", name)
+    candidate, n = name, 2
+    while candidate in taken or not candidate.isidentifier():
+        candidate, n = f"{name}_{n}", n + 1
+    return candidate
+
+
+def _definitely_assigned(body: Sequence[ast.stmt]) -> set[str]:
+    """Names every path through ``body``'s top level assigns (conditional assignments excluded)."""
+    names: set[str] = set()
+    for stmt in body:
+        targets: list[ast.expr] = []
+        if isinstance(stmt, ast.Assign):
+            targets = list(stmt.targets)
+        elif isinstance(stmt, ast.AnnAssign | ast.AugAssign) and stmt.value is not None:
+            targets = [stmt.target]
+        elif isinstance(stmt, ast.With):
+            targets = [i.optional_vars for i in stmt.items if i.optional_vars is not None]
+        for t in targets:
+            names.update(n.id for n in ast.walk(t) if isinstance(n, ast.Name))
+    return names
+
+
+def _values_used_outside(fn: ast.FunctionDef | ast.AsyncFunctionDef, block: _Block) -> set[str]:
+    """Names the block assigns that the rest of the function reads (the helper must return them)."""
+    first = block.stmts[0].lineno
+    last = block.stmts[-1].end_lineno or block.stmts[-1].lineno
+    assigned = {
+        n.id
+        for s in block.stmts
+        for n in ast.walk(s)
+        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
+    }
+    read_outside = {
+        n.id
+        for n in ast.walk(fn)
+        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load) and not first <= n.lineno <= last
+    }
+    return assigned & read_outside
+
+
+def _rope_extract(source: str, start: int, end: int) -> str:
+    """rope's extract-method of ``source[start:end]`` as a helper named ``_TEMP_NAME``."""
+    from rope.base.exceptions import RopeError
+    from rope.base.project import Project
+    from rope.refactor.extract import ExtractMethod
+
+    with tempfile.TemporaryDirectory(prefix="pyagent-rope-") as tmp:
+        (Path(tmp) / "module_under_refactor.py").write_text(source, encoding="utf-8")
+        project = Project(tmp, ropefolder=None)
+        try:
+            resource = project.get_resource("module_under_refactor.py")
+            changes = ExtractMethod(project, resource, start, end).get_changes(_TEMP_NAME)
+            for change in changes.changes:
+                new = getattr(change, "new_contents", None)
+                if isinstance(new, str):
+                    return new
+        except (RopeError, SyntaxError, ValueError, AttributeError, IndexError, KeyError) as exc:
+            raise RefactorSkipped(f"rope could not extract the block: {exc}") from exc
+        finally:
+            project.close()
+    raise RefactorSkipped("rope produced no change")
+
+
+def _finish_helper(
+    source: str, block: _Block, caller: str, taken: set[str], needed: set[str]
+) -> tuple[str, str]:
+    """Check rope's helper, give it its name, docstring and blank lines; return (source, name)."""
+    tree = ast.parse(source)
+    helper: ast.FunctionDef | None = None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef) and node.name == _TEMP_NAME:
+            helper = node
+    if helper is None:
+        raise RefactorSkipped("rope's helper was not found in its result")
+    module_level = helper in tree.body
+    params = [a.arg for a in helper.args.args if a.arg not in ("self", "cls")]
+    if len(params) > MAX_HELPER_PARAMS:
+        raise RefactorSkipped(f"the helper would need {len(params)} parameters")
+    returned: list[str] = []
+    last = helper.body[-1]
+    if isinstance(last, ast.Return) and last.value is not None:
+        values = last.value.elts if isinstance(last.value, ast.Tuple) else [last.value]
+        returned = [v.id for v in values if isinstance(v, ast.Name)]
+        safe = _definitely_assigned(helper.body[:-1]) | set(params)
+        unsafe = [r for r in returned if r not in safe]
+        if unsafe:
+            raise RefactorSkipped(f"`{unsafe[0]}` is assigned only on some paths through the block")
+    dropped = sorted(needed - set(returned))
+    if dropped:  # rope's data flow missed a value the caller reads later
+        raise RefactorSkipped(f"the helper would not hand back `{dropped[0]}`, which {caller} reads later")
+    name, doc = _name_and_doc(block, caller, returned, params)
+    name = _unique(name, taken)
+    lines = source.splitlines(keepends=True)
+    header = lines[helper.lineno - 1]
+    if not header.rstrip().endswith(":"):
+        raise RefactorSkipped("rope wrote a helper header over several lines")
+    indent = re.match(r"[ \t]*", lines[helper.body[0].lineno - 1])
+    pad = indent.group(0) if indent else "    "
+    why = f"Split out of ``{caller}`` to keep its complexity under the threshold."
+    lines[helper.lineno : helper.lineno] = [f'{pad}"""{doc}\n', "\n", f"{pad}{why}\n", f'{pad}"""\n']
+    if module_level:  # two blank lines around a top-level def, as PEP 8 and formatters want
+        h = helper.lineno - 1
+        i = h
+        while i > 0 and not lines[i - 1].strip():
+            i -= 1
+        lines[i:h] = ["\n", "\n"]
+        end = (helper.end_lineno or helper.lineno) + 4 + 2 - (h - i)  # +4: the docstring
+        j = end
+        while j < len(lines) and not lines[j].strip():
+            j += 1
+        if j < len(lines):
+            lines[end:j] = ["\n", "\n"]
+    text = "".join(lines)
+    return re.sub(rf"\b{_TEMP_NAME}\b", name, text), name
+
+
+# -- the whole refactoring ---------------------------------------------------------------------
+
+
+def _complexities(auditor: CodeHealthAuditor, source: str, path: str) -> dict[str, int]:
+    health = auditor.audit_source(source, path)
+    if health.error:
+        raise RefactorSkipped(f"unreadable after the edit: {health.error}")
+    return {f.qualname: f.complexity for f in health.functions}
+
+
+def _mi(auditor: CodeHealthAuditor, source: str, path: str) -> float | None:
+    return auditor.audit_source(source, path).mi
+
+
+def _check_input(source: str, path: str) -> None:
+    if _TAB_INDENT.search(source):
+        raise RefactorSkipped(f"{path} indents with tabs; rewriting its blocks could mix tabs and spaces")
+    try:
+        ast.parse(source, filename=path)
+    except SyntaxError as exc:
+        raise RefactorSkipped(f"{path} does not parse (line {exc.lineno}: {exc.msg})") from exc
+    try:
+        cst.parse_module(source)
+    except cst.ParserSyntaxError as exc:
+        raise RefactorSkipped(f"{path} uses syntax LibCST does not parse: {exc.message}") from exc
+
+
+def _extract_once(
+    source: str, qualname: str, complexity: int, accept: Callable[[str, str], str | None]
+) -> tuple[str, str, str]:
+    """One extraction from ``qualname``: (new source, helper name, step description).
+
+    Blocks are tried best split first; ``accept(new_source, helper)`` returns why a result is not
+    good enough (complexity not lower, MI worse), and the next block is tried.
+    """
+    tree = ast.parse(source)
+    fn, _in_class = _find_function(tree, qualname)
+    lines = source.splitlines(keepends=True)
+    reasons: list[str] = []
+    scored: list[tuple[int, int, _Block]] = []
+    for block in _blocks(fn, lines):
+        if block.decisions < 2 or block.decisions >= complexity - 1:
+            continue
+        why = _escape_reason(block.stmts)
+        if why:
+            reasons.append(why)
+            continue
+        balance = max(complexity - block.decisions, block.decisions + 1)
+        scored.append((balance, block.stmts[0].lineno, block))
+    if not scored:
+        detail = f" ({'; '.join(sorted(set(reasons))[:3])})" if reasons else ""
+        raise RefactorSkipped(f"no block of {qualname} can be extracted safely{detail}")
+    taken = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} | {
+        n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+    }
+    last_error = ""
+    for _balance, _line, block in sorted(scored, key=lambda t: (t[0], t[1])):
+        first, last = block.stmts[0], block.stmts[-1]
+        start = _offset(lines, first.lineno, 0)
+        end = _offset(lines, last.end_lineno or last.lineno, last.end_col_offset or 0)
+        try:
+            extracted = _rope_extract(source, start, end)
+            new, name = _finish_helper(extracted, block, qualname, taken, _values_used_outside(fn, block))
+            ast.parse(new)
+        except (RefactorSkipped, SyntaxError) as exc:
+            last_error = str(exc)
+            continue
+        refusal = accept(new, name)
+        if refusal is not None:
+            last_error = refusal
+            continue
+        where = f"line {first.lineno}"
+        return new, name, f"extracted the {block.kind} block at {where} into `{name}`"
+    raise RefactorSkipped(f"no extraction of {qualname} worked: {last_error}")
+
+
+def refactor_function(
+    source: str, qualname: str, path: str, *, max_complexity: int, auditor: CodeHealthAuditor
+) -> Refactoring:
+    """Lower ``qualname``'s complexity in ``source``; raises :class:`RefactorSkipped` with a reason."""
+    _check_input(source, path)
+    before_all = _complexities(auditor, source, path)
+    if qualname not in before_all:
+        raise RefactorSkipped(f"function {qualname} not found in {path}")
+    before = before_all[qualname]
+    new, steps = _rewrite(source, qualname)
+    helpers: list[str] = []
+    current = _complexities(auditor, new, path)[qualname]
+    mi_before = _mi(auditor, source, path)
+    extraction_note = ""
+
+    def accept(candidate: str, helper: str) -> str | None:
+        after = _complexities(auditor, candidate, path)
+        if after.get(qualname, current) >= current or after.get(helper, 0) > max(before - 1, max_complexity):
+            return f"extracting `{helper}` would not lower {qualname}"
+        mi = _mi(auditor, candidate, path)
+        if mi is not None and mi_before is not None and mi < mi_before - 1e-6:
+            return f"extracting `{helper}` would lower the file's maintainability index {mi_before:.2f} -> {mi:.2f}"
+        return None
+
+    while current > max_complexity and len(helpers) < MAX_EXTRACTIONS:
+        try:
+            candidate, helper, step = _extract_once(new, qualname, current, accept)
+        except RefactorSkipped as exc:
+            extraction_note = str(exc)
+            break
+        new, current = candidate, _complexities(auditor, candidate, path)[qualname]
+        helpers.append(helper)
+        steps.append(step)
+    if current >= before:
+        why = extraction_note or "no guard clause, nested condition or extractable block found"
+        raise RefactorSkipped(f"{qualname} stays at complexity {before}: {why}")
+    try:
+        cst.parse_module(new)
+        ast.parse(new, filename=path)
+    except (SyntaxError, cst.ParserSyntaxError) as exc:  # our own last line of defence
+        raise RefactorSkipped(f"the refactoring would not parse: {exc}") from exc
+    return Refactoring(new, tuple(steps), before, current, tuple(helpers))
+
+
+class ComplexityAgent(AuditorMixin, BaseAgent):
+    """Lowers the complexity of ``task.params["function"]`` without an LLM (see the module docstring)."""
+
+    name = "complexity"
+    capabilities = frozenset({"offline-refactor"})
+    commands: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        *,
+        max_complexity: int = 10,
+        auditor: CodeHealthAuditor | None = None,
+        knowledge: KnowledgeBackend | None = None,
+    ) -> None:
+        super().__init__(knowledge=knowledge)
+        self.max_complexity = max_complexity
+        self._auditor = auditor
+
+    async def run(self, task: AgentTask, workspace: Path) -> AgentOutcome:
+        qualname = str(task.params.get("function", ""))
+        file = workspace / task.target
+        try:
+            source = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            return AgentOutcome(note="", error=f"cannot read {task.target}: {exc}")
+        limit = int(task.params.get("max_complexity", self.max_complexity))
+        try:
+            result = refactor_function(
+                source, qualname, task.target, max_complexity=limit, auditor=self.auditor
+            )
+        except RefactorSkipped as exc:
+            return AgentOutcome(note="", error=f"skipped: {exc}")
+        file.write_text(result.source, encoding="utf-8")
+        return AgentOutcome(
+            note=f"refactored {qualname}: complexity {result.before} -> {result.after} ("
+            + "; ".join(result.steps)
+            + ")"
+        )

@@ -1,0 +1,325 @@
+"""The offline complexity agent: each refactoring lowers C901, keeps behaviour, comments and bad input safe.
+
+Behaviour is checked by running the original and the refactored function on the same inputs.
+"""
+
+from __future__ import annotations
+
+import ast
+import itertools
+import textwrap
+from typing import Any
+
+import pytest
+
+from pyagent.agents.complexity import RefactorSkipped, refactor_function
+from pyagent.health import CodeHealthAuditor
+
+AUDITOR = CodeHealthAuditor()
+
+
+def _complexity(source: str, qualname: str) -> int:
+    return {f.qualname: f.complexity for f in AUDITOR.audit_source(source).functions}[qualname]
+
+
+def _refactor(source: str, qualname: str, limit: int = 4) -> tuple[str, Any]:
+    result = refactor_function(
+        textwrap.dedent(source), qualname, "m.py", max_complexity=limit, auditor=AUDITOR
+    )
+    ast.parse(result.source)
+    return result.source, result
+
+
+def _load(source: str) -> dict[str, Any]:
+    namespace: dict[str, Any] = {}
+    exec(compile(source, "m.py", "exec"), namespace)
+    return namespace
+
+
+def _same_behaviour(old: str, new: str, name: str, inputs: list[tuple[Any, ...]]) -> None:
+    f_old, f_new = _load(old)[name], _load(new)[name]
+    for args in inputs:
+        assert f_old(*args) == f_new(*args), args
+
+
+NESTED = """
+def classify(x, y, flag):
+    # nested checks written the long way
+    if x > 0:
+        if y > 0:  # both positive
+            return "both"
+    if flag:
+        if x is not None:
+            if y < 0:
+                return "neg-y"
+    return "other"
+"""
+
+
+def test_nested_conditions_are_merged_and_comments_kept() -> None:
+    new, result = _refactor(NESTED, "classify", limit=3)
+    assert "if x > 0 and y > 0:  # both positive" in new
+    assert "if flag and x is not None and y < 0:" in new
+    assert "# nested checks written the long way" in new
+    assert result.after < result.before == _complexity(textwrap.dedent(NESTED), "classify")
+    grid = [-1, 0, 1]
+    _same_behaviour(
+        textwrap.dedent(NESTED),
+        new,
+        "classify",
+        [(a, b, f) for a, b, f in itertools.product(grid, grid, [0, 1])],
+    )
+
+
+def test_or_operands_are_parenthesised_when_merged() -> None:
+    src = """
+    def f(a, b, c):
+        if a or b:
+            if c:
+                return 1
+        if c:
+            if a:
+                return 2
+        return 3
+    """
+    new, _ = _refactor(src, "f", limit=2)
+    assert "if (a or b) and c:" in new
+    bits = list(itertools.product([0, 1], repeat=3))
+    _same_behaviour(textwrap.dedent(src), new, "f", bits)
+
+
+TOTALS = """
+def totals(rows, strict):
+    \"\"\"Sum the rows.\"\"\"
+    total = 0
+    seen = []
+    for row in rows:
+        # negative rows are refunds
+        if row < 0:
+            if strict:
+                raise ValueError(row)
+            total -= 1
+        elif row > 100:
+            total += 100
+        else:
+            total += row
+        seen.append(row)
+    if total > 50:
+        label = "big"
+    else:
+        label = "small"
+    return total, label, seen
+"""
+
+
+def test_loop_body_is_extracted_with_its_data_flow() -> None:
+    src = textwrap.dedent(TOTALS)
+    new, result = _refactor(src, "totals", limit=3)
+    assert result.helpers, result.steps
+    helper = result.helpers[0]
+    assert helper.startswith("_")
+    assert "# negative rows are refunds" in new
+    module = ast.parse(new)
+    names = [n.name for n in module.body if isinstance(n, ast.FunctionDef)]
+    assert names.index(helper) == names.index("totals") + 1  # sits right after its caller
+    fn = next(n for n in module.body if isinstance(n, ast.FunctionDef) and n.name == helper)
+    doc = ast.get_docstring(fn) or ""
+    assert doc.splitlines()[0].startswith("Process one ``row``") and "totals" in doc
+    assert AUDITOR.audit_source(new).mi >= AUDITOR.audit_source(src).mi  # type: ignore[operator]
+    assert _complexity(new, "totals") < _complexity(src, "totals")
+    assert _complexity(new, helper) <= _complexity(src, "totals")
+    inputs = [([], False), ([1, 200, -3, 7], False), ([60, 1], True), ([5], True)]
+    _same_behaviour(src, new, "totals", inputs)
+    with pytest.raises(ValueError):
+        _load(new)["totals"]([1, -1], True)
+    assert "\n\n\ndef " + helper in new  # PEP 8 spacing around the new top-level function
+
+
+METHOD = """
+class Scanner:
+    def __init__(self):
+        self.hits = []
+
+    def scan(self, words, upper):
+        count = 0
+        for word in words:
+            if word.startswith("#"):
+                if upper:
+                    self.hits.append(word.upper())
+                else:
+                    self.hits.append(word)
+            elif word:
+                for ch in word:
+                    if ch.isdigit():
+                        count += 1
+        return count
+"""
+
+
+def test_method_body_becomes_a_method_next_to_it() -> None:
+    src = textwrap.dedent(METHOD)
+    new, result = _refactor(src, "Scanner.scan", limit=3)
+    assert result.helpers
+    assert f"self.{result.helpers[0]}(" in new
+    for words, upper in ([["#a", "b1c2", ""], True], [["x9", "#Q"], False]):
+        old_obj, new_obj = _load(src)["Scanner"](), _load(new)["Scanner"]()
+        assert old_obj.scan(words, upper) == new_obj.scan(words, upper)
+        assert old_obj.hits == new_obj.hits
+
+
+def test_guard_clause_replaces_else_after_return() -> None:
+    src = """
+    def parse(text, default):
+        if not text:
+            return default
+        else:
+            parts = text.split(",")
+            if len(parts) > 2:
+                if parts[0]:
+                    return parts[0]
+            return parts[-1]
+    """
+    new, result = _refactor(src, "parse", limit=3)
+    assert "else:" not in new
+    assert any("early exit" in s for s in result.steps)
+    _same_behaviour(
+        textwrap.dedent(src), new, "parse", [("", "d"), ("a,b,c", "d"), (",b,c", "d"), ("x", "d")]
+    )
+
+
+def test_decorated_function_is_refactored_and_keeps_its_decorator() -> None:
+    src = """
+    import functools
+
+    @functools.lru_cache(maxsize=None)
+    def score(n):
+        total = 0
+        for i in range(n):
+            if i % 3 == 0:
+                if i % 5 == 0:
+                    total += 15
+                elif i % 2:
+                    total += 3
+            elif i % 5 == 0:
+                total += 5
+        return total
+    """
+    new, _ = _refactor(src, "score", limit=3)
+    assert "@functools.lru_cache(maxsize=None)\ndef score(n):" in new
+    _same_behaviour(textwrap.dedent(src), new, "score", [(0,), (16,), (31,)])
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ("            yield x\n", "yield"),
+        ("            await x\n", "await"),
+        ("            return x\n", "return"),
+        ("            break\n", "break"),
+        ("            global G\n            G = x\n", "global"),
+    ],
+)
+def test_blocks_that_escape_are_never_extracted(body: str, reason: str) -> None:
+    prefix = "async " if reason == "await" else ""
+    src = (
+        f"G = 0\n\n\n{prefix}def f(xs):\n    for x in xs:\n        if x > 1:\n            if x > 2:\n"
+        "                print(x)\n            elif x > 3:\n                print(x)\n"
+        + body
+        + "        print(x)\n"
+    )
+    with pytest.raises(RefactorSkipped) as exc:
+        refactor_function(src, "f", "m.py", max_complexity=1, auditor=AUDITOR)
+    assert reason in str(exc.value)
+
+
+def test_nonlocal_in_nested_function_is_left_alone() -> None:
+    src = textwrap.dedent(
+        """
+        def outer(xs):
+            n = 0
+            def bump():
+                nonlocal n
+                for x in xs:
+                    if x:
+                        if x > 1:
+                            n += 1
+                        elif x < 0:
+                            n -= 1
+            bump()
+            return n
+        """
+    )
+    for qualname in ("outer", "outer.<locals>.bump"):
+        with pytest.raises(RefactorSkipped) as exc:
+            refactor_function(src, qualname, "m.py", max_complexity=1, auditor=AUDITOR)
+        assert "stays at complexity" in str(exc.value)
+
+
+PICK_ELSE = """
+def pick(a, b, c):
+    if a:
+        if b:
+            y = 1
+        elif c:
+            y = 2
+        print(a)
+    else:
+        y = 3
+    return y
+"""
+
+PICK_ONLY = """
+def pick(a, b, c):
+    y = 0
+    if a:
+        print(a)
+        if b:
+            z = 1
+        elif c:
+            z = 2
+        y = z
+    return y
+"""
+
+
+@pytest.mark.parametrize(
+    ("src", "reason"),
+    [
+        # rope hands back nothing here although `y` is read after the block
+        (PICK_ELSE, "would not hand back `y`"),
+        # rope would return `z`, unbound when neither branch ran
+        (PICK_ONLY.replace("        y = z\n", "    y = z\n"), "assigned only on some paths"),
+    ],
+)
+def test_extraction_that_would_lose_a_value_is_refused(src: str, reason: str) -> None:
+    with pytest.raises(RefactorSkipped) as exc:
+        refactor_function(src, "pick", "m.py", max_complexity=1, auditor=AUDITOR)
+    assert reason in str(exc.value)
+
+
+def test_tabs_and_unknown_syntax_are_skipped_with_a_reason() -> None:
+    tabbed = "def f(x):\n\tif x:\n\t\tif x > 1:\n\t\t\treturn 1\n\treturn 0\n"
+    with pytest.raises(RefactorSkipped, match="tabs"):
+        refactor_function(tabbed, "f", "m.py", max_complexity=1, auditor=AUDITOR)
+    with pytest.raises(RefactorSkipped, match="does not parse"):
+        refactor_function("def f(:\n  pass\n", "f", "m.py", max_complexity=1, auditor=AUDITOR)
+    with pytest.raises(RefactorSkipped, match="not found"):
+        refactor_function("def g():\n    pass\n", "f", "m.py", max_complexity=1, auditor=AUDITOR)
+
+
+def test_a_helper_needing_many_parameters_is_not_written() -> None:
+    src = textwrap.dedent(
+        """
+        def mix(a, b, c, d, e, f, g):
+            out = []
+            for i in range(a):
+                if b:
+                    if c > i:
+                        out.append(d + e + f + g)
+                    elif d:
+                        out.append(e - f - g)
+            return out
+        """
+    )
+    with pytest.raises(RefactorSkipped, match="parameters"):
+        refactor_function(src, "mix", "m.py", max_complexity=1, auditor=AUDITOR)
