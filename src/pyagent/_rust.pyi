@@ -21,6 +21,8 @@ __all__ = [
     "audit_source",
     "audit_tree",
     "paged_attention_decode",
+    "quant_dequantize",
+    "quant_matmul",
     "replace",
     "walk",
 ]
