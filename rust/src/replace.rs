@@ -145,7 +145,9 @@ pub fn replace_tree(
     Ok(summary)
 }
 
-type PyChange = (String, Py<PyBytes>, Py<PyBytes>, usize, Option<String>);
+/// The path travels as an `OsString` (a Python str decoded like `os.fsdecode`), so a file name that
+/// is not UTF-8 round-trips byte for byte instead of turning into a lossy name that matches no file.
+type PyChange = (std::ffi::OsString, Py<PyBytes>, Py<PyBytes>, usize, Option<String>);
 type PyReplaceResult =
     (Vec<PyChange>, usize, Vec<String>, Vec<String>, Vec<(String, String)>);
 
@@ -179,7 +181,7 @@ fn replace(
         .into_iter()
         .map(|c| {
             (
-                c.path.display().to_string(),
+                c.path.into_os_string(),
                 PyBytes::new(py, &c.original).unbind(),
                 PyBytes::new(py, c.replaced.as_bytes()).unbind(),
                 c.matches,
