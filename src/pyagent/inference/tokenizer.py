@@ -14,6 +14,7 @@ else gets a documented simple format:
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -81,6 +82,12 @@ class Tokenizer:
         if isinstance(template, list):  # named templates: use the default one
             template = next((t.get("template") for t in template if t.get("name") == "default"), None)
         return cls(tok, eos_token_ids=eos, chat_format=_detect_chat_format(template, tok))
+
+    @functools.cached_property
+    def max_token_chars(self) -> int:
+        """The most characters one token's text spans: ``len(text) // max_token_chars`` bounds the
+        token count from below without tokenizing (the server refuses huge inputs with it)."""
+        return max((len(t) for t in self._tok.get_vocab(with_added_tokens=True)), default=1) or 1
 
     @property
     def vocab_size(self) -> int:
