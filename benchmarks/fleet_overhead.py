@@ -15,10 +15,9 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from pyagent.fleet.core import TaskControl
+from pyagent.fleet.core import FleetManager, TaskControl
 from pyagent.fleet.events import FleetEvent
-from pyagent.fleet.manager import FleetManager
-from pyagent.fleet.priority import AgentPriority
+from pyagent.model.priority import AgentPriority
 
 
 async def _noop() -> None:

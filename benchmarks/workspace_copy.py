@@ -20,7 +20,7 @@ from pathlib import Path
 
 from corpus import stdlib_copy
 
-from pyagent.fleet.workspace import _clone, copy_method, isolated_copy, project_files
+from pyagent.pipeline.workspace import _COPY_WORKERS, _clone, copy_method, isolated_copy, project_files
 
 
 def tree_copy(root: Path, files: list[str], parent: Path, one: Callable[[Path, Path], None]) -> Path:
@@ -64,13 +64,13 @@ def main() -> None:
             "hard link (unsafe anchor)": median_time(
                 lambda: tree_copy(root, files, scratch, os.link), args.repeat
             ),
-            "plain copy": median_time(
+            "plain copy (one file at a time)": median_time(
                 lambda: tree_copy(root, files, scratch, shutil.copy2), args.repeat
             ),
-            "reflink (FICLONE)": median_time(
+            "reflink, FICLONE (one at a time)": median_time(
                 lambda: tree_copy(root, files, scratch, _clone), args.repeat
             ) if chosen == "reflink" else None,
-            f"isolated_copy (picks {chosen})": median_time(
+            f"isolated_copy ({chosen}, {_COPY_WORKERS} threads)": median_time(
                 lambda: isolated_copy(root, parent=scratch, files=files), args.repeat
             ),
         }
@@ -78,9 +78,9 @@ def main() -> None:
         assert anchor is not None
         for name, secs in results.items():
             if secs is None:
-                print(f"{name:34s} unsupported on this file system")
+                print(f"{name:38s} unsupported on this file system")
             else:
-                print(f"{name:34s} {secs * 1000:8.1f} ms per task copy   {secs / anchor:5.2f}x hard link")
+                print(f"{name:38s} {secs * 1000:8.1f} ms per task copy   {secs / anchor:5.2f}x hard link")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -52,8 +55,30 @@ def test_excludes_and_no_ignore(tree: Path) -> None:
 def test_file_root_and_missing_root(tree: Path) -> None:
     files, _ = _rust.walk(str(tree / "b.txt"), extensions=["py"])
     assert files == [str(tree / "b.txt")]
-    with pytest.raises(FileNotFoundError, match="no such file or directory"):
+    with pytest.raises(FileNotFoundError, match="No such file or directory") as missing:
         _rust.walk(str(tree / "nope"))
+    assert (missing.value.errno, missing.value.filename) == (errno.ENOENT, str(tree / "nope"))
+    with pytest.raises(NotADirectoryError) as inside_a_file:
+        _rust.walk(str(tree / "a.py" / "x"))
+    assert inside_a_file.value.errno == errno.ENOTDIR
+
+
+def test_unreadable_root_is_a_permission_error(tree: Path) -> None:
+    """The root that cannot be listed raises PermissionError, not FileNotFoundError or an empty walk."""
+    locked = tree / "pkg"
+    locked.chmod(0)
+    try:
+        code = (
+            "import sys\nfrom pyagent import _rust\n"
+            "try:\n    _rust.walk(sys.argv[1])\nexcept PermissionError as e:\n    print('PermissionError', e.errno)\n"
+        )
+        cmd = [sys.executable, "-c", code, str(locked)]
+        if os.geteuid() == 0:  # root reads anything: drop the capabilities that bypass file permissions
+            cmd = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *cmd]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        assert out.stdout.split() == ["PermissionError", str(errno.EACCES)], out.stderr
+    finally:
+        locked.chmod(0o755)
 
 
 def test_bad_glob_is_a_clear_error(tree: Path) -> None:

@@ -105,7 +105,7 @@ fn exp_nonpositive<A: Arith>(x: f32) -> f32 {
     p = A::madd(p, r, 8.333_452e-3);
     p = A::madd(p, r, 4.166_579_6e-2);
     p = A::madd(p, r, 1.666_666_5e-1);
-    p = A::madd(p, r, 5.000_000_1e-1);
+    p = A::madd(p, r, 0.5); // Cephes writes 5.0000001e-1, which is 0.5 in f32
     let y = A::madd(p, r * r, r) + 1.0;
     let bits = ((t.to_bits() as i32 - 0x4B40_0000 + 127) << 23) as u32;
     y * f32::from_bits(bits)
@@ -114,7 +114,7 @@ fn exp_nonpositive<A: Arith>(x: f32) -> f32 {
 /// Check the shape and table contents so that the kernel cannot read out of bounds.
 pub fn validate(shape: &DecodeShape, inputs: &DecodeInputs<'_>, out_len: usize) -> Result<(), String> {
     let s = shape;
-    if s.num_kv_heads == 0 || s.num_heads % s.num_kv_heads != 0 {
+    if s.num_kv_heads == 0 || !s.num_heads.is_multiple_of(s.num_kv_heads) {
         return Err(format!(
             "num_heads ({}) must be a positive multiple of num_kv_heads ({})",
             s.num_heads, s.num_kv_heads
@@ -246,7 +246,7 @@ fn partition_impl<A: Arith>(
         sum[j] = lanes_sum(row);
     }
     let mut acc = vec![0f32; group * hd];
-    if hd % TILE == 0 {
+    if hd.is_multiple_of(TILE) {
         for &base in &rows[..SUB.min(n)] {
             prefetch(inputs.v_cache, base, hd);
         }
@@ -479,4 +479,122 @@ fn paged_attention_decode(
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(paged_attention_decode, m)?)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two sequences, 4 query heads over 2 KV heads, head_dim 4, blocks of 2 tokens.
+    fn shape() -> DecodeShape {
+        DecodeShape { num_seqs: 2, num_heads: 4, num_kv_heads: 2, head_dim: 4, num_blocks: 3, block_size: 2, max_blocks_per_seq: 2 }
+    }
+
+    struct Buffers {
+        q: Vec<f32>,
+        k: Vec<f32>,
+        v: Vec<f32>,
+        tables: Vec<i32>,
+        lens: Vec<i32>,
+    }
+
+    impl Buffers {
+        fn new(s: &DecodeShape) -> Buffers {
+            let cache = s.num_blocks * s.num_kv_heads * s.block_size * s.head_dim;
+            Buffers {
+                q: (0..s.num_seqs * s.num_heads * s.head_dim).map(|i| (i % 7) as f32 * 0.25 - 0.5).collect(),
+                k: (0..cache).map(|i| (i % 5) as f32 * 0.3 - 0.6).collect(),
+                v: (0..cache).map(|i| (i % 11) as f32 * 0.1).collect(),
+                // seq 0 uses blocks [2, 0] (3 tokens); seq 1 uses block [1] (1 token), its 2nd entry unused.
+                tables: vec![2, 0, 1, -99],
+                lens: vec![3, 1],
+            }
+        }
+
+        fn inputs(&self) -> DecodeInputs<'_> {
+            DecodeInputs { q: &self.q, k_cache: &self.k, v_cache: &self.v, block_tables: &self.tables, context_lens: &self.lens }
+        }
+    }
+
+    fn check(s: &DecodeShape, b: &Buffers) -> Result<(), String> {
+        validate(s, &b.inputs(), s.num_seqs * s.num_heads * s.head_dim)
+    }
+
+    #[test]
+    fn a_consistent_call_passes_and_unused_table_entries_are_not_read() {
+        let (s, b) = (shape(), Buffers::new(&shape()));
+        assert_eq!(check(&s, &b), Ok(()));
+    }
+
+    #[test]
+    fn bad_shapes_are_refused() {
+        let b = Buffers::new(&shape());
+        let err = |s: DecodeShape| check(&s, &b).unwrap_err();
+        assert!(err(DecodeShape { num_kv_heads: 3, ..shape() }).contains("multiple of num_kv_heads"));
+        assert!(err(DecodeShape { num_kv_heads: 0, ..shape() }).contains("multiple of num_kv_heads"));
+        assert!(err(DecodeShape { block_size: 0, ..shape() }).contains("must be positive"));
+        assert!(err(DecodeShape { num_seqs: 3, ..shape() }).contains("q and out"));
+        assert!(err(DecodeShape { num_blocks: 4, ..shape() }).contains("same shape"));
+        let s = shape();
+        assert!(validate(&s, &b.inputs(), 5).unwrap_err().contains("q and out"));
+        let short = Buffers { tables: vec![2, 0, 1], ..Buffers::new(&s) };
+        assert!(check(&s, &short).unwrap_err().contains("block_tables must be"));
+    }
+
+    #[test]
+    fn table_contents_are_checked_before_any_read() {
+        let s = shape();
+        let too_long = Buffers { lens: vec![5, 1], ..Buffers::new(&s) };
+        assert_eq!(check(&s, &too_long).unwrap_err(), "context_lens[0] = 5 does not fit its block table");
+        let negative = Buffers { lens: vec![3, -1], ..Buffers::new(&s) };
+        assert!(check(&s, &negative).unwrap_err().contains("context_lens[1] = -1"));
+        let outside = Buffers { tables: vec![2, 3, 1, 0], ..Buffers::new(&s) };
+        assert_eq!(check(&s, &outside).unwrap_err(), "block_tables[0] holds block 3, outside 0..3");
+        let below = Buffers { tables: vec![2, 0, -1, 0], ..Buffers::new(&s) };
+        assert!(check(&s, &below).unwrap_err().contains("block_tables[1] holds block -1"));
+        let mut out = vec![0f32; 2 * 4 * 4];
+        assert!(paged_decode(&s, &outside.inputs(), &mut out, 1.0, 2).is_err());
+        assert!(out.iter().all(|&x| x == 0.0), "nothing written on a refused call");
+        let ok = Buffers::new(&s);
+        assert_eq!(paged_decode(&s, &ok.inputs(), &mut out, 1.0, 0).unwrap_err(), "partition_size must be positive");
+    }
+
+    #[test]
+    fn decode_matches_a_direct_softmax_for_every_partition_size() {
+        let s = shape();
+        let b = Buffers::new(&s);
+        let hd = s.head_dim;
+        let group = s.num_heads / s.num_kv_heads;
+        let mut expected = vec![0f32; s.num_seqs * s.num_heads * hd];
+        for seq in 0..s.num_seqs {
+            for h in 0..s.num_heads {
+                let kvh = h / group;
+                let q = &b.q[(seq * s.num_heads + h) * hd..][..hd];
+                let rows: Vec<usize> = (0..b.lens[seq] as usize)
+                    .map(|t| {
+                        let block = b.tables[seq * s.max_blocks_per_seq + t / s.block_size] as usize;
+                        ((block * s.num_kv_heads + kvh) * s.block_size + t % s.block_size) * hd
+                    })
+                    .collect();
+                let scores: Vec<f64> = rows
+                    .iter()
+                    .map(|&r| q.iter().zip(&b.k[r..r + hd]).map(|(x, y)| f64::from(x * y)).sum::<f64>() * 0.5)
+                    .collect();
+                let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let w: Vec<f64> = scores.iter().map(|x| (x - m).exp()).collect();
+                let total: f64 = w.iter().sum();
+                for d in 0..hd {
+                    let o: f64 = rows.iter().zip(&w).map(|(&r, wi)| wi * f64::from(b.v[r + d])).sum();
+                    expected[(seq * s.num_heads + h) * hd + d] = (o / total) as f32;
+                }
+            }
+        }
+        for partition_size in [1, 2, 512] {
+            let mut out = vec![f32::NAN; expected.len()];
+            paged_decode(&s, &b.inputs(), &mut out, 0.5, partition_size).unwrap();
+            for (got, want) in out.iter().zip(&expected) {
+                assert!((got - want).abs() < 1e-5, "partition {partition_size}: {got} vs {want}");
+            }
+        }
+    }
 }

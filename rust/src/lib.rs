@@ -1,9 +1,13 @@
 //! `pyagent._rust`: the CPU-bound core of PyAgent.
 //!
-//! Each feature lives in its own module and registers its Python functions through `register`,
-//! so features can grow without touching each other.
+//! Each feature lives in its own module and registers its Python functions and result classes
+//! through `register`, so features can grow without touching each other. Every entry point runs
+//! inside `errors::guarded`, so a panic reaches Python as `RustPanicError` (an `Exception`).
 use pyo3::prelude::*;
 
+mod errors;
+#[cfg(test)]
+mod testdir;
 mod walk;
 // -- metrics
 pub mod metrics;
@@ -15,16 +19,15 @@ mod replace;
 // -- attention kernels
 mod attention;
 
-
 #[pymodule]
 fn _rust(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    errors::register(m)?;
     walk::register(m)?;
     // -- metrics
     metrics::register(m)?;
 
     // -- replace and diff
-    diff::register(m)?;
     replace::register(m)?;
 
     // -- attention kernels

@@ -13,6 +13,7 @@ use rayon::prelude::*;
 use regex::{Captures, Regex, RegexBuilder};
 
 use crate::diff;
+use crate::errors::guarded;
 use crate::walk::{self, WalkOptions};
 
 const BINARY_SNIFF: usize = 8 * 1024;
@@ -49,7 +50,7 @@ pub struct ReplaceSummary {
     pub scanned: usize,
     pub binary: Vec<String>,
     pub non_utf8: Vec<String>,
-    pub errors: Vec<(String, String)>,
+    pub errors: walk::PathErrors,
 }
 
 /// Compiles the pattern; an invalid regex is a clear `ValueError` naming the problem.
@@ -145,16 +146,32 @@ pub fn replace_tree(
     Ok(summary)
 }
 
+/// One file the replacement changes: the bytes it was computed from, the new bytes, the number of
+/// replacements and, when asked for, the unified diff.
 /// The path travels as an `OsString` (a Python str decoded like `os.fsdecode`), so a file name that
 /// is not UTF-8 round-trips byte for byte instead of turning into a lossy name that matches no file.
-type PyChange = (std::ffi::OsString, Py<PyBytes>, Py<PyBytes>, usize, Option<String>);
-type PyReplaceResult =
-    (Vec<PyChange>, usize, Vec<String>, Vec<String>, Vec<(String, String)>);
+#[pyclass(frozen, get_all, module = "pyagent._rust")]
+pub struct ReplaceChange {
+    path: std::ffi::OsString,
+    original: Py<PyBytes>,
+    new: Py<PyBytes>,
+    matches: usize,
+    diff: Option<String>,
+}
+
+/// What `replace` found: the changes (nothing is written), how many files were scanned, the files
+/// skipped as binary or non-UTF-8, and (path, reason) for entries that could not be read.
+#[pyclass(frozen, get_all, module = "pyagent._rust")]
+pub struct ReplaceResult {
+    changes: Vec<Py<ReplaceChange>>,
+    scanned: usize,
+    binary: Vec<String>,
+    non_utf8: Vec<String>,
+    errors: walk::PathErrors,
+}
 
 /// replace(root, pattern, replacement, *, literal=False, multiline=False, globs=[], excludes=[],
-///         hidden=False, no_ignore=False, diff=False)
-/// -> (changes, scanned, binary, non_utf8, errors); each change is
-///    (path, original bytes, new bytes, matches, unified diff or None). Writes nothing.
+///         hidden=False, no_ignore=False, diff=False) -> ReplaceResult. Writes nothing.
 #[pyfunction]
 #[pyo3(signature = (root, pattern, replacement, *, literal=false, multiline=false, globs=vec![],
                     excludes=vec![], hidden=false, no_ignore=false, diff=false))]
@@ -171,45 +188,100 @@ fn replace(
     hidden: bool,
     no_ignore: bool,
     diff: bool,
-) -> PyResult<PyReplaceResult> {
-    let opts = ReplaceOptions { literal, multiline };
-    let re = compile(pattern, &opts).map_err(PyValueError::new_err)?;
-    let walk_opts = WalkOptions { extensions: None, globs, excludes, hidden, no_ignore };
-    let summary = py.detach(|| replace_tree(&root, &re, replacement, &opts, &walk_opts, diff))?;
-    let changes = summary
-        .changes
-        .into_iter()
-        .map(|c| {
-            (
-                c.path.into_os_string(),
-                PyBytes::new(py, &c.original).unbind(),
-                PyBytes::new(py, c.replaced.as_bytes()).unbind(),
-                c.matches,
-                c.diff,
-            )
+) -> PyResult<ReplaceResult> {
+    guarded(|| {
+        let opts = ReplaceOptions { literal, multiline };
+        let re = compile(pattern, &opts).map_err(PyValueError::new_err)?;
+        let walk_opts = WalkOptions { extensions: None, globs, excludes, hidden, no_ignore };
+        let summary = py.detach(|| replace_tree(&root, &re, replacement, &opts, &walk_opts, diff))?;
+        let changes = summary
+            .changes
+            .into_iter()
+            .map(|c| {
+                let change = ReplaceChange {
+                    path: c.path.into_os_string(),
+                    original: PyBytes::new(py, &c.original).unbind(),
+                    new: PyBytes::new(py, c.replaced.as_bytes()).unbind(),
+                    matches: c.matches,
+                    diff: c.diff,
+                };
+                Py::new(py, change)
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        Ok(ReplaceResult {
+            changes,
+            scanned: summary.scanned,
+            binary: summary.binary,
+            non_utf8: summary.non_utf8,
+            errors: summary.errors,
         })
-        .collect();
-    Ok((changes, summary.scanned, summary.binary, summary.non_utf8, summary.errors))
-}
-
-/// replace_in_text(text, pattern, replacement, *, literal=False, multiline=False) -> (new text, matches)
-#[pyfunction]
-#[pyo3(signature = (text, pattern, replacement, *, literal=false, multiline=false))]
-fn replace_in_text(
-    py: Python<'_>,
-    text: &str,
-    pattern: &str,
-    replacement: &str,
-    literal: bool,
-    multiline: bool,
-) -> PyResult<(String, usize)> {
-    let opts = ReplaceOptions { literal, multiline };
-    let re = compile(pattern, &opts).map_err(PyValueError::new_err)?;
-    Ok(py.detach(|| replace_text(&re, text, replacement, &opts)))
+    })
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<ReplaceChange>()?;
+    m.add_class::<ReplaceResult>()?;
     m.add_function(wrap_pyfunction!(replace, m)?)?;
-    m.add_function(wrap_pyfunction!(replace_in_text, m)?)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testdir::TempTree;
+
+    fn run(text: &str, pattern: &str, replacement: &str, opts: &ReplaceOptions) -> (String, usize) {
+        replace_text(&compile(pattern, opts).unwrap(), text, replacement, opts)
+    }
+
+    #[test]
+    fn regex_groups_literal_text_and_line_mode() {
+        let regex = ReplaceOptions::default();
+        let literal = ReplaceOptions { literal: true, ..Default::default() };
+        let multiline = ReplaceOptions { multiline: true, ..Default::default() };
+        assert_eq!(run("f(a, b)", r"f\((\w+), (\w+)\)", "f($2, $1)", &regex), ("f(b, a)".into(), 1));
+        assert_eq!(run("k=v k2=v2", r"(?P<k>\w+)=(?P<v>\w+)", "${v}=${k}", &regex), ("v=k v2=k2".into(), 2));
+        assert_eq!(run("a.b $1", "a.b $1", "${x}", &literal), ("${x}".into(), 1));
+        assert_eq!(run("axb", "a.b", "z", &literal), ("axb".into(), 0));
+        // Line mode: `^`/`$` per line (CRLF too), and a match never crosses a line end.
+        assert_eq!(run("a = 1\r\nb = 2\r\n", r"^(\w) = (\d)$", "$1: $2", &regex), ("a: 1\r\nb: 2\r\n".into(), 2));
+        assert_eq!(run("start\nend\n", r"start\s+end", "X", &regex), ("start\nend\n".into(), 0));
+        assert_eq!(run("start\nend\n", r"start.*end", "X", &multiline), ("X\n".into(), 1));
+    }
+
+    #[test]
+    fn bad_patterns_are_clear_errors() {
+        let opts = ReplaceOptions::default();
+        assert!(compile("", &opts).unwrap_err().contains("empty"));
+        let err = compile("(unclosed", &opts).unwrap_err();
+        assert!(err.starts_with("invalid regex \"(unclosed\"") && err.contains("unclosed group"), "{err}");
+        assert!(compile("(unclosed", &ReplaceOptions { literal: true, ..Default::default() }).is_ok());
+    }
+
+    #[test]
+    fn tree_replace_skips_binary_and_non_utf8_and_writes_nothing() {
+        let t = TempTree::new();
+        t.write("a.py", "old = 1\nkeep = old\n");
+        t.write("b.txt", "nothing here\n");
+        t.write_bytes("bin.dat", b"old\0old");
+        t.write_bytes("latin.txt", b"old caf\xe9\n");
+        let opts = ReplaceOptions::default();
+        let re = compile(r"\bold\b", &opts).unwrap();
+        let summary = replace_tree(t.path(), &re, "new", &opts, &WalkOptions::default(), true).unwrap();
+        assert_eq!(summary.scanned, 4);
+        assert_eq!(summary.changes.len(), 1);
+        let change = &summary.changes[0];
+        assert_eq!(change.path, t.path().join("a.py"));
+        assert_eq!((change.replaced.as_str(), change.matches), ("new = 1\nkeep = new\n", 2));
+        assert_eq!(change.original, b"old = 1\nkeep = old\n");
+        let diff = change.diff.as_deref().unwrap();
+        assert!(diff.starts_with("--- a/a.py\n+++ b/a.py\n") && diff.contains("-old = 1\n-keep = old\n+new = 1\n+keep = new\n"), "{diff}");
+        assert_eq!(summary.binary, [t.path().join("bin.dat").display().to_string()]);
+        assert_eq!(summary.non_utf8, [t.path().join("latin.txt").display().to_string()]);
+        assert!(summary.errors.is_empty());
+        assert_eq!(std::fs::read_to_string(t.path().join("a.py")).unwrap(), "old = 1\nkeep = old\n");
+        // A missing root is the walk's error, with its kind.
+        let missing = replace_tree(&t.path().join("nope"), &re, "new", &opts, &WalkOptions::default(), false);
+        assert!(matches!(missing, Err(walk::WalkError::Root(_, e)) if e.kind() == std::io::ErrorKind::NotFound));
+    }
 }

@@ -7,8 +7,10 @@ use std::sync::Mutex;
 
 use ignore::overrides::OverrideBuilder;
 use ignore::{WalkBuilder, WalkState};
-use pyo3::exceptions::{PyFileNotFoundError, PyValueError};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+
+use crate::errors::{guarded, os_error};
 
 /// Directories that are never part of a workspace's content.
 const ALWAYS_SKIPPED: [&str; 2] = [".git", ".pyagent"];
@@ -28,26 +30,43 @@ pub struct WalkOptions {
     pub no_ignore: bool,
 }
 
+/// (path, reason) for each entry that could not be read.
+pub type PathErrors = Vec<(String, String)>;
+
 /// The files found, sorted, and the entries that could not be read (path, reason).
 #[derive(Debug, Default)]
 pub struct WalkResult {
     pub files: Vec<PathBuf>,
-    pub errors: Vec<(String, String)>,
+    pub errors: PathErrors,
 }
 
+/// Why a walk could not start: the root itself is missing or unreadable, or a glob is invalid.
 #[derive(Debug)]
 pub enum WalkError {
-    Missing(String),
+    Root(PathBuf, std::io::Error),
     BadGlob(String),
 }
 
 impl From<WalkError> for PyErr {
     fn from(e: WalkError) -> PyErr {
         match e {
-            WalkError::Missing(p) => PyFileNotFoundError::new_err(format!("no such file or directory: {p}")),
+            WalkError::Root(path, err) => os_error(&path, &err),
             WalkError::BadGlob(msg) => PyValueError::new_err(msg),
         }
     }
+}
+
+/// Opens the root the way the walk will (listing a directory, reading a file), so that a root that
+/// cannot be read fails with its own error kind instead of an empty result.
+fn check_root(root: &Path) -> Result<bool, WalkError> {
+    let fail = |e| WalkError::Root(root.to_path_buf(), e);
+    let meta = std::fs::metadata(root).map_err(fail)?;
+    if meta.is_dir() {
+        std::fs::read_dir(root).map_err(fail)?;
+    } else {
+        std::fs::File::open(root).map_err(fail)?;
+    }
+    Ok(meta.is_file())
 }
 
 fn wanted(path: &Path, extensions: &Option<Vec<String>>) -> bool {
@@ -63,8 +82,7 @@ fn wanted(path: &Path, extensions: &Option<Vec<String>>) -> bool {
 
 /// Walks `root` in parallel. A root that is a file is returned as the only file, whatever its extension.
 pub fn collect(root: &Path, opts: &WalkOptions) -> Result<WalkResult, WalkError> {
-    let meta = std::fs::metadata(root).map_err(|_| WalkError::Missing(root.display().to_string()))?;
-    if meta.is_file() {
+    if check_root(root)? {
         return Ok(WalkResult { files: vec![root.to_path_buf()], errors: vec![] });
     }
     let mut overrides = OverrideBuilder::new(root);
@@ -138,13 +156,87 @@ fn walk(
     excludes: Vec<String>,
     hidden: bool,
     no_ignore: bool,
-) -> PyResult<(Vec<String>, Vec<(String, String)>)> {
-    let opts = WalkOptions { extensions, globs, excludes, hidden, no_ignore };
-    let result = py.detach(|| collect(&root, &opts))?;
-    Ok((result.files.iter().map(|p| p.display().to_string()).collect(), result.errors))
+) -> PyResult<(Vec<String>, PathErrors)> {
+    guarded(|| {
+        let opts = WalkOptions { extensions, globs, excludes, hidden, no_ignore };
+        let result = py.detach(|| collect(&root, &opts))?;
+        Ok((result.files.iter().map(|p| p.display().to_string()).collect(), result.errors))
+    })
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(walk, m)?)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testdir::TempTree;
+
+    fn names(root: &Path, opts: &WalkOptions) -> Vec<String> {
+        let found = collect(root, opts).unwrap();
+        assert!(found.errors.is_empty(), "{:?}", found.errors);
+        found.files.iter().map(|p| p.strip_prefix(root).unwrap().display().to_string()).collect()
+    }
+
+    fn sample() -> TempTree {
+        let t = TempTree::new();
+        t.write(".gitignore", "build/\n*.log\n");
+        for rel in ["a.py", "b.txt", "pkg/c.py", "build/gen.py", "x.log", ".hidden/h.py", ".dot.py", ".git/hooks.py", ".pyagent/j.py"] {
+            t.write(rel, "x = 1\n");
+        }
+        t
+    }
+
+    #[test]
+    fn honours_gitignore_hidden_and_always_skipped_dirs() {
+        let t = sample();
+        let py = WalkOptions { extensions: Some(vec!["py".into()]), ..Default::default() };
+        assert_eq!(names(t.path(), &py), ["a.py", "pkg/c.py"]);
+        let all = WalkOptions::default();
+        assert_eq!(names(t.path(), &all), ["a.py", "b.txt", "pkg/c.py"]);
+        let hidden = WalkOptions { hidden: true, ..py.clone() };
+        assert_eq!(names(t.path(), &hidden), [".dot.py", ".hidden/h.py", "a.py", "pkg/c.py"]);
+        let no_ignore = WalkOptions { no_ignore: true, ..py.clone() };
+        assert_eq!(names(t.path(), &no_ignore), ["a.py", "build/gen.py", "pkg/c.py"]);
+    }
+
+    #[test]
+    fn globs_and_excludes() {
+        let t = sample();
+        let only = WalkOptions { globs: vec!["pkg/**".into()], ..Default::default() };
+        assert_eq!(names(t.path(), &only), ["pkg/c.py"]);
+        // A whitelist glob does not let hidden entries in; `.git` stays out even with --hidden.
+        let glob = WalkOptions { globs: vec!["*.py".into()], ..Default::default() };
+        assert_eq!(names(t.path(), &glob), ["a.py", "pkg/c.py"]);
+        let glob_hidden = WalkOptions { globs: vec!["*.py".into()], hidden: true, ..Default::default() };
+        assert_eq!(names(t.path(), &glob_hidden), [".dot.py", ".hidden/h.py", "a.py", "pkg/c.py"]);
+        let ex = WalkOptions { excludes: vec!["pkg/".into()], ..Default::default() };
+        assert_eq!(names(t.path(), &ex), ["a.py", "b.txt"]);
+        let bad = WalkOptions { excludes: vec!["a[b".into()], ..Default::default() };
+        assert!(matches!(collect(t.path(), &bad), Err(WalkError::BadGlob(m)) if m.contains("--exclude")));
+    }
+
+    #[test]
+    fn a_file_root_is_the_only_file_whatever_its_extension() {
+        let t = sample();
+        let py = WalkOptions { extensions: Some(vec!["py".into()]), ..Default::default() };
+        let found = collect(&t.path().join("b.txt"), &py).unwrap();
+        assert_eq!(found.files, [t.path().join("b.txt")]);
+    }
+
+    #[test]
+    fn a_bad_root_keeps_its_error_kind() {
+        let t = sample();
+        let kind = |p: PathBuf| match collect(&p, &WalkOptions::default()) {
+            Err(WalkError::Root(path, e)) => {
+                assert_eq!(path, p);
+                e.kind()
+            }
+            other => panic!("expected a root error, got {other:?}"),
+        };
+        assert_eq!(kind(t.path().join("missing")), std::io::ErrorKind::NotFound);
+        assert_eq!(kind(t.path().join("a.py/inside")), std::io::ErrorKind::NotADirectory);
+    }
 }

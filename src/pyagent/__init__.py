@@ -30,16 +30,15 @@ _EXPORTS: dict[str, str] = {
     "ResourceLimits": "pyagent.shell.limits",
 
     # -- agents and fleet
-    "Budget": "pyagent.agents.budget",
-    "CascadeContext": "pyagent.agents.context",
+    "Budget": "pyagent.model.budget",
+    "CascadeContext": "pyagent.model.context",
     "BaseAgent": "pyagent.agents.base",
     "IdentityMixin": "pyagent.agents.mixins.identity",
-    "PersistenceMixin": "pyagent.agents.mixins.persistence",
     "KnowledgeMixin": "pyagent.agents.mixins.knowledge",
     "OrchestrationMixin": "pyagent.agents.mixins.orchestration",
     "GovernanceMixin": "pyagent.agents.mixins.governance",
-    "AgentPriority": "pyagent.fleet.priority",
-    "FleetManager": "pyagent.fleet.manager",
+    "AgentPriority": "pyagent.model.priority",
+    "FleetManager": "pyagent.fleet.core",
     "FleetExecutionCore": "pyagent.fleet.core",
 
     # -- memory (knowledge store)
@@ -64,16 +63,12 @@ __all__ = ["__version__", *sorted(_EXPORTS)]
 
 if TYPE_CHECKING:  # one import line per component, same order as _EXPORTS
     from pyagent.agents.base import BaseAgent as BaseAgent
-    from pyagent.agents.budget import Budget as Budget
-    from pyagent.agents.context import CascadeContext as CascadeContext
     from pyagent.agents.mixins import GovernanceMixin as GovernanceMixin
     from pyagent.agents.mixins import IdentityMixin as IdentityMixin
     from pyagent.agents.mixins import KnowledgeMixin as KnowledgeMixin
     from pyagent.agents.mixins import OrchestrationMixin as OrchestrationMixin
-    from pyagent.agents.mixins import PersistenceMixin as PersistenceMixin
     from pyagent.fleet.core import FleetExecutionCore as FleetExecutionCore
-    from pyagent.fleet.manager import FleetManager as FleetManager
-    from pyagent.fleet.priority import AgentPriority as AgentPriority
+    from pyagent.fleet.core import FleetManager as FleetManager
     from pyagent.health.auditor import AuditReport as AuditReport
     from pyagent.health.auditor import CodeHealthAuditor as CodeHealthAuditor
     from pyagent.health.auditor import FileHealth as FileHealth
@@ -82,6 +77,9 @@ if TYPE_CHECKING:  # one import line per component, same order as _EXPORTS
     from pyagent.inference.engine import SamplingParams as SamplingParams
     from pyagent.memory.pruning import NeuralPruningEngine as NeuralPruningEngine
     from pyagent.memory.store import KnowledgeStore as KnowledgeStore
+    from pyagent.model.budget import Budget as Budget
+    from pyagent.model.context import CascadeContext as CascadeContext
+    from pyagent.model.priority import AgentPriority as AgentPriority
     from pyagent.shell.limits import ResourceLimits as ResourceLimits
     from pyagent.shell.secure import SecureShell as SecureShell
     from pyagent.shell.secure import ShellResult as ShellResult

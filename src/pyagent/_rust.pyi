@@ -1,6 +1,33 @@
-"""Typed surface of the Rust core, ``pyagent._rust``. One section per Rust module."""
+"""Typed surface of the Rust core, ``pyagent._rust``. One section per Rust module.
+
+``python -m mypy.stubtest pyagent._rust`` (run by ``.ci/run``) checks this file against the module.
+"""
+
+from collections.abc import Callable
+from typing import final
+
+import numpy as np
 
 __version__: str
+__all__ = [
+    "FileHealth",
+    "FunctionHealth",
+    "Halstead",
+    "RawMetrics",
+    "ReplaceChange",
+    "ReplaceResult",
+    "RustPanicError",
+    "__version__",
+    "audit_source",
+    "audit_tree",
+    "paged_attention_decode",
+    "replace",
+    "walk",
+]
+
+# -- errors
+class RustPanicError(Exception):
+    """A bug in PyAgent's Rust core (a Rust panic), raised as an Exception with the panic's message."""
 
 # -- walk
 def walk(
@@ -12,27 +39,105 @@ def walk(
     hidden: bool = False,
     no_ignore: bool = False,
 ) -> tuple[list[str], list[tuple[str, str]]]:
-    """Files under ``root`` (sorted) honoring .gitignore, and (path, reason) for unreadable entries."""
+    """Files under ``root`` (sorted) honoring .gitignore, and (path, reason) for unreadable entries.
+    A root that cannot be opened raises the OSError of its kind; an invalid glob raises ValueError."""
 
 # -- metrics
-from collections.abc import Callable  # noqa: E402  (one stub section per Rust module)
+@final
+class FunctionHealth:
+    """One function or method; ``lineno`` is the line of its ``def`` keyword (decorators excluded)."""
 
-# One audited file: (path, error, skipped, mi, mi_rank, module complexity,
-#   halstead (h1, h2, N1, N2, vocabulary, length, calculated_length, volume, difficulty, effort, time, bugs),
-#   raw (loc, lloc, sloc, comments, multi, blank, single_comments),
-#   functions [(name, qualname, def line, end line, C901 complexity)], seconds spent)
-_AuditedFile = tuple[
-    str,
-    str | None,
-    bool,
-    float | None,
-    str | None,
-    int | None,
-    tuple[int, int, int, int, int, int, float, float, float, float, float, float] | None,
-    tuple[int, int, int, int, int, int, int] | None,
-    list[tuple[str, str, int, int, int]],
-    float,
-]
+    @property
+    def name(self) -> str: ...
+    @property
+    def qualname(self) -> str: ...
+    @property
+    def lineno(self) -> int: ...
+    @property
+    def endline(self) -> int: ...
+    @property
+    def complexity(self) -> int:
+        """C901 complexity, as ruff counts it."""
+
+@final
+class Halstead:
+    """Module Halstead metrics with radon's names and definitions."""
+
+    @property
+    def h1(self) -> int: ...
+    @property
+    def h2(self) -> int: ...
+    @property
+    def N1(self) -> int: ...
+    @property
+    def N2(self) -> int: ...
+    @property
+    def vocabulary(self) -> int: ...
+    @property
+    def length(self) -> int: ...
+    @property
+    def calculated_length(self) -> float: ...
+    @property
+    def volume(self) -> float: ...
+    @property
+    def difficulty(self) -> float: ...
+    @property
+    def effort(self) -> float: ...
+    @property
+    def time(self) -> float: ...
+    @property
+    def bugs(self) -> float: ...
+
+@final
+class RawMetrics:
+    """radon's raw line counts (``loc = sloc + blank + multi + single_comments``)."""
+
+    @property
+    def loc(self) -> int: ...
+    @property
+    def lloc(self) -> int: ...
+    @property
+    def sloc(self) -> int: ...
+    @property
+    def comments(self) -> int: ...
+    @property
+    def multi(self) -> int: ...
+    @property
+    def blank(self) -> int: ...
+    @property
+    def single_comments(self) -> int: ...
+
+@final
+class FileHealth:
+    """Health of one file. ``error`` says why metrics are missing (syntax error, skipped file)."""
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def error(self) -> str | None: ...
+    @property
+    def skipped(self) -> bool: ...
+    @property
+    def mi(self) -> float | None: ...
+    @property
+    def mi_rank(self) -> str | None: ...
+    @property
+    def complexity(self) -> int | None:
+        """radon's total complexity of the module."""
+    @property
+    def halstead(self) -> Halstead | None: ...
+    @property
+    def raw(self) -> RawMetrics | None: ...
+    @property
+    def functions(self) -> tuple[FunctionHealth, ...]: ...
+    @property
+    def max_complexity(self) -> int:
+        """The largest C901 complexity of its functions (0 without functions)."""
+    @property
+    def seconds(self) -> float:
+        """CPU seconds of the analysing thread (read, parse, all metrics); not part of equality."""
+    def to_dict(self) -> dict[str, object]:
+        """The file as the JSON report writes it (everything but ``seconds`` and ``max_complexity``)."""
 
 def audit_tree(
     root: str,
@@ -40,13 +145,43 @@ def audit_tree(
     excludes: list[str] = ...,
     multi_as_comments: bool = True,
     progress: Callable[[int, int], None] | None = None,
-) -> tuple[list[_AuditedFile], list[tuple[str, str]]]:
+) -> tuple[list[FileHealth], list[tuple[str, str]]]:
     """Every ``*.py`` under ``root`` analysed in parallel, and (path, reason) for unreadable entries."""
 
-def audit_source(source: str, path: str = "<string>", *, multi_as_comments: bool = True) -> _AuditedFile:
+def audit_source(source: str, path: str = "<string>", *, multi_as_comments: bool = True) -> FileHealth:
     """One module given as text."""
 
 # -- replace and diff
+@final
+class ReplaceChange:
+    """One file the replacement changes (absolute path); nothing has been written."""
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def original(self) -> bytes: ...
+    @property
+    def new(self) -> bytes: ...
+    @property
+    def matches(self) -> int: ...
+    @property
+    def diff(self) -> str | None: ...
+
+@final
+class ReplaceResult:
+    """The changes, files scanned, files skipped as binary or non-UTF-8, and unreadable entries."""
+
+    @property
+    def changes(self) -> list[ReplaceChange]: ...
+    @property
+    def scanned(self) -> int: ...
+    @property
+    def binary(self) -> list[str]: ...
+    @property
+    def non_utf8(self) -> list[str]: ...
+    @property
+    def errors(self) -> list[tuple[str, str]]: ...
+
 def replace(
     root: str,
     pattern: str,
@@ -59,23 +194,11 @@ def replace(
     hidden: bool = False,
     no_ignore: bool = False,
     diff: bool = False,
-) -> tuple[
-    list[tuple[str, bytes, bytes, int, str | None]], int, list[str], list[str], list[tuple[str, str]]
-]:
-    """(changes, scanned, binary, non_utf8, errors); a change is (path, original, new, matches, diff).
-    Writes nothing. ValueError for an invalid regex or glob, FileNotFoundError for a missing root."""
-
-def replace_in_text(
-    text: str, pattern: str, replacement: str, *, literal: bool = False, multiline: bool = False
-) -> tuple[str, int]:
-    """The same replacement on one string: (new text, number of replacements)."""
-
-def unified_diff(old: str, new: str, *, old_path: str = "a", new_path: str = "b", context: int = 3) -> str:
-    """Unified diff of two texts ('' when equal)."""
+) -> ReplaceResult:
+    """The replacement over every file under ``root``; writes nothing. ValueError for an invalid regex
+    or glob, the OSError of its kind for a root that cannot be opened."""
 
 # -- attention kernels
-import numpy as np  # noqa: E402
-
 def paged_attention_decode(
     out: np.ndarray,
     q: np.ndarray,
@@ -87,4 +210,3 @@ def paged_attention_decode(
     partition_size: int = 512,
 ) -> None:
     """Paged decode attention into ``out`` (float32 [seqs, heads, head_dim]); int32 tables; GIL released."""
-

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from pyagent.agents.context import CascadeContext
 from pyagent.agents.docstrings import missing_docstrings
 from pyagent.agents.edits import Edit, EditError, apply_edits, parse_edits
 from pyagent.agents.llm.openai_compat import OpenAICompatClient
 from pyagent.agents.refactor import DocstringAgent, RefactorAgent
-from pyagent.agents.task import AgentTask
-from pyagent.fleet.priority import AgentPriority
+from pyagent.model.context import CascadeContext
+from pyagent.model.priority import AgentPriority
+from pyagent.model.task import AgentTask
 from tests.agents.llm_server import Reply, Script, scripted_server
 
 SRC = """\

@@ -7,11 +7,11 @@ import asyncio
 
 import pytest
 
-from pyagent.agents.budget import Budget
-from pyagent.agents.errors import BudgetExceeded
-from pyagent.agents.llm.base import LLMError, UsageMeter
+from pyagent.agents.llm.base import LLMClient, LLMError, UsageMeter
 from pyagent.agents.llm.factory import LLMConfigError, make_llm
 from pyagent.agents.llm.openai_compat import OpenAICompatClient
+from pyagent.model.budget import Budget
+from pyagent.model.errors import BudgetExceeded
 from tests.agents.llm_server import Reply, Script, scripted_server
 
 MSGS = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}]
@@ -124,5 +124,14 @@ def test_factory_errors_and_local_hook() -> None:
         make_llm("  ")
     with pytest.raises(LLMConfigError, match="model directory"):
         make_llm("local:")
+    with pytest.raises(LLMConfigError, match="no local backend"):
+        make_llm("local:/some/dir")  # the caller did not wire `--llm local:` in
+    seen: list[str] = []
+
+    def backend(target: str, budget: Budget | None, meter: UsageMeter) -> LLMClient:
+        seen.append(target)
+        return make_llm("stand-in", base_url="http://127.0.0.1:9/v1", meter=meter)
+
+    assert make_llm("local:/models/x", local=backend).model == "stand-in" and seen == ["/models/x"]
     client = make_llm("gpt-4o-mini", base_url="http://127.0.0.1:9/v1")
     assert client.model == "gpt-4o-mini"

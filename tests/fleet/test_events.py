@@ -8,10 +8,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from pyagent.agents.context import CascadeContext
-from pyagent.fleet.core import TaskControl
+from pyagent.fleet.core import FleetManager, TaskControl
 from pyagent.fleet.events import EventLog, EventLogError, FleetEvent, read_events
-from pyagent.fleet.manager import FleetManager
+from pyagent.model.context import CascadeContext
 
 SECRET = "sk-" + "Zq8" * 10
 

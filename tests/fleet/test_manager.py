@@ -9,26 +9,26 @@ from typing import Any
 
 import pytest
 
-from pyagent.agents.budget import Budget
-from pyagent.agents.context import (
-    BudgetExceeded,
-    CascadeContext,
-    CircuitOpen,
-    DepthLimitExceeded,
-    LoopDetected,
-)
-from pyagent.agents.knowledge import InMemoryKnowledge
 from pyagent.fleet.core import (
     FINAL_STATES,
     FleetClosedError,
+    FleetManager,
     TaskCancelledError,
     TaskControl,
     TaskHandle,
     TaskTimedOutError,
 )
 from pyagent.fleet.events import FleetEvent
-from pyagent.fleet.manager import FleetManager
-from pyagent.fleet.priority import AgentPriority as P
+from pyagent.model.budget import Budget
+from pyagent.model.context import (
+    BudgetExceeded,
+    CascadeContext,
+    CircuitOpen,
+    DepthLimitExceeded,
+    LoopDetected,
+)
+from pyagent.model.knowledge import InMemoryKnowledge
+from pyagent.model.priority import AgentPriority as P
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pyagent.fleet.priority import AgentPriority
+from pyagent.model.priority import AgentPriority
 
 
 @pytest.mark.parametrize(

@@ -9,9 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pyagent.fleet.core import TaskControl
-from pyagent.fleet.manager import FleetManager
-from pyagent.fleet.priority import AgentPriority as P
+from pyagent.fleet.core import FleetManager, TaskControl
+from pyagent.model.priority import AgentPriority as P
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -141,6 +141,9 @@ def test_deeply_nested_code_does_not_crash(tmp_path: Path) -> None:
 def test_missing_path_raises(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         CodeHealthAuditor().audit_path(tmp_path / "nope")
+    (tmp_path / "a.py").write_text("x = 1\n")
+    with pytest.raises(NotADirectoryError):  # the kind the OS reported, not FileNotFoundError
+        CodeHealthAuditor().audit_path(tmp_path / "a.py" / "b.py")
 
 
 def test_excludes_and_gitignore(tmp_path: Path) -> None:

@@ -69,7 +69,7 @@ def _run(root: Path, url: str, **kw: object) -> RunResult:
         **kw,  # type: ignore[arg-type]
     )
     if opts.budget_tokens is not None:
-        from pyagent.agents.budget import Budget
+        from pyagent.model.budget import Budget
 
         client.budget = Budget(tokens=opts.budget_tokens)
     return asyncio.run(improve(opts))

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from pyagent.agents.knowledge import InMemoryKnowledge
-from pyagent.agents.task import AgentTask, ChangeSet
-from pyagent.fleet.executor import Executor, ExecutorSetup
 from pyagent.improve.run import ImproveError, ImproveOptions, RunResult, improve
 from pyagent.improve.undo import UndoError, undo_last_run
+from pyagent.model.knowledge import InMemoryKnowledge
+from pyagent.model.task import AgentTask, ChangeSet
+from pyagent.pipeline.executor import Executor, ExecutorSetup
 from tests.improve_helpers import NO_PLUGINS, UNITTEST_CMD, make_project
 
 MOD = "pkg/mod.py"

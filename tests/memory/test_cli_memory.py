@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from pyagent.agents.knowledge import ChangeOutcome
 from pyagent.memory import KnowledgeStore
 from pyagent.memory.fleet_memory import StoreKnowledge
+from pyagent.model.knowledge import ChangeOutcome
 
 
 @pytest.fixture
@@ -96,3 +96,25 @@ def test_user_errors_exit_2_without_traceback(tmp_path: Path, pyagent_cmd: list[
         out = _run(pyagent_cmd, *args, cwd=tmp_path, env=clean_env)
         assert out.returncode == 2, (args, out.stderr)
         assert "Traceback" not in out.stderr and "error:" in out.stderr
+
+
+def test_status_fleet_with_no_node_says_how_to_start_one(
+    tmp_path: Path, pyagent_cmd: list[str], clean_env: dict[str, str]
+) -> None:
+    out = _run(pyagent_cmd, "status", "--fleet", "--home", str(tmp_path / "home"), "--wait", "0.5",
+               cwd=tmp_path, env=clean_env)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert "no trusted node with memory answered" in out.stderr and "pyagent node --memory" in out.stderr
+
+
+def test_node_memory_options_are_checked(tmp_path: Path, pyagent_cmd: list[str], clean_env: dict[str, str]) -> None:
+    for args, message in ((["--replicas", "0"], "--replicas must be at least 1"),
+                          (["--memory-interval", "0"], "--memory-interval must be > 0")):
+        out = subprocess.run([*pyagent_cmd, "node", "--home", str(tmp_path / "h"), "--memory", str(tmp_path),
+                              *args], capture_output=True, text=True, env=clean_env, timeout=60)
+        assert out.returncode != 0 and message in out.stderr and "Traceback" not in out.stderr
+    (tmp_path / "junk.db").write_bytes(b"not a database at all" * 100)
+    out = subprocess.run([*pyagent_cmd, "node", "--home", str(tmp_path / "h"), "--memory", str(tmp_path / "junk.db")],
+                         capture_output=True, text=True, env=clean_env, timeout=60)
+    assert out.returncode != 0 and "not a PyAgent knowledge store" in out.stderr and "Traceback" not in out.stderr
+    assert (tmp_path / "junk.db").read_bytes() == b"not a database at all" * 100  # bad input loses nothing

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 from pyagent.agents.base import BaseAgent
-from pyagent.agents.context import CascadeContext
-from pyagent.agents.knowledge import ChangeOutcome, KnowledgeBackend
-from pyagent.fleet.core import TaskControl
-from pyagent.fleet.manager import FleetManager
+from pyagent.agents.worker import AgentOutcome
+from pyagent.fleet.core import FleetManager, TaskControl
 from pyagent.memory import KnowledgeStore, NeuralPruningEngine, SnapshotPolicy
 from pyagent.memory.fleet_memory import FAILURES, StoreKnowledge, default_store_path
 from pyagent.memory.snapshot import list_snapshots
+from pyagent.model.context import CascadeContext
+from pyagent.model.knowledge import ChangeOutcome, KnowledgeBackend
+from pyagent.model.priority import AgentPriority
+from pyagent.model.task import AgentTask
 
 
 def _outcome(status: str, *, h: str = "h1", agent: str = "ruff-fixer", reason: str | None = None) -> ChangeOutcome:
@@ -65,27 +67,38 @@ def test_consulting_a_failure_keeps_it_alive(tmp_path: Path) -> None:
 class Fixer(BaseAgent):
     name = "fixer"
 
-    async def run(self, control: TaskControl, payload: Any) -> Any:
-        target, content_hash, ok = payload
-        if self.known_failure("fix", target, content_hash) is not None:
-            return "skipped"
-        await control.checkpoint()
-        self.record_outcome(action="fix", task_kind="lint", target=target, target_hash=content_hash,
-                            status="kept" if ok else "rolled_back", reason=None if ok else "tests failed",
-                            context=control.context)
-        return "kept" if ok else "rolled_back"
+    async def run(self, task: AgentTask, workspace: Path) -> AgentOutcome:
+        return AgentOutcome(note=f"fixed {task.target}")
+
+
+def _task(target: str, target_hash: str, context: CascadeContext | None = None) -> AgentTask:
+    return AgentTask(id=f"t-{target}", agent="fixer", kind="lint", target=target, files=(target,),
+                     priority=AgentPriority.STANDARD, context=context or CascadeContext.root("planner"),
+                     params={"action": "fix", "target_hash": target_hash})
 
 
 def test_fleet_ticks_once_per_task_and_agents_learn(tmp_path: Path) -> None:
     async def main() -> list[str]:
         store = KnowledgeStore(tmp_path / "m.db")
         knowledge = StoreKnowledge(store, snapshots=SnapshotPolicy(tmp_path / "snaps", every=4, keep=2))
-        agent = Fixer(root=tmp_path, knowledge=knowledge)
+        agent = Fixer(knowledge=knowledge)
+
+        def job(target: str, h: str, ok: bool) -> Callable[[TaskControl], Awaitable[str]]:
+            async def run(control: TaskControl) -> str:
+                task = _task(target, h, control.context)
+                if knowledge.known_failure(agent="fixer", action="fix", target=target, target_hash=h) is not None:
+                    return "skipped"  # what the planner asks before it plans a task
+                await control.checkpoint()
+                agent.record_outcome(task, "kept" if ok else "rolled_back", None if ok else "tests failed")
+                return "kept" if ok else "rolled_back"
+
+            return run
+
         results = []
         async with FleetManager(2, knowledge=knowledge) as fleet:
-            first = [agent.submit_to(fleet, (f"f{i}.py", f"h{i}", i % 2 == 0)) for i in range(6)]
+            first = [fleet.submit("fixer", job(f"f{i}.py", f"h{i}", i % 2 == 0)) for i in range(6)]
             results += [await h.result() for h in first]
-            second = [agent.submit_to(fleet, (f"f{i}.py", f"h{i}", True)) for i in range(6)]
+            second = [fleet.submit("fixer", job(f"f{i}.py", f"h{i}", True)) for i in range(6)]
             results += [await h.result() for h in second]
         assert store.cycle == 12
         assert [p.name for p in list_snapshots(tmp_path / "snaps")] == ["snap-000000000008", "snap-000000000012"]
@@ -109,8 +122,7 @@ def test_tick_failure_is_reported_not_raised(tmp_path: Path) -> None:
 def test_lineage_comes_from_the_cascade_context(tmp_path: Path) -> None:
     with KnowledgeStore(tmp_path / "m.db") as store:
         knowledge = StoreKnowledge(store)
-        agent = Fixer(root=tmp_path, knowledge=knowledge)
+        agent = Fixer(knowledge=knowledge)
         ctx = CascadeContext.root("planner").next_level("fixer", "fix")
-        agent.record_outcome(action="fix", task_kind="lint", target="a.py", target_hash="h", status="failed",
-                             reason="boom", context=ctx)
+        agent.record_outcome(_task("a.py", "h", ctx), "failed", "boom")
         assert knowledge.failures()[0].provenance == ctx.lineage_ids()

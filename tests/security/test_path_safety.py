@@ -58,11 +58,12 @@ def test_directory_swapped_for_a_symlink_during_replace_never_writes_outside(tmp
         for i in range(N_FILES):  # identical bytes outside: base hashes match, only the path check can stop it
             (top / f"f{i:04d}.py").write_text(f"VALUE_{i} = 'OLD'\n")
     before = _tree_state(outside)
-    outcomes: list[str] = []
     for round_ in range(3):
         stop = threading.Event()
         swaps = 0
         shutil.rmtree(root / ".pyagent", ignore_errors=True)
+        for i in range(N_FILES):  # each round starts from bytes identical to the outside copies
+            (root / "d" / f"f{i:04d}.py").write_text(f"VALUE_{i} = 'OLD'\n")
 
         def swapper(delay: float, stop: threading.Event) -> None:
             nonlocal swaps
@@ -93,11 +94,15 @@ def test_directory_swapped_for_a_symlink_during_replace_never_writes_outside(tmp
             thread.join()
         assert swaps > 0
         assert "Traceback" not in err, err
-        outcomes.append(f"rc={proc.returncode} {err.strip()[:120]}")
         assert _tree_state(outside) == before, f"round {round_}: a file outside the root was written"
         assert not (root / "d").is_symlink()
-    # the race really hit the commit (else the test proved nothing): the commit met the link and refused
-    assert any("is a symlink" in o for o in outcomes), outcomes
+        inside = {(root / "d" / f"f{i:04d}.py").read_text() for i in range(N_FILES)}
+        if proc.returncode == 0:  # the commit held the real directory's handle: every write landed inside
+            assert inside == {f"VALUE_{i} = 'NEW{round_}'\n" for i in range(N_FILES)}
+        else:  # it met the link (or the directory gone for a moment) and refused: one line, all rolled back
+            assert inside == {f"VALUE_{i} = 'OLD'\n" for i in range(N_FILES)}
+            assert "symlink" in err or "changed on disk" in err, err
+            assert len(err.strip().splitlines()) == 1, err
 
 
 def test_a_file_name_that_is_not_utf8_is_replaced_not_a_false_conflict(tmp_path: Path) -> None:

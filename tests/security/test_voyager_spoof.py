@@ -19,9 +19,9 @@ from pathlib import Path
 import zmq
 import zmq.asyncio
 
-from pyagent.agents.context import CascadeContext
-from pyagent.agents.task import AgentTask, ChangeSet
-from pyagent.fleet.priority import AgentPriority
+from pyagent.model.context import CascadeContext
+from pyagent.model.priority import AgentPriority
+from pyagent.model.task import AgentTask, ChangeSet
 from pyagent.voyager.discovery import DiscoveryNode
 from pyagent.voyager.home import NodeHome, fingerprint
 from pyagent.voyager.swarm import SwarmExecutor, SwarmStats

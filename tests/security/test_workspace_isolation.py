@@ -3,7 +3,7 @@ files of the copy, hoping they are the user's files. They were: the copy hard-li
 task may not change, so appending to one changed the user's real file (in-place mode) or put the
 side effect into a "verified" commit (git mode).
 
-Protection: ``pyagent.fleet.workspace.isolated_copy`` gives every file of the copy its own inode (a
+Protection: ``pyagent.pipeline.workspace.isolated_copy`` gives every file of the copy its own inode (a
 reflink clone where the file system can, a plain copy otherwise; never a hard link), and the run
 refuses at merge any change set that touches a file outside its task.
 """
@@ -20,9 +20,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pyagent.agents.task import AgentTask, ChangeSet, content_hash
-from pyagent.fleet.workspace import copy_method, isolated_copy, project_files
 from pyagent.improve.run import ImproveOptions, improve
+from pyagent.model.task import AgentTask, ChangeSet, content_hash
+from pyagent.pipeline.workspace import copy_method, isolated_copy, project_files
 from tests.improve_helpers import UNITTEST_CMD, make_project
 
 MARK = "# TAMPERED-BY-THE-PROJECT-TESTS"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import time
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pyagent.shell import CommandNotFoundError, ResourceLimits, SecureShell
+from pyagent.shell import CommandNotFoundError, Confinement, ResourceLimits, SecureShell
 
 pytestmark = pytest.mark.timeout(60)
 PY = sys.executable
@@ -84,7 +85,9 @@ def test_timeout_kills_the_whole_tree_including_setsid_grandchild(tmp_path: Path
         "print('ready', flush=True)\n"
         "time.sleep(300)\n"
     )
-    sh = SecureShell(kill_grace=0.5)
+    # The supervisor's own tree kill (subreaper), i.e. the path where no PID namespace exists; the PID
+    # namespace path is tests/security/test_lifetime.py. Unconfined so that the pids written are host pids.
+    sh = SecureShell(kill_grace=0.5, confine=Confinement.off())
     start = time.monotonic()
     r = sh.run_sync([PY, "-c", script], timeout=2)
     assert r.timed_out and r.killed and r.exit_code is None
@@ -100,12 +103,28 @@ def test_timeout_kills_the_whole_tree_including_setsid_grandchild(tmp_path: Path
 
 def test_background_process_left_behind_is_killed(tmp_path: Path) -> None:
     marker = tmp_path / "bg"
-    r = SecureShell().run_sync(f"setsid sleep 300 & echo $! > {marker}", shell=True, timeout=20)
+    r = SecureShell(confine=Confinement.off()).run_sync(f"setsid sleep 300 & echo $! > {marker}", shell=True,
+                                                         timeout=20)
     assert r.exit_code == 0 and not r.timed_out
     pid = int(marker.read_text())
     time.sleep(0.1)
     assert not alive(pid)
     assert r.leftovers >= 1
+
+
+def test_background_process_left_behind_in_the_pid_namespace_is_counted_and_gone(tmp_path: Path) -> None:
+    marker = f"pyagent-bg-{os.getpid()}-{time.monotonic_ns()}"
+    r = SecureShell().run_sync(f"setsid sh -c 'sleep 300; : {marker}' & echo started", shell=True, timeout=20,
+                               cwd=tmp_path)
+    assert r.exit_code == 0 and not r.timed_out and r.leftovers >= 1
+    time.sleep(0.1)
+    left = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            with contextlib.suppress(OSError), open(f"/proc/{name}/cmdline", "rb") as f:
+                if marker.encode() in f.read():
+                    left.append(name)
+    assert left == []
 
 
 def rss_bytes() -> int:
@@ -231,3 +250,27 @@ def test_child_inherits_only_stdio() -> None:
     r = SecureShell().run_sync([PY, "-c", code])
     fds = r.stdout.split()
     assert fds[:3] == ["0", "1", "2"] and len(fds) == 4  # the 4th is listdir's own directory handle
+
+
+@pytest.mark.parametrize("freezer", ["auto", "signal"])
+def test_frozen_command_does_not_run_and_its_timeout_stops_meanwhile(tmp_path: Path, freezer: str) -> None:
+    code = "import time\nfor i in range(20):\n    open('n', 'w').write(str(i)); time.sleep(0.1)\nprint('done')"
+
+    async def main() -> tuple[int, int, float, object]:
+        sh = SecureShell(timeout=3.0, confine=Confinement(freezer=freezer))  # type: ignore[arg-type]
+        cmd = await sh.start([PY, "-c", code], cwd=tmp_path)
+        while not (tmp_path / "n").exists():
+            await asyncio.sleep(0.05)
+        cmd.freeze()
+        await asyncio.sleep(0.3)
+        before = int((tmp_path / "n").read_text())
+        await asyncio.sleep(2.0)
+        after = int((tmp_path / "n").read_text())
+        cmd.thaw()
+        res = await cmd.wait()
+        return before, after, res.frozen_seconds, res
+
+    before, after, frozen, res = asyncio.run(main())
+    assert before == after, "it ran while frozen"
+    assert res.ok and res.stdout.strip() == "done"  # type: ignore[attr-defined]
+    assert frozen >= 2.2 and res.duration > 3.0  # type: ignore[attr-defined]  # past its timeout: clock stopped

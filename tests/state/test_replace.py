@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from pyagent import _rust
 from pyagent.state import ConflictError
 from pyagent.state.replace import apply_replace, plan_replace
 
@@ -65,22 +64,30 @@ def test_hidden_and_globs(tree: Path) -> None:
         plan_replace(tree, "x", "y", globs=["a{"])
 
 
-def test_literal_and_captures_and_named_groups() -> None:
-    assert _rust.replace_in_text("f(a, b)", r"f\((\w+), (\w+)\)", "f($2, $1)") == ("f(b, a)", 1)
-    assert _rust.replace_in_text("k=v", r"(?P<key>\w+)=(?P<val>\w+)", "${val}=${key}") == ("v=k", 1)
-    assert _rust.replace_in_text("a.b $1", "a.b $1", "${x}", literal=True) == ("${x}", 1)
-    assert _rust.replace_in_text("axb", "a.b", "z", literal=True) == ("axb", 0)
+def _replaced(tmp_path: Path, text: str, pattern: str, replacement: str, **kw: bool) -> tuple[str, int]:
+    """One file through the product path: (its new text, matches), or (text, 0) when nothing changes."""
+    target = tmp_path / "one.txt"
+    target.write_bytes(text.encode())
+    plan = plan_replace(target, pattern, replacement, **kw)
+    return (plan.changes[0].new.decode(), plan.changes[0].matches) if plan.changes else (text, 0)
 
 
-def test_multiline_only_when_asked() -> None:
+def test_literal_and_captures_and_named_groups(tmp_path: Path) -> None:
+    assert _replaced(tmp_path, "f(a, b)", r"f\((\w+), (\w+)\)", "f($2, $1)") == ("f(b, a)", 1)
+    assert _replaced(tmp_path, "k=v", r"(?P<key>\w+)=(?P<val>\w+)", "${val}=${key}") == ("v=k", 1)
+    assert _replaced(tmp_path, "a.b $1", "a.b $1", "${x}", literal=True) == ("${x}", 1)
+    assert _replaced(tmp_path, "axb", "a.b", "z", literal=True) == ("axb", 0)
+
+
+def test_multiline_only_when_asked(tmp_path: Path) -> None:
     text = "start\nmiddle\nend\n"
-    assert _rust.replace_in_text(text, r"start.*end", "X") == (text, 0)
-    assert _rust.replace_in_text(text, r"start.*end", "X", multiline=True) == ("X\n", 1)
-    assert _rust.replace_in_text(text, r"^m\w+$", "M") == ("start\nM\nend\n", 1)
+    assert _replaced(tmp_path, text, r"start.*end", "X") == (text, 0)
+    assert _replaced(tmp_path, text, r"start.*end", "X", multiline=True) == ("X\n", 1)
+    assert _replaced(tmp_path, text, r"^m\w+$", "M") == ("start\nM\nend\n", 1)
 
 
-def test_line_anchors_work_on_crlf_files() -> None:
-    assert _rust.replace_in_text("a = 1\r\nb = 2\r\n", r"^(\w) = (\d)$", "$1: $2") == ("a: 1\r\nb: 2\r\n", 2)
+def test_line_anchors_work_on_crlf_files(tmp_path: Path) -> None:
+    assert _replaced(tmp_path, "a = 1\r\nb = 2\r\n", r"^(\w) = (\d)$", "$1: $2") == ("a: 1\r\nb: 2\r\n", 2)
 
 
 def test_invalid_regex_is_a_clear_value_error(tree: Path) -> None:
@@ -111,10 +118,11 @@ def test_file_edited_after_the_plan_conflicts(tree: Path) -> None:
     assert (tree / "src" / "a.py").read_text().count("old_name") == 2  # nothing applied
 
 
-def test_diff_function_matches_unified_format() -> None:
-    d = _rust.unified_diff("a\nb\nc\n", "a\nB\nc\n", old_path="a/x", new_path="b/x")
-    assert d == "--- a/x\n+++ b/x\n@@ -1,3 +1,3 @@\n a\n-b\n+B\n c\n"
-    assert _rust.unified_diff("same\n", "same\n") == ""
+def test_diff_is_a_unified_diff_relative_to_the_workspace(tmp_path: Path) -> None:
+    (tmp_path / "x").write_text("a\nb\nc\n")
+    (change,) = plan_replace(tmp_path, "^b$", "B", diff=True).changes
+    assert change.diff == "--- a/x\n+++ b/x\n@@ -1,3 +1,3 @@\n a\n-b\n+B\n c\n"
+    assert plan_replace(tmp_path, "^b$", "B").changes[0].diff is None
 
 
 def test_git_repo_status_shows_only_the_replaced_files(tree: Path) -> None:

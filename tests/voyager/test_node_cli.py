@@ -182,9 +182,9 @@ def test_sigint_with_a_task_in_flight_hands_it_back_and_kills_the_worker(
     """A real worker runs a task whose test baseline takes 60 s; SIGINT must still stop within 2 s."""
     import sys
 
-    from pyagent.agents.context import CascadeContext
-    from pyagent.agents.task import AgentTask, content_hash
-    from pyagent.fleet.priority import AgentPriority
+    from pyagent.model.context import CascadeContext
+    from pyagent.model.priority import AgentPriority
+    from pyagent.model.task import AgentTask, content_hash
     from pyagent.voyager.home import NodeHome
     from pyagent.voyager.transport import RemoteError, VoyagerTransport
 
@@ -211,7 +211,7 @@ def test_sigint_with_a_task_in_flight_hands_it_back_and_kills_the_worker(
         "files": {"mod.py": source},
         "base_hashes": {"mod.py": content_hash(source)},
         "manifest": {"mod.py": content_hash(source)},
-        "test_cmd": f"{sys.executable} -c 'import time; time.sleep(60)' {token}",
+        "pipeline": {"test_cmd": f"{sys.executable} -c 'import time; time.sleep(60)' {token}"},
     }
 
     async def scenario() -> tuple[float, int | None]:

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from pyagent.agents.budget import Budget
-from pyagent.agents.context import CascadeContext
-from pyagent.agents.task import AgentTask, ChangeSet, content_hash
-from pyagent.fleet.priority import AgentPriority
+from pyagent.model.budget import Budget
+from pyagent.model.context import CascadeContext
+from pyagent.model.priority import AgentPriority
+from pyagent.model.task import AgentTask, ChangeSet, content_hash
 from pyagent.voyager.home import NodeHome
 from pyagent.voyager.node import NodeConfig, VoyagerNode
 from pyagent.voyager.swarm import SwarmExecutor

@@ -4,11 +4,13 @@
 //! `try`'s `else`, `match` cases (the last one not counted when it is an unguarded catch-all),
 //! and every nested `def` (1 plus its own decisions; it is also reported on its own). Boolean
 //! operators, comprehensions and conditional expressions add nothing, as in ruff.
+use pyo3::prelude::*;
 use ruff_python_ast::{self as ast, ExceptHandler, Stmt};
 use ruff_source_file::LineIndex;
 use ruff_text_size::{Ranged, TextSize};
 
-/// One function or method as the audit reports it.
+/// One function or method as the audit reports it (Python: `pyagent._rust.FunctionHealth`).
+#[pyclass(name = "FunctionHealth", frozen, eq, get_all, module = "pyagent._rust")]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FunctionInfo {
     pub name: String,

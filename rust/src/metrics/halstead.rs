@@ -9,15 +9,19 @@
 //! visited (not decorators, defaults or annotations of a `def`), as in radon.
 use std::collections::{HashMap, HashSet};
 
+use pyo3::prelude::*;
 use ruff_python_ast::visitor::{walk_expr, walk_stmt, Visitor};
 use ruff_python_ast::{self as ast, BoolOp, CmpOp, Expr, Number, Operator, Stmt, UnaryOp};
 
-/// radon's `HalsteadReport` minus `calculated_length` and `time` (derivable, not reported).
+/// radon's `HalsteadReport` (Python: `pyagent._rust.Halstead`, with radon's field names).
+#[pyclass(frozen, eq, get_all, module = "pyagent._rust")]
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Halstead {
     pub h1: u64,
     pub h2: u64,
+    #[pyo3(name = "N1")]
     pub n1: u64,
+    #[pyo3(name = "N2")]
     pub n2: u64,
     pub vocabulary: u64,
     pub length: u64,

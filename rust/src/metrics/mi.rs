@@ -6,6 +6,8 @@
 //! operations run in Python's order so the float result is the one `radon mi` prints.
 
 /// `mi_compute(volume, complexity, lloc, comments_percent)`.
+// Not `clamp`: radon's `min(max(0., mi), 100.)` turns NaN into 0, and so does `max(0).min(100)`.
+#[allow(clippy::manual_clamp)]
 pub fn mi_compute(volume: f64, complexity: u64, lloc: u64, comments_percent: f64) -> f64 {
     if volume <= 0.0 || lloc == 0 {
         return 100.0;

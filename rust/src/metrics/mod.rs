@@ -15,11 +15,17 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyTuple};
 use rayon::prelude::*;
 use ruff_source_file::LineIndex;
 
+use crate::errors::guarded;
 use crate::walk::{self, WalkOptions};
+use c901::FunctionInfo;
+use halstead::Halstead;
+use raw::RawMetrics;
 
 /// Metrics of one parsed module.
 #[derive(Clone, Debug)]
@@ -155,69 +161,182 @@ pub fn analyze_files(root: &Path, files: &[PathBuf], multi_as_comments: bool, do
     results.into_iter().map(|(_, r)| r).collect()
 }
 
-type PyFunction = (String, String, u32, u32, u32);
-type PyHalstead = (u64, u64, u64, u64, u64, u64, f64, f64, f64, f64, f64, f64);
-type PyRaw = (u64, u64, u64, u64, u64, u64, u64);
-/// (path, error, skipped, mi, mi_rank, complexity, halstead, raw, functions, CPU seconds)
-type PyFile = (
-    String,
-    Option<String>,
-    bool,
-    Option<f64>,
-    Option<String>,
-    Option<u64>,
-    Option<PyHalstead>,
-    Option<PyRaw>,
-    Vec<PyFunction>,
-    f64,
-);
+/// Health of one file, as `audit_tree` and `audit_source` return it. `error` says why metrics are
+/// missing (a syntax error, or the reason the file was skipped).
+#[pyclass(frozen, module = "pyagent._rust")]
+pub struct FileHealth {
+    #[pyo3(get)]
+    path: String,
+    #[pyo3(get)]
+    error: Option<String>,
+    #[pyo3(get)]
+    skipped: bool,
+    #[pyo3(get)]
+    mi: Option<f64>,
+    #[pyo3(get)]
+    mi_rank: Option<String>,
+    /// radon's total complexity of the module.
+    #[pyo3(get)]
+    complexity: Option<u64>,
+    #[pyo3(get)]
+    halstead: Option<Py<Halstead>>,
+    #[pyo3(get)]
+    raw: Option<Py<RawMetrics>>,
+    /// Tuple of `FunctionHealth`, in source order.
+    #[pyo3(get)]
+    functions: Py<PyTuple>,
+    /// The largest C901 complexity of its functions (0 without functions).
+    #[pyo3(get)]
+    max_complexity: u32,
+    /// CPU seconds of the analysing thread (read, parse, all metrics); not part of equality.
+    #[pyo3(get)]
+    seconds: f64,
+}
 
-fn to_py(r: FileResult) -> PyFile {
-    let secs = r.elapsed.as_secs_f64();
+#[pymethods]
+impl FileHealth {
+    /// The file as the JSON report writes it (everything but `seconds` and `max_complexity`).
+    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        d.set_item(intern!(py, "path"), &self.path)?;
+        d.set_item(intern!(py, "mi"), self.mi)?;
+        d.set_item(intern!(py, "mi_rank"), &self.mi_rank)?;
+        d.set_item(intern!(py, "complexity"), self.complexity)?;
+        d.set_item(intern!(py, "halstead"), self.halstead.as_ref().map(|h| h.get().to_dict(py)).transpose()?)?;
+        d.set_item(intern!(py, "raw"), self.raw.as_ref().map(|r| r.get().to_dict(py)).transpose()?)?;
+        let functions = PyList::empty(py);
+        for f in self.functions.bind(py).iter() {
+            functions.append(f.cast::<FunctionInfo>()?.get().to_dict(py)?)?;
+        }
+        d.set_item(intern!(py, "functions"), functions)?;
+        d.set_item(intern!(py, "error"), &self.error)?;
+        d.set_item(intern!(py, "skipped"), self.skipped)?;
+        Ok(d)
+    }
+
+    fn __eq__(&self, py: Python<'_>, other: &Self) -> PyResult<bool> {
+        let same = |a: &Option<Py<Halstead>>, b: &Option<Py<Halstead>>| match (a, b) {
+            (Some(x), Some(y)) => x.get() == y.get(),
+            (x, y) => x.is_none() && y.is_none(),
+        };
+        let same_raw = match (&self.raw, &other.raw) {
+            (Some(x), Some(y)) => x.get() == y.get(),
+            (x, y) => x.is_none() && y.is_none(),
+        };
+        Ok(self.path == other.path
+            && self.error == other.error
+            && self.skipped == other.skipped
+            && self.mi == other.mi
+            && self.mi_rank == other.mi_rank
+            && self.complexity == other.complexity
+            && same(&self.halstead, &other.halstead)
+            && same_raw
+            && self.functions.bind(py).eq(other.functions.bind(py))?)
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "FileHealth(path={:?}, mi={:?}, max_complexity={}, error={:?})",
+            self.path, self.mi, self.max_complexity, self.error
+        )
+    }
+}
+
+impl FunctionInfo {
+    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        d.set_item(intern!(py, "name"), &self.name)?;
+        d.set_item(intern!(py, "qualname"), &self.qualname)?;
+        d.set_item(intern!(py, "lineno"), self.lineno)?;
+        d.set_item(intern!(py, "endline"), self.endline)?;
+        d.set_item(intern!(py, "complexity"), self.complexity)?;
+        Ok(d)
+    }
+}
+
+impl Halstead {
+    fn to_dict<'py>(self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (k, v) in [
+            (intern!(py, "h1"), self.h1),
+            (intern!(py, "h2"), self.h2),
+            (intern!(py, "N1"), self.n1),
+            (intern!(py, "N2"), self.n2),
+        ] {
+            d.set_item(k, v)?;
+        }
+        d.set_item(intern!(py, "vocabulary"), self.vocabulary)?;
+        d.set_item(intern!(py, "length"), self.length)?;
+        for (k, v) in [
+            (intern!(py, "calculated_length"), self.calculated_length),
+            (intern!(py, "volume"), self.volume),
+            (intern!(py, "difficulty"), self.difficulty),
+            (intern!(py, "effort"), self.effort),
+            (intern!(py, "time"), self.time),
+            (intern!(py, "bugs"), self.bugs),
+        ] {
+            d.set_item(k, v)?;
+        }
+        Ok(d)
+    }
+}
+
+impl RawMetrics {
+    fn to_dict<'py>(self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (k, v) in [
+            (intern!(py, "loc"), self.loc),
+            (intern!(py, "lloc"), self.lloc),
+            (intern!(py, "sloc"), self.sloc),
+            (intern!(py, "comments"), self.comments),
+            (intern!(py, "multi"), self.multi),
+            (intern!(py, "blank"), self.blank),
+            (intern!(py, "single_comments"), self.single_comments),
+        ] {
+            d.set_item(k, v)?;
+        }
+        Ok(d)
+    }
+}
+
+fn to_py(py: Python<'_>, r: FileResult) -> PyResult<FileHealth> {
+    let seconds = r.elapsed.as_secs_f64();
+    let none = |path, error, skipped, raw: Option<raw::RawMetrics>| -> PyResult<FileHealth> {
+        Ok(FileHealth {
+            path,
+            error: Some(error),
+            skipped,
+            mi: None,
+            mi_rank: None,
+            complexity: None,
+            halstead: None,
+            raw: raw.map(|w| Py::new(py, w)).transpose()?,
+            functions: PyTuple::empty(py).unbind(),
+            max_complexity: 0,
+            seconds,
+        })
+    };
     match r.outcome {
-        Outcome::Skipped(reason) => (r.path, Some(reason), true, None, None, None, None, None, vec![], secs),
-        Outcome::SyntaxError(msg, line, col, raw) => (
-            r.path,
-            Some(format!("syntax error at line {line}, column {col}: {msg}")),
-            false,
-            None,
-            None,
-            None,
-            None,
-            raw.map(|w| (w.loc, w.lloc, w.sloc, w.comments, w.multi, w.blank, w.single_comments)),
-            vec![],
-            secs,
-        ),
+        Outcome::Skipped(reason) => none(r.path, reason, true, None),
+        Outcome::SyntaxError(msg, line, col, raw) => {
+            none(r.path, format!("syntax error at line {line}, column {col}: {msg}"), false, raw)
+        }
         Outcome::Metrics(m) => {
-            let h = m.halstead;
-            (
-                r.path,
-                None,
-                false,
-                m.mi,
-                m.mi.map(|v| mi::mi_rank(v).to_string()),
-                Some(m.complexity),
-                Some((
-                    h.h1,
-                    h.h2,
-                    h.n1,
-                    h.n2,
-                    h.vocabulary,
-                    h.length,
-                    h.calculated_length,
-                    h.volume,
-                    h.difficulty,
-                    h.effort,
-                    h.time,
-                    h.bugs,
-                )),
-                m.raw.map(|w| (w.loc, w.lloc, w.sloc, w.comments, w.multi, w.blank, w.single_comments)),
-                m.functions
-                    .into_iter()
-                    .map(|f| (f.name, f.qualname, f.lineno, f.endline, f.complexity))
-                    .collect(),
-                secs,
-            )
+            let max_complexity = m.functions.iter().map(|f| f.complexity).max().unwrap_or(0);
+            let functions = m.functions.into_iter().map(|f| Py::new(py, f)).collect::<PyResult<Vec<_>>>()?;
+            Ok(FileHealth {
+                path: r.path,
+                error: None,
+                skipped: false,
+                mi: m.mi,
+                mi_rank: m.mi.map(|v| mi::mi_rank(v).to_string()),
+                complexity: Some(m.complexity),
+                halstead: Some(Py::new(py, m.halstead)?),
+                raw: m.raw.map(|w| Py::new(py, w)).transpose()?,
+                functions: PyTuple::new(py, functions)?.unbind(),
+                max_complexity,
+                seconds,
+            })
         }
     }
 }
@@ -225,7 +344,7 @@ fn to_py(r: FileResult) -> PyFile {
 /// audit_tree(root, *, excludes=[], multi_as_comments=True, progress=None) -> (files, walk_errors)
 ///
 /// Walks `root` (`.gitignore`-aware, `*.py`), analyses every file in parallel and returns one
-/// tuple per file. `progress(done, total)` is called from the calling thread about 10 times a second.
+/// `FileHealth` per file. `progress(done, total)` is called from the calling thread about 10 times a second.
 #[pyfunction]
 #[pyo3(signature = (root, *, excludes=vec![], multi_as_comments=true, progress=None))]
 fn audit_tree(
@@ -234,57 +353,75 @@ fn audit_tree(
     excludes: Vec<String>,
     multi_as_comments: bool,
     progress: Option<Py<PyAny>>,
-) -> PyResult<(Vec<PyFile>, Vec<(String, String)>)> {
-    let opts = WalkOptions { extensions: Some(vec!["py".to_string()]), excludes, ..Default::default() };
-    let walked = py.detach(|| walk::collect(&root, &opts))?;
-    let total = walked.files.len();
-    let done = AtomicUsize::new(0);
-    let finished = AtomicBool::new(false);
-    let results = py.detach(|| {
-        std::thread::scope(|s| {
-            let worker = s.spawn(|| {
-                let r = analyze_files(&root, &walked.files, multi_as_comments, &done);
-                finished.store(true, Ordering::Release);
-                r
-            });
-            if let Some(cb) = &progress {
-                let mut last = usize::MAX;
-                while !finished.load(Ordering::Acquire) {
-                    std::thread::sleep(Duration::from_millis(100));
-                    let n = done.load(Ordering::Relaxed);
-                    if n != last {
-                        last = n;
-                        // A failing callback must not abort the audit; its error is dropped.
-                        Python::attach(|py| {
-                            let _ = cb.call1(py, (n, total));
-                        });
-                    }
-                }
-                Python::attach(|py| {
-                    let _ = cb.call1(py, (total, total));
-                });
-            }
-            worker.join().expect("metrics worker panicked")
-        })
-    });
-    Ok((results.into_iter().map(to_py).collect(), walked.errors))
+) -> PyResult<(Vec<FileHealth>, walk::PathErrors)> {
+    guarded(|| {
+        let opts = WalkOptions { extensions: Some(vec!["py".to_string()]), excludes, ..Default::default() };
+        let walked = py.detach(|| walk::collect(&root, &opts))?;
+        let results = py.detach(|| analyze_reporting(&root, &walked.files, multi_as_comments, progress.as_ref()));
+        let files = results.into_iter().map(|r| to_py(py, r)).collect::<PyResult<Vec<_>>>()?;
+        Ok((files, walked.errors))
+    })
 }
 
-/// audit_source(source, path="<string>", *, multi_as_comments=True) -> file tuple
+/// `analyze_files` on a worker thread while the calling thread reports progress (without the GIL
+/// except while it calls `progress`).
+fn analyze_reporting(
+    root: &Path,
+    files: &[PathBuf],
+    multi_as_comments: bool,
+    progress: Option<&Py<PyAny>>,
+) -> Vec<FileResult> {
+    let total = files.len();
+    let done = AtomicUsize::new(0);
+    let finished = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let worker = s.spawn(|| {
+            let r = analyze_files(root, files, multi_as_comments, &done);
+            finished.store(true, Ordering::Release);
+            r
+        });
+        if let Some(cb) = progress {
+            let mut last = usize::MAX;
+            while !finished.load(Ordering::Acquire) {
+                std::thread::sleep(Duration::from_millis(100));
+                let n = done.load(Ordering::Relaxed);
+                if n != last {
+                    last = n;
+                    // A failing callback must not abort the audit; its error is dropped.
+                    Python::attach(|py| {
+                        let _ = cb.call1(py, (n, total));
+                    });
+                }
+            }
+            Python::attach(|py| {
+                let _ = cb.call1(py, (total, total));
+            });
+        }
+        worker.join().expect("metrics worker panicked")
+    })
+}
+
+/// audit_source(source, path="<string>", *, multi_as_comments=True) -> FileHealth
 #[pyfunction]
-#[pyo3(signature = (source, path="<string>".to_string(), *, multi_as_comments=true))]
-fn audit_source(py: Python<'_>, source: String, path: String, multi_as_comments: bool) -> PyFile {
-    let (outcome, elapsed) = py.detach(|| {
-        pool().install(|| {
-            let start = thread_cpu_time();
-            let outcome = analyze_source(&source, multi_as_comments);
-            (outcome, thread_cpu_time().saturating_sub(start))
-        })
-    });
-    to_py(FileResult { path, outcome, elapsed })
+#[pyo3(signature = (source, path="<string>", *, multi_as_comments=true))]
+fn audit_source(py: Python<'_>, source: &str, path: &str, multi_as_comments: bool) -> PyResult<FileHealth> {
+    guarded(|| {
+        let (outcome, elapsed) = py.detach(|| {
+            pool().install(|| {
+                let start = thread_cpu_time();
+                let outcome = analyze_source(source, multi_as_comments);
+                (outcome, thread_cpu_time().saturating_sub(start))
+            })
+        });
+        to_py(py, FileResult { path: path.to_string(), outcome, elapsed })
+    })
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<FileHealth>()?;
+    m.add_class::<FunctionInfo>()?;
+    m.add_class::<Halstead>()?;
+    m.add_class::<RawMetrics>()?;
     m.add_function(wrap_pyfunction!(audit_tree, m)?)?;
     m.add_function(wrap_pyfunction!(audit_source, m)?)?;
     Ok(())

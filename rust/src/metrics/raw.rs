@@ -9,7 +9,10 @@
 //! `tokenize._tokenize` state machine; it is driven incrementally so a long string costs linear
 //! time instead of radon's quadratic re-tokenization.
 
+use pyo3::prelude::*;
+
 /// radon's `Module` tuple.
+#[pyclass(frozen, eq, get_all, module = "pyagent._rust")]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RawMetrics {
     pub loc: u64,

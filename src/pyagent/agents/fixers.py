@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pyagent.agents import ruff
-from pyagent.agents.mixins.identity import IdentityMixin
+from pyagent.agents.base import BaseAgent
 from pyagent.agents.worker import AgentOutcome
 
 if TYPE_CHECKING:
-    from pyagent.agents.task import AgentTask
+    from pyagent.model.knowledge import KnowledgeBackend
+    from pyagent.model.task import AgentTask
     from pyagent.shell import SecureShell
 
 __all__ = ["FAMILIES", "FormatAgent", "RuffFixAgent", "agent_for_rule"]
@@ -44,15 +45,18 @@ def agent_for_rule(code: str) -> str | None:
     return best[1] if best else None
 
 
-class RuffFixAgent(IdentityMixin):
+class RuffFixAgent(BaseAgent):
     """Applies ruff's safe fixes of ``task.params["rule"]`` to the task's files."""
 
     capabilities = frozenset({"ruff-fix"})
     commands: tuple[str, ...] = ("ruff",)
 
-    def __init__(self, name: str, shell: SecureShell | None = None) -> None:
+    def __init__(
+        self, name: str, shell: SecureShell | None = None, *, knowledge: KnowledgeBackend | None = None
+    ) -> None:
         if name not in FAMILIES:
             raise ValueError(f"unknown fixer family {name!r}")
+        super().__init__(knowledge=knowledge)
         self.name = name
         self.shell = shell
 
@@ -67,14 +71,15 @@ class RuffFixAgent(IdentityMixin):
         return AgentOutcome(note=f"ruff safe fix {rule}: {message} ({count} finding(s); {why})")
 
 
-class FormatAgent(IdentityMixin):
+class FormatAgent(BaseAgent):
     """Runs ``ruff format`` on the task's files (the project's own formatter settings apply)."""
 
     name = "format"
     capabilities = frozenset({"format"})
     commands: tuple[str, ...] = ("ruff",)
 
-    def __init__(self, shell: SecureShell | None = None) -> None:
+    def __init__(self, shell: SecureShell | None = None, *, knowledge: KnowledgeBackend | None = None) -> None:
+        super().__init__(knowledge=knowledge)
         self.shell = shell
 
     async def run(self, task: AgentTask, workspace: Path) -> AgentOutcome:

@@ -10,32 +10,42 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pyagent.agents.base import BaseAgent
 from pyagent.agents.docstrings import missing_docstrings, strip_docstrings
 from pyagent.agents.edits import EDIT_FORMAT, edit_with_repairs
 from pyagent.agents.mixins.auditor import AuditorMixin
-from pyagent.agents.mixins.identity import IdentityMixin
 from pyagent.agents.worker import AgentOutcome
 
 if TYPE_CHECKING:
     from pyagent.agents.llm.base import LLMClient
-    from pyagent.agents.task import AgentTask
     from pyagent.health import CodeHealthAuditor
+    from pyagent.model.knowledge import KnowledgeBackend
+    from pyagent.model.task import AgentTask
 
 __all__ = ["DocstringAgent", "RefactorAgent", "missing_docstrings", "strip_docstrings"]
 
 SYSTEM = "You are a careful senior Python engineer. You make small, behaviour-preserving edits."
 
 
+def _feedback(task: AgentTask) -> str:
+    """For a retry (a child task of a rejected attempt): why the verification gate rejected the last edit."""
+    reason = task.params.get("rejected_because")
+    if not reason:
+        return ""
+    return f"A previous edit was rejected by the project's checks: {reason}\nAvoid that this time.\n\n"
+
+
 def _complexities(auditor: CodeHealthAuditor, source: str, path: str) -> dict[str, int]:
     return {f.qualname: f.complexity for f in auditor.audit_source(source, path).functions}
 
 
-class RefactorAgent(AuditorMixin, IdentityMixin):
+class RefactorAgent(AuditorMixin, BaseAgent):
     """Lowers the complexity of ``task.params["function"]`` (a qualname) below what it was."""
 
     name = "refactor"
     capabilities = frozenset({"llm-refactor"})
     commands: tuple[str, ...] = ()
+    retries = 1
 
     def __init__(
         self,
@@ -44,7 +54,9 @@ class RefactorAgent(AuditorMixin, IdentityMixin):
         max_complexity: int = 10,
         max_repairs: int = 3,
         auditor: CodeHealthAuditor | None = None,
+        knowledge: KnowledgeBackend | None = None,
     ) -> None:
+        super().__init__(knowledge=knowledge)
         self.llm = llm
         self.max_complexity = max_complexity
         self.max_repairs = max_repairs
@@ -74,6 +86,7 @@ class RefactorAgent(AuditorMixin, IdentityMixin):
             f"File `{path}`:\n```python\n{source}\n```\n\nThe function `{qualname}` has cyclomatic complexity "
             f"{old} (threshold {self.max_complexity}). Refactor it to lower its complexity without changing "
             f"behaviour: early returns, lookup tables, small helper functions. Keep its name and signature.\n\n"
+            + _feedback(task)
             + EDIT_FORMAT
         )
         messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]
@@ -89,14 +102,16 @@ class RefactorAgent(AuditorMixin, IdentityMixin):
         )
 
 
-class DocstringAgent(IdentityMixin):
+class DocstringAgent(BaseAgent):
     """Adds concise docstrings (why, not what) to ``task.params["names"]`` in ``task.target``."""
 
     name = "docstring"
     capabilities = frozenset({"llm-docstring"})
     commands: tuple[str, ...] = ()
+    retries = 1
 
-    def __init__(self, llm: LLMClient, *, max_repairs: int = 3) -> None:
+    def __init__(self, llm: LLMClient, *, max_repairs: int = 3, knowledge: KnowledgeBackend | None = None) -> None:
+        super().__init__(knowledge=knowledge)
         self.llm = llm
         self.max_repairs = max_repairs
 
@@ -119,6 +134,7 @@ class DocstringAgent(IdentityMixin):
         prompt = (
             f"File `{path}`:\n```python\n{source}\n```\n\nAdd concise docstrings (one or two lines saying why "
             f"the code exists, not what each line does) to: {', '.join(wanted)}. Change nothing else.\n\n"
+            + _feedback(task)
             + EDIT_FORMAT
         )
         messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from pyagent.agents.base import BaseAgent
 from pyagent.agents.fixers import FAMILIES, FormatAgent, RuffFixAgent
 
 if TYPE_CHECKING:
     from pyagent.agents.llm.base import LLMClient
-    from pyagent.agents.worker import CodeAgent
+    from pyagent.model.knowledge import KnowledgeBackend
     from pyagent.shell import SecureShell
 
 __all__ = ["OFFLINE_AGENTS", "build_agents"]
@@ -17,14 +18,18 @@ OFFLINE_AGENTS: tuple[str, ...] = (*FAMILIES, "format")
 
 
 def build_agents(
-    shell: SecureShell | None = None, llm: LLMClient | None = None, *, max_complexity: int = 10
-) -> dict[str, CodeAgent]:
+    shell: SecureShell | None = None,
+    llm: LLMClient | None = None,
+    *,
+    max_complexity: int = 10,
+    knowledge: KnowledgeBackend | None = None,
+) -> dict[str, BaseAgent]:
     """Offline fixers always; the refactor and docstring agents when an LLM is configured."""
-    agents: dict[str, CodeAgent] = {name: RuffFixAgent(name, shell) for name in FAMILIES}
-    agents["format"] = FormatAgent(shell)
+    agents: dict[str, BaseAgent] = {name: RuffFixAgent(name, shell, knowledge=knowledge) for name in FAMILIES}
+    agents["format"] = FormatAgent(shell, knowledge=knowledge)
     if llm is not None:
         from pyagent.agents.refactor import DocstringAgent, RefactorAgent
 
-        agents["refactor"] = RefactorAgent(llm, max_complexity=max_complexity)
-        agents["docstring"] = DocstringAgent(llm)
+        agents["refactor"] = RefactorAgent(llm, max_complexity=max_complexity, knowledge=knowledge)
+        agents["docstring"] = DocstringAgent(llm, knowledge=knowledge)
     return agents

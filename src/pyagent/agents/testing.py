@@ -244,7 +244,7 @@ class TestRunner:
             if self.command.style == "pytest":
                 argv += ["-q", "-rA", "-p", "no:cacheprovider", f"--junitxml={junit}"]
             env = {**_EXTRA_ENV, **self.command.extra_env}
-            res = await self.shell.run(argv, cwd=str(cwd), timeout=self.timeout, env=env)
+            res = await self.shell.run(argv, cwd=str(cwd), timeout=self.timeout, env=env, writable=[tmp])
             output = (res.stdout or "") + (res.stderr or "")
             outcomes: dict[str, str] = {}
             note = ""

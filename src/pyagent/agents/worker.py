@@ -1,15 +1,11 @@
-"""What every code-changing agent looks like to the executor: edit files in a workspace, say why."""
+"""What an agent's ``run`` returns: a sentence for the report and commit message, its usage, or its error."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
-if TYPE_CHECKING:
-    from pyagent.agents.task import AgentTask
-
-__all__ = ["AgentOutcome", "CodeAgent"]
+__all__ = ["AgentOutcome"]
 
 
 @dataclass
@@ -19,11 +15,3 @@ class AgentOutcome:
     note: str
     usage: dict[str, Any] = field(default_factory=lambda: {"tokens": 0, "cost": 0.0, "calls": 0})
     error: str | None = None
-
-
-class CodeAgent(Protocol):
-    """Changes only ``task.files`` inside ``workspace`` (an isolated copy); never touches the real tree."""
-
-    name: str
-
-    async def run(self, task: AgentTask, workspace: Path) -> AgentOutcome: ...

@@ -29,6 +29,7 @@ COMMANDS: list[str] = [
     "replace",
     "recover",
     "exec",
+    "doctor",
 
     # -- memory
     "memory",
@@ -71,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from pyagent.shell.confine import make_nondumpable
+
+    make_nondumpable()  # the keys in our environment stay out of reach of same-uid processes
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "_run", None) is None:

@@ -86,6 +86,8 @@ def _audit(args: argparse.Namespace) -> AuditReport:
         raise CommandError(f"{args.path}: no such file or directory") from exc
     except PermissionError as exc:
         raise CommandError(f"{args.path}: permission denied (check the file's read permission)") from exc
+    except OSError as exc:  # not a directory, too many symlinks …: the kind the Rust core reported
+        raise CommandError(f"{args.path}: {exc.strerror or exc}") from exc
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
     finally:

@@ -67,6 +67,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="do not use or update the knowledge store PATH/.pyagent/memory.db (see `pyagent memory`)",
     )
+    p.add_argument(
+        "--fleet-memory",
+        action="store_true",
+        help="also skip changes known to fail, and weigh agents, by the memory of trusted nodes running "
+        "`pyagent node --memory` (keys: $PYAGENT_NODE_HOME or ~/.pyagent/node)",
+    )
     return p
 
 
@@ -80,23 +86,29 @@ def _open_memory(args: argparse.Namespace) -> Any:
     from pyagent.memory.fleet_memory import StoreKnowledge
 
     try:
-        return StoreKnowledge.open(args.path)
+        local = StoreKnowledge.open(args.path)
     except StoreError as exc:
         raise CommandError(f"{exc}; run with --no-memory, or move the store away") from exc
+    if not getattr(args, "fleet_memory", False):
+        return local
+    from pyagent.voyager.memory_client import open_fleet_knowledge
+
+    return open_fleet_knowledge(local)
 
 
 def run(args: argparse.Namespace) -> int:
     import asyncio
 
+    from pyagent.cli.local_llm import local_llm
     from pyagent.improve.display import LiveDisplay, print_summary
-    from pyagent.improve.run import ImproveError, ImproveOptions, improve, load_swarm_factory
+    from pyagent.improve.run import ImproveError, ImproveOptions, improve
+    from pyagent.pipeline.executor import ExecutorFactory
 
-    factory = None
+    factory: ExecutorFactory | None = None
     if args.swarm:
-        try:
-            factory = load_swarm_factory()
-        except ImproveError as exc:
-            raise CommandError(str(exc)) from exc
+        from pyagent.voyager.swarm import swarm_executor_factory
+
+        factory = swarm_executor_factory
     display = LiveDisplay()
     knowledge = _open_memory(args)
     opts = ImproveOptions(
@@ -116,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
         executor_factory=factory,
         knowledge=knowledge,
         on_progress=display,
+        local_llm=local_llm,
     )
     try:
         with display:

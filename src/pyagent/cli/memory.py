@@ -63,6 +63,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     pr.add_argument("--save", action="store_true", help="keep the given settings for future cycles")
     pr.add_argument("--dry-run", action="store_true", help="only count what would be pruned")
 
+    st = sub.add_parser("status", help="replication state of every node of the fleet (--fleet)",
+                        description="Asks every trusted node running `pyagent node --memory` (found by mDNS) for "
+                        "its items, lag and replication factor.")
+    st.add_argument("--fleet", action="store_true", required=True, help="ask the whole fleet (required)")
+    st.add_argument("--home", help="node home with keys and trusted list (default $PYAGENT_NODE_HOME or "
+                    "~/.pyagent/node)")
+    st.add_argument("--interface", default="127.0.0.1", help="IPv4 address for mDNS and the transport")
+    st.add_argument("--wait", type=float, default=2.0, metavar="S", help="seconds to wait for nodes (default 2)")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+
     e = sub.add_parser("export", parents=[common], help="every fact, edge and text as JSON lines")
     e.add_argument("-o", "--output", metavar="FILE", help="write here instead of standard output")
     return p
@@ -97,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     from pyagent.memory.errors import StoreError
 
     action = {"stats": _stats, "query": _query, "snapshot": _snapshot, "restore": _restore,
-              "prune": _prune, "export": _export}[args.memory_command]
+              "prune": _prune, "export": _export, "status": _status}[args.memory_command]
     try:
         return action(args)
     except (StoreError, ValueError, OSError) as exc:
@@ -166,6 +176,40 @@ def _query(args: argparse.Namespace) -> int:
             data = [fact_record(f, engine, now) for f in facts]
             text = "\n".join(f"{f['key']!r}  weight {f['weight']:.3g}  {_short(f['value'])}" for f in data)
     _emit(args, data, text or "(nothing found)")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from pyagent.cli import CommandError
+    from pyagent.memory.report import fleet_summary
+    from pyagent.voyager.home import HomeError, NodeHome
+    from pyagent.voyager.memory_client import FleetClient
+
+    if not args.wait >= 0:
+        raise CommandError("--wait must be >= 0")
+    try:
+        home = NodeHome(args.home or os.environ.get("PYAGENT_NODE_HOME") or None)
+        client = FleetClient(home, interface=args.interface, discovery_wait=args.wait).start()
+    except HomeError as exc:
+        raise CommandError(str(exc)) from None
+    try:
+        nodes, missing = client.statuses()
+    finally:
+        client.close()
+    if not nodes and not missing:
+        raise CommandError(f"no trusted node with memory answered on {args.interface} within {args.wait}s "
+                           "(start them with `pyagent node --memory STORE`; trust their keys with `pyagent trust`)")
+    data = fleet_summary(nodes, missing)
+    lines = [f"{'node':<16} {'items':>8} {'shards':>6} {'owned':>5} {'lag':>4} {'last sync':>9} {'cycle':>7}"]
+    for n in data["nodes"]:
+        age = "-" if n["last_sync_s"] is None else f"{n['last_sync_s']:.1f}s"
+        lines.append(f"{n['name']:<16} {n['items']:>8} {n['shards']:>6} {n['owned']:>5} {n['lag']:>4} {age:>9} "
+                     f"{n['cycle']:>7}")
+    lines.append(f"replication factor: min {data['min_replication']} (target {data['target']}), "
+                 f"{data['under_replicated']} of {data['shards']} shard(s) under target; lag = shards behind peers")
+    if missing:
+        lines.append("not answering: " + ", ".join(missing))
+    _emit(args, data, "\n".join(lines))
     return 0
 
 

@@ -1,4 +1,4 @@
-"""FleetExecutionCore: the dispatcher behind FleetManager.
+"""FleetExecutionCore (also exported as FleetManager, the seed's name for it): the fleet's one scheduler.
 
 Scheduling in one paragraph: a task's *effective* priority is ``priority + waited / aging_seconds``.
 Because every waiting task ages at the same rate, the order between two tasks never changes, so
@@ -7,6 +7,11 @@ When a task waits, no slot is free, and a running task has a lower base priority
 that task is asked to suspend; it does so at its next ``checkpoint()``, gives its slot back and
 re-enters the heap with its old key, so it resumes before anything newer of its priority and an
 old task can never be preempted by ever newer arrivals (no starvation by preemption either).
+
+Running work is preempted at once, not at a checkpoint: when the victim is running SecureShell commands
+(registered through its :class:`~pyagent.shell.secure.CommandWatch`), their process trees are frozen
+(cgroup v2 freezer, else SIGSTOP of the tree), the slot is handed over immediately, and the trees are
+thawed when the victim gets a slot back; the task's timeout and the commands' timeouts stop meanwhile.
 """
 
 from __future__ import annotations
@@ -20,21 +25,24 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from pyagent.agents.context import CascadeContext, SecurityScope
 from pyagent.fleet.events import FleetEvent
-from pyagent.fleet.priority import AgentPriority
+from pyagent.model.context import CascadeContext, SecurityScope
+from pyagent.model.priority import AgentPriority
 from pyagent.redact import redact
+from pyagent.shell.secure import CommandWatch
 
 if TYPE_CHECKING:
-    from pyagent.agents.knowledge import KnowledgeBackend
+    from pyagent.model.knowledge import KnowledgeBackend
 
 __all__ = [
     "FINAL_STATES",
     "FleetClosedError",
     "FleetError",
     "FleetExecutionCore",
+    "FleetManager",
     "TaskCancelledError",
     "TaskControl",
     "TaskFn",
@@ -95,6 +103,7 @@ class TaskHandle(Generic[T]):
         "_counted",
         "_exc",
         "_fn",
+        "_frozen",
         "_heap_seq",
         "_holds_slot",
         "_key",
@@ -106,6 +115,7 @@ class TaskHandle(Generic[T]):
         "_timeout_cm",
         "_timeout_left",
         "_waiter",
+        "_watch",
         "finished",
         "id",
         "kind",
@@ -159,6 +169,8 @@ class TaskHandle(Generic[T]):
         self._resume: asyncio.Future[None] | None = None
         self._timeout_cm: asyncio.Timeout | None = None
         self._timeout_left: float | None = None
+        self._watch = CommandWatch()
+        self._frozen = False
 
     def __repr__(self) -> str:
         return f"<TaskHandle {self.id} {self.name!r} {self.priority.name} {self.state}>"
@@ -252,6 +264,8 @@ class TaskControl:
         h = self._h
         if h._context is not None:
             h._context.check()  # budget spent or circuit open: the chain stops here, with the reason
+        if h._frozen:  # preempted while its commands ran: it holds no slot, wait for one
+            await h._core._await_resume(h)
         if h._suspend_requested:
             await h._core._suspend(h)
         else:
@@ -302,7 +316,11 @@ class TaskControl:
 
 
 class FleetExecutionCore:
-    """Priority queue + slots + preemption + registry; see the module docstring for the rules."""
+    """Priority queue + slots + preemption + registry; see the module docstring for the rules.
+
+    ``async with FleetManager(4) as fleet: h = fleet.submit("lint", fn); await h.result()``.
+    Leaving the block waits for every task; leaving it with an exception cancels them.
+    """
 
     def __init__(
         self,
@@ -486,6 +504,28 @@ class FleetExecutionCore:
             self._streams.remove(queue)
             self._listeners.remove(queue.put_nowait)
 
+    async def __aenter__(self) -> FleetExecutionCore:
+        self.bind_loop()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.shutdown(cancel=exc_type is not None)
+
+    async def run(
+        self,
+        name: str,
+        fn: TaskFn[T],
+        *,
+        priority: AgentPriority = AgentPriority.STANDARD,
+        context: CascadeContext | None = None,
+        timeout: float | None = None,
+        kind: str = "task",
+    ) -> T:
+        """Submit and wait for the result."""
+        return await self.submit(name, fn, priority=priority, context=context, timeout=timeout, kind=kind).result()
+
     # -- slots --------------------------------------------------------------------------------
 
     def _take_slot(self, h: TaskHandle[Any]) -> None:
@@ -533,11 +573,14 @@ class FleetExecutionCore:
                 self._start(h)
             else:
                 self._wake(h)
-        if heap and self._free == 0:
-            self._maybe_preempt()
+        if heap and self._free == 0 and self._maybe_preempt():
+            self._dispatch()  # a running task was frozen: its slot is free now
 
     def _wake(self, h: TaskHandle[Any]) -> None:
         h.state = RUNNING
+        if h._frozen:
+            h._frozen = False
+            h._watch.thaw()
         if h._timeout_cm is not None and h._timeout_left is not None:
             h._timeout_cm.reschedule(asyncio.get_running_loop().time() + h._timeout_left)
             h._timeout_left = None
@@ -573,23 +616,53 @@ class FleetExecutionCore:
                     heapq.heappush(frontier, (heap[j], j))
         return None
 
-    def _maybe_preempt(self) -> None:
+    def _maybe_preempt(self) -> bool:
+        """Picks a victim for the best waiting task; True when it was frozen (its slot is free now),
+        False when nothing was done or it was asked to suspend at its next checkpoint."""
         counts = self._prio_running
         if not (counts[0] or counts[1] or counts[2]):
-            return  # nothing below CRITICAL is preemptable: the common fast path
+            return False  # nothing below CRITICAL is preemptable: the common fast path
         waiting = self._best_waiting(self._pending_preempt)
         if waiting is None or not any(counts[: waiting.priority]):
-            return
+            return False
         victim: TaskHandle[Any] | None = None
         for h in self._running.values():
             if h._counted and h.priority < waiting.priority and (victim is None or h._key > victim._key):
                 victim = h
         if victim is None or not waiting._key < victim._key:
-            return
+            return False
+        if victim._watch.running:
+            self._freeze(victim)
+            return True
         victim._suspend_requested = True
         victim._counted = False
         self._prio_running[victim.priority] -= 1
         self._pending_preempt += 1
+        return False
+
+    def _pause_timeout(self, h: TaskHandle[Any]) -> None:
+        if h._timeout_cm is not None:
+            when = h._timeout_cm.when()
+            if when is not None:
+                h._timeout_left = max(0.0, when - asyncio.get_running_loop().time())
+                h._timeout_cm.reschedule(None)
+
+    def _freeze(self, h: TaskHandle[Any]) -> None:
+        """Preempts a task while its commands run: freeze their trees, take its slot, re-queue it."""
+        h._watch.freeze()
+        h._frozen = True
+        self._pause_timeout(h)
+        h.suspensions += 1
+        h.state = SUSPENDED
+        self._release_slot(h)
+        self._push(h)
+        if self._listeners:
+            self._emit(h, "suspended", detail="frozen: its running commands were stopped")
+
+    async def _await_resume(self, h: TaskHandle[Any]) -> None:
+        if h._resume is None:
+            h._resume = asyncio.get_running_loop().create_future()
+        await h._resume
 
     def _outranked(self, h: TaskHandle[Any]) -> bool:
         waiting = self._best_waiting(0)
@@ -604,11 +677,7 @@ class FleetExecutionCore:
             h._counted = True
             self._prio_running[h.priority] += 1
             return
-        if h._timeout_cm is not None:
-            when = h._timeout_cm.when()
-            if when is not None:
-                h._timeout_left = max(0.0, when - asyncio.get_running_loop().time())
-                h._timeout_cm.reschedule(None)
+        self._pause_timeout(h)
         h.suspensions += 1
         if self._listeners:
             self._emit(h, "suspended")
@@ -642,12 +711,13 @@ class FleetExecutionCore:
     async def _run(self, h: TaskHandle[Any]) -> None:
         control = TaskControl(h)
         try:
-            if h._timeout is None:
-                value = await h._fn(control)
-            else:
-                async with asyncio.timeout(h._timeout) as cm:
-                    h._timeout_cm = cm
+            with h._watch:  # SecureShell commands started by this task register here (to be frozen)
+                if h._timeout is None:
                     value = await h._fn(control)
+                else:
+                    async with asyncio.timeout(h._timeout) as cm:
+                        h._timeout_cm = cm
+                        value = await h._fn(control)
         except asyncio.CancelledError:
             self._finish(h, CANCELLED, None, TaskCancelledError(f"task {h.id} ({h.name}) was cancelled"))
         except TimeoutError as exc:
@@ -673,6 +743,9 @@ class FleetExecutionCore:
         h._heap_seq = -1
         h._fn = None  # type: ignore[assignment]  # drop the closure early
         h._timeout_cm = None
+        if h._frozen:
+            h._frozen = False
+            h._watch.thaw()
         self._release_slot(h)
         del self._active[h.id]
         self.counts[state] += 1
@@ -753,6 +826,9 @@ class FleetExecutionCore:
                 listener(event)
             except Exception:
                 _log_listener_failure()
+
+
+FleetManager = FleetExecutionCore  # the seed's public name; one class, not a wrapper around another
 
 
 def _log_listener_failure() -> None:

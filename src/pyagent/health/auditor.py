@@ -1,8 +1,8 @@
 """Code-health audit: typed results over the Rust metrics core.
 
 All metrics are computed by ``pyagent._rust`` (C901 as ruff counts it; MI, Halstead and raw
-lines as radon counts them); this module only shapes the results into frozen, JSON-ready
-dataclasses, summarises them and applies CI gates.
+lines as radon counts them), which also defines the frozen per-file result classes re-exported
+here; this module summarises them into a JSON-ready report and applies CI gates.
 """
 
 from __future__ import annotations
@@ -12,104 +12,19 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from pyagent import _rust
+from pyagent._rust import FileHealth as FileHealth
+from pyagent._rust import FunctionHealth as FunctionHealth
+from pyagent._rust import Halstead as Halstead
+from pyagent._rust import RawMetrics as RawMetrics
+
 ProgressCallback = Callable[[int, int], None]
-
-
-@dataclass(frozen=True, slots=True)
-class FunctionHealth:
-    """One function or method; ``lineno`` is the line of its ``def`` keyword (decorators excluded)."""
-
-    name: str
-    qualname: str
-    lineno: int
-    endline: int
-    complexity: int
-
-
-@dataclass(frozen=True, slots=True)
-class Halstead:
-    """Module Halstead metrics with radon's names and definitions."""
-
-    h1: int
-    h2: int
-    N1: int
-    N2: int
-    vocabulary: int
-    length: int
-    calculated_length: float
-    volume: float
-    difficulty: float
-    effort: float
-    time: float
-    bugs: float
-
-
-@dataclass(frozen=True, slots=True)
-class RawMetrics:
-    """radon's raw line counts (``loc = sloc + blank + multi + single_comments``)."""
-
-    loc: int
-    lloc: int
-    sloc: int
-    comments: int
-    multi: int
-    blank: int
-    single_comments: int
-
-
-_HALSTEAD_FIELDS = tuple(f.name for f in fields(Halstead))
-_RAW_FIELDS = tuple(f.name for f in fields(RawMetrics))
-
-
-@dataclass(frozen=True, slots=True)
-class FileHealth:
-    """Health of one file. ``error`` says why metrics are missing (syntax error, skipped file)."""
-
-    path: str
-    mi: float | None
-    mi_rank: str | None
-    halstead: Halstead | None
-    raw: RawMetrics | None
-    functions: tuple[FunctionHealth, ...]
-    error: str | None
-    complexity: int | None = None
-    skipped: bool = False
-    seconds: float = field(default=0.0, compare=False)
-
-    @property
-    def max_complexity(self) -> int:
-        return max((f.complexity for f in self.functions), default=0)
-
-    def to_dict(self) -> dict[str, Any]:
-        # Built by hand: dataclasses.asdict deep-copies and is ~20x slower on large audits.
-        h = self.halstead
-        r = self.raw
-        return {
-            "path": self.path,
-            "mi": self.mi,
-            "mi_rank": self.mi_rank,
-            "complexity": self.complexity,
-            "halstead": {k: getattr(h, k) for k in _HALSTEAD_FIELDS} if h else None,
-            "raw": {k: getattr(r, k) for k in _RAW_FIELDS} if r else None,
-            "functions": [
-                {
-                    "name": f.name,
-                    "qualname": f.qualname,
-                    "lineno": f.lineno,
-                    "endline": f.endline,
-                    "complexity": f.complexity,
-                }
-                for f in self.functions
-            ],
-            "error": self.error,
-            "skipped": self.skipped,
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,36 +59,6 @@ class Offender:
     value: float
     limit: float
     line: int | None = None
-
-
-_RawFile = tuple[
-    str,
-    str | None,
-    bool,
-    float | None,
-    str | None,
-    int | None,
-    tuple[int, int, int, int, int, int, float, float, float, float, float, float] | None,
-    tuple[int, int, int, int, int, int, int] | None,
-    list[tuple[str, str, int, int, int]],
-    float,
-]
-
-
-def _file_from_rust(t: _RawFile) -> FileHealth:
-    path, error, skipped, mi, rank, complexity, hal, raw, functions, seconds = t
-    return FileHealth(
-        path=path,
-        mi=mi,
-        mi_rank=rank,
-        halstead=Halstead(*hal) if hal else None,
-        raw=RawMetrics(*raw) if raw else None,
-        functions=tuple(FunctionHealth(*f) for f in functions),
-        error=error,
-        complexity=complexity,
-        skipped=skipped,
-        seconds=seconds,
-    )
 
 
 def _percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -215,16 +100,6 @@ def summarize(files: Sequence[FileHealth], walk_errors: Sequence[tuple[str, str]
     }
 
 
-def _check_readable(root: Path) -> None:
-    """Raise ``PermissionError`` if the root itself cannot be read (tried, not guessed from mode bits)."""
-    if root.is_dir():
-        with os.scandir(root) as entries:
-            next(entries, None)
-    else:
-        with open(root, "rb") as fh:
-            fh.read(1)
-
-
 class CodeHealthAuditor:
     """Audits a tree or a source string; results are typed and JSON-serialisable."""
 
@@ -237,24 +112,20 @@ class CodeHealthAuditor:
     ) -> AuditReport:
         """Audit every ``*.py`` under ``path`` (``.gitignore`` honoured) or the one file ``path``.
 
-        Raises ``FileNotFoundError`` for a missing path and ``PermissionError`` for an unreadable
-        root; problems with individual files are reported per file instead.
+        A root that cannot be opened raises the OSError of its kind (``FileNotFoundError``,
+        ``PermissionError``, ``NotADirectoryError`` …); problems with individual files are reported
+        per file instead.
         """
-        from pyagent import _rust
-
         root = Path(path)
-        if not root.exists():
-            raise FileNotFoundError(f"no such file or directory: {root}")
-        _check_readable(root)
         start = time.perf_counter()
         # Hundreds of thousands of small objects, none cyclic: the cyclic GC would only rescan them.
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
-            raw_files, walk_errors = _rust.audit_tree(
+            audited, walk_errors = _rust.audit_tree(
                 str(root), excludes=list(self.excludes), multi_as_comments=self.multi_as_comments, progress=progress
             )
-            files = tuple(_file_from_rust(t) for t in raw_files)
+            files = tuple(audited)
         finally:
             if gc_was_enabled:
                 gc.enable()
@@ -263,9 +134,7 @@ class CodeHealthAuditor:
 
     def audit_source(self, source: str, path: str = "<string>") -> FileHealth:
         """Audit one module given as text."""
-        from pyagent import _rust
-
-        return _file_from_rust(_rust.audit_source(source, path, multi_as_comments=self.multi_as_comments))
+        return _rust.audit_source(source, path, multi_as_comments=self.multi_as_comments)
 
 
 def gate(report: AuditReport, *, max_complexity: int | None = None, min_mi: float | None = None) -> list[Offender]:

@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from pyagent.improve.run import RunResult
+    from pyagent.improve.result import RunResult
 
 __all__ = ["LiveDisplay", "print_summary"]
 

@@ -12,13 +12,14 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 if TYPE_CHECKING:
+    from pyagent.agents.testing import TestResults
     from pyagent.fleet.events import FleetEvent
-    from pyagent.improve.run import RunResult
+    from pyagent.improve.result import RunResult
 
 __all__ = ["report_dict", "write_report"]
 
 
-def _tests(t: Any) -> dict[str, Any] | None:
+def _tests(t: TestResults | None) -> dict[str, Any] | None:
     if t is None:
         return None
     return {
@@ -51,6 +52,7 @@ def report_dict(result: RunResult) -> dict[str, Any]:
         "metrics": {"before": result.metrics_before, "after": result.metrics_after},
         "usage": result.usage,
         "notes": result.notes,
+        "agents": result.agents,
     }
 
 

@@ -10,9 +10,7 @@ elsewhere the project is changed in place and ``pyagent undo`` restores it.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import difflib
-import importlib
 import os
 import secrets
 import shutil
@@ -24,27 +22,28 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pyagent.agents.task import AgentTask, ChangeSet, content_hash
+from pyagent.improve.result import RunResult, TaskRecord
+from pyagent.model.task import AgentTask, ChangeSet, content_hash
 
 if TYPE_CHECKING:
-    from pyagent.agents.knowledge import KnowledgeBackend
+    from pyagent.agents.base import BaseAgent
     from pyagent.agents.llm.base import LLMClient
+    from pyagent.agents.llm.factory import LocalBackend
     from pyagent.agents.testing import TestResults
     from pyagent.fleet.core import TaskControl
     from pyagent.fleet.events import FleetEvent
-    from pyagent.fleet.executor import Executor, ExecutorFactory
     from pyagent.health import AuditReport
     from pyagent.improve.gitops import GitRepo
+    from pyagent.model.knowledge import KnowledgeBackend
+    from pyagent.pipeline.executor import Executor, ExecutorFactory
     from pyagent.shell import SecureShell
 
 __all__ = ["ImproveError", "ImproveOptions", "RunResult", "TaskRecord", "improve", "new_run_id"]
 
-STATUSES = ("kept", "rolled_back", "failed", "skipped")
-
 
 def _outside_task(task: AgentTask, cs: ChangeSet) -> list[str]:
     """Paths a change set would write that are not the task's own files (compared exactly)."""
-    from pyagent.fleet.workspace import safe_relpath
+    from pyagent.pipeline.workspace import safe_relpath
 
     allowed = {safe_relpath(f) for f in task.files}
     return sorted(p for p in cs.changes if p not in allowed)
@@ -75,73 +74,7 @@ class ImproveOptions:
     run_id: str | None = None
     llm_client: LLMClient | None = None  # a ready client (tests, embedding); wins over ``llm``
     test_env: dict[str, str] = field(default_factory=dict)  # extra variables for the test command
-
-
-@dataclass
-class TaskRecord:
-    id: str
-    agent: str
-    action: str
-    target: str
-    priority: str
-    status: str = "skipped"
-    reason: str = ""
-    note: str = ""
-    diff: str = ""
-    verification: dict[str, Any] = field(default_factory=dict)
-    tokens: int = 0
-    cost: float = 0.0
-    duration: float = 0.0
-    commit: str | None = None
-    lineage: tuple[str, ...] = ()
-    base_hash: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "agent": self.agent,
-            "action": self.action,
-            "target": self.target,
-            "priority": self.priority,
-            "status": self.status,
-            "reason": self.reason,
-            "note": self.note,
-            "diff": self.diff,
-            "verification": self.verification,
-            "tokens": self.tokens,
-            "cost": round(self.cost, 6),
-            "duration": round(self.duration, 3),
-            "commit": self.commit,
-            "lineage": list(self.lineage),
-        }
-
-
-@dataclass
-class RunResult:
-    run_id: str
-    root: Path
-    mode: str  # git | in-place | dry-run
-    tasks: list[TaskRecord]
-    skipped_by_memory: list[dict[str, str]]
-    tests_before: TestResults | None
-    tests_after: TestResults | None
-    metrics_before: dict[str, Any]
-    metrics_after: dict[str, Any]
-    usage: dict[str, Any]
-    duration: float
-    branch: str | None = None
-    base_commit: str | None = None
-    report_dir: Path | None = None
-    notes: list[str] = field(default_factory=list)
-    not_attempted: int = 0  # planned changes left out (over --max-tasks, unreadable files)
-
-    def counts(self) -> dict[str, int]:
-        return {s: sum(1 for t in self.tasks if t.status == s) for s in STATUSES}
-
-    def regressions(self) -> list[str]:
-        if self.tests_before is None or self.tests_after is None:
-            return []
-        return self.tests_after.regressions(self.tests_before)
+    local_llm: LocalBackend | None = None  # what `--llm local:DIR` runs on, passed in by the CLI
 
 
 def new_run_id() -> str:
@@ -173,16 +106,16 @@ def metrics_summary(audit: AuditReport, findings: int, max_complexity: int) -> d
 
 class _Run:
     def __init__(self, opts: ImproveOptions) -> None:
-        from pyagent.agents.testing import TEST_ENV_ALLOW
         from pyagent.improve.gitops import GIT_ENV_ALLOW
-        from pyagent.shell import SecureShell
+        from pyagent.pipeline.builder import pipeline_shell
+        from pyagent.shell import Confinement, SecureShell
 
         self.opts = opts
         self.path = Path(opts.path).resolve()
         self.run_id = opts.run_id or new_run_id()
-        self.shell: SecureShell = SecureShell(
-            env_allow=tuple({*TEST_ENV_ALLOW, *GIT_ENV_ALLOW}), timeout=600.0
-        )
+        self.shell: SecureShell = pipeline_shell()
+        # git is PyAgent's own fixed argv on the user's repository (it must write .git): not confined.
+        self.git_shell: SecureShell = SecureShell(env_allow=GIT_ENV_ALLOW, timeout=600.0, confine=Confinement.off())
         self.records: dict[str, TaskRecord] = {}
         self.file_locks: dict[str, asyncio.Lock] = {}
         self.merge_lock = asyncio.Lock()
@@ -195,6 +128,7 @@ class _Run:
         self.base_commit: str | None = None
         self.drop_branch: str | None = None
         self.mode = ""
+        self.agents: dict[str, BaseAgent] = {}  # this machine's agents: they authorize every merge
 
     def progress(self, kind: str, **data: Any) -> None:
         if self.opts.on_progress is not None:
@@ -206,8 +140,8 @@ class _Run:
 
     # -- setup ------------------------------------------------------------------------------
     async def _prepare_tree(self, scratch: Path) -> tuple[Path, str]:
-        from pyagent.fleet.workspace import isolated_copy, project_files
         from pyagent.improve.gitops import GitRepo
+        from pyagent.pipeline.workspace import isolated_copy, project_files
 
         if self.opts.dry_run:
             files = project_files(self.path)
@@ -215,7 +149,7 @@ class _Run:
                 isolated_copy, self.path, parent=scratch, files=files
             )
             return copy, "dry-run"
-        repo = await GitRepo.find(self.path, self.shell) if self.opts.use_git else None
+        repo = await GitRepo.find(self.path, self.git_shell) if self.opts.use_git else None
         if repo is None:
             return self.path, "in-place"
         self.repo = repo
@@ -251,6 +185,12 @@ class _Run:
         return sorted(cs.changes)
 
     async def _merge(self, tree: Path, task: AgentTask, cs: ChangeSet, rec: TaskRecord) -> None:
+        from pyagent.agents.mixins.governance import GovernanceError
+
+        agent = self.agents.get(task.agent)
+        if agent is None:
+            raise GovernanceError(f"no agent named {task.agent!r} on this machine may change {task.target}")
+        agent.authorize_change(task, cs.changes, tree)  # the executor's check again: a peer's change set too
         async with self.merge_lock:
             if cs.digest in self.applied:
                 return
@@ -296,8 +236,8 @@ class _Run:
 
     # -- one task ----------------------------------------------------------------------------
     async def _task(self, control: TaskControl, task: AgentTask, tree: Path, executor: Executor) -> None:
-        from pyagent.agents.errors import CascadeLimitError
         from pyagent.agents.llm.base import LLMError
+        from pyagent.model.errors import CascadeLimitError
         from pyagent.state import ConflictError
 
         rec = self.records[task.id]
@@ -414,26 +354,20 @@ class _Run:
         return audit, len(findings), findings, unformatted
 
     async def _tests(self, runner: Any, tree: Path, scratch: Path) -> TestResults:
-        from pyagent.fleet.workspace import isolated_copy
+        from pyagent.pipeline.builder import run_tests
 
-        ws = await asyncio.to_thread(isolated_copy, tree, parent=scratch)
-        try:
-            result: TestResults = await runner.run(ws)
-            return result
-        finally:
-            await asyncio.to_thread(shutil.rmtree, ws, True)
+        return await run_tests(runner, tree, scratch)
 
     async def _run_in(self, tree: Path, mode: str, scratch: Path, started: float) -> RunResult:
-        from pyagent.agents.budget import Budget
-        from pyagent.agents.context import CascadeContext
-        from pyagent.agents.knowledge import ChangeOutcome, InMemoryKnowledge
         from pyagent.agents.llm.base import UsageMeter
-        from pyagent.agents.registry import build_agents
-        from pyagent.agents.testing import TestRunner, discover_tests
-        from pyagent.fleet.executor import ExecutorSetup, LocalExecutor
-        from pyagent.fleet.gate import VerificationGate
-        from pyagent.fleet.manager import FleetManager
-        from pyagent.fleet.planner import candidates, plan_tasks
+        from pyagent.fleet.core import FleetManager
+        from pyagent.model.budget import Budget
+        from pyagent.model.context import CascadeContext
+        from pyagent.model.knowledge import InMemoryKnowledge
+        from pyagent.pipeline.builder import build_executor, make_test_runner
+        from pyagent.pipeline.executor import ExecutorSetup
+        from pyagent.pipeline.planner import candidates, plan_tasks
+        from pyagent.pipeline.settings import PipelineSettings
 
         opts = self.opts
         budget = Budget(tokens=opts.budget_tokens, cost_usd=opts.budget_usd)
@@ -444,7 +378,8 @@ class _Run:
 
             try:
                 llm = make_llm(
-                    opts.llm, base_url=opts.llm_base_url, api=opts.llm_api, budget=budget, meter=meter
+                    opts.llm, base_url=opts.llm_base_url, api=opts.llm_api, budget=budget, meter=meter,
+                    local=opts.local_llm,
                 )
             except LLMConfigError as exc:
                 raise ImproveError(str(exc)) from exc
@@ -454,16 +389,17 @@ class _Run:
         self.progress("phase", phase="audit", detail=str(self.path))
         audit_before, n_before, findings, unformatted = await self._measure(tree)
         metrics_before = metrics_summary(audit_before, n_before, opts.max_complexity)
+        settings = PipelineSettings(
+            test_cmd=opts.test_cmd, test_timeout=opts.test_timeout, test_env=dict(opts.test_env),
+            max_complexity=opts.max_complexity,
+        )
         try:
-            command = discover_tests(tree, opts.test_cmd)
+            runner = make_test_runner(tree, settings, self.shell)
         except ValueError as exc:
             raise ImproveError(f"--test-cmd: {exc}") from exc
-        if command is not None and opts.test_env:
-            command = dataclasses.replace(command, extra_env={**command.extra_env, **opts.test_env})
-        runner = TestRunner(command, self.shell, timeout=opts.test_timeout) if command else None
         baseline = None
         if runner is not None:
-            self.progress("phase", phase="baseline", detail=" ".join(command.argv) if command else "")
+            self.progress("phase", phase="baseline", detail=" ".join(runner.command.argv))
             baseline = await self._tests(runner, tree, scratch)
             if baseline.timed_out:
                 raise ImproveError(
@@ -471,13 +407,15 @@ class _Run:
                 )
         else:
             self.notes.append("no tests found: changes were verified by parsing, lint and metrics only")
-        gate = VerificationGate(tests=runner, baseline=baseline, shell=self.shell)
-        agents = build_agents(self.shell, llm, max_complexity=opts.max_complexity)
-        local = LocalExecutor(tree, agents=agents, gate=gate, scratch=scratch)
+        knowledge = opts.knowledge if opts.knowledge is not None else InMemoryKnowledge()
+        local = build_executor(
+            tree, settings, shell=self.shell, runner=runner, baseline=baseline, llm=llm, knowledge=knowledge,
+            scratch=scratch,
+        )
+        self.agents = local.agents
         executor: Executor = local
         if opts.executor_factory is not None:
-            executor = opts.executor_factory(ExecutorSetup(tree, local, opts.test_cmd, baseline, opts.llm))
-        knowledge = opts.knowledge if opts.knowledge is not None else InMemoryKnowledge()
+            executor = opts.executor_factory(ExecutorSetup(tree, local, settings, baseline, opts.llm))
         root_ctx = CascadeContext.root("improve", action=f"improve:{self.run_id}", budget=budget)
         cands = candidates(
             audit_before,
@@ -528,18 +466,7 @@ class _Run:
             self.notes.append(str(getattr(executor, "summary", "")) or "swarm executor closed")
         for t in plan.tasks:
             rec = self.records[t.id]
-            knowledge.record_outcome(
-                ChangeOutcome(
-                    agent=t.agent,
-                    action=rec.action,
-                    task_kind=t.kind,
-                    target=t.target,
-                    target_hash=str(t.params.get("target_hash", "")),
-                    status=rec.status,  # type: ignore[arg-type]
-                    reason=rec.reason or None,
-                    lineage=rec.lineage,
-                )
-            )
+            self.agents[t.agent].record_outcome(t, rec.status, rec.reason or None)  # type: ignore[arg-type]
         self.progress("phase", phase="after", detail="re-measuring")
         audit_after, n_after, _f, _u = await self._measure(tree)
         tests_after = await self._tests(runner, tree, scratch) if runner is not None else None
@@ -566,6 +493,7 @@ class _Run:
             branch=self.branch,
             base_commit=self.base_commit,
             notes=self.notes,
+            agents=[agent.identity() for agent in self.agents.values()],
         )
         if mode == "in-place":
             from pyagent.improve.undo import save_run
@@ -581,14 +509,3 @@ async def improve(opts: ImproveOptions) -> RunResult:
     """Run one improvement pass over ``opts.path``; see the module docstring."""
     return await _Run(opts).run()
 
-
-def load_swarm_factory() -> ExecutorFactory:
-    """The Voyager swarm's executor factory (``improve --swarm``), from ``pyagent.voyager.swarm``."""
-    try:
-        swarm = importlib.import_module("pyagent.voyager.swarm")
-    except ImportError as exc:
-        raise ImproveError(f"--swarm needs the Voyager component, which is not available: {exc}") from exc
-    factory = getattr(swarm, "swarm_executor_factory", None)
-    if factory is None:
-        raise ImproveError("--swarm: pyagent.voyager.swarm has no swarm_executor_factory")
-    return factory  # type: ignore[no-any-return]

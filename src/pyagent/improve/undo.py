@@ -13,7 +13,7 @@ from pathlib import Path
 
 import orjson
 
-from pyagent.agents.task import content_hash
+from pyagent.model.task import content_hash
 from pyagent.state.fsutil import atomic_write
 
 __all__ = ["UndoError", "UndoResult", "save_run", "undo_last_run"]

@@ -1,6 +1,6 @@
 """StoreKnowledge: the fleet's ``KnowledgeBackend`` on a persistent KnowledgeStore.
 
-What it remembers, per :class:`~pyagent.agents.knowledge.ChangeOutcome`:
+What it remembers, per :class:`~pyagent.model.knowledge.ChangeOutcome`:
 
 - a failed or rolled-back change as a fact in ``pyagent.failures`` keyed by
   (file content hash, agent, action) -> reason, so the planner can skip the same change on the
@@ -28,7 +28,7 @@ from pyagent.memory.snapshot import SnapshotPolicy
 from pyagent.memory.store import Fact, KnowledgeStore
 
 if TYPE_CHECKING:
-    from pyagent.agents.knowledge import ChangeOutcome
+    from pyagent.model.knowledge import ChangeOutcome
 
 __all__ = ["FAILURES", "StoreKnowledge", "default_store_path"]
 
@@ -47,7 +47,7 @@ def failure_key(target_hash: str, agent: str, action: str) -> str:
 
 
 class StoreKnowledge:
-    """Implements ``pyagent.agents.knowledge.KnowledgeBackend``; thread-safe (the store locks)."""
+    """Implements ``pyagent.model.knowledge.KnowledgeBackend``; thread-safe (the store locks)."""
 
     def __init__(
         self,

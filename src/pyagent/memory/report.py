@@ -13,7 +13,7 @@ from pyagent.memory.pruning import NeuralPruningEngine
 from pyagent.memory.snapshot import list_snapshots
 from pyagent.memory.store import Edge, Fact, KnowledgeStore
 
-__all__ = ["edge_record", "export_lines", "fact_record", "stats"]
+__all__ = ["edge_record", "export_lines", "fact_record", "fleet_summary", "stats"]
 
 
 def _json_default(obj: Any) -> Any:
@@ -81,4 +81,37 @@ def stats(store: KnowledgeStore, snapshots_root: str | os.PathLike[str] | None =
         "pruning": orjson.loads(engine.params.to_json()),
         "prunable_now": engine.prune(dry_run=True).facts,
         "snapshots": [str(p) for p in snaps],
+    }
+
+
+def fleet_summary(nodes: list[dict[str, Any]], missing: list[str]) -> dict[str, Any]:
+    """``pyagent memory status --fleet``: per node items and lag, and the fleet's replication factor.
+
+    A shard's replication factor is the number of nodes holding an identical copy of it (the
+    largest group of equal blake3 hashes); the fleet's is the minimum over its shards.
+    """
+    copies: dict[int, dict[bytes, int]] = {}
+    for node in nodes:
+        for shard, digest in node.get("hashes", []):
+            group = copies.setdefault(int(shard), {})
+            group[digest] = group.get(digest, 0) + 1
+    factors = {s: max(g.values()) for s, g in copies.items()}
+    target = min((int(n.get("replicas", 1)) for n in nodes), default=1)
+    wanted = min(target, len(nodes)) if nodes else 0
+    rows = []
+    for node in sorted(nodes, key=lambda n: str(n.get("name"))):
+        ages = [p["last_sync_s"] for p in node.get("peers", {}).values() if p.get("last_sync_s") is not None]
+        rows.append({
+            "name": node.get("name"), "node_id": node.get("node_id"), "items": node.get("items", 0),
+            "tombstones": node.get("tombstones", 0), "shards": node.get("shards", 0), "owned": node.get("owned", 0),
+            "lag": node.get("behind", 0), "last_sync_s": max(ages) if ages else None, "cycle": node.get("cycle"),
+            "bytes_fetched": node.get("bytes_fetched", 0), "refused": node.get("refused", []),
+        })
+    return {
+        "nodes": rows,
+        "missing": list(missing),
+        "target": target,
+        "shards": len(factors),
+        "min_replication": min(factors.values(), default=0),
+        "under_replicated": sum(1 for f in factors.values() if f < wanted),
     }

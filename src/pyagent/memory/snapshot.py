@@ -36,18 +36,30 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import blake3
 import msgpack
 import orjson
 
 from pyagent.memory.errors import SnapshotError, StoreError
-from pyagent.memory.store import _SCHEMA, FORMAT_VERSION, INDEXES, PRIMARY_KEYS, TABLES
+from pyagent.memory.schema import FORMAT_VERSION, INDEXES, PRIMARY_KEYS, SCHEMA, TABLES
 from pyagent.state.fsutil import atomic_write, fsync_dir
 
-if TYPE_CHECKING:
-    from pyagent.memory.store import KnowledgeStore
+
+class SnapshotSource(Protocol):
+    """What snapshots need of a store (``pyagent.memory.store.KnowledgeStore``, which imports this module)."""
+
+    @property
+    def cycle(self) -> int: ...
+
+    def read_chunks(
+        self, queries: Sequence[tuple[str, Sequence[Any]]], *, chunk: int = ...
+    ) -> Iterator[tuple[int, list[tuple[Any, ...]]]]: ...
+
+    def snapshot(
+        self, directory: str | os.PathLike[str], *, reuse_from: Sequence[str | os.PathLike[str]] = ...
+    ) -> SnapshotInfo: ...
 
 __all__ = [
     "MANIFEST",
@@ -116,7 +128,7 @@ def _split(records: list[tuple[Any, ...]]) -> Iterator[list[tuple[Any, ...]]]:
         yield records[start : start + _MAX_RECORDS]
 
 
-def _iter_shards(store: KnowledgeStore, meta_out: dict[str, Any]) -> Iterator[tuple[str, list[tuple[Any, ...]]]]:
+def _iter_shards(store: SnapshotSource, meta_out: dict[str, Any]) -> Iterator[tuple[str, list[tuple[Any, ...]]]]:
     """(table, records) for every shard, all read from one consistent view of the store."""
     names = list(TABLES)
     queries: list[tuple[str, Sequence[Any]]] = [
@@ -161,7 +173,7 @@ def _same_bytes(path: Path, data: bytes) -> bool:
 
 
 def write_snapshot(
-    store: KnowledgeStore,
+    store: SnapshotSource,
     directory: str | os.PathLike[str],
     *,
     reuse_from: Sequence[str | os.PathLike[str]] = (),
@@ -383,7 +395,7 @@ def _build(tmp: Path, root: Path, manifest: dict[str, Any], shards: dict[str, by
         conn.execute("PRAGMA synchronous = OFF")
         conn.execute("PRAGMA cache_size = -262144")
         conn.execute("BEGIN")
-        for statement in _SCHEMA.split(";"):
+        for statement in SCHEMA.split(";"):
             if statement.strip():
                 conn.execute(statement)
         counts: dict[str, int] = {}
@@ -456,12 +468,12 @@ class SnapshotPolicy:
     def due(self, cycle: int) -> bool:
         return cycle > 0 and cycle % self.every == 0
 
-    def on_cycle(self, store: KnowledgeStore, cycle: int | None = None) -> SnapshotInfo | None:
+    def on_cycle(self, store: SnapshotSource, cycle: int | None = None) -> SnapshotInfo | None:
         """Call once per fleet execution cycle; snapshots when the cycle is a multiple of ``every``."""
         now = store.cycle if cycle is None else cycle
         return self.take(store) if self.due(now) else None
 
-    def take(self, store: KnowledgeStore) -> SnapshotInfo:
+    def take(self, store: SnapshotSource) -> SnapshotInfo:
         self.root.mkdir(parents=True, exist_ok=True)
         previous = list_snapshots(self.root)
         target = self.root / f"snap-{store.cycle:012d}"

@@ -43,6 +43,7 @@ from pyagent.memory.records import (
     unpack_value,
 )
 from pyagent.memory.relations import RelationsMixin
+from pyagent.memory.schema import FORMAT_VERSION, INDEXES, SCHEMA, TABLES
 from pyagent.memory.semantic import SemanticMixin
 
 if TYPE_CHECKING:
@@ -54,39 +55,8 @@ if TYPE_CHECKING:
 
 __all__ = ["FORMAT_VERSION", "MAX_WEIGHT", "TABLES", "Edge", "Fact", "Hit", "KnowledgeStore"]
 
-FORMAT_VERSION = 2
 _PAGE_SIZE = 16384
 _MMAP_SIZE = 1 << 30
-
-# Column order of each table; snapshot records use exactly this order.
-TABLES: dict[str, tuple[str, ...]] = {
-    "facts": ("namespace", "key", "value", "weight", "last_used"),
-    "edges": ("subject", "predicate", "object", "weight", "last_used"),
-    "docs": ("namespace", "key", "text", "vector"),
-}
-# Primary key of each table (a prefix of its columns): snapshots read rows in this order.
-PRIMARY_KEYS: dict[str, tuple[str, ...]] = {
-    "facts": ("namespace", "key"),
-    "edges": ("subject", "predicate", "object"),
-    "docs": ("namespace", "key"),
-}
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS facts(
-    namespace TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,
-    weight REAL NOT NULL, last_used INTEGER NOT NULL,
-    PRIMARY KEY(namespace, key)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS edges(
-    subject TEXT NOT NULL, predicate TEXT NOT NULL, object TEXT NOT NULL,
-    weight REAL NOT NULL, last_used INTEGER NOT NULL,
-    PRIMARY KEY(subject, predicate, object)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS docs(
-    namespace TEXT NOT NULL, key TEXT NOT NULL, text TEXT NOT NULL, vector BLOB NOT NULL,
-    PRIMARY KEY(namespace, key)) WITHOUT ROWID;
-"""
-# Secondary indexes are created after a bulk restore (faster than maintaining them row by row).
-INDEXES = "CREATE INDEX IF NOT EXISTS edges_by_object ON edges(object, predicate, subject);"
 
 _GET = "SELECT value FROM facts WHERE namespace = ? AND key = ?"
 _PUT = (
@@ -190,7 +160,7 @@ class KnowledgeStore(RelationsMixin, SemanticMixin):
             conn.execute(f"PRAGMA page_size = {_PAGE_SIZE}")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("BEGIN IMMEDIATE")
-            for statement in (_SCHEMA + INDEXES).split(";"):
+            for statement in (SCHEMA + INDEXES).split(";"):
                 if statement.strip():
                     conn.execute(statement)
             conn.execute("INSERT OR IGNORE INTO meta VALUES ('format_version', ?)", (FORMAT_VERSION,))

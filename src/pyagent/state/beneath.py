@@ -78,8 +78,11 @@ class RootDir:
         try:
             fd = os.open(parts[-1], _DIR_FLAGS, dir_fd=parent)
         except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.ENOTDIR) and self._is_link(parent, parts[-1]):
+            if exc.errno == errno.ELOOP or (exc.errno == errno.ENOTDIR and self._is_link(parent, parts[-1])):
                 raise UnsafePathError(os.fsdecode(raw), "is a symlink; PyAgent never writes through links") from None
+            if exc.errno == errno.ENOTDIR:  # a link or file now, or swapped back already: either way not ours
+                raise UnsafePathError(os.fsdecode(raw), "is not a directory (it changed into a symlink or file "
+                                      "while PyAgent worked on it)") from None
             raise
         self._dirs[raw] = fd
         return fd

@@ -58,17 +58,17 @@ def plan_replace(path: str | os.PathLike[str], pattern: str, replacement: str, *
         raise FileNotFoundError(f"no such file or directory: {os.fspath(path)}")
     ensure_recovered(target)  # never plan against a half-applied tree
     root = workspace_root(target)
-    changes, scanned, binary, non_utf8, errors = _rust.replace(
+    found = _rust.replace(
         target, pattern, replacement, literal=literal, multiline=multiline, globs=list(globs),
         excludes=list(excludes), hidden=hidden, no_ignore=no_ignore, diff=diff,
     )
     return ReplacePlan(
         root=root,
-        changes=tuple(FileReplacement(_rel(root, p), n, old, new, d) for p, old, new, n, d in changes),
-        scanned=scanned,
-        binary=tuple(_rel(root, p) for p in binary),
-        non_utf8=tuple(_rel(root, p) for p in non_utf8),
-        errors=tuple((_rel(root, p) if p else p, why) for p, why in errors),
+        changes=tuple(FileReplacement(_rel(root, c.path), c.matches, c.original, c.new, c.diff) for c in found.changes),
+        scanned=found.scanned,
+        binary=tuple(_rel(root, p) for p in found.binary),
+        non_utf8=tuple(_rel(root, p) for p in found.non_utf8),
+        errors=tuple((_rel(root, p) if p else p, why) for p, why in found.errors),
     )
 
 

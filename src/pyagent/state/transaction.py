@@ -126,6 +126,29 @@ def _make_vault(root: str) -> None:
         raise TransactionError(f"cannot create PyAgent's vault {vault}: {exc.strerror or exc}") from exc
 
 
+@dataclass
+class _CommitPlan:
+    """Everything one commit will do, decided before the first byte is written."""
+
+    entries: list[Entry] = field(default_factory=list)
+    originals: list[bytes] = field(default_factory=list)  # vault contents, in entry order
+    writes: list[tuple[str, bytes, int]] = field(default_factory=list)  # (tmp, data, mode), relative to the root
+    renames: list[tuple[str, str]] = field(default_factory=list)  # (tmp, target), relative to the root
+    deletes: list[str] = field(default_factory=list)
+    created_dirs: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    created: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    offset: int = 0
+
+    def keep_original(self, data: bytes) -> int:
+        """Put ``data`` in the vault; returns its offset there."""
+        offset = self.offset
+        self.originals.append(data)
+        self.offset += len(data)
+        return offset
+
+
 class StateTransaction:
     """A set of file changes to one tree, staged in memory and applied atomically on commit.
 
@@ -304,94 +327,93 @@ class StateTransaction:
             self._lock.release()
 
     def _commit(self, rd: RootDir) -> CommitResult:
-        timings: dict[str, float] = {}
         t0 = time.perf_counter()
         txid = uuid.uuid4().hex[:12]
+        plan = self._plan(rd, txid)
+        timings = {"check": time.perf_counter() - t0}
+        if not plan.entries:
+            return CommitResult(timings=timings)
+        return self._apply(rd, plan, txid, timings)
+
+    # -- the plan: what the commit will do, decided (and conflicts found) before anything is written
+
+    def _plan(self, rd: RootDir, txid: str) -> _CommitPlan:
         umask = os.umask(0)
         os.umask(umask)
-        entries: list[Entry] = []
-        originals: list[bytes] = []
-        writes: list[tuple[str, bytes, int]] = []  # (tmp, data, mode), relative to the root
-        renames: list[tuple[str, str]] = []
-        deletes: list[str] = []
-        created_dirs: list[str] = []
-        changed: list[str] = []
-        created: list[str] = []
-        deleted: list[str] = []
-        offset = 0
+        plan = _CommitPlan()
         for rel, current, cur_hash in self._read_current(rd, sorted(self._staged)):
+            self._check_base(rel, current, cur_hash)
             new = self._staged[rel]
-            base = self._base.get(rel)
-            if base is not None and base != cur_hash:
-                detail = "it was deleted" if current is None else ("it was created" if base == _ABSENT else "")
-                raise ConflictError(rel, detail)
-            brel = os.fsencode(rel)
             if new is None:
-                if current is None:
-                    continue
-                mode = rd.lstat(rel).st_mode & 0o7777
-                entries.append(Entry(brel, DELETE, cur_hash, mode, offset, len(current)))
-                originals.append(current)
-                offset += len(current)
-                deletes.append(rel)
-                deleted.append(rel)
-                continue
-            head, tail = os.path.split(rel)
-            tmp = os.path.join(head, f".{tail}.pyagent-{txid}.tmp")
-            brtmp = os.fsencode(tmp)
-            new_hash = hash_bytes(new)
-            if current is None:
-                mode = self._modes.get(rel, 0o666 & ~umask)
-                parent = os.path.dirname(rel)
-                missing: list[str] = []
-                while parent and not rd.is_dir(parent):
-                    missing.append(parent)
-                    parent = os.path.dirname(parent)
-                for d in reversed(missing):
-                    if d not in created_dirs:
-                        created_dirs.append(d)
-                entries.append(Entry(brel, CREATE, None, None, 0, 0, brtmp, new_hash))
-                created.append(rel)
+                if current is not None:
+                    self._plan_delete(rd, plan, rel, current, cur_hash)
             else:
-                if new_hash == cur_hash:
-                    continue
-                mode = self._modes.get(rel, rd.lstat(rel).st_mode & 0o7777)
-                entries.append(Entry(brel, MODIFY, cur_hash, mode, offset, len(current), brtmp, new_hash))
-                originals.append(current)
-                offset += len(current)
-                changed.append(rel)
-            writes.append((tmp, new, mode))
-            renames.append((tmp, rel))
-        timings["check"] = time.perf_counter() - t0
-        if not entries:
-            return CommitResult(timings=timings)
+                self._plan_write(rd, plan, rel, new, current, cur_hash, txid, umask)
+        return plan
 
+    def _check_base(self, rel: str, current: bytes | None, cur_hash: str) -> None:
+        base = self._base.get(rel)
+        if base is not None and base != cur_hash:
+            detail = "it was deleted" if current is None else ("it was created" if base == _ABSENT else "")
+            raise ConflictError(rel, detail)
+
+    @staticmethod
+    def _plan_delete(rd: RootDir, plan: _CommitPlan, rel: str, current: bytes, cur_hash: str) -> None:
+        mode = rd.lstat(rel).st_mode & 0o7777
+        plan.entries.append(Entry(os.fsencode(rel), DELETE, cur_hash, mode, plan.keep_original(current), len(current)))
+        plan.deletes.append(rel)
+        plan.deleted.append(rel)
+
+    def _plan_write(
+        self, rd: RootDir, plan: _CommitPlan, rel: str, new: bytes, current: bytes | None, cur_hash: str, txid: str,
+        umask: int,
+    ) -> None:
+        brel = os.fsencode(rel)
+        head, tail = os.path.split(rel)
+        tmp = os.path.join(head, f".{tail}.pyagent-{txid}.tmp")
+        brtmp = os.fsencode(tmp)
+        new_hash = hash_bytes(new)
+        if current is None:
+            mode = self._modes.get(rel, 0o666 & ~umask)
+            self._plan_parents(rd, plan, rel)
+            plan.entries.append(Entry(brel, CREATE, None, None, 0, 0, brtmp, new_hash))
+            plan.created.append(rel)
+        else:
+            if new_hash == cur_hash:
+                return
+            mode = self._modes.get(rel, rd.lstat(rel).st_mode & 0o7777)
+            offset = plan.keep_original(current)
+            plan.entries.append(Entry(brel, MODIFY, cur_hash, mode, offset, len(current), brtmp, new_hash))
+            plan.changed.append(rel)
+        plan.writes.append((tmp, new, mode))
+        plan.renames.append((tmp, rel))
+
+    @staticmethod
+    def _plan_parents(rd: RootDir, plan: _CommitPlan, rel: str) -> None:
+        """Folders a new file needs that do not exist yet, outermost first (the journal removes them on rollback)."""
+        parent = os.path.dirname(rel)
+        missing: list[str] = []
+        while parent and not rd.is_dir(parent):
+            missing.append(parent)
+            parent = os.path.dirname(parent)
+        for d in reversed(missing):
+            if d not in plan.created_dirs:
+                plan.created_dirs.append(d)
+
+    # -- the apply: journal, write, rename, sync, commit point; in this order, nothing else
+
+    def _apply(self, rd: RootDir, plan: _CommitPlan, txid: str, timings: dict[str, float]) -> CommitResult:
         t = time.perf_counter()
+        created_dirs = [os.fsencode(d) for d in plan.created_dirs]
         try:
-            size = write_journal(rd, txid, entries, originals, [os.fsencode(d) for d in created_dirs])
+            size = write_journal(rd, txid, plan.entries, plan.originals, created_dirs)
         except OSError as exc:  # journal.tmp is gone again; the tree was not touched
             raise TransactionError(
                 f"could not write the rollback journal in {vault_dir(self.root)}: {_why(exc)}; nothing changed"
             ) from exc
         timings["journal"] = time.perf_counter() - t
         try:
-            t = time.perf_counter()
-            for d in created_dirs:
-                rd.mkdir(d)
-            rd.write_many_new(writes)
-            timings["write"] = time.perf_counter() - t
-            t = time.perf_counter()
-            for tmp, rel in renames:
-                rd.replace(tmp, rel)
-            for rel in deletes:
-                rd.unlink(rel)
-            timings["rename"] = time.perf_counter() - t
-            t = time.perf_counter()
-            dirs = {os.path.dirname(rel) for _, rel in renames}
-            dirs.update(os.path.dirname(rel) for rel in deletes)
-            dirs.update(os.path.dirname(d) for d in created_dirs)
-            rd.fsync_dirs(dirs)
-            timings["dirsync"] = time.perf_counter() - t
+            self._apply_changes(rd, plan, timings)
         except BaseException as exc:
             self._rollback_after_failure(exc)
             raise
@@ -399,7 +421,28 @@ class StateTransaction:
         rd.unlink(f"{VAULT_REL}/{JOURNAL}")  # the commit point
         rd.fsync_dir(VAULT_REL)
         timings["finish"] = time.perf_counter() - t
-        return CommitResult(tuple(changed), tuple(created), tuple(deleted), size, timings)
+        return CommitResult(tuple(plan.changed), tuple(plan.created), tuple(plan.deleted), size, timings)
+
+    @staticmethod
+    def _apply_changes(rd: RootDir, plan: _CommitPlan, timings: dict[str, float]) -> None:
+        """Every write through directory handles beneath the root (no symlink followed on the way)."""
+        t = time.perf_counter()
+        for d in plan.created_dirs:
+            rd.mkdir(d)
+        rd.write_many_new(plan.writes)
+        timings["write"] = time.perf_counter() - t
+        t = time.perf_counter()
+        for tmp, rel in plan.renames:
+            rd.replace(tmp, rel)
+        for rel in plan.deletes:
+            rd.unlink(rel)
+        timings["rename"] = time.perf_counter() - t
+        t = time.perf_counter()
+        dirs = {os.path.dirname(rel) for _, rel in plan.renames}
+        dirs.update(os.path.dirname(rel) for rel in plan.deletes)
+        dirs.update(os.path.dirname(d) for d in plan.created_dirs)
+        rd.fsync_dirs(dirs)
+        timings["dirsync"] = time.perf_counter() - t
 
     @staticmethod
     def _read_current(rd: RootDir, rels: list[str]) -> list[tuple[str, bytes | None, str]]:

@@ -78,7 +78,7 @@ class VoyagerNode:
         self.runner: TaskRunner = runner or self._run_in_worker
         self.transport = VoyagerTransport(
             self.keypair,
-            trusted=self.home.trusted_keys,
+            trusted=self._trusted_keys,
             host=self.config.interface,
             port=self.config.port,
             heartbeat_interval=self.config.heartbeat_interval,
@@ -95,7 +95,13 @@ class VoyagerNode:
         self._running: set[asyncio.Task[dict[str, Any]]] = set()
         self._stopping = False
         self._stopped = asyncio.Event()
+        self._closers: list[Callable[[], object]] = []
         self.tasks_done = 0
+
+    def _trusted_keys(self) -> set[bytes]:
+        """The trusted list plus this node's own key: a tool run from the same home (``pyagent memory
+        status --fleet``, an improve run asking the fleet's memory) is this node's own operator."""
+        return self.home.trusted_keys() | {self.keypair.public}
 
     @property
     def free_slots(self) -> int:
@@ -142,9 +148,17 @@ class VoyagerNode:
     def stop(self) -> None:
         self._stopped.set()
 
+    def on_close(self, callback: Callable[[], object]) -> None:
+        """Run ``callback`` first thing when the node closes (stop a service using its transport)."""
+        self._closers.append(callback)
+
     async def close(self) -> None:
         self._stopping = True
         self._stopped.set()
+        for callback in self._closers:
+            with contextlib.suppress(Exception):
+                callback()
+        self._closers.clear()
         if self.discovery is not None:
             await self.discovery.close()
         if self._running:

@@ -9,7 +9,7 @@ For each task the executor picks a trusted, live peer with free slots (advertise
 record, minus what we already sent it), makes sure the peer holds the project's files (a
 content-addressed manifest: only blobs the peer lacks are sent), and sends the task with its
 ``CascadeContext`` (lineage and budget), priority, files and their base hashes. The peer runs the
-same agents and gate (``pyagent.fleet.remote.execute_task``) in a worker process and returns the
+same agents and gate (``pyagent.pipeline.remote.execute_task``) in a worker process and returns the
 change set plus its verification. If the peer dies (missed heartbeats), stops, is full or fails,
 the task is re-run on another peer or locally; a late reply from a peer given up on is dropped by
 the transport, so each execute call yields exactly one change set. Peers get no LLM, so tasks of
@@ -34,14 +34,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pyagent.pipeline.settings import PipelineSettings
 from pyagent.voyager.blobs import blob_hash
 from pyagent.voyager.discovery import DiscoveryNode, PeerInfo
 from pyagent.voyager.home import NodeHome
 from pyagent.voyager.transport import RemoteError, TransportError, VoyagerTransport
 
 if TYPE_CHECKING:
-    from pyagent.agents.task import AgentTask, ChangeSet
-    from pyagent.fleet.executor import Executor, ExecutorSetup
+    from pyagent.model.task import AgentTask, ChangeSet
+    from pyagent.pipeline.executor import Executor, ExecutorSetup
 
 log = logging.getLogger(__name__)
 PUT_CHUNK_BYTES = 4 * 1024 * 1024
@@ -77,7 +78,7 @@ class SwarmExecutor:
         local: Executor | None = None,
         home: NodeHome | str | os.PathLike[str] | None = None,
         interface: str = "127.0.0.1",
-        test_cmd: str | None = None,
+        settings: PipelineSettings | None = None,
         baseline: dict[str, Any] | None = None,
         task_timeout: float = 900.0,
         discovery_wait: float = 5.0,
@@ -89,7 +90,7 @@ class SwarmExecutor:
         self.local = local
         self.home = home if isinstance(home, NodeHome) else NodeHome(home)
         self.interface = interface
-        self.test_cmd = test_cmd
+        self.settings = settings if settings is not None else PipelineSettings()
         self.baseline = baseline
         self.task_timeout = task_timeout
         self.discovery_wait = discovery_wait
@@ -236,7 +237,7 @@ class SwarmExecutor:
             task.context.budget.charge(tokens=tokens, cost=cost)
 
     async def _run_on(self, peer: PeerInfo, task: AgentTask, files: dict[str, bytes]) -> ChangeSet:
-        from pyagent.agents.task import ChangeSet, content_hash
+        from pyagent.model.task import ChangeSet, content_hash
 
         key = self.home.trusted_by_fingerprint().get(peer.fingerprint)
         if key is None:
@@ -254,7 +255,7 @@ class SwarmExecutor:
             "files": files,
             "base_hashes": bases,
             "manifest": manifest,
-            "test_cmd": self.test_cmd,
+            "pipeline": self.settings.to_wire(),
         }
         for attempt in (1, 2):
             await self._sync_blobs(peer, manifest)
@@ -280,7 +281,7 @@ class SwarmExecutor:
     # -- project files
 
     def _manifest(self) -> dict[str, str]:
-        from pyagent.fleet.workspace import project_files
+        from pyagent.pipeline.workspace import project_files
 
         manifest: dict[str, str] = {}
         for rel in project_files(self.root):
@@ -329,13 +330,13 @@ class SwarmExecutor:
 
 
 def swarm_executor_factory(setup: ExecutorSetup) -> SwarmExecutor:
-    """What ``pyagent improve --swarm`` calls (see ``pyagent.improve.run.load_swarm_factory``)."""
+    """What ``pyagent improve --swarm`` calls (the CLI passes it as ``ImproveOptions.executor_factory``)."""
     baseline = setup.baseline.to_dict() if setup.baseline is not None else None
     return SwarmExecutor(
         setup.root,
         local=setup.local,
         home=os.environ.get("PYAGENT_NODE_HOME") or None,
         interface=os.environ.get("PYAGENT_SWARM_INTERFACE", "127.0.0.1"),
-        test_cmd=setup.test_cmd,
+        settings=setup.settings,
         baseline=baseline,
     )

@@ -2,8 +2,8 @@
 
 The project arrives as a manifest of blobs the node already holds; the task's own files arrive
 with it (their base hashes were checked by the node). The worker rebuilds the project in a fresh
-folder and runs the improve pipeline's :func:`pyagent.fleet.remote.execute_task` there: the same
-agents and verification gate as a local run, so a remote change is judged exactly like a local one.
+folder and runs the improve pipeline's :func:`pyagent.pipeline.remote.execute_task` there, built from
+the origin's pipeline settings: the same agents and verification gate as a local run, so a remote change is judged exactly like a local one.
 """
 
 from __future__ import annotations
@@ -18,17 +18,16 @@ from pyagent.voyager.blobs import BlobStore
 
 
 def run_payload(payload: dict[str, Any]) -> dict[str, Any]:
-    from pyagent.agents.task import AgentTask
-    from pyagent.fleet.remote import execute_task
+    from pyagent.model.task import AgentTask
+    from pyagent.pipeline.remote import execute_task
+    from pyagent.pipeline.settings import PipelineSettings
 
     task = AgentTask.from_wire(payload["task"])
+    settings = PipelineSettings.from_wire(payload.get("pipeline", {}))
     store = BlobStore(payload["blob_dir"])
-    test_cmd = payload.get("test_cmd")
     with tempfile.TemporaryDirectory(prefix="pyagent-task-") as workdir:
         store.materialize(payload["manifest"], Path(workdir))
-        change = execute_task(
-            task, payload["files"], workdir=workdir, test_cmd=test_cmd if isinstance(test_cmd, str) else None
-        )
+        change = execute_task(task, payload["files"], workdir=workdir, settings=settings)
     # Lineage stays one across nodes: report the chain this node ran under, for the origin to check.
     ran = {
         "pid": os.getpid(),

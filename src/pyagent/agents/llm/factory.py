@@ -1,26 +1,24 @@
 """Turning ``--llm`` and ``--llm-base-url`` into a client.
 
 ``--llm MODEL`` talks to an OpenAI-compatible endpoint. ``--llm local:DIR`` runs a checkpoint with
-PyAgent's own engine through the factory registered in ``LOCAL_BACKENDS`` (the inference/server
-component installs it); without one, the user gets a clear error.
+PyAgent's own engine through the ``local`` backend the CLI passes in (``pyagent.cli.local_llm``);
+agents never import the server themselves.
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from pyagent.agents.llm.base import LLMClient, UsageMeter
 
 if TYPE_CHECKING:
-    from pyagent.agents.budget import Budget
+    from pyagent.model.budget import Budget
 
-__all__ = ["LOCAL_BACKENDS", "LLMConfigError", "make_llm"]
+__all__ = ["LLMConfigError", "LocalBackend", "make_llm"]
 
-# name -> factory(dir, budget, meter). The hook for `--llm local:DIR`.
-LOCAL_BACKENDS: dict[str, Callable[[str, Budget | None, UsageMeter], LLMClient]] = {}
+# factory(target, budget, meter): the client for `--llm local:TARGET`, supplied by the composition root.
+LocalBackend = Callable[[str, "Budget | None", UsageMeter], LLMClient]
 
 
 class LLMConfigError(ValueError):
@@ -35,6 +33,7 @@ def make_llm(
     budget: Budget | None = None,
     meter: UsageMeter | None = None,
     timeout: float = 120.0,
+    local: LocalBackend | None = None,
 ) -> LLMClient:
     meter = meter or UsageMeter()
     spec = spec.strip()
@@ -44,17 +43,12 @@ def make_llm(
         directory = spec.removeprefix("local:")
         if not directory:
             raise LLMConfigError("--llm local:DIR needs the model directory after 'local:'")
-        factory = LOCAL_BACKENDS.get("local")
-        if factory is None:
-            with contextlib.suppress(ImportError):  # the server registers LOCAL_BACKENDS["local"] on import
-                importlib.import_module("pyagent.server.llm_backend")
-            factory = LOCAL_BACKENDS.get("local")
-        if factory is None:
+        if local is None:
             raise LLMConfigError(
-                "--llm local:DIR needs PyAgent's inference engine, which is not available in this build; "
+                "--llm local:DIR is not wired here (the caller passed no local backend); "
                 "serve the model with `pyagent serve` and use --llm MODEL --llm-base-url http://127.0.0.1:PORT/v1"
             )
-        return factory(directory, budget, meter)
+        return local(directory, budget, meter)
     from pyagent.agents.llm.openai_compat import OpenAICompatClient
 
     try:

@@ -18,7 +18,7 @@ import httpx
 from pyagent.agents.llm.base import LLMError, LLMReply, UsageMeter, price_for
 
 if TYPE_CHECKING:
-    from pyagent.agents.budget import Budget
+    from pyagent.model.budget import Budget
 
 __all__ = ["DEFAULT_BASE_URL", "OpenAICompatClient"]
 

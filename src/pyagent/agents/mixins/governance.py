@@ -1,98 +1,77 @@
-"""What an agent may touch and run, budget checks, and cooperative suspend/resume."""
+"""The one authorization: what a task's chain lets an agent change and run.
+
+It is checked twice for every change, by the same code: before the agent runs (``LocalExecutor``,
+here and on every Voyager peer) and again before its change set is merged into the run's tree
+(``improve``), so a change set that arrives from a peer is held to the same rules as a local one.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-from pyagent.agents.context import CascadeContext, SecurityScope
-
 if TYPE_CHECKING:
-    from pyagent.fleet.core import TaskControl
+    from pyagent.model.context import SecurityScope
+    from pyagent.model.task import AgentTask
 
 # Our own bookkeeping and the VCS database are never an agent's to edit.
 PROTECTED_DIRS = (".pyagent", ".git", ".hg", ".svn")
 
 
 class GovernanceError(PermissionError):
-    """An agent tried to touch a path or run a command outside its scope."""
+    """An agent tried to touch a path or run a command outside its task's scope."""
 
 
 class GovernanceMixin:
-    """Enforces the agent's own limits intersected with the chain's ``SecurityScope``."""
+    """``authorize`` before an agent runs a task, ``authorize_change`` before its change is merged."""
 
-    root: Path
     name: str
-    allowed_paths: tuple[str, ...] | None = None
-    allowed_commands: tuple[str, ...] | None = None
-    _suspended: bool = False
-    _resume_event: asyncio.Event | None = None
+    commands: tuple[str, ...] = ()  # the programs the agent runs; each must be allowed by the scope
 
-    def scope_for(self, context: CascadeContext | None = None) -> SecurityScope:
-        own = SecurityScope(paths=self.allowed_paths, commands=self.allowed_commands)
-        return own if context is None else context.scope.narrow(own)
+    def authorize_path(self, path: str, *, root: str | os.PathLike[str], scope: SecurityScope) -> str:
+        """``path`` as a POSIX path relative to ``root`` if the agent may write it; else ``GovernanceError``.
 
-    def authorize_path(self, path: str | os.PathLike[str], *, write: bool = False, context: CascadeContext | None = None) -> str:
-        """The path relative to the workspace (POSIX) if this agent may touch it; else ``GovernanceError``."""
-        raw = os.fspath(path)
-        if not raw or "\x00" in raw:
-            raise GovernanceError(f"{self.name}: invalid path {raw!r}")
-        root = Path(self.root).resolve()
-        candidate = Path(raw) if os.path.isabs(raw) else root / raw
-        resolved = candidate.resolve()  # follows symlinks: a link pointing outside is outside
+        Symlinks are followed: a link that points outside ``root`` or into a protected folder is refused.
+        """
+        if not isinstance(path, str) or not path or "\x00" in path:
+            raise GovernanceError(f"{self.name}: invalid path {path!r}")
+        lexical = PurePosixPath(path.replace("\\", "/"))
+        if lexical.is_absolute() or ".." in lexical.parts:
+            raise GovernanceError(f"{self.name}: {path!r} is not a path inside the project")
+        base = Path(root).resolve()
         try:
-            rel = resolved.relative_to(root)
+            rel = (base / lexical).resolve().relative_to(base)
         except ValueError:
-            raise GovernanceError(f"{self.name}: {raw!r} is outside the workspace {root}") from None
+            raise GovernanceError(f"{self.name}: {path!r} leads outside the project {base}") from None
         rel_posix = PurePosixPath(*rel.parts).as_posix() if rel.parts else "."
-        if write and rel.parts and rel.parts[0] in PROTECTED_DIRS:
-            raise GovernanceError(f"{self.name}: {rel_posix!r} is inside {rel.parts[0]}/, which agents never modify")
-        scope = self.scope_for(context)
+        for parts in (lexical.parts, rel.parts):
+            if parts and parts[0] in PROTECTED_DIRS:
+                raise GovernanceError(f"{self.name}: {path!r} is inside {parts[0]}/, which agents never modify")
         if not scope.allows_path(rel_posix):
             raise GovernanceError(f"{self.name}: {rel_posix!r} is not under the allowed paths {list(scope.paths or [])}")
-        if write and not scope.write:
-            raise GovernanceError(f"{self.name}: this chain's scope is read-only; cannot write {rel_posix!r}")
         return rel_posix
 
-    def authorize_command(self, argv: Sequence[str], *, context: CascadeContext | None = None) -> None:
-        """Raise ``GovernanceError`` unless the program ``argv[0]`` is allowed."""
-        if isinstance(argv, str) or not argv or not all(isinstance(a, str) for a in argv):
-            raise GovernanceError(f"{self.name}: a command must be a non-empty list of strings, got {argv!r}")
-        scope = self.scope_for(context)
-        if not scope.allows_command(argv[0]):
-            raise GovernanceError(
-                f"{self.name}: command {argv[0]!r} is not allowed (allowed: {list(scope.commands or [])})"
-            )
+    def authorize(self, task: AgentTask, root: str | os.PathLike[str]) -> None:
+        """Raise ``GovernanceError`` unless this agent may do ``task`` on the tree at ``root``."""
+        scope = task.context.scope
+        if not scope.write:
+            raise GovernanceError(f"{self.name}: the chain of task {task.id} is read-only")
+        for path in task.files:
+            self.authorize_path(path, root=root, scope=scope)
+        for program in self.commands:
+            if not scope.allows_command(program):
+                raise GovernanceError(
+                    f"{self.name} needs {program!r}, which this chain does not allow "
+                    f"(allowed: {list(scope.commands or [])})"
+                )
 
-    def check_budget(self, context: CascadeContext) -> None:
-        """Raise the matching ``CascadeLimitError`` if the chain must stop (budget, circuit)."""
-        context.check()
-
-    @property
-    def suspended(self) -> bool:
-        return self._suspended
-
-    def suspend(self) -> None:
-        """Ask the agent to pause at its next ``checkpoint()``."""
-        self._suspended = True
-        if self._resume_event is not None:
-            self._resume_event.clear()
-
-    def resume(self) -> None:
-        self._suspended = False
-        if self._resume_event is not None:
-            self._resume_event.set()
-
-    async def checkpoint(self, control: TaskControl | None = None) -> None:
-        """A safe point: waits while suspended, then honours fleet preemption and the budget."""
-        while self._suspended:
-            if self._resume_event is None:
-                self._resume_event = asyncio.Event()
-            await self._resume_event.wait()
-        if control is not None:
-            await control.checkpoint()
-        else:
-            await asyncio.sleep(0)
+    def authorize_change(self, task: AgentTask, paths: Iterable[str], root: str | os.PathLike[str]) -> None:
+        """Raise ``GovernanceError`` unless a change set for ``task`` may write ``paths`` into ``root``."""
+        self.authorize(task, root)
+        allowed = set(task.files)
+        for path in paths:
+            self.authorize_path(path, root=root, scope=task.context.scope)
+            if path not in allowed:
+                raise GovernanceError(f"{self.name}: the change touches {path!r}, which is not one of the task's files")

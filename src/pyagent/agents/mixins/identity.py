@@ -1,10 +1,8 @@
-"""Who an agent is: name, version, what it can do, and how urgent its work is by default."""
+"""Who an agent is: the name the registry, the plan, events and peers know it by, and what it does."""
 
 from __future__ import annotations
 
 from typing import Any
-
-from pyagent.fleet.priority import AgentPriority
 
 
 class IdentityMixin:
@@ -13,20 +11,7 @@ class IdentityMixin:
     name: str = "agent"
     version: str = "0.1.0"
     capabilities: frozenset[str] = frozenset()
-    priority: AgentPriority = AgentPriority.STANDARD
-
-    @property
-    def agent_id(self) -> str:
-        return f"{self.name}@{self.version}"
-
-    def can(self, capability: str) -> bool:
-        return capability in self.capabilities
 
     def identity(self) -> dict[str, Any]:
-        """A JSON-able description (for reports, events and peers)."""
-        return {
-            "name": self.name,
-            "version": self.version,
-            "capabilities": sorted(self.capabilities),
-            "priority": self.priority.name,
-        }
+        """A JSON-able description (the report's ``agents`` section)."""
+        return {"name": self.name, "version": self.version, "capabilities": sorted(self.capabilities)}

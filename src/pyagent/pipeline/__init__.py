@@ -1,0 +1,1 @@
+"""The improve pipeline: planner, verification gate, executors, isolated workspaces and the peer entry."""

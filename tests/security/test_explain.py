@@ -1,0 +1,67 @@
+"""Degrading honestly: --explain and doctor print what is active; --require-sandbox refuses without it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PYAGENT = [sys.executable, "-m", "pyagent"]
+
+
+def test_explain_lists_every_protection_active_here(tmp_path: Path) -> None:
+    out = subprocess.run([*PYAGENT, "exec", "--explain", "--cwd", str(tmp_path), "--", "true"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    for name in ("user namespace", "pid namespace", "network namespace", "landlock", "private tmp",
+                 "capabilities dropped", "no_new_privs", "memory cap", "timeout"):
+        assert f"yes  {name}" in out.stderr, out.stderr
+
+
+def test_doctor_reports_the_full_set_here() -> None:
+    out = subprocess.run([*PYAGENT, "doctor"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "all required protections are active" in out.stdout
+    assert "landlock" in out.stdout and "ABI" in out.stdout
+
+
+def _without_user_namespaces(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+    """Runs ``cmd`` where the kernel refuses new user namespaces (user.max_user_namespaces = 0 in a
+    user namespace of its own: a real missing layer, not a simulated one)."""
+    script = "echo 0 > /proc/sys/user/max_user_namespaces && exec \"$@\""
+    return subprocess.run(["unshare", "-Ur", "sh", "-c", script, "sh", *cmd], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+
+
+@pytest.fixture
+def userns_limit_works() -> None:
+    if shutil.which("unshare") is None:
+        pytest.skip("util-linux unshare is not installed")
+    probe = subprocess.run(["unshare", "-Ur", "sh", "-c", "echo 0 > /proc/sys/user/max_user_namespaces"],
+                           capture_output=True, timeout=30)
+    if probe.returncode != 0:
+        pytest.skip("this kernel cannot limit user namespaces from inside one")
+
+
+@pytest.mark.usefixtures("userns_limit_works")
+def test_require_sandbox_refuses_when_a_layer_is_missing(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    out = _without_user_namespaces([*PYAGENT, "exec", "--require-sandbox", "--cwd", str(tmp_path), "--",
+                                    "touch", str(marker)])
+    assert out.returncode == 126, out.stdout + out.stderr
+    assert "user namespace" in out.stderr and "refusing" in out.stderr
+    assert not marker.exists(), "nothing may run when the sandbox is incomplete"
+
+
+@pytest.mark.usefixtures("userns_limit_works")
+def test_explain_says_which_layers_are_missing(tmp_path: Path) -> None:
+    out = _without_user_namespaces([*PYAGENT, "exec", "--explain", "--cwd", str(tmp_path), "--", "true"])
+    assert out.returncode == 0, out.stderr
+    assert "NO   user namespace" in out.stderr and "NO   pid namespace" in out.stderr, out.stderr
+    assert "yes  landlock" in out.stderr, "what still works is still used and said"
+    doctor = _without_user_namespaces([*PYAGENT, "doctor"])
+    assert doctor.returncode == 1 and "missing: user namespace" in doctor.stdout, doctor.stdout

@@ -1,0 +1,44 @@
+"""uid 0 with capabilities: what a root child could do on the host."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pyagent.shell import Confinement
+from tests.security.helpers import active, attack
+
+CAPS = r"""
+import os
+caps = {l.split(':')[0]: int(l.split(':')[1], 16) for l in open('/proc/self/status') if l.startswith('Cap')}
+print("CAPEFF", caps["CapEff"], "CAPBND", caps["CapBnd"])
+try:
+    print("READ", open("locked.txt").read())
+except OSError as exc:
+    print("DENIED read", exc.errno)
+try:
+    os.chown("mine.txt", 4242, 4242)
+    print("CHOWNED")
+except OSError as exc:
+    print("DENIED chown", exc.errno)
+"""
+
+
+def test_root_child_has_no_host_capabilities_user_namespace(tmp_path: Path) -> None:
+    """Protection: user namespace + capabilities dropped (empty bounding set)."""
+    locked = tmp_path / "locked.txt"
+    locked.write_text("only uid 4242 may read this")
+    (tmp_path / "mine.txt").write_text("x")
+    if os.geteuid() == 0:
+        os.chown(locked, 4242, 4242)
+    locked.chmod(0o600)
+    res = attack(CAPS, tmp_path)
+    assert active(res, "user namespace") and active(res, "capabilities dropped")
+    assert "CAPEFF 0 CAPBND 0" in res.stdout, res.stdout
+    assert "DENIED read 13" in res.stdout and "DENIED chown" in res.stdout, res.stdout
+    if os.geteuid() != 0:
+        pytest.skip("the control needs root: only root's CAP_DAC_OVERRIDE/CAP_CHOWN make the attack real")
+    plain = attack(CAPS, tmp_path, confine=Confinement.off())
+    assert "READ only uid 4242" in plain.stdout and "CHOWNED" in plain.stdout, plain.stdout
