@@ -20,7 +20,7 @@ from pathlib import Path
 
 from corpus import stdlib_copy
 
-from pyagent.pipeline.workspace import _COPY_WORKERS, _clone, copy_method, isolated_copy, project_files
+from pyagent.pipeline.workspace import _clone, copy_method, isolated_copy, project_files
 
 
 def tree_copy(root: Path, files: list[str], parent: Path, one: Callable[[Path, Path], None]) -> Path:
@@ -70,7 +70,7 @@ def main() -> None:
             "reflink, FICLONE (one at a time)": median_time(
                 lambda: tree_copy(root, files, scratch, _clone), args.repeat
             ) if chosen == "reflink" else None,
-            f"isolated_copy ({chosen}, {_COPY_WORKERS} threads)": median_time(
+            f"isolated_copy (picks {chosen})": median_time(
                 lambda: isolated_copy(root, parent=scratch, files=files), args.repeat
             ),
         }

@@ -18,7 +18,6 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
 
@@ -55,8 +54,6 @@ _FICLONE = 0x40049409  # _IOW(0x94, 9, int) from linux/fs.h
 # What a file system (or a pair of them) says when it cannot clone: fall back to copying.
 _NO_CLONE = {errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EPERM}
 _methods: dict[tuple[int, int], CopyMethod] = {}
-_COPY_WORKERS = 8
-_PARALLEL_FROM = 64  # files; below this a thread pool costs more than it saves
 _methods_lock = threading.Lock()
 
 
@@ -162,12 +159,8 @@ def isolated_copy(
             pairs.append((root / rel, target))
     if pairs:
         method = copy_method(pairs[0][0], dest)
-        if len(pairs) < _PARALLEL_FROM:
-            for src, target in pairs:
-                _copy_file(src, target, method)
-        else:  # the kernel does the copying (sendfile, FICLONE) without the GIL: overlap the calls
-            with ThreadPoolExecutor(_COPY_WORKERS) as pool:
-                list(pool.map(lambda pair: _copy_file(pair[0], pair[1], method), pairs))
+        for src, target in pairs:
+            _copy_file(src, target, method)
     for rel, data in overlay.items():
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
