@@ -15,6 +15,8 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use rayon::prelude::*;
 
+use crate::errors::guarded;
+
 /// Dimensions of one decode call, validated against every buffer before any read.
 #[derive(Clone, Copy, Debug)]
 pub struct DecodeShape {
@@ -424,56 +426,58 @@ fn paged_attention_decode(
     scale: f32,
     partition_size: usize,
 ) -> PyResult<()> {
-    contiguous(&out, "out", 3)?;
-    contiguous(&q, "q", 3)?;
-    contiguous(&k_cache, "k_cache", 4)?;
-    contiguous(&v_cache, "v_cache", 4)?;
-    contiguous(&block_tables, "block_tables", 2)?;
-    contiguous(&context_lens, "context_lens", 1)?;
-    if out.readonly() {
-        return Err(PyValueError::new_err("out must be writable"));
-    }
-    if overlaps(&out, &q) || overlaps(&out, &k_cache) || overlaps(&out, &v_cache) {
-        return Err(PyValueError::new_err("out must not share memory with q, k_cache or v_cache"));
-    }
-    let (qs, ks, ts) = (q.shape(), k_cache.shape(), block_tables.shape());
-    if out.shape() != qs {
-        return Err(PyValueError::new_err(format!("out shape {:?} differs from q shape {qs:?}", out.shape())));
-    }
-    if v_cache.shape() != ks {
-        return Err(PyValueError::new_err("k_cache and v_cache must have the same shape"));
-    }
-    if ks[3] != qs[2] {
-        return Err(PyValueError::new_err(format!("head_dim of q ({}) and cache ({}) differ", qs[2], ks[3])));
-    }
-    if ts[0] != qs[0] || context_lens.shape()[0] != qs[0] {
-        return Err(PyValueError::new_err("block_tables and context_lens need one row per sequence of q"));
-    }
-    let shape = DecodeShape {
-        num_seqs: qs[0],
-        num_heads: qs[1],
-        num_kv_heads: ks[1],
-        head_dim: qs[2],
-        num_blocks: ks[0],
-        block_size: ks[2],
-        max_blocks_per_seq: ts[1],
-    };
-    // SAFETY: the PyBuffers pin their exporters until they are dropped at the end of this function,
-    // `out` does not overlap the inputs (checked above) and lengths come from the exporters.
-    let (inputs, out_slice) = unsafe {
-        (
-            DecodeInputs {
-                q: slice_of(&q),
-                k_cache: slice_of(&k_cache),
-                v_cache: slice_of(&v_cache),
-                block_tables: slice_of(&block_tables),
-                context_lens: slice_of(&context_lens),
-            },
-            std::slice::from_raw_parts_mut(out.buf_ptr() as *mut f32, out.item_count()),
-        )
-    };
-    py.detach(|| paged_decode(&shape, &inputs, out_slice, scale, partition_size))
-        .map_err(PyValueError::new_err)
+    guarded(|| {
+        contiguous(&out, "out", 3)?;
+        contiguous(&q, "q", 3)?;
+        contiguous(&k_cache, "k_cache", 4)?;
+        contiguous(&v_cache, "v_cache", 4)?;
+        contiguous(&block_tables, "block_tables", 2)?;
+        contiguous(&context_lens, "context_lens", 1)?;
+        if out.readonly() {
+            return Err(PyValueError::new_err("out must be writable"));
+        }
+        if overlaps(&out, &q) || overlaps(&out, &k_cache) || overlaps(&out, &v_cache) {
+            return Err(PyValueError::new_err("out must not share memory with q, k_cache or v_cache"));
+        }
+        let (qs, ks, ts) = (q.shape(), k_cache.shape(), block_tables.shape());
+        if out.shape() != qs {
+            return Err(PyValueError::new_err(format!("out shape {:?} differs from q shape {qs:?}", out.shape())));
+        }
+        if v_cache.shape() != ks {
+            return Err(PyValueError::new_err("k_cache and v_cache must have the same shape"));
+        }
+        if ks[3] != qs[2] {
+            return Err(PyValueError::new_err(format!("head_dim of q ({}) and cache ({}) differ", qs[2], ks[3])));
+        }
+        if ts[0] != qs[0] || context_lens.shape()[0] != qs[0] {
+            return Err(PyValueError::new_err("block_tables and context_lens need one row per sequence of q"));
+        }
+        let shape = DecodeShape {
+            num_seqs: qs[0],
+            num_heads: qs[1],
+            num_kv_heads: ks[1],
+            head_dim: qs[2],
+            num_blocks: ks[0],
+            block_size: ks[2],
+            max_blocks_per_seq: ts[1],
+        };
+        // SAFETY: the PyBuffers pin their exporters until they are dropped at the end of this function,
+        // `out` does not overlap the inputs (checked above) and lengths come from the exporters.
+        let (inputs, out_slice) = unsafe {
+            (
+                DecodeInputs {
+                    q: slice_of(&q),
+                    k_cache: slice_of(&k_cache),
+                    v_cache: slice_of(&v_cache),
+                    block_tables: slice_of(&block_tables),
+                    context_lens: slice_of(&context_lens),
+                },
+                std::slice::from_raw_parts_mut(out.buf_ptr() as *mut f32, out.item_count()),
+            )
+        };
+        py.detach(|| paged_decode(&shape, &inputs, out_slice, scale, partition_size))
+            .map_err(PyValueError::new_err)
+    })
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -85,6 +85,9 @@ class _TamperingPeer:
         self.local = setup.local
         self.extra = extra
 
+    async def aclose(self) -> str | None:
+        return None
+
     async def execute(self, task: AgentTask, files: dict[str, bytes]) -> ChangeSet:
         cs = await self.local.execute(task, files)
         if not cs.passed:

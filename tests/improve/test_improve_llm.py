@@ -103,3 +103,32 @@ def test_budget_is_a_hard_stop_for_the_run(tmp_path: Path) -> None:
     for t in result.tasks:
         assert t.status in ("failed", "skipped") and "budget" in t.reason, (t.status, t.reason)
     assert (root / "m.py").read_text() == '"""Grades."""\n\n\n' + SRC
+
+
+# Lowers the complexity (the agent's own check passes) but drops the "C" grade: the project's test fails.
+BROKEN = GOOD.replace('((90, "A"), (80, "B"), (70, "C"))', '((90, "A"), (80, "B"))')
+
+
+def test_a_rejected_change_is_retried_as_a_child_task_in_the_same_chain(tmp_path: Path) -> None:
+    root = _project(tmp_path / "p")
+    script = Script([Reply(text=DOC), Reply(text=BROKEN), Reply(text=GOOD)])
+    with scripted_server(script) as url:
+        result = _run(root, url, budget_tokens=10_000)
+    refactors = [t for t in result.tasks if t.agent == "refactor"]
+    assert [t.status for t in refactors] == ["rolled_back", "kept"], [(t.status, t.reason) for t in refactors]
+    parent, child = refactors
+    assert "test_grade" in parent.reason
+    assert child.lineage == (*parent.lineage, child.id) and len(child.lineage) == 3
+    retry_prompt = script.requests[2]["json"]["input"][-1]["content"]
+    assert "rejected by the project's checks" in retry_prompt and "test_grade" in retry_prompt
+    assert "for limit, mark in" in (root / "m.py").read_text() and '"C"' in (root / "m.py").read_text()
+
+    rep = json.loads((result.report_dir / "report.json").read_text())  # type: ignore[operator]
+    by_id = {t["id"]: t for t in rep["tasks"]}
+    assert by_id[child.id]["lineage"] == [*parent.lineage, child.id]
+    events = [json.loads(line) for line in (result.report_dir / "events.jsonl").read_text().splitlines()]  # type: ignore[operator]
+    child_events = [e for e in events if e["task_id"] == child.id]
+    assert child_events and all(e["lineage"] == [*parent.lineage, child.id] for e in child_events)
+    assert any(e["action"].startswith("retry 1: ") for e in child_events)
+    # One budget across the chain: every call of parent and child was charged to the run's budget.
+    assert rep["usage"]["budget"]["used"]["tokens"] == sum(t["tokens"] for t in rep["tasks"]) == 450

@@ -141,6 +141,9 @@ class _EditsBehindItsBack:
         self.setup = setup
         self.calls = 0
 
+    async def aclose(self) -> str | None:
+        return None
+
     async def execute(self, task: AgentTask, files: dict[str, bytes]) -> ChangeSet:
         self.calls += 1
         cs = await self.setup.local.execute(task, files)
@@ -197,6 +200,9 @@ class _BreaksOnce:
     def __init__(self, setup: ExecutorSetup) -> None:
         self.setup = setup
         self.calls = 0
+
+    async def aclose(self) -> str | None:
+        return None
 
     async def execute(self, task: AgentTask, files: dict[str, bytes]) -> ChangeSet:
         self.calls += 1

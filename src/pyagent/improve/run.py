@@ -10,6 +10,7 @@ elsewhere the project is changed in place and ``pyagent undo`` restores it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import difflib
 import os
 import secrets
@@ -117,6 +118,7 @@ class _Run:
         # git is PyAgent's own fixed argv on the user's repository (it must write .git): not confined.
         self.git_shell: SecureShell = SecureShell(env_allow=GIT_ENV_ALLOW, timeout=600.0, confine=Confinement.off())
         self.records: dict[str, TaskRecord] = {}
+        self.tasks: dict[str, AgentTask] = {}  # planned tasks and the retries they delegated, in that order
         self.file_locks: dict[str, asyncio.Lock] = {}
         self.merge_lock = asyncio.Lock()
         self.applied: set[str] = set()
@@ -275,6 +277,8 @@ class _Run:
                         continue
                     rec.status, rec.reason = "kept", cs.verification.get("reason", "verified")
                     break
+            if rec.status == "rolled_back":
+                self._retry(control, task, rec, tree, executor)
         except CascadeLimitError as exc:
             self.budget_stop = self.budget_stop or exc.reason
             rec.status, rec.reason = "failed", exc.reason
@@ -288,6 +292,45 @@ class _Run:
         finally:
             rec.duration = time.monotonic() - start
             self.progress("task", task=rec.to_dict())
+
+    def _retry(self, control: TaskControl, task: AgentTask, rec: TaskRecord, tree: Path, executor: Executor) -> None:
+        """Delegate a rejected change to its agent again as a child task that carries the gate's reason.
+
+        The child's context is the parent's ``next_level``: it joins the parent's lineage and spends
+        the chain's one budget, and the depth limit and loop detection apply to it.
+        """
+        from pyagent.model.errors import CascadeLimitError
+
+        agent = self.agents.get(task.agent)
+        attempt = int(task.params.get("retry", 0)) + 1
+        if agent is None or attempt > agent.retries or self.budget_stop:
+            return
+        reason = rec.reason
+
+        async def child_job(child: TaskControl) -> None:
+            retry = dataclasses.replace(
+                task, id=child.context.task_id, context=child.context,
+                params={**task.params, "retry": attempt, "rejected_because": reason},
+            )
+            self._add_record(retry)
+            await self._task(child, retry, tree, executor)
+
+        try:
+            agent.delegate(control, f"retry {attempt}: {rec.action}", child_job)
+        except CascadeLimitError as exc:
+            rec.note = f"{rec.note}; not retried: {exc.reason}" if rec.note else f"not retried: {exc.reason}"
+
+    def _add_record(self, t: AgentTask) -> TaskRecord:
+        self.tasks[t.id] = t
+        rec = self.records[t.id] = TaskRecord(
+            t.id,
+            t.agent,
+            str(t.params.get("action", t.agent)),
+            t.target,
+            t.priority.name.lower(),
+            lineage=t.context.lineage_ids(),
+        )
+        return rec
 
     def _job(
         self, task: AgentTask, tree: Path, executor: Executor
@@ -384,6 +427,9 @@ class _Run:
             except LLMConfigError as exc:
                 raise ImproveError(str(exc)) from exc
         if llm is not None:
+            if llm.budget is None:
+                llm.budget = budget
+            budget = llm.budget  # one budget: the LLM calls and the task chains spend the same one
             meter = llm.meter
             meter.on_call = lambda reply, totals: self.progress("llm", totals=totals)
         self.progress("phase", phase="audit", detail=str(self.path))
@@ -435,14 +481,7 @@ class _Run:
             params={"max_complexity": opts.max_complexity},
         )
         for t in plan.tasks:
-            self.records[t.id] = TaskRecord(
-                t.id,
-                t.agent,
-                str(t.params.get("action", t.agent)),
-                t.target,
-                t.priority.name.lower(),
-                lineage=tuple(e.task_id for e in t.context.lineage),
-            )
+            self._add_record(t)
         self.progress(
             "plan",
             tasks=[r.to_dict() for r in self.records.values()],
@@ -460,11 +499,10 @@ class _Run:
                     kind=t.kind,
                 )
             await fleet.join()
-        closer = getattr(executor, "aclose", None)  # voyager hook: a swarm executor holds sockets
-        if closer is not None:
-            await closer()
-            self.notes.append(str(getattr(executor, "summary", "")) or "swarm executor closed")
-        for t in plan.tasks:
+        closed = await executor.aclose()
+        if closed:
+            self.notes.append(closed)
+        for t in self.tasks.values():
             rec = self.records[t.id]
             self.agents[t.agent].record_outcome(t, rec.status, rec.reason or None)  # type: ignore[arg-type]
         self.progress("phase", phase="after", detail="re-measuring")
@@ -477,7 +515,7 @@ class _Run:
             run_id=self.run_id,
             root=self.path,
             mode=mode,
-            tasks=[self.records[t.id] for t in plan.tasks],
+            tasks=list(self.records.values()),
             skipped_by_memory=[
                 {"agent": s.agent, "action": s.action, "target": s.target, "reason": s.reason}
                 for s in plan.skipped

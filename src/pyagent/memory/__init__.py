@@ -4,6 +4,10 @@
 - :class:`~pyagent.memory.pruning.NeuralPruningEngine`: decay and pruning of weights per cycle.
 - :mod:`pyagent.memory.snapshot`: blake3-verified msgpack shard snapshots and restore.
 - :class:`~pyagent.memory.fleet_memory.StoreKnowledge`: the fleet's ``KnowledgeBackend`` on top.
+- Holographic memory: :mod:`~pyagent.memory.replica` (the replicated state beside the tables),
+  :mod:`~pyagent.memory.crdt` (merge rules), :mod:`~pyagent.memory.hlc`, :mod:`~pyagent.memory.placement`,
+  :mod:`~pyagent.memory.fleet_query` and :class:`~pyagent.memory.fleet_knowledge.FleetKnowledge`; the
+  wire protocol is :mod:`pyagent.voyager.replication`.
 """
 
 from __future__ import annotations

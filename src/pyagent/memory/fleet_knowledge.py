@@ -8,7 +8,6 @@ deadline is skipped (the local answer stands), so a slow peer never stalls the p
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +20,6 @@ if TYPE_CHECKING:
 
 __all__ = ["FleetKnowledge"]
 
-log = logging.getLogger(__name__)
 _SEP = "\x1f"
 
 
@@ -35,11 +33,6 @@ class FleetKnowledge:
         self.deadline = deadline
         self.route_ttl = route_ttl
         self._routes: dict[str, tuple[float, dict[str, Any]]] = {}
-        self.missing: set[str] = set()  # peers that did not answer some query in time
-
-    @property
-    def store(self) -> Any:
-        return self.local.store
 
     def record_outcome(self, outcome: ChangeOutcome) -> None:
         self.local.record_outcome(outcome)
@@ -51,7 +44,6 @@ class FleetKnowledge:
             return known
         found = self.client.query("fact", {"namespace": FAILURES, "key": failure_key(target_hash, agent, action)},
                                   timeout=self.deadline)
-        self.missing.update(found.missing)
         if found.result is None:
             return None
         value = found.result[3]
@@ -63,7 +55,6 @@ class FleetKnowledge:
         if cached is None or now - cached[0] > self.route_ttl:
             found = self.client.query("facts", {"namespace": ROUTES, "prefix": f"{task_kind}{_SEP}"},
                                       timeout=self.deadline)
-            self.missing.update(found.missing)
             cached = (now, {row[3]["agent"]: row for row in found.result if isinstance(row[3], dict)})
             self._routes[task_kind] = cached
         row = cached[1].get(agent)

@@ -32,6 +32,10 @@ class Executor(Protocol):
 
     async def execute(self, task: AgentTask, files: dict[str, bytes]) -> ChangeSet: ...
 
+    async def aclose(self) -> str | None:
+        """Release what the executor holds (a swarm's sockets); returns a line for the report, or None."""
+        ...
+
 
 def _rejected(
     task: AgentTask,
@@ -72,6 +76,9 @@ class LocalExecutor:
         self.gate = gate
         self.scratch = scratch
         self._listing: list[str] | None = None
+
+    async def aclose(self) -> str | None:
+        return None  # holds nothing between tasks
 
     def refresh_listing(self) -> None:
         """Forget the cached file listing (call after files were created or deleted in the tree)."""

@@ -226,6 +226,7 @@ class FleetMemory:
                 for p in self.stats.peers.values()
             },
             "shards_fetched": self.stats.shards_fetched,
+            "entries_merged": self.stats.entries_merged,
             "bytes_fetched": self.stats.bytes_fetched,
             "store_bytes": self.store_bytes(),
             "refused": self.stats.refused[-20:],

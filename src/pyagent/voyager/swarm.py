@@ -139,10 +139,12 @@ class SwarmExecutor:
             f"locally, {self.stats.rerouted} re-routed after a peer failed or was busy"
         )
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> str:
+        """Close discovery and transport; returns the summary line for the run's report."""
         if self.discovery is not None:
             await self.discovery.close()
         await self.transport.close()
+        return self.summary
 
     async def __aenter__(self) -> SwarmExecutor:
         await self.start()

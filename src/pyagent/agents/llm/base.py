@@ -10,7 +10,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from pyagent.model.budget import Budget
 
 __all__ = ["PRICES", "LLMClient", "LLMError", "LLMReply", "UsageMeter", "price_for"]
 
@@ -91,5 +94,6 @@ class UsageMeter:
 class LLMClient(Protocol):
     model: str
     meter: UsageMeter
+    budget: Budget | None  # every call is charged here; a run sets it to its chain's one budget
 
     async def complete(self, messages: list[dict[str, str]], *, max_tokens: int = 2048) -> LLMReply: ...
