@@ -152,6 +152,9 @@ def test_a_change_set_outside_the_tasks_files_is_rejected_and_recorded(tmp_path:
             return ChangeSet(task_id=task.id, changes=changes, base_hashes=base,
                              verification={"passed": True, "status": "verified"}, reason="ok", usage={})
 
+        async def aclose(self) -> str | None:
+            return None  # holds no connection
+
     def factory(setup: object) -> StrayExecutor:
         return StrayExecutor()
 
