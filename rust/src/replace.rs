@@ -148,9 +148,11 @@ pub fn replace_tree(
 
 /// One file the replacement changes: the bytes it was computed from, the new bytes, the number of
 /// replacements and, when asked for, the unified diff.
+/// The path travels as an `OsString` (a Python str decoded like `os.fsdecode`), so a file name that
+/// is not UTF-8 round-trips byte for byte instead of turning into a lossy name that matches no file.
 #[pyclass(frozen, get_all, module = "pyagent._rust")]
 pub struct ReplaceChange {
-    path: String,
+    path: std::ffi::OsString,
     original: Py<PyBytes>,
     new: Py<PyBytes>,
     matches: usize,
@@ -197,7 +199,7 @@ fn replace(
             .into_iter()
             .map(|c| {
                 let change = ReplaceChange {
-                    path: c.path.display().to_string(),
+                    path: c.path.into_os_string(),
                     original: PyBytes::new(py, &c.original).unbind(),
                     new: PyBytes::new(py, c.replaced.as_bytes()).unbind(),
                     matches: c.matches,

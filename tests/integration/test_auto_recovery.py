@@ -11,17 +11,17 @@ from pathlib import Path
 from pyagent.state.journal import journal_path
 
 # A child that commits one transaction over every .py file of ROOT and dies (os._exit, no cleanup)
-# after its third os.replace (the journal's, then two files'): the tree is half-changed and a hot
+# after its third rename (the journal's, then two files'; renameat via os.rename): the tree is half-changed and a hot
 # journal is left behind.
 CHILD = r"""
 import os, sys
 from pathlib import Path
 from pyagent.state import StateTransaction
 root = sys.argv[1]
-real_replace = os.replace
+real_rename = os.rename
 count = [0]
-def replace(a, b):
-    real_replace(a, b)
+def rename(a, b, **kw):
+    real_rename(a, b, **kw)
     count[0] += 1
     if count[0] == 3:
         os._exit(9)
@@ -29,7 +29,7 @@ tx = StateTransaction(root)
 for p in sorted(Path(root).rglob("*.py")):
     rel = p.relative_to(root).as_posix()
     tx.write_text(rel, tx.read_text(rel).replace("return", "return  # changed"))
-os.replace = replace
+os.rename = rename
 tx.commit()
 """
 

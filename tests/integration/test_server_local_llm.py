@@ -30,7 +30,7 @@ def test_local_model_directory(tmp_path: Path) -> None:
 
 def test_local_server_url_with_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     engine = load_engine(init_tiny(tmp_path / "served"))
-    app = create_app(Backend(engine), ResponseStore(":memory:"), api_key="k-123")
+    app = create_app(Backend(engine), ResponseStore(":memory:"), api_keys=("k-123",))
     with LocalServer(app) as server:
         monkeypatch.setenv("PYAGENT_API_KEY", "k-123")
         client = make_llm(f"local:{server.base_url}", local=local_llm)

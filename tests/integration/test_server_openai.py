@@ -318,14 +318,17 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(live: Live) -> None:
 
 
 def test_serve_command_end_to_end(live: Live, tmp_path: Path) -> None:
-    """``pyagent serve`` as a subprocess: bearer auth, the key never printed, Ctrl-C stops it cleanly."""
+    """``pyagent serve`` as a subprocess: bearer auth from a key file (not argv), the key never printed,
+    Ctrl-C stops it cleanly."""
     model_dir = tmp_path / "m"
     subprocess.run([sys.executable, "-m", "pyagent", "model", "init-tiny", str(model_dir)], check=True,
                    capture_output=True, timeout=120)
     key = "sk-test-" + "k" * 24
+    key_file = tmp_path / "keys"
+    key_file.write_text(f"# served keys\n{key}\n")
     proc = subprocess.Popen(
         [sys.executable, "-m", "pyagent", "serve", "--model", str(model_dir), "--port", "0",
-         "--store", str(tmp_path / "db.sqlite"), "--api-key", key],
+         "--store", str(tmp_path / "db.sqlite"), "--api-key-file", str(key_file)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert proc.stdout is not None

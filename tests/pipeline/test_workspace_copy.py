@@ -1,4 +1,4 @@
-"""Isolated copies: cheap hard links, real copies for writable files, nothing of ours copied."""
+"""Isolated copies: every file its own inode (reflink or copy), nothing of ours copied."""
 
 from __future__ import annotations
 
@@ -11,16 +11,18 @@ from pyagent.pipeline.workspace import isolated_copy, project_files, safe_relpat
 from tests.improve_helpers import make_project
 
 
-def test_copy_links_readonly_files_and_copies_writable_ones(tmp_path: Path) -> None:
+def test_copy_has_its_own_inodes_and_leaves_our_state_and_vcs_out(tmp_path: Path) -> None:
     root = make_project(tmp_path / "p")
     (root / ".git").mkdir()
     (root / ".git" / "HEAD").write_text("ref")
     (root / ".pyagent").mkdir()
     (root / ".pyagent" / "x").write_text("state")
-    ws = isolated_copy(root, writable=["pkg/mod.py"], parent=tmp_path)
+    ws = isolated_copy(root, parent=tmp_path)
     try:
-        assert (ws / "pkg" / "registry.py").stat().st_ino == (root / "pkg" / "registry.py").stat().st_ino
-        assert (ws / "pkg" / "mod.py").stat().st_ino != (root / "pkg" / "mod.py").stat().st_ino
+        for rel in ("pkg/registry.py", "pkg/mod.py"):
+            assert (ws / rel).stat().st_ino != (root / rel).stat().st_ino
+            assert (ws / rel).read_bytes() == (root / rel).read_bytes()
+            assert (ws / rel).stat().st_mode == (root / rel).stat().st_mode
         (ws / "pkg" / "mod.py").write_text("changed\n")
         assert (root / "pkg" / "mod.py").read_text().startswith("import os")
         assert not (ws / ".git").exists() and not (ws / ".pyagent").exists()

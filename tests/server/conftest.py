@@ -23,10 +23,12 @@ class Running:
 def serve(tmp_path: Path) -> Iterator[Callable[..., Running]]:
     servers: list[LocalServer] = []
 
-    def start(engine: StandInEngine | None = None, *, api_key: str | None = None, **store_kw: float) -> Running:
+    def start(
+        engine: StandInEngine | None = None, *, api_keys: tuple[str, ...] = (), **store_kw: float
+    ) -> Running:
         engine = engine or StandInEngine(stop_after=6)
         store = ResponseStore(tmp_path / f"store{len(servers)}.db", **store_kw)  # type: ignore[arg-type]
-        app = create_app(Backend(engine, params_factory=StandInParams), store, api_key=api_key)
+        app = create_app(Backend(engine, params_factory=StandInParams), store, api_keys=api_keys)
         server = LocalServer(app).start()
         servers.append(server)
         return Running(server.base_url, engine, store)

@@ -90,7 +90,7 @@ def test_chat_completion_errors(serve: Callable[..., Running]) -> None:
 
 
 def test_bearer_auth(serve: Callable[..., Running]) -> None:
-    run = serve(api_key="s3cret")
+    run = serve(api_keys=("s3cret",))
     assert _assert_error(httpx.get(run.url + "/models"), 401)["code"] == "invalid_api_key"
     bad = httpx.get(run.url + "/models", headers={"Authorization": "Bearer nope"})
     _assert_error(bad, 401)

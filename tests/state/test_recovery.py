@@ -19,20 +19,21 @@ from pyagent.state.journal import journal_path
 N_FILES = 100
 
 # A child that builds one 100-file transaction (modify, create, delete) and commits it. CRASH_AT, when
-# set, makes it die (os._exit, no cleanup) right after that many os.replace calls.
+# set, makes it die (os._exit, no cleanup) right after that many renames (the commit renames with
+# os.rename between directory handles, renameat(2)).
 CHILD = r"""
 import os, sys
 from pyagent.state import StateTransaction
 root, crash_at = sys.argv[1], int(sys.argv[2])
 if crash_at >= 0:
-    real_replace = os.replace
+    real_rename = os.rename
     count = [0]
-    def replace(a, b):
+    def rename(a, b, **kw):
         if count[0] == crash_at:
             os._exit(9)
         count[0] += 1
-        real_replace(a, b)
-    os.replace = replace
+        real_rename(a, b, **kw)
+    os.rename = rename
 tx = StateTransaction(root)
 for i in range(%(n)d):
     name = f"m{i:03d}.txt"
@@ -70,7 +71,7 @@ def expected_after(root: Path, tmp: Path) -> dict[str, bytes]:
     return snapshot(after)
 
 
-# os.replace call 0 puts the journal in place; calls 1.. replace tree files.
+# rename 0 puts the journal in place; renames 1.. replace tree files.
 @pytest.mark.parametrize("crash_at", [0, 1, 2, 38, N_FILES - 10 + 4])
 def test_commit_killed_after_k_renames_rolls_back(tmp_path: Path, crash_at: int) -> None:
     root = tmp_path / "tree"
@@ -158,9 +159,9 @@ def test_recovery_killed_half_way_is_finished_by_the_next_one(tmp_path: Path) ->
     before = snapshot(tmp_path)
     subprocess.run([sys.executable, "-c", CHILD, str(tmp_path), "60"], capture_output=True)
     crash_recover = (
-        "import os, sys\nfrom pyagent.state import recover\nreal = os.replace\ncalls = [0]\n"
-        "def boom(a, b):\n    calls[0] += 1\n    if calls[0] == 7: os._exit(9)\n    real(a, b)\n"
-        "os.replace = boom\nrecover(sys.argv[1])\n"
+        "import os, sys\nfrom pyagent.state import recover\nreal = os.rename\ncalls = [0]\n"
+        "def boom(a, b, **kw):\n    calls[0] += 1\n    if calls[0] == 7: os._exit(9)\n    real(a, b, **kw)\n"
+        "os.rename = boom\nrecover(sys.argv[1])\n"
     )
     assert subprocess.run([sys.executable, "-c", crash_recover, str(tmp_path)]).returncode == 9
     assert os.path.exists(journal_path(str(tmp_path)))

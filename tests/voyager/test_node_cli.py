@@ -120,6 +120,11 @@ def test_node_is_listed_by_peers_and_stops_on_signal_within_2s(
         [*pyagent_cmd, "node", "--show-key", "--home", str(home)], capture_output=True, text=True, check=True
     ).stdout.strip()
     subprocess.run([*pyagent_cmd, "trust", "--home", str(tmp_path / "viewer"), "--", key], check=True, capture_output=True)
+    viewer_key = subprocess.run(  # the node trusts the viewer: "trusted" needs a completed CURVE handshake
+        [*pyagent_cmd, "node", "--show-key", "--home", str(tmp_path / "viewer")], capture_output=True, text=True,
+        check=True,
+    ).stdout.strip()
+    subprocess.run([*pyagent_cmd, "trust", "--home", str(home), "--", viewer_key], check=True, capture_output=True)
     name = f"sig{sig.value}-{uuid.uuid4().hex[:6]}"  # unique: other test runs may share the LAN
     proc = start_node(pyagent_cmd, clean_env, home, name, "--slots", "3")
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from pyagent.cli import CommandError
@@ -32,13 +33,37 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 = any free port)")
     p.add_argument("--store", metavar="DB", default=None,
                    help=f"SQLite file for stored responses (default: {default_store()}; ':memory:' keeps none)")
+    p.add_argument("--api-key-file", metavar="FILE", default=None,
+                   help=f"require 'Authorization: Bearer K' for one of the keys in FILE (one per line, # comments);"
+                        f" also read from ${API_KEY_ENV} (comma-separated). Without either: no auth")
     p.add_argument("--api-key", metavar="K", default=None,
-                   help=f"require 'Authorization: Bearer K' (default: ${API_KEY_ENV} if set; else no auth)")
+                   help="one more key on the command line (visible to other users in `ps`; prefer --api-key-file)")
     p.add_argument("--served-model-name", metavar="NAME", action="append", default=[],
                    help="extra model name clients may use (repeatable); the directory's name is always served")
     p.add_argument("--max-responses", type=int, default=10_000, help="keep at most this many stored responses")
     p.add_argument("--max-age-days", type=float, default=30.0, help="drop stored responses older than this")
     return p
+
+
+def read_api_keys(key_file: str | None, key: str | None) -> tuple[str, ...]:
+    """Every key the server accepts: lines of ``key_file``, ``$PYAGENT_API_KEY`` (comma-separated), ``key``."""
+    keys: list[str] = []
+    if key_file is not None:
+        try:
+            text = Path(key_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CommandError(f"--api-key-file {key_file}: cannot read it: {exc}") from None
+        keys += [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+        if not keys:
+            raise CommandError(f"--api-key-file {key_file}: holds no key (one per line)")
+    keys += [k.strip() for k in os.environ.get(API_KEY_ENV, "").split(",") if k.strip()]
+    if key:
+        print("pyagent serve: warning: --api-key is visible to every user in `ps`; use --api-key-file",
+              file=sys.stderr, flush=True)
+        keys.append(key)
+    if any(any(c.isspace() for c in k) for k in keys):
+        raise CommandError("an API key must not contain whitespace")
+    return tuple(dict.fromkeys(keys))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--port {args.port}: must be between 0 and 65535")
     if args.max_responses < 1 or args.max_age_days <= 0:
         raise CommandError("--max-responses must be >= 1 and --max-age-days > 0")
-    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    api_keys = read_api_keys(args.api_key_file, args.api_key)
 
     from pyagent.server import Backend, LocalServer, ResponseStore, create_app
     from pyagent.server.local import load_engine
@@ -65,15 +90,15 @@ def run(args: argparse.Namespace) -> int:
                               max_age_seconds=args.max_age_days * 86400.0)
     except Exception as exc:
         raise CommandError(f"cannot open the response store {store_path}: {exc}") from None
-    app = create_app(Backend(engine), store, api_key=api_key, served_names=tuple(args.served_model_name))
+    app = create_app(Backend(engine), store, api_keys=api_keys, served_names=tuple(args.served_model_name))
     try:
         server = LocalServer(app, host=args.host, port=args.port, log_level="info")
     except OSError as exc:
         raise CommandError(f"cannot listen on {args.host}:{args.port}: {exc}") from None
-    auth = "bearer token required" if api_key else "no authentication"
+    auth = f"bearer token required, {len(api_keys)} key(s)" if api_keys else "no authentication"
     print(f"pyagent serve: model {engine.model_name!r} at {server.base_url} ({auth}; store {store_path})", flush=True)
-    if api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
-        print("pyagent serve: warning: listening beyond loopback without --api-key", flush=True)
+    if not api_keys and args.host not in ("127.0.0.1", "localhost", "::1"):
+        print("pyagent serve: warning: listening beyond loopback without an API key (--api-key-file)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled; for a server it is the normal stop

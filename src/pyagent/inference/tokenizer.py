@@ -8,6 +8,7 @@ simple format: ``ROLE: CONTENT\\n`` per message, then ``assistant:``.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -97,6 +98,12 @@ class Tokenizer:
             template = _pick_template(_read_json(origin).get("chat_template"))
         compiled = None if template is None else ChatTemplate(template, str(origin), special)
         return cls(tok, eos_token_ids=eos, chat_template=compiled)
+
+    @functools.cached_property
+    def max_token_chars(self) -> int:
+        """The most characters one token's text spans: ``len(text) // max_token_chars`` bounds the
+        token count from below without tokenizing (the server refuses huge inputs with it)."""
+        return max((len(t) for t in self._tok.get_vocab(with_added_tokens=True)), default=1) or 1
 
     @property
     def vocab_size(self) -> int:

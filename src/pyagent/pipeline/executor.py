@@ -57,7 +57,7 @@ def _rejected(
 
 
 class LocalExecutor:
-    """Runs agents in a private hard-linked copy of ``root`` and judges the result with ``gate``.
+    """Runs agents in a private copy of ``root`` (no inode shared with it) and judges the result with ``gate``.
 
     ``files`` given to :meth:`execute` are the task files' current bytes (the base the change is
     computed from); they overlay the copy, so the result never depends on what the tree holds later.
@@ -98,7 +98,6 @@ class LocalExecutor:
         ws = await asyncio.to_thread(
             isolated_copy,
             self.root,
-            writable=task.files,
             overlay=files,
             parent=self.scratch,
             files=self._listing,

@@ -1,19 +1,36 @@
-"""Isolated copies of a project, one per task, so concurrent agents never see each other's edits.
+"""Isolated copies of a project, one per task, that share nothing writable with the user's tree.
 
-The copy is hard-linked (cheap even for big trees); the files a task may change are real copies
-(copy-on-write by hand), so an agent writing them in place can never reach the original inode.
-Hard links fall back to copies across file systems.
+Code that runs in a copy (the project's tests, an agent's edit) may write any file there; it must
+never reach the original. Hard links would share the inode (a test appending to a source file would
+change the user's real file), so every file is a separate inode: a reflink clone (``FICLONE``, the
+copy-on-write clone of btrfs, XFS and others: no data copied) where the file system supports it
+between the two trees, otherwise a plain copy (``sendfile`` in the kernel). The method is probed once
+per (source device, destination device) pair and remembered; ``benchmarks/workspace_copy.py`` prints
+what each method costs on a real tree.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Literal
 
-__all__ = ["IGNORED_DIRS", "isolated_copy", "project_files", "safe_relpath"]
+__all__ = [
+    "IGNORED_DIRS",
+    "CopyMethod",
+    "copy_method",
+    "isolated_copy",
+    "project_files",
+    "safe_relpath",
+]
+
+CopyMethod = Literal["reflink", "copy"]
 
 # Never copied: VCS data, our own state, virtual environments and caches.
 IGNORED_DIRS: tuple[str, ...] = (
@@ -32,6 +49,12 @@ IGNORED_DIRS: tuple[str, ...] = (
     ".hypothesis",
     "node_modules",
 )
+
+_FICLONE = 0x40049409  # _IOW(0x94, 9, int) from linux/fs.h
+# What a file system (or a pair of them) says when it cannot clone: fall back to copying.
+_NO_CLONE = {errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EPERM}
+_methods: dict[tuple[int, int], CopyMethod] = {}
+_methods_lock = threading.Lock()
 
 
 def safe_relpath(path: str) -> str:
@@ -57,43 +80,87 @@ def project_files(root: str | os.PathLike[str]) -> list[str]:
     return out
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
+def _clone(src: Path, dst: Path) -> None:
+    """A reflink clone of ``src`` at the new path ``dst`` (mode and times kept); OSError if impossible."""
+    with open(src, "rb") as fin:
+        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.ioctl(fd, _FICLONE, fin.fileno())
+        except OSError:
+            os.close(fd)
+            os.unlink(dst)
+            raise
+        os.close(fd)
+    shutil.copystat(src, dst)
+
+
+def copy_method(src: str | os.PathLike[str], dest_dir: str | os.PathLike[str]) -> CopyMethod:
+    """How files of ``src`` (a file) are best copied into ``dest_dir`` on this machine.
+
+    Reflink when a trial clone of ``src`` into ``dest_dir`` works (nothing is written to the source
+    tree), else a plain copy; remembered per pair of devices.
+    """
+    key = (os.stat(src).st_dev, os.stat(dest_dir).st_dev)
+    with _methods_lock:
+        known = _methods.get(key)
+    if known is not None:
+        return known
+    probe = Path(tempfile.mkdtemp(prefix=".pyagent-clone-probe-", dir=dest_dir)) / "probe"
+    method: CopyMethod = "copy"
     try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
+        _clone(Path(src), probe)
+        method = "reflink"
+    except OSError as exc:
+        if exc.errno not in _NO_CLONE:
+            raise
+    finally:
+        shutil.rmtree(probe.parent, ignore_errors=True)
+    with _methods_lock:
+        _methods[key] = method
+    return method
+
+
+def _copy_file(src: Path, dst: Path, method: CopyMethod) -> None:
+    """A new inode at ``dst`` with ``src``'s bytes and mode bits; never a link to ``src``."""
+    if method == "reflink":
+        try:
+            _clone(src, dst)
+            return
+        except OSError as exc:  # this one file sits elsewhere (a bind mount, another device)
+            if exc.errno not in _NO_CLONE:
+                raise
+    shutil.copy2(src, dst)
 
 
 def isolated_copy(
     root: str | os.PathLike[str],
     *,
-    writable: Iterable[str] = (),
     overlay: Mapping[str, bytes] | None = None,
     parent: str | os.PathLike[str] | None = None,
     files: Iterable[str] | None = None,
 ) -> Path:
     """Make a private copy of ``root`` and return its path (the caller removes it).
 
-    ``writable`` files are copied, not linked; ``overlay`` replaces (or creates) files with given
-    bytes. ``files`` lets a caller reuse one listing of the tree for many copies.
+    Every file is its own inode (see the module docstring); ``overlay`` replaces (or creates) files
+    with given bytes. ``files`` lets a caller reuse one listing of the tree for many copies.
     """
     root = Path(root)
     dest = Path(tempfile.mkdtemp(prefix="pyagent-ws-", dir=parent))
-    writable_set = {safe_relpath(w) for w in writable}
     overlay = {safe_relpath(k): v for k, v in (overlay or {}).items()}
+    listing = list(files) if files is not None else project_files(root)
     made_dirs: set[Path] = set()
-    for rel in files if files is not None else project_files(root):
+    pairs: list[tuple[Path, Path]] = []
+    for rel in listing:
         target = dest / rel
         if target.parent not in made_dirs:
             target.parent.mkdir(parents=True, exist_ok=True)
             made_dirs.add(target.parent)
-        if rel in overlay:
-            continue
-        src = root / rel
-        if rel in writable_set:
-            shutil.copy2(src, target)
-        else:
-            _link_or_copy(src, target)
+        if rel not in overlay:
+            pairs.append((root / rel, target))
+    if pairs:
+        method = copy_method(pairs[0][0], dest)
+        for src, target in pairs:
+            _copy_file(src, target, method)
     for rel, data in overlay.items():
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)

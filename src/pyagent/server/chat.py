@@ -15,13 +15,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from pyagent.server.backend import Backend, GenParams, Prompt, aclose
+from pyagent.server.bodies import OffLoopRoute
 from pyagent.server.errors import APIError
 from pyagent.server.models import ChatCompletionCreate, ChatCompletionObject, ChatMessage, ErrorBody
 from pyagent.server.run import new_id
 from pyagent.server.state import ServerState
 from pyagent.server.streaming import sse_data
 
-router = APIRouter()
+router = APIRouter(route_class=OffLoopRoute)
 
 
 def _messages(messages: list[ChatMessage]) -> list[dict[str, str]]:

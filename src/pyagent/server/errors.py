@@ -140,9 +140,12 @@ async def _validation_handler(_: Request, exc: Exception) -> JSONResponse:
 
 async def _http_handler(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    codes = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+    codes = {404: "not_found", 405: "method_not_allowed", 408: "request_timeout", 413: "request_too_large"}
     message = str(exc.detail) if exc.status_code != 404 else "Unknown URL: no such route."
-    return APIError(exc.status_code, message, code=codes.get(exc.status_code)).response()
+    response = APIError(exc.status_code, message, code=codes.get(exc.status_code)).response()
+    if exc.status_code in (408, 413):  # the rest of the body is not read: this connection is done
+        response.headers["connection"] = "close"
+    return response
 
 
 async def _server_error_handler(_: Request, exc: Exception) -> JSONResponse:

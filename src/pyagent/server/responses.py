@@ -10,7 +10,9 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from pyagent.server.auth import owner_of
 from pyagent.server.backend import GenParams
+from pyagent.server.bodies import OffLoopRoute
 from pyagent.server.conversation import history_messages, input_items, item_message
 from pyagent.server.errors import APIError, not_found
 from pyagent.server.models import (
@@ -24,7 +26,7 @@ from pyagent.server.run import ResponseRun, new_id
 from pyagent.server.state import ServerState
 from pyagent.server.streaming import sse
 
-router = APIRouter()
+router = APIRouter(route_class=OffLoopRoute)
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody}, 401: {"model": ErrorBody}, 404: {"model": ErrorBody}
 }
@@ -44,7 +46,7 @@ def _state(request: Request) -> ServerState:
 async def create_response(body: ResponseCreate, request: Request) -> Response:
     state = _state(request)
     state.check_model(body.model)
-    run = await _prepare(state, body)
+    run = await _prepare(state, body, owner_of(request))
     state.start(run)
     if body.stream:
         return StreamingResponse(
@@ -54,20 +56,23 @@ async def create_response(body: ResponseCreate, request: Request) -> Response:
     return JSONResponse(run.response)
 
 
-async def _prepare(state: ServerState, body: ResponseCreate) -> ResponseRun:
+async def _prepare(state: ServerState, body: ResponseCreate, owner: str) -> ResponseRun:
     backend = state.backend
     history: list[dict[str, str]] = []
     if body.previous_response_id is not None:
         if state.store is None:
             raise APIError(400, "previous_response_id needs the response store.", param="previous_response_id")
         try:
-            chain = state.store.chain(body.previous_response_id)
+            chain = await asyncio.to_thread(state.store.chain, body.previous_response_id, owner=owner)
         except KeyError:
             raise not_found("Previous response", body.previous_response_id, "previous_response_id") from None
         if any(r.status in ("in_progress",) for r in chain):
             raise APIError(400, "The previous response is still in progress.", param="previous_response_id")
-        history = history_messages(chain, {r.id: state.store.input_items(r.id) for r in chain})
-    items = input_items(body.input)
+        store = state.store
+        history = await asyncio.to_thread(
+            lambda: history_messages(chain, {r.id: store.input_items(r.id) for r in chain})
+        )
+    items = await asyncio.to_thread(input_items, body.input)
     system = [{"role": "system", "content": body.instructions}] if body.instructions else []
     messages = history + [item_message(it) for it in items]
     truncation: Literal["auto", "disabled"] = body.truncation or "disabled"
@@ -93,11 +98,11 @@ async def _prepare(state: ServerState, body: ResponseCreate) -> ResponseRun:
         truncation=truncation,
         metadata=body.metadata or {},
     ).model_dump(mode="json")
-    if body.store and state.store is not None:
-        state.store.insert(response, items)
+    if body.store and state.store is not None:  # a big input is megabytes of JSON and SQLite: off the loop
+        await asyncio.to_thread(state.store.insert, response, items, owner=owner)
     params = GenParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p)
     return ResponseRun(backend, state.store if body.store else None, response, prompt, params,
-                       on_finish=state.finished)
+                       on_finish=state.finished, owner=owner)
 
 
 async def wait_or_abort(request: Request, run: ResponseRun, poll: float = 0.25) -> None:
@@ -141,14 +146,15 @@ async def get_response(
     starting_after: Annotated[int | None, Query(ge=-1)] = None,
 ) -> Response:
     state = _state(request)
-    live = state.runs.get(response_id)
+    owner = owner_of(request)
+    live = state.live(response_id, owner)
     after = -1 if starting_after is None else starting_after
     if live is not None:
         if stream:
             return StreamingResponse(_replay(live.follow(after)), media_type="text/event-stream",
                                      headers=SSE_HEADERS)
         return JSONResponse(live.response)
-    stored = state.require_store().get(response_id)
+    stored = state.require_store().get(response_id, owner=owner)
     if stored is None:
         raise not_found("Response", response_id)
     if stream:
@@ -161,10 +167,11 @@ async def get_response(
 @router.delete("/v1/responses/{response_id}", response_model=DeletedResponse, responses=_ERRORS)
 async def delete_response(response_id: str, request: Request) -> DeletedResponse:
     state = _state(request)
-    live = state.runs.get(response_id)
+    owner = owner_of(request)
+    live = state.live(response_id, owner)
     if live is not None:
         live.cancel()
-    if not state.require_store().delete(response_id):
+    if not state.require_store().delete(response_id, owner=owner):
         raise not_found("Response", response_id)
     return DeletedResponse(id=response_id)
 
@@ -172,12 +179,13 @@ async def delete_response(response_id: str, request: Request) -> DeletedResponse
 @router.post("/v1/responses/{response_id}/cancel", response_model=ResponseObject, responses=_ERRORS)
 async def cancel_response(response_id: str, request: Request) -> JSONResponse:
     state = _state(request)
-    live = state.runs.get(response_id)
+    owner = owner_of(request)
+    live = state.live(response_id, owner)
     if live is not None:
         live.cancel()
         await live.done.wait()
         return JSONResponse(live.response)
-    stored = state.require_store().get(response_id)
+    stored = state.require_store().get(response_id, owner=owner)
     if stored is None:
         raise not_found("Response", response_id)
     if stored.status == "cancelled":
@@ -195,7 +203,7 @@ async def list_input_items(
     order: Literal["asc", "desc"] = "desc",
 ) -> JSONResponse:
     store = _state(request).require_store()
-    if store.get(response_id) is None:
+    if store.get(response_id, owner=owner_of(request)) is None:
         raise not_found("Response", response_id)
     try:
         items, has_more = store.list_input_items(response_id, after=after, limit=limit, order=order)

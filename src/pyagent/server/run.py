@@ -36,8 +36,10 @@ class ResponseRun:
         params: GenParams,
         *,
         on_finish: Callable[[ResponseRun], None] | None = None,
+        owner: str = "",
     ) -> None:
         self.backend = backend
+        self.owner = owner  # digest of the API key that created it; only that key may see or cancel it
         self.store = store
         self.response = response
         self.prompt = prompt

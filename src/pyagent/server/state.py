@@ -34,5 +34,10 @@ class ServerState:
             self.runs[run.id] = run
         run.start()
 
+    def live(self, response_id: str, owner: str) -> ResponseRun | None:
+        """The run generating ``response_id`` now, if ``owner`` created it."""
+        run = self.runs.get(response_id)
+        return run if run is not None and run.owner == owner else None
+
     def finished(self, run: ResponseRun) -> None:
         self.runs.pop(run.id, None)

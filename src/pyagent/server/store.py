@@ -25,7 +25,8 @@ CREATE TABLE IF NOT EXISTS responses (
     created_at REAL NOT NULL,
     status TEXT NOT NULL,
     previous_response_id TEXT,
-    body BLOB NOT NULL
+    body BLOB NOT NULL,
+    owner TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS responses_created ON responses(created_at);
 CREATE TABLE IF NOT EXISTS input_items (
@@ -79,6 +80,9 @@ class ResponseStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(responses)")}
+        if "owner" not in columns:  # a store written before responses had owners: they stay key-less
+            self._db.execute("ALTER TABLE responses ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
 
     def close(self) -> None:
         with self._lock:
@@ -86,13 +90,15 @@ class ResponseStore:
 
     # ------------------------------------------------------------ writes
 
-    def insert(self, body: dict[str, Any], input_items: Sequence[dict[str, Any]]) -> None:
-        """Store a new response with its input items, then prune to the retention limits."""
+    def insert(self, body: dict[str, Any], input_items: Sequence[dict[str, Any]], *, owner: str = "") -> None:
+        """Store a new response with its input items, then prune to the retention limits. Only reads
+        naming the same ``owner`` (a digest of the creating API key) see it."""
         now = time.time()
         with self._lock, self._tx():
             self._db.execute(
-                "INSERT INTO responses (id, created_at, status, previous_response_id, body) VALUES (?,?,?,?,?)",
-                (body["id"], now, body["status"], body.get("previous_response_id"), orjson.dumps(body)),
+                "INSERT INTO responses (id, created_at, status, previous_response_id, body, owner) "
+                "VALUES (?,?,?,?,?,?)",
+                (body["id"], now, body["status"], body.get("previous_response_id"), orjson.dumps(body), owner),
             )
             self._db.executemany(
                 "INSERT INTO input_items (response_id, position, item_id, body) VALUES (?,?,?,?)",
@@ -114,16 +120,19 @@ class ResponseStore:
             )
             return True
 
-    def delete(self, response_id: str) -> bool:
+    def delete(self, response_id: str, *, owner: str = "") -> bool:
         with self._lock, self._tx():
-            return self._db.execute("DELETE FROM responses WHERE id=?", (response_id,)).rowcount > 0
+            cur = self._db.execute("DELETE FROM responses WHERE id=? AND owner=?", (response_id, owner))
+            return cur.rowcount > 0
 
     # ------------------------------------------------------------ reads
 
-    def get(self, response_id: str) -> StoredResponse | None:
+    def get(self, response_id: str, *, owner: str = "") -> StoredResponse | None:
+        """The response if it exists and belongs to ``owner``; another key's response is None, as if absent."""
         with self._lock:
             row = self._db.execute(
-                "SELECT id, created_at, status, previous_response_id, body FROM responses WHERE id=?", (response_id,)
+                "SELECT id, created_at, status, previous_response_id, body FROM responses WHERE id=? AND owner=?",
+                (response_id, owner),
             ).fetchone()
         if row is None:
             return None
@@ -158,7 +167,7 @@ class ResponseStore:
             ).fetchall()
         return [orjson.loads(r[0]) for r in rows]
 
-    def chain(self, response_id: str) -> list[StoredResponse]:
+    def chain(self, response_id: str, *, owner: str = "") -> list[StoredResponse]:
         """The conversation ending at ``response_id``, oldest first; KeyError names a missing link."""
         out: list[StoredResponse] = []
         seen: set[str] = set()
@@ -167,7 +176,7 @@ class ResponseStore:
             if current in seen:  # cannot happen through the API; guard against a hand-edited store
                 raise KeyError(current)
             seen.add(current)
-            stored = self.get(current)
+            stored = self.get(current, owner=owner)
             if stored is None:
                 raise KeyError(current)
             out.append(stored)

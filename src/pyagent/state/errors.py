@@ -27,3 +27,11 @@ class LockedError(TransactionError):
 
 class JournalCorruptError(TransactionError):
     """A complete journal failed its checksum: the vault was damaged outside PyAgent."""
+
+
+class UnsafePathError(TransactionError):
+    """A path leads through a symlink (or names no regular file); PyAgent never writes through links."""
+
+    def __init__(self, path: str, why: str) -> None:
+        self.path = path
+        super().__init__(f"{path} {why}; nothing was written")

@@ -8,44 +8,16 @@ import fcntl
 import os
 import secrets
 import time
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from typing import BinaryIO
 
 from pyagent.state.errors import LockedError
-
-# fsync releases the GIL, so a few threads let the disk batch many syncs into one journal commit.
-_SYNC_WORKERS = 16
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:
     """Makes creations, renames and unlinks inside ``path`` durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_dirs(paths: Iterable[str]) -> None:
-    unique = sorted(set(paths))
-    if len(unique) <= 2:
-        for p in unique:
-            fsync_dir(p)
-        return
-    with ThreadPoolExecutor(min(_SYNC_WORKERS, len(unique))) as pool:
-        list(pool.map(fsync_dir, unique))
-
-
-def write_synced(path: str, data: bytes, mode: int) -> None:
-    """Writes a new file (it must not exist), sets its mode bits and fsyncs it."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-        os.fchmod(fd, mode)
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -102,16 +74,6 @@ def _create_temp(directory: str, name: str, create_mode: int) -> tuple[int, str]
         except FileExistsError:
             continue
     raise FileExistsError(errno.EEXIST, "no free temporary name", os.path.join(directory, f".{name}.*.tmp"))
-
-
-def write_many_synced(items: list[tuple[str, bytes, int]]) -> None:
-    """``write_synced`` for many files, in parallel so the fsyncs overlap."""
-    if len(items) <= 2:
-        for path, data, mode in items:
-            write_synced(path, data, mode)
-        return
-    with ThreadPoolExecutor(min(_SYNC_WORKERS, len(items))) as pool:
-        list(pool.map(lambda item: write_synced(*item), items))
 
 
 def remove_quietly(path: str) -> bool:

@@ -14,6 +14,7 @@ failure there means outside damage and is reported instead of trusted.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 from dataclasses import dataclass, field
@@ -22,8 +23,8 @@ from typing import Any
 import blake3
 import msgpack
 
+from pyagent.state.beneath import RootDir
 from pyagent.state.errors import JournalCorruptError
-from pyagent.state.fsutil import fsync_dir
 
 META_DIR = ".pyagent"
 VAULT_DIR = "vault"
@@ -71,10 +72,16 @@ def journal_path(root: str) -> str:
     return os.path.join(vault_dir(root), JOURNAL)
 
 
-def write_journal(root: str, txid: str, entries: list[Entry], originals: list[bytes],
+VAULT_REL = f"{META_DIR}/{VAULT_DIR}"
+
+
+def write_journal(rd: RootDir, txid: str, entries: list[Entry], originals: list[bytes],
                   created_dirs: list[bytes]) -> int:
-    """Writes and fsyncs the journal, then renames it into place (this makes it hot). Returns its size."""
-    vault = vault_dir(root)
+    """Writes and fsyncs the journal, then renames it into place (this makes it hot). Returns its size.
+
+    Goes through the vault's directory handle (no symlink followed). On any failure (a full disk
+    included) ``journal.tmp`` is removed again before the error propagates: nothing is left behind.
+    """
     manifest: dict[str, Any] = {
         "txid": txid,
         "created_dirs": created_dirs,
@@ -84,21 +91,27 @@ def write_journal(root: str, txid: str, entries: list[Entry], originals: list[by
     }
     head = msgpack.packb(manifest, use_bin_type=True)
     hasher = blake3.blake3()
-    tmp = os.path.join(vault, JOURNAL + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    vault = rd.dir(VAULT_REL)
+    tmp = JOURNAL + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=vault)
     size = 0
     try:
-        with os.fdopen(fd, "wb", buffering=1 << 20, closefd=False) as out:
-            for chunk in (MAGIC, _LEN.pack(len(head)), head, *originals):
-                hasher.update(chunk)
-                out.write(chunk)
-                size += len(chunk)
-            out.write(hasher.digest())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, journal_path(root))
-    fsync_dir(vault)
+        try:
+            with os.fdopen(fd, "wb", buffering=1 << 20, closefd=False) as out:
+                for chunk in (MAGIC, _LEN.pack(len(head)), head, *originals):
+                    hasher.update(chunk)
+                    out.write(chunk)
+                    size += len(chunk)
+                out.write(hasher.digest())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, JOURNAL, src_dir_fd=vault, dst_dir_fd=vault)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=vault)
+        raise
+    os.fsync(vault)
     return size + _DIGEST
 
 

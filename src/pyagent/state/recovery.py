@@ -12,14 +12,17 @@ from dataclasses import dataclass
 
 import blake3
 
-from pyagent.state.fsutil import TreeLock, fsync_dir, fsync_dirs, remove_quietly, write_many_synced
+from pyagent.state.beneath import RootDir
+from pyagent.state.errors import UnsafePathError
+from pyagent.state.fsutil import TreeLock, remove_quietly
 from pyagent.state.journal import (
     CREATE,
     JOURNAL,
     LOCK,
     META_DIR,
+    VAULT_REL,
+    Entry,
     Journal,
-    journal_path,
     read_journal,
     vault_dir,
 )
@@ -32,6 +35,7 @@ class RecoveryResult:
     txid: str
     restored: tuple[str, ...]
     removed: tuple[str, ...]
+    unsafe: tuple[str, ...] = ()  # entries behind a symlink now: left alone rather than written through
 
 
 def workspace_root(path: str | os.PathLike[str]) -> str:
@@ -49,55 +53,62 @@ def workspace_root(path: str | os.PathLike[str]) -> str:
         here = parent
 
 
-def _hash_file(path: bytes) -> tuple[str, int] | None:
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-        return blake3.blake3(data).hexdigest(), os.stat(path).st_mode & 0o7777
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+def _restore(rd: RootDir, e: Entry, journal: Journal) -> tuple[bytes, bytes, int] | None:
+    """What must be written back for entry ``e`` as (temp name, bytes, mode); None when nothing is due."""
+    if e.tmp is not None:
+        rd.unlink(e.tmp)
+    if e.action == CREATE:
         return None
+    head, tail = os.path.split(e.path)
+    tmp = os.path.join(head, b"." + tail + b".pyagent-restore.tmp")
+    rd.unlink(tmp)  # left by a rollback that was itself killed
+    mode = e.orig_mode if e.orig_mode is not None else 0o644
+    try:
+        data = rd.read(e.path)
+        current = None if data is None else (blake3.blake3(data).hexdigest(), rd.lstat(e.path).st_mode & 0o7777)
+    except IsADirectoryError:
+        current = None
+    if current == (e.orig_hash, mode):
+        return None
+    return tmp, journal.original(e), mode
 
 
 def rollback(root: str, journal: Journal) -> RecoveryResult:
-    """Puts every file the journal names back as it was; idempotent, so a crash here is safe too."""
-    broot = os.fsencode(root)
-    dirs: set[bytes] = set()
-    restores: list[tuple[bytes, bytes, int]] = []
+    """Puts every file the journal names back as it was; idempotent, so a crash here is safe too.
+
+    Every write goes through directory handles beneath ``root`` (no symlink followed): a directory
+    swapped for a link since the commit began is left alone and named in ``unsafe``.
+    """
     restored: list[str] = []
     removed: list[str] = []
-    for e in journal.entries:
-        target = os.path.join(broot, e.path)
-        dirs.add(os.path.dirname(target))
-        if e.tmp is not None:
-            remove_quietly(os.path.join(broot, e.tmp))  # type: ignore[arg-type]
-        if e.action == CREATE:
-            if remove_quietly(target):  # type: ignore[arg-type]
-                removed.append(os.fsdecode(e.path))
-            continue
-        head, tail = os.path.split(target)
-        tmp = os.path.join(head, b"." + tail + b".pyagent-restore.tmp")
-        remove_quietly(tmp)  # type: ignore[arg-type]  # left by a rollback that was itself killed
-        current = _hash_file(target)
-        mode = e.orig_mode if e.orig_mode is not None else 0o644
-        if current == (e.orig_hash, mode):
-            continue
-        restores.append((target, journal.original(e), mode))
-        restored.append(os.fsdecode(e.path))
-    temps: list[tuple[str, bytes, int]] = []
-    for target, data, mode in restores:
-        head, tail = os.path.split(target)
-        temps.append((os.fsdecode(os.path.join(head, b"." + tail + b".pyagent-restore.tmp")), data, mode))
-    write_many_synced(temps)
-    for (tmp_s, _, _), (target, _, _) in zip(temps, restores, strict=True):
-        os.replace(tmp_s, target)
-    for d in reversed(journal.created_dirs):
-        with contextlib.suppress(OSError):
-            os.rmdir(os.path.join(broot, d))
-            dirs.add(os.path.dirname(os.path.join(broot, d)))
-    fsync_dirs(os.fsdecode(d) for d in dirs if os.path.isdir(d))
-    os.unlink(journal_path(root))
-    fsync_dir(vault_dir(root))
-    return RecoveryResult(journal.txid, tuple(restored), tuple(removed))
+    unsafe: list[str] = []
+    dirs: set[bytes] = set()
+    with RootDir(root) as rd:
+        restores: list[tuple[bytes, bytes, bytes, int]] = []
+        for e in journal.entries:
+            try:
+                due = _restore(rd, e, journal)
+                if e.action == CREATE:
+                    if rd.unlink(e.path):
+                        removed.append(os.fsdecode(e.path))
+                    dirs.add(os.path.dirname(e.path))
+                elif due is not None:
+                    restores.append((e.path, *due))
+                    dirs.add(os.path.dirname(e.path))
+            except UnsafePathError:
+                unsafe.append(os.fsdecode(e.path))
+        rd.write_many_new([(tmp, data, mode) for _, tmp, data, mode in restores])
+        for path, tmp, _, _ in restores:
+            rd.replace(tmp, path)
+            restored.append(os.fsdecode(path))
+        for d in reversed(journal.created_dirs):
+            with contextlib.suppress(OSError):
+                rd.rmdir(d)
+                dirs.add(os.path.dirname(d))
+        rd.fsync_dirs([d for d in dirs if rd.is_dir(d)])
+        rd.unlink(f"{VAULT_REL}/{JOURNAL}")
+        rd.fsync_dir(VAULT_REL)
+    return RecoveryResult(journal.txid, tuple(restored), tuple(removed), tuple(unsafe))
 
 
 def recover_locked(root: str) -> RecoveryResult | None:

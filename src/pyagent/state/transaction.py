@@ -27,16 +27,18 @@ from types import TracebackType
 
 import blake3
 
-from pyagent.state.errors import ConflictError, TransactionError
-from pyagent.state.fsutil import TreeLock, fsync_dir, fsync_dirs, remove_quietly, write_many_synced
+from pyagent.state.beneath import RootDir
+from pyagent.state.errors import ConflictError, TransactionError, UnsafePathError
+from pyagent.state.fsutil import TreeLock, remove_quietly
 from pyagent.state.journal import (
     CREATE,
     DELETE,
+    JOURNAL,
     LOCK,
     META_DIR,
     MODIFY,
+    VAULT_REL,
     Entry,
-    journal_path,
     vault_dir,
     write_journal,
 )
@@ -65,6 +67,17 @@ class CommitResult:
         """Time spent making things durable (journal, temp files, directories, commit point)."""
         t = self.timings
         return t.get("journal", 0.0) + t.get("write", 0.0) + t.get("dirsync", 0.0) + t.get("finish", 0.0)
+
+
+def _why(exc: OSError) -> str:
+    """An OS error in words, the full-disk case spelled out (it is the one users can fix)."""
+    import errno
+
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "the disk is full (no space left on device)"
+    if exc.errno == errno.EFBIG:
+        return "the file size limit was reached"
+    return exc.strerror or str(exc)
 
 
 def hash_bytes(data: bytes) -> str:
@@ -99,14 +112,16 @@ def add_git_exclude(root: str) -> None:
 
 def _make_vault(root: str) -> None:
     """Creates ROOT/.pyagent/vault durably: a journal in a directory that a power cut forgets is no journal."""
-    meta = os.path.join(root, META_DIR)
     vault = vault_dir(root)
-    if os.path.isdir(vault):
-        return
     try:
-        os.makedirs(vault, exist_ok=True)
-        fsync_dir(meta)
-        fsync_dir(root)
+        with RootDir(root) as rd:  # a symlinked .pyagent/ or vault/ raises UnsafePathError
+            if rd.is_dir(VAULT_REL):
+                return
+            for rel in (META_DIR, VAULT_REL):
+                if not rd.is_dir(rel):
+                    rd.mkdir(rel)
+            rd.fsync_dir(META_DIR)
+            rd.fsync_dir("")
     except OSError as exc:
         raise TransactionError(f"cannot create PyAgent's vault {vault}: {exc.strerror or exc}") from exc
 
@@ -117,8 +132,8 @@ class _CommitPlan:
 
     entries: list[Entry] = field(default_factory=list)
     originals: list[bytes] = field(default_factory=list)  # vault contents, in entry order
-    writes: list[tuple[str, bytes, int]] = field(default_factory=list)  # (tmp full path, data, mode)
-    renames: list[tuple[str, str]] = field(default_factory=list)  # (tmp, target)
+    writes: list[tuple[str, bytes, int]] = field(default_factory=list)  # (tmp, data, mode), relative to the root
+    renames: list[tuple[str, str]] = field(default_factory=list)  # (tmp, target), relative to the root
     deletes: list[str] = field(default_factory=list)
     created_dirs: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
@@ -195,7 +210,7 @@ class StateTransaction:
         if parent not in self._parent_ok:
             real_parent = os.path.realpath(parent)
             if os.path.commonpath([real_parent, self._real_root]) != self._real_root:
-                raise ValueError(f"{p} leads outside the transaction's root through a symlink")
+                raise UnsafePathError(p, "leads outside the transaction's root through a symlink")
             self._parent_ok.add(parent)
         return "/".join(parts)
 
@@ -207,17 +222,9 @@ class StateTransaction:
             raise TransactionError("this transaction has already been committed or aborted")
 
     def _disk_read(self, rel: str) -> bytes | None:
-        full = self._full(rel)
-        try:
-            st = os.lstat(full)
-        except FileNotFoundError:
-            return None
-        if stat.S_ISLNK(st.st_mode):
-            raise TransactionError(f"{rel} is a symlink; PyAgent does not change files through links")
-        if stat.S_ISDIR(st.st_mode):
-            raise IsADirectoryError(f"{rel} is a directory")
-        with open(full, "rb") as f:
-            return f.read()
+        """The file as it is now, read through directory handles (no symlink followed on the way)."""
+        with RootDir(self.root) as rd:
+            return rd.read(rel)
 
     def _note_base(self, rel: str, data: bytes | None) -> None:
         if rel not in self._base:
@@ -244,7 +251,11 @@ class StateTransaction:
         rel = self._rel(path)
         if rel in self._staged:
             return self._staged[rel] is not None
-        return os.path.isfile(self._full(rel)) and not os.path.islink(self._full(rel))
+        with RootDir(self.root) as rd:
+            try:
+                return stat.S_ISREG(rd.lstat(rel).st_mode)
+            except (FileNotFoundError, NotADirectoryError):
+                return False
 
     # -- writes -------------------------------------------------------------------------------
     def write_bytes(self, path: PathArg, data: bytes, *, base_hash: str | None = None) -> None:
@@ -281,8 +292,8 @@ class StateTransaction:
             raise FileExistsError(f"{rel_dst} already exists (pass overwrite=True to replace it)")
         mode = self._modes.get(rel_src)
         if mode is None:
-            with contextlib.suppress(FileNotFoundError):
-                mode = os.lstat(self._full(rel_src)).st_mode & 0o7777
+            with contextlib.suppress(FileNotFoundError), RootDir(self.root) as rd:
+                mode = rd.lstat(rel_src).st_mode & 0o7777
         self.delete(src)
         self.write_bytes(dst, data)
         if mode is not None:
@@ -300,37 +311,44 @@ class StateTransaction:
         self._lock.release()
 
     def commit(self) -> CommitResult:
+        """Applies every staged change or none. A full disk (or any OS error) at any step is one
+        ``TransactionError`` saying so, with the tree, the vault and every temp file as before."""
         self._check_open()
         try:
-            self.last_result = self._commit()
+            with RootDir(self.root) as rd:
+                self.last_result = self._commit(rd)
             return self.last_result
+        except TransactionError:
+            raise
+        except OSError as exc:
+            raise TransactionError(f"commit failed, nothing changed: {_why(exc)}") from exc
         finally:
             self._done = True
             self._lock.release()
 
-    def _commit(self) -> CommitResult:
+    def _commit(self, rd: RootDir) -> CommitResult:
         t0 = time.perf_counter()
         txid = uuid.uuid4().hex[:12]
-        plan = self._plan(txid)
+        plan = self._plan(rd, txid)
         timings = {"check": time.perf_counter() - t0}
         if not plan.entries:
             return CommitResult(timings=timings)
-        return self._apply(plan, txid, timings)
+        return self._apply(rd, plan, txid, timings)
 
     # -- the plan: what the commit will do, decided (and conflicts found) before anything is written
 
-    def _plan(self, txid: str) -> _CommitPlan:
+    def _plan(self, rd: RootDir, txid: str) -> _CommitPlan:
         umask = os.umask(0)
         os.umask(umask)
         plan = _CommitPlan()
-        for rel, current, cur_hash in self._read_current(sorted(self._staged)):
+        for rel, current, cur_hash in self._read_current(rd, sorted(self._staged)):
             self._check_base(rel, current, cur_hash)
             new = self._staged[rel]
             if new is None:
                 if current is not None:
-                    self._plan_delete(plan, rel, current, cur_hash)
+                    self._plan_delete(rd, plan, rel, current, cur_hash)
             else:
-                self._plan_write(plan, rel, new, current, cur_hash, txid, umask)
+                self._plan_write(rd, plan, rel, new, current, cur_hash, txid, umask)
         return plan
 
     def _check_base(self, rel: str, current: bytes | None, cur_hash: str) -> None:
@@ -339,42 +357,43 @@ class StateTransaction:
             detail = "it was deleted" if current is None else ("it was created" if base == _ABSENT else "")
             raise ConflictError(rel, detail)
 
-    def _plan_delete(self, plan: _CommitPlan, rel: str, current: bytes, cur_hash: str) -> None:
-        full = self._full(rel)
-        mode = os.lstat(full).st_mode & 0o7777
+    @staticmethod
+    def _plan_delete(rd: RootDir, plan: _CommitPlan, rel: str, current: bytes, cur_hash: str) -> None:
+        mode = rd.lstat(rel).st_mode & 0o7777
         plan.entries.append(Entry(os.fsencode(rel), DELETE, cur_hash, mode, plan.keep_original(current), len(current)))
-        plan.deletes.append(full)
+        plan.deletes.append(rel)
         plan.deleted.append(rel)
 
     def _plan_write(
-        self, plan: _CommitPlan, rel: str, new: bytes, current: bytes | None, cur_hash: str, txid: str, umask: int
+        self, rd: RootDir, plan: _CommitPlan, rel: str, new: bytes, current: bytes | None, cur_hash: str, txid: str,
+        umask: int,
     ) -> None:
-        full = self._full(rel)
         brel = os.fsencode(rel)
-        head, tail = os.path.split(full)
+        head, tail = os.path.split(rel)
         tmp = os.path.join(head, f".{tail}.pyagent-{txid}.tmp")
-        brtmp = os.fsencode(os.path.relpath(tmp, self.root))
+        brtmp = os.fsencode(tmp)
         new_hash = hash_bytes(new)
         if current is None:
             mode = self._modes.get(rel, 0o666 & ~umask)
-            self._plan_parents(plan, rel)
+            self._plan_parents(rd, plan, rel)
             plan.entries.append(Entry(brel, CREATE, None, None, 0, 0, brtmp, new_hash))
             plan.created.append(rel)
         else:
             if new_hash == cur_hash:
                 return
-            mode = self._modes.get(rel, os.lstat(full).st_mode & 0o7777)
+            mode = self._modes.get(rel, rd.lstat(rel).st_mode & 0o7777)
             offset = plan.keep_original(current)
             plan.entries.append(Entry(brel, MODIFY, cur_hash, mode, offset, len(current), brtmp, new_hash))
             plan.changed.append(rel)
         plan.writes.append((tmp, new, mode))
-        plan.renames.append((tmp, full))
+        plan.renames.append((tmp, rel))
 
-    def _plan_parents(self, plan: _CommitPlan, rel: str) -> None:
+    @staticmethod
+    def _plan_parents(rd: RootDir, plan: _CommitPlan, rel: str) -> None:
         """Folders a new file needs that do not exist yet, outermost first (the journal removes them on rollback)."""
         parent = os.path.dirname(rel)
         missing: list[str] = []
-        while parent and not os.path.isdir(self._full(parent)):
+        while parent and not rd.is_dir(parent):
             missing.append(parent)
             parent = os.path.dirname(parent)
         for d in reversed(missing):
@@ -383,46 +402,54 @@ class StateTransaction:
 
     # -- the apply: journal, write, rename, sync, commit point; in this order, nothing else
 
-    def _apply(self, plan: _CommitPlan, txid: str, timings: dict[str, float]) -> CommitResult:
+    def _apply(self, rd: RootDir, plan: _CommitPlan, txid: str, timings: dict[str, float]) -> CommitResult:
         t = time.perf_counter()
         created_dirs = [os.fsencode(d) for d in plan.created_dirs]
-        size = write_journal(self.root, txid, plan.entries, plan.originals, created_dirs)
+        try:
+            size = write_journal(rd, txid, plan.entries, plan.originals, created_dirs)
+        except OSError as exc:  # journal.tmp is gone again; the tree was not touched
+            raise TransactionError(
+                f"could not write the rollback journal in {vault_dir(self.root)}: {_why(exc)}; nothing changed"
+            ) from exc
         timings["journal"] = time.perf_counter() - t
         try:
-            self._apply_changes(plan, timings)
+            self._apply_changes(rd, plan, timings)
         except BaseException as exc:
             self._rollback_after_failure(exc)
             raise
         t = time.perf_counter()
-        os.unlink(journal_path(self.root))  # the commit point
-        fsync_dir(vault_dir(self.root))
+        rd.unlink(f"{VAULT_REL}/{JOURNAL}")  # the commit point
+        rd.fsync_dir(VAULT_REL)
         timings["finish"] = time.perf_counter() - t
         return CommitResult(tuple(plan.changed), tuple(plan.created), tuple(plan.deleted), size, timings)
 
-    def _apply_changes(self, plan: _CommitPlan, timings: dict[str, float]) -> None:
+    @staticmethod
+    def _apply_changes(rd: RootDir, plan: _CommitPlan, timings: dict[str, float]) -> None:
+        """Every write through directory handles beneath the root (no symlink followed on the way)."""
         t = time.perf_counter()
         for d in plan.created_dirs:
-            os.mkdir(self._full(d))
-        write_many_synced(plan.writes)
+            rd.mkdir(d)
+        rd.write_many_new(plan.writes)
         timings["write"] = time.perf_counter() - t
         t = time.perf_counter()
-        for tmp, full in plan.renames:
-            os.replace(tmp, full)
-        for full in plan.deletes:
-            os.unlink(full)
+        for tmp, rel in plan.renames:
+            rd.replace(tmp, rel)
+        for rel in plan.deletes:
+            rd.unlink(rel)
         timings["rename"] = time.perf_counter() - t
         t = time.perf_counter()
-        dirs = {os.path.dirname(full) for _, full in plan.renames}
-        dirs.update(os.path.dirname(full) for full in plan.deletes)
-        dirs.update(os.path.dirname(self._full(d)) for d in plan.created_dirs)
-        fsync_dirs(dirs)
+        dirs = {os.path.dirname(rel) for _, rel in plan.renames}
+        dirs.update(os.path.dirname(rel) for rel in plan.deletes)
+        dirs.update(os.path.dirname(d) for d in plan.created_dirs)
+        rd.fsync_dirs(dirs)
         timings["dirsync"] = time.perf_counter() - t
 
-    def _read_current(self, rels: list[str]) -> list[tuple[str, bytes | None, str]]:
+    @staticmethod
+    def _read_current(rd: RootDir, rels: list[str]) -> list[tuple[str, bytes | None, str]]:
         """What is on disk now, with its hash; read in parallel (I/O and blake3 release the GIL)."""
 
         def one(rel: str) -> tuple[str, bytes | None, str]:
-            data = self._disk_read(rel)
+            data = rd.read(rel)
             return rel, data, _ABSENT if data is None else hash_bytes(data)
 
         if len(rels) < 16:
@@ -435,10 +462,17 @@ class StateTransaction:
         from pyagent.state.journal import read_journal
 
         journal = read_journal(self.root)
-        if journal is not None:
-            rollback(self.root, journal)
+        result = rollback(self.root, journal) if journal is not None else None
+        if result is not None and result.unsafe:
+            why = _why(exc) if isinstance(exc, OSError) else str(exc)
+            raise TransactionError(
+                f"commit failed ({why}) and was rolled back, except {len(result.unsafe)} file(s) now "
+                f"behind a symlink, left alone: {', '.join(result.unsafe[:5])}"
+            ) from exc
+        if isinstance(exc, UnsafePathError):
+            raise TransactionError(f"commit stopped and was rolled back, nothing changed: {exc}") from exc
         if isinstance(exc, OSError):
-            raise TransactionError(f"commit failed and was rolled back, nothing changed: {exc}") from exc
+            raise TransactionError(f"commit failed and was rolled back, nothing changed: {_why(exc)}") from exc
 
     def __repr__(self) -> str:
         state = "done" if self._done else f"{len(self._staged)} staged"

@@ -127,7 +127,7 @@ class SwarmExecutor:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + self.discovery_wait
             while not self._trusted_peers() and loop.time() < deadline:
-                await self.discovery.wait_for_peers(len(self.discovery.peers()) + 1, deadline - loop.time())
+                await self.discovery.wait_for_peers(len(self.discovery.peers()) + 1, min(0.25, deadline - loop.time()))
             self._emit("peers", peers=[p.name for p in self._trusted_peers()])
 
     @property
@@ -156,13 +156,21 @@ class SwarmExecutor:
     # -- choosing a peer
 
     def _trusted_peers(self) -> list[PeerInfo]:
+        """Peers that proved they hold a trusted key: their advertised fingerprint is in the trusted
+        list AND they answered over a CurveZMQ link made with that key. An advertisement alone (which
+        anyone on the LAN can forge, copying a node's name and fingerprint) only starts the handshake."""
         if self.discovery is None:
             return []
         trusted = self.home.trusted_by_fingerprint()
         out = []
         for peer in self.discovery.peers():
+            key = trusted.get(peer.fingerprint)
+            if key is None:
+                continue
             link = self.transport.link(peer.node_id)
-            if peer.fingerprint in trusted and (link is None or link.alive):
+            if link is None or link.server_key != key or link.endpoint != f"tcp://{peer.address}:{peer.port}":
+                link = self.transport.connect(peer.node_id, peer.address, peer.port, key)  # handshake starts
+            if link.verified and link.alive:
                 out.append(peer)  # a peer that missed its heartbeats comes back only if it answers again
         return out
 

@@ -132,11 +132,15 @@ class PeerLink:
     socket: zmq.asyncio.Socket
     last_seen: float
     alive: bool = True
+    # True once the peer answered over this link: only the holder of ``server_key``'s secret can
+    # complete the CURVE handshake, so a spoofed advertisement copying the key never gets here.
+    verified: bool = False
     credits: int = 1
     inflight: int = 0
     pending: dict[bytes, asyncio.Future[Any]] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     credit_freed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    proven: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class VoyagerTransport:
@@ -432,6 +436,16 @@ class VoyagerTransport:
         link.tasks.append(loop.create_task(self._link_heartbeat(link)))
         return link
 
+    async def verify(self, peer_id: str, address: str, port: int, server_key: bytes, timeout: float) -> bool:
+        """Connect with the key the peer claims and wait for its first answer (a heartbeat reply):
+        True only after an authenticated CURVE handshake with exactly that key."""
+        link = self.connect(peer_id, address, port, server_key)
+        if link.verified:
+            return True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(link.proven.wait(), timeout)
+        return link.verified
+
     def disconnect(self, peer_id: str) -> None:
         link = self._links.pop(peer_id, None)
         if link is None:
@@ -498,6 +512,9 @@ class VoyagerTransport:
                 continue
             link.last_seen = loop.time()
             link.alive = True
+            if not link.verified:
+                link.verified = True
+                link.proven.set()
             if env.kind == PONG:
                 credits = env.payload.get("credits") if isinstance(env.payload, dict) else None
                 if isinstance(credits, int) and credits > 0 and credits != link.credits:
