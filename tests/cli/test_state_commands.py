@@ -81,9 +81,9 @@ def test_recover_cli_rolls_back_a_killed_commit(tmp_path: Path, pyagent_cmd: lis
         (tmp_path / f"f{i}.txt").write_text(f"original {i}\n")
     child = (
         "import os, sys\nfrom pyagent.state import StateTransaction\n"
-        "real = os.replace\ncalls = [0]\n"
-        "def boom(a, b):\n    calls[0] += 1\n    real(a, b)\n    if calls[0] == 5: os._exit(9)\n"
-        "os.replace = boom\n"
+        "real = os.rename\ncalls = [0]\n"
+        "def boom(*a, **k):\n    calls[0] += 1\n    real(*a, **k)\n    if calls[0] == 5: os._exit(9)\n"
+        "os.rename = boom\n"
         "with StateTransaction(sys.argv[1]) as tx:\n"
         "    for i in range(10): tx.write_text(f'f{i}.txt', 'changed\\n')\n"
     )
