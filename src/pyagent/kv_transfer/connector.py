@@ -130,6 +130,10 @@ class DisaggConnector:
         try:
             loop.run_forever()
         finally:
+            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for task in pending:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             loop.run_until_complete(self.transport.close())
             loop.close()
 
