@@ -246,15 +246,13 @@ class DisaggConnector:
             raise HandshakeRefused(f"the prefill peer did not complete the handshake: {exc}") from None
         if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
             raise HandshakeRefused("the prefill peer answered the handshake with a malformed message")
-        if not reply["ok"]:
-            raise HandshakeRefused(f"the prefill peer refused this instance: {reply.get('reason')}")
         try:
             theirs = KVLayout.from_wire(reply.get("layout"))
         except KVProtocolError as exc:
             raise HandshakeRefused(f"the prefill peer sent a malformed layout: {exc}") from None
-        reason = self.layout.mismatch(theirs)
-        if reason is not None:
-            raise HandshakeRefused(f"refusing the prefill peer: {reason}")
+        reason = self.layout.mismatch(theirs)  # worded from this side, whichever side refused
+        if not reply["ok"] or reason is not None:
+            raise HandshakeRefused(f"the prefill peer's KV layout is incompatible: {reason or reply.get('reason')}")
         engine = reply.get("engine_id")
         self._peer_engine = engine if isinstance(engine, str) else None
 
@@ -318,7 +316,7 @@ class DisaggConnector:
         if reason is not None:
             self.stats["refused"] += 1
             log.warning("refused the handshake of peer %s: %s", peer, reason)
-            return {"ok": False, "reason": reason}
+            return {"ok": False, "reason": reason, "layout": self.layout.to_wire()}
         self._verified_peers.add(req.client_key)
         return {"ok": True, "engine_id": self.engine_id, "layout": self.layout.to_wire()}
 
