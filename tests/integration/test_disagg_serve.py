@@ -127,3 +127,33 @@ def test_a_mismatched_decode_instance_is_refused_at_the_handshake(stack: tuple[I
     r = _client(p).chat.completions.create(model="tiny", messages=[{"role": "user", "content": "still there?"}],
                                            max_tokens=3)
     assert r.usage is not None and r.usage.completion_tokens >= 1
+
+
+def test_without_the_nixl_extra_the_product_says_how_to_install_it(tiny: Path, tmp_path: Path) -> None:
+    hide = ("import sys; sys.modules['nixl'] = None; sys.modules['nixl._api'] = None; "
+            "from pyagent.cli import main; sys.exit(main(sys.argv[1:]))")
+    done = subprocess.run([sys.executable, "-c", hide, "serve", "--model", str(tiny), "--role", "prefill",
+                           "--kv-backend", "nixl", "--home", str(tmp_path / "home"), "--port", "0",
+                           "--store", ":memory:"], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "NIXL is not installed" in done.stderr and "pip install 'pyagent[nixl]'" in done.stderr
+
+
+@pytest.mark.slow
+def test_nixl_stack_output_equals_one_instance(stack: tuple[Instance, ...], tiny: Path, tmp_path: Path) -> None:
+    pytest.importorskip("nixl._api", reason="the nixl extra is not installed")
+    *_, s = stack
+    home = tmp_path / "home"
+    p = prefill(tiny, tmp_path, "--kv-backend", "nixl", home=home)
+    started = [p.start()]
+    try:
+        assert p.kv_port is not None
+        started.append(d := decode(tiny, tmp_path, p.kv_port, "--kv-backend", "nixl", home=home).start())
+        started.append(r := router(tmp_path, p, d).start())
+        assert _answers(_client(r), stream=True) == _answers(_client(s, "unused"), stream=False)
+        transfer = d.health()["kv_transfer"]
+        assert isinstance(transfer, dict) and transfer["backend"] == "nixl"
+        assert transfer["loads"] == len(QUESTIONS) and transfer["loads_failed"] == 0
+    finally:
+        for inst in started:
+            inst.stop()
