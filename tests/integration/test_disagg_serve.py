@@ -157,3 +157,20 @@ def test_nixl_stack_output_equals_one_instance(stack: tuple[Instance, ...], tiny
     finally:
         for inst in started:
             inst.stop()
+
+
+def test_clients_that_give_up_early_free_the_prefill_blocks_before_any_lease_expires(
+        stack: tuple[Instance, ...]) -> None:
+    p, d, r, _ = stack
+    start_p, start_d = p.free_blocks(), d.free_blocks()
+    impatient = openai.OpenAI(base_url=r.url, api_key=KEY, max_retries=0, timeout=0.05)
+    for q in QUESTIONS * 2:
+        with pytest.raises(openai.APITimeoutError):
+            impatient.chat.completions.create(model="tiny", messages=[{"role": "user", "content": q + " (gone)"}],
+                                              max_tokens=64)
+    deadline = time.monotonic() + 15  # well inside the 30 s lease timeout
+    while (p.free_blocks(), d.free_blocks()) != (start_p, start_d) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert (p.free_blocks(), d.free_blocks()) == (start_p, start_d)
+    transfer = p.health()["kv_transfer"]
+    assert isinstance(transfer, dict) and transfer["leases_expired"] == 0 and transfer["leases"] == 0

@@ -229,7 +229,6 @@ class DisaggConnector:
             self._submit(self._load(load))
 
     def get_finished(self) -> TransferUpdate:
-        self.leases.expire()
         with self._lock:
             loaded, self._loaded = frozenset(self._loaded), set()
             failed, self._failed = frozenset(self._failed), set()
@@ -374,8 +373,10 @@ class DisaggConnector:
                     released = self.leases.release(rid) or released
             if released:
                 self._wake()
+            before = self.leases.expired
             if self.leases.expire():
-                log.warning("%d lease(s) expired: the decode peer never read them", self.leases.expired)
+                log.warning("%d lease(s) expired: no decode peer read or released them within %g s",
+                            self.leases.expired - before, self.lease_timeout)
                 self._wake()
 
     def health(self) -> dict[str, Any]:
