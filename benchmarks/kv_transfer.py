@@ -6,7 +6,7 @@
 2. Time to first token: streamed chat completions through ``serve --role router`` + prefill + decode
    (real processes) against one ``pyagent serve`` instance, same prompts, same model.
 
-Run: ``python benchmarks/kv_transfer.py [--model PATH] [--blocks 64] [--repeat 5] [--requests 6]``
+Run: ``python benchmarks/kv_transfer.py [--model PATH] [--blocks 64] [--repeat 5] [--requests 3]``
 (default model: the SmolLM2-135M Q4_1 GGUF the tests cache, else a tiny random checkpoint).
 """
 
@@ -103,7 +103,7 @@ def main() -> int:
     ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--blocks", type=int, default=64, help="blocks per transfer (16 tokens each)")
     ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--requests", type=int, default=6, help="streamed requests per TTFT configuration")
+    ap.add_argument("--requests", type=int, default=3, help="streamed requests per TTFT configuration")
     args = ap.parse_args()
     model = args.model or default_model()
     print(f"model: {model}")
