@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -38,6 +39,7 @@ class Request:
     # Prompt tokens the prefix cache served at the first admission (None until then); a recompute after a
     # preemption keeps this figure, since it reports what the request's prompt cost, not its retries.
     num_cached_tokens: int | None = None
+    matcher: Any = None  # the grammar engine's state for a constrained request (see grammar.py)
 
     def __post_init__(self) -> None:
         if not self.token_ids:
