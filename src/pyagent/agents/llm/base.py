@@ -96,4 +96,7 @@ class LLMClient(Protocol):
     meter: UsageMeter
     budget: Budget | None  # every call is charged here; a run sets it to its chain's one budget
 
-    async def complete(self, messages: list[dict[str, str]], *, max_tokens: int = 2048) -> LLMReply: ...
+    async def complete(self, messages: list[dict[str, str]], *, max_tokens: int = 2048,
+                       schema: dict[str, Any] | None = None) -> LLMReply:
+        """The model's reply; with ``schema`` the reply is JSON that the endpoint was asked to hold to it."""
+        ...
