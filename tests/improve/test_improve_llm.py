@@ -81,6 +81,8 @@ def test_llm_docstring_and_refactor_are_verified_and_costed(tmp_path: Path) -> N
     assert result.metrics_after["complexity_max"] < result.metrics_before["complexity_max"]
     rep = json.loads((result.report_dir / "report.json").read_text())  # type: ignore[operator]
     assert rep["usage"]["calls"] == 3 and rep["usage"]["tokens"] == 450
+    assert rep["usage"]["seconds"] > 0  # the time spent waiting for the model is reported beside the tokens
+    assert result.llm_tasks() == (2, 2)  # both LLM tasks' edits reached the gate (and were kept)
     refactor = next(t for t in rep["tasks"] if t["agent"] == "refactor")
     assert refactor["tokens"] == 300 and refactor["cost"] > 0
     assert "sk-test-0123456789abcdefghij" not in json.dumps(script.requests[0]["json"])

@@ -80,6 +80,7 @@ class UsageMeter:
             "output_tokens": sum(c.output_tokens for c in self.calls),
             "tokens": sum(c.tokens for c in self.calls),
             "cost": round(sum(c.cost for c in self.calls), 6),
+            "seconds": round(sum(c.latency for c in self.calls), 3),  # time spent waiting for the model
         }
 
     def totals(self) -> dict[str, Any]:
