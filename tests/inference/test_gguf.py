@@ -199,3 +199,15 @@ def test_quantized_kernels_give_the_same_greedy_tokens_as_fp32_on_dequantized_we
     dense = _greedy(PagedAttentionEngine(config, _dense(weights), tok, max_num_seqs=16), 32)
     assert all(len(t) == 32 for t in quantized)
     assert quantized == dense
+
+
+def test_chat_template_ids_equal_transformers_apply_chat_template(smollm2_path: Path) -> None:
+    """Ids recorded once from transformers (tests/inference/data/record_chat_template_ids.py)."""
+    import json
+
+    recorded = json.loads((Path(__file__).parent / "data" / "smollm2_chat_template_ids.json").read_text("utf-8"))
+    tok = gguf_tokenizer(GGUFFile(smollm2_path))
+    assert len(recorded["cases"]) == 8
+    for case in recorded["cases"]:
+        ours = tok.encode_chat(case["messages"], add_generation_prompt=case["add_generation_prompt"])
+        assert ours == case["ids"], case["messages"]
