@@ -101,7 +101,8 @@ def print_summary(result: RunResult, console: Console | None = None) -> None:
         f"complexity: functions over threshold {cx['functions_over_threshold'][0]} -> "
         f"{cx['functions_over_threshold'][1]}, max {cx['complexity_max'][0]} -> {cx['complexity_max'][1]}, "
         f"mean {cx['complexity_avg'][0]} -> {cx['complexity_avg'][1]} ({cx['refactors_kept']} refactor(s) kept); "
-        f"dead code: {dead['lines_removed']} line(s) removed; deprecation warnings: "
+        f"dead code: {dead['lines_removed']} line(s) removed; annotated functions: "
+        f"{cats['types']['annotated_functions'][0]} -> {cats['types']['annotated_functions'][1]}; deprecation warnings: "
         f"{dep['warnings'][0]} -> {dep['warnings'][1]} ({dep['fixed']} fixed)"
     )
     for w in dep["without_a_ruff_fix"][:10]:

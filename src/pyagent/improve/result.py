@@ -120,6 +120,10 @@ class RunResult:
                 "fixes_kept": len(kept("deprecation")),
                 "without_a_ruff_fix": [w for w in self.warnings if w.get("rule") is None],
             },
+            "types": {
+                "annotated_functions": [b.get("annotated_functions"), a.get("annotated_functions")],
+                "annotation_changes_kept": len(kept("types")),
+            },
             "lint": {"ruff_findings": [b.get("ruff_findings"), a.get("ruff_findings")]},
         }
 
