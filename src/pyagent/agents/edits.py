@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import libcst as cst
 
+from pyagent.model.verification import Usage
+
 if TYPE_CHECKING:
     from pyagent.agents.llm.base import LLMClient, LLMReply
 
@@ -194,24 +196,20 @@ async def edit_with_repairs(
     *,
     max_repairs: int = 3,
     max_tokens: int = 1024,
-) -> tuple[str | None, str, dict[str, Any]]:
+) -> tuple[str | None, str, Usage]:
     """Ask for a structured edit, apply it, validate; feed each failure back (at most ``max_repairs`` times).
 
     Returns ``(new_source or None, last error or "", usage)``. ``apply`` turns the reply's JSON into the
     new source (raising ``EditError``); ``validate`` returns an error message or ``None``.
     """
     history = list(messages)
-    usage: dict[str, Any] = {"tokens": 0, "cost": 0.0, "calls": 0, "parsed": 0}
+    usage = Usage()
     error = ""
     for _round in range(max_repairs + 1):
         reply: LLMReply = await llm.complete(history, max_tokens=max_tokens, schema=schema)
-        usage["tokens"] += reply.tokens
-        usage["cost"] += reply.cost
-        usage["calls"] += 1
+        usage += Usage(reply.tokens, reply.cost, 1)
         try:
-            data = parse_reply(reply.text)
-            usage["parsed"] += 1
-            new = apply(data)
+            new = apply(parse_reply(reply.text))
             problem = validate(new)
             if problem:
                 raise EditError(problem)

@@ -54,6 +54,7 @@ class GenParams:
     stop: list[str] = field(default_factory=list)
     extras: Mapping[str, Any] = field(default_factory=dict)  # further sampling knobs (top_k, penalties ...)
     schema_field: str = "response_format"  # the request field that carried extras["json_schema"], for errors
+    kv_transfer_params: dict[str, Any] | None = None  # for the engine's KV connector (disaggregated serving)
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,18 @@ class Backend:
         except ValueError as exc:
             raise APIError(400, str(exc), param=field, code="invalid_request") from None
 
+    def health(self) -> dict[str, Any]:
+        """Liveness plus the KV cache's block counts (a leak shows as free blocks that never come back)."""
+        out: dict[str, Any] = {"status": "ok", "model": self.model_name}
+        kv = getattr(self.engine, "kv_cache", None)
+        if kv is not None:
+            out["kv_cache"] = {"total_blocks": kv.num_total_blocks, "free_blocks": kv.num_free_blocks,
+                               "cached_blocks": kv.num_cached_blocks}
+        connector = getattr(self.engine, "kv_connector", None)
+        if connector is not None:
+            out["kv_transfer"] = connector.health()
+        return out
+
     def default_max_tokens(self, prompt_len: int) -> int:
         return max(self.max_model_len - prompt_len, 1)
 
@@ -166,8 +179,9 @@ class Backend:
             stop=list(params.stop),
             **params.extras,
         )
+        kv = {} if params.kv_transfer_params is None else {"kv_transfer_params": params.kv_transfer_params}
         try:
-            stream = self.engine.generate(list(prompt.token_ids), sampling, request_id=request_id)
+            stream = self.engine.generate(list(prompt.token_ids), sampling, request_id=request_id, **kv)
         except ValueError as exc:  # a bad prompt, or a schema the grammar engine refused (it names its field)
             param = "input" if getattr(exc, "param", None) is None else params.schema_field
             raise APIError(400, str(exc), param=param,

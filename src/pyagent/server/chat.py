@@ -70,6 +70,7 @@ async def create_chat_completion(body: ChatCompletionCreate, request: Request) -
         seed=body.seed,
         stop=stop,
         extras=extras,
+        kv_transfer_params=body.kv_transfer_params,
     )
     if (body.min_tokens or 0) > params.max_tokens:
         raise APIError(400, f"min_tokens ({body.min_tokens}) exceeds the {params.max_tokens} tokens this request "
@@ -100,6 +101,8 @@ async def create_chat_completion(body: ChatCompletionCreate, request: Request) -
     finally:
         task.cancel()
     task.result()
+    kv_params = choices[0].kv_params
+    extra = {} if kv_params is None else {"kv_transfer_params": kv_params}
     return JSONResponse({
         "id": cid,
         "object": "chat.completion",
@@ -109,12 +112,17 @@ async def create_chat_completion(body: ChatCompletionCreate, request: Request) -
                      "finish_reason": _finish_reason(c.finish), "logprobs": c.logprobs_body(c.logprobs)}
                     for c in choices],
         "usage": _usage(len(prompt.token_ids), sum(c.n_out for c in choices), choices[0].n_cached),
+        **extra,
     })
 
 
 def _nth(params: GenParams, i: int) -> GenParams:
-    """Choice ``i`` of ``n``: with a seed, each choice gets its own (seed + i), so they differ yet repeat."""
-    return params if i == 0 or params.seed is None else dataclasses.replace(params, seed=params.seed + i)
+    """Choice ``i`` of ``n``: with a seed, each choice gets its own (seed + i), so they differ yet repeat;
+    only the first one takes part in a KV transfer."""
+    if i == 0:
+        return params
+    seed = None if params.seed is None else params.seed + i
+    return dataclasses.replace(params, seed=seed, kv_transfer_params=None)
 
 
 @dataclass
@@ -129,12 +137,14 @@ class _Choice:
     n_cached: int = 0
     finish: str | None = None
     logprobs: list[dict[str, Any]] = field(default_factory=list)
+    kv_params: dict[str, Any] | None = None  # from the KV connector, on the final output
 
     def take(self, out: Any) -> list[dict[str, Any]]:
         """Record one engine output; returns the log-probability entries of its new tokens."""
         self.text, self.n_out, self.n_cached = out.text, len(out.token_ids), out.num_cached_tokens
         if out.finished:
             self.finish = out.finish_reason
+            self.kv_params = getattr(out, "kv_transfer_params", None)
         if self.top_n is None:
             return []
         new = format_logprobs(self.backend.engine.tokenizer.token_bytes, out.logprobs, self.top_n)

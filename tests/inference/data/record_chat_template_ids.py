@@ -21,8 +21,8 @@ from typing import Any
 import gguf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-from tests.inference.data.chat_cases import CONVERSATIONS  # noqa: E402
-from tests.model_files import smollm2_gguf  # noqa: E402
+from tests.inference.data.chat_cases import CONVERSATIONS
+from tests.model_files import smollm2_gguf
 
 
 def read_gguf_metadata(path: str, full_keys: Any = ()) -> tuple[dict[str, Any], None]:
@@ -34,8 +34,8 @@ reader_module = types.ModuleType("transformers.integrations.gguf.reader")
 reader_module.read_gguf_metadata = read_gguf_metadata  # type: ignore[attr-defined]
 sys.modules["transformers.integrations.gguf.reader"] = reader_module
 
-from transformers import PreTrainedTokenizerFast  # noqa: E402
 import transformers  # noqa: E402
+from transformers import PreTrainedTokenizerFast  # noqa: E402
 
 
 def main() -> None:
