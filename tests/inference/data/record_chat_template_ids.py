@@ -1,5 +1,6 @@
 """Records transformers' ``apply_chat_template`` token ids for the real SmolLM2 GGUF into
-``smollm2_chat_template_ids.json`` beside this script (the test compares ours with them).
+``smollm2_chat_template_ids.json``, and its token ids for a SentencePiece GGUF (``spm_gguf.py``) into
+``spm_transformers_ids.json``, beside this script (the tests compare ours with them).
 
 transformers is not a dependency (its GGUF reader imports torch even to read a tokenizer); run this once
 by hand in a venv with ``transformers`` and ``gguf`` installed:
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 import types
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,8 @@ import gguf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 from tests.inference.data.chat_cases import CONVERSATIONS
+from tests.inference.spm_gguf import write_spm_gguf
+from tests.inference.test_gguf import SPM_TEXTS
 from tests.model_files import smollm2_gguf
 
 
@@ -48,6 +52,14 @@ def main() -> None:
     out.write_text(json.dumps({"transformers": transformers.__version__, "model": model.name, "cases": cases},
                               indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"wrote {len(cases)} cases to {out}")
+    with tempfile.TemporaryDirectory() as tmp:  # the SentencePiece vocabulary of tests/inference/spm_gguf.py
+        write_spm_gguf(Path(tmp) / "spm.gguf")
+        spm = PreTrainedTokenizerFast.from_pretrained(tmp, gguf_file="spm.gguf")
+        ids = [spm(text)["input_ids"] for text in SPM_TEXTS]
+    spm_out = Path(__file__).with_name("spm_transformers_ids.json")
+    spm_out.write_text(json.dumps({"transformers": transformers.__version__, "texts": SPM_TEXTS, "ids": ids},
+                                  ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"wrote {spm_out}")
 
 
 if __name__ == "__main__":
