@@ -221,10 +221,12 @@ def test_decorated_function_is_refactored_and_keeps_its_decorator() -> None:
 )
 def test_blocks_that_escape_are_never_extracted(body: str, reason: str) -> None:
     prefix = "async " if reason == "await" else ""
+    inner = "".join("    " + line + "\n" for line in body.splitlines())
+    # the escaping statement sits in every block big enough to extract (each branch of the chain)
     src = (
         f"G = 0\n\n\n{prefix}def f(xs):\n    for x in xs:\n        if x > 1:\n            if x > 2:\n"
-        "                print(x)\n            elif x > 3:\n                print(x)\n"
-        + body
+        "                print(x)\n" + inner + "            elif x > 3:\n                print(x)\n"
+        + inner
         + "        print(x)\n"
     )
     with pytest.raises(RefactorSkipped) as exc:

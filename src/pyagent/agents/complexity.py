@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ComplexityAgent", "RefactorSkipped", "Refactoring", "refactor_function"]
 
-MAX_EXTRACTIONS = 3
+MAX_EXTRACTIONS = 6  # helpers per task, the further splits of a helper included
 MAX_HELPER_PARAMS = 5  # beyond this a helper is harder to read than the block it replaced
 MAX_MERGED_TEST = 80  # characters; a longer ``a and b`` header is worse to read than the nesting
 _TEMP_NAME = "_pyagent_extracted_helper_"
@@ -249,8 +249,8 @@ def _escape_reason(block: Sequence[ast.stmt]) -> str | None:
             return "a nested definition inside the block"
         if isinstance(node, ast.Break | ast.Continue) and loop_depth == 0:
             return f"`{type(node).__name__.lower()}` of a loop outside the block"
-        if isinstance(node, ast.Delete):
-            return "`del` inside the block"
+        if isinstance(node, ast.Delete) and any(isinstance(t, ast.Name) for t in node.targets):
+            return "`del` of a local name inside the block"
         if isinstance(node, ast.Call):
             func = ast.unparse(node.func)
             if func in _INTROSPECTION:
@@ -317,6 +317,10 @@ def _blocks(fn: ast.FunctionDef | ast.AsyncFunctionDef, lines: Sequence[str]) ->
         for s in stmts:
             if isinstance(s, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
                 continue
+            if isinstance(s, ast.If | ast.For | ast.While | ast.Try | ast.With):
+                is_elif = isinstance(s, ast.If) and lines[s.lineno - 1].lstrip().startswith("elif")
+                if not is_elif:  # the whole statement (an if/elif chain, a loop, a try) moves as one
+                    add([s], "statement", s)
             if isinstance(s, ast.For | ast.While):
                 add(s.body, "loop", s)
             elif isinstance(s, ast.If):
@@ -367,6 +371,21 @@ def _words(expr: ast.AST, limit: int = 3) -> list[str]:
     return seen[:limit]
 
 
+_WRAPPERS = frozenset({"enumerate", "zip", "sorted", "reversed", "list", "tuple", "set", "iter", "range", "len"})
+
+
+def _iterated(expr: ast.AST) -> ast.AST:
+    """What a loop really walks: ``xs`` for ``enumerate(xs)``, ``sorted(xs)``, ``range(len(xs))``."""
+    while (
+        isinstance(expr, ast.Call)
+        and isinstance(expr.func, ast.Name)
+        and expr.func.id in _WRAPPERS
+        and expr.args
+    ):
+        expr = expr.args[0]
+    return expr
+
+
 def _short(expr: ast.AST, limit: int = 40) -> str | None:
     text = ast.unparse(expr)
     return text if len(text) <= limit and "\n" not in text else None
@@ -402,10 +421,16 @@ def _name_and_doc(
             return prefix + "_".join(words), f"Handle the {case} case of ``{short}``{gives}."
         return prefix + "_".join(words), f"Handle ``{short}`` when {case} does not hold{gives}."
     only = block.stmts[0] if len(block.stmts) == 1 else None
-    if isinstance(only, ast.For) and (words := _words(only.iter, 2)):
+    if isinstance(only, ast.For) and (words := _words(_iterated(only.iter), 2)):
         return "_process_" + "_".join(
             words
         ), f"Process each of ``{ast.unparse(only.iter)[:40]}`` for ``{short}``{gives}."
+    if isinstance(only, ast.While) and (words := _words(only.test, 2)):
+        shown = _short(only.test) or "its condition"
+        return "_loop_while_" + "_".join(words), f"Run ``{short}``'s loop while ``{shown}`` holds{gives}."
+    if isinstance(only, ast.If) and (words := _words(only.test)):
+        shown = _short(only.test) or "its condition"
+        return "_handle_" + "_".join(words), f"The part of ``{short}`` that depends on ``{shown}``{gives}."
     base = short.strip("_")
     return f"_{base}_{block.kind}_part", f"The ``{block.kind}`` block of ``{short}``."
 
@@ -418,24 +443,90 @@ def _unique(name: str, taken: set[str]) -> str:
     return candidate
 
 
+class _Leaves(Exception):
+    """Marker: every path through a block leaves it (raise/return), so it assigns "everything"."""
+
+
 def _definitely_assigned(body: Sequence[ast.stmt]) -> set[str]:
-    """Names every path through ``body``'s top level assigns (conditional assignments excluded)."""
+    """Names every path through ``body`` that reaches its end assigns.
+
+    ``if``/``else`` and ``try``/``except`` count when every branch that falls through assigns the
+    name (a branch ending in ``raise`` does not fall through); loop bodies may not run at all.
+    """
+    try:
+        return _assigned_on_all_paths(body)
+    except _Leaves:
+        return set()
+
+
+def _assigned_on_all_paths(body: Sequence[ast.stmt]) -> set[str]:
     names: set[str] = set()
+
+    def branch(stmts: Sequence[ast.stmt]) -> set[str] | None:
+        try:
+            return _assigned_on_all_paths(stmts)
+        except _Leaves:
+            return None  # this branch never falls through
+
+    def meet(options: list[set[str] | None]) -> set[str]:
+        live = [o for o in options if o is not None]
+        if not live:
+            raise _Leaves
+        return set.intersection(*live)
+
     for stmt in body:
         targets: list[ast.expr] = []
+        if isinstance(stmt, ast.Raise | ast.Return):
+            raise _Leaves
         if isinstance(stmt, ast.Assign):
             targets = list(stmt.targets)
         elif isinstance(stmt, ast.AnnAssign | ast.AugAssign) and stmt.value is not None:
             targets = [stmt.target]
         elif isinstance(stmt, ast.With):
             targets = [i.optional_vars for i in stmt.items if i.optional_vars is not None]
+            names |= _assigned_on_all_paths(stmt.body)
+        elif isinstance(stmt, ast.If) and stmt.orelse:
+            names |= meet([branch(stmt.body), branch(stmt.orelse)])
+        elif isinstance(stmt, ast.Try) and not stmt.finalbody:
+            main = branch([*stmt.body, *stmt.orelse])
+            names |= meet([main, *(branch(h.body) for h in stmt.handlers)])
         for t in targets:
             names.update(n.id for n in ast.walk(t) if isinstance(n, ast.Name))
     return names
 
 
+def _function_reads(fn: ast.AST) -> list[ast.Name]:
+    """Loads of the function's own locals: not names a comprehension or lambda binds for itself."""
+    out: list[ast.Name] = []
+
+    def walk(node: ast.AST, bound: frozenset[str]) -> None:
+        if isinstance(node, ast.ListComp | ast.SetComp | ast.GeneratorExp | ast.DictComp):
+            inner = bound | {
+                n.id for g in node.generators for n in ast.walk(g.target) if isinstance(n, ast.Name)
+            }
+            for g in node.generators:
+                walk(g.iter, bound if g is node.generators[0] else inner)
+                for cond in g.ifs:
+                    walk(cond, inner)
+            for part in (node.key, node.value) if isinstance(node, ast.DictComp) else (node.elt,):
+                walk(part, inner)
+            return
+        if isinstance(node, ast.Lambda):
+            params = {a.arg for a in [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs]}
+            walk(node.body, bound | params)
+            return
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id not in bound:
+            out.append(node)
+        for child in ast.iter_child_nodes(node):
+            walk(child, bound)
+
+    walk(fn, frozenset())
+    return out
+
+
 def _values_used_outside(fn: ast.FunctionDef | ast.AsyncFunctionDef, block: _Block) -> set[str]:
-    """Names the block assigns that the rest of the function reads (the helper must return them)."""
+    """Names the block assigns that the rest of the function may read afterwards (the helper must
+    return them): reads after the block, and reads anywhere in a loop around it (the next turn)."""
     first = block.stmts[0].lineno
     last = block.stmts[-1].end_lineno or block.stmts[-1].lineno
     assigned = {
@@ -444,10 +535,16 @@ def _values_used_outside(fn: ast.FunctionDef | ast.AsyncFunctionDef, block: _Blo
         for n in ast.walk(s)
         if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
     }
+    loops = [
+        (n.lineno, n.end_lineno or n.lineno)
+        for n in ast.walk(fn)
+        if isinstance(n, ast.For | ast.While | ast.AsyncFor) and n.lineno < first and (n.end_lineno or 0) >= last
+    ]
     read_outside = {
         n.id
-        for n in ast.walk(fn)
-        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load) and not first <= n.lineno <= last
+        for n in _function_reads(fn)
+        if not first <= n.lineno <= last
+        and (n.lineno > last or any(lo <= n.lineno <= hi for lo, hi in loops))
     }
     return assigned & read_outside
 
@@ -475,6 +572,55 @@ def _rope_extract(source: str, start: int, end: int) -> str:
     raise RefactorSkipped("rope produced no change")
 
 
+def _drop_unneeded_returns(
+    source: str, tree: ast.Module, helper: ast.FunctionDef, needed: set[str]
+) -> str | None:
+    """rope returns every name the block assigns that it sees read anywhere later, comprehension
+    variables included; keep only the values the caller reads afterwards (``needed``).
+
+    Rewrites the helper's ``return`` and the caller's assignment; None when either spans lines.
+    """
+    last = helper.body[-1]
+    if not (isinstance(last, ast.Return) and last.value is not None):
+        return source
+    values = last.value.elts if isinstance(last.value, ast.Tuple) else [last.value]
+    if not all(isinstance(v, ast.Name) for v in values):
+        return source
+    names = [v.id for v in values if isinstance(v, ast.Name)]
+    keep = [n for n in names if n in needed]
+    if keep == names:
+        return source
+    call = next(
+        (
+            n
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Assign)
+            and isinstance(n.value, ast.Call)
+            and isinstance(n.value.func, ast.Name | ast.Attribute)
+            and ast.unparse(n.value.func).endswith(_TEMP_NAME)
+        ),
+        None,
+    )
+    if call is None or len(call.targets) != 1:
+        return None
+    target = call.targets[0]
+    targets = target.elts if isinstance(target, ast.Tuple) else [target]
+    if [ast.unparse(t) for t in targets] != names:
+        return None
+    if last.lineno != last.end_lineno or call.lineno != call.end_lineno:
+        return None
+    lines = source.splitlines(keepends=True)
+    pad = lines[last.lineno - 1][: last.col_offset]
+    new_return = f"{pad}return {', '.join(keep)}\n" if keep else ""
+    call_line = lines[call.lineno - 1]
+    value = call_line[call.value.col_offset : call.value.end_col_offset]
+    lead = call_line[: call.col_offset]
+    new_call = f"{lead}{', '.join(keep)} = {value}\n" if keep else f"{lead}{value}\n"
+    for lineno, text in sorted(((last.lineno, new_return), (call.lineno, new_call)), reverse=True):
+        lines[lineno - 1] = text
+    return "".join(lines)
+
+
 def _finish_helper(
     source: str, block: _Block, caller: str, taken: set[str], needed: set[str]
 ) -> tuple[str, str]:
@@ -486,10 +632,16 @@ def _finish_helper(
             helper = node
     if helper is None:
         raise RefactorSkipped("rope's helper was not found in its result")
-    module_level = helper in tree.body
     params = [a.arg for a in helper.args.args if a.arg not in ("self", "cls")]
     if len(params) > MAX_HELPER_PARAMS:
         raise RefactorSkipped(f"the helper would need {len(params)} parameters")
+    rewritten = _drop_unneeded_returns(source, tree, helper, needed)
+    if rewritten is None:
+        raise RefactorSkipped("rope's helper returns values over several lines")
+    if rewritten != source:
+        source, tree = rewritten, ast.parse(rewritten)
+        helper = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == _TEMP_NAME)
+    module_level = helper in tree.body
     returned: list[str] = []
     last = helper.body[-1]
     if isinstance(last, ast.Return) and last.value is not None:
@@ -607,7 +759,11 @@ def _extract_once(
 def refactor_function(
     source: str, qualname: str, path: str, *, max_complexity: int, auditor: CodeHealthAuditor
 ) -> Refactoring:
-    """Lower ``qualname``'s complexity in ``source``; raises :class:`RefactorSkipped` with a reason."""
+    """Lower ``qualname``'s complexity in ``source``; raises :class:`RefactorSkipped` with a reason.
+
+    A helper that is itself still over the threshold is split further (same moves, same checks), so
+    the count of functions over the threshold goes down, not just the one function's number.
+    """
     _check_input(source, path)
     before_all = _complexities(auditor, source, path)
     if qualname not in before_all:
@@ -615,28 +771,48 @@ def refactor_function(
     before = before_all[qualname]
     new, steps = _rewrite(source, qualname)
     helpers: list[str] = []
-    current = _complexities(auditor, new, path)[qualname]
     mi_before = _mi(auditor, source, path)
     extraction_note = ""
+    todo = [qualname]
+    ceiling = {qualname: before}  # a helper may not be more complex than the function it came from
 
-    def accept(candidate: str, helper: str) -> str | None:
-        after = _complexities(auditor, candidate, path)
-        if after.get(qualname, current) >= current or after.get(helper, 0) > max(before - 1, max_complexity):
-            return f"extracting `{helper}` would not lower {qualname}"
-        mi = _mi(auditor, candidate, path)
-        if mi is not None and mi_before is not None and mi < mi_before - 1e-6:
-            return f"extracting `{helper}` would lower the file's maintainability index {mi_before:.2f} -> {mi:.2f}"
-        return None
+    def acceptor(target: str, current: int) -> Callable[[str, str], str | None]:
+        def accept(candidate: str, helper: str) -> str | None:
+            after = _complexities(auditor, candidate, path)
+            made = next((q for q in after if q.rsplit(".", 1)[-1] == helper), helper)
+            if after.get(target, current) >= current or after.get(made, 0) > max(
+                ceiling[target] - 1, max_complexity
+            ):
+                return f"extracting `{helper}` would not lower {target}"
+            mi = _mi(auditor, candidate, path)
+            if mi is not None and mi_before is not None and mi < mi_before - 1e-6:
+                return f"extracting `{helper}` would lower the file's maintainability index {mi_before:.2f} -> {mi:.2f}"
+            return None
 
-    while current > max_complexity and len(helpers) < MAX_EXTRACTIONS:
+        return accept
+
+    while todo and len(helpers) < MAX_EXTRACTIONS:
+        target = todo[0]
+        current = _complexities(auditor, new, path).get(target, 0)
+        if current <= max_complexity:
+            todo.pop(0)
+            continue
         try:
-            candidate, helper, step = _extract_once(new, qualname, current, accept)
+            candidate, helper, step = _extract_once(new, target, current, acceptor(target, current))
         except RefactorSkipped as exc:
-            extraction_note = str(exc)
-            break
-        new, current = candidate, _complexities(auditor, candidate, path)[qualname]
+            if target == qualname:
+                extraction_note = str(exc)
+            todo.pop(0)
+            continue
+        new = candidate
         helpers.append(helper)
-        steps.append(step)
+        steps.append(step if target == qualname else f"{step} (from the helper `{target.rsplit('.', 1)[-1]}`)")
+        after = _complexities(auditor, new, path)
+        made = next((q for q in after if q.rsplit(".", 1)[-1] == helper), None)
+        if made is not None and after[made] > max_complexity:
+            ceiling[made] = after[made]
+            todo.append(made)
+    current = _complexities(auditor, new, path)[qualname]
     if current >= before:
         why = extraction_note or "no guard clause, nested condition or extractable block found"
         raise RefactorSkipped(f"{qualname} stays at complexity {before}: {why}")
