@@ -453,3 +453,26 @@ def test_comprehension_variables_are_not_values_the_helper_must_return() -> None
     _same_behaviour(
         textwrap.dedent(src), new, "pick", [([{"a": 1}, {"b": 2, "a": 3}], "keys"), ([], "x")]
     )
+
+
+def test_lines_the_refactor_writes_stay_under_79_characters() -> None:
+    src = """
+    class TableFormatter:
+        def render_all_the_rows(self, rows_to_render, separator_between_cells, maximum_width):
+            rendered_output_lines = []
+            for row in rows_to_render:
+                if row:
+                    if len(row) > maximum_width:
+                        rendered_output_lines.append(separator_between_cells.join(row[:maximum_width]))
+                    elif len(row) == maximum_width:
+                        rendered_output_lines.append(separator_between_cells.join(row))
+            return rendered_output_lines
+    """
+    new, result = _refactor(src, "TableFormatter.render_all_the_rows", limit=2)
+    old_lines = {ln.strip() for ln in textwrap.dedent(src).splitlines()}
+    written = [ln for ln in new.splitlines() if ln.strip() not in old_lines]  # moved lines are the project's
+    assert result.helpers and written
+    assert max(len(ln) for ln in written) <= 79, [ln for ln in written if len(ln) > 79]
+    ns_old, ns_new = _load(textwrap.dedent(src)), _load(new)
+    args = ([["a", "b", "c"], ["d"], []], "|", 2)
+    assert ns_old["TableFormatter"]().render_all_the_rows(*args) == ns_new["TableFormatter"]().render_all_the_rows(*args)
