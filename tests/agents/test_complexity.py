@@ -476,3 +476,44 @@ def test_lines_the_refactor_writes_stay_under_79_characters() -> None:
     ns_old, ns_new = _load(textwrap.dedent(src)), _load(new)
     args = ([["a", "b", "c"], ["d"], []], "|", 2)
     assert ns_old["TableFormatter"]().render_all_the_rows(*args) == ns_new["TableFormatter"]().render_all_the_rows(*args)
+
+
+def test_names_bound_where_a_block_starts_follow_every_path_to_it() -> None:
+    # what decides whether a helper's parameter has a value at the call (on tabulate, rope passed
+    # `keys`, bound only on the other branch of an if, and the suite failed with UnboundLocalError)
+    from pyagent.agents.complexity import _bound_on_entry
+
+    src = textwrap.dedent(
+        """
+        def f(data, *args, flag=False, **kw):
+            import os
+            total = 0
+            if data:
+                keys = list(data)
+            else:
+                rows = []
+            if flag:
+                both = 1
+            else:
+                both = 2
+            try:
+                parsed = int(data)
+            except ValueError:
+                raise
+            for item in data:
+                with open(item) as fh:
+                    try:
+                        fh.read()
+                    except OSError as err:
+                        print(err)
+            return total
+        """
+    )
+    fn = ast.parse(src).body[0]
+    assert isinstance(fn, ast.FunctionDef)
+    innermost = next(n for n in ast.walk(fn) if isinstance(n, ast.Expr) and "print" in ast.unparse(n))
+    bound = _bound_on_entry(fn, innermost)
+    assert {"data", "args", "flag", "kw", "os", "total", "both", "parsed", "item", "fh", "err"} <= bound
+    assert "keys" not in bound and "rows" not in bound  # each is bound on one branch only
+    first_if = fn.body[2]
+    assert _bound_on_entry(fn, first_if) == {"data", "args", "flag", "kw", "os", "total"}

@@ -486,6 +486,8 @@ def _assigned_on_all_paths(body: Sequence[ast.stmt]) -> set[str]:
         elif isinstance(stmt, ast.With):
             targets = [i.optional_vars for i in stmt.items if i.optional_vars is not None]
             names |= _assigned_on_all_paths(stmt.body)
+        elif isinstance(stmt, ast.Import | ast.ImportFrom):
+            names.update((a.asname or a.name).split(".")[0] for a in stmt.names)
         elif isinstance(stmt, ast.If) and stmt.orelse:
             names |= meet([branch(stmt.body), branch(stmt.orelse)])
         elif isinstance(stmt, ast.Try) and not stmt.finalbody:
@@ -493,6 +495,46 @@ def _assigned_on_all_paths(body: Sequence[ast.stmt]) -> set[str]:
             names |= meet([main, *(branch(h.body) for h in stmt.handlers)])
         for t in targets:
             names.update(n.id for n in ast.walk(t) if isinstance(n, ast.Name))
+    return names
+
+
+def _bound_on_entry(fn: ast.FunctionDef | ast.AsyncFunctionDef, first: ast.stmt) -> set[str]:
+    """Names certainly bound when control reaches ``first``: the function's parameters, what every
+    path through the statements before it (in each enclosing body) assigns, and the targets of the
+    loops, ``with`` items and ``except`` clauses around it."""
+    a = fn.args
+    names = {p.arg for p in [*a.posonlyargs, *a.args, *a.kwonlyargs]}
+    names.update(p.arg for p in (a.vararg, a.kwarg) if p is not None)
+
+    def contains(stmts: Sequence[ast.stmt]) -> bool:
+        return any(first is node for st in stmts for node in ast.walk(st))
+
+    def search(body: Sequence[ast.stmt]) -> None:
+        for i, stmt in enumerate(body):
+            if stmt is first:
+                names.update(_definitely_assigned(body[:i]))
+                return
+            subs: list[tuple[list[ast.stmt], ast.AST | None]] = []
+            for field_name in ("body", "orelse", "finalbody"):
+                subs.append((getattr(stmt, field_name, None) or [], None))
+            subs += [(h.body, h) for h in getattr(stmt, "handlers", None) or []]
+            subs += [(c.body, None) for c in getattr(stmt, "cases", None) or []]
+            for sub, handler in subs:
+                if not contains(sub):
+                    continue
+                names.update(_definitely_assigned(body[:i]))
+                if isinstance(stmt, ast.For | ast.AsyncFor) and sub is stmt.body:
+                    names.update(n.id for n in ast.walk(stmt.target) if isinstance(n, ast.Name))
+                if isinstance(stmt, ast.With | ast.AsyncWith):
+                    for item in stmt.items:
+                        if item.optional_vars is not None:
+                            names.update(n.id for n in ast.walk(item.optional_vars) if isinstance(n, ast.Name))
+                if isinstance(handler, ast.ExceptHandler) and handler.name:
+                    names.add(handler.name)
+                search(sub)
+                return
+
+    search(fn.body)
     return names
 
 
@@ -651,7 +693,7 @@ def _fold_long_call(line: str) -> str:
 
 
 def _finish_helper(
-    source: str, block: _Block, caller: str, taken: set[str], needed: set[str]
+    source: str, block: _Block, caller: str, taken: set[str], needed: set[str], bound: set[str] | None = None
 ) -> tuple[str, str]:
     """Check rope's helper, give it its name, docstring and blank lines; return (source, name)."""
     tree = ast.parse(source)
@@ -664,6 +706,9 @@ def _finish_helper(
     params = [a.arg for a in helper.args.args if a.arg not in ("self", "cls")]
     if len(params) > MAX_HELPER_PARAMS:
         raise RefactorSkipped(f"the helper would need {len(params)} parameters")
+    unbound = [p for p in params if bound is not None and p not in bound]
+    if unbound:  # rope passes a name the block reads; on some path to the block it has no value yet
+        raise RefactorSkipped(f"`{unbound[0]}` may have no value yet where {caller} would call the helper")
     rewritten = _drop_unneeded_returns(source, tree, helper, needed)
     if rewritten is None:
         raise RefactorSkipped("rope's helper returns values over several lines")
@@ -779,7 +824,9 @@ def _extract_once(
         end = _offset(lines, last.end_lineno or last.lineno, last.end_col_offset or 0)
         try:
             extracted = _rope_extract(source, start, end)
-            new, name = _finish_helper(extracted, block, qualname, taken, _values_used_outside(fn, block))
+            new, name = _finish_helper(
+                extracted, block, qualname, taken, _values_used_outside(fn, block), _bound_on_entry(fn, first)
+            )
             ast.parse(new)
         except (RefactorSkipped, SyntaxError) as exc:
             last_error = str(exc)
