@@ -73,7 +73,7 @@ def test_refactor_repairs_malformed_and_broken_edits(tmp_path: Path) -> None:
         )
     assert outcome.error is None, outcome.error
     assert "complexity 4 -> 3" in outcome.note
-    assert outcome.usage["calls"] == 3
+    assert outcome.usage.calls == 3
     ns: dict[str, object] = {}
     exec((tmp_path / "m.py").read_text(), ns)
     assert [ns["grade"](x) for x in (95, 85, 75, 5)] == ["A", "B", "C", "D"]  # type: ignore[operator]

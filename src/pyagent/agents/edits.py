@@ -12,7 +12,9 @@ import difflib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from pyagent.model.verification import Usage
 
 if TYPE_CHECKING:
     from pyagent.agents.llm.base import LLMClient, LLMReply
@@ -113,7 +115,7 @@ async def edit_with_repairs(
     *,
     max_repairs: int = 3,
     max_tokens: int = 4096,
-) -> tuple[str | None, str, dict[str, Any]]:
+) -> tuple[str | None, str, Usage]:
     """Ask, apply, validate; feed each failure back (at most ``max_repairs`` times).
 
     Returns ``(new_source or None, last error or "", usage)``. ``validate`` returns an error message
@@ -122,13 +124,11 @@ async def edit_with_repairs(
     import ast
 
     history = list(messages)
-    usage: dict[str, Any] = {"tokens": 0, "cost": 0.0, "calls": 0}
+    usage = Usage()
     error = ""
     for _round in range(max_repairs + 1):
         reply: LLMReply = await llm.complete(history, max_tokens=max_tokens)
-        usage["tokens"] += reply.tokens
-        usage["cost"] += reply.cost
-        usage["calls"] += 1
+        usage += Usage(reply.tokens, reply.cost, 1)
         try:
             new = apply_edits(source, parse_edits(reply.text))
             try:

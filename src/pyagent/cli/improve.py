@@ -147,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
     from pyagent.improve.display import LiveDisplay, print_summary
     from pyagent.improve.project_config import python_files
     from pyagent.improve.run import ImproveError, ImproveOptions, RunInterrupted, improve
+    from pyagent.model.status import Status
     from pyagent.pipeline.executor import ExecutorFactory
 
     if os.path.isdir(args.path) and not python_files(args.path):  # before anything is written
@@ -203,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
             knowledge.close()
     if result.mode == "dry-run":
         for task in result.tasks:
-            if task.status == "kept" and task.diff:
+            if task.status is Status.KEPT and task.diff:
                 display.console.print(task.diff, markup=False, highlight=False, end="")
     print_summary(result, display.console)
     return 1 if result.regressions() else 0

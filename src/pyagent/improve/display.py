@@ -13,12 +13,14 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from pyagent.model.status import Status
+
 if TYPE_CHECKING:
     from pyagent.improve.result import RunResult
 
 __all__ = ["LiveDisplay", "print_summary"]
 
-_STYLE = {"kept": "green", "rolled_back": "red", "failed": "yellow", "skipped": "dim"}
+_STYLE = {Status.KEPT: "green", Status.ROLLED_BACK: "red", Status.FAILED: "yellow", Status.SKIPPED: "dim"}
 
 
 class LiveDisplay:
@@ -117,6 +119,6 @@ def print_summary(result: RunResult, console: Console | None = None) -> None:
         console.print(
             f"changes are on branch [bold]{result.branch}[/] (your branch and working tree are unchanged)"
         )
-    elif result.mode == "in-place" and c["kept"]:
+    elif result.mode == "in-place" and c[Status.KEPT]:
         console.print(f"changes were applied in place; `pyagent undo {result.root}` reverts them")
     console.print(f"report: {result.report_dir / 'report.html' if result.report_dir else '(none)'}")

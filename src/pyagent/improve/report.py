@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from pyagent.model.status import Status
+
 if TYPE_CHECKING:
     from pyagent.agents.testing import TestResults
     from pyagent.fleet.events import FleetEvent
@@ -165,7 +167,7 @@ def render_html(rep: dict[str, Any]) -> str:
         )
     boxes = "".join(
         f'<label><input type="checkbox" value="{st}" checked> {st} ({s.get(st, 0)})</label>'
-        for st in ("kept", "rolled_back", "failed", "skipped")
+        for st in Status
     )
     gate = "".join(f"<li>{e(g)}</li>" for g in rep.get("gate", []))
     settings = "".join(f"<li><b>{e(k)}</b>: {e(v)}</li>" for k, v in rep.get("settings", {}).items())
@@ -213,15 +215,15 @@ def render_pr(rep: dict[str, Any]) -> str:
         tasks = by_theme[agent]
         added = removed = 0
         for t in tasks:
-            if t["status"] == "kept":
+            if t["status"] == Status.KEPT:
                 a, r = _lines_changed(t["diff"])
                 added, removed = added + a, removed + r
         total_add, total_del = total_add + added, total_del + removed
-        counts = [sum(1 for t in tasks if t["status"] == st) for st in ("kept", "rolled_back", "failed", "skipped")]
+        counts = [sum(1 for t in tasks if t["status"] == st) for st in Status]
         out.append(f"| {THEMES.get(agent, agent)} | {' | '.join(map(str, counts))} | +{added}/-{removed} |")
     out += ["", f"Lines changed in kept changes: +{total_add}/-{total_del}.", ""]
     for agent in sorted(by_theme, key=lambda a: list(THEMES).index(a) if a in THEMES else len(THEMES)):
-        kept = [t for t in by_theme[agent] if t["status"] == "kept"]
+        kept = [t for t in by_theme[agent] if t["status"] == Status.KEPT]
         if kept:
             out += [f"### {THEMES.get(agent, agent)}", ""]
             out += [

@@ -31,8 +31,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pyagent.improve.result import RunResult, TaskRecord
-from pyagent.model.status import SkipReason
+from pyagent.model.status import SkipReason, Status
 from pyagent.model.task import AgentTask, ChangeSet, content_hash
+from pyagent.model.verification import Verdict
 
 if TYPE_CHECKING:
     from pyagent.agents.base import BaseAgent
@@ -297,7 +298,8 @@ class _Run:
                 rec.commit = await self.repo.commit(tree, paths, self._commit_message(task, rec))
 
     def _commit_message(self, task: AgentTask, rec: TaskRecord) -> str:
-        metrics = rec.verification.get("metrics", {}).get(task.target, {})
+        verification = rec.verification
+        metrics = verification.metrics.get(task.target, {}) if verification is not None else {}
         parts = []
         mi = metrics.get("mi") or [None, None]
         if mi[0] is not None and mi[1] is not None:
@@ -308,7 +310,7 @@ class _Run:
         for qn, (old, new) in (metrics.get("complexity") or {}).items():
             if old is not None:
                 parts.append(f"complexity of {qn} {old} -> {new}")
-        tests = rec.verification.get("tests") or {}
+        tests = verification.tests if verification is not None else {}
         if tests:
             parts.append(f"tests {tests.get('passed', 0)} passed, {tests.get('failed', 0)} failed")
         return (
@@ -339,7 +341,7 @@ class _Run:
         start = time.monotonic()
         try:
             if self.budget_stop:
-                rec.status, rec.reason = "skipped", f"budget exhausted: {self.budget_stop}"
+                rec.status, rec.reason = Status.SKIPPED, f"budget exhausted: {self.budget_stop}"
                 return
             await control.checkpoint()
             lock = self.file_locks.setdefault(task.target, asyncio.Lock())
@@ -355,23 +357,23 @@ class _Run:
                     except ConflictError as exc:
                         if attempt == 2:
                             rec.status, rec.reason = (
-                                "failed",
+                                Status.FAILED,
                                 f"conflict: {exc} changed again; change dropped",
                             )
                         continue
-                    rec.status, rec.reason = "kept", cs.verification.get("reason", "verified")
+                    rec.status, rec.reason = Status.KEPT, cs.verification.reason
                     break
-            if rec.status == "rolled_back":
+            if rec.status is Status.ROLLED_BACK:
                 self._retry(control, task, rec, tree, executor)
         except CascadeLimitError as exc:
             self.budget_stop = self.budget_stop or exc.reason
-            rec.status, rec.reason = "failed", exc.reason
+            rec.status, rec.reason = Status.FAILED, exc.reason
         except (LLMError, OSError, RuntimeError, ValueError) as exc:
-            rec.status, rec.reason = "failed", f"{type(exc).__name__}: {exc}"
+            rec.status, rec.reason = Status.FAILED, f"{type(exc).__name__}: {exc}"
         except Exception as exc:  # one broken task must not lose the run's record of it
-            rec.status, rec.reason = "failed", f"unexpected {type(exc).__name__}: {exc}"
+            rec.status, rec.reason = Status.FAILED, f"unexpected {type(exc).__name__}: {exc}"
         except asyncio.CancelledError:
-            rec.status, rec.reason = "failed", "cancelled"
+            rec.status, rec.reason = Status.FAILED, "cancelled"
             raise
         finally:
             rec.duration = time.monotonic() - start
@@ -427,19 +429,19 @@ class _Run:
         return job
 
     def _record_change(self, rec: TaskRecord, cs: ChangeSet, files: dict[str, bytes]) -> None:
-        status = cs.verification.get("status")
-        rec.verification = {k: v for k, v in cs.verification.items() if k != "status"}
-        rec.tokens += int(cs.usage.get("tokens", 0) or 0)
-        rec.cost += float(cs.usage.get("cost", 0.0) or 0.0)
-        rec.note = str(cs.usage.get("note") or cs.reason)
+        verdict = cs.verification.verdict
+        rec.verification = cs.verification
+        rec.tokens += cs.usage.tokens
+        rec.cost += cs.usage.cost
+        rec.note = cs.note or cs.reason
         rec.diff = "".join(_diff(p, files.get(p), new) for p, new in sorted(cs.changes.items()))
         rec.base_hash = cs.base_hashes.get(rec.target, rec.base_hash)
-        if status == "noop":
-            rec.status, rec.reason = "skipped", "nothing to change (already fixed by an earlier change)"
-        elif status == "error":
-            rec.status, rec.reason = "failed", cs.reason
+        if verdict is Verdict.NOOP:
+            rec.status, rec.reason = Status.SKIPPED, "nothing to change (already fixed by an earlier change)"
+        elif verdict is Verdict.ERROR:
+            rec.status, rec.reason = Status.FAILED, cs.reason
         elif not cs.passed:
-            rec.status, rec.reason = "rolled_back", cs.reason
+            rec.status, rec.reason = Status.ROLLED_BACK, cs.reason
 
     # -- the whole run -----------------------------------------------------------------------
     async def run(self) -> RunResult:
@@ -584,7 +586,7 @@ class _Run:
             return bool(await regressions_at(repo, commit, self.tree_rel, check))
 
         for _ in range(3):
-            by_commit = {r.commit: r for r in self.records.values() if r.status == "kept" and r.commit}
+            by_commit = {r.commit: r for r in self.records.values() if r.status is Status.KEPT and r.commit}
             order = (await repo.git("rev-list", "--reverse", f"{self.base_commit}..HEAD", cwd=tree)).split()
             culprit = await first_bad_commit([c for c in order if c in by_commit], fails)
             if culprit is None:
@@ -595,7 +597,7 @@ class _Run:
             except GitError as exc:
                 self.notes.append(f"could not revert {culprit[:10]} ({exc}); the branch keeps it")
                 break
-            rec.status = "rolled_back"
+            rec.status = Status.ROLLED_BACK
             rec.reason = (
                 f"the final full suite failed ({', '.join(regs[:3])}); bisecting the kept commits found this "
                 f"change ({culprit[:10]}), which was reverted on the branch"
@@ -843,8 +845,7 @@ class _Run:
         for t in plan.tasks:
             rec = self._add_record(t)
             if t.id in known:
-                for key in ("status", "reason", "note", "diff", "verification", "commit"):
-                    setattr(rec, key, known[t.id].get(key, getattr(rec, key)))
+                rec.restore(known[t.id])
         if mode == "git":
             from pyagent.improve.run_state import RunState
 
@@ -878,7 +879,7 @@ class _Run:
             self.interrupted = self.interrupted or "SIGINT"
             for rec in self.records.values():
                 if rec.reason in ("", "cancelled"):
-                    rec.status, rec.reason = "skipped", f"not attempted: the run was interrupted ({self.interrupted})"
+                    rec.status, rec.reason = Status.SKIPPED, f"not attempted: the run was interrupted ({self.interrupted})"
             self._remember()
             result = self._result(
                 plan, mode, baseline, None, metrics_before, {}, meter, budget, started, gate_text
@@ -962,7 +963,7 @@ class _Run:
             rec = self.records[t.id]
             if rec.reason.startswith("not attempted") or t.agent not in self.agents:
                 continue
-            self.agents[t.agent].record_outcome(t, rec.status, rec.reason or None)  # type: ignore[arg-type]
+            self.agents[t.agent].record_outcome(t, rec.status, rec.reason or None)
 
     def _result(
         self,

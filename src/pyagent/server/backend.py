@@ -52,6 +52,7 @@ class GenParams:
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     extras: Mapping[str, Any] = field(default_factory=dict)  # further sampling knobs (top_k, penalties ...)
+    kv_transfer_params: dict[str, Any] | None = None  # for the engine's KV connector (disaggregated serving)
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,18 @@ class Backend:
             return 0
         return sum(len(m.get("content", "")) for m in messages) // (4 * per)
 
+    def health(self) -> dict[str, Any]:
+        """Liveness plus the KV cache's block counts (a leak shows as free blocks that never come back)."""
+        out: dict[str, Any] = {"status": "ok", "model": self.model_name}
+        kv = getattr(self.engine, "kv_cache", None)
+        if kv is not None:
+            out["kv_cache"] = {"total_blocks": kv.num_total_blocks, "free_blocks": kv.num_free_blocks,
+                               "cached_blocks": kv.num_cached_blocks}
+        connector = getattr(self.engine, "kv_connector", None)
+        if connector is not None:
+            out["kv_transfer"] = connector.health()
+        return out
+
     def default_max_tokens(self, prompt_len: int) -> int:
         return max(self.max_model_len - prompt_len, 1)
 
@@ -154,8 +167,9 @@ class Backend:
             stop=list(params.stop),
             **params.extras,
         )
+        kv = {} if params.kv_transfer_params is None else {"kv_transfer_params": params.kv_transfer_params}
         try:
-            stream = self.engine.generate(list(prompt.token_ids), sampling, request_id=request_id)
+            stream = self.engine.generate(list(prompt.token_ids), sampling, request_id=request_id, **kv)
         except ValueError as exc:
             raise APIError(400, str(exc), param="input", code="invalid_prompt") from None
         return stream

@@ -58,6 +58,7 @@ async def create_chat_completion(body: ChatCompletionCreate, request: Request) -
         seed=body.seed,
         stop=stop,
         extras=body.sampling_extras(),
+        kv_transfer_params=body.kv_transfer_params,
     )
     if (body.min_tokens or 0) > params.max_tokens:
         raise APIError(400, f"min_tokens ({body.min_tokens}) exceeds the {params.max_tokens} tokens this request "
@@ -78,7 +79,8 @@ async def create_chat_completion(body: ChatCompletionCreate, request: Request) -
                 return Response(status_code=499)
     finally:
         task.cancel()
-    text, n_out, n_cached, finish = task.result()
+    text, n_out, n_cached, finish, kv_params = task.result()
+    extra = {} if kv_params is None else {"kv_transfer_params": kv_params}
     return JSONResponse({
         "id": cid,
         "object": "chat.completion",
@@ -87,6 +89,7 @@ async def create_chat_completion(body: ChatCompletionCreate, request: Request) -
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
                      "finish_reason": finish, "logprobs": None}],
         "usage": _usage(len(prompt.token_ids), n_out, n_cached),
+        **extra,
     })
 
 
@@ -100,17 +103,18 @@ def _finish_reason(reason: str | None) -> str:
 
 
 async def _complete(backend: Backend, prompt: Prompt, params: GenParams, cid: str
-                    ) -> tuple[str, int, int, str]:
-    text, n_out, n_cached, finish = "", 0, 0, None
+                    ) -> tuple[str, int, int, str, dict[str, Any] | None]:
+    text, n_out, n_cached, finish, kv_params = "", 0, 0, None, None
     stream = await backend.generate(prompt, params, cid)
     try:
         async for out in stream:
             text, n_out, n_cached = out.text, len(out.token_ids), out.num_cached_tokens
             if out.finished:
                 finish = out.finish_reason
+                kv_params = getattr(out, "kv_transfer_params", None)
     finally:
         await aclose(stream)
-    return text, n_out, n_cached, _finish_reason(finish)
+    return text, n_out, n_cached, _finish_reason(finish), kv_params
 
 
 async def _stream(

@@ -266,6 +266,8 @@ class ChatCompletionCreate(_Request):
     repetition_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
     ignore_eos: bool | None = None
     min_tokens: int | None = Field(default=None, ge=0)
+    # disaggregated serving (vLLM's name): what the KV connector does for this request; checked by it
+    kv_transfer_params: dict[str, Any] | None = None
 
     def sampling_extras(self) -> dict[str, float | int | bool]:
         """The extension knobs the client set, in the engine's ``SamplingParams`` names."""
