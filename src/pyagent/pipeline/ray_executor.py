@@ -178,11 +178,15 @@ def _unpack(key: str, fetch: Callable[[], dict[str, tuple[bytes, int]]]) -> Path
     if dest.is_dir():
         return dest
     tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=base))
-    for rel, (data, mode) in fetch().items():
-        target = tmp / safe_relpath(rel)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
-        os.chmod(target, (mode & 0o755) | 0o600)
+    try:
+        for rel, (data, mode) in fetch().items():
+            target = tmp / safe_relpath(rel)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+            os.chmod(target, (mode & 0o755) | 0o600)
+    except BaseException:
+        shutil.rmtree(tmp, True)
+        raise
     try:
         os.rename(tmp, dest)
     except OSError:  # another worker of this node was first
