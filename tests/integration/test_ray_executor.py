@@ -10,6 +10,7 @@ running Low one is preempted on Ray to make room).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -36,11 +37,37 @@ from pyagent.pipeline.ray_executor import RayCluster, RayExecutor  # noqa: E402
 from pyagent.pipeline.settings import PipelineSettings  # noqa: E402
 from tests.improve_helpers import make_project  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # a Ray cluster starts slowly on a loaded machine
 
 FINAL = {"kept", "rolled_back", "failed", "skipped"}
 TEST_CMD = f"{sys.executable} -m unittest discover -s tests"
 TASK_TITLE = b"ray::pyagent_task"
+# Ray's defaults expect an idle machine: a raylet gives up (and aborts) when its dashboard agent has not
+# come up within 15 s, which happens on a 2-core machine shared by several busy test runs.
+SLOW_MACHINE = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_agent_register_timeout_ms": "300000",
+    "RAY_raylet_start_wait_time_s": "300",
+}
+# `ray start` with more patience: its node startup gives the raylet a fixed 30 s to register (a constant
+# in ray/_private/node.py), less than its agents may take to come up on such a machine.
+RAY_START = """
+import sys, time
+import ray._private.services as services
+_get_node = services.get_node
+def get_node(*args, **kwargs):
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            return _get_node(*args, **kwargs)
+        except RuntimeError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+services.get_node = get_node
+from ray.scripts.scripts import main
+sys.exit(main())
+"""
 _NODE_SESSIONS: set[int] = set()  # each `ray start --block` leads its own session (start_new_session)
 
 MORE = """\
@@ -112,8 +139,10 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # the group this test started for the node
+            proc.kill()
             proc.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # anything left in the group this test started for the node
 
 
 def _start_node(argv: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -126,9 +155,9 @@ def _start_node(argv: list[str], log: Path, env: dict[str, str]) -> subprocess.P
             if b"Ray runtime started" in log.read_bytes():
                 return proc
             time.sleep(0.5)
-        _stop([proc])
+        _stop([proc])  # and what the failed start left of its node
         if attempt == 2:
-            raise AssertionError(f"{argv[1:3]} never came up: {log.read_text(errors='replace')[-3000:]}")
+            raise AssertionError(f"{argv[3:5]} never came up: {log.read_text(errors='replace')[-3000:]}")
     raise AssertionError("unreachable")
 
 
@@ -136,20 +165,20 @@ def _start_node(argv: list[str], log: Path, env: dict[str, str]) -> subprocess.P
 def cluster() -> Iterator[str]:
     """A head and one worker node (one CPU each) on 127.0.0.1; yields the head's address."""
     temp = Path(tempfile.mkdtemp(prefix="pyr-"))  # short: Ray's socket paths must fit 107 bytes
-    ray_cli = str(Path(sys.executable).with_name("ray"))
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    ray_cli = [sys.executable, "-c", RAY_START]
+    env = {**os.environ, **SLOW_MACHINE}
     head_port, *ports = _free_ports(13)
     address = f"127.0.0.1:{head_port}"
     procs: list[subprocess.Popen[bytes]] = []
     try:
         procs.append(_start_node(
-            [ray_cli, "start", "--head", "--block", f"--port={head_port}", "--include-dashboard=false",
+            [*ray_cli, "start", "--head", "--block", f"--port={head_port}", "--include-dashboard=false",
              f"--temp-dir={temp}", *_node_args(ports[:6])],
             temp / "head.log", env,
         ))
         ray.init(address=address, log_to_driver=False)
         procs.append(_start_node(
-            [ray_cli, "start", "--block", f"--address={address}", *_node_args(ports[6:12])], temp / "worker.log", env
+            [*ray_cli, "start", "--block", f"--address={address}", *_node_args(ports[6:12])], temp / "worker.log", env
         ))
         deadline = time.monotonic() + 60
         while sum(1 for n in ray.nodes() if n["Alive"]) < 2:

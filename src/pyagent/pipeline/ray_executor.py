@@ -28,6 +28,7 @@ import importlib
 import logging
 import os
 import shutil
+import socket
 import stat
 import tempfile
 import time
@@ -86,6 +87,17 @@ def _worker_died(ray: Any) -> tuple[type[BaseException], ...]:
     return (ex.WorkerCrashedError, ex.NodeDiedError, ex.LocalRayletDiedError, ex.OutOfMemoryError)
 
 
+def _reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail at once on a ``HOST:PORT`` nobody listens on (``ray.init`` would retry for minutes)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "://" in host:
+        return  # "auto", "ray://..." and the like: Ray resolves those itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise RayUnavailableError(f"cannot join the Ray cluster at {address}: {exc}") from None
+
+
 class RayCluster:
     """This process's connection to a Ray cluster; ``close()`` disconnects only if ``connect`` connected."""
 
@@ -101,6 +113,8 @@ class RayCluster:
         ray = _ray()
         if ray.is_initialized():
             return cls(ray, address or "this process's Ray", False, cpus_per_task)
+        if address is not None:
+            _reachable(address)
         kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
         if address is None and not os.environ.get("RAY_ADDRESS"):
             kwargs["include_dashboard"] = False
@@ -367,21 +381,21 @@ class RayExecutor:
             except asyncio.CancelledError:
                 self.ray.cancel(ref, force=True)
                 raise
-            except errors.TaskCancelledError:
-                if not attempt.preempted:
+            except (errors.TaskCancelledError, *died) as exc:
+                if attempt.preempted:  # our fleet gave the slot to higher-priority work: wait for it back
+                    self.stats.preempted += 1
+                    await attempt.resumed.wait()  # still registered, so the fleet's thaw reaches it
+                    continue
+                if isinstance(exc, errors.TaskCancelledError):
                     raise
-                self.stats.preempted += 1  # our fleet gave its slot to a higher priority: wait for it back
-            except died as exc:
                 deaths += 1
                 if deaths > 1:
                     raise RayTaskLost(f"its worker died twice ({type(exc).__name__}); not run again") from None
                 self.stats.reruns += 1
                 log.warning("ray worker died mid-task (%s); submitting the task again", type(exc).__name__)
-                continue
             finally:
                 if watch is not None:
                     watch.running.discard(attempt)
-            await attempt.resumed.wait()
 
     # -- Executor protocol
 
