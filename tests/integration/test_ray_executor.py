@@ -250,7 +250,9 @@ def test_improve_on_ray_keeps_what_a_local_run_keeps(
     assert ran["files"] == local_run["files"]  # the same branch content, change for change
     tasks = ran["report"]["tasks"]
     assert all(t["status"] in FINAL for t in tasks)
-    nodes = {t["verification"]["ray"]["node"] for t in tasks if "ray" in t["verification"]}
+    ran = [t for t in tasks if t["verification"].get("remote")]
+    assert {t["verification"]["remote"]["root_task_id"] for t in ran} == {t["lineage"][0] for t in ran}
+    nodes = {t["verification"]["node"] for t in ran}
     assert len(nodes) == 2, nodes  # the work really was spread over both nodes
     note = next(n for n in ran["report"]["notes"] if n.startswith("ray ("))
     assert f"{len(tasks)} task(s) ran on the cluster" in note, note
@@ -300,7 +302,7 @@ def test_a_worker_killed_mid_task_loses_no_task_and_applies_none_twice(
     assert all(t["status"] in FINAL and t["status"] != "failed" for t in tasks.values()), tasks
     note = next(n for n in report["notes"] if n.startswith("ray ("))
     assert "1 re-run after a worker died" in note, note
-    assert all(t["verification"]["ray"]["pid"] != victim for t in tasks.values() if "ray" in t["verification"])
+    assert all(t["verification"]["remote"]["pid"] != victim for t in tasks.values() if t["verification"].get("remote"))
     # no task lost: the same changes are kept as by the local run
     assert ran["kept"] == local_run["kept"]
     assert ran["files"] == local_run["files"]
@@ -358,7 +360,8 @@ def test_a_critical_task_submitted_while_the_cluster_is_full_starts_before_queue
     ex, results, started = asyncio.run(scenario())
     assert sorted(results) == ["critical-5", "low-1", "low-2", "low-3", "low-4"]
     assert all(cs.passed for cs in results.values()), {k: cs.reason for k, cs in results.items()}
-    began = {k: cs.verification["ray"]["started"] for k, cs in results.items()}
+    began = {k: cs.verification.remote.started for k, cs in results.items() if cs.verification.remote is not None}
+    assert len(began) == 5
     # the fleet started it before the queued Low ones, and so did Ray
     assert started.index("critical-5") < min(started.index("low-3"), started.index("low-4")), started
     assert began["critical-5"] < min(began["low-3"], began["low-4"]), began

@@ -35,11 +35,12 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pyagent.model.task import AgentTask, ChangeSet, content_hash
+from pyagent.model.verification import RemoteRun, Verdict, Verification
 from pyagent.shell.secure import current_watch
 
 if TYPE_CHECKING:
@@ -208,8 +209,12 @@ def _unpack(key: str, fetch: Callable[[], dict[str, tuple[bytes, int]]]) -> Path
     return dest
 
 
-def pyagent_task(refs: list[Any], key: str, task_wire: dict[str, Any], overlay: dict[str, bytes]) -> dict[str, Any]:
-    """What a Ray worker runs for one task: the run's pipeline on the node's copy of the snapshot."""
+def pyagent_task(
+    refs: list[Any], key: str, task_wire: dict[str, Any], overlay: dict[str, bytes]
+) -> tuple[dict[str, Any], str]:
+    """What a Ray worker runs for one task: the run's pipeline on the node's copy of the snapshot.
+
+    Returns the change set's wire form and the id of the node it ran on."""
     from pyagent.agents.testing import TestResults
     from pyagent.pipeline.remote import execute_task_async
     from pyagent.pipeline.settings import PipelineSettings
@@ -227,13 +232,10 @@ def pyagent_task(refs: list[Any], key: str, task_wire: dict[str, Any], overlay: 
     change = asyncio.run(
         execute_task_async(task, overlay, workdir=workdir, settings=settings, baseline=baseline, impact=impact)
     )
-    wire = change.to_wire()
-    ctx = ray.get_runtime_context()
-    wire["verification"] = {
-        **wire["verification"],
-        "ray": {"node": ctx.get_node_id(), "pid": os.getpid(), "started": started, "finished": time.time()},
-    }
-    return wire
+    ctx = task.context
+    ran = RemoteRun(os.getpid(), ctx.root_task_id, ctx.lineage_ids(), started, time.time())
+    change = replace(change, verification=replace(change.verification, remote=ran))
+    return change.to_wire(), str(ray.get_runtime_context().get_node_id())
 
 
 def forget_snapshot(key: str) -> bool:
@@ -248,13 +250,8 @@ def forget_snapshot(key: str) -> bool:
 
 
 def _failed(task: AgentTask, reason: str, files: dict[str, bytes]) -> ChangeSet:
-    return ChangeSet(
-        task_id=task.id,
-        changes={},
-        base_hashes={p: content_hash(b) for p, b in files.items()},
-        verification={"passed": False, "status": "error", "reason": reason, "check": "error"},
-        reason=reason,
-    )
+    base = {p: content_hash(b) for p, b in files.items()}
+    return ChangeSet(task.id, {}, base, Verification(Verdict.ERROR, reason), reason)
 
 
 class RayExecutor:
@@ -413,7 +410,9 @@ class RayExecutor:
         refs, delta = await self._prepare()
         overlay = {**delta, **files}
         try:
-            wire = await self.run_remote(self._remote, refs, self._key, task.to_wire(), overlay, timeout=self._timeout(task))
+            wire, node = await self.run_remote(
+                self._remote, refs, self._key, task.to_wire(), overlay, timeout=self._timeout(task)
+            )
         except (RayTaskTimeout, RayTaskLost) as exc:
             self.stats.failures.append(f"{task.id}: {exc}")
             return _failed(task, f"ray: {exc}", files)
@@ -424,16 +423,13 @@ class RayExecutor:
                 task, f"ray: the task failed on its worker (is pyagent installed on every node?): {cause[-1] if cause else exc}", files
             )
         change = ChangeSet.from_wire(wire)
-        if change.task_id != task.id:
-            return _failed(task, f"ray: a worker answered task {task.id} with a change set for {change.task_id}", files)
-        ran = change.verification.get("ray")
-        node = str(ran.get("node", "?")) if isinstance(ran, dict) else "?"
+        ran = change.verification.remote
+        if change.task_id != task.id or ran is None or ran.lineage != task.context.lineage_ids():
+            return _failed(task, f"ray: a worker answered task {task.id} with a change set of another task", files)
         self.stats.by_node[node] += 1
-        tokens = int(change.usage.get("tokens", 0) or 0)
-        cost = float(change.usage.get("cost", 0.0) or 0.0)
-        if tokens or cost:
-            task.context.budget.charge(tokens=tokens, cost=cost)  # one budget across workers
-        return change
+        if change.usage.tokens or change.usage.cost:  # one budget across workers
+            task.context.budget.charge(tokens=change.usage.tokens, cost=change.usage.cost)
+        return replace(change, verification=replace(change.verification, node=f"ray:{node[:12]}"))
 
     @property
     def summary(self) -> str:
