@@ -76,10 +76,10 @@ _servers: dict[str, LocalServer] = {}
 _lock = threading.Lock()
 
 
-def load_engine(model_dir: str | os.PathLike[str]) -> EngineLike:
+def load_engine(model_dir: str | os.PathLike[str], *, quantize: str | None = None) -> EngineLike:
     from pyagent.inference.engine import PagedAttentionEngine
 
-    return PagedAttentionEngine.from_pretrained(Path(model_dir))
+    return PagedAttentionEngine.from_pretrained(Path(model_dir), quantize=quantize)
 
 
 def start_local_server(model_dir: str | os.PathLike[str], *, store: str | None = None) -> str:
