@@ -17,6 +17,7 @@ from pyagent.improve.run import ImproveOptions, RunResult, improve
 from pyagent.model.context import CascadeContext, SecurityScope
 from pyagent.model.priority import AgentPriority
 from pyagent.model.task import AgentTask, ChangeSet, content_hash
+from pyagent.model.verification import Verdict
 from pyagent.pipeline.builder import build_executor, pipeline_shell
 from pyagent.pipeline.executor import Executor, ExecutorSetup
 from pyagent.pipeline.settings import PipelineSettings
@@ -56,7 +57,7 @@ def test_the_executor_refuses_a_git_path(tmp_path: Path) -> None:
     (root / ".git").mkdir()
     (root / ".git" / "config").write_text("from typing import List\nx: List[int] = []\n")
     cs = _execute(root, _task((".git/config",)))
-    assert cs.verification["status"] == "error" and not cs.changes
+    assert cs.verification.verdict is Verdict.ERROR and not cs.changes
     assert cs.reason.startswith("governance:") and "inside .git/" in cs.reason
 
 
@@ -139,5 +140,5 @@ def _peer_payload(root: Path, blobs: Path, task: AgentTask) -> dict[str, object]
 def test_a_peer_refuses_with_the_same_governance(tmp_path: Path, task: AgentTask, message: str) -> None:
     root = make_project(tmp_path / "p")
     change = ChangeSet.from_wire(run_payload(_peer_payload(root, tmp_path / "blobs", task)))
-    assert change.verification["status"] == "error" and not change.changes
+    assert change.verification.verdict is Verdict.ERROR and not change.changes
     assert change.reason.startswith("governance:") and message in change.reason

@@ -8,6 +8,7 @@ import pytest
 from pyagent.model.context import CascadeContext
 from pyagent.model.priority import AgentPriority
 from pyagent.model.task import AgentTask, ChangeSet, WireError, content_hash
+from pyagent.model.verification import Check, RemoteRun, Usage, Verdict, Verification
 
 
 def _task() -> AgentTask:
@@ -28,9 +29,17 @@ def _cs(**kw: object) -> ChangeSet:
         "task_id": "t1",
         "changes": {"a.py": b"x = 1\n", "b.py": None},
         "base_hashes": {"a.py": content_hash(b"x=1\n"), "b.py": content_hash(b"")},
-        "verification": {"passed": True, "status": "verified"},
+        "verification": Verification(
+            Verdict.VERIFIED,
+            "parses, tests pass",
+            metrics={"a.py": {"mi": [50.0, 52.5]}},
+            tests={"passed": 3, "failed": 0},
+            remote=RemoteRun(42, "root-1", ("root-1", "t1")),
+            node="peer-a",
+        ),
         "reason": "ruff safe fix",
-        "usage": {"tokens": 0, "cost": 0.0},
+        "usage": Usage(tokens=120, cost=0.25, calls=2),
+        "note": "fixed F401",
     }
     base.update(kw)
     return ChangeSet(**base)  # type: ignore[arg-type]
@@ -62,7 +71,7 @@ def test_digest_ignores_dict_order_but_not_content() -> None:
     assert a.digest == b.digest
     assert a.digest != c.digest
     # the verdict is not part of the change's identity
-    assert _cs(verification={"passed": False}).digest == _cs().digest
+    assert _cs(verification=Verification(Verdict.REJECTED, "no", Check.TESTS)).digest == _cs().digest
 
 
 @pytest.mark.parametrize(
@@ -73,6 +82,12 @@ def test_digest_ignores_dict_order_but_not_content() -> None:
         (lambda d: d.__setitem__("base_hashes", {"a.py": 3}), "base_hashes"),
         (lambda d: d.__setitem__("digest", "0" * 64), "digest does not match"),
         (lambda d: d.__setitem__("reason", 5), "field 'reason'"),
+        (lambda d: d["verification"].__setitem__("status", "fine"), "verdict must be one of"),
+        (lambda d: d["verification"].__setitem__("check", "vibes"), "check must be one of"),
+        (lambda d: d["verification"]["remote"].pop("root_task_id"), "bad remote run"),
+        (lambda d: d["usage"].__setitem__("tokens", "many"), "bad usage"),
+        (lambda d: d["usage"].__setitem__("cost", -1.0), "cannot be negative"),
+        (lambda d: d.pop("note"), "missing field 'note'"),
     ],
 )
 def test_bad_changeset_wire_is_refused(mutate: object, message: str) -> None:

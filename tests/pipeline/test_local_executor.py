@@ -10,6 +10,7 @@ from pyagent.agents.testing import TestRunner
 from pyagent.model.context import CascadeContext
 from pyagent.model.priority import AgentPriority
 from pyagent.model.task import AgentTask, ChangeSet, content_hash
+from pyagent.model.verification import Check, Verdict
 from pyagent.pipeline.executor import LocalExecutor
 from pyagent.pipeline.gate import VerificationGate
 from pyagent.pipeline.remote import execute_task
@@ -48,7 +49,7 @@ def test_safe_fixes_are_verified_and_the_real_tree_is_untouched(tmp_path: Path) 
     ex = _executor(root, tmp_path)
     cs = _run(ex, root, _task("modernize", "UP006"))
     assert cs.passed, cs.reason
-    assert cs.verification["status"] == "verified"
+    assert cs.verification.verdict is Verdict.VERIFIED
     assert b"list[int]" in (cs.changes[MOD] or b"")
     assert cs.base_hashes == {MOD: content_hash(original)}
     assert (root / MOD).read_bytes() == original
@@ -59,7 +60,7 @@ def test_side_effect_import_removal_is_rejected_by_the_tests(tmp_path: Path) -> 
     root = make_project(tmp_path / "p")
     cs = _run(_executor(root, tmp_path), root, _task("lint", "F401"))
     assert not cs.passed
-    assert cs.verification["check"] == "tests"
+    assert cs.verification.check is Check.TESTS
     assert "test_plugin_registered" in cs.reason
     assert cs.changes  # the rejected change is kept for the report's diff
 
@@ -67,7 +68,7 @@ def test_side_effect_import_removal_is_rejected_by_the_tests(tmp_path: Path) -> 
 def test_noop_unknown_agent_and_foreign_rule(tmp_path: Path) -> None:
     root = make_project(tmp_path / "p")
     ex = _executor(root, tmp_path)
-    assert _run(ex, root, _task("lint", "E711", files=("pkg/registry.py",))).verification["status"] == "noop"
+    assert _run(ex, root, _task("lint", "E711", files=("pkg/registry.py",))).verification.verdict is Verdict.NOOP
     assert "no agent named" in _run(ex, root, _task("wizard")).reason
     assert "does not own rule" in _run(ex, root, _task("lint", "UP006")).reason
     assert list(tmp_path.glob("pyagent-ws-*")) == []  # every isolated copy was removed
@@ -108,6 +109,6 @@ def test_the_chain_scope_governs_what_a_task_may_do(tmp_path: Path) -> None:
         task = _task("modernize", "UP006")
         task = replace(task, context=replace(task.context, scope=scope))
         cs = _run(ex, root, task)
-        assert cs.verification["status"] == "error" and message in cs.reason, cs.reason
+        assert cs.verification.verdict is Verdict.ERROR and message in cs.reason, cs.reason
         assert not cs.changes
     assert (root / MOD).read_bytes() == original

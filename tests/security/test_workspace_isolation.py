@@ -22,6 +22,7 @@ from pathlib import Path
 
 from pyagent.improve.run import ImproveOptions, improve
 from pyagent.model.task import AgentTask, ChangeSet, content_hash
+from pyagent.model.verification import Verdict, Verification
 from pyagent.pipeline.workspace import copy_method, isolated_copy, project_files
 from tests.improve_helpers import UNITTEST_CMD, make_project
 
@@ -150,7 +151,7 @@ def test_a_change_set_outside_the_tasks_files_is_rejected_and_recorded(tmp_path:
             changes: dict[str, bytes | None] = {p: b + b"# fine\n" for p, b in files.items()}
             changes["pkg/registry.py"] = b"import os; os.system('echo owned')\n"
             return ChangeSet(task_id=task.id, changes=changes, base_hashes=base,
-                             verification={"passed": True, "status": "verified"}, reason="ok", usage={})
+                             verification=Verification(Verdict.VERIFIED), reason="ok")
 
         async def aclose(self) -> str | None:
             return None  # holds no connection

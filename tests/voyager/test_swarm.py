@@ -8,6 +8,7 @@ real worker is exercised end to end in ``tests/integration/test_voyager_swarm.py
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from pyagent.model.budget import Budget
 from pyagent.model.context import CascadeContext
 from pyagent.model.priority import AgentPriority
 from pyagent.model.task import AgentTask, ChangeSet, content_hash
+from pyagent.model.verification import RemoteRun, Usage, Verdict, Verification
 from pyagent.voyager.home import NodeHome
 from pyagent.voyager.node import NodeConfig, VoyagerNode
 from pyagent.voyager.swarm import SwarmExecutor
@@ -61,16 +63,14 @@ class Answer:
             task_id=task.id,
             changes=dict(new),
             base_hashes=payload["base_hashes"],
-            verification={
-                "passed": True,
-                "status": "verified",
-                "remote": {
-                    "root_task_id": task.context.root_task_id,
-                    "lineage": [e.task_id for e in task.context.lineage],
-                },
-            },
+            verification=Verification(
+                Verdict.VERIFIED,
+                remote=RemoteRun(
+                    os.getpid(), task.context.root_task_id, tuple(e.task_id for e in task.context.lineage)
+                ),
+            ),
             reason="ok",
-            usage={"tokens": self.tokens, "cost": 0.0},
+            usage=Usage(tokens=self.tokens),
         )
         return cs.to_wire()
 
@@ -81,7 +81,7 @@ class LocalRecorder:
 
     async def execute(self, task: AgentTask, files: dict[str, bytes]) -> ChangeSet:
         self.ran.append(task.id)
-        return ChangeSet(task.id, {}, {p: content_hash(b) for p, b in files.items()}, {"passed": False}, "local")
+        return ChangeSet(task.id, {}, {p: content_hash(b) for p, b in files.items()}, Verification(Verdict.REJECTED), "local")
 
 
 @pytest.fixture
@@ -122,8 +122,9 @@ def test_task_runs_on_a_trusted_peer_with_lineage_budget_and_files(project: Path
             cs = await swarm.execute(task, files)
             assert cs.changes == {"pkg/mod.py": b"X = 1\n"}
             assert cs.base_hashes == {"pkg/mod.py": content_hash(b"x = 1\n")}
-            assert cs.verification["node"] == "n1-swarm"
-            assert cs.verification["remote"]["lineage"] == [e.task_id for e in task.context.lineage]
+            assert cs.verification.node == "n1-swarm"
+            assert cs.verification.remote is not None
+            assert list(cs.verification.remote.lineage) == [e.task_id for e in task.context.lineage]
             assert budget.used()["tokens"] == 7  # the peer's usage is charged to the one budget
             assert local.ran == []
             sent = answer.payloads[0]
@@ -206,7 +207,7 @@ def test_restarted_node_gets_the_files_again(project: Path, tmp_path: Path) -> N
             shutil.rmtree(node.blobs.root)  # the node lost its store (as after a restart)
             node.blobs.root.mkdir()
             cs = await swarm.execute(make_task("t2"), {"pkg/mod.py": b"x = 1\n"})
-            assert cs.verification["node"] == "n1-blobs"
+            assert cs.verification.node == "n1-blobs"
             assert swarm.stats.blobs_sent == 6
         finally:
             await swarm.aclose()
@@ -294,7 +295,7 @@ def test_llm_agent_tasks_stay_on_the_origin(project: Path, tmp_path: Path) -> No
             cs = await swarm.execute(refactor, {"pkg/mod.py": b"x = 1\n"})
             assert cs.reason == "local" and local.ran == ["t2"] and answer.payloads == []
             cs = await swarm.execute(task, {"pkg/mod.py": b"x = 1\n"})  # an offline fixer does travel
-            assert cs.verification["node"] == "n1-llm"
+            assert cs.verification.node == "n1-llm"
         finally:
             await swarm.aclose()
             await node.close()

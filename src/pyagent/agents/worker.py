@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+
+from pyagent.model.verification import Usage
 
 __all__ = ["AgentOutcome"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class AgentOutcome:
     """What an agent did: a sentence for the report and commit message, its LLM usage, or its error."""
 
     note: str
-    usage: dict[str, Any] = field(default_factory=lambda: {"tokens": 0, "cost": 0.0, "calls": 0})
+    usage: Usage = field(default_factory=Usage)
     error: str | None = None

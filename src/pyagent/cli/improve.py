@@ -67,7 +67,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--agents",
         metavar="A,B",
         type=lambda text: tuple(a.strip() for a in text.split(",") if a.strip()),
-        help="only these agents (lint, modernize, simplify, format, refactor, docstring)",
+        help="only these agents (lint, modernize, simplify, format, deprecation, deadcode, complexity, types, "
+        "refactor, docstring); naming `types` opts a project without a mypy/pyright configuration in",
     )
     p.add_argument(
         "--exclude", metavar="GLOB", action="append", default=[], help="leave matching paths alone (repeatable)"
@@ -146,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
     from pyagent.improve.display import LiveDisplay, print_summary
     from pyagent.improve.project_config import python_files
     from pyagent.improve.run import ImproveError, ImproveOptions, RunInterrupted, improve
+    from pyagent.model.status import Status
     from pyagent.pipeline.executor import ExecutorFactory
 
     if os.path.isdir(args.path) and not python_files(args.path):  # before anything is written
@@ -202,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
             knowledge.close()
     if result.mode == "dry-run":
         for task in result.tasks:
-            if task.status == "kept" and task.diff:
+            if task.status is Status.KEPT and task.diff:
                 display.console.print(task.diff, markup=False, highlight=False, end="")
     print_summary(result, display.console)
     return 1 if result.regressions() else 0

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from pyagent.model.status import Status
+
 if TYPE_CHECKING:
     from pyagent.agents.testing import TestResults
     from pyagent.fleet.events import FleetEvent
@@ -25,6 +27,10 @@ THEMES: dict[str, str] = {
     "modernize": "Modernisation",
     "simplify": "Simplification",
     "format": "Formatting (the project's declared formatter)",
+    "deprecation": "Deprecation warnings fixed",
+    "deadcode": "Dead code removed",
+    "complexity": "Complexity refactors (offline)",
+    "types": "Type annotations",
     "refactor": "Refactors",
     "docstring": "Docstrings",
 }
@@ -161,7 +167,7 @@ def render_html(rep: dict[str, Any]) -> str:
         )
     boxes = "".join(
         f'<label><input type="checkbox" value="{st}" checked> {st} ({s.get(st, 0)})</label>'
-        for st in ("kept", "rolled_back", "failed", "skipped")
+        for st in Status
     )
     gate = "".join(f"<li>{e(g)}</li>" for g in rep.get("gate", []))
     settings = "".join(f"<li><b>{e(k)}</b>: {e(v)}</li>" for k, v in rep.get("settings", {}).items())
@@ -185,7 +191,8 @@ def render_html(rep: dict[str, Any]) -> str:
         f"<h2>By category</h2><table><tr><th>category</th><th>figure</th><th>before, after / count</th></tr>"
         f"{cat_rows}</table>"
         f"<h2>Tests</h2>{tests}"
-        f"<h2>LLM usage</h2><p>{usage.get('calls', 0)} calls, {usage.get('tokens', 0)} tokens, "
+        f"<h2>LLM usage</h2><p>{usage.get('calls', 0)} calls, {usage.get('tokens', 0)} tokens in "
+        f"{usage.get('seconds', 0.0):.1f} s, "
         f"${usage.get('cost', 0.0):.4f}</p>"
         f"<h2>Changes</h2><p class='filter'>Show: {boxes}</p>{''.join(tasks) or '<p>No tasks.</p>'}"
         f"{'<h2>Skipped: known to fail (memory)</h2><ul>' + memory + '</ul>' if memory else ''}"
@@ -209,15 +216,15 @@ def render_pr(rep: dict[str, Any]) -> str:
         tasks = by_theme[agent]
         added = removed = 0
         for t in tasks:
-            if t["status"] == "kept":
+            if t["status"] == Status.KEPT:
                 a, r = _lines_changed(t["diff"])
                 added, removed = added + a, removed + r
         total_add, total_del = total_add + added, total_del + removed
-        counts = [sum(1 for t in tasks if t["status"] == st) for st in ("kept", "rolled_back", "failed", "skipped")]
+        counts = [sum(1 for t in tasks if t["status"] == st) for st in Status]
         out.append(f"| {THEMES.get(agent, agent)} | {' | '.join(map(str, counts))} | +{added}/-{removed} |")
     out += ["", f"Lines changed in kept changes: +{total_add}/-{total_del}.", ""]
     for agent in sorted(by_theme, key=lambda a: list(THEMES).index(a) if a in THEMES else len(THEMES)):
-        kept = [t for t in by_theme[agent] if t["status"] == "kept"]
+        kept = [t for t in by_theme[agent] if t["status"] == Status.KEPT]
         if kept:
             out += [f"### {THEMES.get(agent, agent)}", ""]
             out += [
@@ -225,6 +232,7 @@ def render_pr(rep: dict[str, Any]) -> str:
                 for t in kept
             ]
             out.append("")
+    out += _category_lines(rep.get("categories") or {})
     before, after = rep["metrics"]["before"], rep["metrics"]["after"]
     out += ["### Metrics", "", "| metric | before | after |", "|---|---|---|"]
     out += [f"| {k} | {before.get(k)} | {after.get(k, '-')} |" for k in before]
@@ -243,6 +251,44 @@ def render_pr(rep: dict[str, Any]) -> str:
         out += ["", "### How each change was checked", ""] + [f"- {g}" for g in rep["gate"]]
     out += ["", f"Run `{rep['run_id']}`; full report in `report.html`."]
     return "\n".join(out) + "\n"
+
+
+def _pair(values: Any) -> tuple[str, str]:
+    if isinstance(values, list | tuple) and len(values) == 2:
+        before, after = values
+        return ("-" if before is None else str(before)), ("-" if after is None else str(after))
+    return "-", "-"
+
+
+def _category_lines(cats: dict[str, Any]) -> list[str]:
+    """Before/after per kind of improvement, the figures a reviewer asks for first."""
+    if not cats:
+        return []
+    rows: list[tuple[str, str, str]] = []
+    cx = cats.get("complexity") or {}
+    for key, label in (
+        ("functions_over_threshold", "functions over the complexity threshold"),
+        ("complexity_max", "max complexity"),
+        ("complexity_avg", "mean complexity"),
+    ):
+        if key in cx:
+            rows.append((label, *_pair(cx[key])))
+    dead = cats.get("dead_code") or {}
+    if dead:
+        rows.append(("dead lines removed", "", str(dead.get("lines_removed", 0))))
+    types = cats.get("types") or {}
+    if types.get("annotated_functions"):
+        rows.append(("fully annotated functions", *_pair(types["annotated_functions"])))
+    dep = cats.get("deprecations") or {}
+    if dep:
+        rows.append(("deprecation warnings in the test run", *_pair(dep.get("warnings"))))
+        rows.append(("warnings fixed", "", str(dep.get("fixed", 0))))
+    lint = cats.get("lint") or {}
+    if lint.get("ruff_findings"):
+        rows.append(("ruff findings", *_pair(lint["ruff_findings"])))
+    out = ["### By category", "", "| figure | before | after |", "|---|---|---|"]
+    out += [f"| {label} | {b} | {a} |" for label, b, a in rows]
+    return [*out, ""]
 
 
 def write_report(result: RunResult, events: list[FleetEvent]) -> Path:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pyagent.model.status import Status
+from pyagent.model.verification import Verification
 
 if TYPE_CHECKING:
     from pyagent.agents.testing import TestResults
@@ -17,6 +18,9 @@ STATUSES: tuple[Status, ...] = tuple(Status)
 
 
 
+LLM_AGENTS = frozenset({"docstring", "refactor"})  # the agents that ask a model for their edit
+
+
 @dataclass
 class TaskRecord:
     id: str
@@ -24,11 +28,11 @@ class TaskRecord:
     action: str
     target: str
     priority: str
-    status: str = "skipped"
+    status: Status = Status.SKIPPED
     reason: str = ""
     note: str = ""
     diff: str = ""
-    verification: dict[str, Any] = field(default_factory=dict)
+    verification: Verification | None = None  # the last attempt's, None before any
     tokens: int = 0
     cost: float = 0.0
     duration: float = 0.0
@@ -47,13 +51,22 @@ class TaskRecord:
             "reason": self.reason,
             "note": self.note,
             "diff": self.diff,
-            "verification": self.verification,
+            "verification": self.verification.to_wire() if self.verification is not None else {},
             "tokens": self.tokens,
             "cost": round(self.cost, 6),
             "duration": round(self.duration, 3),
             "commit": self.commit,
             "lineage": list(self.lineage),
         }
+
+    def restore(self, d: dict[str, Any]) -> None:
+        """Take back a finished task's outcome from a checkpoint (``improve --resume``)."""
+        self.status = Status.from_wire(d.get("status"))
+        self.reason, self.note, self.diff = str(d.get("reason", "")), str(d.get("note", "")), str(d.get("diff", ""))
+        wire = d.get("verification")
+        self.verification = Verification.from_wire(wire) if wire else None
+        commit = d.get("commit")
+        self.commit = commit if isinstance(commit, str) else None
 
 
 @dataclass
@@ -86,7 +99,7 @@ class RunResult:
         b, a = self.metrics_before, self.metrics_after
 
         def kept(agent: str) -> list[TaskRecord]:
-            return [t for t in self.tasks if t.agent == agent and t.status == "kept"]
+            return [t for t in self.tasks if t.agent == agent and t.status is Status.KEPT]
 
         dead_lines = 0
         for t in kept("deadcode"):
@@ -110,8 +123,17 @@ class RunResult:
                 "fixes_kept": len(kept("deprecation")),
                 "without_a_ruff_fix": [w for w in self.warnings if w.get("rule") is None],
             },
+            "types": {
+                "annotated_functions": [b.get("annotated_functions"), a.get("annotated_functions")],
+                "annotation_changes_kept": len(kept("types")),
+            },
             "lint": {"ruff_findings": [b.get("ruff_findings"), a.get("ruff_findings")]},
         }
+
+    def llm_tasks(self) -> tuple[int, int]:
+        """(LLM tasks whose edit reached the gate, i.e. kept or rolled back, all LLM tasks attempted)."""
+        tasks = [t for t in self.tasks if t.agent in LLM_AGENTS and t.status != "skipped"]
+        return sum(1 for t in tasks if t.status in ("kept", "rolled_back")), len(tasks)
 
     def counts(self) -> dict[str, int]:
         return {s.value: sum(1 for t in self.tasks if t.status == s) for s in STATUSES}

@@ -31,8 +31,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pyagent.improve.result import RunResult, TaskRecord
-from pyagent.model.status import SkipReason
+from pyagent.model.status import SkipReason, Status
 from pyagent.model.task import AgentTask, ChangeSet, content_hash
+from pyagent.model.verification import Verdict
 
 if TYPE_CHECKING:
     from pyagent.agents.base import BaseAgent
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from pyagent.improve.gitops import GitRepo
     from pyagent.model.knowledge import KnowledgeBackend
     from pyagent.pipeline.executor import Executor, ExecutorFactory
+    from pyagent.pipeline.planner import TypesRequest
     from pyagent.shell import SecureShell
 
 __all__ = [
@@ -114,9 +116,25 @@ def _diff(path: str, old: bytes | None, new: bytes | None) -> str:
     return "".join(difflib.unified_diff(a, b, f"a/{path}", f"b/{path}"))
 
 
-def metrics_summary(audit: AuditReport, findings: int | None, max_complexity: int) -> dict[str, Any]:
-    """The run's before/after numbers (what the report compares)."""
+def metrics_summary(
+    audit: AuditReport, findings: int | None, max_complexity: int, root: Path | None = None
+) -> dict[str, Any]:
+    """The run's before/after numbers (what the report compares); with ``root``, also how many of the
+    project's (non-test) functions are fully annotated."""
     ok = [f for f in audit.files if not f.error]
+    annotated: dict[str, Any] = {}
+    if root is not None:
+        from pyagent.agents.impact import is_test_path
+        from pyagent.agents.typehints import annotated_functions
+
+        full = 0
+        for f in ok:
+            if not is_test_path(f.path):
+                try:
+                    full += annotated_functions((root / f.path).read_text(encoding="utf-8"))[0]
+                except (OSError, UnicodeDecodeError):
+                    continue
+        annotated["annotated_functions"] = full
     mis = [f.mi for f in ok if f.mi is not None]
     fns = [fn.complexity for f in ok for fn in f.functions]
     return {
@@ -128,6 +146,7 @@ def metrics_summary(audit: AuditReport, findings: int | None, max_complexity: in
         "complexity_max": max(fns, default=0),
         "functions_over_threshold": sum(1 for c in fns if c > max_complexity),
         "ruff_findings": findings,
+        **annotated,
     }
 
 
@@ -169,6 +188,7 @@ class _Run:
         self.rules = LintRules()
         self.settings: dict[str, str] = {}
         self.phases: dict[str, float] = {}  # seconds of the baseline, the tasks and the final suite
+        self.types: TypesRequest | None = None  # the types agent's request (None: not planned)
 
     def progress(self, kind: str, **data: Any) -> None:
         if self.opts.on_progress is not None:
@@ -278,7 +298,8 @@ class _Run:
                 rec.commit = await self.repo.commit(tree, paths, self._commit_message(task, rec))
 
     def _commit_message(self, task: AgentTask, rec: TaskRecord) -> str:
-        metrics = rec.verification.get("metrics", {}).get(task.target, {})
+        verification = rec.verification
+        metrics = verification.metrics.get(task.target, {}) if verification is not None else {}
         parts = []
         mi = metrics.get("mi") or [None, None]
         if mi[0] is not None and mi[1] is not None:
@@ -289,7 +310,7 @@ class _Run:
         for qn, (old, new) in (metrics.get("complexity") or {}).items():
             if old is not None:
                 parts.append(f"complexity of {qn} {old} -> {new}")
-        tests = rec.verification.get("tests") or {}
+        tests = verification.tests if verification is not None else {}
         if tests:
             parts.append(f"tests {tests.get('passed', 0)} passed, {tests.get('failed', 0)} failed")
         return (
@@ -320,7 +341,7 @@ class _Run:
         start = time.monotonic()
         try:
             if self.budget_stop:
-                rec.status, rec.reason = "skipped", f"budget exhausted: {self.budget_stop}"
+                rec.status, rec.reason = Status.SKIPPED, f"budget exhausted: {self.budget_stop}"
                 return
             await control.checkpoint()
             lock = self.file_locks.setdefault(task.target, asyncio.Lock())
@@ -336,23 +357,23 @@ class _Run:
                     except ConflictError as exc:
                         if attempt == 2:
                             rec.status, rec.reason = (
-                                "failed",
+                                Status.FAILED,
                                 f"conflict: {exc} changed again; change dropped",
                             )
                         continue
-                    rec.status, rec.reason = "kept", cs.verification.get("reason", "verified")
+                    rec.status, rec.reason = Status.KEPT, cs.verification.reason
                     break
-            if rec.status == "rolled_back":
+            if rec.status is Status.ROLLED_BACK:
                 self._retry(control, task, rec, tree, executor)
         except CascadeLimitError as exc:
             self.budget_stop = self.budget_stop or exc.reason
-            rec.status, rec.reason = "failed", exc.reason
+            rec.status, rec.reason = Status.FAILED, exc.reason
         except (LLMError, OSError, RuntimeError, ValueError) as exc:
-            rec.status, rec.reason = "failed", f"{type(exc).__name__}: {exc}"
+            rec.status, rec.reason = Status.FAILED, f"{type(exc).__name__}: {exc}"
         except Exception as exc:  # one broken task must not lose the run's record of it
-            rec.status, rec.reason = "failed", f"unexpected {type(exc).__name__}: {exc}"
+            rec.status, rec.reason = Status.FAILED, f"unexpected {type(exc).__name__}: {exc}"
         except asyncio.CancelledError:
-            rec.status, rec.reason = "failed", "cancelled"
+            rec.status, rec.reason = Status.FAILED, "cancelled"
             raise
         finally:
             rec.duration = time.monotonic() - start
@@ -408,19 +429,19 @@ class _Run:
         return job
 
     def _record_change(self, rec: TaskRecord, cs: ChangeSet, files: dict[str, bytes]) -> None:
-        status = cs.verification.get("status")
-        rec.verification = {k: v for k, v in cs.verification.items() if k != "status"}
-        rec.tokens += int(cs.usage.get("tokens", 0) or 0)
-        rec.cost += float(cs.usage.get("cost", 0.0) or 0.0)
-        rec.note = str(cs.usage.get("note") or cs.reason)
+        verdict = cs.verification.verdict
+        rec.verification = cs.verification
+        rec.tokens += cs.usage.tokens
+        rec.cost += cs.usage.cost
+        rec.note = cs.note or cs.reason
         rec.diff = "".join(_diff(p, files.get(p), new) for p, new in sorted(cs.changes.items()))
         rec.base_hash = cs.base_hashes.get(rec.target, rec.base_hash)
-        if status == "noop":
-            rec.status, rec.reason = "skipped", "nothing to change (already fixed by an earlier change)"
-        elif status == "error":
-            rec.status, rec.reason = "failed", cs.reason
+        if verdict is Verdict.NOOP:
+            rec.status, rec.reason = Status.SKIPPED, "nothing to change (already fixed by an earlier change)"
+        elif verdict is Verdict.ERROR:
+            rec.status, rec.reason = Status.FAILED, cs.reason
         elif not cs.passed:
-            rec.status, rec.reason = "rolled_back", cs.reason
+            rec.status, rec.reason = Status.ROLLED_BACK, cs.reason
 
     # -- the whole run -----------------------------------------------------------------------
     async def run(self) -> RunResult:
@@ -565,7 +586,7 @@ class _Run:
             return bool(await regressions_at(repo, commit, self.tree_rel, check))
 
         for _ in range(3):
-            by_commit = {r.commit: r for r in self.records.values() if r.status == "kept" and r.commit}
+            by_commit = {r.commit: r for r in self.records.values() if r.status is Status.KEPT and r.commit}
             order = (await repo.git("rev-list", "--reverse", f"{self.base_commit}..HEAD", cwd=tree)).split()
             culprit = await first_bad_commit([c for c in order if c in by_commit], fails)
             if culprit is None:
@@ -576,7 +597,7 @@ class _Run:
             except GitError as exc:
                 self.notes.append(f"could not revert {culprit[:10]} ({exc}); the branch keeps it")
                 break
-            rec.status = "rolled_back"
+            rec.status = Status.ROLLED_BACK
             rec.reason = (
                 f"the final full suite failed ({', '.join(regs[:3])}); bisecting the kept commits found this "
                 f"change ({culprit[:10]}), which was reverted on the branch"
@@ -609,15 +630,50 @@ class _Run:
         self, runner: TestRunner, tree: Path, scratch: Path
     ) -> tuple[TestResults, TestImpact | None]:
         """The baseline run in a throwaway copy; unless ``--full-tests``, under coverage with per-test contexts."""
+        from pyagent.agents.typetrace import read_trace
         from pyagent.pipeline.workspace import isolated_copy, project_files
 
-        if self.opts.full_tests:
+        if self.opts.full_tests and self.types is None:
             return await self._tests(runner, tree, scratch), None
         ws = await asyncio.to_thread(isolated_copy, tree, parent=scratch)
         try:
-            return await runner.record_impact(ws, await asyncio.to_thread(project_files, ws))
+            with tempfile.TemporaryDirectory(prefix="pyagent-types-", dir=scratch) as tmp:
+                out = Path(tmp) / "types.json" if self.types is not None else None
+                if self.opts.full_tests:
+                    results, impact = await runner.run(ws, trace_out=out), None
+                else:
+                    files = await asyncio.to_thread(project_files, ws)
+                    results, impact = await runner.record_impact(ws, files, trace_out=out)
+                if out is not None and self.types is not None:
+                    traced = read_trace(out, ws)
+                    self.types = dataclasses.replace(
+                        self.types,
+                        traced={p: {q: f.to_params() for q, f in fns.items()} for p, fns in traced.items()},
+                    )
+            return results, impact
         finally:
             await asyncio.to_thread(shutil.rmtree, ws, True)
+
+    def _types_request(self, tree: Path) -> TypesRequest | None:
+        """The types agent's request when the project type-checks or opted in (``agents`` names it)."""
+        from pyagent.agents.typehints import min_python, type_checker
+        from pyagent.pipeline.planner import TypesRequest
+
+        checker = type_checker(tree)
+        named = self.agent_filter is not None and "types" in self.agent_filter
+        if self.agent_filter is not None and not named:
+            return None
+        if checker is None and not named:
+            self.notes.append(
+                "types: the project configures no type checker (mypy, pyright), so no annotations were added "
+                "(--agents types, or \"types\" in [tool.pyagent] agents, opts in)"
+            )
+            return None
+        self.settings["types"] = (
+            f"annotations checked by {checker} (no new errors) and the tests" if checker
+            else "annotations opted in; no type checker configured, so the tests alone check them"
+        )
+        return TypesRequest(checker, {}, min_python(tree))
 
 
     async def _baseline(
@@ -710,6 +766,7 @@ class _Run:
             exclude=self.exclude,
             agents=self.agent_filter,
             warnings=warnings or [],
+            types=self.types,
         )
         return plan_tasks(
             tree,
@@ -761,8 +818,9 @@ class _Run:
         audit_before, n_before, findings, ruff_unformatted = await self._measure(tree)
         formatter, unformatted = await self._choose_formatter(tree, ruff_unformatted)
         self.progress("phase", phase="rules", detail=f"formatter: {self.settings['formatter']}")
-        metrics_before = metrics_summary(audit_before, n_before, self.max_complexity)
+        metrics_before = metrics_summary(audit_before, n_before, self.max_complexity, tree)
         phase_start = time.monotonic()
+        self.types = self._types_request(tree)
         runner, baseline, settings, impact = await self._baseline(tree, scratch)
         self.phases["baseline"] = time.monotonic() - phase_start
         if self.resumed is not None and isinstance(self.resumed.data.get("metrics_before"), dict):
@@ -787,8 +845,7 @@ class _Run:
         for t in plan.tasks:
             rec = self._add_record(t)
             if t.id in known:
-                for key in ("status", "reason", "note", "diff", "verification", "commit"):
-                    setattr(rec, key, known[t.id].get(key, getattr(rec, key)))
+                rec.restore(known[t.id])
         if mode == "git":
             from pyagent.improve.run_state import RunState
 
@@ -822,7 +879,7 @@ class _Run:
             self.interrupted = self.interrupted or "SIGINT"
             for rec in self.records.values():
                 if rec.reason in ("", "cancelled"):
-                    rec.status, rec.reason = "skipped", f"not attempted: the run was interrupted ({self.interrupted})"
+                    rec.status, rec.reason = Status.SKIPPED, f"not attempted: the run was interrupted ({self.interrupted})"
             self._remember()
             result = self._result(
                 plan, mode, baseline, None, metrics_before, {}, meter, budget, started, gate_text
@@ -847,7 +904,7 @@ class _Run:
         if mode == "git" and not any(r.commit for r in self.records.values()):
             self.drop_branch, self.branch = self.branch, None
             self.notes.append("no change was kept, so no branch was left behind")
-        metrics_after = metrics_summary(audit_after, n_after, self.max_complexity)
+        metrics_after = metrics_summary(audit_after, n_after, self.max_complexity, tree)
         result = self._result(
             plan, mode, baseline, tests_after, metrics_before, metrics_after, meter, budget, started, gate_text
         )
@@ -906,7 +963,7 @@ class _Run:
             rec = self.records[t.id]
             if rec.reason.startswith("not attempted") or t.agent not in self.agents:
                 continue
-            self.agents[t.agent].record_outcome(t, rec.status, rec.reason or None)  # type: ignore[arg-type]
+            self.agents[t.agent].record_outcome(t, rec.status, rec.reason or None)
 
     def _result(
         self,

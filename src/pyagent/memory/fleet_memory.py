@@ -26,6 +26,7 @@ from pyagent.memory.errors import StoreError
 from pyagent.memory.pruning import NeuralPruningEngine
 from pyagent.memory.snapshot import SnapshotPolicy
 from pyagent.memory.store import Fact, KnowledgeStore
+from pyagent.model.status import Status
 
 if TYPE_CHECKING:
     from pyagent.model.knowledge import ChangeOutcome
@@ -88,17 +89,17 @@ class StoreKnowledge:
     # -- KnowledgeBackend ------------------------------------------------------------------------
 
     def record_outcome(self, outcome: ChangeOutcome) -> None:
-        if outcome.status == "skipped":
+        if outcome.status is Status.SKIPPED:
             return
         if not outcome.target_hash:  # no content identity: a failure could not be matched safely
-            self.pruning.record_route(outcome.agent, outcome.task_kind, success=outcome.status == "kept")
+            self.pruning.record_route(outcome.agent, outcome.task_kind, success=outcome.status is Status.KEPT)
             return
-        kept = outcome.status == "kept"
+        kept = outcome.status is Status.KEPT
         key = failure_key(outcome.target_hash, outcome.agent, outcome.action)
         reason = outcome.reason or outcome.status
         with self.store.batch():
             self.pruning.record_route(outcome.agent, outcome.task_kind, success=kept)
-            self.store.relate(f"agent:{outcome.agent}", outcome.status, f"file:{outcome.target}")
+            self.store.relate(f"agent:{outcome.agent}", outcome.status.value, f"file:{outcome.target}")
             if kept:
                 self.store.delete(FAILURES, key)  # this exact change on this content works after all
                 return
@@ -106,7 +107,7 @@ class StoreKnowledge:
             count = 1 + (int(previous.value.get("count", 0)) if previous is not None else 0)
             value = {
                 "reason": reason,
-                "status": outcome.status,
+                "status": outcome.status.value,
                 "agent": outcome.agent,
                 "action": outcome.action,
                 "task_kind": outcome.task_kind,

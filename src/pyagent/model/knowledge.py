@@ -9,11 +9,9 @@ from __future__ import annotations
 import threading
 from collections import deque
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from pyagent.model.status import Status
-
-OutcomeStatus = Literal["kept", "rolled_back", "failed", "skipped"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,12 +23,12 @@ class ChangeOutcome:
     task_kind: str
     target: str
     target_hash: str
-    status: OutcomeStatus
+    status: Status
     reason: str | None = None
     lineage: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        Status.from_wire(self.status)  # one of the run's statuses, or ValueError
+        object.__setattr__(self, "status", Status.from_wire(self.status))  # a status read back, or ValueError
         for name in ("agent", "action", "task_kind", "target"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ValueError(f"outcome {name} must be a non-empty string")
@@ -73,10 +71,10 @@ class InMemoryKnowledge:
         with self._lock:
             self.outcomes.append(outcome)
             weight = self._weights.get(route, 1.0)
-            if outcome.status == "kept":
+            if outcome.status is Status.KEPT:
                 self._failures.pop(key, None)
                 self._weights[route] = min(weight * self._reward, 10.0)
-            elif outcome.status in ("rolled_back", "failed"):
+            elif outcome.status in (Status.ROLLED_BACK, Status.FAILED):
                 self._failures[key] = outcome.reason or outcome.status
                 self._weights[route] = max(weight * self._penalty, 0.01)
 

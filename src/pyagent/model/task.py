@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     from pyagent.model.context import CascadeContext
     from pyagent.model.priority import AgentPriority
 
+from pyagent.model.verification import Usage, Verdict, Verification
+
 __all__ = ["AgentTask", "ChangeSet", "WireError", "content_hash"]
 
 
@@ -92,20 +94,21 @@ class AgentTask:
 class ChangeSet:
     """The files a task wants changed, the hashes they were derived from, and the gate's verdict.
 
-    ``changes`` maps POSIX relative paths to new bytes (``None`` deletes). ``verification`` holds at
-    least ``passed`` (bool) and ``reason``; ``usage`` holds ``tokens`` and ``cost``.
+    ``changes`` maps POSIX relative paths to new bytes (``None`` deletes); ``reason`` is the gate's
+    reason or, when kept, the agent's ``note`` (the sentence for the report and commit message).
     """
 
     task_id: str
     changes: dict[str, bytes | None]
     base_hashes: dict[str, str]
-    verification: dict[str, Any] = field(default_factory=dict)
+    verification: Verification = field(default_factory=lambda: Verification(Verdict.NOOP))
     reason: str = ""
-    usage: dict[str, Any] = field(default_factory=dict)
+    usage: Usage = field(default_factory=Usage)
+    note: str = ""
 
     @property
     def passed(self) -> bool:
-        return bool(self.verification.get("passed"))
+        return self.verification.passed
 
     @property
     def empty(self) -> bool:
@@ -126,9 +129,10 @@ class ChangeSet:
             "task_id": self.task_id,
             "changes": dict(self.changes),
             "base_hashes": dict(self.base_hashes),
-            "verification": self.verification,
+            "verification": self.verification.to_wire(),
             "reason": self.reason,
-            "usage": self.usage,
+            "usage": self.usage.to_wire(),
+            "note": self.note,
             "digest": self.digest,
         }
 
@@ -141,13 +145,19 @@ class ChangeSet:
         bases = _field(d, "base_hashes", dict)
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in bases.items()):
             raise WireError("field 'base_hashes' must map strings to strings")
+        try:
+            verification = Verification.from_wire(_field(d, "verification", dict))
+            usage = Usage.from_wire(_field(d, "usage", dict))
+        except ValueError as exc:
+            raise WireError(str(exc)) from exc
         cs = cls(
             task_id=_field(d, "task_id", str),
             changes=dict(changes),
             base_hashes=dict(bases),
-            verification=dict(_field(d, "verification", dict)),
+            verification=verification,
             reason=_field(d, "reason", str),
-            usage=dict(_field(d, "usage", dict)),
+            usage=usage,
+            note=_field(d, "note", str),
         )
         sent = d.get("digest")
         if sent is not None and sent != cs.digest:

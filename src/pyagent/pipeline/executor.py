@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from pyagent.agents.mixins.governance import GovernanceError
 from pyagent.model.task import AgentTask, ChangeSet, content_hash
+from pyagent.model.verification import Usage, Verdict, Verification
 from pyagent.pipeline.workspace import isolated_copy, project_files, safe_relpath
 
 if TYPE_CHECKING:
@@ -37,23 +38,9 @@ class Executor(Protocol):
         ...
 
 
-def _rejected(
-    task: AgentTask,
-    status: str,
-    reason: str,
-    base: dict[str, str],
-    usage: dict[str, object],
-    changes: dict[str, bytes | None] | None = None,
-    **extra: object,
-) -> ChangeSet:
-    return ChangeSet(
-        task_id=task.id,
-        changes=changes or {},
-        base_hashes=base,
-        verification={"passed": False, "status": status, "reason": reason, "check": status, **extra},
-        reason=reason,
-        usage=dict(usage),
-    )
+def _unjudged(task: AgentTask, verdict: Verdict, reason: str, base: dict[str, str], usage: Usage) -> ChangeSet:
+    """A change set for an attempt that never reached the gate (agent error, governance, no change)."""
+    return ChangeSet(task.id, {}, base, Verification(verdict, reason), reason, usage)
 
 
 class LocalExecutor:
@@ -87,11 +74,11 @@ class LocalExecutor:
     async def execute(self, task: AgentTask, files: dict[str, bytes]) -> ChangeSet:
         agent = self.agents.get(task.agent)
         if agent is None:
-            return _rejected(task, "error", f"no agent named {task.agent!r} here", {}, {})
+            return _unjudged(task, Verdict.ERROR, f"no agent named {task.agent!r} here", {}, Usage())
         try:
             agent.authorize(task, self.root)  # the same check improve repeats before merging
         except GovernanceError as exc:
-            return _rejected(task, "error", f"governance: {exc}", {}, {})
+            return _unjudged(task, Verdict.ERROR, f"governance: {exc}", {}, Usage())
         base = {safe_relpath(p): content_hash(b) for p, b in files.items()}
         if self._listing is None:
             self._listing = await asyncio.to_thread(project_files, self.root)
@@ -108,25 +95,25 @@ class LocalExecutor:
             originals = {p: (ws / p).read_bytes() if (ws / p).is_file() else None for p in targets}
             outcome = await agent.run(task, ws)
             if outcome.error:
-                return _rejected(task, "error", outcome.error, base, outcome.usage)
+                return _unjudged(task, Verdict.ERROR, outcome.error, base, outcome.usage)
             changes: dict[str, bytes | None] = {}
             for p in targets:
                 now = (ws / p).read_bytes() if (ws / p).is_file() else None
                 if now != originals[p]:
                     changes[p] = now
             if not changes:
-                return _rejected(task, "noop", "the agent made no change", base, outcome.usage)
+                return _unjudged(task, Verdict.NOOP, "the agent made no change", base, outcome.usage)
             from pyagent.pipeline.gate import LINT_KINDS
 
             verdict = await self.gate.verify(ws, before, changes, judge_health=task.kind not in LINT_KINDS)
-            verification = {**verdict.to_dict(), "status": "verified" if verdict.passed else "rejected"}
             return ChangeSet(
                 task_id=task.id,
                 changes=changes,
                 base_hashes=base,
-                verification=verification,
+                verification=verdict,
                 reason=outcome.note if verdict.passed else verdict.reason,
-                usage=dict(outcome.usage) | {"note": outcome.note},
+                usage=outcome.usage,
+                note=outcome.note,
             )
         finally:
             await asyncio.to_thread(shutil.rmtree, ws, True)

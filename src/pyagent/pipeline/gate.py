@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from pyagent.agents import ruff
 from pyagent.agents.docstrings import strip_docstrings
 from pyagent.agents.mixins.auditor import AuditorMixin
+from pyagent.model.verification import Check, Verdict, Verification
 
 if TYPE_CHECKING:
     from pyagent.agents.impact import TestImpact
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from pyagent.health import CodeHealthAuditor
     from pyagent.shell import SecureShell
 
-__all__ = ["LINT_KINDS", "FileMetrics", "FindingAt", "GateVerdict", "Snapshot", "VerificationGate", "gate_rules"]
+__all__ = ["LINT_KINDS", "FileMetrics", "FindingAt", "Snapshot", "VerificationGate", "gate_rules"]
 
 MI_TOLERANCE = 1e-6
 # Task kinds judged by findings and tests only; every other kind (refactors, LLM edits) also by health.
@@ -124,24 +125,6 @@ def new_findings(before: FileMetrics, after: FileMetrics) -> list[FindingAt]:
     return out
 
 
-@dataclass(frozen=True)
-class GateVerdict:
-    passed: bool
-    reason: str
-    check: str  # the check that failed: parse | ruff | complexity | mi | tests | "" when passed
-    metrics: dict[str, Any] = field(default_factory=dict)
-    tests: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "passed": self.passed,
-            "reason": self.reason,
-            "check": self.check,
-            "metrics": self.metrics,
-            "tests": self.tests,
-        }
-
-
 def _is_python(path: str) -> bool:
     return path.endswith((".py", ".pyi"))
 
@@ -217,11 +200,11 @@ class VerificationGate(AuditorMixin):
         after: Mapping[str, FileMetrics],
         *,
         judge_health: bool = True,
-    ) -> GateVerdict:
+    ) -> Verification:
         """The static checks of ``after`` against ``before``: parse, new findings, and (``judge_health``,
         for refactors and LLM edits) complexity and MI."""
         metrics: dict[str, Any] = {}
-        failures: list[tuple[str, str]] = []
+        failures: list[tuple[Check, str]] = []
         for rel, a in sorted(after.items()):
             b = before.get(rel, FileMetrics(exists=False))
             entry: dict[str, Any] = {"mi": [b.mi, a.mi], "ruff": [b.ruff, a.ruff]}
@@ -229,7 +212,7 @@ class VerificationGate(AuditorMixin):
                 metrics[rel] = {"deleted": True}
                 continue
             if not a.parses:
-                failures.append(("parse", f"{rel} does not parse ({a.error})"))
+                failures.append((Check.PARSE, f"{rel} does not parse ({a.error})"))
                 metrics[rel] = entry
                 continue
             new = new_findings(b, a)
@@ -237,7 +220,7 @@ class VerificationGate(AuditorMixin):
                 (_p, code, message, content), *rest = [f.key for f in new]
                 more = f" (+{len(rest)} more)" if rest else ""
                 failures.append(
-                    ("ruff", f"new finding in {rel}:{new[0].line}: {code} {message} at `{content[:60]}`{more}")
+                    (Check.RUFF, f"new finding in {rel}:{new[0].line}: {code} {message} at `{content[:60]}`{more}")
                 )
                 entry["new_findings"] = [list(f.key[1:]) for f in new]
             worst_before = max(b.functions.values(), default=1)
@@ -249,24 +232,24 @@ class VerificationGate(AuditorMixin):
                 if not judge_health:
                     continue
                 if old is not None and c > old:
-                    failures.append(("complexity", f"complexity of {rel}:{qn} rose {old} -> {c}"))
+                    failures.append((Check.COMPLEXITY, f"complexity of {rel}:{qn} rose {old} -> {c}"))
                 elif old is None and c > worst_before:
                     failures.append(
-                        ("complexity", f"new function {rel}:{qn} has complexity {c} > {worst_before}")
+                        (Check.COMPLEXITY, f"new function {rel}:{qn} has complexity {c} > {worst_before}")
                     )
             entry["complexity"] = changed_fns
             docstrings_only = a.shape is not None and a.shape == b.shape
             if docstrings_only:
                 entry["docstrings_only"] = True  # MI counts a one-line docstring as code; not a regression
             elif judge_health and b.mi is not None and a.mi is not None and a.mi < b.mi - MI_TOLERANCE:
-                failures.append(("mi", f"maintainability index of {rel} fell {b.mi:.2f} -> {a.mi:.2f}"))
+                failures.append((Check.MI, f"maintainability index of {rel} fell {b.mi:.2f} -> {a.mi:.2f}"))
             metrics[rel] = entry
         if failures:
             check, reason = failures[0]
             if len(failures) > 1:
                 reason += f" (and {len(failures) - 1} more)"
-            return GateVerdict(False, reason, check, metrics)
-        return GateVerdict(True, "static checks passed", "", metrics)
+            return Verification(Verdict.REJECTED, reason, check, metrics)
+        return Verification(Verdict.VERIFIED, "static checks passed", Check.NONE, metrics)
 
     async def verify(
         self,
@@ -275,7 +258,7 @@ class VerificationGate(AuditorMixin):
         changed: Iterable[str],
         *,
         judge_health: bool = True,
-    ) -> GateVerdict:
+    ) -> Verification:
         """Judge the change now present in ``workspace``; ``before`` came from :meth:`measure`."""
         after = await self.measure(workspace, changed)
         verdict = self.compare(before, after, judge_health=judge_health)
@@ -284,10 +267,10 @@ class VerificationGate(AuditorMixin):
         changed = list(after)
         selection = self.impact.select(changed) if self.impact is not None else None
         if selection is not None and not selection:
-            return GateVerdict(
-                True,
+            return Verification(
+                Verdict.VERIFIED,
                 "parses, no new findings, health not worse; no test exercises the changed files",
-                "",
+                Check.NONE,
                 verdict.metrics,
                 {"selected": 0},
             )
@@ -303,15 +286,19 @@ class VerificationGate(AuditorMixin):
             "selected": "all" if selection is None else selection,
         }
         if results.timed_out:
-            return GateVerdict(False, f"tests timed out ({results.note})", "tests", verdict.metrics, tests)
+            return Verification(
+                Verdict.REJECTED, f"tests timed out ({results.note})", Check.TESTS, verdict.metrics, tests
+            )
         if regressions:
             shown = ", ".join(regressions[:3]) + (" ..." if len(regressions) > 3 else "")
-            return GateVerdict(
-                False,
+            return Verification(
+                Verdict.REJECTED,
                 f"test failure: {len(regressions)} test(s) that passed before now fail: {shown}",
-                "tests",
+                Check.TESTS,
                 verdict.metrics,
                 tests,
             )
         health = ", health not worse" if judge_health else ""
-        return GateVerdict(True, f"parses, no new findings{health}, tests pass", "", verdict.metrics, tests)
+        return Verification(
+            Verdict.VERIFIED, f"parses, no new findings{health}, tests pass", Check.NONE, verdict.metrics, tests
+        )

@@ -233,10 +233,8 @@ class SwarmExecutor:
 
     def _charge(self, task: AgentTask, change: ChangeSet) -> None:
         """The peer spent tokens/cost on our behalf: charge them to the task's one budget."""
-        tokens = int(change.usage.get("tokens", 0) or 0)
-        cost = float(change.usage.get("cost", 0.0) or 0.0)
-        if tokens or cost:
-            task.context.budget.charge(tokens=tokens, cost=cost)
+        if change.usage.tokens or change.usage.cost:
+            task.context.budget.charge(tokens=change.usage.tokens, cost=change.usage.cost)
 
     async def _run_on(self, peer: PeerInfo, task: AgentTask, files: dict[str, bytes]) -> ChangeSet:
         from pyagent.model.task import ChangeSet, content_hash
@@ -274,11 +272,10 @@ class SwarmExecutor:
         for path, digest in change.base_hashes.items():
             if path in bases and bases[path] != digest:
                 raise SwarmError(f"{peer.name} computed {path} from another base than the one sent")
-        ran = change.verification.get("remote")
-        if isinstance(ran, dict) and ran.get("root_task_id") != task.context.root_task_id:
+        ran = change.verification.remote
+        if ran is None or ran.root_task_id != task.context.root_task_id:
             raise SwarmError(f"{peer.name} ran task {task.id} under another lineage")
-        verification = {**change.verification, "node": peer.name}
-        return replace(change, verification=verification)
+        return replace(change, verification=replace(change.verification, node=peer.name))
 
     # -- project files
 

@@ -19,6 +19,7 @@ from pyagent.voyager.blobs import BlobStore
 
 def run_payload(payload: dict[str, Any]) -> dict[str, Any]:
     from pyagent.model.task import AgentTask
+    from pyagent.model.verification import RemoteRun
     from pyagent.pipeline.remote import execute_task
     from pyagent.pipeline.settings import PipelineSettings
 
@@ -29,11 +30,7 @@ def run_payload(payload: dict[str, Any]) -> dict[str, Any]:
         store.materialize(payload["manifest"], Path(workdir))
         change = execute_task(task, payload["files"], workdir=workdir, settings=settings)
     # Lineage stays one across nodes: report the chain this node ran under, for the origin to check.
-    ran = {
-        "pid": os.getpid(),
-        "root_task_id": task.context.root_task_id,
-        "lineage": [entry.task_id for entry in task.context.lineage],
-    }
-    change = replace(change, verification={**change.verification, "remote": ran})
+    ran = RemoteRun(os.getpid(), task.context.root_task_id, tuple(entry.task_id for entry in task.context.lineage))
+    change = replace(change, verification=replace(change.verification, remote=ran))
     wire: dict[str, Any] = change.to_wire()
     return wire

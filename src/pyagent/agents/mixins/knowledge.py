@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pyagent.model.knowledge import ChangeOutcome, KnowledgeBackend, OutcomeStatus
+from pyagent.model.knowledge import ChangeOutcome, KnowledgeBackend
 
 if TYPE_CHECKING:
+    from pyagent.model.status import Status
     from pyagent.model.task import AgentTask
 
 
@@ -16,7 +17,7 @@ class KnowledgeMixin:
     name: str
     knowledge: KnowledgeBackend
 
-    def record_outcome(self, task: AgentTask, status: OutcomeStatus, reason: str | None = None) -> ChangeOutcome:
+    def record_outcome(self, task: AgentTask, status: Status, reason: str | None = None) -> ChangeOutcome:
         outcome = ChangeOutcome(
             agent=self.name,
             action=str(task.params.get("action", self.name)),
