@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pytest
@@ -22,10 +22,13 @@ from pyagent.inference.engine import PagedAttentionEngine
 from pyagent.inference.sampler import SamplingParams
 from pyagent.kv_transfer.connector import DisaggConnector, HandshakeRefused, PeerAddress
 from pyagent.kv_transfer.layout import HANDSHAKE_VERSION
+from pyagent.kv_transfer.nixl_backend import nixl_available
 from pyagent.voyager.home import KeyPair
 from pyagent.voyager.transport import RemoteError, VoyagerTransport
 
 NUM_BLOCKS = 96
+Backend = Literal["zmq", "nixl"]
+needs_nixl = pytest.mark.skipif(not nixl_available(), reason="the nixl extra is not installed")
 
 
 def _keys() -> KeyPair:
@@ -43,17 +46,20 @@ def _engine(tiny_dir: Path, connector: DisaggConnector | None = None, block_size
                                                 kv_connector=connector)
 
 
-def _prefill(tiny_dir: Path, lease_timeout: float = 20.0) -> tuple[PagedAttentionEngine, DisaggConnector]:
-    conn = DisaggConnector("prefill", keypair=KEYS, trusted=lambda: {ROGUE.public}, lease_timeout=lease_timeout)
+def _prefill(tiny_dir: Path, lease_timeout: float = 20.0, backend: Backend = "zmq"
+             ) -> tuple[PagedAttentionEngine, DisaggConnector]:
+    conn = DisaggConnector("prefill", keypair=KEYS, trusted=lambda: {ROGUE.public}, lease_timeout=lease_timeout,
+                           backend=backend)
     engine = _engine(tiny_dir, conn)
     conn.start(engine.model_name, engine.config)
     return engine, conn
 
 
-def _decode(tiny_dir: Path, p_conn: DisaggConnector, block_size: int = 16, lease_timeout: float = 20.0
-            ) -> tuple[PagedAttentionEngine, DisaggConnector]:
+def _decode(tiny_dir: Path, p_conn: DisaggConnector, block_size: int = 16, lease_timeout: float = 20.0,
+            backend: Backend = "zmq") -> tuple[PagedAttentionEngine, DisaggConnector]:
     peer = PeerAddress.parse(p_conn.endpoint, KEYS.public)
-    conn = DisaggConnector("decode", keypair=KEYS, trusted=set, peer=peer, lease_timeout=lease_timeout)
+    conn = DisaggConnector("decode", keypair=KEYS, trusted=set, peer=peer, lease_timeout=lease_timeout,
+                           backend=backend)
     engine = _engine(tiny_dir, conn, block_size)
     try:
         conn.start(engine.model_name, engine.config)
@@ -63,10 +69,11 @@ def _decode(tiny_dir: Path, p_conn: DisaggConnector, block_size: int = 16, lease
     return engine, conn
 
 
-@pytest.fixture(scope="module")
-def pair(tiny_dir: Path) -> Iterator[tuple[PagedAttentionEngine, PagedAttentionEngine, PagedAttentionEngine]]:
-    p, p_conn = _prefill(tiny_dir)
-    d, d_conn = _decode(tiny_dir, p_conn)
+@pytest.fixture(scope="module", params=["zmq", pytest.param("nixl", marks=needs_nixl)])
+def pair(request: pytest.FixtureRequest, tiny_dir: Path
+         ) -> Iterator[tuple[PagedAttentionEngine, PagedAttentionEngine, PagedAttentionEngine]]:
+    p, p_conn = _prefill(tiny_dir, backend=request.param)
+    d, d_conn = _decode(tiny_dir, p_conn, backend=request.param)
     single = _engine(tiny_dir)
     yield p, d, single
     for e in (p, d, single):
@@ -236,3 +243,14 @@ def test_malformed_side_channel_messages_are_dropped_naming_the_peer(pair: Any, 
         assert await _disagg(p, d, prompt, params) == want
 
     asyncio.run(again())
+
+
+@needs_nixl
+def test_a_nixl_decode_instance_refuses_a_prefill_peer_without_nixl(tiny_dir: Path) -> None:
+    p, p_conn = _prefill(tiny_dir, backend="zmq")
+    try:
+        with pytest.raises(HandshakeRefused, match="offers none"):
+            _decode(tiny_dir, p_conn, backend="nixl")
+    finally:
+        p.close()
+        p_conn.close()

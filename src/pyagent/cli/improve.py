@@ -67,7 +67,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--agents",
         metavar="A,B",
         type=lambda text: tuple(a.strip() for a in text.split(",") if a.strip()),
-        help="only these agents (lint, modernize, simplify, format, refactor, docstring)",
+        help="only these agents (lint, modernize, simplify, format, deprecation, deadcode, complexity, types, "
+        "refactor, docstring); naming `types` opts a project without a mypy/pyright configuration in",
     )
     p.add_argument(
         "--exclude", metavar="GLOB", action="append", default=[], help="leave matching paths alone (repeatable)"

@@ -30,6 +30,7 @@ from pyagent.inference.kv_cache import KVCacheManager
 from pyagent.inference.kv_connector import RemoteMatch, RequestView, TransferUpdate
 from pyagent.kv_transfer.layout import HANDSHAKE_VERSION, KVLayout, KVProtocolError
 from pyagent.kv_transfer.leases import LeaseTable
+from pyagent.kv_transfer.nixl_backend import NixlBackend
 from pyagent.kv_transfer.params import RemotePrefill, prompt_digest, wants_remote_decode
 from pyagent.voyager.home import KeyPair, fingerprint
 from pyagent.voyager.transport import Request as WireRequest
@@ -75,7 +76,8 @@ class DisaggConnector:
 
     def __init__(self, role: Role, *, keypair: KeyPair,
                  trusted: Callable[[], set[bytes]], host: str = "127.0.0.1", port: int = 0,
-                 peer: PeerAddress | None = None, lease_timeout: float = 30.0) -> None:
+                 peer: PeerAddress | None = None, lease_timeout: float = 30.0,
+                 backend: Literal["zmq", "nixl"] = "zmq") -> None:
         if role == "decode" and peer is None:
             raise ValueError("a decode instance needs its prefill peer (--kv-peer)")
         self.role = role
@@ -97,6 +99,8 @@ class DisaggConnector:
         self._verified_peers: set[str] = set()  # keys (Z85) of decode peers whose layout matched
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self.backend = backend
+        self.nixl: NixlBackend | None = None
         self.stats = {"loads": 0, "loads_failed": 0, "blocks_loaded": 0, "blocks_reused": 0, "malformed": 0,
                       "refused": 0}
 
@@ -110,6 +114,8 @@ class DisaggConnector:
         if self.kv is None:
             raise RuntimeError("create the engine (it registers its KV cache) before starting the connector")
         self.layout = KVLayout.of(model_name, config, self.kv)
+        if self.backend == "nixl":  # raises NixlUnavailable (saying how to install it) when absent
+            self.nixl = NixlBackend(f"pyagent-{self.role}-{self.engine_id}", self.kv)
         ready: Future[None] = Future()
         self._thread = threading.Thread(target=self._run, args=(ready,), name="pyagent-kv", daemon=True)
         self._thread.start()
@@ -223,7 +229,6 @@ class DisaggConnector:
             self._submit(self._load(load))
 
     def get_finished(self) -> TransferUpdate:
-        self.leases.expire()
         with self._lock:
             loaded, self._loaded = frozenset(self._loaded), set()
             failed, self._failed = frozenset(self._failed), set()
@@ -239,7 +244,8 @@ class DisaggConnector:
     # -- decode side: loads
     async def _handshake(self) -> None:
         assert self.layout is not None
-        hello = {"version": HANDSHAKE_VERSION, "engine_id": self.engine_id, "layout": self.layout.to_wire()}
+        hello = {"version": HANDSHAKE_VERSION, "engine_id": self.engine_id, "layout": self.layout.to_wire(),
+                 "backend": self.backend}
         try:
             reply = await self.transport.request(PEER, "kv.handshake", hello, timeout=10.0)
         except TransportError as exc:
@@ -254,6 +260,12 @@ class DisaggConnector:
         if not reply["ok"] or reason is not None:
             raise HandshakeRefused(f"the prefill peer's KV layout is incompatible: {reason or reply.get('reason')}")
         engine = reply.get("engine_id")
+        if self.nixl is not None:
+            try:
+                self.nixl.add_peer(reply.get("nixl"))
+            except KVProtocolError:
+                raise HandshakeRefused("this instance reads over NIXL but the prefill peer offers none "
+                                       "(start it with --kv-backend nixl)") from None
         self._peer_engine = engine if isinstance(engine, str) else None
 
     async def _load(self, load: _Load) -> None:
@@ -281,6 +293,12 @@ class DisaggConnector:
     async def _read_blocks(self, load: _Load) -> None:
         kv, layout = self.kv, self.layout
         assert kv is not None and layout is not None
+        if not load.remote_blocks:
+            return
+        if self.nixl is not None:
+            await self.nixl.read(load.remote_blocks, load.local_blocks, load.remote.request_id.encode(),
+                                 self.lease_timeout / 2)
+            return
         per_chunk = max(1, READ_CHUNK_BYTES // (2 * layout.block_bytes))
         for i in range(0, len(load.remote_blocks), per_chunk):
             remote, local = load.remote_blocks[i:i + per_chunk], load.local_blocks[i:i + per_chunk]
@@ -318,7 +336,10 @@ class DisaggConnector:
             log.warning("refused the handshake of peer %s: %s", peer, reason)
             return {"ok": False, "reason": reason, "layout": self.layout.to_wire()}
         self._verified_peers.add(req.client_key)
-        return {"ok": True, "engine_id": self.engine_id, "layout": self.layout.to_wire()}
+        reply = {"ok": True, "engine_id": self.engine_id, "layout": self.layout.to_wire()}
+        if self.nixl is not None:
+            reply["nixl"] = self.nixl.describe()
+        return reply
 
     def _on_read(self, payload: Any, req: WireRequest) -> bytes:
         kv = self.kv
@@ -345,13 +366,21 @@ class DisaggConnector:
 
     async def _expire_leases(self) -> None:
         while True:
-            await asyncio.sleep(min(0.25, self.lease_timeout / 4))
+            await asyncio.sleep(min(0.02 if self.nixl is not None else 0.25, self.lease_timeout / 4))
+            released = False
+            if self.nixl is not None:  # a decode peer's NIXL read ended: its notification names the lease
+                for rid in self.nixl.notifications():
+                    released = self.leases.release(rid) or released
+            if released:
+                self._wake()
+            before = self.leases.expired
             if self.leases.expire():
-                log.warning("%d lease(s) expired: the decode peer never read them", self.leases.expired)
+                log.warning("%d lease(s) expired: no decode peer read or released them within %g s",
+                            self.leases.expired - before, self.lease_timeout)
                 self._wake()
 
     def health(self) -> dict[str, Any]:
-        return {"role": self.role, "engine_id": self.engine_id, "side_channel": self.endpoint,
+        return {"role": self.role, "backend": self.backend, "engine_id": self.engine_id, "side_channel": self.endpoint,
                 "leases": len(self.leases), "leases_expired": self.leases.expired,
                 "loads_in_flight": len(self._inflight), **self.stats}
 
