@@ -9,7 +9,6 @@ records its own first.
 
 from __future__ import annotations
 
-import asyncio
 import os
 
 from pyagent.agents.testing import TestResults
@@ -22,7 +21,7 @@ from pyagent.pipeline.builder import (
 )
 from pyagent.pipeline.settings import PipelineSettings
 
-__all__ = ["execute_task", "execute_task_async"]
+__all__ = ["execute_task_async"]
 
 
 async def execute_task_async(
@@ -42,9 +41,3 @@ async def execute_task_async(
     executor = build_executor(workdir, settings, shell=shell, runner=runner, baseline=baseline)
     return await executor.execute(task, files)
 
-
-def execute_task(
-    task: AgentTask, files: dict[str, bytes], *, workdir: str | os.PathLike[str], settings: PipelineSettings
-) -> ChangeSet:
-    """Blocking form for a node's worker thread; inside an event loop use :func:`execute_task_async`."""
-    return asyncio.run(execute_task_async(task, files, workdir=workdir, settings=settings))

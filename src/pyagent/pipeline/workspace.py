@@ -70,9 +70,8 @@ def project_files(root: str | os.PathLike[str]) -> list[str]:
     from pyagent._rust import walk
 
     root_s = str(root)
-    files, _errors = walk(root_s, hidden=True, excludes=list(IGNORED_DIRS))
     out = []
-    for f in files:
+    for f in walk(root_s, hidden=True, excludes=list(IGNORED_DIRS)).files:
         rel = Path(os.path.relpath(f, root_s)) if os.path.isabs(f) else Path(f)
         if any(part in IGNORED_DIRS for part in rel.parts):
             continue
