@@ -265,3 +265,80 @@ def test_warnings_of_the_baseline_become_ruff_fixes_and_the_rest_is_listed(tmp_p
     [left] = dep["without_a_ruff_fix"]
     assert left["path"] == "pkg/legacy.py" and "old_api is deprecated" in left["message"]
     assert result.tests_after is not None and result.tests_after.failed == 0
+
+
+TYPED = '''\
+"""Prices."""
+
+
+def net(price, rate):
+    return price * (1 - rate)
+
+
+def label(price):
+    return f"{price:.2f} EUR"
+
+
+def announce(text):
+    print(text)
+'''
+
+TYPED_TESTS = """\
+from pkg.prices import announce, label, net
+
+
+def test_net():
+    assert net(100, 0.25) == 75.0
+
+
+def test_label_and_announce():
+    assert label(3.5) == "3.50 EUR"
+    announce("sale")
+"""
+
+
+def _typed_project(root: Path, pyproject_extra: str) -> Path:
+    (root / "pkg").mkdir(parents=True)
+    (root / "tests").mkdir()
+    (root / "pkg" / "__init__.py").write_text("")
+    (root / "pkg" / "prices.py").write_text(TYPED)
+    (root / "tests" / "test_prices.py").write_text(TYPED_TESTS)
+    (root / "pyproject.toml").write_text(
+        '[project]\nname = "prices"\nversion = "0"\nrequires-python = ">=3.11"\n\n'
+        '[tool.pytest.ini_options]\npythonpath = ["."]\n' + pyproject_extra
+    )
+    for args in (
+        ["init", "-q"],
+        ["add", "-A"],
+        ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"],
+    ):
+        subprocess.run(["git", *args], cwd=root, check=True)
+    return root
+
+
+def test_types_from_the_traced_baseline_are_added_where_mypy_is_configured(tmp_path: Path) -> None:
+    root = _typed_project(tmp_path / "prices", "\n[tool.mypy]\ncheck_untyped_defs = true\n")
+    result = _run(root)
+    task = next(t for t in result.tasks if t.agent == "types")
+    assert task.status == "kept", task.reason
+    assert "mypy: no new errors" in task.note
+    assert result.branch is not None
+    new = _show(root, result.branch, "pkg/prices.py")
+    assert "def net(price: int, rate: float) -> float:" in new
+    assert "def label(price: float) -> str:" in new
+    assert "def announce(text: str) -> None:" in new
+    types = result.categories()["types"]
+    assert types["annotated_functions"] == [0, 3] and types["annotation_changes_kept"] == 1
+    pr = (result.report_dir / "PR.md").read_text() if result.report_dir else ""
+    assert "| fully annotated functions | 0 | 3 |" in pr
+    assert result.tests_after is not None and result.regressions() == []
+
+
+def test_a_project_without_a_type_checker_gets_no_annotations_unless_it_opts_in(tmp_path: Path) -> None:
+    root = _typed_project(tmp_path / "plain", "")
+    result = _run(root)
+    assert not [t for t in result.tasks if t.agent == "types"]
+    assert any("configures no type checker" in n for n in result.notes)
+    opted = _run(root, agents=("types",))
+    task = next(t for t in opted.tasks if t.agent == "types")
+    assert task.status == "kept", task.reason and "tests only" in task.note

@@ -9,6 +9,7 @@ from pyagent.agents.complexity import ComplexityAgent
 from pyagent.agents.deadcode import DeadCodeAgent
 from pyagent.agents.deprecation import DeprecationAgent
 from pyagent.agents.fixers import FAMILIES, FormatAgent, RuffFixAgent
+from pyagent.agents.typehints import TypesAgent
 
 if TYPE_CHECKING:
     from pyagent.agents.llm.base import LLMClient
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
 
 __all__ = ["OFFLINE_AGENTS", "build_agents"]
 
-OFFLINE_AGENTS: tuple[str, ...] = (*FAMILIES, "deprecation", "format", "deadcode", "complexity")
+OFFLINE_AGENTS: tuple[str, ...] = (*FAMILIES, "deprecation", "format", "deadcode", "complexity", "types")
 
 
 def build_agents(
@@ -38,6 +39,7 @@ def build_agents(
     agents["complexity"] = ComplexityAgent(max_complexity=max_complexity, knowledge=knowledge)
     agents["deadcode"] = DeadCodeAgent(knowledge=knowledge)
     agents["deprecation"] = DeprecationAgent(shell, knowledge=knowledge)
+    agents["types"] = TypesAgent(shell, knowledge=knowledge)
     if llm is not None:
         from pyagent.agents.refactor import DocstringAgent, RefactorAgent
 

@@ -311,12 +311,12 @@ class TestRunner:
         self.shell = shell or SecureShell(env_allow=TEST_ENV_ALLOW, timeout=timeout)
 
     async def record_impact(
-        self, cwd: str | Path, files: Sequence[str]
+        self, cwd: str | Path, files: Sequence[str], *, trace_out: Path | None = None
     ) -> tuple[TestResults, TestImpact | None]:
         """The baseline run under coverage.py with per-test contexts, and the impact map it yields.
 
         ``files`` lists the project's files (POSIX, relative to ``cwd``); its test modules are the
-        units a change selects.
+        units a change selects. ``trace_out``: also record the types calls see (the types agent).
         """
         from pyagent.agents.impact import COVERAGE_RC, covered_argv, read_impact
 
@@ -325,8 +325,8 @@ class TestRunner:
             rc, data = Path(tmp) / "coveragerc", Path(tmp) / "coverage.data"
             rc.write_text(COVERAGE_RC.format(source=cwd, data_file=data), encoding="utf-8")
             if covered_argv(self.command.argv, rc) is None:
-                return await self.run(cwd), None
-            results = await self.run(cwd, coverage_rc=rc)
+                return await self.run(cwd, trace_out=trace_out), None
+            results = await self.run(cwd, coverage_rc=rc, trace_out=trace_out)
             try:
                 impact = read_impact(data, cwd, files)
             except Exception:  # an unreadable data file means no selection, never a failed run
@@ -334,10 +334,17 @@ class TestRunner:
         return results, impact
 
     async def run(
-        self, cwd: str | Path, *, select: Sequence[str] | None = None, coverage_rc: Path | None = None
+        self,
+        cwd: str | Path,
+        *,
+        select: Sequence[str] | None = None,
+        coverage_rc: Path | None = None,
+        trace_out: Path | None = None,
     ) -> TestResults:
-        """Run the suite in ``cwd``; ``select`` narrows it to those test files, ``coverage_rc`` covers it."""
+        """Run the suite in ``cwd``; ``select`` narrows it to those test files, ``coverage_rc`` covers it,
+        ``trace_out`` receives the types its calls saw (:mod:`pyagent.agents.typetrace`)."""
         from pyagent.agents.impact import covered_argv, selected_argv
+        from pyagent.agents.typetrace import traced_argv
 
         cwd = Path(cwd)
         with tempfile.TemporaryDirectory(prefix="pyagent-junit-") as tmp:
@@ -353,6 +360,9 @@ class TestRunner:
             env = {**_EXTRA_ENV, **self.command.extra_env}
             # coverage writes its data file beside its rcfile
             writable = [tmp] if coverage_rc is None else [tmp, str(coverage_rc.parent)]
+            if trace_out is not None and (traced := traced_argv(argv, trace_out, cwd)) is not None:
+                argv = traced
+                writable.append(str(trace_out.parent))
             res = await self.shell.run(argv, cwd=str(cwd), timeout=self.timeout, env=env, writable=writable)
             output = (res.stdout or "") + (res.stderr or "")
             outcomes: dict[str, str] = {}

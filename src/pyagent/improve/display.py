@@ -101,14 +101,17 @@ def print_summary(result: RunResult, console: Console | None = None) -> None:
         f"complexity: functions over threshold {cx['functions_over_threshold'][0]} -> "
         f"{cx['functions_over_threshold'][1]}, max {cx['complexity_max'][0]} -> {cx['complexity_max'][1]}, "
         f"mean {cx['complexity_avg'][0]} -> {cx['complexity_avg'][1]} ({cx['refactors_kept']} refactor(s) kept); "
-        f"dead code: {dead['lines_removed']} line(s) removed; deprecation warnings: "
+        f"dead code: {dead['lines_removed']} line(s) removed; annotated functions: "
+        f"{cats['types']['annotated_functions'][0]} -> {cats['types']['annotated_functions'][1]}; deprecation warnings: "
         f"{dep['warnings'][0]} -> {dep['warnings'][1]} ({dep['fixed']} fixed)"
     )
     for w in dep["without_a_ruff_fix"][:10]:
         console.print(f"warning without a ruff fix: {w['path']}:{w['line']}: {w['category']}: {w['message']}")
     usage = result.usage
     if usage.get("calls"):
-        console.print(f"LLM: {usage['calls']} calls, {usage['tokens']} tokens, ${usage['cost']:.4f}")
+        judged, attempted = result.llm_tasks()
+        console.print(f"LLM: {usage['calls']} calls, {usage['tokens']} tokens in {usage.get('seconds', 0.0):.1f} s, "
+                      f"${usage['cost']:.4f}; {judged} of {attempted} LLM task(s) returned an edit the gate judged")
     regressions = result.regressions()
     if regressions:
         console.print(f"[red]test regressions: {', '.join(regressions)}[/]")

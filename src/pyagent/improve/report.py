@@ -27,6 +27,10 @@ THEMES: dict[str, str] = {
     "modernize": "Modernisation",
     "simplify": "Simplification",
     "format": "Formatting (the project's declared formatter)",
+    "deprecation": "Deprecation warnings fixed",
+    "deadcode": "Dead code removed",
+    "complexity": "Complexity refactors (offline)",
+    "types": "Type annotations",
     "refactor": "Refactors",
     "docstring": "Docstrings",
 }
@@ -187,7 +191,8 @@ def render_html(rep: dict[str, Any]) -> str:
         f"<h2>By category</h2><table><tr><th>category</th><th>figure</th><th>before, after / count</th></tr>"
         f"{cat_rows}</table>"
         f"<h2>Tests</h2>{tests}"
-        f"<h2>LLM usage</h2><p>{usage.get('calls', 0)} calls, {usage.get('tokens', 0)} tokens, "
+        f"<h2>LLM usage</h2><p>{usage.get('calls', 0)} calls, {usage.get('tokens', 0)} tokens in "
+        f"{usage.get('seconds', 0.0):.1f} s, "
         f"${usage.get('cost', 0.0):.4f}</p>"
         f"<h2>Changes</h2><p class='filter'>Show: {boxes}</p>{''.join(tasks) or '<p>No tasks.</p>'}"
         f"{'<h2>Skipped: known to fail (memory)</h2><ul>' + memory + '</ul>' if memory else ''}"
@@ -227,6 +232,7 @@ def render_pr(rep: dict[str, Any]) -> str:
                 for t in kept
             ]
             out.append("")
+    out += _category_lines(rep.get("categories") or {})
     before, after = rep["metrics"]["before"], rep["metrics"]["after"]
     out += ["### Metrics", "", "| metric | before | after |", "|---|---|---|"]
     out += [f"| {k} | {before.get(k)} | {after.get(k, '-')} |" for k in before]
@@ -245,6 +251,44 @@ def render_pr(rep: dict[str, Any]) -> str:
         out += ["", "### How each change was checked", ""] + [f"- {g}" for g in rep["gate"]]
     out += ["", f"Run `{rep['run_id']}`; full report in `report.html`."]
     return "\n".join(out) + "\n"
+
+
+def _pair(values: Any) -> tuple[str, str]:
+    if isinstance(values, list | tuple) and len(values) == 2:
+        before, after = values
+        return ("-" if before is None else str(before)), ("-" if after is None else str(after))
+    return "-", "-"
+
+
+def _category_lines(cats: dict[str, Any]) -> list[str]:
+    """Before/after per kind of improvement, the figures a reviewer asks for first."""
+    if not cats:
+        return []
+    rows: list[tuple[str, str, str]] = []
+    cx = cats.get("complexity") or {}
+    for key, label in (
+        ("functions_over_threshold", "functions over the complexity threshold"),
+        ("complexity_max", "max complexity"),
+        ("complexity_avg", "mean complexity"),
+    ):
+        if key in cx:
+            rows.append((label, *_pair(cx[key])))
+    dead = cats.get("dead_code") or {}
+    if dead:
+        rows.append(("dead lines removed", "", str(dead.get("lines_removed", 0))))
+    types = cats.get("types") or {}
+    if types.get("annotated_functions"):
+        rows.append(("fully annotated functions", *_pair(types["annotated_functions"])))
+    dep = cats.get("deprecations") or {}
+    if dep:
+        rows.append(("deprecation warnings in the test run", *_pair(dep.get("warnings"))))
+        rows.append(("warnings fixed", "", str(dep.get("fixed", 0))))
+    lint = cats.get("lint") or {}
+    if lint.get("ruff_findings"):
+        rows.append(("ruff findings", *_pair(lint["ruff_findings"])))
+    out = ["### By category", "", "| figure | before | after |", "|---|---|---|"]
+    out += [f"| {label} | {b} | {a} |" for label, b, a in rows]
+    return [*out, ""]
 
 
 def write_report(result: RunResult, events: list[FleetEvent]) -> Path:

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from pyagent.improve.gitops import GitRepo
     from pyagent.model.knowledge import KnowledgeBackend
     from pyagent.pipeline.executor import Executor, ExecutorFactory
+    from pyagent.pipeline.planner import TypesRequest
     from pyagent.shell import SecureShell
 
 __all__ = [
@@ -115,9 +116,25 @@ def _diff(path: str, old: bytes | None, new: bytes | None) -> str:
     return "".join(difflib.unified_diff(a, b, f"a/{path}", f"b/{path}"))
 
 
-def metrics_summary(audit: AuditReport, findings: int | None, max_complexity: int) -> dict[str, Any]:
-    """The run's before/after numbers (what the report compares)."""
+def metrics_summary(
+    audit: AuditReport, findings: int | None, max_complexity: int, root: Path | None = None
+) -> dict[str, Any]:
+    """The run's before/after numbers (what the report compares); with ``root``, also how many of the
+    project's (non-test) functions are fully annotated."""
     ok = [f for f in audit.files if not f.error]
+    annotated: dict[str, Any] = {}
+    if root is not None:
+        from pyagent.agents.impact import is_test_path
+        from pyagent.agents.typehints import annotated_functions
+
+        full = 0
+        for f in ok:
+            if not is_test_path(f.path):
+                try:
+                    full += annotated_functions((root / f.path).read_text(encoding="utf-8"))[0]
+                except (OSError, UnicodeDecodeError):
+                    continue
+        annotated["annotated_functions"] = full
     mis = [f.mi for f in ok if f.mi is not None]
     fns = [fn.complexity for f in ok for fn in f.functions]
     return {
@@ -129,6 +146,7 @@ def metrics_summary(audit: AuditReport, findings: int | None, max_complexity: in
         "complexity_max": max(fns, default=0),
         "functions_over_threshold": sum(1 for c in fns if c > max_complexity),
         "ruff_findings": findings,
+        **annotated,
     }
 
 
@@ -148,7 +166,8 @@ class _Run:
         self.records: dict[str, TaskRecord] = {}
         self.file_locks: dict[str, asyncio.Lock] = {}
         self.merge_lock = asyncio.Lock()
-        self.applied: set[str] = set()
+        self.applied: set[str] = set()  # digests of merged change sets
+        self.merged_tasks: set[str] = set()  # ids of tasks whose change set was merged
         self.originals: dict[str, bytes | None] = {}
         self.notes: list[str] = []
         self.budget_stop: str | None = None
@@ -170,6 +189,7 @@ class _Run:
         self.rules = LintRules()
         self.settings: dict[str, str] = {}
         self.phases: dict[str, float] = {}  # seconds of the baseline, the tasks and the final suite
+        self.types: TypesRequest | None = None  # the types agent's request (None: not planned)
 
     def progress(self, kind: str, **data: Any) -> None:
         if self.opts.on_progress is not None:
@@ -182,10 +202,10 @@ class _Run:
     # -- setup ------------------------------------------------------------------------------
     async def _prepare_tree(self, scratch: Path) -> tuple[Path, str]:
         from pyagent.improve.gitops import GitRepo
-        from pyagent.pipeline.workspace import isolated_copy, project_files
+        from pyagent.pipeline.workspace import copy_files, copy_untracked, isolated_copy
 
         if self.opts.dry_run:
-            files = project_files(self.path)
+            files = copy_files(self.path)
             copy = await asyncio.to_thread(
                 isolated_copy, self.path, parent=scratch, files=files
             )
@@ -214,6 +234,8 @@ class _Run:
             self.path.relative_to(repo.toplevel.resolve()) if self.path != repo.toplevel.resolve() else Path()
         )
         self.tree_rel = rel
+        # the checkout holds only what git tracks; the tests may need the rest (a generated version.py)
+        await asyncio.to_thread(copy_untracked, self.path, wt / rel)
         status = await repo.git("status", "--porcelain", "--untracked-files=no")
         if status.strip():
             self.notes.append(
@@ -267,10 +289,11 @@ class _Run:
             raise GovernanceError(f"no agent named {task.agent!r} on this machine may change {task.target}")
         agent.authorize_change(task, cs.changes, tree)  # the executor's check again: a peer's change set too
         async with self.merge_lock:
-            if cs.digest in self.applied:
-                return
+            if cs.digest in self.applied or task.id in self.merged_tasks:
+                return  # at most once per change and per task, wherever and however often it ran
             paths = await asyncio.to_thread(self._merge_sync, tree, cs)
             self.applied.add(cs.digest)
+            self.merged_tasks.add(task.id)
             if self.mode == "in-place":  # undo works even if the run is interrupted later
                 from pyagent.improve.undo import save_run
 
@@ -611,15 +634,50 @@ class _Run:
         self, runner: TestRunner, tree: Path, scratch: Path
     ) -> tuple[TestResults, TestImpact | None]:
         """The baseline run in a throwaway copy; unless ``--full-tests``, under coverage with per-test contexts."""
+        from pyagent.agents.typetrace import read_trace
         from pyagent.pipeline.workspace import isolated_copy, project_files
 
-        if self.opts.full_tests:
+        if self.opts.full_tests and self.types is None:
             return await self._tests(runner, tree, scratch), None
         ws = await asyncio.to_thread(isolated_copy, tree, parent=scratch)
         try:
-            return await runner.record_impact(ws, await asyncio.to_thread(project_files, ws))
+            with tempfile.TemporaryDirectory(prefix="pyagent-types-", dir=scratch) as tmp:
+                out = Path(tmp) / "types.json" if self.types is not None else None
+                if self.opts.full_tests:
+                    results, impact = await runner.run(ws, trace_out=out), None
+                else:
+                    files = await asyncio.to_thread(project_files, ws)
+                    results, impact = await runner.record_impact(ws, files, trace_out=out)
+                if out is not None and self.types is not None:
+                    traced = read_trace(out, ws)
+                    self.types = dataclasses.replace(
+                        self.types,
+                        traced={p: {q: f.to_params() for q, f in fns.items()} for p, fns in traced.items()},
+                    )
+            return results, impact
         finally:
             await asyncio.to_thread(shutil.rmtree, ws, True)
+
+    def _types_request(self, tree: Path) -> TypesRequest | None:
+        """The types agent's request when the project type-checks or opted in (``agents`` names it)."""
+        from pyagent.agents.typehints import min_python, type_checker
+        from pyagent.pipeline.planner import TypesRequest
+
+        checker = type_checker(tree)
+        named = self.agent_filter is not None and "types" in self.agent_filter
+        if self.agent_filter is not None and not named:
+            return None
+        if checker is None and not named:
+            self.notes.append(
+                "types: the project configures no type checker (mypy, pyright), so no annotations were added "
+                "(--agents types, or \"types\" in [tool.pyagent] agents, opts in)"
+            )
+            return None
+        self.settings["types"] = (
+            f"annotations checked by {checker} (no new errors) and the tests" if checker
+            else "annotations opted in; no type checker configured, so the tests alone check them"
+        )
+        return TypesRequest(checker, {}, min_python(tree))
 
 
     async def _baseline(
@@ -712,6 +770,7 @@ class _Run:
             exclude=self.exclude,
             agents=self.agent_filter,
             warnings=warnings or [],
+            types=self.types,
         )
         return plan_tasks(
             tree,
@@ -763,8 +822,9 @@ class _Run:
         audit_before, n_before, findings, ruff_unformatted = await self._measure(tree)
         formatter, unformatted = await self._choose_formatter(tree, ruff_unformatted)
         self.progress("phase", phase="rules", detail=f"formatter: {self.settings['formatter']}")
-        metrics_before = metrics_summary(audit_before, n_before, self.max_complexity)
+        metrics_before = metrics_summary(audit_before, n_before, self.max_complexity, tree)
         phase_start = time.monotonic()
+        self.types = self._types_request(tree)
         runner, baseline, settings, impact = await self._baseline(tree, scratch)
         self.phases["baseline"] = time.monotonic() - phase_start
         if self.resumed is not None and isinstance(self.resumed.data.get("metrics_before"), dict):
@@ -848,7 +908,7 @@ class _Run:
         if mode == "git" and not any(r.commit for r in self.records.values()):
             self.drop_branch, self.branch = self.branch, None
             self.notes.append("no change was kept, so no branch was left behind")
-        metrics_after = metrics_summary(audit_after, n_after, self.max_complexity)
+        metrics_after = metrics_summary(audit_after, n_after, self.max_complexity, tree)
         result = self._result(
             plan, mode, baseline, tests_after, metrics_before, metrics_after, meter, budget, started, gate_text
         )
@@ -885,8 +945,13 @@ class _Run:
         self, tasks: list[AgentTask], tree: Path, executor: Executor, knowledge: Any, events: list[FleetEvent]
     ) -> None:
         from pyagent.fleet.core import FleetManager
+        from pyagent.pipeline.executor import SlotLimited
 
-        async with FleetManager(self.opts.concurrency, on_event=events.append, knowledge=knowledge) as fleet:
+        size = self.opts.concurrency
+        if isinstance(executor, SlotLimited):  # as many at once as the backend has slots, the rest wait here
+            size = executor.slots()
+            self.notes.append(f"{size} task(s) at once: the executor's free slots (--concurrency applies to local runs)")
+        async with FleetManager(size, on_event=events.append, knowledge=knowledge) as fleet:
             fleet.add_listener(lambda e: self.progress("fleet", event=e.to_dict()))
             for t in tasks:
                 fleet.submit(

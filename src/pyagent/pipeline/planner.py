@@ -29,10 +29,10 @@ if TYPE_CHECKING:
     from pyagent.model.context import CascadeContext
     from pyagent.model.knowledge import KnowledgeBackend
 
-__all__ = ["AGENT_ORDER", "Candidate", "Plan", "SkippedTask", "plan_tasks"]
+__all__ = ["AGENT_ORDER", "Candidate", "Plan", "SkippedTask", "TypesRequest", "plan_tasks"]
 
 # Order of agents on one file: cheap mechanical fixes first, formatting after them, LLM work last.
-AGENT_ORDER: tuple[str, ...] = (*FAMILIES, "deprecation", "format", "deadcode", "complexity", "docstring", "refactor")
+AGENT_ORDER: tuple[str, ...] = (*FAMILIES, "deprecation", "format", "deadcode", "complexity", "types", "docstring", "refactor")
 
 
 @dataclass(frozen=True)
@@ -108,6 +108,35 @@ def _dead_code(root: Path) -> list[Candidate]:
     ]
 
 
+@dataclass(frozen=True)
+class TypesRequest:
+    """The types agent's inputs: the project's type checker (None: tests only), what the baseline's
+    tracer saw ({path: {qualname: {"args": ..., "returns": ...}}}) and the oldest Python it supports."""
+
+    checker: str | None
+    traced: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    min_version: tuple[int, int] = (3, 8)
+
+
+def _type_annotations(root: Path, audit: AuditReport, req: TypesRequest) -> list[Candidate]:
+    """One task per project (non-test) file with annotations to add."""
+    from pyagent.agents.typehints import infer_annotations
+
+    out: list[Candidate] = []
+    for fh in audit.files:
+        if fh.error or _is_test_file(fh.path):
+            continue
+        try:
+            source = (root / fh.path).read_text(encoding="utf-8")
+            found = infer_annotations(source, req.traced.get(fh.path), min_version=req.min_version)
+        except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        if found:
+            params = {"annotations": {a.qualname: a.to_params() for a in found}, "checker": req.checker}
+            out.append(Candidate("types", "type-annotations", "types:annotate", fh.path, params))
+    return out
+
+
 def candidates(
     audit: AuditReport,
     findings: Sequence[Finding],
@@ -120,15 +149,19 @@ def candidates(
     exclude: Sequence[str] = (),
     agents: Sequence[str] | None = None,
     warnings: Sequence[WarningMatch] = (),
+    types: TypesRequest | None = None,
 ) -> list[Candidate]:
     """Every change worth trying, unordered.
 
     ``unformatted`` files get a format task only when ``formatter`` names the project's formatter;
-    paths matching ``exclude`` and agents not in ``agents`` (None: all) are left out.
+    paths matching ``exclude`` and agents not in ``agents`` (None: all) are left out; ``types`` (None:
+    the project neither type-checks nor opted in) asks for the types agent's tasks.
     """
     out = _candidates(
         audit, findings, unformatted if formatter else (), llm, max_complexity, root, formatter, warnings
     )
+    if types is not None and root is not None:
+        out.extend(_type_annotations(Path(root), audit, types))
     return [
         c
         for c in out

@@ -50,6 +50,11 @@ def create_app(
         state: ServerState = request.app.state.pyagent
         return ModelList(data=[ModelCard(id=name, created=started) for name in state.served_names])
 
+    @app.get("/health")
+    async def health(request: Request) -> dict[str, Any]:
+        state: ServerState = request.app.state.pyagent
+        return state.backend.health()
+
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes, timeout=body_timeout)
     if keys:
         app.add_middleware(KeyAuth, keys=keys)  # added last: the outermost layer, before any body is read

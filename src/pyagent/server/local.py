@@ -11,13 +11,16 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
 from pyagent.server.app import create_app
-from pyagent.server.backend import Backend, EngineLike
+from pyagent.server.backend import Backend
 from pyagent.server.store import ResponseStore
+
+if TYPE_CHECKING:
+    from pyagent.inference.engine import PagedAttentionEngine
 
 
 class LocalServer:
@@ -76,10 +79,11 @@ _servers: dict[str, LocalServer] = {}
 _lock = threading.Lock()
 
 
-def load_engine(model_dir: str | os.PathLike[str]) -> EngineLike:
+def load_engine(model_dir: str | os.PathLike[str], **options: Any) -> PagedAttentionEngine:
+    """The engine for ``model_dir``; ``options`` go to ``PagedAttentionEngine.from_pretrained``."""
     from pyagent.inference.engine import PagedAttentionEngine
 
-    return PagedAttentionEngine.from_pretrained(Path(model_dir))
+    return PagedAttentionEngine.from_pretrained(Path(model_dir), **options)
 
 
 def start_local_server(model_dir: str | os.PathLike[str], *, store: str | None = None) -> str:

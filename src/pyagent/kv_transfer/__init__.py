@@ -1,0 +1,1 @@
+"""Disaggregated prefill/decode: KV blocks moved between engine instances (see connector.py)."""
