@@ -256,3 +256,21 @@ def test_pyproject_tools_mypy_section_is_configuration(tmp_path: Path) -> None:
         strict = true
         """))
     assert type_checker(tmp_path) == "mypy"
+
+
+def test_the_tracer_takes_itself_out_after_its_time_budget(tmp_path: Path) -> None:
+    import sys as _sys
+    import time
+
+    from pyagent.agents.typetrace import _Recorder
+
+    recorder = _Recorder(str(tmp_path))
+    _sys.setprofile(recorder)
+    try:
+        recorder.deadline = time.monotonic() - 1  # the budget is spent
+        for _ in range(5000):  # each loop turn is a C call: profile events
+            len("x")
+        still_hooked = _sys.getprofile() is recorder
+    finally:
+        _sys.setprofile(None)
+    assert recorder.stopped and not still_hooked

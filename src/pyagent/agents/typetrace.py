@@ -8,7 +8,9 @@ value it returned. A ``return`` event caused by an exception unwinding the frame
 ``None``. Only type names a reviewer can read without imports are kept: builtins, containers of
 them, and classes defined in the function's own module. The result is JSON, read by :func:`read_trace`.
 
-A profile hook rather than the monkeytype package: it rides along the coverage-wrapped baseline
+Recording stops after ``TRACE_SECONDS`` (the hook slows a call-heavy suite several times over), so
+functions only the later tests call are not typed from the trace. A profile hook rather than the
+monkeytype package: it rides along the coverage-wrapped baseline
 without a second run or a database, and keeps only what our annotator can write safely.
 """
 
@@ -20,6 +22,7 @@ import os
 import runpy
 import sys
 import threading
+import time
 from collections import defaultdict
 from pathlib import Path
 from types import FrameType
@@ -40,6 +43,9 @@ _MAX_TYPES = 3  # more distinct types than this: the parameter is polymorphic, l
 _SAMPLE = 5  # container elements inspected per call
 _SAMPLES = 200  # calls of one function recorded; later ones cost one dict lookup
 _UNSEEN: dict[str, Any] = {}
+# A profile hook costs every call of every function, C ones included: on a call-heavy suite it makes
+# the run several times slower. Types are recorded for this long, then the hook is removed.
+TRACE_SECONDS = 20.0
 
 
 def _type_name(value: Any, module: str, depth: int = 0) -> str | None:
@@ -95,6 +101,9 @@ class _Recorder:
         self.calls: dict[tuple[str, int, str], dict[str, Any]] = {}
         self.mine: dict[str, bool] = {}
         self.by_code: dict[Any, dict[str, Any] | None] = {}
+        self.events = 0
+        self.deadline = time.monotonic() + TRACE_SECONDS
+        self.stopped = False
         self.lock = threading.Lock()
 
     def _entry(self, code: Any) -> dict[str, Any] | None:
@@ -117,6 +126,12 @@ class _Recorder:
         return ours
 
     def __call__(self, frame: FrameType, event: str, arg: Any) -> None:
+        self.events += 1
+        if not self.events & 0xFFF and time.monotonic() > self.deadline:
+            sys.setprofile(None)  # the rest of the suite runs at full speed
+            threading.setprofile(None)
+            self.stopped = True
+            return
         if event != "call" and event != "return":  # c_call, c_return, c_exception: most events
             return
         code = frame.f_code
