@@ -104,6 +104,10 @@ def test_traced_types_fill_parameters_and_returns_where_the_file_can_write_them(
     assert "Shape.__init__" in anns and anns["Shape.__init__"].args == ()
     assert anns["scale"].args == (("shape", "Shape"), ("k", "int"))  # Shape is defined above scale
     assert _by_name(infer_annotations(old_style, traced, min_version=(3, 10)))["Shape.__init__"].args
+    # a default that is not a literal (found on tabulate: `? | str`) leaves the parameter alone
+    computed = "def pad(s, fill=FILL):\n    return s\n"
+    anns = infer_annotations(computed, {"pad": {"args": {"s": "str", "fill": "str"}, "returns": "str"}})
+    assert anns[0].args == (("s", "str"),)
 
 
 def test_annotated_functions_counts_fully_annotated_ones() -> None:
