@@ -4,12 +4,13 @@ served over real loopback HTTP): malformed edits, syntax errors, repairs, giving
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
 
 from pyagent.agents.docstrings import missing_docstrings
-from pyagent.agents.edits import Edit, EditError, apply_edits, parse_edits
+from pyagent.agents.edits import EditError, add_docstrings, parse_reply, replace_function
 from pyagent.agents.llm.openai_compat import OpenAICompatClient
 from pyagent.agents.refactor import DocstringAgent, RefactorAgent
 from pyagent.model.context import CascadeContext
@@ -31,26 +32,16 @@ def grade(n):
                 return "D"
 """
 
-GOOD = """<<<<<<< SEARCH
-    if n > 90:
-        return "A"
-    else:
-        if n > 80:
-            return "B"
-        else:
-            if n > 70:
-                return "C"
-            else:
-                return "D"
-=======
+NEW_GRADE = """\
+def grade(n):
     for limit, mark in ((90, "A"), (80, "B"), (70, "C")):
         if n > limit:
             return mark
     return "D"
->>>>>>> REPLACE"""
-
-BROKEN_SYNTAX = GOOD.replace("return mark", "return mark)")
-NOT_FOUND = "<<<<<<< SEARCH\ndef score(points):\n    while True:\n        pass\n=======\ndef score(points):\n    return 0\n>>>>>>> REPLACE"
+"""
+GOOD = json.dumps({"code": NEW_GRADE})
+BROKEN_SYNTAX = json.dumps({"code": NEW_GRADE.replace("return mark", "return mark)")})
+NOT_FOUND = json.dumps({"code": "def score(points):\n    return 0\n"})
 MALFORMED = "Sure! Here is the refactor:\n```python\ndef grade(n): ...\n```"
 
 
@@ -79,7 +70,10 @@ def test_refactor_repairs_malformed_and_broken_edits(tmp_path: Path) -> None:
     assert [ns["grade"](x) for x in (95, 85, 75, 5)] == ["A", "B", "C", "D"]  # type: ignore[operator]
     # each failure was fed back to the model
     last = script.requests[-1]["json"]["messages"]
-    assert "no SEARCH/REPLACE block" in last[-3]["content"] and "does not parse" in last[-1]["content"]
+    assert "not the JSON object" in last[-3]["content"] and "does not parse" in last[-1]["content"]
+    # every request carried the edit's schema, so a schema-enforcing server answers in that shape
+    formats = [r["json"]["response_format"] for r in script.requests]
+    assert all(f["type"] == "json_schema" and f["json_schema"]["schema"]["required"] == ["code"] for f in formats)
 
 
 def test_refactor_gives_up_after_three_repairs(tmp_path: Path) -> None:
@@ -89,14 +83,14 @@ def test_refactor_gives_up_after_three_repairs(tmp_path: Path) -> None:
         outcome = asyncio.run(
             RefactorAgent(_client(url)).run(_task("refactor", {"function": "grade"}), tmp_path)
         )
-    assert outcome.error is not None and "not found" in outcome.error
+    assert outcome.error is not None and "must define the function grade" in outcome.error
     assert len(script.requests) == 4  # first try + 3 repairs
     assert (tmp_path / "m.py").read_text() == SRC
 
 
 def test_refactor_must_lower_complexity(tmp_path: Path) -> None:
     (tmp_path / "m.py").write_text(SRC)
-    same = '<<<<<<< SEARCH\n                return "D"\n=======\n                return "E"\n>>>>>>> REPLACE'
+    same = json.dumps({"code": SRC.replace('return "D"', 'return "E"')})
     with scripted_server(Script([Reply(text=same)] * 4)) as url:
         outcome = asyncio.run(
             RefactorAgent(_client(url)).run(_task("refactor", {"function": "grade"}), tmp_path)
@@ -106,24 +100,40 @@ def test_refactor_must_lower_complexity(tmp_path: Path) -> None:
 
 def test_docstring_agent_refuses_code_changes(tmp_path: Path) -> None:
     (tmp_path / "m.py").write_text(SRC)
-    sneaky = '<<<<<<< SEARCH\ndef grade(n):\n=======\ndef grade(n):\n    """Letter grade."""\n    n = n + 1\n>>>>>>> REPLACE'
-    good = '<<<<<<< SEARCH\ndef grade(n):\n=======\ndef grade(n):\n    """Letter grade for a score, as report cards use."""\n>>>>>>> REPLACE'
-    script = Script([Reply(text=sneaky), Reply(text=good)])
+    wrong = json.dumps({"score": "Letter grade for a score."})  # a name the file does not have
+    good = json.dumps({"grade": "Letter grade for a score, as report cards use."})
+    script = Script([Reply(text=wrong), Reply(text=good)])
     with scripted_server(script) as url:
         outcome = asyncio.run(
             DocstringAgent(_client(url)).run(_task("docstring", {"names": ["grade"]}), tmp_path)
         )
     assert outcome.error is None, outcome.error
-    assert missing_docstrings((tmp_path / "m.py").read_text()) == ["<module>"]
-    assert "only docstrings may be added" in script.requests[1]["json"]["messages"][-1]["content"]
+    new = (tmp_path / "m.py").read_text()
+    assert missing_docstrings(new) == ["<module>"]
+    assert new.startswith('def grade(n):\n    """Letter grade for a score, as report cards use."""\n    if n > 90:')
+    assert "no function or class named score" in script.requests[1]["json"]["messages"][-1]["content"]
+    schema = script.requests[0]["json"]["response_format"]["json_schema"]["schema"]
+    assert schema["required"] == ["grade"] and schema["additionalProperties"] is False
 
 
-def test_fuzzy_apply_tolerates_whitespace_and_indentation() -> None:
-    src = "def f():\n    x = 1   \n    return x\n"
-    assert apply_edits(src, [Edit("    x = 1\n    return x", "    return 1")]) == "def f():\n    return 1\n"
-    # indentation off by four spaces: matched, and the replacement is re-indented
-    assert apply_edits(src, [Edit("x = 1\nreturn x", "return 2")]) == "def f():\n    return 2\n"
-    with pytest.raises(EditError, match="occurs 2 times"):
-        apply_edits("a = 1\na = 1\n", [Edit("a = 1", "a = 2")])
-    with pytest.raises(EditError, match="malformed"):
-        parse_edits(GOOD + "\n<<<<<<< SEARCH\nx\n")
+def test_libcst_edits_keep_comments_and_indent_to_the_node() -> None:
+    src = "# header\nclass A:\n    def m(self):  # keep me\n        return 1\n\n\ndef f(x): return x\n"
+    out = add_docstrings(src, {"A": "Why A exists.", "A.m": 'Two lines,\nthe second "quoted"', "f": 'ends in "q"'})
+    assert out == ('# header\nclass A:\n    """Why A exists."""\n    def m(self):  # keep me\n'
+                   '        """Two lines,\n        the second "quoted"\n        """\n        return 1\n\n\n'
+                   'def f(x):\n    """ends in "q\\""""\n    return x\n')
+    long = add_docstrings(src, {"A.m": "word " * 40})  # wrapped to PEP 8's 72 columns: no E501 from any config
+    assert max(len(line) for line in long.splitlines()) <= 72 and long.count("word") == 40
+    ns: dict[str, object] = {}
+    exec(out, ns)
+    assert ns["f"].__doc__ == 'ends in "q"'  # type: ignore[attr-defined]
+    swapped = replace_function(src, "A.m", "def _h():\n    return 2\n\ndef m(self):\n    return 3\n")
+    assert swapped == ("# header\nclass A:\n    def _h():\n        return 2\n\n    def m(self):\n        return 3\n"
+                       "\n\ndef f(x): return x\n")
+    with pytest.raises(EditError, match="does not parse"):
+        replace_function(src, "f", "def f(x):\n    return (x\n")
+    with pytest.raises(EditError, match="no function named g"):
+        replace_function(src, "g", "def g(): pass")
+    with pytest.raises(EditError, match="not the JSON object"):
+        parse_reply("{'code': 1}")
+    assert parse_reply('```json\n{"code": "x"}\n```') == {"code": "x"}

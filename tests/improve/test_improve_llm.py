@@ -23,25 +23,16 @@ def grade(n):
         return "C"
     return "D"
 """
-GOOD = """<<<<<<< SEARCH
-    if n > 90:
-        return "A"
-    if n > 80:
-        return "B"
-    if n > 70:
-        return "C"
-    return "D"
-=======
+GOOD_CODE = """\
+def grade(n):
     for limit, mark in ((90, "A"), (80, "B"), (70, "C")):
         if n > limit:
             return mark
     return "D"
->>>>>>> REPLACE"""
+"""
+GOOD = json.dumps({"code": GOOD_CODE})
 
-DOC = (
-    "<<<<<<< SEARCH\ndef grade(n):\n=======\ndef grade(n):\n"
-    '    """Letter grade for a score, as the report cards use."""\n>>>>>>> REPLACE'
-)
+DOC = json.dumps({"grade": "Letter grade for a score, as the report cards use."})
 TEST = (
     "import unittest\n\nfrom m import grade\n\n\nclass T(unittest.TestCase):\n    def test_grade(self):\n"
     "        self.assertEqual([grade(x) for x in (95, 85, 75, 5)], ['A', 'B', 'C', 'D'])\n"
@@ -90,6 +81,8 @@ def test_llm_docstring_and_refactor_are_verified_and_costed(tmp_path: Path) -> N
     assert result.metrics_after["complexity_max"] < result.metrics_before["complexity_max"]
     rep = json.loads((result.report_dir / "report.json").read_text())  # type: ignore[operator]
     assert rep["usage"]["calls"] == 3 and rep["usage"]["tokens"] == 450
+    assert rep["usage"]["seconds"] > 0  # the time spent waiting for the model is reported beside the tokens
+    assert result.llm_tasks() == (2, 2)  # both LLM tasks' edits reached the gate (and were kept)
     refactor = next(t for t in rep["tasks"] if t["agent"] == "refactor")
     assert refactor["tokens"] == 300 and refactor["cost"] > 0
     assert "sk-test-0123456789abcdefghij" not in json.dumps(script.requests[0]["json"])
@@ -107,7 +100,7 @@ def test_budget_is_a_hard_stop_for_the_run(tmp_path: Path) -> None:
 
 
 # Lowers the complexity (the agent's own check passes) but drops the "C" grade: the project's test fails.
-BROKEN = GOOD.replace('((90, "A"), (80, "B"), (70, "C"))', '((90, "A"), (80, "B"))')
+BROKEN = json.dumps({"code": GOOD_CODE.replace('((90, "A"), (80, "B"), (70, "C"))', '((90, "A"), (80, "B"))')})
 
 
 def test_a_rejected_change_is_retried_as_a_child_task_in_the_same_chain(tmp_path: Path) -> None:

@@ -79,6 +79,37 @@ def test_greedy_chat_answers_the_capital_of_france(smollm2_path: Path) -> None:
     assert "Paris" in text
 
 
+def test_rust_decode_step_gives_the_python_layers_logits(smollm2_path: Path) -> None:
+    """The one-call Rust decode step against the NumPy layer loop, on the same quantized weights."""
+    from pyagent.inference.sampler import SamplingParams
+
+    g, config, weights = load_gguf_model(smollm2_path)
+    tok = gguf_tokenizer(g)
+    runs = []
+    for use_stack in (True, False):
+        engine = PagedAttentionEngine(config, weights, tok, max_num_seqs=4)
+        assert engine.model.stack is not None
+        if not use_stack:
+            engine.model.stack = None
+        seen: dict[tuple[str, int], np.ndarray] = {}
+
+        def observe(rid: str, pos: int, row: np.ndarray, seen: dict[tuple[str, int], np.ndarray] = seen) -> None:
+            seen[(rid, pos)] = row.copy()
+
+        engine.logits_observer = observe
+        for i, prompt in enumerate(["The capital of France is", "def add(a, b):", "1, 2, 3,"]):
+            engine.add_request(str(i), tok.encode(prompt), SamplingParams(max_tokens=10, temperature=0.0,
+                                                                          ignore_eos=True))
+        while engine.has_unfinished():
+            engine.step()
+        runs.append(seen)
+    fast, slow = runs
+    assert fast.keys() == slow.keys() and len(fast) == 30
+    for key in fast:
+        assert np.abs(fast[key] - slow[key]).max() < 1e-3, key
+        assert fast[key].argmax() == slow[key].argmax()
+
+
 # -- bad files
 
 def _write_small(path: Path, arch: str = "llama", qtype: T = T.Q8_0, q_cols: int = 32) -> Path:
@@ -199,3 +230,57 @@ def test_quantized_kernels_give_the_same_greedy_tokens_as_fp32_on_dequantized_we
     dense = _greedy(PagedAttentionEngine(config, _dense(weights), tok, max_num_seqs=16), 32)
     assert all(len(t) == 32 for t in quantized)
     assert quantized == dense
+
+
+def test_chat_template_ids_equal_transformers_apply_chat_template(smollm2_path: Path) -> None:
+    """Ids recorded once from transformers (tests/inference/data/record_chat_template_ids.py)."""
+    import json
+
+    recorded = json.loads((Path(__file__).parent / "data" / "smollm2_chat_template_ids.json").read_text("utf-8"))
+    tok = gguf_tokenizer(GGUFFile(smollm2_path))
+    assert len(recorded["cases"]) == 8
+    for case in recorded["cases"]:
+        ours = tok.encode_chat(case["messages"], add_generation_prompt=case["add_generation_prompt"])
+        assert ours == case["ids"], case["messages"]
+
+
+SPM_TEXTS = ["The inference engine runs models.", "  two  spaces and\ttabs", "naïve café 東京 😀", "Hello\nworld",
+             "<s>a control token inside text</s>"]
+
+
+def test_sentencepiece_vocabulary_from_gguf(tmp_path: Path) -> None:
+    """A ``llama`` (SentencePiece) vocabulary: merges recovered from the scores, ``▁`` spaces, byte
+    fallback for characters the vocabulary lacks, BOS added; encodes as the tokenizer it was made from."""
+    import json
+
+    from tests.inference.spm_gguf import write_spm_gguf
+
+    reference = write_spm_gguf(tmp_path / "spm.gguf")
+    tok = gguf_tokenizer(GGUFFile(tmp_path / "spm.gguf"))
+    for text in SPM_TEXTS[:4]:
+        ids = tok.encode(text)
+        assert ids == [1, *reference.encode(text).ids], text
+        assert tok.decode(ids) == reference.decode(ids[1:], skip_special_tokens=False)
+    emoji = tok.encode("😀", add_special_tokens=False)
+    assert [tok.token_bytes(i) for i in emoji][-4:] == [b"\xf0", b"\x9f", b"\x98", b"\x80"]  # <0xNN> pieces
+    assert b"".join(tok.token_bytes(i) for i in tok.encode("Hello world", add_special_tokens=False)) == \
+        b" Hello world"  # the ▁ prefix is a space
+    assert tok.encode(SPM_TEXTS[4])[:2] == [1, 1]  # control tokens are matched whole
+    assert tok.encode_chat([{"role": "user", "content": "Hi"}])[0] == 1 and 2 in tok.eos_token_ids
+    recorded = json.loads((Path(__file__).parent / "data" / "spm_transformers_ids.json").read_text("utf-8"))
+    assert [tok.encode(t) for t in SPM_TEXTS] == recorded["ids"]  # what transformers' GGUF converter gives
+
+
+def test_chat_template_that_raises_or_does_not_compile_names_the_file_and_key(tmp_path: Path) -> None:
+    from pyagent.inference.chat_template import ChatTemplateError
+    from tests.inference.spm_gguf import write_spm_gguf
+
+    write_spm_gguf(tmp_path / "raises.gguf", template="{{ raise_exception('Only user turns, please') }}")
+    tok = gguf_tokenizer(GGUFFile(tmp_path / "raises.gguf"))
+    with pytest.raises(ChatTemplateError, match=r"raises\.gguf \(metadata key 'tokenizer\.chat_template'\) "
+                                                r"raised: Only user turns, please"):
+        tok.encode_chat([{"role": "user", "content": "Hi"}])
+    write_spm_gguf(tmp_path / "broken.gguf", template="{% for m in messages %}")
+    with pytest.raises(ChatTemplateError, match=r"broken\.gguf \(metadata key 'tokenizer\.chat_template'\) "
+                                                r"does not compile"):
+        gguf_tokenizer(GGUFFile(tmp_path / "broken.gguf"))

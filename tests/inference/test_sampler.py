@@ -90,3 +90,55 @@ def test_new_parameters_are_validated_by_name() -> None:
                      ({"frequency_penalty": 3.0}, "frequency_penalty"), ({"min_tokens": 500}, "min_tokens")):
         with pytest.raises(ValueError, match=name):
             SamplingParams(**kw).validate()  # type: ignore[arg-type]
+
+
+def test_token_mask_bits_select_the_allowed_tokens() -> None:
+    from pyagent.inference.sampler import apply_token_mask
+
+    logits = np.arange(40, dtype=np.float32)
+    mask = np.zeros(2, dtype=np.int32)
+    mask[0] = (1 << 3) | (1 << 5)
+    mask[1] = 1 << (33 - 32)
+    out = apply_token_mask(logits, mask)
+    assert np.flatnonzero(np.isfinite(out)).tolist() == [3, 5, 33]
+    assert sample(out, SamplingParams(temperature=0.0), np.random.default_rng(0)) == 33
+    assert {sample(out, SamplingParams(temperature=50.0), np.random.default_rng(s)) for s in range(40)} <= {3, 5, 33}
+    # a mask that allows nothing (a broken grammar) does not turn the row into NaNs
+    np.testing.assert_array_equal(apply_token_mask(logits, np.zeros(2, dtype=np.int32)), logits)
+
+
+def test_token_logprob_is_the_log_softmax_with_its_top_k() -> None:
+    from pyagent.inference.sampler import token_logprob
+
+    lp = token_logprob(LOGITS, 2, 3)
+    np.testing.assert_allclose(lp.logprob, np.log(0.3), rtol=1e-5)
+    assert [t for t, _ in lp.top] == [1, 2, 3]
+    np.testing.assert_allclose([v for _, v in lp.top], np.log([0.4, 0.3, 0.15]), rtol=1e-5)
+    assert token_logprob(LOGITS, 0, 0).top == ()
+
+
+def test_grammar_masks_follow_the_schema_on_the_tiny_vocabulary(tiny_dir: object) -> None:
+    import json
+    from pathlib import Path
+
+    from pyagent.inference.grammar import GrammarCompiler
+    from pyagent.inference.sampler import apply_token_mask
+    from pyagent.inference.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_dir(Path(str(tiny_dir)))
+    compiler = GrammarCompiler(tok, tok.vocab_size)
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
+              "additionalProperties": False}
+    a, b = compiler.matcher(schema), compiler.matcher(schema)
+    rng = np.random.default_rng(0)
+    out: list[int] = []
+    for _ in range(40):  # random logits: the mask alone must produce valid JSON; b stays at the start
+        masks = compiler.masks([a, b])
+        token = sample(apply_token_mask(rng.normal(size=tok.vocab_size).astype(np.float32), masks[0]),
+                       SamplingParams(temperature=1.0), rng)
+        assert a.consume_token(token)
+        out.append(token)
+        if a.is_stopped():
+            break
+    assert json.loads(tok.decode(out)) in ({"ok": True}, {"ok": False})
+    assert tok.decode([t for t in range(tok.vocab_size) if masks[1][t // 32] >> (t % 32) & 1]).strip()[:1] == "{"

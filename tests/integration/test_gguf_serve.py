@@ -13,6 +13,7 @@ from pathlib import Path
 
 import openai
 import pytest
+from pydantic import BaseModel, Field
 
 from tests.model_files import smollm2_gguf
 
@@ -77,8 +78,12 @@ def test_sampling_knobs(client: tuple[openai.OpenAI, str]) -> None:
 
 @pytest.mark.parametrize(("extra", "param"), [({"min_p": 1.5}, "min_p"), ({"top_k": -4}, "top_k"),
                                               ({"repetition_penalty": 0}, "repetition_penalty"),
-                                              ({"min_tokens": 99}, "min_tokens"), ({"n": 2}, "n"),
-                                              ({"logprobs": True}, "logprobs")])
+                                              ({"min_tokens": 99}, "min_tokens"), ({"n": 0}, "n"),
+                                              ({"top_logprobs": 2}, "top_logprobs"),
+                                              ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+                                              ({"response_format": {"type": "json_schema", "json_schema": {
+                                                  "name": "x", "schema": {"type": "no-such-type"}}}},
+                                               "response_format")])
 def test_bad_sampling_values_are_refused_by_name(client: tuple[openai.OpenAI, str], extra: dict[str, object],
                                                  param: str) -> None:
     c, model = client
@@ -86,6 +91,31 @@ def test_bad_sampling_values_are_refused_by_name(client: tuple[openai.OpenAI, st
         c.chat.completions.create(model=model, messages=QUESTION, max_tokens=8, extra_body=extra)
     body = info.value.body
     assert isinstance(body, dict) and body.get("param") == param, body
+
+
+class Capital(BaseModel):
+    city: str = Field(max_length=40)
+    country: str = Field(max_length=40)
+
+
+def test_structured_answer_logprobs_and_n(client: tuple[openai.OpenAI, str]) -> None:
+    c, model = client
+    r = c.chat.completions.parse(model=model, messages=QUESTION, response_format=Capital, temperature=0,
+                                 max_tokens=64)
+    parsed = r.choices[0].message.parsed
+    assert isinstance(parsed, Capital) and "Paris" in parsed.city
+    resp = c.responses.parse(model=model, input="What is the capital of France?", text_format=Capital,
+                             temperature=0, max_output_tokens=64)
+    assert resp.output_parsed == parsed
+    many = c.chat.completions.create(model=model, messages=QUESTION, temperature=0.8, seed=1, n=2, max_tokens=24,
+                                     logprobs=True, top_logprobs=2,
+                                     response_format={"type": "json_schema", "json_schema": {
+                                         "name": "Capital", "schema": Capital.model_json_schema()}})
+    assert len(many.choices) == 2
+    for choice in many.choices:
+        assert choice.logprobs is not None and choice.logprobs.content
+        assert all(len(e.top_logprobs) == 2 and e.logprob <= 0 for e in choice.logprobs.content)
+        assert (choice.message.content or "").startswith('{"city": ')
 
 
 def test_generate_and_chat_cli_with_a_gguf_file(tmp_path: Path) -> None:

@@ -45,8 +45,12 @@ BAD_BODIES: list[tuple[str, Any, int, str | None]] = [
     ("unknown model", {"model": "gpt-x", "input": "x"}, 404, "model"),
     ("unsupported field", {"model": "standin", "input": "x", "tools": []}, 400, "tools"),
     ("unknown field", {"model": "standin", "input": "x", "tempreature": 1}, 400, "tempreature"),
-    ("json_schema output", {"model": "standin", "input": "x", "text": {"format": {"type": "json_schema"}}}, 400,
-     "text.format.type"),
+    ("json_schema without a name", {"model": "standin", "input": "x", "text": {"format": {"type": "json_schema",
+                                                                                         "schema": {}}}}, 400,
+     "text.format.name"),
+    ("unknown output format", {"model": "standin", "input": "x", "text": {"format": {"type": "yaml"}}}, 400,
+     "text.format"),
+    ("too many top logprobs", {"model": "standin", "input": "x", "top_logprobs": 21}, 400, "top_logprobs"),
     ("bad part type", {"model": "standin", "input": [{"role": "user", "content": [{"type": "input_image"}]}]},
      400, None),
     ("unknown previous response", {"model": "standin", "input": "x", "previous_response_id": "resp_nope"}, 404,
@@ -83,8 +87,13 @@ def test_malformed_json_and_huge_body(serve: Callable[..., Running]) -> None:
 def test_chat_completion_errors(serve: Callable[..., Running]) -> None:
     run = serve()
     _assert_error(_post(run, {"model": "standin", "messages": []}, path="/chat/completions"), 400, "messages")
-    _assert_error(_post(run, {"model": "standin", "messages": [{"role": "user", "content": "x"}], "n": 2},
+    _assert_error(_post(run, {"model": "standin", "messages": [{"role": "user", "content": "x"}], "n": 17},
                         path="/chat/completions"), 400, "n")
+    _assert_error(_post(run, {"model": "standin", "messages": [{"role": "user", "content": "x"}],
+                              "top_logprobs": 2}, path="/chat/completions"), 400, "top_logprobs")
+    _assert_error(_post(run, {"model": "standin", "messages": [{"role": "user", "content": "x"}],
+                              "response_format": {"type": "json_schema", "json_schema": {"schema": {}}}},
+                        path="/chat/completions"), 400, "response_format.json_schema.name")
     _assert_error(_post(run, {"model": "standin", "messages": [{"role": "user", "content": "x"}], "tools": []},
                         path="/chat/completions"), 400, "tools")
 

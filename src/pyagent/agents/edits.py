@@ -1,140 +1,215 @@
-"""SEARCH/REPLACE edits from an LLM, applied with tolerance, and the repair loop around them.
+"""Structured edits from an LLM, applied with LibCST, and the repair loop around them.
 
-Models often get whitespace or indentation slightly wrong; an exact match is tried first, then a
-match ignoring trailing whitespace, then one ignoring indentation (the replacement is re-indented),
-then the most similar window of lines (similarity >= 0.9). Anything else is an error the model
-is told about, at most ``max_repairs`` times.
+The model is asked for JSON matching a schema (a local model is held to it while decoding; a hosted
+one gets ``response_format``/``text.format``), never for free-form patch text: even a small model then
+always answers with something we can read. The edit names a node (a function, a class, the module) and
+says what it becomes; LibCST puts it there, keeping comments and formatting everywhere else. A reply
+that cannot be applied, or that the agent's check refuses, is explained to the model, at most
+``max_repairs`` times.
 """
 
 from __future__ import annotations
 
-import difflib
-import re
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+import json
+import textwrap
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import libcst as cst
 
 from pyagent.model.verification import Usage
 
 if TYPE_CHECKING:
     from pyagent.agents.llm.base import LLMClient, LLMReply
 
-__all__ = ["Edit", "EditError", "apply_edits", "edit_with_repairs", "parse_edits"]
+__all__ = ["EditError", "add_docstrings", "edit_with_repairs", "parse_reply", "replace_function"]
 
-_BLOCK = re.compile(r"<{5,9} ?SEARCH[^\n]*\n(.*?)\n?={5,9}[^\n]*\n(.*?)\n?>{5,9} ?REPLACE", re.S)
-FUZZY_THRESHOLD = 0.9
-EDIT_FORMAT = """Answer ONLY with one or more edit blocks in exactly this form:
-<<<<<<< SEARCH
-lines copied exactly from the current file
-=======
-the lines that replace them
->>>>>>> REPLACE
-Each SEARCH text must occur exactly once in the file. Keep the code's behaviour identical."""
+
+DOCSTRING_WIDTH = 72
 
 
 class EditError(ValueError):
-    """The reply's edits cannot be read or applied; the message is fed back to the model."""
+    """The reply's edit cannot be read or applied; the message is fed back to the model."""
 
 
-@dataclass(frozen=True)
-class Edit:
-    search: str
-    replace: str
+def parse_reply(text: str) -> dict[str, Any]:
+    """The JSON object of a reply (a model that was not held to the schema may wrap it in a fence)."""
+    body = text.strip()
+    if body.startswith("```"):
+        body = body.split("\n", 1)[-1].rsplit("```", 1)[0]
+    try:
+        data = json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise EditError(f"the reply is not the JSON object asked for ({exc.msg} at character {exc.pos})") from None
+    if not isinstance(data, dict):
+        raise EditError("the reply is JSON but not an object")
+    return data
 
 
-def parse_edits(text: str) -> list[Edit]:
-    edits = [Edit(m.group(1), m.group(2)) for m in _BLOCK.finditer(text)]
-    if not edits:
-        raise EditError("no SEARCH/REPLACE block found in the reply")
-    if text.count("SEARCH") != len(edits) or text.count("REPLACE") != len(edits):
-        raise EditError("a SEARCH/REPLACE block is malformed (markers do not pair up)")
-    for i, e in enumerate(edits, 1):
-        if not e.search.strip():
-            raise EditError(f"block {i} has an empty SEARCH part")
-    return edits
+def _docstring_literal(text: str, indent: str) -> str:
+    """A triple-quoted literal for ``text``, wrapped to PEP 8's docstring width (a project's line-length
+    rule must not reject it); continuation lines indented like the body they sit in."""
+    clean = text.strip().replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
+    width = max(DOCSTRING_WIDTH - len(indent) - 3, 30)  # PEP 8's 72 columns for docstrings, quotes included
+    lines = [piece for line in clean.splitlines()
+             for piece in (textwrap.wrap(line, width, break_long_words=False, break_on_hyphens=False) or [""])]
+    lines = lines or [""]
+    if len(lines) == 1:
+        one = lines[0][:-1] + '\\"' if lines[0].endswith('"') else lines[0]
+        return f'"""{one}"""'
+    return '"""' + lines[0] + "\n" + "\n".join(indent + line if line else "" for line in lines[1:]) + \
+        "\n" + indent + '"""'
 
 
-def _indent(line: str) -> str:
-    return line[: len(line) - len(line.lstrip())]
+def _qualnames(module: cst.Module) -> dict[str, cst.CSTNode]:
+    """Functions and classes by dotted qualname (methods as ``Class.method``), nested classes included."""
+    found: dict[str, cst.CSTNode] = {}
+
+    def visit(body: Sequence[cst.BaseStatement | cst.BaseSmallStatement], prefix: str) -> None:
+        for stmt in body:
+            if isinstance(stmt, cst.FunctionDef | cst.ClassDef):
+                qual = prefix + stmt.name.value
+                found[qual] = stmt
+                if isinstance(stmt, cst.ClassDef) and isinstance(stmt.body, cst.IndentedBlock):
+                    visit(stmt.body.body, qual + ".")
+
+    visit(module.body, "")
+    return found
 
 
-def _reindent(lines: list[str], old: str, new: str) -> list[str]:
-    out = []
-    for line in lines:
-        if line.startswith(old):
-            out.append(new + line[len(old) :])
-        else:
-            out.append(new + line.lstrip() if line.strip() else line)
-    return out
+def _parse(source: str) -> cst.Module:
+    try:
+        return cst.parse_module(source)
+    except cst.ParserSyntaxError as exc:
+        raise EditError(f"the code does not parse: line {exc.raw_line}: {exc.message}") from None
 
 
-def _apply_one(source: str, edit: Edit, number: int) -> str:
-    count = source.count(edit.search)
-    if count == 1:
-        return source.replace(edit.search, edit.replace, 1)
-    if count > 1:
-        raise EditError(f"block {number}: the SEARCH text occurs {count} times; include more lines")
-    lines = source.split("\n")
-    search = edit.search.split("\n")
-    replace = edit.replace.split("\n")
-    n = len(search)
-    windows = range(len(lines) - n + 1)
-    for key in (str.rstrip, str.strip):
-        wanted = [key(s) for s in search]
-        hits = [i for i in windows if [key(x) for x in lines[i : i + n]] == wanted]
-        if len(hits) == 1:
-            i = hits[0]
-            first = next((x for x in lines[i : i + n] if x.strip()), "")
-            sfirst = next((x for x in search if x.strip()), "")
-            new = _reindent(replace, _indent(sfirst), _indent(first)) if key is str.strip else replace
-            return "\n".join([*lines[:i], *new, *lines[i + n :]])
-        if len(hits) > 1:
-            raise EditError(f"block {number}: the SEARCH text matches {len(hits)} places; include more lines")
-    best, best_i = 0.0, -1
-    joined = "\n".join(search)
-    for i in windows:
-        ratio = difflib.SequenceMatcher(None, "\n".join(lines[i : i + n]), joined, autojunk=False).ratio()
-        if ratio > best:
-            best, best_i = ratio, i
-    if best >= FUZZY_THRESHOLD:
-        return "\n".join([*lines[:best_i], *replace, *lines[best_i + n :]])
-    raise EditError(f"block {number}: the SEARCH text was not found in the file (best match {best:.0%})")
+def add_docstrings(source: str, docstrings: Mapping[str, str]) -> str:
+    """``source`` with each named function, class or ``<module>`` given its docstring as first statement."""
+    module = _parse(source)
+    nodes = _qualnames(module)
+    unknown = [n for n in docstrings if n != "<module>" and n not in nodes]
+    if unknown:
+        raise EditError(f"no function or class named {', '.join(unknown)} in the file")
+    if any(not text.strip() for text in docstrings.values()):
+        raise EditError("a docstring is empty")
+    targets = {nodes[n]: text for n, text in docstrings.items() if n != "<module>"}
+    default_indent = module.default_indent
+
+    class Insert(cst.CSTTransformer):
+        depth = 0
+
+        def visit_IndentedBlock(self, node: cst.IndentedBlock) -> None:
+            self.depth += 1
+
+        def leave_IndentedBlock(self, original: cst.IndentedBlock, updated: cst.IndentedBlock) -> cst.IndentedBlock:
+            self.depth -= 1
+            return updated
+
+        def _with_doc(self, original: cst.FunctionDef | cst.ClassDef,
+                      updated: cst.FunctionDef | cst.ClassDef) -> cst.FunctionDef | cst.ClassDef:
+            text = targets.get(original)
+            if text is None:
+                return updated
+            indent = default_indent * (self.depth + 1)
+            doc = cst.SimpleStatementLine([cst.Expr(cst.SimpleString(_docstring_literal(text, indent)))])
+            body = updated.body
+            if isinstance(body, cst.IndentedBlock):
+                return updated.with_changes(body=body.with_changes(body=[doc, *body.body]))
+            # `def f(): return 1` on one line: the docstring and the statement become an indented block
+            small = [stmt for stmt in body.body if isinstance(stmt, cst.BaseSmallStatement)]
+            return updated.with_changes(body=cst.IndentedBlock([doc, cst.SimpleStatementLine(small)]))
+
+        def leave_FunctionDef(self, original: cst.FunctionDef, updated: cst.FunctionDef) -> cst.FunctionDef:
+            result = self._with_doc(original, updated)
+            assert isinstance(result, cst.FunctionDef)
+            return result
+
+        def leave_ClassDef(self, original: cst.ClassDef, updated: cst.ClassDef) -> cst.ClassDef:
+            result = self._with_doc(original, updated)
+            assert isinstance(result, cst.ClassDef)
+            return result
+
+    out = module.visit(Insert())
+    if "<module>" in docstrings:
+        doc = cst.SimpleStatementLine([cst.Expr(cst.SimpleString(_docstring_literal(docstrings["<module>"], "")))])
+        out = out.with_changes(body=[doc, *out.body])
+    return out.code
 
 
-def apply_edits(source: str, edits: list[Edit]) -> str:
-    for number, edit in enumerate(edits, 1):
-        source = _apply_one(source, edit, number)
-    return source
+def _first_docstring(node: cst.FunctionDef) -> cst.SimpleStatementLine | None:
+    body = node.body
+    if not isinstance(body, cst.IndentedBlock) or not body.body:
+        return None
+    first = body.body[0]
+    if (isinstance(first, cst.SimpleStatementLine) and len(first.body) == 1 and isinstance(first.body[0], cst.Expr)
+            and isinstance(first.body[0].value, cst.SimpleString | cst.ConcatenatedString)):
+        return first
+    return None
+
+
+def _with_docstring(node: cst.FunctionDef, doc: cst.SimpleStatementLine) -> cst.FunctionDef:
+    body = node.body
+    if _first_docstring(node) is not None or not isinstance(body, cst.IndentedBlock):
+        return node
+    return node.with_changes(body=body.with_changes(body=[doc, *body.body]))
+
+
+def replace_function(source: str, qualname: str, code: str) -> str:
+    """``source`` with the function ``qualname`` replaced by ``code``: its new definition, optionally
+    preceded by helper functions, placed where the old one was (indented to its level). The old
+    docstring stays when the new definition has none."""
+    module = _parse(source)
+    target = _qualnames(module).get(qualname)
+    if not isinstance(target, cst.FunctionDef):
+        raise EditError(f"no function named {qualname} in the file")
+    new_body = _parse(code.strip("\n") + "\n").body
+    name = qualname.rsplit(".", 1)[-1]
+    if not any(isinstance(s, cst.FunctionDef) and s.name.value == name for s in new_body):
+        raise EditError(f"the code must define the function {name} (keep its name and signature)")
+
+    old_doc = _first_docstring(target)
+    if old_doc is not None:  # a model that rewrites a function often drops its docstring: keep it
+        new_body = [_with_docstring(s, old_doc) if isinstance(s, cst.FunctionDef) and s.name.value == name else s
+                    for s in new_body]
+
+    class Swap(cst.CSTTransformer):
+        def leave_FunctionDef(self, original: cst.FunctionDef, updated: cst.FunctionDef
+                              ) -> cst.FunctionDef | cst.FlattenSentinel[cst.BaseStatement]:
+            if original is not target:
+                return updated
+            first, *rest = new_body
+            first = first.with_changes(leading_lines=original.leading_lines)
+            rest = [s.with_changes(leading_lines=[line.with_changes(indent=False) if line.comment is None else line
+                                                  for line in s.leading_lines]) for s in rest]
+            return cst.FlattenSentinel([first, *rest])
+
+    return module.visit(Swap()).code
 
 
 async def edit_with_repairs(
     llm: LLMClient,
     messages: list[dict[str, str]],
-    source: str,
+    schema: dict[str, Any],
+    apply: Callable[[dict[str, Any]], str],
     validate: Callable[[str], str | None],
     *,
     max_repairs: int = 3,
-    max_tokens: int = 4096,
+    max_tokens: int = 1024,
 ) -> tuple[str | None, str, Usage]:
-    """Ask, apply, validate; feed each failure back (at most ``max_repairs`` times).
+    """Ask for a structured edit, apply it, validate; feed each failure back (at most ``max_repairs`` times).
 
-    Returns ``(new_source or None, last error or "", usage)``. ``validate`` returns an error message
-    or ``None``; syntax errors are checked before it.
+    Returns ``(new_source or None, last error or "", usage)``. ``apply`` turns the reply's JSON into the
+    new source (raising ``EditError``); ``validate`` returns an error message or ``None``.
     """
-    import ast
-
     history = list(messages)
     usage = Usage()
     error = ""
     for _round in range(max_repairs + 1):
-        reply: LLMReply = await llm.complete(history, max_tokens=max_tokens)
+        reply: LLMReply = await llm.complete(history, max_tokens=max_tokens, schema=schema)
         usage += Usage(reply.tokens, reply.cost, 1)
         try:
-            new = apply_edits(source, parse_edits(reply.text))
-            try:
-                ast.parse(new)
-            except SyntaxError as exc:
-                raise EditError(f"the edited file does not parse: line {exc.lineno}: {exc.msg}") from exc
+            new = apply(parse_reply(reply.text))
             problem = validate(new)
             if problem:
                 raise EditError(problem)
@@ -143,9 +218,6 @@ async def edit_with_repairs(
             error = str(exc)
             history += [
                 {"role": "assistant", "content": reply.text},
-                {
-                    "role": "user",
-                    "content": f"That edit was rejected: {error}\nReply again with corrected blocks.",
-                },
+                {"role": "user", "content": f"That edit was rejected: {error}\nReply again with a corrected edit."},
             ]
     return None, error, usage

@@ -1,18 +1,19 @@
 """LLM agents: reduce the complexity of one function, or add missing docstrings to one file.
 
-Both ask for SEARCH/REPLACE edits (see ``pyagent.agents.edits``), guard them (the file parses;
-the refactor really lowers the function's complexity; the docstring edit changes nothing but
-docstrings) and repair at most three times before giving up with the last error.
+Both ask for a structured edit, JSON under a schema (see ``pyagent.agents.edits``): the function's new
+definition, or one docstring per name. LibCST applies it; the agents guard it (the refactor really lowers
+the function's complexity; the docstring edit changes nothing but docstrings) and repair at most three
+times before giving up with the last error.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pyagent.agents.base import BaseAgent
 from pyagent.agents.docstrings import missing_docstrings, strip_docstrings
-from pyagent.agents.edits import EDIT_FORMAT, edit_with_repairs
+from pyagent.agents.edits import add_docstrings, edit_with_repairs, replace_function
 from pyagent.agents.mixins.auditor import AuditorMixin
 from pyagent.agents.worker import AgentOutcome
 
@@ -25,6 +26,23 @@ if TYPE_CHECKING:
 __all__ = ["DocstringAgent", "RefactorAgent", "missing_docstrings", "strip_docstrings"]
 
 SYSTEM = "You are a careful senior Python engineer. You make small, behaviour-preserving edits."
+
+
+# No control characters or backslashes: the text becomes a docstring literal as it is.
+DOCSTRING_PATTERN = r"^[^\x00-\x1f\\]{10,160}$"
+
+
+def docstring_schema(names: list[str]) -> dict[str, Any]:
+    """One short docstring per wanted name: ``{"grade": "Letter grade ..."}``."""
+    return {"type": "object", "properties": {n: {"type": "string", "pattern": DOCSTRING_PATTERN} for n in names},
+            "required": names, "additionalProperties": False}
+
+
+REFACTOR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"code": {"type": "string", "minLength": 10, "maxLength": 8000}},
+    "required": ["code"], "additionalProperties": False,
+}
 
 
 def _feedback(task: AgentTask) -> str:
@@ -87,11 +105,13 @@ class RefactorAgent(AuditorMixin, BaseAgent):
             f"{old} (threshold {self.max_complexity}). Refactor it to lower its complexity without changing "
             f"behaviour: early returns, lookup tables, small helper functions. Keep its name and signature.\n\n"
             + _feedback(task)
-            + EDIT_FORMAT
+            + 'Answer with a JSON object {"code": "..."} whose code is the complete new definition of '
+            + f"`{qualname.rsplit('.', 1)[-1]}`, preceded by any new helper functions."
         )
         messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]
         new, error, usage = await edit_with_repairs(
-            self.llm, messages, source, validate, max_repairs=self.max_repairs
+            self.llm, messages, REFACTOR_SCHEMA, lambda data: replace_function(source, qualname, str(data["code"])),
+            validate, max_repairs=self.max_repairs, max_tokens=4096,
         )
         if new is None:
             return AgentOutcome(note="", usage=usage, error=f"no valid refactoring of {qualname}: {error}")
@@ -135,11 +155,13 @@ class DocstringAgent(BaseAgent):
             f"File `{path}`:\n```python\n{source}\n```\n\nAdd concise docstrings (one or two lines saying why "
             f"the code exists, not what each line does) to: {', '.join(wanted)}. Change nothing else.\n\n"
             + _feedback(task)
-            + EDIT_FORMAT
+            + "Answer with a JSON object that maps each name to its docstring text."
         )
         messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]
         new, error, usage = await edit_with_repairs(
-            self.llm, messages, source, validate, max_repairs=self.max_repairs
+            self.llm, messages, docstring_schema(wanted),
+            lambda data: add_docstrings(source, {str(n): str(text) for n, text in data.items()}),
+            validate, max_repairs=self.max_repairs, max_tokens=512,
         )
         if new is None:
             return AgentOutcome(note="", usage=usage, error=f"no valid docstring edit: {error}")

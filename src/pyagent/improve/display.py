@@ -109,7 +109,9 @@ def print_summary(result: RunResult, console: Console | None = None) -> None:
         console.print(f"warning without a ruff fix: {w['path']}:{w['line']}: {w['category']}: {w['message']}")
     usage = result.usage
     if usage.get("calls"):
-        console.print(f"LLM: {usage['calls']} calls, {usage['tokens']} tokens, ${usage['cost']:.4f}")
+        judged, attempted = result.llm_tasks()
+        console.print(f"LLM: {usage['calls']} calls, {usage['tokens']} tokens in {usage.get('seconds', 0.0):.1f} s, "
+                      f"${usage['cost']:.4f}; {judged} of {attempted} LLM task(s) returned an edit the gate judged")
     regressions = result.regressions()
     if regressions:
         console.print(f"[red]test regressions: {', '.join(regressions)}[/]")

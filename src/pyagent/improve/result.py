@@ -18,6 +18,9 @@ STATUSES: tuple[Status, ...] = tuple(Status)
 
 
 
+LLM_AGENTS = frozenset({"docstring", "refactor"})  # the agents that ask a model for their edit
+
+
 @dataclass
 class TaskRecord:
     id: str
@@ -126,6 +129,11 @@ class RunResult:
             },
             "lint": {"ruff_findings": [b.get("ruff_findings"), a.get("ruff_findings")]},
         }
+
+    def llm_tasks(self) -> tuple[int, int]:
+        """(LLM tasks whose edit reached the gate, i.e. kept or rolled back, all LLM tasks attempted)."""
+        tasks = [t for t in self.tasks if t.agent in LLM_AGENTS and t.status != "skipped"]
+        return sum(1 for t in tasks if t.status in ("kept", "rolled_back")), len(tasks)
 
     def counts(self) -> dict[str, int]:
         return {s.value: sum(1 for t in self.tasks if t.status == s) for s in STATUSES}

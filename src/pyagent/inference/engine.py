@@ -12,7 +12,7 @@ import contextlib
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,12 +22,20 @@ from pyagent.inference.config import ModelConfig
 from pyagent.inference.gguf_loader import load_gguf_model
 from pyagent.inference.gguf_reader import is_gguf
 from pyagent.inference.gguf_tokenizer import gguf_tokenizer
+from pyagent.inference.grammar import GrammarCompiler
 from pyagent.inference.kv_cache import KVCacheManager
 from pyagent.inference.kv_connector import KVConnector
 from pyagent.inference.loader import ModelWeights, load_model
 from pyagent.inference.model import DecoderModel, SeqChunk
-from pyagent.inference.sampler import SamplingParams, adjust_logits, sample
-from pyagent.inference.scheduler import Request, Scheduler
+from pyagent.inference.sampler import (
+    SamplingParams,
+    TokenLogprob,
+    adjust_logits,
+    apply_token_mask,
+    sample,
+    token_logprob,
+)
+from pyagent.inference.scheduler import Request, ScheduledChunk, Scheduler
 from pyagent.inference.tokenizer import IncrementalDetokenizer, Tokenizer
 
 __all__ = ["FinishReason", "PagedAttentionEngine", "RequestOutput", "RequestStream", "SamplingParams"]
@@ -47,6 +55,7 @@ class RequestOutput:
     finished: bool
     finish_reason: FinishReason | None = None
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache (a multiple of the block size)
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # of new_token_ids, when the request asked
     kv_transfer_params: dict[str, Any] | None = None  # from the KV connector, on the final output
 
 
@@ -106,22 +115,33 @@ class PagedAttentionEngine:
             kv_connector.register_kv_caches(self.kv_cache, self._wake)
         # Called with (request_id, position, logits row) for every sampled token; tests and debugging use it.
         self.logits_observer: Callable[[str, int, np.ndarray], None] | None = None
+        self._grammar: GrammarCompiler | None = None
+
+    @property
+    def grammar(self) -> GrammarCompiler:
+        """The structured-output compiler over this model's vocabulary (built on first use)."""
+        if self._grammar is None:
+            self._grammar = GrammarCompiler(self.tokenizer, self.config.vocab_size)
+        return self._grammar
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, *, block_size: int = 16, num_blocks: int | None = None,
                         max_num_seqs: int = 32, max_num_batched_tokens: int = 2048,
                         enable_prefix_caching: bool = True, partition_size: int = 512,
                         kv_cache_bytes: int = DEFAULT_KV_CACHE_BYTES,
-                        kv_connector: KVConnector | None = None) -> PagedAttentionEngine:
+                        kv_connector: KVConnector | None = None,
+                        quantize: str | None = None) -> PagedAttentionEngine:
         """Load a GGUF file (weights stay quantized) or a Hugging Face checkpoint folder (config.json,
-        *.safetensors, tokenizer.json)."""
+        *.safetensors, tokenizer.json; ``quantize="q8_0"`` converts its matrices to Q8_0 at load)."""
         path = Path(model_dir)
         if path.suffix.lower() == ".gguf" or (path.is_file() and is_gguf(path)):
+            if quantize is not None:
+                raise ValueError(f"--quantize applies to safetensors folders; {path.name} is already quantized")
             gguf, config, weights = load_gguf_model(path)
             tokenizer = gguf_tokenizer(gguf)
             name = path.resolve().stem
         else:
-            config, weights = load_model(path)
+            config, weights = load_model(path, quantize)
             tokenizer = Tokenizer.from_dir(path, config_eos=config.eos_token_ids)
             name = path.resolve().name
         return cls(config, weights, tokenizer, model_name=name, block_size=block_size,
@@ -143,10 +163,11 @@ class PagedAttentionEngine:
             raise ValueError(f"the prompt has {len(prompt)} tokens but the context holds {self.max_model_len} "
                              f"(prompt plus at least one generated token); shorten the prompt")
         rng = np.random.default_rng(params.seed) if params.seed is not None else self._rng
+        matcher = None if params.json_schema is None else self.grammar.matcher(params.json_schema)
         with self._inbox:
             if request_id in self._requests:
                 raise ValueError(f"request id {request_id!r} is already in use")
-            req = Request(request_id, prompt, params, rng, kv_transfer_params=kv_transfer_params)
+            req = Request(request_id, prompt, params, rng, kv_transfer_params=kv_transfer_params, matcher=matcher)
             self._requests[request_id] = req
             self._streams[request_id] = _Stream(IncrementalDetokenizer(self.tokenizer, prompt), list(params.stop))
             self._incoming.append(req)
@@ -209,6 +230,7 @@ class PagedAttentionEngine:
                 chunks = [SeqChunk(c.request.request_id, c.request.token_ids[c.start:c.start + c.num_tokens],
                                    c.start, c.completes_prompt) for c in plan.chunks]
                 logits = self.model.forward(chunks, self.kv_cache)
+                masks = self._grammar_masks(plan.chunks)
                 row = 0
                 for c in plan.chunks:
                     req = c.request
@@ -222,12 +244,25 @@ class PagedAttentionEngine:
                     if req.params.adjusts_logits:
                         scores = adjust_logits(scores, req.params, req.prompt_token_ids, req.output_token_ids,
                                                () if req.params.ignore_eos else self.tokenizer.eos_token_ids)
+                    if req.matcher is not None:
+                        scores = apply_token_mask(scores, masks[req.request_id])
                     token = sample(scores, req.params, req.rng)
+                    if req.matcher is not None:
+                        req.matcher.consume_token(token)
+                    lp = None if req.params.logprobs is None else token_logprob(logits[row], token, req.params.logprobs)
                     row += 1
                     req.token_ids.append(token)
-                    outputs.append(self._progress(req, token))
+                    outputs.append(self._progress(req, token, lp))
             self._dispatch(outputs)
             return outputs
+
+    def _grammar_masks(self, chunks: Sequence[ScheduledChunk]) -> dict[str, np.ndarray]:
+        """The token masks of every constrained sequence that samples this step, computed together."""
+        constrained = [c.request for c in chunks if c.completes_prompt and c.request.matcher is not None]
+        if not constrained:
+            return {}
+        bitmask = self.grammar.masks([r.matcher for r in constrained])
+        return {r.request_id: bitmask[i] for i, r in enumerate(constrained)}
 
     def _remote_first_token(self, req: Request) -> RequestOutput:
         """A request whose prompt KV a peer computed continues with the token that peer sampled."""
@@ -236,6 +271,8 @@ class PagedAttentionEngine:
         if not (req.params.temperature == 0.0 or req.params.top_k == 1):
             req.rng.random()  # the peer drew once for it: keep a seeded stream where one instance would be
         req.remote_match = req.kv_transfer_params = None  # consumed: a preemption recomputes locally
+        if req.matcher is not None:
+            req.matcher.consume_token(token)
         req.token_ids.append(token)
         return self._progress(req, token)
 
@@ -244,7 +281,7 @@ class PagedAttentionEngine:
             self._kv_event = True
             self._inbox.notify_all()
 
-    def _progress(self, req: Request, token: int) -> RequestOutput:
+    def _progress(self, req: Request, token: int, lp: TokenLogprob | None = None) -> RequestOutput:
         stream = self._streams[req.request_id]
         params = req.params
         stream.detok.push([token])
@@ -252,6 +289,8 @@ class PagedAttentionEngine:
         reason: FinishReason | None = None
         if not params.ignore_eos and token in self.tokenizer.eos_token_ids:
             reason = "stop"
+        elif req.matcher is not None and (req.matcher.is_stopped() or req.matcher.is_error()):
+            reason = "stop"  # the grammar is complete (or broken): nothing more may follow
         elif req.num_output_tokens >= params.max_tokens or len(req.token_ids) >= self.max_model_len:
             reason = "length"
         if reason is not None:
@@ -275,6 +314,7 @@ class PagedAttentionEngine:
                 del self._streams[req.request_id]
         return RequestOutput(req.request_id, req.prompt_token_ids, req.output_token_ids, [token], stream.text,
                              delta, reason is not None, reason, req.num_cached_tokens or 0,
+                             [] if lp is None else [lp],
                              req.kv_transfer_result if reason is not None else None)
 
     # -- async streaming

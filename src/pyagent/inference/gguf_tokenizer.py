@@ -2,7 +2,10 @@
 
 ``tokenizer.ggml.model == "gpt2"`` files carry the byte-level BPE vocabulary and merges; the pre-tokenizer
 is named by ``tokenizer.ggml.pre`` (llama.cpp's names), which we map to the split rules the original
-``tokenizer.json`` used. Control and user-defined tokens (``token_type`` 3 and 4) become added tokens,
+``tokenizer.json`` used. ``"llama"`` files carry a SentencePiece vocabulary: pieces with ``▁`` for a
+space, ``<0xNN>`` byte tokens for byte fallback and one score per piece but no merges; the merges are
+recovered from the scores as transformers does (every split of a piece into two pieces, the
+higher-scored piece merging first), and text gets the ``▁`` prefix unless ``add_space_prefix`` is false. Control and user-defined tokens (``token_type`` 3 and 4) become added tokens,
 so they are matched whole in the text, and ``add_bos_token`` decides whether encoding prepends BOS.
 """
 
@@ -43,6 +46,19 @@ _PRE_TOKENIZERS: dict[str, dict[str, Any]] = {
 _CONTROL, _USER_DEFINED = 3, 4
 
 
+def _bos_processor(g: GGUFFile, tokens: list[str], *, default: bool) -> dict[str, Any] | None:
+    """Prepends BOS when ``add_bos_token`` says so (llama.cpp's default: on for SentencePiece, off for BPE)."""
+    bos = g.get("tokenizer.ggml.bos_token_id")
+    if not bool(g.get("tokenizer.ggml.add_bos_token", default)) or bos is None:
+        return None
+    bos_text = tokens[int(bos)]
+    return {"type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": bos_text, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": bos_text, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                     {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {bos_text: {"id": bos_text, "ids": [int(bos)], "tokens": [bos_text]}}}
+
+
 def _build_bpe(g: GGUFFile) -> HFTokenizer:
     tokens = list(g.require("tokenizer.ggml.tokens"))
     merges = g.get("tokenizer.ggml.merges")
@@ -58,18 +74,9 @@ def _build_bpe(g: GGUFFile) -> HFTokenizer:
     added = [{"id": i, "content": tok, "single_word": False, "lstrip": False, "rstrip": False,
               "normalized": kind == _USER_DEFINED, "special": kind == _CONTROL}
              for i, (tok, kind) in enumerate(zip(tokens, types, strict=True)) if kind in (_CONTROL, _USER_DEFINED)]
-    bos = g.get("tokenizer.ggml.bos_token_id")
-    post: dict[str, Any] | None = None
-    if bool(g.get("tokenizer.ggml.add_bos_token", False)) and bos is not None:
-        bos_text = tokens[int(bos)]
-        post = {"type": "TemplateProcessing",
-                "single": [{"SpecialToken": {"id": bos_text, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
-                "pair": [{"SpecialToken": {"id": bos_text, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
-                         {"Sequence": {"id": "B", "type_id": 1}}],
-                "special_tokens": {bos_text: {"id": bos_text, "ids": [int(bos)], "tokens": [bos_text]}}}
     spec = {
         "version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
-        "pre_tokenizer": pre, "post_processor": post,
+        "pre_tokenizer": pre, "post_processor": _bos_processor(g, tokens, default=False),
         "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
         "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
                   "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
@@ -82,12 +89,66 @@ def _build_bpe(g: GGUFFile) -> HFTokenizer:
         raise ModelLoadError(f"{g.path}: the tokenizer in the GGUF metadata is invalid: {exc}") from None
 
 
+def _spm_merges(tokens: list[str], scores: list[float]) -> list[list[str]]:
+    """transformers' ``generate_merges`` for a scored vocabulary: each piece's splits into two known
+    pieces, ordered by the piece's score (then the parts' lengths), highest first; ties keep vocab order."""
+    vocab = {tok: i for i, tok in enumerate(tokens)}
+    merges: list[tuple[str, str, float]] = []
+    for piece, score in dict(zip(tokens, scores, strict=True)).items():
+        local = [(piece[:i], piece[i:], score) for i in range(1, len(piece))
+                 if piece[:i] in vocab and piece[i:] in vocab]
+        merges.extend(sorted(local, key=lambda m: (vocab[m[0]], vocab[m[1]])))
+    merges.sort(key=lambda m: (m[2], len(m[0]), len(m[1])), reverse=True)
+    return [[left, right] for left, right, _ in merges]
+
+
+def _build_spm(g: GGUFFile) -> HFTokenizer:
+    tokens = [str(t) for t in g.require("tokenizer.ggml.tokens")]
+    scores = g.get("tokenizer.ggml.scores")
+    if scores is None:
+        raise ModelLoadError(f"{g.path}: GGUF metadata lacks 'tokenizer.ggml.scores', needed by a SentencePiece "
+                             "('llama') tokenizer")
+    scores = [float(v) for v in scores]
+    if len(scores) != len(tokens):
+        raise ModelLoadError(f"{g.path}: 'tokenizer.ggml.scores' has {len(scores)} entries for {len(tokens)} tokens")
+    types = g.get("tokenizer.ggml.token_type")
+    types = [1] * len(tokens) if types is None else [int(t) for t in types]
+    unk = g.get("tokenizer.ggml.unknown_token_id")
+    unk_text = tokens[int(unk)] if unk is not None and 0 <= int(unk) < len(tokens) else None
+    prefix = bool(g.get("tokenizer.ggml.add_space_prefix", True))
+    added = [{"id": i, "content": tok, "single_word": False, "lstrip": False, "rstrip": False,
+              "normalized": False, "special": kind == _CONTROL}
+             for i, (tok, kind) in enumerate(zip(tokens, types, strict=True)) if kind in (_CONTROL, _USER_DEFINED)]
+    decoders: list[dict[str, Any]] = [{"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "},
+                                      {"type": "ByteFallback"}, {"type": "Fuse"}]
+    if prefix:
+        decoders.append({"type": "Strip", "content": " ", "start": 1, "stop": 0})
+    spec = {
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
+        "pre_tokenizer": {"type": "Metaspace", "replacement": "\u2581",
+                          "prepend_scheme": "first" if prefix else "never", "split": False},
+        "post_processor": _bos_processor(g, tokens, default=True),
+        "decoder": {"type": "Sequence", "decoders": decoders},
+        "model": {"type": "BPE", "dropout": None, "unk_token": unk_text, "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": True, "byte_fallback": True, "ignore_merges": False,
+                  "vocab": {tok: i for i, tok in enumerate(tokens)}, "merges": _spm_merges(tokens, scores)},
+    }
+    try:
+        return HFTokenizer.from_str(json.dumps(spec))
+    except Exception as exc:  # the Rust side raises plain Exception
+        raise ModelLoadError(f"{g.path}: the tokenizer in the GGUF metadata is invalid: {exc}") from None
+
+
+_BUILDERS = {"gpt2": _build_bpe, "llama": _build_spm}
+
+
 def gguf_tokenizer(g: GGUFFile) -> Tokenizer:
     model = str(g.require("tokenizer.ggml.model"))
-    if model != "gpt2":
+    build = _BUILDERS.get(model)
+    if build is None:
         raise ModelLoadError(f"{g.path}: tokenizer model {model!r} (metadata key 'tokenizer.ggml.model') is not "
-                             "supported yet; only byte-level BPE ('gpt2') vocabularies are")
-    tok = _build_bpe(g)
+                             f"supported; supported: {', '.join(sorted(_BUILDERS))}")
+    tok = build(g)
     tokens = g.require("tokenizer.ggml.tokens")
     special: dict[str, str] = {}
     for name in ("bos", "eos", "unknown", "padding"):

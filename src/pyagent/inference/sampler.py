@@ -4,13 +4,16 @@ Greedy, temperature, top-k, top-p and min-p; the repetition penalty (transformer
 output: divide positive logits, multiply negative ones), OpenAI's frequency and presence penalties (over
 the generated tokens, as vLLM applies them) and vLLM's ``min_tokens`` (end-of-sequence ids are masked
 until that many tokens exist) all act on the logits before the choice, so they apply to greedy decoding
-too.
+too. A grammar's token mask (structured output, see ``grammar``) is applied last, per sequence, and
+log-probabilities are reported from the model's own distribution, before any of these adjustments (as
+OpenAI reports them).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +34,8 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
     min_tokens: int = 0
+    json_schema: dict[str, Any] | None = None  # structured output: the text must be JSON matching it
+    logprobs: int | None = None  # None = off; k = the chosen token's log-probability plus the k most likely
 
     def validate(self) -> None:
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
@@ -52,6 +57,10 @@ class SamplingParams:
                 raise ValueError(f"{name} must be in [-2, 2], got {getattr(self, name)!r}")
         if not isinstance(self.min_tokens, int) or not 0 <= self.min_tokens <= self.max_tokens:
             raise ValueError(f"min_tokens must be an integer in [0, max_tokens], got {self.min_tokens!r}")
+        if self.json_schema is not None and not isinstance(self.json_schema, dict):
+            raise ValueError("json_schema must be a JSON schema object")
+        if self.logprobs is not None and (not isinstance(self.logprobs, int) or not 0 <= self.logprobs <= 20):
+            raise ValueError(f"logprobs must be an integer in [0, 20], got {self.logprobs!r}")
 
     @property
     def adjusts_logits(self) -> bool:
@@ -99,3 +108,36 @@ def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator)
         candidates = candidates[:keep]
     choice = int(np.searchsorted(np.cumsum(probs), rng.random() * probs.sum(), side="right"))
     return int(candidates[min(choice, len(candidates) - 1)])
+
+
+def apply_token_mask(logits: np.ndarray, bitmask: np.ndarray) -> np.ndarray:
+    """A copy of ``logits`` where tokens whose bit is clear in ``bitmask`` (int32 words, bit ``i % 32`` of
+    word ``i // 32``) can never be chosen. A mask that allows nothing leaves the row as it was."""
+    allowed = np.unpackbits(np.ascontiguousarray(bitmask, dtype=np.int32).view(np.uint8),
+                            bitorder="little")[: logits.shape[0]].astype(bool)
+    if not allowed.any():
+        return np.array(logits, dtype=np.float32)
+    return np.where(allowed, logits, np.float32(-np.inf)).astype(np.float32, copy=False)
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """The chosen token's log-probability and the ``k`` most likely alternatives (most likely first)."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+def token_logprob(logits: np.ndarray, token: int, k: int) -> TokenLogprob:
+    """Log-probabilities of one position from its raw logits row (log-softmax in float64)."""
+    row = logits.astype(np.float64)
+    shifted = row - row.max()
+    logp = shifted - np.log(np.exp(shifted).sum())
+    top: tuple[tuple[int, float], ...] = ()
+    if k > 0:
+        k = min(k, logp.shape[0])
+        head = np.argpartition(-logp, k - 1)[:k]
+        head = head[np.argsort(-logp[head], kind="stable")]
+        top = tuple((int(i), float(logp[i])) for i in head)
+    return TokenLogprob(int(token), float(logp[token]), top)

@@ -45,6 +45,7 @@ class Request:
     # Prompt tokens the prefix cache served at the first admission (None until then); a recompute after a
     # preemption keeps this figure, since it reports what the request's prompt cost, not its retries.
     num_cached_tokens: int | None = None
+    matcher: Any = None  # the grammar engine's state for a constrained request (see grammar.py)
     kv_transfer_params: dict[str, Any] | None = None  # from the client: what the connector should do
     kv_transfer_result: dict[str, Any] | None = None  # from the connector, handed back when it finishes
     remote_match: RemoteMatch | None = None  # set while its prompt's KV is being loaded from a peer

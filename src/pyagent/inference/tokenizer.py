@@ -55,6 +55,21 @@ def _pick_template(template: Any) -> str | None:
     return template if isinstance(template, str) else None
 
 
+@functools.cache
+def _unicode_to_byte() -> dict[str, int]:
+    """GPT-2's byte -> printable character table, inverted (byte-level BPE spells every byte so)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1),
+                 *range(ord("\xae"), ord("\xff") + 1)]
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + extra)] = b
+            extra += 1
+    return chars
+
+
 class Tokenizer:
     """Text <-> token ids for one checkpoint, plus its end-of-sequence ids and chat template."""
 
@@ -104,6 +119,30 @@ class Tokenizer:
         """The most characters one token's text spans: ``len(text) // max_token_chars`` bounds the
         token count from below without tokenizing (the server refuses huge inputs with it)."""
         return max((len(t) for t in self._tok.get_vocab(with_added_tokens=True)), default=1) or 1
+
+    @functools.cached_property
+    def _byte_level(self) -> bool:
+        """Whether vocabulary pieces spell bytes in GPT-2's printable alphabet (else SentencePiece-style)."""
+        return "ByteLevel" in json.dumps(json.loads(self.to_json()).get("decoder"))
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The exact bytes one token stands for (log-probability reports carry them: a token may hold
+        only part of a UTF-8 character)."""
+        piece = self._tok.id_to_token(int(token_id))
+        if piece is None:
+            return b""
+        if self._byte_level:
+            table = _unicode_to_byte()
+            if all(ch in table for ch in piece):
+                return bytes(table[ch] for ch in piece)
+            return piece.encode("utf-8")
+        if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+            return bytes([int(piece[3:5], 16)])
+        return piece.replace("\u2581", " ").encode("utf-8")
+
+    def to_json(self) -> str:
+        """The full ``tokenizers`` definition (the grammar engine reads the vocabulary from it)."""
+        return str(self._tok.to_str())
 
     @property
     def vocab_size(self) -> int:

@@ -30,6 +30,7 @@ class OutputLike(Protocol):
     finished: bool
     finish_reason: str | None
     num_cached_tokens: int  # prompt tokens the engine's prefix cache served
+    logprobs: list[Any]  # of the new tokens, when the request asked for them (sampler.TokenLogprob)
 
 
 class EngineLike(Protocol):
@@ -52,6 +53,7 @@ class GenParams:
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     extras: Mapping[str, Any] = field(default_factory=dict)  # further sampling knobs (top_k, penalties ...)
+    schema_field: str = "response_format"  # the request field that carried extras["json_schema"], for errors
     kv_transfer_params: dict[str, Any] | None = None  # for the engine's KV connector (disaggregated serving)
 
 
@@ -143,6 +145,16 @@ class Backend:
             return 0
         return sum(len(m.get("content", "")) for m in messages) // (4 * per)
 
+    def check_schema(self, schema: Mapping[str, Any], field: str) -> None:
+        """Refuse, before anything starts, a JSON schema the engine's grammar engine cannot enforce."""
+        grammar = getattr(self.engine, "grammar", None)
+        if grammar is None:
+            raise APIError(400, "This model's engine cannot enforce a JSON schema.", param=field)
+        try:
+            grammar.matcher(schema, field)
+        except ValueError as exc:
+            raise APIError(400, str(exc), param=field, code="invalid_request") from None
+
     def health(self) -> dict[str, Any]:
         """Liveness plus the KV cache's block counts (a leak shows as free blocks that never come back)."""
         out: dict[str, Any] = {"status": "ok", "model": self.model_name}
@@ -170,8 +182,10 @@ class Backend:
         kv = {} if params.kv_transfer_params is None else {"kv_transfer_params": params.kv_transfer_params}
         try:
             stream = self.engine.generate(list(prompt.token_ids), sampling, request_id=request_id, **kv)
-        except ValueError as exc:
-            raise APIError(400, str(exc), param="input", code="invalid_prompt") from None
+        except ValueError as exc:  # a bad prompt, or a schema the grammar engine refused (it names its field)
+            param = "input" if getattr(exc, "param", None) is None else params.schema_field
+            raise APIError(400, str(exc), param=param,
+                           code="invalid_prompt" if param == "input" else "invalid_request") from None
         return stream
 
 

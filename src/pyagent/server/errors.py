@@ -67,6 +67,7 @@ def not_found(what: str, ident: str, param: str | None = None) -> APIError:
 _TYPE_NAMES = frozenset({"str", "int", "float", "bool", "dict", "none", "list"})
 _TYPE_PREFIXES = ("list[", "dict[", "function-", "tagged-union", "literal[")
 _TAGS = frozenset({"input_text", "output_text", "text"})
+_FORMAT_TAGS = frozenset({"text", "json_object", "json_schema"})
 
 
 def _param(loc: Sequence[int | str]) -> str | None:
@@ -79,6 +80,9 @@ def _param(loc: Sequence[int | str]) -> str | None:
         after_index = i > 0 and isinstance(items[i - 1], int)
         if isinstance(p, str) and after_index and p in _TAGS and i + 1 < len(items):
             continue  # the discriminator tag pydantic inserts after a list index
+        after_format = i > 0 and items[i - 1] in ("format", "response_format")
+        if isinstance(p, str) and after_format and p in _FORMAT_TAGS and i + 1 < len(items):
+            continue  # the tag of a text.format / response_format variant
         parts.append(p)
     out = ""
     for p in parts:

@@ -83,9 +83,38 @@ class TextFormat(BaseModel):
     type: Literal["text"]
 
 
+class JsonObjectFormat(BaseModel):
+    model_config = _STRICT
+    type: Literal["json_object"]
+
+
+JSON_OBJECT_SCHEMA: dict[str, Any] = {"type": "object"}
+
+
+class JsonSchemaTextFormat(BaseModel):
+    """``text.format`` of the Responses API: the schema sits beside its name."""
+
+    model_config = _STRICT
+    type: Literal["json_schema"]
+    name: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+    schema_: dict[str, Any] = Field(alias="schema")
+    description: str | None = None
+    strict: bool | None = None
+
+
 class TextConfig(BaseModel):
     model_config = _STRICT
-    format: TextFormat | None = None
+    format: Annotated[TextFormat | JsonObjectFormat | JsonSchemaTextFormat, Field(discriminator="type")] | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None
+
+    def json_schema(self) -> dict[str, Any] | None:
+        """The schema the output must match, or None for free text."""
+        if isinstance(self.format, JsonSchemaTextFormat):
+            return self.format.schema_
+        return JSON_OBJECT_SCHEMA if isinstance(self.format, JsonObjectFormat) else None
+
+
+LOGPROBS_INCLUDE = "message.output_text.logprobs"
 
 
 class ResponseCreate(_Request):
@@ -101,6 +130,8 @@ class ResponseCreate(_Request):
     metadata: Metadata | None = None
     truncation: Literal["auto", "disabled"] | None = None
     text: TextConfig | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    include: list[Literal["message.output_text.logprobs"]] | None = None
 
 
 # ---------------------------------------------------------------- Responses API: objects
@@ -180,6 +211,7 @@ class ResponseObject(BaseModel):
     temperature: float
     top_p: float
     text: dict[str, Any] = Field(default_factory=lambda: {"format": {"type": "text"}})
+    top_logprobs: int | None = None
     tool_choice: Literal["none", "auto"] = "none"
     tools: list[Any] = Field(default_factory=list)
     truncation: Literal["auto", "disabled"] = "disabled"
@@ -246,6 +278,26 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class JsonSchemaSpec(BaseModel):
+    model_config = _STRICT
+    name: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    description: str | None = None
+    strict: bool | None = None
+
+
+class JsonSchemaFormat(BaseModel):
+    """``response_format`` of Chat Completions: the schema is wrapped in ``json_schema``."""
+
+    model_config = _STRICT
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaSpec
+
+
+ResponseFormat = Annotated[TextFormat | JsonObjectFormat | JsonSchemaFormat, Field(discriminator="type")]
+MAX_CHOICES = 16
+
+
 class ChatCompletionCreate(_Request):
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
@@ -257,7 +309,10 @@ class ChatCompletionCreate(_Request):
     top_p: float | None = Field(default=None, gt=0.0, le=1.0, allow_inf_nan=False)
     seed: int | None = Field(default=None, ge=0, le=2**64 - 1)
     stop: str | list[str] | None = None
-    n: Literal[1] | None = None
+    n: int | None = Field(default=None, ge=1, le=MAX_CHOICES)
+    response_format: ResponseFormat | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     # vLLM's sampling extensions (benchmarks and local-model clients send them in extra_body)
@@ -277,6 +332,13 @@ class ChatCompletionCreate(_Request):
                  "min_tokens": self.min_tokens}
         return {k: v for k, v in given.items() if v is not None}
 
+    def json_schema(self) -> dict[str, Any] | None:
+        """The schema the reply must match, or None for free text."""
+        fmt = self.response_format
+        if isinstance(fmt, JsonSchemaFormat):
+            return fmt.json_schema.schema_ or JSON_OBJECT_SCHEMA
+        return JSON_OBJECT_SCHEMA if isinstance(fmt, JsonObjectFormat) else None
+
 
 class ChatResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
@@ -288,7 +350,7 @@ class ChatChoice(BaseModel):
     index: int = 0
     message: ChatResponseMessage
     finish_reason: Literal["stop", "length"]
-    logprobs: None = None
+    logprobs: dict[str, Any] | None = None
 
 
 class PromptTokensDetails(BaseModel):

@@ -16,6 +16,7 @@ from pyagent.server.bodies import OffLoopRoute
 from pyagent.server.conversation import history_messages, input_items, item_message
 from pyagent.server.errors import APIError, not_found
 from pyagent.server.models import (
+    LOGPROBS_INCLUDE,
     DeletedResponse,
     ErrorBody,
     InputItemList,
@@ -84,6 +85,15 @@ async def _prepare(state: ServerState, body: ResponseCreate, owner: str) -> Resp
     max_tokens = min(body.max_output_tokens or room, room)
     temperature = 1.0 if body.temperature is None else body.temperature
     top_p = 1.0 if body.top_p is None else body.top_p
+    extras: dict[str, Any] = {}
+    schema = None if body.text is None else body.text.json_schema()
+    if schema is not None:
+        await asyncio.to_thread(backend.check_schema, schema, "text.format")
+        extras["json_schema"] = schema
+    top_n: int | None = None  # None: no log-probabilities asked for
+    if body.top_logprobs is not None or LOGPROBS_INCLUDE in (body.include or []):
+        top_n = body.top_logprobs or 0
+        extras["logprobs"] = top_n
     response = ResponseObject(
         id=new_id("resp"),
         created_at=int(time.time()),
@@ -97,10 +107,14 @@ async def _prepare(state: ServerState, body: ResponseCreate, owner: str) -> Resp
         top_p=top_p,
         truncation=truncation,
         metadata=body.metadata or {},
+        top_logprobs=body.top_logprobs,
     ).model_dump(mode="json")
+    if body.text is not None and body.text.format is not None:  # echo the format as the API does
+        response["text"] = body.text.model_dump(mode="json", by_alias=True, exclude_none=True)
     if body.store and state.store is not None:  # a big input is megabytes of JSON and SQLite: off the loop
         await asyncio.to_thread(state.store.insert, response, items, owner=owner)
-    params = GenParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p)
+    params = GenParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, extras=extras,
+                       schema_field="text.format")
     return ResponseRun(backend, state.store if body.store else None, response, prompt, params,
                        on_finish=state.finished, owner=owner)
 

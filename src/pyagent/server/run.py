@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from pyagent.server.backend import Backend, GenParams, Prompt, aclose
+from pyagent.server.logprobs import format_logprobs
 from pyagent.server.store import ResponseStore
 from pyagent.server.streaming import ResponseEventBuilder
 
@@ -51,6 +52,7 @@ class ResponseRun:
         self._on_finish = on_finish
         self._cancel_requested = False
         self._task: asyncio.Task[None] | None = None
+        self.logprobs: list[dict[str, Any]] = []  # of the generated tokens, when the request asked for them
 
     @property
     def id(self) -> str:
@@ -87,8 +89,8 @@ class ResponseRun:
     def _notify(self) -> None:
         self._changed.set()
 
-    def _message(self, text: str, status: str) -> dict[str, Any]:
-        content = [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]
+    def _message(self, text: str, status: str, logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        content = [{"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs or []}]
         return {"id": self.item_id, "type": "message", "role": "assistant", "status": status, "content": content}
 
     async def _produce(self) -> None:
@@ -99,12 +101,16 @@ class ResponseRun:
         b.part_added(self.item_id)
         self._notify()
         text, n_out, n_cached, finish, error = "", 0, 0, None, None
+        top_n: int | None = self.params.extras.get("logprobs")  # None: the client did not ask for log-probabilities
+        token_bytes = self.backend.engine.tokenizer.token_bytes if top_n is not None else None
         stream = None
         try:
             stream = await self.backend.generate(self.prompt, self.params, self.id)
             async for out in stream:
-                if out.text_delta:
-                    b.delta(self.item_id, out.text_delta)
+                new = [] if token_bytes is None or top_n is None else format_logprobs(token_bytes, out.logprobs, top_n)
+                self.logprobs.extend(new)
+                if out.text_delta or new:
+                    b.delta(self.item_id, out.text_delta, new)
                     self._notify()
                 text, n_out, n_cached = out.text, len(out.token_ids), out.num_cached_tokens
                 if out.finished:
@@ -137,10 +143,10 @@ class ResponseRun:
         else:
             status = "completed"
         item_status = "completed" if status == "completed" else "incomplete"
-        item = self._message(text, item_status)
+        item = self._message(text, item_status, self.logprobs)
         if status in ("completed", "incomplete"):
-            b.text_done(self.item_id, text)
-            b.part_done(self.item_id, text)
+            b.text_done(self.item_id, text, self.logprobs)
+            b.part_done(self.item_id, text, self.logprobs)
             b.item_done(item)
         n_in = len(self.prompt.token_ids)
         resp.update(

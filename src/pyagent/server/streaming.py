@@ -50,18 +50,16 @@ class ResponseEventBuilder:
         part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
         return self._emit("response.content_part.added", item_id=item_id, output_index=0, content_index=0, part=part)
 
-    def delta(self, item_id: str, text: str) -> dict[str, Any]:
-        return self._emit(
-            "response.output_text.delta", item_id=item_id, output_index=0, content_index=0, delta=text, logprobs=[]
-        )
+    def delta(self, item_id: str, text: str, logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        return self._emit("response.output_text.delta", item_id=item_id, output_index=0, content_index=0,
+                          delta=text, logprobs=logprobs or [])
 
-    def text_done(self, item_id: str, text: str) -> dict[str, Any]:
-        return self._emit(
-            "response.output_text.done", item_id=item_id, output_index=0, content_index=0, text=text, logprobs=[]
-        )
+    def text_done(self, item_id: str, text: str, logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        return self._emit("response.output_text.done", item_id=item_id, output_index=0, content_index=0,
+                          text=text, logprobs=logprobs or [])
 
-    def part_done(self, item_id: str, text: str) -> dict[str, Any]:
-        part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+    def part_done(self, item_id: str, text: str, logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        part = {"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs or []}
         return self._emit("response.content_part.done", item_id=item_id, output_index=0, content_index=0, part=part)
 
     def item_done(self, item: dict[str, Any]) -> dict[str, Any]:

@@ -80,6 +80,7 @@ class UsageMeter:
             "output_tokens": sum(c.output_tokens for c in self.calls),
             "tokens": sum(c.tokens for c in self.calls),
             "cost": round(sum(c.cost for c in self.calls), 6),
+            "seconds": round(sum(c.latency for c in self.calls), 3),  # time spent waiting for the model
         }
 
     def totals(self) -> dict[str, Any]:
@@ -96,4 +97,7 @@ class LLMClient(Protocol):
     meter: UsageMeter
     budget: Budget | None  # every call is charged here; a run sets it to its chain's one budget
 
-    async def complete(self, messages: list[dict[str, str]], *, max_tokens: int = 2048) -> LLMReply: ...
+    async def complete(self, messages: list[dict[str, str]], *, max_tokens: int = 2048,
+                       schema: dict[str, Any] | None = None) -> LLMReply:
+        """The model's reply; with ``schema`` the reply is JSON that the endpoint was asked to hold to it."""
+        ...

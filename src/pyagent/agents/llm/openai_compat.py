@@ -2,7 +2,10 @@
 
 ``api="auto"`` tries ``/responses`` first and falls back to ``/chat/completions`` for the rest of the
 run when the endpoint does not have it (404/405), since many local servers only speak the latter.
-Rate limits (429) and server errors (5xx) and timeouts are retried a bounded number of times with
+With a JSON schema the request carries ``text.format`` (Responses) or ``response_format`` (Chat
+Completions), so a server that enforces schemas while decoding (PyAgent's own, vLLM, OpenAI) returns JSON
+that matches; an endpoint that refuses the field (a 400 naming it) is asked again without it for the
+rest of the run, and the agents then read the JSON from the free text. Rate limits (429) and server errors (5xx) and timeouts are retried a bounded number of times with
 exponential backoff (``Retry-After`` honoured, capped). Prompts pass through ``redact()`` first.
 """
 
@@ -59,6 +62,7 @@ class OpenAICompatClient:
         self.budget = budget
         self.meter = meter or UsageMeter()
         self._transport = transport
+        self.structured = True  # send schemas until the endpoint shows it does not take them
 
     def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
@@ -116,7 +120,15 @@ class OpenAICompatClient:
                     pass
         return float(min(self.backoff * (1 << min(attempt, 16)), self.max_backoff))
 
-    async def complete(self, messages: list[dict[str, str]], *, max_tokens: int = 2048) -> LLMReply:
+    def _with_schema(self, api: str, body: dict[str, Any], schema: dict[str, Any] | None) -> dict[str, Any]:
+        if schema is None or not self.structured:
+            return body
+        if api == "responses":
+            return body | {"text": {"format": {"type": "json_schema", "name": "edit", "schema": schema}}}
+        return body | {"response_format": {"type": "json_schema", "json_schema": {"name": "edit", "schema": schema}}}
+
+    async def complete(self, messages: list[dict[str, str]], *, max_tokens: int = 2048,
+                       schema: dict[str, Any] | None = None) -> LLMReply:
         from pyagent.redact import redact
 
         if self.budget is not None:
@@ -136,6 +148,7 @@ class OpenAICompatClient:
                 else:
                     body = {"model": self.model, "messages": clean, "max_tokens": max_tokens}
                     url = f"{self.base_url}/chat/completions"
+                body = self._with_schema(api, body, schema)
                 response: httpx.Response | None = None
                 try:
                     response = await http.post(url, json=body, headers=self._headers())
@@ -147,6 +160,10 @@ class OpenAICompatClient:
                         continue
                     if response.status_code < 300:
                         return self._finish(response, api, start, attempts + 1)
+                    if response.status_code == 400 and schema is not None and self.structured and any(
+                            f in response.text for f in ("response_format", "text.format", "json_schema")):
+                        self.structured = False  # the endpoint does not take schemas; not a retry
+                        continue
                     last_error = f"HTTP {response.status_code}: {response.text[:300]}"
                     if response.status_code not in _RETRY_STATUS:
                         raise LLMError(f"{url} answered {last_error}")
