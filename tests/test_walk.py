@@ -91,3 +91,16 @@ def test_symlink_loop_is_not_followed(tmp_path: Path) -> None:
     os.symlink(tmp_path, tmp_path / "loop")
     files, _ = _rust.walk(str(tmp_path), extensions=["py"])
     assert _rel(tmp_path, files) == ["x.py"]
+
+
+def test_a_non_utf8_file_name_round_trips_byte_for_byte(tmp_path: Path) -> None:
+    name = b"caf\xe9.py"  # latin-1, not UTF-8: a real name on this file system
+    with open(os.path.join(os.fsencode(tmp_path), name), "wb") as f:
+        f.write(b"x = 1\n")
+    (tmp_path / "ok.py").write_text("y = 2\n")
+    files, errors = _rust.walk(str(tmp_path), extensions=["py"])
+    assert errors == []
+    assert sorted(os.fsencode(Path(f).name) for f in files) == [name, b"ok.py"]
+    assert all(os.path.exists(f) for f in files), "a lossy name would match no file"
+    with open(next(f for f in files if os.fsencode(f).endswith(name)), "rb") as f:
+        assert f.read() == b"x = 1\n"

@@ -146,6 +146,8 @@ pub fn collect(root: &Path, opts: &WalkOptions) -> Result<WalkResult, WalkError>
 
 /// walk(root, *, extensions=None, globs=[], excludes=[], hidden=False, no_ignore=False)
 /// -> (files, errors): the files under `root` as the audit and replace see them.
+/// Paths travel as `OsString` (a Python str decoded like `os.fsdecode`), so a name that is not UTF-8
+/// round-trips byte for byte instead of becoming a lossy name that matches no file.
 #[pyfunction]
 #[pyo3(signature = (root, *, extensions=None, globs=vec![], excludes=vec![], hidden=false, no_ignore=false))]
 fn walk(
@@ -156,11 +158,11 @@ fn walk(
     excludes: Vec<String>,
     hidden: bool,
     no_ignore: bool,
-) -> PyResult<(Vec<String>, PathErrors)> {
+) -> PyResult<(Vec<std::ffi::OsString>, PathErrors)> {
     guarded(|| {
         let opts = WalkOptions { extensions, globs, excludes, hidden, no_ignore };
         let result = py.detach(|| collect(&root, &opts))?;
-        Ok((result.files.iter().map(|p| p.display().to_string()).collect(), result.errors))
+        Ok((result.files.into_iter().map(PathBuf::into_os_string).collect(), result.errors))
     })
 }
 

@@ -127,3 +127,50 @@ def test_a_mismatched_decode_instance_is_refused_at_the_handshake(stack: tuple[I
     r = _client(p).chat.completions.create(model="tiny", messages=[{"role": "user", "content": "still there?"}],
                                            max_tokens=3)
     assert r.usage is not None and r.usage.completion_tokens >= 1
+
+
+def test_without_the_nixl_extra_the_product_says_how_to_install_it(tiny: Path, tmp_path: Path) -> None:
+    hide = ("import sys; sys.modules['nixl'] = None; sys.modules['nixl._api'] = None; "
+            "from pyagent.cli import main; sys.exit(main(sys.argv[1:]))")
+    done = subprocess.run([sys.executable, "-c", hide, "serve", "--model", str(tiny), "--role", "prefill",
+                           "--kv-backend", "nixl", "--home", str(tmp_path / "home"), "--port", "0",
+                           "--store", ":memory:"], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "NIXL is not installed" in done.stderr and "pip install 'pyagent[nixl]'" in done.stderr
+
+
+@pytest.mark.slow
+def test_nixl_stack_output_equals_one_instance(stack: tuple[Instance, ...], tiny: Path, tmp_path: Path) -> None:
+    pytest.importorskip("nixl._api", reason="the nixl extra is not installed")
+    *_, s = stack
+    home = tmp_path / "home"
+    p = prefill(tiny, tmp_path, "--kv-backend", "nixl", home=home)
+    started = [p.start()]
+    try:
+        assert p.kv_port is not None
+        started.append(d := decode(tiny, tmp_path, p.kv_port, "--kv-backend", "nixl", home=home).start())
+        started.append(r := router(tmp_path, p, d).start())
+        assert _answers(_client(r), stream=True) == _answers(_client(s, "unused"), stream=False)
+        transfer = d.health()["kv_transfer"]
+        assert isinstance(transfer, dict) and transfer["backend"] == "nixl"
+        assert transfer["loads"] == len(QUESTIONS) and transfer["loads_failed"] == 0
+    finally:
+        for inst in started:
+            inst.stop()
+
+
+def test_clients_that_give_up_early_free_the_prefill_blocks_before_any_lease_expires(
+        stack: tuple[Instance, ...]) -> None:
+    p, d, r, _ = stack
+    start_p, start_d = p.free_blocks(), d.free_blocks()
+    impatient = openai.OpenAI(base_url=r.url, api_key=KEY, max_retries=0, timeout=0.05)
+    for q in QUESTIONS * 2:
+        with pytest.raises(openai.APITimeoutError):
+            impatient.chat.completions.create(model="tiny", messages=[{"role": "user", "content": q + " (gone)"}],
+                                              max_tokens=64)
+    deadline = time.monotonic() + 15  # well inside the 30 s lease timeout
+    while (p.free_blocks(), d.free_blocks()) != (start_p, start_d) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert (p.free_blocks(), d.free_blocks()) == (start_p, start_d)
+    transfer = p.health()["kv_transfer"]
+    assert isinstance(transfer, dict) and transfer["leases_expired"] == 0 and transfer["leases"] == 0

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pytest
@@ -22,10 +22,13 @@ from pyagent.inference.engine import PagedAttentionEngine
 from pyagent.inference.sampler import SamplingParams
 from pyagent.kv_transfer.connector import DisaggConnector, HandshakeRefused, PeerAddress
 from pyagent.kv_transfer.layout import HANDSHAKE_VERSION
+from pyagent.kv_transfer.nixl_backend import nixl_available
 from pyagent.voyager.home import KeyPair
 from pyagent.voyager.transport import RemoteError, VoyagerTransport
 
 NUM_BLOCKS = 96
+Backend = Literal["zmq", "nixl"]
+needs_nixl = pytest.mark.skipif(not nixl_available(), reason="the nixl extra is not installed")
 
 
 def _keys() -> KeyPair:
@@ -43,17 +46,20 @@ def _engine(tiny_dir: Path, connector: DisaggConnector | None = None, block_size
                                                 kv_connector=connector)
 
 
-def _prefill(tiny_dir: Path, lease_timeout: float = 20.0) -> tuple[PagedAttentionEngine, DisaggConnector]:
-    conn = DisaggConnector("prefill", keypair=KEYS, trusted=lambda: {ROGUE.public}, lease_timeout=lease_timeout)
+def _prefill(tiny_dir: Path, lease_timeout: float = 20.0, backend: Backend = "zmq"
+             ) -> tuple[PagedAttentionEngine, DisaggConnector]:
+    conn = DisaggConnector("prefill", keypair=KEYS, trusted=lambda: {ROGUE.public}, lease_timeout=lease_timeout,
+                           backend=backend)
     engine = _engine(tiny_dir, conn)
     conn.start(engine.model_name, engine.config)
     return engine, conn
 
 
-def _decode(tiny_dir: Path, p_conn: DisaggConnector, block_size: int = 16, lease_timeout: float = 20.0
-            ) -> tuple[PagedAttentionEngine, DisaggConnector]:
+def _decode(tiny_dir: Path, p_conn: DisaggConnector, block_size: int = 16, lease_timeout: float = 20.0,
+            backend: Backend = "zmq") -> tuple[PagedAttentionEngine, DisaggConnector]:
     peer = PeerAddress.parse(p_conn.endpoint, KEYS.public)
-    conn = DisaggConnector("decode", keypair=KEYS, trusted=set, peer=peer, lease_timeout=lease_timeout)
+    conn = DisaggConnector("decode", keypair=KEYS, trusted=set, peer=peer, lease_timeout=lease_timeout,
+                           backend=backend)
     engine = _engine(tiny_dir, conn, block_size)
     try:
         conn.start(engine.model_name, engine.config)
@@ -63,10 +69,11 @@ def _decode(tiny_dir: Path, p_conn: DisaggConnector, block_size: int = 16, lease
     return engine, conn
 
 
-@pytest.fixture(scope="module")
-def pair(tiny_dir: Path) -> Iterator[tuple[PagedAttentionEngine, PagedAttentionEngine, PagedAttentionEngine]]:
-    p, p_conn = _prefill(tiny_dir)
-    d, d_conn = _decode(tiny_dir, p_conn)
+@pytest.fixture(scope="module", params=["zmq", pytest.param("nixl", marks=needs_nixl)])
+def pair(request: pytest.FixtureRequest, tiny_dir: Path
+         ) -> Iterator[tuple[PagedAttentionEngine, PagedAttentionEngine, PagedAttentionEngine]]:
+    p, p_conn = _prefill(tiny_dir, backend=request.param)
+    d, d_conn = _decode(tiny_dir, p_conn, backend=request.param)
     single = _engine(tiny_dir)
     yield p, d, single
     for e in (p, d, single):
@@ -150,6 +157,9 @@ def test_tampered_params_fall_back_to_local_compute(pair: Any) -> None:
         assert (await _run(d, prompt, params, bad))[0] == want
         garbage = {"do_remote_prefill": True, "block_ids": "all of them"}
         assert (await _run(d, prompt, params, garbage))[0] == want
+        # a forged digest cannot end the lease either; the genuine parameters still can
+        assert p.kv_connector.health()["leases"] == 1  # type: ignore[union-attr]
+        assert (await _run(d, prompt, params, kv))[0] == want
 
     asyncio.run(main())
     _settle(p, d)
@@ -236,3 +246,38 @@ def test_malformed_side_channel_messages_are_dropped_naming_the_peer(pair: Any, 
         assert await _disagg(p, d, prompt, params) == want
 
     asyncio.run(again())
+
+
+@needs_nixl
+def test_a_nixl_decode_instance_refuses_a_prefill_peer_without_nixl(tiny_dir: Path) -> None:
+    p, p_conn = _prefill(tiny_dir, backend="zmq")
+    try:
+        with pytest.raises(HandshakeRefused, match="offers none"):
+            _decode(tiny_dir, p_conn, backend="nixl")
+    finally:
+        p.close()
+        p_conn.close()
+
+
+def test_a_client_cannot_borrow_another_prompts_blocks(pair: Any) -> None:
+    p, d, single = pair
+    victim = p.tokenizer.encode("the victim's private prompt, which nobody else may condition on " * 2)
+    attacker = p.tokenizer.encode("an attacker's prompt of another text entirely, equally long.... " * 2)
+    attacker = (attacker + attacker)[:len(victim)]
+    params = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
+
+    async def main() -> None:
+        _, kv = await _run(p, victim, SamplingParams(max_tokens=1, temperature=0.0), {"do_remote_decode": True})
+        assert kv is not None
+        from pyagent.kv_transfer.params import prompt_digest
+
+        # the victim's lease, claimed for the attacker's own prompt (its digest matches what the decode side sees)
+        forged = {**kv, "prompt_digest": prompt_digest(attacker)}
+        want, _ = await _run(single, attacker, params)
+        assert (await _run(d, attacker, params, forged))[0] == want  # computed locally, not from the victim's KV
+        assert p.kv_connector.health()["leases"] == 1  # type: ignore[union-attr]  # the victim's lease survives
+        assert (await _run(d, victim, params, kv))[0] == (await _run(single, victim, params))[0]
+
+    asyncio.run(main())
+    _settle(p, d)
+    assert p.kv_cache.num_free_blocks == NUM_BLOCKS and d.kv_cache.num_free_blocks == NUM_BLOCKS

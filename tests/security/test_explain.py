@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,22 +28,45 @@ def test_doctor_reports_the_full_set_here() -> None:
     assert "landlock" in out.stdout and "ABI" in out.stdout
 
 
+# Enters a user namespace of its own (PyAgent's own primitive, no util-linux needed), sets
+# user.max_user_namespaces = 0 there and execs the command: the kernel then refuses it any new user
+# namespace, a real missing layer rather than a simulated one.
+_LIMIT = """
+import os, sys
+from pyagent.shell._sandbox import enter_user_namespace
+enter_user_namespace()
+with open("/proc/sys/user/max_user_namespaces", "w") as f:
+    f.write("0")
+if sys.argv[1:2] == ["--probe"]:
+    raise SystemExit(0)
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+
+
 def _without_user_namespaces(cmd: list[str]) -> subprocess.CompletedProcess[str]:
-    """Runs ``cmd`` where the kernel refuses new user namespaces (user.max_user_namespaces = 0 in a
-    user namespace of its own: a real missing layer, not a simulated one)."""
-    script = "echo 0 > /proc/sys/user/max_user_namespaces && exec \"$@\""
-    return subprocess.run(["unshare", "-Ur", "sh", "-c", script, "sh", *cmd], capture_output=True, text=True,
-                          timeout=60, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    return subprocess.run([sys.executable, "-c", _LIMIT, *cmd], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+
+
+def _explain_here(tmp_path: Path) -> str:
+    out = subprocess.run([*PYAGENT, "exec", "--explain", "--cwd", str(tmp_path), "--", "true"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stderr
 
 
 @pytest.fixture
-def userns_limit_works() -> None:
-    if shutil.which("unshare") is None:
-        pytest.skip("util-linux unshare is not installed")
-    probe = subprocess.run(["unshare", "-Ur", "sh", "-c", "echo 0 > /proc/sys/user/max_user_namespaces"],
-                           capture_output=True, timeout=30)
+def userns_limit_works(tmp_path: Path) -> None:
+    probe = _without_user_namespaces(["--probe"])
     if probe.returncode != 0:
-        pytest.skip("this kernel cannot limit user namespaces from inside one")
+        # Where user namespaces cannot be limited from inside one, the missing layer cannot be made
+        # here; what the product must still do is tell the truth about this machine.
+        explain = _explain_here(tmp_path)
+        userns = subprocess.run([sys.executable, "-c", "from pyagent.shell._sandbox import enter_user_namespace;"
+                                 "enter_user_namespace()"], capture_output=True, timeout=30,
+                                env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}).returncode == 0
+        assert ("yes  user namespace" if userns else "NO   user namespace") in explain, explain
+        pytest.skip(f"this kernel cannot limit user namespaces from inside one: {probe.stderr.strip()[-200:]}")
 
 
 @pytest.mark.usefixtures("userns_limit_works")

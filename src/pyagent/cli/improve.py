@@ -7,6 +7,8 @@ from typing import Any
 
 from pyagent.cli import CommandError
 
+RAY_INSTALL = "pip install 'pyagent[ray]'"  # the same text as pyagent.pipeline.ray_executor's, without importing it
+
 
 def _positive_int(text: str) -> int:
     value = int(text)
@@ -23,6 +25,15 @@ def _budget(text: str) -> float:
     if value < 0:
         raise argparse.ArgumentTypeError("must not be negative")
     return value
+
+
+def _executor_spec(text: str) -> tuple[str, str | None]:
+    name, _, address = text.partition(":")
+    if name == "local" and not address:
+        return "local", None
+    if name == "ray":
+        return "ray", address or None
+    raise argparse.ArgumentTypeError(f"expected local, ray or ray:ADDRESS, got {text!r}")
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -67,7 +78,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--agents",
         metavar="A,B",
         type=lambda text: tuple(a.strip() for a in text.split(",") if a.strip()),
-        help="only these agents (lint, modernize, simplify, format, refactor, docstring)",
+        help="only these agents (lint, modernize, simplify, format, deprecation, deadcode, complexity, types, "
+        "refactor, docstring); naming `types` opts a project without a mypy/pyright configuration in",
     )
     p.add_argument(
         "--exclude", metavar="GLOB", action="append", default=[], help="leave matching paths alone (repeatable)"
@@ -103,6 +115,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--swarm",
         action="store_true",
         help="spread tasks over trusted Voyager peers found by mDNS (keys: $PYAGENT_NODE_HOME or ~/.pyagent/node)",
+    )
+    p.add_argument(
+        "--executor",
+        type=_executor_spec,
+        default=("local", None),
+        metavar="local|ray[:ADDRESS]",
+        help="where tasks run: local (default) or a Ray cluster (ADDRESS, else $RAY_ADDRESS, else a new "
+        f"local Ray instance; as many tasks at once as it has free CPUs; needs {RAY_INSTALL})",
     )
     p.add_argument(
         "--no-memory",
@@ -153,10 +173,21 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"no Python files under {args.path}: nothing to improve")
 
     factory: ExecutorFactory | None = None
+    kind, address = args.executor
+    if args.swarm and kind != "local":
+        raise CommandError("--swarm and --executor ray are two ways to spread the work; choose one")
     if args.swarm:
         from pyagent.voyager.swarm import swarm_executor_factory
 
         factory = swarm_executor_factory
+    elif kind == "ray":
+        from pyagent.pipeline.ray_executor import RayCluster, RayUnavailableError, ray_executor_factory
+
+        try:  # before anything is measured: a missing extra or an unreachable cluster fails at once
+            cluster = RayCluster.connect(address)
+        except RayUnavailableError as exc:
+            raise CommandError(str(exc)) from exc
+        factory = ray_executor_factory(cluster)
     display = LiveDisplay()
     knowledge = _open_memory(args)
     opts = ImproveOptions(

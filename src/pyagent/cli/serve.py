@@ -31,6 +31,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     p.add_argument("--model", metavar="PATH",
                    help="a GGUF file, or a model directory (config.json, *.safetensors, tokenizer.json)")
+    p.add_argument("--quantize", choices=["q8_0"], default=None,
+                   help="convert a safetensors checkpoint's matrices to Q8_0 at load")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 = any free port)")
     p.add_argument("--store", metavar="DB", default=None,
@@ -55,6 +57,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
                    help="decode: the prefill node's public key (default: this home's own key, i.e. same home)")
     d.add_argument("--kv-lease-timeout", type=float, default=30.0,
                    help="seconds a leased block waits for its peer before it is freed (default 30)")
+    d.add_argument("--kv-backend", choices=("zmq", "nixl"), default="zmq",
+                   help="how blocks move: zmq (default, over the authenticated side channel) or nixl (direct "
+                        "memory reads through UCX; needs `pip install 'pyagent[nixl]'`), the same on both sides")
     d.add_argument("--home", help="node home with the CurveZMQ keys (default ~/.pyagent/node); a prefill "
                                   "instance accepts its own key and the keys `pyagent trust` added")
     d.add_argument("--block-size", type=int, default=16, help="KV cache block size in tokens (default 16)")
@@ -122,8 +127,14 @@ def _connector(args: argparse.Namespace) -> Any:
             peer = PeerAddress.parse(args.kv_peer, key)
     except (HomeError, ValueError, OSError) as exc:
         raise CommandError(str(exc)) from None
+    if args.kv_backend == "nixl":
+        from pyagent.kv_transfer.nixl_backend import INSTALL_HINT, nixl_available
+
+        if not nixl_available():
+            raise CommandError(f"--kv-backend nixl: {INSTALL_HINT}")
     return DisaggConnector(args.role, keypair=keypair, trusted=home.trusted_keys,
-                           host=args.host, port=args.kv_port, peer=peer, lease_timeout=args.kv_lease_timeout)
+                           host=args.host, port=args.kv_port, peer=peer, lease_timeout=args.kv_lease_timeout,
+                           backend=args.kv_backend)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -148,15 +159,17 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError("--block-size must be positive")
     connector = _connector(args)
     try:
-        engine = load_engine(model_dir, block_size=args.block_size, kv_connector=connector)
+        engine = load_engine(model_dir, block_size=args.block_size, kv_connector=connector,
+                             quantize=args.quantize)
     except (OSError, ValueError) as exc:
         raise CommandError(f"cannot load the model in {model_dir}: {exc}") from None
     if connector is not None:
         from pyagent.kv_transfer.connector import HandshakeRefused
+        from pyagent.kv_transfer.nixl_backend import NixlUnavailable
 
         try:
             connector.start(engine.model_name, engine.config)
-        except (HandshakeRefused, OSError, TimeoutError) as exc:
+        except (HandshakeRefused, NixlUnavailable, OSError, TimeoutError) as exc:
             connector.close()
             raise CommandError(f"--role {args.role}: {exc}") from None
         where = f"side channel {connector.endpoint}" if args.role == "prefill" else f"prefill peer {args.kv_peer}"

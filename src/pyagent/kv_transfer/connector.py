@@ -30,6 +30,7 @@ from pyagent.inference.kv_cache import KVCacheManager
 from pyagent.inference.kv_connector import RemoteMatch, RequestView, TransferUpdate
 from pyagent.kv_transfer.layout import HANDSHAKE_VERSION, KVLayout, KVProtocolError
 from pyagent.kv_transfer.leases import LeaseTable
+from pyagent.kv_transfer.nixl_backend import NixlBackend
 from pyagent.kv_transfer.params import RemotePrefill, prompt_digest, wants_remote_decode
 from pyagent.voyager.home import KeyPair, fingerprint
 from pyagent.voyager.transport import Request as WireRequest
@@ -75,7 +76,8 @@ class DisaggConnector:
 
     def __init__(self, role: Role, *, keypair: KeyPair,
                  trusted: Callable[[], set[bytes]], host: str = "127.0.0.1", port: int = 0,
-                 peer: PeerAddress | None = None, lease_timeout: float = 30.0) -> None:
+                 peer: PeerAddress | None = None, lease_timeout: float = 30.0,
+                 backend: Literal["zmq", "nixl"] = "zmq") -> None:
         if role == "decode" and peer is None:
             raise ValueError("a decode instance needs its prefill peer (--kv-peer)")
         self.role = role
@@ -97,6 +99,8 @@ class DisaggConnector:
         self._verified_peers: set[str] = set()  # keys (Z85) of decode peers whose layout matched
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self.backend = backend
+        self.nixl: NixlBackend | None = None
         self.stats = {"loads": 0, "loads_failed": 0, "blocks_loaded": 0, "blocks_reused": 0, "malformed": 0,
                       "refused": 0}
 
@@ -110,6 +114,8 @@ class DisaggConnector:
         if self.kv is None:
             raise RuntimeError("create the engine (it registers its KV cache) before starting the connector")
         self.layout = KVLayout.of(model_name, config, self.kv)
+        if self.backend == "nixl":  # raises NixlUnavailable (saying how to install it) when absent
+            self.nixl = NixlBackend(f"pyagent-{self.role}-{self.engine_id}", self.kv)
         ready: Future[None] = Future()
         self._thread = threading.Thread(target=self._run, args=(ready,), name="pyagent-kv", daemon=True)
         self._thread.start()
@@ -142,6 +148,7 @@ class DisaggConnector:
         if self.role == "prefill":
             t.register("kv.handshake", self._on_handshake)
             t.register("kv.read", self._on_read)
+            t.register("kv.check", self._on_check)
             t.register("kv.done", self._on_done)
             await t.start()
             asyncio.get_running_loop().create_task(self._expire_leases())
@@ -210,9 +217,10 @@ class DisaggConnector:
         if aborted or not wants_remote_decode(request.kv_transfer_params) or not block_ids:
             return False, None
         prompt = request.prompt_token_ids
-        self.leases.grant(rid, block_ids)
+        digest = prompt_digest(prompt)
+        self.leases.grant(rid, block_ids, digest)
         remote = RemotePrefill(self.engine_id, rid, tuple(block_ids), len(prompt), request.token_ids[len(prompt)],
-                               prompt_digest(prompt))
+                               digest)
         return True, remote.to_params()
 
     # -- worker side
@@ -223,7 +231,6 @@ class DisaggConnector:
             self._submit(self._load(load))
 
     def get_finished(self) -> TransferUpdate:
-        self.leases.expire()
         with self._lock:
             loaded, self._loaded = frozenset(self._loaded), set()
             failed, self._failed = frozenset(self._failed), set()
@@ -239,7 +246,8 @@ class DisaggConnector:
     # -- decode side: loads
     async def _handshake(self) -> None:
         assert self.layout is not None
-        hello = {"version": HANDSHAKE_VERSION, "engine_id": self.engine_id, "layout": self.layout.to_wire()}
+        hello = {"version": HANDSHAKE_VERSION, "engine_id": self.engine_id, "layout": self.layout.to_wire(),
+                 "backend": self.backend}
         try:
             reply = await self.transport.request(PEER, "kv.handshake", hello, timeout=10.0)
         except TransportError as exc:
@@ -254,6 +262,12 @@ class DisaggConnector:
         if not reply["ok"] or reason is not None:
             raise HandshakeRefused(f"the prefill peer's KV layout is incompatible: {reason or reply.get('reason')}")
         engine = reply.get("engine_id")
+        if self.nixl is not None:
+            try:
+                self.nixl.add_peer(reply.get("nixl"))
+            except KVProtocolError:
+                raise HandshakeRefused("this instance reads over NIXL but the prefill peer offers none "
+                                       "(start it with --kv-backend nixl)") from None
         self._peer_engine = engine if isinstance(engine, str) else None
 
     async def _load(self, load: _Load) -> None:
@@ -281,11 +295,22 @@ class DisaggConnector:
     async def _read_blocks(self, load: _Load) -> None:
         kv, layout = self.kv, self.layout
         assert kv is not None and layout is not None
+        if not load.remote_blocks:
+            return
+        if self.nixl is not None:
+            # NIXL reads raw memory, so first have the peer confirm this lease (request, prompt, blocks)
+            await self.transport.request(PEER, "kv.check", {
+                "request_id": load.remote.request_id, "digest": load.remote.prompt_digest,
+                "blocks": load.remote_blocks}, timeout=self.lease_timeout / 2)
+            await self.nixl.read(load.remote_blocks, load.local_blocks, load.remote.request_id.encode(),
+                                 self.lease_timeout / 2)
+            return
         per_chunk = max(1, READ_CHUNK_BYTES // (2 * layout.block_bytes))
         for i in range(0, len(load.remote_blocks), per_chunk):
             remote, local = load.remote_blocks[i:i + per_chunk], load.local_blocks[i:i + per_chunk]
-            data = await self.transport.request(PEER, "kv.read", {"request_id": load.remote.request_id,
-                                                                  "blocks": remote}, timeout=self.lease_timeout / 2)
+            data = await self.transport.request(PEER, "kv.read", {
+                "request_id": load.remote.request_id, "digest": load.remote.prompt_digest, "blocks": remote},
+                timeout=self.lease_timeout / 2)
             if not isinstance(data, bytes) or len(data) != 2 * layout.block_bytes * len(remote):
                 raise KVProtocolError("kv.read answered with the wrong number of bytes")
             shape = (2, layout.num_layers, len(remote), layout.num_kv_heads, layout.block_size, layout.head_dim)
@@ -295,7 +320,8 @@ class DisaggConnector:
 
     async def _release_remote(self, remote: RemotePrefill) -> None:
         with contextlib.suppress(TransportError):
-            await self.transport.request(PEER, "kv.done", {"request_id": remote.request_id}, timeout=5.0)
+            await self.transport.request(PEER, "kv.done", {"request_id": remote.request_id,
+                                                           "digest": remote.prompt_digest}, timeout=5.0)
 
     # -- prefill side: the side channel
     def _malformed(self, req: WireRequest, exc: Exception) -> KVProtocolError:
@@ -318,7 +344,10 @@ class DisaggConnector:
             log.warning("refused the handshake of peer %s: %s", peer, reason)
             return {"ok": False, "reason": reason, "layout": self.layout.to_wire()}
         self._verified_peers.add(req.client_key)
-        return {"ok": True, "engine_id": self.engine_id, "layout": self.layout.to_wire()}
+        reply = {"ok": True, "engine_id": self.engine_id, "layout": self.layout.to_wire()}
+        if self.nixl is not None:
+            reply["nixl"] = self.nixl.describe()
+        return reply
 
     def _on_read(self, payload: Any, req: WireRequest) -> bytes:
         kv = self.kv
@@ -326,42 +355,63 @@ class DisaggConnector:
         try:
             if req.client_key not in self._verified_peers:
                 raise KVProtocolError("kv.read before a successful handshake")
-            rid, blocks = _read_request(payload, kv.num_total_blocks)
+            rid, digest, blocks = _read_request(payload, kv.num_total_blocks)
         except KVProtocolError as exc:
             raise self._malformed(req, exc) from None
 
         def copy(ids: Sequence[int]) -> bytes:
             return bytes(np.stack([kv.k_cache[:, list(ids)], kv.v_cache[:, list(ids)]]).tobytes())
 
-        return self.leases.read(rid, blocks, copy)
+        return self.leases.read(rid, digest, blocks, copy)
+
+    def _on_check(self, payload: Any, req: WireRequest) -> bool:
+        """A NIXL reader asks whether these blocks are its lease's before it reads them directly."""
+        kv = self.kv
+        assert kv is not None
+        try:
+            if req.client_key not in self._verified_peers:
+                raise KVProtocolError("kv.check before a successful handshake")
+            rid, digest, blocks = _read_request(payload, kv.num_total_blocks)
+        except KVProtocolError as exc:
+            raise self._malformed(req, exc) from None
+        return self.leases.read(rid, digest, blocks, lambda ids: True)
 
     def _on_done(self, payload: Any, req: WireRequest) -> bool:
-        if not isinstance(payload, dict) or not isinstance(payload.get("request_id"), str):
-            raise self._malformed(req, KVProtocolError("kv.done needs a request_id"))
-        released = self.leases.release(payload["request_id"])
+        if not isinstance(payload, dict) or not isinstance(payload.get("request_id"), str) or not isinstance(
+                payload.get("digest"), str):
+            raise self._malformed(req, KVProtocolError("kv.done needs a request_id and the prompt digest"))
+        released = self.leases.release(payload["request_id"], payload["digest"])
         if released:
             self._wake()
         return released
 
     async def _expire_leases(self) -> None:
         while True:
-            await asyncio.sleep(min(0.25, self.lease_timeout / 4))
+            await asyncio.sleep(min(0.02 if self.nixl is not None else 0.25, self.lease_timeout / 4))
+            released = False
+            if self.nixl is not None:  # a decode peer's NIXL read ended: its notification names the lease
+                for rid in self.nixl.notifications():
+                    released = self.leases.release(rid) or released
+            if released:
+                self._wake()
+            before = self.leases.expired
             if self.leases.expire():
-                log.warning("%d lease(s) expired: the decode peer never read them", self.leases.expired)
+                log.warning("%d lease(s) expired: no decode peer read or released them within %g s",
+                            self.leases.expired - before, self.lease_timeout)
                 self._wake()
 
     def health(self) -> dict[str, Any]:
-        return {"role": self.role, "engine_id": self.engine_id, "side_channel": self.endpoint,
+        return {"role": self.role, "backend": self.backend, "engine_id": self.engine_id, "side_channel": self.endpoint,
                 "leases": len(self.leases), "leases_expired": self.leases.expired,
                 "loads_in_flight": len(self._inflight), **self.stats}
 
 
-def _read_request(payload: Any, num_blocks: int) -> tuple[str, list[int]]:
+def _read_request(payload: Any, num_blocks: int) -> tuple[str, str, list[int]]:
     if not isinstance(payload, dict):
         raise KVProtocolError("kv.read payload is not a map")
-    rid, blocks = payload.get("request_id"), payload.get("blocks")
-    if not isinstance(rid, str) or not isinstance(blocks, list) or not blocks:
-        raise KVProtocolError("kv.read needs a request_id and a non-empty list of blocks")
+    rid, digest, blocks = payload.get("request_id"), payload.get("digest"), payload.get("blocks")
+    if not isinstance(rid, str) or not isinstance(digest, str) or not isinstance(blocks, list) or not blocks:
+        raise KVProtocolError("kv.read needs a request_id, the prompt digest and a non-empty list of blocks")
     if any(not isinstance(b, int) or isinstance(b, bool) or not 0 <= b < num_blocks for b in blocks):
         raise KVProtocolError(f"kv.read block ids must be integers in 0..{num_blocks - 1}")
-    return rid, blocks
+    return rid, digest, blocks

@@ -12,16 +12,17 @@ passed to the decode instance unchanged.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from pyagent.server.errors import error_body
 
@@ -41,21 +42,19 @@ def create_router_app(prefill_url: str, decode_url: str, *, timeout: float = 600
         max_connections=512, max_keepalive_connections=64))
 
     async def relay(upstream: httpx.Request) -> Response:
+        # Shielded: once the prefill instance leased blocks, the decode instance must hear of the request
+        # even if our client has gone, so that its abort (it sees the closed connection) ends the lease now
+        # rather than at the lease timeout.
+        sending = asyncio.ensure_future(client.send(upstream, stream=True))
         try:
-            reply = await client.send(upstream, stream=True)
+            reply = await asyncio.shield(sending)
+        except asyncio.CancelledError:
+            sending.add_done_callback(_close_reply)
+            raise
         except httpx.HTTPError as exc:
             err = error_body(f"the decode instance is unreachable: {exc}", code="upstream_unavailable")
             return Response(orjson.dumps(err), status_code=502, media_type="application/json")
-
-        async def chunks() -> AsyncIterator[bytes]:
-            try:  # closing this (the client went away) closes the decode stream: it aborts the request
-                async for chunk in reply.aiter_raw():
-                    yield chunk
-            finally:
-                await reply.aclose()
-
-        headers = {k: v for k, v in reply.headers.items() if k.lower() not in _HOP_HEADERS}
-        return StreamingResponse(chunks(), status_code=reply.status_code, headers=headers)
+        return _Relay(reply)
 
     async def chat(request: Request) -> Response:
         raw = await request.body()
@@ -70,8 +69,9 @@ def create_router_app(prefill_url: str, decode_url: str, *, timeout: float = 600
         first = await _prefill(client, prefill, body, headers)
         if isinstance(first, Response):
             return first
+        body = {k: v for k, v in body.items() if k != "kv_transfer_params"}  # only the prefill's own count
         if first is not None:
-            body = {**body, "kv_transfer_params": first}
+            body["kv_transfer_params"] = first
         return await relay(client.build_request("POST", f"{decode}/v1/chat/completions",
                                                 content=orjson.dumps(body), headers=headers))
 
@@ -85,6 +85,48 @@ def create_router_app(prefill_url: str, decode_url: str, *, timeout: float = 600
     methods = ["GET", "POST", "DELETE"]
     return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]),
                              Route("/{path:path}", passthrough, methods=methods)])
+
+
+_closing: set[asyncio.Future[None]] = set()
+
+
+def _close_reply(task: asyncio.Future[httpx.Response]) -> None:
+    if not task.cancelled() and task.exception() is None:
+        closing = asyncio.ensure_future(task.result().aclose())
+        _closing.add(closing)
+        closing.add_done_callback(_closing.discard)
+
+
+class _Relay(Response):
+    """The decode instance's response, passed through as it arrives; when the client disconnects the
+    upstream connection is closed at once (the decode instance then aborts the request and frees it)."""
+
+    def __init__(self, reply: httpx.Response) -> None:
+        self.reply = reply
+        self.status_code = reply.status_code
+        self.background = None
+        self.raw_headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers.items()
+                            if k.lower() not in _HOP_HEADERS]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def pump() -> None:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            async for chunk in self.reply.aiter_raw():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        tasks = [asyncio.ensure_future(pump()), asyncio.ensure_future(watch())]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.reply.aclose()
 
 
 async def _prefill(client: httpx.AsyncClient, prefill: str, body: dict[str, Any], headers: dict[str, str]

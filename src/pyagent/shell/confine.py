@@ -37,8 +37,8 @@ DEV_WRITE = ("/dev/null", "/dev/zero", "/dev/full", "/dev/tty", "/dev/pts", "/de
 ETC_SECRETS = frozenset({"shadow", "shadow-", "gshadow", "gshadow-", "sudoers", "sudoers.d", "ssh",
                          "ssl/private", "security/opasswd", "krb5.keytab", "machine-id"})
 # The layers the supervisor reports, in table order ("full set" for --require-sandbox).
-NAMESPACE_LAYERS = ("user namespace", "pid namespace", "mount namespace", "private /proc", "network namespace",
-                    "landlock", "private tmp", ".git read-only")
+NAMESPACE_LAYERS = ("user namespace", "pid namespace", "mount namespace", "private root", "private /proc",
+                    "network namespace", "landlock", "private tmp", ".git read-only")
 
 
 class SandboxUnavailableError(RuntimeError):
@@ -188,9 +188,11 @@ def plan(policy: Confinement, *, cwd: str, exe: str, tmp: str, extra_write: Sequ
     write = [cwd, tmp, *policy.write_paths, *extra_write]
     read = [*SYSTEM_READ, *etc_paths(), *interpreter_paths(), *policy.read_paths, os.path.realpath(exe)]
     git = os.path.join(cwd, ".git")
+    view = [p for p in SYSTEM_READ if p != "/proc"] + ["/etc", *interpreter_paths(), *policy.read_paths,
+                                                      os.path.realpath(exe)]
     return {
         "network": policy.allow_network, "tmp": tmp, "tmp_size": int(policy.tmp_size),
-        "read": read, "write": write, "write_files": list(DEV_WRITE),
+        "read": read, "view": view, "write": write, "write_files": list(DEV_WRITE),
         "readonly": [git] if os.path.isdir(git) else [], "require": policy.require,
         "holder": None if policy.allow_network else namespace_holder(),
     }
