@@ -10,6 +10,7 @@ import numpy as np
 
 __version__: str
 __all__ = [
+    "DecoderStack",
     "FileHealth",
     "FunctionHealth",
     "Halstead",
@@ -23,6 +24,7 @@ __all__ = [
     "paged_attention_decode",
     "quant_dequantize",
     "quant_matmul",
+    "quant_quantize_q8_0",
     "replace",
     "walk",
 ]
@@ -229,3 +231,35 @@ def quant_dequantize(
     out: np.ndarray, weight: np.ndarray, qtype_id: int, rows: int, ids: np.ndarray | None = None
 ) -> None:
     """Decode a quantized matrix (or its rows ``ids``, int64) into float32 ``out``; GIL released."""
+
+def quant_quantize_q8_0(out: np.ndarray, x: np.ndarray) -> None:
+    """Quantize float32 rows ``x`` (``[rows, cols]``, cols a multiple of 32) into Q8_0 blocks in uint8 ``out``."""
+
+_ProjSpec = tuple[list[np.ndarray], list[int], list[int], np.ndarray | None]
+
+@final
+class DecoderStack:
+    """Every decoder layer of one model for a decode step, run in Rust over the (memory-mapped) weights."""
+
+    def __new__(cls, hidden: int, heads: int, kv_heads: int, head_dim: int, intermediate: int, eps: float) -> DecoderStack: ...
+    def add_layer(
+        self, input_norm: np.ndarray, post_norm: np.ndarray, qkv: _ProjSpec, o: _ProjSpec, gate_up: _ProjSpec,
+        down: _ProjSpec,
+    ) -> None:
+        """Append a layer: the norms and the four projections as (weights, ggml types, rows, bias or None)."""
+    def forward(
+        self,
+        x: np.ndarray,
+        positions: np.ndarray,
+        slots: np.ndarray,
+        block_tables: np.ndarray,
+        context_lens: np.ndarray,
+        k_cache: np.ndarray,
+        v_cache: np.ndarray,
+        cos: np.ndarray,
+        sin: np.ndarray,
+        scale: float,
+        partition_size: int = 512,
+    ) -> None:
+        """Run every layer on ``x`` ([tokens, hidden], in place), writing each token's K/V at its slot."""
+    def __len__(self) -> int: ...

@@ -35,7 +35,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 from pyagent.shell._supervisor import children
 from pyagent.shell.confine import (
@@ -117,14 +117,23 @@ def resolve_command(name: str, path: str) -> str:
     return found
 
 
+class Freezable(Protocol):
+    """Running work a fleet can stop and resume: a command's process tree, or a task on a cluster."""
+
+    def freeze(self) -> None: ...
+
+    def thaw(self) -> None: ...
+
+
 class CommandWatch:
-    """The running commands of one unit of work (a fleet task), frozen and thawed together.
+    """The running work of one unit of work (a fleet task), frozen and thawed together.
 
     ``with watch:`` makes every SecureShell command started inside (in this asyncio task) register here;
-    a command started while the watch is frozen is frozen from its start."""
+    a command started while the watch is frozen is frozen from its start. Other running work (a task
+    submitted to a cluster) registers itself through :func:`current_watch`."""
 
     def __init__(self) -> None:
-        self.running: set[RunningCommand] = set()
+        self.running: set[Freezable] = set()
         self.frozen = False
         self._tokens: list[Token[CommandWatch | None]] = []
 
@@ -148,6 +157,11 @@ class CommandWatch:
 
 
 _WATCH: ContextVar[CommandWatch | None] = ContextVar("pyagent_command_watch", default=None)
+
+
+def current_watch() -> CommandWatch | None:
+    """The watch of the fleet task running in this asyncio task, if any."""
+    return _WATCH.get()
 
 
 def tree_pids(root: int) -> list[int]:
