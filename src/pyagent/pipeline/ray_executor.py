@@ -110,17 +110,15 @@ class RayCluster:
 
     @classmethod
     def connect(cls, address: str | None = None, *, cpus_per_task: float = 1.0) -> RayCluster:
-        """Join the cluster at ``address`` (``None``: ``$RAY_ADDRESS``, else a new local Ray instance)."""
+        """Join the cluster at ``address`` (``None``: ``$RAY_ADDRESS``, else one ``ray start`` began on this
+        machine, else a new local Ray instance: what ``ray.init()`` does)."""
         ray = _ray()
         if ray.is_initialized():
             return cls(ray, address or "this process's Ray", False, cpus_per_task)
         if address is not None:
             _reachable(address)
-        kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
-        if address is None and not os.environ.get("RAY_ADDRESS"):
-            kwargs["include_dashboard"] = False
         try:
-            info = ray.init(address=address, **kwargs)
+            info = ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise RayUnavailableError(f"cannot join the Ray cluster at {address or 'a new local instance'}: {exc}") from None
         return cls(ray, address or str(getattr(info, "address_info", {}).get("address", "local")), True, cpus_per_task)
