@@ -202,10 +202,10 @@ class _Run:
     # -- setup ------------------------------------------------------------------------------
     async def _prepare_tree(self, scratch: Path) -> tuple[Path, str]:
         from pyagent.improve.gitops import GitRepo
-        from pyagent.pipeline.workspace import isolated_copy, project_files
+        from pyagent.pipeline.workspace import copy_files, copy_untracked, isolated_copy
 
         if self.opts.dry_run:
-            files = project_files(self.path)
+            files = copy_files(self.path)
             copy = await asyncio.to_thread(
                 isolated_copy, self.path, parent=scratch, files=files
             )
@@ -234,6 +234,8 @@ class _Run:
             self.path.relative_to(repo.toplevel.resolve()) if self.path != repo.toplevel.resolve() else Path()
         )
         self.tree_rel = rel
+        # the checkout holds only what git tracks; the tests may need the rest (a generated version.py)
+        await asyncio.to_thread(copy_untracked, self.path, wt / rel)
         status = await repo.git("status", "--porcelain", "--untracked-files=no")
         if status.strip():
             self.notes.append(
@@ -738,6 +740,10 @@ class _Run:
             )
         if baseline.note:
             self.notes.append(f"test baseline: {baseline.note}")
+        if baseline.sandbox:
+            refused = "; ".join(baseline.sandbox[1:])
+            self.notes.append(f"test baseline ran under {baseline.sandbox[0]}"
+                              + (f"; the sandbox refused: {refused}" if refused else "; it refused nothing the tests printed"))
         if impact is not None:
             self.notes.append(
                 f"test-impact selection: {len(impact.by_file)} files mapped to the test files that run them; "

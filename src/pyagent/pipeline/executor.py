@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from pyagent.agents.mixins.governance import GovernanceError
 from pyagent.model.task import AgentTask, ChangeSet, content_hash
 from pyagent.model.verification import Usage, Verdict, Verification
-from pyagent.pipeline.workspace import isolated_copy, project_files, safe_relpath
+from pyagent.pipeline.workspace import copy_files, isolated_copy, safe_relpath
 
 if TYPE_CHECKING:
     from pyagent.agents.base import BaseAgent
@@ -92,7 +92,7 @@ class LocalExecutor:
             return _unjudged(task, Verdict.ERROR, f"governance: {exc}", {}, Usage())
         base = {safe_relpath(p): content_hash(b) for p, b in files.items()}
         if self._listing is None:
-            self._listing = await asyncio.to_thread(project_files, self.root)
+            self._listing = await asyncio.to_thread(copy_files, self.root)
         ws = await asyncio.to_thread(
             isolated_copy,
             self.root,

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from pyagent.model.task import AgentTask, ChangeSet, content_hash
 from pyagent.model.verification import RemoteRun, Verdict, Verification
-from pyagent.shell.secure import current_watch
+from pyagent.shell.secure import enlist
 
 if TYPE_CHECKING:
     from pyagent.agents.impact import TestImpact
@@ -364,9 +364,7 @@ class RayExecutor:
             ref = fn.remote(*args)
             self.stats.submitted += 1
             attempt = _Attempt(self.ray, ref)
-            watch = current_watch()
-            if watch is not None:
-                watch.running.add(attempt)
+            watch = enlist(attempt)  # frozen at once if the fleet froze this task meanwhile
             try:
                 return await asyncio.wait_for(asyncio.wrap_future(ref.future()), timeout)
             except TimeoutError:
