@@ -56,7 +56,7 @@ import sys, time
 import ray._private.services as services
 _get_node = services.get_node
 def get_node(*args, **kwargs):
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 120
     while True:
         try:
             return _get_node(*args, **kwargs)
@@ -145,14 +145,32 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
             os.killpg(proc.pid, signal.SIGKILL)  # anything left in the group this test started for the node
 
 
+def _startup_priority() -> None:
+    """A raylet aborts when its agents take over 15 s to start (fixed in Ray); on a machine loaded by
+    other test runs they do, so a node starts ahead of them (where allowed) and goes back to normal
+    priority as soon as it is up (:func:`_normal_priority`)."""
+    with contextlib.suppress(OSError):
+        os.nice(-10)
+
+
+def _normal_priority(session: int) -> None:
+    for pid in os.listdir("/proc"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if pid.isdigit() and _session(pid) == session:
+                os.setpriority(os.PRIO_PROCESS, int(pid), 0)
+
+
 def _start_node(argv: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     """``ray start --block`` until its node is up; a start that times out under load is tried again."""
     for attempt in range(3):
         with log.open("wb") as out:
-            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            proc = subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True, preexec_fn=_startup_priority
+            )
         deadline = time.monotonic() + 180
         while proc.poll() is None and time.monotonic() < deadline:
             if b"Ray runtime started" in log.read_bytes():
+                _normal_priority(proc.pid)
                 return proc
             time.sleep(0.5)
         _stop([proc])  # and what the failed start left of its node

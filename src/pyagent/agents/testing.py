@@ -166,9 +166,9 @@ def _pytest_configured(root: Path) -> bool:
 def _test_files(root: Path) -> list[Path]:
     from pyagent._rust import walk
 
-    files, _ = walk(str(root), extensions=["py"], excludes=[".git", ".pyagent", ".venv", "venv", ".tox"])
+    walked = walk(str(root), extensions=["py"], excludes=[".git", ".pyagent", ".venv", "venv", ".tox"])
     out = []
-    for f in files:
+    for f in walked.files:
         name = Path(f).name
         if name.startswith("test_") or name.endswith("_test.py"):
             out.append(Path(f) if Path(f).is_absolute() else root / f)
