@@ -6,12 +6,12 @@ Each side runs in its own subprocess (so peak RSS is its own): single-stream dec
 user of it gets), and peak RSS. A read probe with as many threads as the kernels use gives the memory
 bandwidth; the fraction of the bound is decode tokens/s x bytes of weights read per token / bandwidth.
 
-llama.cpp comes from llama-cpp-python built from source in a cached venv outside the repository:
+llama.cpp comes from llama-cpp-python built from source (native CPU flags, so AVX2/FMA where the CPU has
+them) in a cached venv outside the repository. The script builds it itself when the cache is absent
+(~/.cache/pyagent-bench/llamacpp, log in ~/.cache/pyagent-bench/build.log; it takes long on 2 cores, so it
+runs at low priority, one compile job at a time); ``--setup-only`` does just that step:
 
-    python3 -m venv ~/.cache/pyagent-bench/llamacpp
-    ~/.cache/pyagent-bench/llamacpp/bin/pip install llama-cpp-python   # ~15 minutes on 2 cores
-
-    python benchmarks/llamacpp_vs_pyagent.py [--model FILE.gguf] [--llamacpp-python PATH]
+    python benchmarks/llamacpp_vs_pyagent.py [--model FILE.gguf] [--llamacpp-python PATH] [--setup-only]
 
 Without ``--model`` the SmolLM2-135M-Instruct Q4_1 file the tests use is taken from its cache.
 """
@@ -19,6 +19,7 @@ Without ``--model`` the SmolLM2-135M-Instruct Q4_1 file the tests use is taken f
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import resource
@@ -30,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 THREADS = 2
+LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
+BENCH_DIR = Path("~/.cache/pyagent-bench").expanduser()
 DECODE_TOKENS = 128
 PROMPT_TOKENS = 512
 CONCURRENT = 16
@@ -139,6 +142,45 @@ def weight_bytes(model: str) -> int:
     return sum(t.data.nbytes for t in g.tensors.values())
 
 
+def ensure_llamacpp(python: Path) -> None:
+    """Build llama-cpp-python from source into the cached venv of ``python`` unless it imports already.
+
+    The venv is created only when it is the default one, so a ``--llamacpp-python`` given by hand is never
+    overwritten. The build runs with ``nice -n 19`` and one compile job so that it never starves the machine.
+    """
+    def ready() -> bool:
+        return python.exists() and subprocess.run([str(python), "-c", "import llama_cpp"],
+                                                  capture_output=True).returncode == 0
+
+    if ready():
+        return
+    venv = python.parent.parent
+    if venv != BENCH_DIR / "llamacpp":
+        raise SystemExit(f"{python} cannot import llama_cpp: install {LLAMA_CPP_PYTHON} into it")
+    BENCH_DIR.mkdir(parents=True, exist_ok=True)
+    with (BENCH_DIR / ".build-lock").open("w") as lock:
+        print("waiting for any other build of the benchmark venv to finish", flush=True)
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a second run waits for the first one's build instead of racing it
+        if not ready():
+            _build(python, venv)
+
+
+def _build(python: Path, venv: Path) -> None:
+    log = BENCH_DIR / "build.log"
+    print(f"building {LLAMA_CPP_PYTHON} from source into {venv} (log: {log}); this takes long", flush=True)
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+        subprocess.run([str(python), "-m", "ensurepip", "--upgrade"], check=True, capture_output=True)
+    env = dict(os.environ, CMAKE_BUILD_PARALLEL_LEVEL="1", MAKEFLAGS="-j1",
+               CMAKE_ARGS="-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF "
+                          "-DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=OFF -DGGML_NATIVE=ON")
+    with log.open("w") as out:
+        done = subprocess.run(["nice", "-n", "19", str(python), "-m", "pip", "install", "-v", "--no-cache-dir",
+                               LLAMA_CPP_PYTHON], stdout=out, stderr=subprocess.STDOUT, env=env)
+    if done.returncode:
+        raise SystemExit(f"building {LLAMA_CPP_PYTHON} failed (exit {done.returncode}); see {log}")
+
+
 def run_worker(python: str, kind: str, model: str) -> dict[str, Any]:
     done = subprocess.run([python, __file__, "--worker", kind, "--model", model], capture_output=True, text=True,
                           env=_env(), timeout=3600)
@@ -151,9 +193,13 @@ def run_worker(python: str, kind: str, model: str) -> dict[str, Any]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="GGUF file (default: the tests' SmolLM2 Q4_1 file)")
-    ap.add_argument("--llamacpp-python", default=str(Path("~/.cache/pyagent-bench/llamacpp/bin/python").expanduser()))
+    ap.add_argument("--llamacpp-python", default=str(BENCH_DIR / "llamacpp" / "bin" / "python"))
+    ap.add_argument("--setup-only", action="store_true", help="only build the cached llama-cpp-python venv")
     ap.add_argument("--worker", choices=["ours", "llamacpp"], help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.setup_only:
+        ensure_llamacpp(Path(args.llamacpp_python))
+        return 0
     if args.model is None:
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
         from tests.model_files import smollm2_gguf
@@ -163,14 +209,15 @@ def main() -> int:
         fn = worker_ours if args.worker == "ours" else worker_llamacpp
         print(json.dumps(fn(args.model)))
         return 0
-    if not Path(args.llamacpp_python).exists():
-        raise SystemExit(f"{args.llamacpp_python} not found: build llama-cpp-python first (see the docstring)")
+    ensure_llamacpp(Path(args.llamacpp_python))
+    load_before = os.getloadavg()[0]
     ours = run_worker(sys.executable, "ours", args.model)
     theirs = run_worker(args.llamacpp_python, "llamacpp", args.model)
     bw = bandwidth_gb_s()
     per_token = weight_bytes(args.model)
     print(f"model {Path(args.model).name}: {per_token / 1e6:.1f} MB of weights per token; read probe "
-          f"{bw:.1f} GB/s with {THREADS} threads")
+          f"{bw:.1f} GB/s with {THREADS} threads; load average {load_before:.2f} before, "
+          f"{os.getloadavg()[0]:.2f} after (on {os.cpu_count()} CPUs)")
     print(f"{'metric':<28}{'pyagent':>12}{'llama.cpp':>12}{'ratio':>10}")
     for key, label, higher in (("decode_tok_s", "decode tok/s", True), ("prompt_tok_s", f"prompt {PROMPT_TOKENS} tok/s", True),
                                ("concurrent_tok_s", f"{CONCURRENT} concurrent tok/s", True),

@@ -10,6 +10,7 @@ import numpy as np
 
 __version__: str
 __all__ = [
+    "DecoderStack",
     "FileHealth",
     "FunctionHealth",
     "Halstead",
@@ -17,12 +18,16 @@ __all__ = [
     "ReplaceChange",
     "ReplaceResult",
     "RustPanicError",
+    "TreeAudit",
+    "Unreadable",
+    "WalkResult",
     "__version__",
     "audit_source",
     "audit_tree",
     "paged_attention_decode",
     "quant_dequantize",
     "quant_matmul",
+    "quant_quantize_q8_0",
     "replace",
     "walk",
 ]
@@ -32,6 +37,26 @@ class RustPanicError(Exception):
     """A bug in PyAgent's Rust core (a Rust panic), raised as an Exception with the panic's message."""
 
 # -- walk
+@final
+class Unreadable:
+    """An entry a walk could not read: its path (empty when the error names none) and why."""
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def reason(self) -> str: ...
+    def __eq__(self, value: object, /) -> bool: ...
+    __hash__: None  # type: ignore[assignment]
+
+@final
+class WalkResult:
+    """The files under a root (sorted) and the entries that could not be read."""
+
+    @property
+    def files(self) -> list[str]: ...
+    @property
+    def errors(self) -> list[Unreadable]: ...
+
 def walk(
     root: str,
     *,
@@ -40,8 +65,8 @@ def walk(
     excludes: list[str] = ...,
     hidden: bool = False,
     no_ignore: bool = False,
-) -> tuple[list[str], list[tuple[str, str]]]:
-    """Files under ``root`` (sorted) honoring .gitignore, and (path, reason) for unreadable entries.
+) -> WalkResult:
+    """Files under ``root`` (sorted) honoring .gitignore, and the entries that could not be read.
     A root that cannot be opened raises the OSError of its kind; an invalid glob raises ValueError."""
 
 # -- metrics
@@ -141,14 +166,23 @@ class FileHealth:
     def to_dict(self) -> dict[str, object]:
         """The file as the JSON report writes it (everything but ``seconds`` and ``max_complexity``)."""
 
+@final
+class TreeAudit:
+    """One ``FileHealth`` per ``*.py`` file (walk order) and the entries the walk could not read."""
+
+    @property
+    def files(self) -> list[FileHealth]: ...
+    @property
+    def errors(self) -> list[Unreadable]: ...
+
 def audit_tree(
     root: str,
     *,
     excludes: list[str] = ...,
     multi_as_comments: bool = True,
     progress: Callable[[int, int], None] | None = None,
-) -> tuple[list[FileHealth], list[tuple[str, str]]]:
-    """Every ``*.py`` under ``root`` analysed in parallel, and (path, reason) for unreadable entries."""
+) -> TreeAudit:
+    """Every ``*.py`` under ``root`` analysed in parallel."""
 
 def audit_source(source: str, path: str = "<string>", *, multi_as_comments: bool = True) -> FileHealth:
     """One module given as text."""
@@ -182,7 +216,7 @@ class ReplaceResult:
     @property
     def non_utf8(self) -> list[str]: ...
     @property
-    def errors(self) -> list[tuple[str, str]]: ...
+    def errors(self) -> list[Unreadable]: ...
 
 def replace(
     root: str,
@@ -229,3 +263,35 @@ def quant_dequantize(
     out: np.ndarray, weight: np.ndarray, qtype_id: int, rows: int, ids: np.ndarray | None = None
 ) -> None:
     """Decode a quantized matrix (or its rows ``ids``, int64) into float32 ``out``; GIL released."""
+
+def quant_quantize_q8_0(out: np.ndarray, x: np.ndarray) -> None:
+    """Quantize float32 rows ``x`` (``[rows, cols]``, cols a multiple of 32) into Q8_0 blocks in uint8 ``out``."""
+
+_ProjSpec = tuple[list[np.ndarray], list[int], list[int], np.ndarray | None]
+
+@final
+class DecoderStack:
+    """Every decoder layer of one model for a decode step, run in Rust over the (memory-mapped) weights."""
+
+    def __new__(cls, hidden: int, heads: int, kv_heads: int, head_dim: int, intermediate: int, eps: float) -> DecoderStack: ...
+    def add_layer(
+        self, input_norm: np.ndarray, post_norm: np.ndarray, qkv: _ProjSpec, o: _ProjSpec, gate_up: _ProjSpec,
+        down: _ProjSpec,
+    ) -> None:
+        """Append a layer: the norms and the four projections as (weights, ggml types, rows, bias or None)."""
+    def forward(
+        self,
+        x: np.ndarray,
+        positions: np.ndarray,
+        slots: np.ndarray,
+        block_tables: np.ndarray,
+        context_lens: np.ndarray,
+        k_cache: np.ndarray,
+        v_cache: np.ndarray,
+        cos: np.ndarray,
+        sin: np.ndarray,
+        scale: float,
+        partition_size: int = 512,
+    ) -> None:
+        """Run every layer on ``x`` ([tokens, hidden], in place), writing each token's K/V at its slot."""
+    def __len__(self) -> int: ...

@@ -79,6 +79,37 @@ def test_greedy_chat_answers_the_capital_of_france(smollm2_path: Path) -> None:
     assert "Paris" in text
 
 
+def test_rust_decode_step_gives_the_python_layers_logits(smollm2_path: Path) -> None:
+    """The one-call Rust decode step against the NumPy layer loop, on the same quantized weights."""
+    from pyagent.inference.sampler import SamplingParams
+
+    g, config, weights = load_gguf_model(smollm2_path)
+    tok = gguf_tokenizer(g)
+    runs = []
+    for use_stack in (True, False):
+        engine = PagedAttentionEngine(config, weights, tok, max_num_seqs=4)
+        assert engine.model.stack is not None
+        if not use_stack:
+            engine.model.stack = None
+        seen: dict[tuple[str, int], np.ndarray] = {}
+
+        def observe(rid: str, pos: int, row: np.ndarray, seen: dict[tuple[str, int], np.ndarray] = seen) -> None:
+            seen[(rid, pos)] = row.copy()
+
+        engine.logits_observer = observe
+        for i, prompt in enumerate(["The capital of France is", "def add(a, b):", "1, 2, 3,"]):
+            engine.add_request(str(i), tok.encode(prompt), SamplingParams(max_tokens=10, temperature=0.0,
+                                                                          ignore_eos=True))
+        while engine.has_unfinished():
+            engine.step()
+        runs.append(seen)
+    fast, slow = runs
+    assert fast.keys() == slow.keys() and len(fast) == 30
+    for key in fast:
+        assert np.abs(fast[key] - slow[key]).max() < 1e-3, key
+        assert fast[key].argmax() == slow[key].argmax()
+
+
 # -- bad files
 
 def _write_small(path: Path, arch: str = "llama", qtype: T = T.Q8_0, q_cols: int = 32) -> Path:

@@ -14,6 +14,7 @@ from pyagent.inference.config import ModelConfig, load_config
 from pyagent.inference.engine import PagedAttentionEngine
 from pyagent.inference.errors import ModelLoadError
 from pyagent.inference.loader import load_model
+from pyagent.inference.quant import Linear, QuantLinear, QuantMatrix
 from pyagent.inference.rope import inverse_frequencies
 from pyagent.inference.safetensors_io import load_tensors
 
@@ -63,7 +64,80 @@ def test_sharded_and_half_precision_checkpoints_load_the_same_weights(tiny_dir: 
     half = copy_model(tiny_dir, tmp_path / "half")
     save_file({n: t.astype(np.float16) for n, t in tensors.items()}, str(half / "model.safetensors"))
     _, w3 = load_model(half)
-    np.testing.assert_array_equal(w3.embed, tensors["model.embed_tokens.weight"].astype(np.float16))
+    # the 16-bit matrices stay 16-bit (ggml type F16 rows over the mapped file), decoding to the same values
+    assert isinstance(w3.embed, QuantMatrix) and w3.embed.type_id == 1 and w3.embed.data.nbytes == 2 * w3.embed.data.size // 2
+    np.testing.assert_array_equal(w3.embed.dequantize(), tensors["model.embed_tokens.weight"].astype(np.float16))
+    qkv = w3.layers[1].qkv
+    assert isinstance(qkv, QuantLinear) and all(p.type_id == 1 and not p.data.flags.owndata for p in qkv.parts)
+    assert sum(p.data.nbytes for p in qkv.parts) == 2 * w1.layers[1].qkv.size
+
+
+def _greedy_ids(engine: PagedAttentionEngine, prompts: list[str], n: int) -> list[list[int]]:
+    from pyagent.inference.sampler import SamplingParams
+
+    for i, text in enumerate(prompts):
+        engine.add_request(str(i), engine.tokenizer.encode(text), SamplingParams(max_tokens=n, temperature=0.0,
+                                                                                 ignore_eos=True))
+    done: dict[str, list[int]] = {}
+    while engine.has_unfinished():
+        for out in engine.step():
+            if out.finished:
+                done[out.request_id] = out.token_ids
+    return [done[str(i)] for i in range(len(prompts))]
+
+
+PROMPTS = ["Once upon a time", "def fibonacci(n):", "The quick brown fox"]
+
+
+def test_16bit_and_q8_0_weights_run_on_the_kernels_like_their_float32_values(tiny_dir: Path, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    tensors = load_file(str(tiny_dir / "model.safetensors"))
+    for dtype, kind in (("F16", 1), ("BF16", 30)):
+        folder = copy_model(tiny_dir, tmp_path / dtype)
+        if dtype == "F16":
+            save_file({n: t.astype(np.float16) for n, t in tensors.items()}, str(folder / "model.safetensors"))
+            exact = {n: t.astype(np.float16).astype(np.float32) for n, t in tensors.items()}
+        else:
+            _write_bf16(folder / "model.safetensors", tensors)
+            exact = {n: ((t.view(np.uint32) >> 16) << 16).view(np.float32) for n, t in tensors.items()}
+        config, weights = load_model(folder)
+        assert isinstance(weights.layers[0].gate_up, QuantLinear) and weights.layers[0].gate_up.parts[0].type_id == kind
+        ref = copy_model(tiny_dir, tmp_path / f"{dtype}-as-f32")
+        save_file(exact, str(ref / "model.safetensors"))
+        kernels = PagedAttentionEngine.from_pretrained(folder)
+        assert kernels.model.stack is not None  # decode steps run in Rust
+        assert _greedy_ids(kernels, PROMPTS, 12) == _greedy_ids(PagedAttentionEngine.from_pretrained(ref), PROMPTS, 12)
+    # --quantize q8_0: the same kernels on Q8_0 blocks, against float32 on the dequantized blocks
+    config, q8 = load_model(tiny_dir, quantize="q8_0")
+    assert all(p.type_id == 8 for lw in q8.layers for lin in (lw.qkv, lw.o, lw.gate_up, lw.down)
+               for p in lin.parts if isinstance(lin, QuantLinear))
+
+    def dense(w: Linear) -> np.ndarray:
+        assert isinstance(w, QuantLinear)
+        return np.ascontiguousarray(np.concatenate([p.dequantize() for p in w.parts]).T)
+
+    deq = replace(q8, embed=q8.embed.dequantize() if isinstance(q8.embed, QuantMatrix) else q8.embed,
+                  lm_head=dense(q8.lm_head),
+                  layers=tuple(replace(lw, qkv=dense(lw.qkv), o=dense(lw.o), gate_up=dense(lw.gate_up),
+                                       down=dense(lw.down)) for lw in q8.layers))
+    tok = PagedAttentionEngine.from_pretrained(tiny_dir).tokenizer
+    assert _greedy_ids(PagedAttentionEngine(config, q8, tok), PROMPTS, 12) == \
+        _greedy_ids(PagedAttentionEngine(config, deq, tok), PROMPTS, 12)
+    with pytest.raises(ModelLoadError, match="unknown quantization 'q3'"):
+        load_model(tiny_dir, quantize="q3")
+
+
+def _write_bf16(path: Path, tensors: dict[str, np.ndarray]) -> None:
+    header: dict[str, object] = {}
+    blobs, at = [], 0
+    for name, t in tensors.items():
+        raw = (t.astype(np.float32).view(np.uint32) >> 16).astype("<u2").tobytes()
+        header[name] = {"dtype": "BF16", "shape": list(t.shape), "data_offsets": [at, at + len(raw)]}
+        blobs.append(raw)
+        at += len(raw)
+    head = json.dumps(header).encode()
+    path.write_bytes(len(head).to_bytes(8, "little") + head + b"".join(blobs))
 
 
 def test_qwen2_biases_and_tied_embeddings(tiny_dir: Path, tmp_path: Path) -> None:

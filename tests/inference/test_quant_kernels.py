@@ -20,6 +20,7 @@ from pyagent.inference.quant import BLAS_MIN_ROWS, QuantLinear, QuantMatrix
 
 SIMPLE = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0]
 K_TYPES = [T.Q4_K, T.Q5_K, T.Q6_K]
+WIDE = [T.F16, T.BF16]  # 16-bit safetensors matrices kept at their width
 BITS = {T.Q4_0: 4, T.Q4_1: 4, T.Q5_0: 5, T.Q5_1: 5, T.Q8_0: 8}
 # byte offsets of the f16 scales inside one block, for random K-quant blocks with sane scales
 K_SCALES = {T.Q4_K: (0, 2), T.Q5_K: (0, 2), T.Q6_K: (208,)}
@@ -27,6 +28,8 @@ K_SCALES = {T.Q4_K: (0, 2), T.Q5_K: (0, 2), T.Q6_K: (208,)}
 
 def random_blocks(qtype: T, rows: int, cols: int, rng: np.random.Generator) -> np.ndarray:
     """``[rows, row_bytes]`` uint8: quantized random floats, or random bytes with small f16 scales (K types)."""
+    if qtype in WIDE:
+        return np.asarray(quants.quantize(rng.standard_normal((rows, cols)).astype(np.float32), qtype)).view(np.uint8)
     if qtype in SIMPLE:
         return np.asarray(quants.quantize(rng.standard_normal((rows, cols)).astype(np.float32), qtype))
     _, block, block_bytes = GGML_TYPES[int(qtype)]
@@ -41,7 +44,7 @@ def ours(data: np.ndarray, qtype: T, rows: int, cols: int) -> np.ndarray:
     return QuantMatrix(np.ascontiguousarray(data).reshape(-1), int(qtype), rows, cols).dequantize()
 
 
-@pytest.mark.parametrize("qtype", SIMPLE + K_TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", SIMPLE + K_TYPES + WIDE, ids=lambda t: t.name)
 def test_decoder_matches_gguf_reference_on_random_blocks(qtype: T) -> None:
     rng = np.random.default_rng(int(qtype))
     rows, cols = 7, 512
@@ -60,8 +63,8 @@ def test_round_trip_error_is_within_the_formats_step(qtype: T) -> None:
     assert (blocks_err.max(axis=1) <= step * 1.01).all()
 
 
-@pytest.mark.parametrize("qtype", SIMPLE + K_TYPES, ids=lambda t: t.name)
-@pytest.mark.parametrize("n", [1, 3, BLAS_MIN_ROWS + 1])
+@pytest.mark.parametrize("qtype", SIMPLE + K_TYPES + WIDE, ids=lambda t: t.name)
+@pytest.mark.parametrize("n", [1, 3, 13, BLAS_MIN_ROWS + 1])
 def test_matmul_equals_dequantize_then_dot(qtype: T, n: int) -> None:
     rng = np.random.default_rng(int(qtype) * 10 + n)
     cols = 512
@@ -74,10 +77,22 @@ def test_matmul_equals_dequantize_then_dot(qtype: T, n: int) -> None:
     got = QuantLinear(mats)(x)
     assert got.shape == (n, 65)
     assert (np.abs(got - want) <= 1e-5 * bound + 1e-6).all()
-    if n < BLAS_MIN_ROWS:  # the portable (non-SIMD) kernel gives the same products
-        portable = np.empty_like(got)
-        _rust.quant_matmul(portable, x, [m.data for m in mats], [int(qtype)] * 2, [48, 17], portable=True)
-        assert (np.abs(portable - want) <= 1e-5 * bound + 1e-6).all()
+    # the kernel itself at every batch size (QuantLinear hands big batches to BLAS), SIMD and portable
+    for portable in (False, True):
+        direct = np.empty_like(got)
+        _rust.quant_matmul(direct, x, [m.data for m in mats], [int(qtype)] * 2, [48, 17], portable=portable)
+        assert (np.abs(direct - want) <= 1e-5 * bound + 1e-6).all(), portable
+
+
+def test_q8_0_quantization_is_ggmls() -> None:
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((9, 256)) * rng.uniform(0.01, 10, size=(9, 1))).astype(np.float32)
+    x[0, :32] = 0.0  # an all-zero block gets scale 0
+    out = np.empty(9 * 8 * 34, dtype=np.uint8)
+    _rust.quant_quantize_q8_0(out, x)
+    assert out.tobytes() == np.asarray(quants.quantize(x, T.Q8_0)).tobytes()
+    with pytest.raises(ValueError, match="block size"):
+        _rust.quant_quantize_q8_0(np.empty(34, np.uint8), np.zeros((1, 33), np.float32))
 
 
 def test_kernel_rejects_bad_input_with_a_reason() -> None:

@@ -15,6 +15,10 @@ pub enum QType {
     Q4K,
     Q5K,
     Q6K,
+    /// Unquantized rows (safetensors weights kept at their own width), in 32-element "blocks".
+    F32,
+    F16,
+    BF16,
 }
 
 impl QType {
@@ -29,6 +33,9 @@ impl QType {
             12 => QType::Q4K,
             13 => QType::Q5K,
             14 => QType::Q6K,
+            0 => QType::F32,
+            1 => QType::F16,
+            30 => QType::BF16,
             _ => return None,
         })
     }
@@ -36,6 +43,7 @@ impl QType {
     pub fn block_elems(self) -> usize {
         match self {
             QType::Q4_0 | QType::Q4_1 | QType::Q5_0 | QType::Q5_1 | QType::Q8_0 => 32,
+            QType::F32 | QType::F16 | QType::BF16 => 32,
             QType::Q4K | QType::Q5K | QType::Q6K => 256,
         }
     }
@@ -50,6 +58,8 @@ impl QType {
             QType::Q4K => 144,
             QType::Q5K => 176,
             QType::Q6K => 210,
+            QType::F32 => 128,
+            QType::F16 | QType::BF16 => 64,
         }
     }
 }
@@ -91,6 +101,48 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (f32, f32) {
             ((q[j + 4] & 0xf) | ((q[j - 4] >> 6) << 4)) as f32,
             ((q[j + 4] >> 4) | ((q[j] >> 6) << 4)) as f32,
         )
+    }
+}
+
+/// Single to half precision, rounding to nearest even (what ggml's `GGML_FP32_TO_FP16` does).
+pub fn f32_to_f16(x: f32) -> u16 {
+    let bits = x.to_bits();
+    let sign = ((bits >> 16) & 0x8000) as u16;
+    let exp = ((bits >> 23) & 0xff) as i32;
+    let mant = bits & 0x7f_ffff;
+    if exp == 0xff {
+        return sign | 0x7c00 | if mant != 0 { 0x200 } else { 0 };
+    }
+    let e = exp - 127 + 15;
+    if e >= 31 {
+        return sign | 0x7c00;
+    }
+    if e <= 0 {
+        if e < -10 {
+            return sign;
+        }
+        let m = mant | 0x80_0000;
+        let shift = (14 - e) as u32;
+        let half_bits = m >> shift;
+        let rest = m & ((1 << shift) - 1);
+        let halfway = 1 << (shift - 1);
+        let round = rest > halfway || (rest == halfway && half_bits & 1 == 1);
+        return sign | (half_bits + round as u32) as u16;
+    }
+    let half_bits = ((e as u32) << 10) | (mant >> 13);
+    let rest = mant & 0x1fff;
+    let round = rest > 0x1000 || (rest == 0x1000 && half_bits & 1 == 1);
+    sign | (half_bits + round as u32) as u16 // a carry into the exponent is the correct rounding
+}
+
+/// Quantize 32 floats into one Q8_0 block (ggml's `quantize_row_q8_0_ref`: scale = max|x| / 127).
+pub fn quantize_q8_0(x: &[f32], block: &mut [u8]) {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    block[0..2].copy_from_slice(&f32_to_f16(d).to_le_bytes());
+    for (q, v) in block[2..34].iter_mut().zip(x) {
+        *q = (v * id).round() as i8 as u8;
     }
 }
 
@@ -178,6 +230,21 @@ pub fn decode_block(t: QType, b: &[u8], y: &mut [f32]) {
                 }
             }
         }
+        QType::F32 => {
+            for (o, c) in y.iter_mut().zip(b.chunks_exact(4)) {
+                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        }
+        QType::F16 => {
+            for (o, c) in y.iter_mut().zip(b.chunks_exact(2)) {
+                *o = f16_to_f32(u16::from_le_bytes([c[0], c[1]]));
+            }
+        }
+        QType::BF16 => {
+            for (o, c) in y.iter_mut().zip(b.chunks_exact(2)) {
+                *o = f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16);
+            }
+        }
         QType::Q6K => {
             let ql_all = &b[0..128];
             let qh_all = &b[128..192];
@@ -215,6 +282,16 @@ mod tests {
         assert_eq!(f16_to_f32(0x3555), 0.333_251_95);
         assert_eq!(f16_to_f32(0x0001), 5.960_464_5e-8);
         assert!(f16_to_f32(0x7c00).is_infinite());
+    }
+
+    #[test]
+    fn f16_rounding_round_trips_and_ties_to_even() {
+        for h in [0x3c00u16, 0xc000, 0x3555, 0x0001, 0x03ff, 0x7bff, 0x8000] {
+            assert_eq!(f32_to_f16(f16_to_f32(h)), h);
+        }
+        assert_eq!(f32_to_f16(1.0 + 1.0 / 2048.0), 0x3c00); // halfway, even neighbour below
+        assert_eq!(f32_to_f16(1.0 + 3.0 / 2048.0), 0x3c02); // halfway, even neighbour above
+        assert_eq!(f32_to_f16(1e6), 0x7c00);
     }
 
     #[test]

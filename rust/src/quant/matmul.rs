@@ -18,7 +18,6 @@ pub struct QWeight<'a> {
 }
 
 const MAX_BLOCK: usize = 256;
-const TILE_ROWS: usize = 16;
 
 /// Bytes in one row of `cols` elements, or an error naming what does not fit.
 pub fn row_bytes(qtype: QType, cols: usize) -> Result<usize, String> {
@@ -90,43 +89,66 @@ fn dispatch_row<M: Madd>(t: QType, row: &[u8], x: &[f32], cols: usize, out: &mut
         QType::Q4K => generic_row::<M>(QType::Q4K, row, x, cols, out, lanes),
         QType::Q5K => generic_row::<M>(QType::Q5K, row, x, cols, out, lanes),
         QType::Q6K => generic_row::<M>(QType::Q6K, row, x, cols, out, lanes),
+        QType::F32 => generic_row::<M>(QType::F32, row, x, cols, out, lanes),
+        QType::F16 => generic_row::<M>(QType::F16, row, x, cols, out, lanes),
+        QType::BF16 => generic_row::<M>(QType::BF16, row, x, cols, out, lanes),
     }
 }
 
-/// Compute `tile` (row-major `[rows_in_tile, n]`) for global rows starting at `first`.
+/// A run of consecutive rows of one matrix: the unit of parallel work.
+struct Span {
+    which: usize,
+    first: usize,
+    last: usize,
+    out_col: usize,
+}
+
+/// Rows per parallel task: big enough that a task outlasts waking a thread, small enough to balance.
+const SPAN_ROWS: usize = 64;
+
+/// Output pointer shared by the tasks; each writes a disjoint set of columns.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint elements (distinct output columns) and the caller waits for them all.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// The rows of one span, every row of `x` at once.
 #[inline(always)]
-fn tile_rows<M: Madd>(weights: &[(QWeight<'_>, usize)], x: &[f32], n: usize, cols: usize, first: usize,
-                      tile: &mut [f32], simd: bool) {
+#[allow(clippy::too_many_arguments)]
+fn span_rows<M: Madd>(ws: &[(QWeight<'_>, usize)], span: &Span, x: &[f32], xsum: &[f32], n: usize, cols: usize,
+                      total: usize, out: OutPtr, simd: bool) {
+    let (w, rb) = (&ws[span.which].0, ws[span.which].1);
+    let mut vals = vec![0f32; n];
     let mut lanes = vec![[0f32; 8]; n];
-    for (t, out_row) in tile.chunks_exact_mut(n).enumerate() {
-        // which matrix holds this row: a short linear scan (at most a few matrices per call)
-        let mut local = first + t;
-        let mut which = 0;
-        while local >= weights[which].0.rows {
-            local -= weights[which].0.rows;
-            which += 1;
-        }
-        let (w, rb) = (&weights[which].0, weights[which].1);
-        let row = &w.data[local * rb..(local + 1) * rb];
+    for r in span.first..span.last {
+        let row = &w.data[r * rb..(r + 1) * rb];
         #[cfg(target_arch = "x86_64")]
-        if simd && super::avx2::supports(w.qtype) {
+        if simd {
             // SAFETY: `simd` is only set when AVX2, FMA and F16C were detected; shapes were checked by `matmul`.
-            unsafe { super::avx2::row_dots(w.qtype, row, x, n, cols, out_row) };
-            continue;
+            unsafe { super::avx2::row_dots(w.qtype, row, x, xsum, n, cols, &mut vals) };
         }
-        let _ = simd;
-        dispatch_row::<M>(w.qtype, row, x, cols, out_row, &mut lanes);
+        if !simd {
+            dispatch_row::<M>(w.qtype, row, x, cols, &mut vals, &mut lanes);
+        }
+        let col = span.out_col + r - span.first;
+        for (i, v) in vals.iter().enumerate() {
+            // SAFETY: `col < total` and `i < n`, so the index is inside `out` ([n, total]); no other task
+            // writes column `col`.
+            unsafe { *out.0.add(i * total + col) = *v };
+        }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile_rows_avx2(weights: &[(QWeight<'_>, usize)], x: &[f32], n: usize, cols: usize, first: usize,
-                         tile: &mut [f32]) {
-    tile_rows::<Fused>(weights, x, n, cols, first, tile, true)
+#[allow(clippy::too_many_arguments)]
+unsafe fn span_rows_avx2(ws: &[(QWeight<'_>, usize)], span: &Span, x: &[f32], xsum: &[f32], n: usize,
+                         cols: usize, total: usize, out: OutPtr) {
+    span_rows::<Fused>(ws, span, x, xsum, n, cols, total, out, true)
 }
 
-fn has_avx2() -> bool {
+pub(crate) fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
@@ -138,13 +160,8 @@ fn has_avx2() -> bool {
     }
 }
 
-/// `out[n, sum(rows)] = x[n, cols] @ [W_0; W_1; ...]^T`. `portable` forces the non-SIMD build (tests).
-pub fn matmul(weights: &[QWeight<'_>], x: &[f32], n: usize, cols: usize, out: &mut [f32], portable: bool)
-              -> Result<(), String> {
-    let total: usize = weights.iter().map(|w| w.rows).sum();
-    if x.len() != n * cols || out.len() != n * total {
-        return Err(format!("x must be [{n}, {cols}] and out [{n}, {total}]"));
-    }
+/// Check that every weight holds `rows` rows of `cols` elements; the weights with their row sizes.
+pub fn checked<'a>(weights: &[QWeight<'a>], cols: usize) -> Result<Vec<(QWeight<'a>, usize)>, String> {
     let mut ws = Vec::with_capacity(weights.len());
     for (i, w) in weights.iter().enumerate() {
         let rb = row_bytes(w.qtype, cols)?;
@@ -154,37 +171,60 @@ pub fn matmul(weights: &[QWeight<'_>], x: &[f32], n: usize, cols: usize, out: &m
         }
         ws.push((QWeight { data: w.data, qtype: w.qtype, rows: w.rows }, rb));
     }
+    Ok(ws)
+}
+
+/// `out[n, sum(rows)] = x[n, cols] @ [W_0; W_1; ...]^T`. `portable` forces the non-SIMD build (tests).
+pub fn matmul(weights: &[QWeight<'_>], x: &[f32], n: usize, cols: usize, out: &mut [f32], portable: bool)
+              -> Result<(), String> {
+    let total: usize = weights.iter().map(|w| w.rows).sum();
+    if x.len() != n * cols || out.len() != n * total {
+        return Err(format!("x must be [{n}, {cols}] and out [{n}, {total}]"));
+    }
+    let ws = checked(weights, cols)?;
     if n == 0 || total == 0 {
         return Ok(());
     }
-    let simd = !portable && has_avx2();
-    let mut out_t = vec![0f32; total * n];
-    let run = |(ti, tile): (usize, &mut [f32])| {
-        let first = ti * TILE_ROWS;
+    matmul_checked(&ws, x, n, cols, out, !portable && has_avx2(), true);
+    Ok(())
+}
+
+/// `matmul` after `checked`; `parallel` lets big products use the rayon pool.
+pub fn matmul_checked(ws: &[(QWeight<'_>, usize)], x: &[f32], n: usize, cols: usize, out: &mut [f32], simd: bool,
+                      parallel: bool) {
+    let total: usize = ws.iter().map(|w| w.0.rows).sum();
+    let mut xsum = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    if simd && n == 1 && ws.iter().any(|w| super::avx2::needs_xsum(w.0.qtype)) {
+        xsum = vec![0f32; cols / 32];
+        // SAFETY: `simd` means AVX2, FMA and F16C were detected.
+        unsafe { super::avx2::block_sums(x, &mut xsum) };
+    }
+    let mut spans = Vec::new();
+    let mut out_col = 0;
+    for (which, (w, _)) in ws.iter().enumerate() {
+        for first in (0..w.rows).step_by(SPAN_ROWS) {
+            let last = (first + SPAN_ROWS).min(w.rows);
+            spans.push(Span { which, first, last, out_col: out_col + first });
+        }
+        out_col += w.rows;
+    }
+    let ptr = OutPtr(out.as_mut_ptr());
+    let xs = &xsum[..];
+    let run = move |span: &Span| {
         #[cfg(target_arch = "x86_64")]
         if simd {
-            // SAFETY: AVX2, FMA and F16C were detected on this CPU just above.
-            unsafe { tile_rows_avx2(&ws, x, n, cols, first, tile) };
+            // SAFETY: AVX2, FMA and F16C were detected on this CPU.
+            unsafe { span_rows_avx2(ws, span, x, xs, n, cols, total, ptr) };
             return;
         }
-        let _ = simd;
-        tile_rows::<Plain>(&ws, x, n, cols, first, tile, false);
+        span_rows::<Plain>(ws, span, x, xs, n, cols, total, ptr, false);
     };
-    if total * cols >= 1 << 16 {
-        out_t.par_chunks_mut(TILE_ROWS * n).enumerate().for_each(run);
+    if parallel && total * cols >= 1 << 16 && spans.len() > 1 {
+        spans.par_iter().for_each(run);
     } else {
-        out_t.chunks_mut(TILE_ROWS * n).enumerate().for_each(run);
+        spans.iter().for_each(run);
     }
-    if n == 1 {
-        out.copy_from_slice(&out_t);
-    } else {
-        for (r, vals) in out_t.chunks_exact(n).enumerate() {
-            for (i, v) in vals.iter().enumerate() {
-                out[i * total + r] = *v;
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Decode rows `ids` (all rows when `None`) of one matrix into `out` (`[len, cols]`), in parallel.
@@ -233,7 +273,15 @@ mod tests {
             QType::Q4_0 | QType::Q5_0 | QType::Q8_0 => &[0],
             QType::Q4_1 | QType::Q5_1 | QType::Q4K | QType::Q5K => &[0, 2],
             QType::Q6K => &[208],
+            QType::F32 | QType::F16 | QType::BF16 => &[],
         };
+        if matches!(qtype, QType::F16 | QType::BF16) {
+            // finite values of either sign, about 0.5 .. 2 in magnitude
+            let high = if qtype == QType::F16 { 0x38 } else { 0x3f };
+            for pair in data.chunks_exact_mut(2) {
+                pair[1] = (pair[1] & 0x80) | high | (lcg(seed) & 3 & if qtype == QType::F16 { 3 } else { 0 });
+            }
+        }
         for block in data.chunks_exact_mut(qtype.block_bytes()) {
             for &o in scale_offsets {
                 let h: u16 = 0x2000 | (lcg(seed) as u16); // about 0.008 .. 0.016
@@ -247,8 +295,9 @@ mod tests {
     fn matmul_equals_dequantize_then_dot_for_every_type() {
         let mut seed = 7u64;
         for qtype in [QType::Q4_0, QType::Q4_1, QType::Q5_0, QType::Q5_1, QType::Q8_0, QType::Q4K, QType::Q5K,
-                      QType::Q6K] {
-            let (rows, cols, n) = (37, 512, 3);
+                      QType::Q6K, QType::F16, QType::BF16] {
+            for n in [1, 3, 11] {
+            let (rows, cols) = (37, 512);
             let a = random_weight(qtype, rows, cols, &mut seed);
             let b = random_weight(qtype, 5, cols, &mut seed);
             let x: Vec<f32> = (0..n * cols).map(|_| lcg(&mut seed) as f32 / 128.0 - 1.0).collect();
@@ -266,9 +315,10 @@ mod tests {
                         let scale: f64 = (0..cols).map(|c| (dense[r * cols + c] as f64 * x[i * cols + c] as f64).abs())
                             .sum::<f64>().max(1e-6);
                         let got = out[i * (rows + 5) + r] as f64;
-                        assert!((got - want).abs() <= 1e-5 * scale, "{qtype:?} row {r}: {got} vs {want}");
+                        assert!((got - want).abs() <= 1e-5 * scale, "{qtype:?} n {n} row {r}: {got} vs {want}");
                     }
                 }
+            }
             }
         }
     }

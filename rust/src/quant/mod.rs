@@ -5,6 +5,7 @@ use pyo3::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+mod decoder;
 pub mod formats;
 pub mod matmul;
 
@@ -105,7 +106,32 @@ fn dequantize_entry(py: Python<'_>, out: PyBuffer<f32>, weight: PyBuffer<u8>, qt
     py.detach(|| matmul::dequantize(&w, cols, i, o)).map_err(PyValueError::new_err)
 }
 
+/// Quantize float32 rows `x` ([rows, cols], cols a multiple of 32) into Q8_0 blocks in `out` (uint8).
+#[pyfunction]
+fn quant_quantize_q8_0(py: Python<'_>, out: PyBuffer<u8>, x: PyBuffer<f32>) -> PyResult<()> {
+    crate::errors::guarded(|| {
+        contiguous(&out, "out")?;
+        contiguous(&x, "x")?;
+        let cols = *x.shape().last().unwrap_or(&0);
+        let rows = x.item_count().checked_div(cols).unwrap_or(0);
+        let rb = matmul::row_bytes(QType::Q8_0, cols).map_err(PyValueError::new_err)?;
+        if out.item_count() != rows * rb {
+            return Err(PyValueError::new_err(format!("out must hold {} bytes ({rows} rows of {rb})", rows * rb)));
+        }
+        let (out_ptr, out_len) = writable(&out)?;
+        // SAFETY: as in quant_matmul; `out` (uint8) and `x` (float32) are distinct exporters' buffers.
+        let (xs, os) = unsafe { (slice_of(&x), std::slice::from_raw_parts_mut(out_ptr, out_len)) };
+        py.detach(|| {
+            use rayon::prelude::*;
+            os.par_chunks_mut(34).zip(xs.par_chunks(32)).for_each(|(b, v)| formats::quantize_q8_0(v, b));
+        });
+        Ok(())
+    })
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(quant_quantize_q8_0, m)?)?;
+    m.add_class::<decoder::DecoderStack>()?;
     m.add_function(wrap_pyfunction!(quant_matmul, m)?)?;
     m.add_function(wrap_pyfunction!(quant_dequantize, m)?)?;
     Ok(())

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from pyagent.cli.generate import add_sampling_args, sampling_params
+from pyagent.cli.generate import add_quantize_arg, add_sampling_args, sampling_params
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -17,6 +17,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("message", metavar="MESSAGE", nargs="?", help="one user message (omit for interactive mode)")
     p.add_argument("--model", required=True, metavar="PATH", help="a GGUF file, or a checkpoint folder")
     p.add_argument("--system", metavar="TEXT", default=None, help="a system message (else the template's default)")
+    add_quantize_arg(p)
     add_sampling_args(p)
     p.set_defaults(temperature=0.7)
     return p
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     params = sampling_params(args)
     try:
         params.validate()
-        engine = PagedAttentionEngine.from_pretrained(args.model, max_num_seqs=1)
+        engine = PagedAttentionEngine.from_pretrained(args.model, max_num_seqs=1, quantize=args.quantize)
     except (ModelLoadError, ValueError) as exc:
         raise CommandError(str(exc)) from None
     messages: list[dict[str, str]] = [] if args.system is None else [{"role": "system", "content": args.system}]

@@ -31,6 +31,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     p.add_argument("--model", metavar="PATH",
                    help="a GGUF file, or a model directory (config.json, *.safetensors, tokenizer.json)")
+    p.add_argument("--quantize", choices=["q8_0"], default=None,
+                   help="convert a safetensors checkpoint's matrices to Q8_0 at load")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 = any free port)")
     p.add_argument("--store", metavar="DB", default=None,
@@ -157,7 +159,8 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError("--block-size must be positive")
     connector = _connector(args)
     try:
-        engine = load_engine(model_dir, block_size=args.block_size, kv_connector=connector)
+        engine = load_engine(model_dir, block_size=args.block_size, kv_connector=connector,
+                             quantize=args.quantize)
     except (OSError, ValueError) as exc:
         raise CommandError(f"cannot load the model in {model_dir}: {exc}") from None
     if connector is not None:

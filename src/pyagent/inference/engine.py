@@ -129,16 +129,19 @@ class PagedAttentionEngine:
                         max_num_seqs: int = 32, max_num_batched_tokens: int = 2048,
                         enable_prefix_caching: bool = True, partition_size: int = 512,
                         kv_cache_bytes: int = DEFAULT_KV_CACHE_BYTES,
-                        kv_connector: KVConnector | None = None) -> PagedAttentionEngine:
+                        kv_connector: KVConnector | None = None,
+                        quantize: str | None = None) -> PagedAttentionEngine:
         """Load a GGUF file (weights stay quantized) or a Hugging Face checkpoint folder (config.json,
-        *.safetensors, tokenizer.json)."""
+        *.safetensors, tokenizer.json; ``quantize="q8_0"`` converts its matrices to Q8_0 at load)."""
         path = Path(model_dir)
         if path.suffix.lower() == ".gguf" or (path.is_file() and is_gguf(path)):
+            if quantize is not None:
+                raise ValueError(f"--quantize applies to safetensors folders; {path.name} is already quantized")
             gguf, config, weights = load_gguf_model(path)
             tokenizer = gguf_tokenizer(gguf)
             name = path.resolve().stem
         else:
-            config, weights = load_model(path)
+            config, weights = load_model(path, quantize)
             tokenizer = Tokenizer.from_dir(path, config_eos=config.eos_token_ids)
             name = path.resolve().name
         return cls(config, weights, tokenizer, model_name=name, block_size=block_size,

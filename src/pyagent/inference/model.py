@@ -2,7 +2,9 @@
 
 All tokens of a step go through the dense layers as one matrix; attention is split: sequences with one
 new token use the Rust paged decode kernel in one call, longer chunks (prefill) use causal attention over
-their cached prefix plus the chunk.
+their cached prefix plus the chunk. A step made only of decode tokens, on a model whose matrices are all
+kept quantized (or 16-bit), runs its layers in one Rust call (``_rust.DecoderStack``): at one token per
+sequence the per-operation overhead of NumPy would cost more than the matrix products themselves.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pyagent import _rust
 from pyagent.inference.attention import paged_decode_attention, prefill_attention
 from pyagent.inference.config import ModelConfig
 from pyagent.inference.kv_cache import KVCacheManager
-from pyagent.inference.loader import ModelWeights
-from pyagent.inference.quant import embedding_rows, linear
+from pyagent.inference.loader import LayerWeights, ModelWeights
+from pyagent.inference.quant import Linear, QuantLinear, embedding_rows, linear
 from pyagent.inference.rope import RotaryEmbedding
 
 
@@ -50,6 +53,21 @@ class DecoderModel:
         self.rope = RotaryEmbedding(config, max_positions)
         self.partition_size = partition_size
         self.scale = 1.0 / float(np.sqrt(config.head_dim))
+        self.stack = _decoder_stack(config, weights)
+
+    def _decode_step(self, chunks: Sequence[SeqChunk], kv: KVCacheManager, token_ids: np.ndarray,
+                     positions: np.ndarray, slots: np.ndarray, block_tables: np.ndarray,
+                     context_lens: np.ndarray) -> np.ndarray:
+        """Every layer for one new token per sequence, in one Rust call (see the module docstring)."""
+        assert self.stack is not None
+        c, w = self.config, self.weights
+        x = np.ascontiguousarray(embedding_rows(w.embed, token_ids), dtype=np.float32)
+        self.stack.forward(x, positions, slots, block_tables, context_lens, kv.k_cache, kv.v_cache, self.rope.cos,
+                           self.rope.sin, self.scale, self.partition_size)
+        last = np.array([i for i, ch in enumerate(chunks) if ch.needs_logits], dtype=np.int64)
+        if not len(last):
+            return np.zeros((0, c.vocab_size), dtype=np.float32)
+        return linear(rms_norm(x[last], w.norm, c.rms_norm_eps), w.lm_head)
 
     def forward(self, chunks: Sequence[SeqChunk], kv: KVCacheManager) -> np.ndarray:
         """Run the chunks, store their K/V, and return logits ``[chunks needing logits, vocab]``."""
@@ -71,6 +89,9 @@ class DecoderModel:
             for r, t in enumerate(tables):
                 block_tables[r, :len(t)] = t
             context_lens = np.array([chunks[i].start + 1 for i in decode_idx], dtype=np.int32)
+            if self.stack is not None and not prefill_idx and kv.k_cache.dtype == np.float32:
+                return self._decode_step(chunks, kv, token_ids, positions.astype(np.int64), slots.astype(np.int64),
+                                         block_tables, context_lens)
 
         x = embedding_rows(w.embed, token_ids)
         for layer_idx, lw in enumerate(w.layers):
@@ -110,3 +131,24 @@ class DecoderModel:
         if not len(last):
             return np.zeros((0, c.vocab_size), dtype=np.float32)
         return linear(rms_norm(x[last], w.norm, c.rms_norm_eps), w.lm_head)
+
+
+def _decoder_stack(config: ModelConfig, weights: ModelWeights) -> _rust.DecoderStack | None:
+    """The Rust decode stack over the same weight buffers, when every projection is kept quantized."""
+    def projections(lw: LayerWeights) -> list[tuple[Linear, np.ndarray | None]]:
+        return [(lw.qkv, lw.qkv_bias), (lw.o, lw.o_bias), (lw.gate_up, lw.gate_up_bias), (lw.down, lw.down_bias)]
+
+    if not all(isinstance(p, QuantLinear) for lw in weights.layers for p, _ in projections(lw)):
+        return None
+    c = config
+    stack = _rust.DecoderStack(c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim,
+                               c.intermediate_size, float(c.rms_norm_eps))
+    for lw in weights.layers:
+        specs = []
+        for p, bias in projections(lw):
+            assert isinstance(p, QuantLinear)
+            specs.append(([m.data for m in p.parts], [m.type_id for m in p.parts], [m.rows for m in p.parts],
+                          None if bias is None else np.ascontiguousarray(bias, dtype=np.float32)))
+        stack.add_layer(np.ascontiguousarray(lw.input_norm, dtype=np.float32),
+                        np.ascontiguousarray(lw.post_norm, dtype=np.float32), *specs)
+    return stack

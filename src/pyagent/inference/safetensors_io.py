@@ -1,8 +1,10 @@
-"""Read ``*.safetensors`` files into float32 NumPy arrays, bf16 included.
+"""Read ``*.safetensors`` files into NumPy arrays, bf16 included.
 
 NumPy has no bfloat16, so the safetensors NumPy loader cannot read bf16 checkpoints; the format is simple
 (8-byte header length, JSON header, raw little-endian data), so we parse it and widen bf16 by shifting its
-16 bits into the high half of a float32.
+16 bits into the high half of a float32. With ``widen=False`` 16-bit tensors are returned as read-only
+views of the memory-mapped file instead (float16, or uint16 holding bf16 bits), so the model's matrices
+stay 16-bit in memory and are never copied.
 """
 
 from __future__ import annotations
@@ -45,11 +47,13 @@ def read_header(path: Path) -> tuple[int, dict[str, Any]]:
     return 8 + size, header
 
 
-def load_tensors(path: Path, names: set[str] | None = None) -> dict[str, np.ndarray]:
-    """Float32 copies of the tensors in ``path`` (all, or only ``names``)."""
+def load_tensors(path: Path, names: set[str] | None = None, *, widen: bool = True) -> dict[str, np.ndarray]:
+    """Float32 copies of the tensors in ``path`` (all, or only ``names``); 16-bit ones as mapped views when
+    ``widen`` is false (the mapping lives as long as an array uses it)."""
     offset, header = read_header(path)
     out: dict[str, np.ndarray] = {}
-    with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+    with path.open("rb") as fh:
+        mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
         for name, info in header.items():
             if names is not None and name not in names:
                 continue
@@ -62,6 +66,9 @@ def load_tensors(path: Path, names: set[str] | None = None) -> dict[str, np.ndar
             if end - start != count * dtype.itemsize or offset + end > len(mm):
                 raise ModelLoadError(f"{path}: tensor {name} has data offsets that do not match its shape")
             raw = np.frombuffer(mm, dtype=dtype, count=count, offset=offset + start)
+            if not widen and dtype.itemsize == 2:
+                out[name] = raw.reshape(shape)
+                continue
             if info["dtype"] == "BF16":
                 arr = (raw.astype(np.uint32) << 16).view(np.float32)
             else:
@@ -97,8 +104,8 @@ def tensor_files(model_dir: Path) -> dict[Path, set[str] | None]:
     return dict.fromkeys(found)
 
 
-def load_checkpoint(model_dir: Path) -> dict[str, np.ndarray]:
+def load_checkpoint(model_dir: Path, *, widen: bool = True) -> dict[str, np.ndarray]:
     tensors: dict[str, np.ndarray] = {}
     for path, names in tensor_files(model_dir).items():
-        tensors.update(load_tensors(path, names))
+        tensors.update(load_tensors(path, names, widen=widen))
     return tensors

@@ -1,0 +1,311 @@
+//! A whole decode step (one new token for each of `n` sequences) through every decoder layer, in Rust.
+//!
+//! Decoding a small model is a few hundred tiny operations per token (norms, rotary embedding, the K/V
+//! write, attention, residuals); done from Python, their call overhead costs more than the matrix
+//! products. `DecoderStack` holds the layers' weights (views of the memory-mapped file, pinned through
+//! the buffer protocol, never copied) and runs the step with the GIL released. The arithmetic is the
+//! Python forward pass's (`pyagent.inference.model`), with the same kernels for the products.
+use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+use super::formats::QType;
+use super::matmul::{checked, has_avx2, matmul_checked, QWeight};
+use super::qtype;
+use crate::attention::{paged_decode, DecodeInputs, DecodeShape};
+
+/// One stacked projection: its matrices' buffers, types and row counts, and an optional bias.
+struct Proj {
+    data: Vec<PyBuffer<u8>>,
+    types: Vec<QType>,
+    rows: Vec<usize>,
+    cols: usize,
+    bias: Option<PyBuffer<f32>>,
+}
+
+struct Layer {
+    input_norm: PyBuffer<f32>,
+    post_norm: PyBuffer<f32>,
+    qkv: Proj,
+    o: Proj,
+    gate_up: Proj,
+    down: Proj,
+}
+
+/// The decoder layers of one model, ready for `forward`.
+#[pyclass(module = "pyagent._rust")]
+pub struct DecoderStack {
+    layers: Vec<Layer>,
+    hidden: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    inter: usize,
+    eps: f32,
+}
+
+/// A projection as slices, for use without the GIL.
+struct ProjView<'a> {
+    ws: Vec<(QWeight<'a>, usize)>,
+    cols: usize,
+    bias: Option<&'a [f32]>,
+}
+
+/// # Safety
+/// The buffer must stay alive (and unmodified by others) while the slice is used.
+unsafe fn view<T: pyo3::buffer::Element>(b: &PyBuffer<T>) -> &[T] {
+    std::slice::from_raw_parts(b.buf_ptr() as *const T, b.item_count())
+}
+
+fn vector(b: &PyBuffer<f32>, len: usize, what: &str) -> PyResult<()> {
+    if !b.is_c_contiguous() || b.item_count() != len {
+        return Err(PyValueError::new_err(format!("{what} must be a contiguous float32 vector of {len}")));
+    }
+    Ok(())
+}
+
+impl Proj {
+    fn new(spec: ProjSpec, cols: usize, rows: usize, what: &str) -> PyResult<Proj> {
+        let (data, ids, row_counts, bias) = spec;
+        if data.is_empty() || data.len() != ids.len() || data.len() != row_counts.len() {
+            return Err(PyValueError::new_err(format!("{what}: one type and row count per matrix")));
+        }
+        if row_counts.iter().sum::<usize>() != rows {
+            return Err(PyValueError::new_err(format!("{what}: {} rows in all, expected {rows}",
+                                                     row_counts.iter().sum::<usize>())));
+        }
+        if data.iter().any(|d| !d.is_c_contiguous()) {
+            return Err(PyValueError::new_err(format!("{what}: weights must be C-contiguous")));
+        }
+        if let Some(b) = &bias {
+            vector(b, rows, &format!("{what} bias"))?;
+        }
+        let types = ids.iter().map(|&t| qtype(t)).collect::<PyResult<Vec<_>>>()?;
+        let p = Proj { data, types, rows: row_counts, cols, bias };
+        p.view().map_err(|e| PyValueError::new_err(format!("{what}: {e}")))?;
+        Ok(p)
+    }
+
+    fn view(&self) -> Result<ProjView<'_>, String> {
+        // SAFETY: the buffers are owned by `self` and pin their exporters for as long as it lives.
+        let ws: Vec<QWeight<'_>> = self.data.iter().zip(&self.types).zip(&self.rows)
+            .map(|((d, &t), &r)| QWeight { data: unsafe { view(d) }, qtype: t, rows: r }).collect();
+        Ok(ProjView { ws: checked(&ws, self.cols)?, cols: self.cols,
+                      bias: self.bias.as_ref().map(|b| unsafe { view(b) }) })
+    }
+}
+
+type ProjSpec = (Vec<PyBuffer<u8>>, Vec<u32>, Vec<usize>, Option<PyBuffer<f32>>);
+
+#[pymethods]
+impl DecoderStack {
+    #[new]
+    fn new(hidden: usize, heads: usize, kv_heads: usize, head_dim: usize, intermediate: usize, eps: f32)
+           -> PyResult<DecoderStack> {
+        if kv_heads == 0 || !heads.is_multiple_of(kv_heads) || !head_dim.is_multiple_of(2) || hidden == 0 {
+            return Err(PyValueError::new_err("heads must be a multiple of kv_heads, head_dim even"));
+        }
+        Ok(DecoderStack { layers: Vec::new(), hidden, heads, kv_heads, head_dim, inter: intermediate, eps })
+    }
+
+    /// Append a layer: norms and the four projections as `(weights, ggml types, rows, bias or None)`.
+    fn add_layer(&mut self, input_norm: PyBuffer<f32>, post_norm: PyBuffer<f32>, qkv: ProjSpec, o: ProjSpec,
+                 gate_up: ProjSpec, down: ProjSpec) -> PyResult<()> {
+        let (h, hd) = (self.hidden, self.head_dim);
+        vector(&input_norm, h, "input norm")?;
+        vector(&post_norm, h, "post-attention norm")?;
+        let layer = Layer {
+            input_norm,
+            post_norm,
+            qkv: Proj::new(qkv, h, (self.heads + 2 * self.kv_heads) * hd, "qkv")?,
+            o: Proj::new(o, self.heads * hd, h, "o")?,
+            gate_up: Proj::new(gate_up, h, 2 * self.inter, "gate_up")?,
+            down: Proj::new(down, self.inter, h, "down")?,
+        };
+        self.layers.push(layer);
+        Ok(())
+    }
+
+    /// Run every layer on `x` ([n, hidden], updated in place): token `i` sits at `positions[i]`, its K/V
+    /// go to flat slot `slots[i]` of each layer's cache ([layers, blocks, kv_heads, block_size, head_dim]),
+    /// and it attends to the first `context_lens[i]` positions through `block_tables[i]`.
+    #[pyo3(signature = (x, positions, slots, block_tables, context_lens, k_cache, v_cache, cos, sin, scale,
+                        partition_size = 512))]
+    #[allow(clippy::too_many_arguments)]
+    fn forward(&self, py: Python<'_>, x: PyBuffer<f32>, positions: PyBuffer<i64>, slots: PyBuffer<i64>,
+               block_tables: PyBuffer<i32>, context_lens: PyBuffer<i32>, k_cache: PyBuffer<f32>,
+               v_cache: PyBuffer<f32>, cos: PyBuffer<f32>, sin: PyBuffer<f32>, scale: f32,
+               partition_size: usize) -> PyResult<()> {
+        crate::errors::guarded(|| {
+            for (ok, what) in [(x.is_c_contiguous() && !x.readonly(), "x"),
+                               (k_cache.is_c_contiguous() && !k_cache.readonly(), "k_cache"),
+                               (v_cache.is_c_contiguous() && !v_cache.readonly(), "v_cache"),
+                               (positions.is_c_contiguous() && slots.is_c_contiguous(), "positions and slots"),
+                               (block_tables.is_c_contiguous() && context_lens.is_c_contiguous(), "tables"),
+                               (cos.is_c_contiguous() && sin.is_c_contiguous(), "cos and sin")] {
+                if !ok {
+                    return Err(PyValueError::new_err(format!("{what} must be C-contiguous (and writable)")));
+                }
+            }
+            let n = positions.item_count();
+            let ks = k_cache.shape().to_vec();
+            let (hd, nkv) = (self.head_dim, self.kv_heads);
+            if x.item_count() != n * self.hidden || slots.item_count() != n || context_lens.item_count() != n {
+                return Err(PyValueError::new_err("x, positions, slots and context_lens need one row per token"));
+            }
+            if ks.len() != 5 || ks[0] != self.layers.len() || ks[2] != nkv || ks[4] != hd
+                || v_cache.shape() != &ks[..] {
+                return Err(PyValueError::new_err(format!(
+                    "k_cache and v_cache must be [{}, blocks, {nkv}, block_size, {hd}]", self.layers.len())));
+            }
+            if block_tables.dimensions() != 2 || block_tables.shape()[0] != n {
+                return Err(PyValueError::new_err("block_tables must be [tokens, max_blocks]"));
+            }
+            if cos.dimensions() != 2 || cos.shape()[1] != hd || sin.shape() != cos.shape() {
+                return Err(PyValueError::new_err(format!("cos and sin must be [positions, {hd}]")));
+            }
+            let (num_blocks, block_size, max_pos) = (ks[1], ks[3], cos.shape()[0]);
+            // SAFETY: the PyBuffers pin their exporters until this function returns; the writable ones
+            // (x and the caches) are distinct arrays from every input read here.
+            let (pos, slot) = unsafe { (view(&positions), view(&slots)) };
+            if let Some(p) = pos.iter().find(|&&p| p < 0 || p as usize >= max_pos) {
+                return Err(PyValueError::new_err(format!("position {p} is outside the rotary table (0..{max_pos})")));
+            }
+            if let Some(s) = slot.iter().find(|&&s| s < 0 || s as usize >= num_blocks * block_size) {
+                return Err(PyValueError::new_err(format!("slot {s} is outside the cache")));
+            }
+            let shape = DecodeShape { num_seqs: n, num_heads: self.heads, num_kv_heads: nkv, head_dim: hd,
+                                      num_blocks, block_size, max_blocks_per_seq: block_tables.shape()[1] };
+            let layers = self.layers.iter().map(|l| {
+                Ok((unsafe { view(&l.input_norm) }, unsafe { view(&l.post_norm) }, l.qkv.view()?, l.o.view()?,
+                    l.gate_up.view()?, l.down.view()?))
+            }).collect::<Result<Vec<_>, String>>().map_err(PyValueError::new_err)?;
+            let step = Step {
+                hidden: self.hidden, heads: self.heads, kv_heads: nkv, head_dim: hd, inter: self.inter,
+                eps: self.eps, n, pos, slot,
+                tables: unsafe { view(&block_tables) }, ctx: unsafe { view(&context_lens) },
+                cos: unsafe { view(&cos) }, sin: unsafe { view(&sin) }, scale, partition_size, shape,
+            };
+            let layer_floats = num_blocks * nkv * block_size * hd;
+            let (xs, kc, vc) = unsafe {
+                (std::slice::from_raw_parts_mut(x.buf_ptr() as *mut f32, x.item_count()),
+                 std::slice::from_raw_parts_mut(k_cache.buf_ptr() as *mut f32, k_cache.item_count()),
+                 std::slice::from_raw_parts_mut(v_cache.buf_ptr() as *mut f32, v_cache.item_count()))
+            };
+            py.detach(|| step.run(&layers, xs, kc, vc, layer_floats)).map_err(PyValueError::new_err)
+        })
+    }
+
+    fn __len__(&self) -> usize {
+        self.layers.len()
+    }
+}
+
+type LayerView<'a> = (&'a [f32], &'a [f32], ProjView<'a>, ProjView<'a>, ProjView<'a>, ProjView<'a>);
+
+/// The per-call inputs of one step.
+struct Step<'a> {
+    hidden: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    inter: usize,
+    eps: f32,
+    n: usize,
+    pos: &'a [i64],
+    slot: &'a [i64],
+    tables: &'a [i32],
+    ctx: &'a [i32],
+    cos: &'a [f32],
+    sin: &'a [f32],
+    scale: f32,
+    partition_size: usize,
+    shape: DecodeShape,
+}
+
+/// `out = weight * (x / sqrt(mean(x^2) + eps))` per row, as `model.rms_norm` computes it.
+fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let h = weight.len();
+    for (xr, orow) in x.chunks_exact(h).zip(out.chunks_exact_mut(h)) {
+        let ss: f64 = xr.iter().map(|&v| (v * v) as f64).sum();
+        let denom = ((ss / h as f64) as f32 + eps).sqrt();
+        for ((o, &v), &w) in orow.iter_mut().zip(xr).zip(weight) {
+            *o = w * (v / denom);
+        }
+    }
+}
+
+fn project(p: &ProjView<'_>, x: &[f32], n: usize, out: &mut [f32], simd: bool) {
+    matmul_checked(&p.ws, x, n, p.cols, out, simd, true);
+    if let Some(b) = p.bias {
+        for row in out.chunks_exact_mut(b.len()) {
+            row.iter_mut().zip(b).for_each(|(o, &v)| *o += v);
+        }
+    }
+}
+
+impl Step<'_> {
+    /// Rotate-half rotary embedding of one head in place (`x*cos + rotate_half(x)*sin`).
+    fn rope(&self, v: &mut [f32], pos: usize) {
+        let hd = self.head_dim;
+        let half = hd / 2;
+        let (c, s) = (&self.cos[pos * hd..(pos + 1) * hd], &self.sin[pos * hd..(pos + 1) * hd]);
+        for i in 0..half {
+            let (a, b) = (v[i], v[i + half]);
+            v[i] = a * c[i] + (-b) * s[i];
+            v[i + half] = b * c[i + half] + a * s[i + half];
+        }
+    }
+
+    fn run(&self, layers: &[LayerView<'_>], x: &mut [f32], k_cache: &mut [f32], v_cache: &mut [f32],
+           layer_floats: usize) -> Result<(), String> {
+        let (n, h, hd, nh, nkv) = (self.n, self.hidden, self.head_dim, self.heads, self.kv_heads);
+        let qkv_dim = (nh + 2 * nkv) * hd;
+        let simd = has_avx2();
+        let mut hbuf = vec![0f32; n * h];
+        let mut qkv = vec![0f32; n * qkv_dim];
+        let mut q = vec![0f32; n * nh * hd];
+        let mut attn = vec![0f32; n * nh * hd];
+        let mut o = vec![0f32; n * h];
+        let mut gu = vec![0f32; n * 2 * self.inter];
+        let mut act = vec![0f32; n * self.inter];
+        let bs = self.shape.block_size;
+        for (li, (input_norm, post_norm, p_qkv, p_o, p_gu, p_down)) in layers.iter().enumerate() {
+            rms_norm(x, input_norm, self.eps, &mut hbuf);
+            project(p_qkv, &hbuf, n, &mut qkv, simd);
+            let (kl, vl) = (&mut k_cache[li * layer_floats..(li + 1) * layer_floats],
+                            &mut v_cache[li * layer_floats..(li + 1) * layer_floats]);
+            for t in 0..n {
+                let row = &mut qkv[t * qkv_dim..(t + 1) * qkv_dim];
+                let pos = self.pos[t] as usize;
+                for head in row[..(nh + nkv) * hd].chunks_exact_mut(hd) {
+                    self.rope(head, pos);
+                }
+                q[t * nh * hd..(t + 1) * nh * hd].copy_from_slice(&row[..nh * hd]);
+                let (block, off) = (self.slot[t] as usize / bs, self.slot[t] as usize % bs);
+                for kh in 0..nkv {
+                    let at = ((block * nkv + kh) * bs + off) * hd;
+                    kl[at..at + hd].copy_from_slice(&row[(nh + kh) * hd..(nh + kh + 1) * hd]);
+                    vl[at..at + hd].copy_from_slice(&row[(nh + nkv + kh) * hd..(nh + nkv + kh + 1) * hd]);
+                }
+            }
+            let inputs = DecodeInputs { q: &q, k_cache: kl, v_cache: vl, block_tables: self.tables,
+                                        context_lens: self.ctx };
+            paged_decode(&self.shape, &inputs, &mut attn, self.scale, self.partition_size)?;
+            project(p_o, &attn, n, &mut o, simd);
+            x.iter_mut().zip(&o).for_each(|(a, &b)| *a += b);
+            rms_norm(x, post_norm, self.eps, &mut hbuf);
+            project(p_gu, &hbuf, n, &mut gu, simd);
+            let inter = self.inter;
+            for (g_u, a) in gu.chunks_exact(2 * inter).zip(act.chunks_exact_mut(inter)) {
+                let (g, u) = g_u.split_at(inter);
+                for ((o, &gv), &uv) in a.iter_mut().zip(g).zip(u) {
+                    *o = gv / (1.0 + (-gv).exp()) * uv;
+                }
+            }
+            project(p_down, &act, n, &mut o, simd);
+            x.iter_mut().zip(&o).for_each(|(a, &b)| *a += b);
+        }
+        Ok(())
+    }
+}
