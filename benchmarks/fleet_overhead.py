@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
 import statistics
 import time
 from collections.abc import Callable, Coroutine
@@ -95,6 +96,7 @@ def ray_rows(n: int, cpus: int, repeat: int) -> None:
     from pyagent.pipeline.ray_executor import RayCluster, RayExecutor
     from pyagent.pipeline.settings import PipelineSettings
 
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a loopback instance of this run: no token in ~/.ray
     t0 = time.perf_counter()
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     try:

@@ -47,6 +47,7 @@ TASK_TITLE = b"ray::pyagent_task"
 # PYTHONDONTWRITEBYTECODE every agent compiles them afresh and misses that deadline on a busy machine.
 SLOW_MACHINE = {
     "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "disabled",  # the same for nodes and drivers, whatever token ~/.ray may hold
     "RAY_agent_register_timeout_ms": "300000",
     "RAY_raylet_start_wait_time_s": "300",
 }
@@ -171,6 +172,7 @@ def cluster() -> Iterator[str]:
     head_port, *ports = _free_ports(13)
     address = f"127.0.0.1:{head_port}"
     procs: list[subprocess.Popen[bytes]] = []
+    os.environ["RAY_AUTH_MODE"] = "disabled"  # this process's driver, like the nodes
     try:
         procs.append(_start_node(
             [*ray_cli, "start", "--head", "--block", f"--port={head_port}", "--include-dashboard=false",
@@ -236,7 +238,7 @@ def local_run(tmp_path_factory: pytest.TempPathFactory, clean_env_module: dict[s
 
 @pytest.fixture(scope="module")
 def clean_env_module() -> dict[str, str]:
-    env = {**os.environ, "NO_COLOR": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, "NO_COLOR": "1", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
     env.pop("FORCE_COLOR", None)
     return env
 
