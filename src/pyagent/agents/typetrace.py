@@ -44,7 +44,8 @@ _SAMPLE = 5  # container elements inspected per call
 _SAMPLES = 200  # calls of one function recorded; later ones cost one dict lookup
 _UNSEEN: dict[str, Any] = {}
 # A profile hook costs every call of every function, C ones included: on a call-heavy suite it makes
-# the run several times slower. Types are recorded for this long, then the hook is removed.
+# the run several times slower. Types are recorded for this long after the first call of a project
+# function (the runner's and its plugins' start-up do not count), then the hook is removed.
 TRACE_SECONDS = 20.0
 
 
@@ -102,7 +103,7 @@ class _Recorder:
         self.mine: dict[str, bool] = {}
         self.by_code: dict[Any, dict[str, Any] | None] = {}
         self.events = 0
-        self.deadline = time.monotonic() + TRACE_SECONDS
+        self.deadline = float("inf")  # the budget starts at the first call of a project function
         self.stopped = False
         self.lock = threading.Lock()
 
@@ -143,6 +144,8 @@ class _Recorder:
             self.by_code[code] = entry
             if entry is None:
                 return
+            if self.deadline == float("inf"):  # not the test runner's and plugins' start-up
+                self.deadline = time.monotonic() + TRACE_SECONDS
         if event == "call":
             entry["n"] += 1
             if entry["n"] > _SAMPLES:
