@@ -314,7 +314,7 @@ def write_report(result: RunResult, events: list[FleetEvent]) -> Path:
         for label in ("before", "after"):
             t = rep["tests"][label]
             if t is not None and t.get("sandbox"):
-                log.write({"kind": "sandbox", "run": label, "enforced": t["sandbox"][0],
+                log.write({"kind": "sandbox", "task_id": None, "run": label, "enforced": t["sandbox"][0],
                            "refusals": t["sandbox"][1:]})
         for t in rep["tasks"]:
             log.write(
