@@ -108,6 +108,13 @@ def test_traced_types_fill_parameters_and_returns_where_the_file_can_write_them(
     computed = "def pad(s, fill=FILL):\n    return s\n"
     anns = infer_annotations(computed, {"pad": {"args": {"s": "str", "fill": "str"}, "returns": "str"}})
     assert anns[0].args == (("s", "str"),)
+    # a nested union merged with a literal default stays one valid annotation (tabulate)
+    nested = "def cell(v, missing=None):\n    return v\n"
+    traced2 = {"cell": {"args": {"missing": "list[str | None] | str"}, "returns": None}}
+    ann = infer_annotations(nested, traced2, min_version=(3, 10))[0]
+    assert ann.args == (("missing", "list[str | None] | str | None"),)
+    new, _ = annotate(nested, [ann])
+    assert "missing: list[str | None] | str | None = None" in new
 
 
 def test_annotated_functions_counts_fully_annotated_ones() -> None:

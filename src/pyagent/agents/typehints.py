@@ -193,8 +193,23 @@ def _inferred_return(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> str | None:
     return kinds.pop() if len(kinds) == 1 else None
 
 
+def _union_members(annotation: str) -> list[str]:
+    """``int | list[str | None]`` -> ["int", "list[str | None]"]: split only outside brackets."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(annotation):
+        depth += (ch == "[") - (ch == "]")
+        if depth == 0 and annotation.startswith(" | ", i):
+            parts.append(annotation[start:i])
+            start = i + 3
+    return [*parts, annotation[start:]]
+
+
 def _writable(annotation: str, modern: bool, classes: set[str], before_line: set[str]) -> bool:
     """Whether ``annotation`` can be written in this file as it is (no import, evaluates at def time)."""
+    try:
+        ast.parse(annotation, mode="eval")
+    except SyntaxError:
+        return False
     names = re.findall(r"[A-Za-z_][A-Za-z0-9_.]*", annotation)
     generic = "[" in annotation or "|" in annotation
     if generic and not modern:
@@ -244,7 +259,7 @@ def infer_annotations(
 
                     if defaults[a.arg] == "?":  # not a literal: its type is unknown here
                         continue
-                    merged = combine([*name.split(" | "), defaults[a.arg]])
+                    merged = combine([*_union_members(name), defaults[a.arg]])
                     if merged is None:
                         continue
                     name = merged
