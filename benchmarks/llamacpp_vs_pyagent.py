@@ -19,6 +19,7 @@ Without ``--model`` the SmolLM2-135M-Instruct Q4_1 file the tests use is taken f
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import resource
@@ -147,12 +148,24 @@ def ensure_llamacpp(python: Path) -> None:
     The venv is created only when it is the default one, so a ``--llamacpp-python`` given by hand is never
     overwritten. The build runs with ``nice -n 19`` and one compile job so that it never starves the machine.
     """
-    if python.exists() and subprocess.run([str(python), "-c", "import llama_cpp"], capture_output=True).returncode == 0:
+    def ready() -> bool:
+        return python.exists() and subprocess.run([str(python), "-c", "import llama_cpp"],
+                                                  capture_output=True).returncode == 0
+
+    if ready():
         return
     venv = python.parent.parent
     if venv != BENCH_DIR / "llamacpp":
         raise SystemExit(f"{python} cannot import llama_cpp: install {LLAMA_CPP_PYTHON} into it")
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
+    with (BENCH_DIR / ".build-lock").open("w") as lock:
+        print("waiting for any other build of the benchmark venv to finish", flush=True)
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a second run waits for the first one's build instead of racing it
+        if not ready():
+            _build(python, venv)
+
+
+def _build(python: Path, venv: Path) -> None:
     log = BENCH_DIR / "build.log"
     print(f"building {LLAMA_CPP_PYTHON} from source into {venv} (log: {log}); this takes long", flush=True)
     if not python.exists():

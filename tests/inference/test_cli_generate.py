@@ -63,3 +63,20 @@ def test_generate_bad_inputs_are_clear_errors(tmp_path: Path, pyagent_cmd: list[
                           text=True, env=clean_env, timeout=120)
     assert done.returncode == 2 and "not an empty directory" in done.stderr
     assert (tmp_path / "full" / "x").read_text() == "keep me"
+
+
+def test_generate_quantize_q8_0_runs_the_converted_weights(pyagent_cmd: list[str], clean_env: dict[str, str],
+                                                           tiny_dir: Path, smollm2_path: Path) -> None:
+    done = subprocess.run([*pyagent_cmd, "generate", "--model", str(tiny_dir), "--quantize", "q8_0", "--max-tokens",
+                           "6", "--temperature", "0", "--ignore-eos", "--json", "Hello there"], capture_output=True,
+                          text=True, env=clean_env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    engine = PagedAttentionEngine.from_pretrained(tiny_dir, quantize="q8_0")
+    ids = engine.tokenizer.encode("Hello there")
+    engine.add_request("x", ids, SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True))
+    outs = [o for _ in range(20) for o in engine.step()]
+    assert json.loads(done.stdout)["token_ids"] == outs[-1].token_ids
+    # a GGUF file is quantized already: the option is refused with a reason, not ignored
+    done = subprocess.run([*pyagent_cmd, "generate", "--model", str(smollm2_path), "--quantize", "q8_0", "hi"],
+                          capture_output=True, text=True, env=clean_env, timeout=120)
+    assert done.returncode != 0 and "already quantized" in done.stderr

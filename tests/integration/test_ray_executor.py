@@ -42,8 +42,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # a Ray cluster start
 FINAL = {"kept", "rolled_back", "failed", "skipped"}
 TEST_CMD = f"{sys.executable} -m unittest discover -s tests"
 TASK_TITLE = b"ray::pyagent_task"
-# Ray's defaults expect an idle machine: a raylet gives up (and aborts) when its dashboard agent has not
-# come up within 15 s, which happens on a 2-core machine shared by several busy test runs.
+# Ray's defaults expect an idle machine: a raylet aborts when its dashboard agent is not up within 15 s
+# (then the node is started again below). Ray's sources must be byte-compiled (.ci/run does it): with
+# PYTHONDONTWRITEBYTECODE every agent compiles them afresh and misses that deadline on a busy machine.
 SLOW_MACHINE = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_agent_register_timeout_ms": "300000",
@@ -56,7 +57,7 @@ import sys, time
 import ray._private.services as services
 _get_node = services.get_node
 def get_node(*args, **kwargs):
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 120
     while True:
         try:
             return _get_node(*args, **kwargs)
@@ -244,21 +245,24 @@ def test_improve_on_ray_keeps_what_a_local_run_keeps(
     cluster: str, local_run: dict[str, Any], clean_env_module: dict[str, str], tmp_path: Path
 ) -> None:
     project = _project(tmp_path / "p")
+    started = time.time()
     ran = _outcome(project, _improve(project, "--executor", f"ray:{cluster}", env=clean_env_module))
     assert local_run["kept"], local_run["output"][-3000:]
     assert ran["kept"] == local_run["kept"]
     assert ran["files"] == local_run["files"]  # the same branch content, change for change
     tasks = ran["report"]["tasks"]
     assert all(t["status"] in FINAL for t in tasks)
-    ran = [t for t in tasks if t["verification"].get("remote")]
-    assert {t["verification"]["remote"]["root_task_id"] for t in ran} == {t["lineage"][0] for t in ran}
-    nodes = {t["verification"]["node"] for t in ran}
+    remote = [t for t in tasks if t["verification"].get("remote")]
+    assert len(remote) == len(tasks)  # every task ran on the cluster, under the run's own lineage
+    assert all(t["verification"]["remote"]["lineage"] == t["lineage"] for t in remote)
+    nodes = {t["verification"]["node"] for t in remote}
     assert len(nodes) == 2, nodes  # the work really was spread over both nodes
     note = next(n for n in ran["report"]["notes"] if n.startswith("ray ("))
     assert f"{len(tasks)} task(s) ran on the cluster" in note, note
     assert "2 task(s) at once" in " ".join(ran["report"]["notes"])  # two free CPUs: two in flight, the rest queued here
     # the run's snapshot was removed from the nodes when it ended
-    assert not list(Path(tempfile.gettempdir(), f"pyagent-ray-{os.getuid()}").glob("*-*"))
+    unpacked = Path(tempfile.gettempdir(), f"pyagent-ray-{os.getuid()}").glob("*-*")
+    assert [p for p in unpacked if p.stat().st_mtime >= started] == []
 
 
 def _session(pid: str) -> int:

@@ -31,6 +31,14 @@ srv.listen(1)
 c = socket.socket(socket.AF_UNIX)
 c.connect("own.sock")
 print("own", "OK" if srv.accept() else "NO")
+# the host's file system under the private root: covered, and the cover cannot be removed
+import ctypes, os
+try:
+    print("oldroot", os.listdir("/.oldroot"))
+except OSError as exc:
+    print("oldroot refused", exc.errno)
+libc = ctypes.CDLL(None, use_errno=True)
+print("umount", libc.umount2(b"/.oldroot", 2), ctypes.get_errno())
 """
 
 
@@ -96,6 +104,7 @@ def test_no_unix_socket_outside_the_copy_is_reachable_private_root_and_namespace
     assert "path REFUSED" in out and "abstract REFUSED" in out, out
     assert got_path == b"" and got_abstract == b""
     assert "own OK" in out, out
+    assert "oldroot refused 13" in out and "umount -1 1" in out, out  # EPERM: no capability to uncover it
 
 
 def test_control_unconfined_the_same_connects_succeed(tmp_path: Path) -> None:

@@ -65,8 +65,7 @@ fn vector(b: &PyBuffer<f32>, len: usize, what: &str) -> PyResult<()> {
 }
 
 impl Proj {
-    fn new(spec: (Vec<PyBuffer<u8>>, Vec<u32>, Vec<usize>, Option<PyBuffer<f32>>), cols: usize, rows: usize,
-           what: &str) -> PyResult<Proj> {
+    fn new(spec: ProjSpec, cols: usize, rows: usize, what: &str) -> PyResult<Proj> {
         let (data, ids, row_counts, bias) = spec;
         if data.is_empty() || data.len() != ids.len() || data.len() != row_counts.len() {
             return Err(PyValueError::new_err(format!("{what}: one type and row count per matrix")));
@@ -103,7 +102,7 @@ impl DecoderStack {
     #[new]
     fn new(hidden: usize, heads: usize, kv_heads: usize, head_dim: usize, intermediate: usize, eps: f32)
            -> PyResult<DecoderStack> {
-        if kv_heads == 0 || heads % kv_heads != 0 || head_dim % 2 != 0 || hidden == 0 {
+        if kv_heads == 0 || !heads.is_multiple_of(kv_heads) || !head_dim.is_multiple_of(2) || hidden == 0 {
             return Err(PyValueError::new_err("heads must be a multiple of kv_heads, head_dim even"));
         }
         Ok(DecoderStack { layers: Vec::new(), hidden, heads, kv_heads, head_dim, inter: intermediate, eps })

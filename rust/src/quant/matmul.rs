@@ -115,6 +115,7 @@ unsafe impl Sync for OutPtr {}
 
 /// The rows of one span, every row of `x` at once.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn span_rows<M: Madd>(ws: &[(QWeight<'_>, usize)], span: &Span, x: &[f32], xsum: &[f32], n: usize, cols: usize,
                       total: usize, out: OutPtr, simd: bool) {
     let (w, rb) = (&ws[span.which].0, ws[span.which].1);

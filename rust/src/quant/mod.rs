@@ -113,7 +113,7 @@ fn quant_quantize_q8_0(py: Python<'_>, out: PyBuffer<u8>, x: PyBuffer<f32>) -> P
         contiguous(&out, "out")?;
         contiguous(&x, "x")?;
         let cols = *x.shape().last().unwrap_or(&0);
-        let rows = if cols == 0 { 0 } else { x.item_count() / cols };
+        let rows = x.item_count().checked_div(cols).unwrap_or(0);
         let rb = matmul::row_bytes(QType::Q8_0, cols).map_err(PyValueError::new_err)?;
         if out.item_count() != rows * rb {
             return Err(PyValueError::new_err(format!("out must hold {} bytes ({rows} rows of {rb})", rows * rb)));

@@ -121,8 +121,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         type=_executor_spec,
         default=("local", None),
         metavar="local|ray[:ADDRESS]",
-        help="where tasks run: local (default) or a Ray cluster (ADDRESS, else $RAY_ADDRESS, else a new "
-        f"local Ray instance; as many tasks at once as it has free CPUs; needs {RAY_INSTALL})",
+        help="where tasks run: local (default) or a Ray cluster (ADDRESS, else $RAY_ADDRESS, else one started "
+        f"here by `ray start`, else a new local instance; as many tasks at once as it has free CPUs; needs {RAY_INSTALL})",
     )
     p.add_argument(
         "--no-memory",

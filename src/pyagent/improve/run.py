@@ -740,6 +740,10 @@ class _Run:
             )
         if baseline.note:
             self.notes.append(f"test baseline: {baseline.note}")
+        if baseline.sandbox:
+            refused = "; ".join(baseline.sandbox[1:])
+            self.notes.append(f"test baseline ran under {baseline.sandbox[0]}"
+                              + (f"; the sandbox refused: {refused}" if refused else "; it refused nothing the tests printed"))
         if impact is not None:
             self.notes.append(
                 f"test-impact selection: {len(impact.by_file)} files mapped to the test files that run them; "

@@ -8,6 +8,7 @@ with their contents; they are evicted least-recently-freed first, and only when 
 
 from __future__ import annotations
 
+import mmap
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +32,16 @@ class KVCacheUsage:
         return self.used_blocks / self.total_blocks if self.total_blocks else 0.0
 
 
+def _zeros(shape: tuple[int, ...]) -> np.ndarray:
+    """A zeroed float32 array in ordinary 4 KiB pages, each allocated on its first write.
+
+    ``np.zeros`` asks the kernel for 2 MiB huge pages on big arrays; a paged cache's first writes are
+    scattered (one block per layer), so each would fault in 2 MiB: 120 MB for one short sequence.
+    """
+    count = int(np.prod(shape))
+    return np.frombuffer(mmap.mmap(-1, max(count, 1) * 4), dtype=np.float32, count=count).reshape(shape)
+
+
 def block_hash(parent: bytes, tokens: Sequence[int]) -> bytes:
     """Identity of a full block: its whole prefix (via the parent's hash) and its own tokens."""
     return blake3.blake3(parent + np.asarray(tokens, dtype="<i8").tobytes()).digest()
@@ -50,8 +61,8 @@ class KVCacheManager:
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
         shape = (num_layers, num_blocks, num_kv_heads, block_size, head_dim)
-        self.k_cache = np.zeros(shape, dtype=np.float32)
-        self.v_cache = np.zeros(shape, dtype=np.float32)
+        self.k_cache = _zeros(shape)
+        self.v_cache = _zeros(shape)
         self._ref = [0] * num_blocks
         self._hash: list[bytes | None] = [None] * num_blocks
         self._free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))  # front is evicted first

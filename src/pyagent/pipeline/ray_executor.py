@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from pyagent.model.task import AgentTask, ChangeSet, content_hash
 from pyagent.model.verification import RemoteRun, Verdict, Verification
-from pyagent.shell.secure import current_watch
+from pyagent.shell.secure import enlist
 
 if TYPE_CHECKING:
     from pyagent.agents.impact import TestImpact
@@ -110,17 +110,15 @@ class RayCluster:
 
     @classmethod
     def connect(cls, address: str | None = None, *, cpus_per_task: float = 1.0) -> RayCluster:
-        """Join the cluster at ``address`` (``None``: ``$RAY_ADDRESS``, else a new local Ray instance)."""
+        """Join the cluster at ``address`` (``None``: ``$RAY_ADDRESS``, else one ``ray start`` began on this
+        machine, else a new local Ray instance: what ``ray.init()`` does)."""
         ray = _ray()
         if ray.is_initialized():
             return cls(ray, address or "this process's Ray", False, cpus_per_task)
         if address is not None:
             _reachable(address)
-        kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
-        if address is None and not os.environ.get("RAY_ADDRESS"):
-            kwargs["include_dashboard"] = False
         try:
-            info = ray.init(address=address, **kwargs)
+            info = ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise RayUnavailableError(f"cannot join the Ray cluster at {address or 'a new local instance'}: {exc}") from None
         return cls(ray, address or str(getattr(info, "address_info", {}).get("address", "local")), True, cpus_per_task)
@@ -366,9 +364,7 @@ class RayExecutor:
             ref = fn.remote(*args)
             self.stats.submitted += 1
             attempt = _Attempt(self.ray, ref)
-            watch = current_watch()
-            if watch is not None:
-                watch.running.add(attempt)
+            watch = enlist(attempt)  # frozen at once if the fleet froze this task meanwhile
             try:
                 return await asyncio.wait_for(asyncio.wrap_future(ref.future()), timeout)
             except TimeoutError:

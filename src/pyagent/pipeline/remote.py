@@ -9,7 +9,6 @@ records its own first.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from typing import TYPE_CHECKING
 
@@ -26,7 +25,7 @@ from pyagent.pipeline.settings import PipelineSettings
 if TYPE_CHECKING:
     from pyagent.agents.impact import TestImpact
 
-__all__ = ["execute_task", "execute_task_async"]
+__all__ = ["execute_task_async"]
 
 
 async def execute_task_async(
@@ -51,9 +50,3 @@ async def execute_task_async(
     executor = build_executor(workdir, settings, shell=shell, runner=runner, baseline=baseline, impact=impact)
     return await executor.execute(task, files)
 
-
-def execute_task(
-    task: AgentTask, files: dict[str, bytes], *, workdir: str | os.PathLike[str], settings: PipelineSettings
-) -> ChangeSet:
-    """Blocking form for a node's worker thread; inside an event loop use :func:`execute_task_async`."""
-    return asyncio.run(execute_task_async(task, files, workdir=workdir, settings=settings))

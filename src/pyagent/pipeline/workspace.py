@@ -73,9 +73,8 @@ def project_files(root: str | os.PathLike[str]) -> list[str]:
     from pyagent._rust import walk
 
     root_s = str(root)
-    files, _errors = walk(root_s, hidden=True, excludes=list(IGNORED_DIRS))
     out = []
-    for f in files:
+    for f in walk(root_s, hidden=True, excludes=list(IGNORED_DIRS)).files:
         rel = Path(os.path.relpath(f, root_s)) if os.path.isabs(f) else Path(f)
         if any(part in IGNORED_DIRS for part in rel.parts):
             continue
@@ -95,7 +94,7 @@ def copy_files(root: str | os.PathLike[str]) -> list[str]:
     with contextlib.suppress(OSError), os.scandir(root_s) as it:  # top-level venvs: not even walked
         excludes += [f"/{e.name}/" for e in it if e.is_dir(follow_symlinks=False)
                      and os.path.isfile(os.path.join(e.path, "pyvenv.cfg"))]
-    files, _errors = walk(root_s, hidden=True, no_ignore=True, excludes=excludes)
+    files = walk(root_s, hidden=True, no_ignore=True, excludes=excludes).files
     rels = [Path(os.path.relpath(f, root_s)) if os.path.isabs(f) else Path(f) for f in files]
     venvs = {r.parent for r in rels if r.name == "pyvenv.cfg"}
     return [r.as_posix() for r in rels if not any(part in IGNORED_DIRS for part in r.parts)

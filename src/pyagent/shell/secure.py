@@ -118,7 +118,7 @@ def resolve_command(name: str, path: str) -> str:
 
 
 class Freezable(Protocol):
-    """Running work a fleet can stop and resume: a command's process tree, or a task on a cluster."""
+    """Running work that can be stopped and resumed: a SecureShell command, a node's task worker."""
 
     def freeze(self) -> None: ...
 
@@ -128,9 +128,9 @@ class Freezable(Protocol):
 class CommandWatch:
     """The running work of one unit of work (a fleet task), frozen and thawed together.
 
-    ``with watch:`` makes every SecureShell command started inside (in this asyncio task) register here;
-    a command started while the watch is frozen is frozen from its start. Other running work (a task
-    submitted to a cluster) registers itself through :func:`current_watch`."""
+    ``with watch:`` makes every SecureShell command started inside (in this asyncio task) register here
+    (anything else freezable joins through :func:`enlist`); work that joins while the watch is frozen is
+    frozen from its start."""
 
     def __init__(self) -> None:
         self.running: set[Freezable] = set()
@@ -156,12 +156,18 @@ class CommandWatch:
         _WATCH.reset(self._tokens.pop())
 
 
+def enlist(work: Freezable) -> CommandWatch | None:
+    """Register ``work`` with the watch of the current task (frozen at once if the watch is); returns the
+    watch, from whose ``running`` the caller discards ``work`` when it ends."""
+    watch = _WATCH.get()
+    if watch is not None:
+        watch.running.add(work)
+        if watch.frozen:
+            work.freeze()
+    return watch
+
+
 _WATCH: ContextVar[CommandWatch | None] = ContextVar("pyagent_command_watch", default=None)
-
-
-def current_watch() -> CommandWatch | None:
-    """The watch of the fleet task running in this asyncio task, if any."""
-    return _WATCH.get()
 
 
 def tree_pids(root: int) -> list[int]:
@@ -206,11 +212,7 @@ class RunningCommand:
         cap = shell.max_output_bytes
         self._out, self._err = CappedBuffer(cap), CappedBuffer(cap)
         self._work: asyncio.Future[Any] | None = None
-        self._watch = _WATCH.get()
-        if self._watch is not None:
-            self._watch.running.add(self)
-            if self._watch.frozen:
-                self.freeze()
+        self._watch = enlist(self)
 
     @property
     def freeze_method(self) -> str:
