@@ -108,6 +108,13 @@ def test_traced_types_fill_parameters_and_returns_where_the_file_can_write_them(
     computed = "def pad(s, fill=FILL):\n    return s\n"
     anns = infer_annotations(computed, {"pad": {"args": {"s": "str", "fill": "str"}, "returns": "str"}})
     assert anns[0].args == (("s", "str"),)
+    # a nested union merged with a literal default stays one valid annotation (tabulate)
+    nested = "def cell(v, missing=None):\n    return v\n"
+    traced2 = {"cell": {"args": {"missing": "list[str | None] | str"}, "returns": None}}
+    ann = infer_annotations(nested, traced2, min_version=(3, 10))[0]
+    assert ann.args == (("missing", "list[str | None] | str | None"),)
+    new, _ = annotate(nested, [ann])
+    assert "missing: list[str | None] | str | None = None" in new
 
 
 def test_annotated_functions_counts_fully_annotated_ones() -> None:
@@ -278,3 +285,13 @@ def test_the_tracer_takes_itself_out_after_its_time_budget(tmp_path: Path) -> No
     finally:
         _sys.setprofile(None)
     assert recorder.stopped and not still_hooked
+
+
+def test_a_header_that_would_pass_79_characters_is_left_as_it_is() -> None:
+    # on tabulate the gate rolled back a file whose annotated header broke its E501 limit
+    header = "def render_table(rows_to_render, separator_between, maximum_width_allowed):"
+    assert len(header) <= 79 < len(header) + len(" -> None")
+    src = header + "\n    print(rows_to_render)\n\n\ndef short(x):\n    print(x)\n"
+    traced = {"render_table": {"args": {"rows_to_render": "list[str]"}, "returns": None}}
+    new, done = annotate(src, infer_annotations(src, traced, min_version=(3, 10)))
+    assert done == ["short"] and header in new and "def short(x) -> None:" in new
