@@ -3,7 +3,10 @@
 * ``pyagent exec -- true``: the real CLI as a subprocess, median of N runs each way (``--no-sandbox`` is
   the unconfined anchor); target: confined - unconfined < 30 ms;
 * ``SecureShell.run(["true"])`` in-process (the same, without the CLI's interpreter start);
-* one gate run: the product's TestRunner on a two-test pytest project, median of a few runs each way.
+* one gate run: the product's TestRunner on a two-test pytest project, median of a few runs each way;
+* where the confined side's time goes: each kernel step the supervisor makes (user, PID, mount and
+  network namespaces, the private root, private tmp, the Landlock ruleset), timed in a forked child
+  with the product's own primitives (``pyagent.shell._sandbox``) and the real plan, median of 10.
 
 Beside the wall-clock medians it prints the CPU time (user + system, this process and its children) per
 run: on a shared, loaded machine wall time mostly measures the queue for a core, CPU time what the
@@ -28,6 +31,8 @@ from pathlib import Path
 
 from pyagent.agents.testing import TestRunner, discover_tests
 from pyagent.shell import Confinement, SecureShell
+from pyagent.shell import _sandbox as sb
+from pyagent.shell.confine import plan
 
 TARGET_MS = 30.0
 
@@ -85,6 +90,57 @@ def gate(confine: Confinement, project: Path) -> Callable[[], object]:
     return go
 
 
+def _time_steps(tmp: str, conf: dict[str, object], cwd: str) -> dict[str, float]:
+    """In a forked child: each step the supervisor makes, timed (ms)."""
+    times: dict[str, float] = {}
+
+    def step(name: str, fn: Callable[[], object]) -> None:
+        t = time.perf_counter()
+        fn()
+        times[name] = (time.perf_counter() - t) * 1000
+
+    view, read, write, files = (list(conf[k]) for k in ("view", "read", "write", "write_files"))  # type: ignore[call-overload]
+    step("user namespace", sb.enter_user_namespace)
+    step("pid namespace (unshare)", lambda: sb.unshare(sb.CLONE_NEWPID))
+    step("mount namespace", lambda: (sb.unshare(sb.CLONE_NEWNS | sb.CLONE_NEWCGROUP | sb.CLONE_NEWIPC),
+                                     sb.mount(None, "/", None, sb.MS_REC | sb.MS_PRIVATE)))
+    step("network namespace (own)", lambda: (sb.unshare(sb.CLONE_NEWNET), sb.loopback_up()))
+    step("private root", lambda: sb.private_root(tmp, [*view, cwd], empty_dirs=[tmp], proc=False))
+    step("private tmp", lambda: sb.mount_tmpfs(tmp, 1 << 20))
+    step("landlock ruleset", lambda: sb.landlock_ruleset(sb.landlock_abi(), read=read, write=write,
+                                                         write_files=files, filter_tcp=False))
+    return times
+
+
+def phases(cwd: str, runs: int = 10) -> dict[str, float]:
+    """Median ms of each sandbox step, in the supervisor's order, each run in a fresh forked child."""
+    import json
+    import os
+
+    samples: dict[str, list[float]] = {}
+    for _ in range(runs):
+        tmp = tempfile.mkdtemp(prefix="pyagent-bench-sbx-")
+        conf = plan(Confinement(), cwd=cwd, exe=shutil.which("true") or "/bin/true", tmp=tmp, extra_write=[])
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            times: dict[str, float] = {}
+            try:
+                times = _time_steps(tmp, conf, cwd)
+            finally:
+                os.write(w, json.dumps(times).encode())
+                os._exit(0)
+        os.close(w)
+        with os.fdopen(r) as f:
+            got = json.loads(f.read() or "{}")
+        os.waitpid(pid, 0)
+        shutil.rmtree(tmp, ignore_errors=True)
+        for name, ms in got.items():
+            samples.setdefault(name, []).append(ms)
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
 def row(label: str, confined: float, plain: float) -> str:
     return f"{label:40} {confined:9.1f} ms {plain:9.1f} ms {confined - plain:+9.1f} ms  x{confined / plain:.2f}"
 
@@ -116,6 +172,11 @@ def main() -> int:
     for label, confined, plain in results:
         print(row(f"{label}, wall (median)", confined[0], plain[0]))
         print(row(f"{label}, CPU (mean)", confined[1], plain[1]))
+    steps = phases(str(Path(tempfile.gettempdir())))
+    print("where the confined side's time goes (median ms per step, kernel work in a forked child):")
+    for name, ms in steps.items():
+        print(f"  {name:38} {ms:7.2f} ms")
+    print(f"  {'total of the steps':38} {sum(steps.values()):7.2f} ms")
     wall = results[0][1][0] - results[0][2][0]
     cpu = results[0][1][1] - results[0][2][1]
     verdict = "met" if wall < TARGET_MS else "NOT met"

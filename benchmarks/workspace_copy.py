@@ -4,6 +4,10 @@ the user's tree) vs reflink clones (FICLONE) vs plain copies, on a copy of the s
 ``isolated_copy`` picks reflink where the file system clones between the two trees, else copy; this
 prints each method's median time per task copy and its ratio to hard links. Reflink is reported as
 unsupported where the file system cannot clone (ext4, tmpfs); pass ``--workdir`` on btrfs/XFS to see it.
+The tree also holds what a real checkout has beside its tracked files: a gitignored ``build/`` (generated
+files the tests may need: copied) and a virtual environment (``.venv``-style, with ``pyvenv.cfg``: never
+copied). The listing lines compare ``project_files`` (what agents may change, gitignore honored: the
+listing copies used before) with ``copy_files`` (what copies hold now).
 Run: ``python benchmarks/workspace_copy.py [--repeat 5] [--workdir DIR]``.
 """
 
@@ -20,7 +24,7 @@ from pathlib import Path
 
 from corpus import stdlib_copy
 
-from pyagent.pipeline.workspace import _clone, copy_method, isolated_copy, project_files
+from pyagent.pipeline.workspace import _clone, copy_files, copy_method, isolated_copy, project_files
 
 
 def tree_copy(root: Path, files: list[str], parent: Path, one: Callable[[Path, Path], None]) -> Path:
@@ -56,7 +60,16 @@ def main() -> None:
         root = stdlib_copy(work / "tree", with_tests=True)
         scratch = work / "scratch"
         scratch.mkdir()
-        files = project_files(root)
+        (root / ".gitignore").write_text("build/\nvenv-dev/\n")
+        shutil.copytree(root / "json", root / "build" / "generated")
+        shutil.copytree(root / "email", root / "venv-dev" / "lib" / "email")
+        (root / "venv-dev" / "pyvenv.cfg").write_text("home = /usr/bin\n")
+        for name, lister in (("project_files (before)", project_files), ("copy_files (now)", copy_files)):
+            t = time.perf_counter()
+            listed = lister(root)
+            print(f"listing: {name:24s} {len(listed):5d} files  {(time.perf_counter() - t) * 1000:7.1f} ms")
+        before = project_files(root)
+        files = copy_files(root)
         size = sum((root / f).stat().st_size for f in files)
         print(f"tree: {len(files)} files, {size / 1e6:.1f} MB in {work} ({os.uname().sysname})")
         chosen = copy_method(root / files[0], scratch)
@@ -70,8 +83,11 @@ def main() -> None:
             "reflink, FICLONE (one at a time)": median_time(
                 lambda: tree_copy(root, files, scratch, _clone), args.repeat
             ) if chosen == "reflink" else None,
-            f"isolated_copy (picks {chosen})": median_time(
-                lambda: isolated_copy(root, parent=scratch, files=files), args.repeat
+            f"isolated_copy, old listing ({chosen})": median_time(
+                lambda: isolated_copy(root, parent=scratch, files=before), args.repeat
+            ),
+            f"isolated_copy, with listing ({chosen})": median_time(
+                lambda: isolated_copy(root, parent=scratch), args.repeat
             ),
         }
         anchor = results["hard link (unsafe anchor)"]

@@ -28,32 +28,32 @@ def tree(tmp_path: Path) -> Path:
 
 
 def test_gitignore_hidden_and_internal_dirs(tree: Path) -> None:
-    files, errors = _rust.walk(str(tree), extensions=["py"])
-    assert _rel(tree, files) == ["a.py", "pkg/c.py"]
-    assert errors == []
+    walked = _rust.walk(str(tree), extensions=["py"])
+    assert _rel(tree, walked.files) == ["a.py", "pkg/c.py"]
+    assert walked.errors == []
 
 
 def test_hidden_flag_lets_hidden_in_but_never_git_or_pyagent(tree: Path) -> None:
-    files, _ = _rust.walk(str(tree), extensions=["py"], hidden=True)
+    files = _rust.walk(str(tree), extensions=["py"], hidden=True).files
     assert _rel(tree, files) == [".e.py", ".hidden/d.py", "a.py", "pkg/c.py"]
 
 
 def test_whitelist_glob_does_not_pull_in_hidden_files(tree: Path) -> None:
-    files, _ = _rust.walk(str(tree), globs=["*.py"])
+    files = _rust.walk(str(tree), globs=["*.py"]).files
     assert _rel(tree, files) == ["a.py", "pkg/c.py"]
-    files, _ = _rust.walk(str(tree), globs=["*.py"], hidden=True)
+    files = _rust.walk(str(tree), globs=["*.py"], hidden=True).files
     assert _rel(tree, files) == [".e.py", ".hidden/d.py", "a.py", "pkg/c.py"]
 
 
 def test_excludes_and_no_ignore(tree: Path) -> None:
-    files, _ = _rust.walk(str(tree), extensions=["py"], excludes=["pkg/"])
+    files = _rust.walk(str(tree), extensions=["py"], excludes=["pkg/"]).files
     assert _rel(tree, files) == ["a.py"]
-    files, _ = _rust.walk(str(tree), extensions=["py"], no_ignore=True)
+    files = _rust.walk(str(tree), extensions=["py"], no_ignore=True).files
     assert _rel(tree, files) == ["a.py", "build/f.py", "pkg/c.py"]
 
 
 def test_file_root_and_missing_root(tree: Path) -> None:
-    files, _ = _rust.walk(str(tree / "b.txt"), extensions=["py"])
+    files = _rust.walk(str(tree / "b.txt"), extensions=["py"]).files
     assert files == [str(tree / "b.txt")]
     with pytest.raises(FileNotFoundError, match="No such file or directory") as missing:
         _rust.walk(str(tree / "nope"))
@@ -81,6 +81,28 @@ def test_unreadable_root_is_a_permission_error(tree: Path) -> None:
         locked.chmod(0o755)
 
 
+def test_an_unreadable_directory_is_reported_by_name_and_reason(tree: Path) -> None:
+    """A subdirectory that cannot be listed does not stop the walk: it comes back as an Unreadable entry."""
+    locked = tree / "pkg"
+    locked.chmod(0)
+    try:
+        code = (
+            "import sys\nfrom pyagent import _rust\n"
+            "r = _rust.walk(sys.argv[1], extensions=['py'])\n"
+            "print([type(e).__name__ for e in r.errors], [e.path for e in r.errors], len(r.files))\n"
+            "print(r.errors[0].reason)\n"
+        )
+        cmd = [sys.executable, "-c", code, str(tree)]
+        if os.geteuid() == 0:
+            cmd = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *cmd]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        first, reason = out.stdout.splitlines()
+        assert first == f"['Unreadable'] [{str(locked)!r}] 1", out.stderr
+        assert "Permission denied" in reason
+    finally:
+        locked.chmod(0o755)
+
+
 def test_bad_glob_is_a_clear_error(tree: Path) -> None:
     with pytest.raises(ValueError, match="invalid --exclude"):
         _rust.walk(str(tree), excludes=["a[b"])
@@ -89,7 +111,7 @@ def test_bad_glob_is_a_clear_error(tree: Path) -> None:
 def test_symlink_loop_is_not_followed(tmp_path: Path) -> None:
     (tmp_path / "x.py").write_text("pass\n")
     os.symlink(tmp_path, tmp_path / "loop")
-    files, _ = _rust.walk(str(tmp_path), extensions=["py"])
+    files = _rust.walk(str(tmp_path), extensions=["py"]).files
     assert _rel(tmp_path, files) == ["x.py"]
 
 
@@ -98,8 +120,9 @@ def test_a_non_utf8_file_name_round_trips_byte_for_byte(tmp_path: Path) -> None:
     with open(os.path.join(os.fsencode(tmp_path), name), "wb") as f:
         f.write(b"x = 1\n")
     (tmp_path / "ok.py").write_text("y = 2\n")
-    files, errors = _rust.walk(str(tmp_path), extensions=["py"])
-    assert errors == []
+    walked = _rust.walk(str(tmp_path), extensions=["py"])
+    files = walked.files
+    assert walked.errors == []
     assert sorted(os.fsencode(Path(f).name) for f in files) == [name, b"ok.py"]
     assert all(os.path.exists(f) for f in files), "a lossy name would match no file"
     with open(next(f for f in files if os.fsencode(f).endswith(name)), "rb") as f:

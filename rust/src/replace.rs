@@ -160,14 +160,14 @@ pub struct ReplaceChange {
 }
 
 /// What `replace` found: the changes (nothing is written), how many files were scanned, the files
-/// skipped as binary or non-UTF-8, and (path, reason) for entries that could not be read.
+/// skipped as binary or non-UTF-8, and the entries that could not be read.
 #[pyclass(frozen, get_all, module = "pyagent._rust")]
 pub struct ReplaceResult {
     changes: Vec<Py<ReplaceChange>>,
     scanned: usize,
     binary: Vec<String>,
     non_utf8: Vec<String>,
-    errors: walk::PathErrors,
+    errors: Vec<Py<walk::Unreadable>>,
 }
 
 /// replace(root, pattern, replacement, *, literal=False, multiline=False, globs=[], excludes=[],
@@ -213,7 +213,7 @@ fn replace(
             scanned: summary.scanned,
             binary: summary.binary,
             non_utf8: summary.non_utf8,
-            errors: summary.errors,
+            errors: walk::unreadable(py, summary.errors)?,
         })
     })
 }

@@ -35,9 +35,45 @@ pub type PathErrors = Vec<(String, String)>;
 
 /// The files found, sorted, and the entries that could not be read (path, reason).
 #[derive(Debug, Default)]
-pub struct WalkResult {
+pub struct Walked {
     pub files: Vec<PathBuf>,
     pub errors: PathErrors,
+}
+
+/// An entry a walk could not read: its path (empty when the error names none) and why.
+#[pyclass(frozen, eq, get_all, module = "pyagent._rust")]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unreadable {
+    pub path: String,
+    pub reason: String,
+}
+
+#[pymethods]
+impl Unreadable {
+    fn __repr__(&self) -> String {
+        format!("Unreadable(path={:?}, reason={:?})", self.path, self.reason)
+    }
+}
+
+/// The entries a walk could not read, as the Python objects every result class holds.
+pub fn unreadable(py: Python<'_>, errors: PathErrors) -> PyResult<Vec<Py<Unreadable>>> {
+    errors.into_iter().map(|(path, reason)| Py::new(py, Unreadable { path, reason })).collect()
+}
+
+/// What `walk` returns: the files (sorted) and the entries that could not be read.
+/// Paths travel as `OsString` (a Python str decoded like `os.fsdecode`), so a name that is not UTF-8
+/// round-trips byte for byte instead of becoming a lossy name that matches no file.
+#[pyclass(frozen, get_all, module = "pyagent._rust")]
+pub struct WalkResult {
+    files: Vec<std::ffi::OsString>,
+    errors: Vec<Py<Unreadable>>,
+}
+
+#[pymethods]
+impl WalkResult {
+    fn __repr__(&self) -> String {
+        format!("WalkResult(files=<{}>, errors=<{}>)", self.files.len(), self.errors.len())
+    }
 }
 
 /// Why a walk could not start: the root itself is missing or unreadable, or a glob is invalid.
@@ -69,6 +105,17 @@ fn check_root(root: &Path) -> Result<bool, WalkError> {
     Ok(meta.is_file())
 }
 
+/// The path an `ignore` error is about, looked up through the depth and line wrappers it comes in
+/// (an unreadable directory arrives as `WithDepth { WithPath { .. } }`); empty when it names none.
+fn error_path(err: &ignore::Error) -> String {
+    match err {
+        ignore::Error::WithPath { path, .. } => path.display().to_string(),
+        ignore::Error::WithDepth { err, .. } | ignore::Error::WithLineNumber { err, .. } => error_path(err),
+        ignore::Error::Partial(errs) => errs.first().map(error_path).unwrap_or_default(),
+        _ => String::new(),
+    }
+}
+
 fn wanted(path: &Path, extensions: &Option<Vec<String>>) -> bool {
     match extensions {
         None => true,
@@ -81,9 +128,9 @@ fn wanted(path: &Path, extensions: &Option<Vec<String>>) -> bool {
 }
 
 /// Walks `root` in parallel. A root that is a file is returned as the only file, whatever its extension.
-pub fn collect(root: &Path, opts: &WalkOptions) -> Result<WalkResult, WalkError> {
+pub fn collect(root: &Path, opts: &WalkOptions) -> Result<Walked, WalkError> {
     if check_root(root)? {
-        return Ok(WalkResult { files: vec![root.to_path_buf()], errors: vec![] });
+        return Ok(Walked { files: vec![root.to_path_buf()], errors: vec![] });
     }
     let mut overrides = OverrideBuilder::new(root);
     for g in &opts.globs {
@@ -116,7 +163,7 @@ pub fn collect(root: &Path, opts: &WalkOptions) -> Result<WalkResult, WalkError>
             !(hidden || (is_dir && ALWAYS_SKIPPED.contains(&name)))
         });
 
-    let found: Mutex<WalkResult> = Mutex::new(WalkResult::default());
+    let found: Mutex<Walked> = Mutex::new(Walked::default());
     builder.build_parallel().run(|| {
         let found = &found;
         let extensions = &opts.extensions;
@@ -128,11 +175,7 @@ pub fn collect(root: &Path, opts: &WalkOptions) -> Result<WalkResult, WalkError>
                     }
                 }
                 Err(err) => {
-                    let path = match &err {
-                        ignore::Error::WithPath { path, .. } => path.display().to_string(),
-                        _ => String::new(),
-                    };
-                    found.lock().unwrap().errors.push((path, err.to_string()));
+                    found.lock().unwrap().errors.push((error_path(&err), err.to_string()));
                 }
             }
             WalkState::Continue
@@ -145,9 +188,7 @@ pub fn collect(root: &Path, opts: &WalkOptions) -> Result<WalkResult, WalkError>
 }
 
 /// walk(root, *, extensions=None, globs=[], excludes=[], hidden=False, no_ignore=False)
-/// -> (files, errors): the files under `root` as the audit and replace see them.
-/// Paths travel as `OsString` (a Python str decoded like `os.fsdecode`), so a name that is not UTF-8
-/// round-trips byte for byte instead of becoming a lossy name that matches no file.
+/// -> WalkResult: the files under `root` as the audit and replace see them.
 #[pyfunction]
 #[pyo3(signature = (root, *, extensions=None, globs=vec![], excludes=vec![], hidden=false, no_ignore=false))]
 fn walk(
@@ -158,15 +199,18 @@ fn walk(
     excludes: Vec<String>,
     hidden: bool,
     no_ignore: bool,
-) -> PyResult<(Vec<std::ffi::OsString>, PathErrors)> {
+) -> PyResult<WalkResult> {
     guarded(|| {
         let opts = WalkOptions { extensions, globs, excludes, hidden, no_ignore };
         let result = py.detach(|| collect(&root, &opts))?;
-        Ok((result.files.into_iter().map(PathBuf::into_os_string).collect(), result.errors))
+        let files = result.files.into_iter().map(PathBuf::into_os_string).collect();
+        Ok(WalkResult { files, errors: unreadable(py, result.errors)? })
     })
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Unreadable>()?;
+    m.add_class::<WalkResult>()?;
     m.add_function(wrap_pyfunction!(walk, m)?)?;
     Ok(())
 }
@@ -240,5 +284,35 @@ mod tests {
         };
         assert_eq!(kind(t.path().join("missing")), std::io::ErrorKind::NotFound);
         assert_eq!(kind(t.path().join("a.py/inside")), std::io::ErrorKind::NotADirectory);
+    }
+
+    #[test]
+    fn an_error_keeps_its_path_through_the_wrappers() {
+        let io = || ignore::Error::Io(std::io::Error::from(std::io::ErrorKind::PermissionDenied));
+        let inner = ignore::Error::WithPath { path: PathBuf::from("x/locked"), err: Box::new(io()) };
+        let wrapped = ignore::Error::WithDepth { depth: 2, err: Box::new(inner) };
+        assert_eq!(error_path(&wrapped), "x/locked");
+        assert_eq!(error_path(&ignore::Error::Partial(vec![wrapped])), "x/locked");
+        assert_eq!(error_path(&io()), "");
+    }
+
+    #[test]
+    fn the_python_result_is_named_fields_not_a_tuple() {
+        let t = sample();
+        Python::attach(|py| {
+            let root = t.path().to_path_buf();
+            let r = walk(py, root.clone(), Some(vec!["py".into()]), vec![], vec![], false, false).unwrap();
+            let rel: Vec<String> =
+                r.files.iter().map(|f| Path::new(f).strip_prefix(&root).unwrap().display().to_string()).collect();
+            assert_eq!(rel, ["a.py", "pkg/c.py"]);
+            assert!(r.errors.is_empty());
+            let errs = unreadable(py, vec![("x/y".into(), "permission denied".into())]).unwrap();
+            let e = errs[0].bind(py);
+            assert_eq!(e.getattr("path").unwrap().extract::<String>().unwrap(), "x/y");
+            assert_eq!(e.getattr("reason").unwrap().extract::<String>().unwrap(), "permission denied");
+            let same = Py::new(py, Unreadable { path: "x/y".into(), reason: "permission denied".into() }).unwrap();
+            assert!(e.eq(same.bind(py)).unwrap());
+            assert!(e.setattr("path", "z").is_err(), "frozen: fields cannot be reassigned");
+        });
     }
 }

@@ -18,6 +18,9 @@ __all__ = [
     "ReplaceChange",
     "ReplaceResult",
     "RustPanicError",
+    "TreeAudit",
+    "Unreadable",
+    "WalkResult",
     "__version__",
     "audit_source",
     "audit_tree",
@@ -34,6 +37,26 @@ class RustPanicError(Exception):
     """A bug in PyAgent's Rust core (a Rust panic), raised as an Exception with the panic's message."""
 
 # -- walk
+@final
+class Unreadable:
+    """An entry a walk could not read: its path (empty when the error names none) and why."""
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def reason(self) -> str: ...
+    def __eq__(self, value: object, /) -> bool: ...
+    __hash__: None  # type: ignore[assignment]
+
+@final
+class WalkResult:
+    """The files under a root (sorted) and the entries that could not be read."""
+
+    @property
+    def files(self) -> list[str]: ...
+    @property
+    def errors(self) -> list[Unreadable]: ...
+
 def walk(
     root: str,
     *,
@@ -42,8 +65,8 @@ def walk(
     excludes: list[str] = ...,
     hidden: bool = False,
     no_ignore: bool = False,
-) -> tuple[list[str], list[tuple[str, str]]]:
-    """Files under ``root`` (sorted) honoring .gitignore, and (path, reason) for unreadable entries.
+) -> WalkResult:
+    """Files under ``root`` (sorted) honoring .gitignore, and the entries that could not be read.
     A root that cannot be opened raises the OSError of its kind; an invalid glob raises ValueError."""
 
 # -- metrics
@@ -143,14 +166,23 @@ class FileHealth:
     def to_dict(self) -> dict[str, object]:
         """The file as the JSON report writes it (everything but ``seconds`` and ``max_complexity``)."""
 
+@final
+class TreeAudit:
+    """One ``FileHealth`` per ``*.py`` file (walk order) and the entries the walk could not read."""
+
+    @property
+    def files(self) -> list[FileHealth]: ...
+    @property
+    def errors(self) -> list[Unreadable]: ...
+
 def audit_tree(
     root: str,
     *,
     excludes: list[str] = ...,
     multi_as_comments: bool = True,
     progress: Callable[[int, int], None] | None = None,
-) -> tuple[list[FileHealth], list[tuple[str, str]]]:
-    """Every ``*.py`` under ``root`` analysed in parallel, and (path, reason) for unreadable entries."""
+) -> TreeAudit:
+    """Every ``*.py`` under ``root`` analysed in parallel."""
 
 def audit_source(source: str, path: str = "<string>", *, multi_as_comments: bool = True) -> FileHealth:
     """One module given as text."""
@@ -184,7 +216,7 @@ class ReplaceResult:
     @property
     def non_utf8(self) -> list[str]: ...
     @property
-    def errors(self) -> list[tuple[str, str]]: ...
+    def errors(self) -> list[Unreadable]: ...
 
 def replace(
     root: str,

@@ -139,6 +139,6 @@ def _peer_payload(root: Path, blobs: Path, task: AgentTask) -> dict[str, object]
 )
 def test_a_peer_refuses_with_the_same_governance(tmp_path: Path, task: AgentTask, message: str) -> None:
     root = make_project(tmp_path / "p")
-    change = ChangeSet.from_wire(run_payload(_peer_payload(root, tmp_path / "blobs", task)))
+    change = ChangeSet.from_wire(asyncio.run(run_payload(_peer_payload(root, tmp_path / "blobs", task))))
     assert change.verification.verdict is Verdict.ERROR and not change.changes
     assert change.reason.startswith("governance:") and message in change.reason

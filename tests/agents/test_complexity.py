@@ -517,3 +517,80 @@ def test_names_bound_where_a_block_starts_follow_every_path_to_it() -> None:
     assert "keys" not in bound and "rows" not in bound  # each is bound on one branch only
     first_if = fn.body[2]
     assert _bound_on_entry(fn, first_if) == {"data", "args", "flag", "kw", "os", "total"}
+
+
+def test_a_parameter_rope_passes_but_the_block_binds_itself_is_dropped_or_refused() -> None:
+    # rope's output as it came on tabulate: `keys` passed in although on the path to the call it was
+    # bound nowhere (the block binds it first). Dropped, it is the helper's own local; a name bound on
+    # some path before the call (`seen`) cannot be dropped, and the extraction is refused.
+    from pyagent.agents.complexity import _TEMP_NAME, _Block, _finish_helper
+
+    caller = textwrap.dedent(
+        """
+        def f(data, flag):
+            if flag:
+                keys = list(data)
+            else:
+                for row in data:
+                    keys = []
+                    keys.append(row)
+            return data
+        """
+    )
+    tree = ast.parse(caller)
+    fn = tree.body[0]
+    assert isinstance(fn, ast.FunctionDef)
+    loop = next(n for n in ast.walk(fn) if isinstance(n, ast.For))
+    block = _Block((loop,), 1, "statement", loop)
+    extracted = (
+        "def f(data, flag):\n    if flag:\n        keys = list(data)\n    else:\n"
+        f"        {_TEMP_NAME}(data, keys)\n    return data\n\n"
+        f"def {_TEMP_NAME}(data, keys):\n    for row in data:\n        keys = []\n        keys.append(row)\n"
+    )
+    from pyagent.agents.complexity import _bound_on_entry
+
+    bound, maybe = _bound_on_entry(fn, loop), _bound_on_entry(fn, loop, on_some_path=True)
+    assert "keys" not in bound and "keys" not in maybe
+    new, name = _finish_helper(extracted, block, "f", set(), set(), bound, maybe)
+    assert f"def {name}(data):" in new and f"{name}(data)\n" in new
+    with pytest.raises(RefactorSkipped, match="may have no value yet"):
+        _finish_helper(extracted, block, "f", set(), set(), bound, maybe | {"keys"})
+
+
+def test_helpers_split_again_keep_a_branchy_normalizer_equivalent() -> None:
+    # the tabulate shape: `keys` bound on one branch, bound again and used on the other
+    src = """
+    def normalize(data, headers):
+        if isinstance(data, dict):
+            keys = list(data)
+            rows = list(zip(*data.values()))
+            if headers == "keys":
+                headers = keys
+        else:
+            rows = list(data)
+            if headers == "keys" and not rows:
+                headers = []
+            elif rows and isinstance(rows[0], dict):
+                keys = []
+                for row in rows:
+                    for k in row:
+                        if k not in keys:
+                            keys.append(k)
+                if headers == "keys":
+                    headers = keys
+                elif headers == "firstrow":
+                    headers = [str(k) for k in keys]
+                rows = [[row.get(k) for k in keys] for row in rows]
+            elif headers == "keys" and rows:
+                headers = list(range(len(rows[0])))
+        return rows, headers
+    """
+    new, result = _refactor(src, "normalize", limit=3)
+    assert len(result.helpers) >= 2 and result.after <= 3
+    _same_behaviour(
+        textwrap.dedent(src),
+        new,
+        "normalize",
+        [([{"a": 1}, {"b": 2}], "keys"), ({"x": [1, 2]}, "keys"), ([[1, 2]], "keys"), ([], "keys"),
+         ([{"a": 1}], "firstrow")],
+    )

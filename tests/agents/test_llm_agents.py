@@ -137,3 +137,20 @@ def test_libcst_edits_keep_comments_and_indent_to_the_node() -> None:
     with pytest.raises(EditError, match="not the JSON object"):
         parse_reply("{'code': 1}")
     assert parse_reply('```json\n{"code": "x"}\n```') == {"code": "x"}
+
+
+def test_an_endpoint_without_schemas_is_asked_again_without_them(tmp_path: Path) -> None:
+    """A hosted endpoint that refuses ``response_format`` (a 400 naming it) gets the same request without
+    it, once for the run; the reply's JSON is then read from the free text."""
+    (tmp_path / "m.py").write_text(SRC)
+    refusal = json.dumps({"error": {"message": "Unrecognized request argument: response_format",
+                                    "param": "response_format"}}).encode()
+    fenced = "```json\n" + json.dumps({"grade": "Letter grade for a score, as report cards use."}) + "\n```"
+    script = Script([Reply(status=400, raw=refusal), Reply(text=fenced)])
+    client = _client("")
+    with scripted_server(script) as url:
+        client.base_url = url
+        outcome = asyncio.run(DocstringAgent(client).run(_task("docstring", {"names": ["grade"]}), tmp_path))
+    assert outcome.error is None, outcome.error
+    assert "response_format" in script.requests[0]["json"] and "response_format" not in script.requests[1]["json"]
+    assert client.structured is False and client.meter.totals()["calls"] == 1

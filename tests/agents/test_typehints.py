@@ -104,6 +104,10 @@ def test_traced_types_fill_parameters_and_returns_where_the_file_can_write_them(
     assert "Shape.__init__" in anns and anns["Shape.__init__"].args == ()
     assert anns["scale"].args == (("shape", "Shape"), ("k", "int"))  # Shape is defined above scale
     assert _by_name(infer_annotations(old_style, traced, min_version=(3, 10)))["Shape.__init__"].args
+    # a default that is not a literal (found on tabulate: `? | str`) leaves the parameter alone
+    computed = "def pad(s, fill=FILL):\n    return s\n"
+    anns = infer_annotations(computed, {"pad": {"args": {"s": "str", "fill": "str"}, "returns": "str"}})
+    assert anns[0].args == (("s", "str"),)
 
 
 def test_annotated_functions_counts_fully_annotated_ones() -> None:
@@ -256,3 +260,21 @@ def test_pyproject_tools_mypy_section_is_configuration(tmp_path: Path) -> None:
         strict = true
         """))
     assert type_checker(tmp_path) == "mypy"
+
+
+def test_the_tracer_takes_itself_out_after_its_time_budget(tmp_path: Path) -> None:
+    import sys as _sys
+    import time
+
+    from pyagent.agents.typetrace import _Recorder
+
+    recorder = _Recorder(str(tmp_path))
+    _sys.setprofile(recorder)
+    try:
+        recorder.deadline = time.monotonic() - 1  # the budget is spent
+        for _ in range(5000):  # each loop turn is a C call: profile events
+            len("x")
+        still_hooked = _sys.getprofile() is recorder
+    finally:
+        _sys.setprofile(None)
+    assert recorder.stopped and not still_hooked

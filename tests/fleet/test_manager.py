@@ -161,6 +161,57 @@ def test_without_aging_low_would_wait_for_every_high() -> None:
     run(main())
 
 
+def test_running_time_does_not_age_a_task() -> None:
+    """Aging counts time waiting in the queue only: a Low task that has been *running* for 1 s is still
+    outranked by a Standard task submitted then (with aging by submission time it would look 1 s old)."""
+    events: list[str] = []
+
+    async def main() -> None:
+        async def low(c: TaskControl) -> None:
+            events.append("low started")
+            for _ in range(100):  # ~2 s of work with a checkpoint every 20 ms
+                await asyncio.sleep(0.02)
+                await c.checkpoint()
+            events.append("low done")
+
+        async def standard(c: TaskControl) -> None:
+            events.append("standard ran")
+
+        async with FleetManager(1, aging_seconds=0.25) as fleet:
+            h_low = fleet.submit("low", low, priority=P.LOW)
+            await asyncio.sleep(1.0)  # by submission time Low has "aged" 4 priority levels
+            fleet.submit("standard", standard, priority=P.STANDARD)
+            await h_low.result()
+            assert h_low.suspensions == 1
+
+    run(main())
+    assert events == ["low started", "standard ran", "low done"]
+
+
+def test_aging_carries_over_a_suspension() -> None:
+    """A preempted task keeps the queue time it had: it is not younger than a task queued after it."""
+    order: list[str] = []
+
+    async def main() -> None:
+        gate = asyncio.Event()
+
+        async def blocker(c: TaskControl) -> None:
+            await gate.wait()
+
+        async def work(c: TaskControl) -> None:
+            order.append(c.name)
+
+        async with FleetManager(1, aging_seconds=0.5) as fleet:
+            fleet.submit("blocker", blocker, priority=P.CRITICAL)
+            fleet.submit("old low", work, priority=P.LOW)
+            await asyncio.sleep(1.0)  # waited 1 s = 2 levels: effective priority 2 > a fresh Standard's 1
+            fleet.submit("new standard", work, priority=P.STANDARD)
+            gate.set()
+        assert order == ["old low", "new standard"]
+
+    run(main())
+
+
 def test_cancellation_in_every_state() -> None:
     async def main() -> None:
         started = asyncio.Event()

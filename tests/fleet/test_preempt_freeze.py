@@ -5,7 +5,6 @@ timeout does not count the frozen time."""
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import time
 import uuid
@@ -17,6 +16,7 @@ from pyagent.fleet.core import FleetManager, TaskControl
 from pyagent.model.priority import AgentPriority as P
 from pyagent.shell import Confinement, SecureShell, ShellResult
 from pyagent.shell.limits import freezer_cgroup_base
+from tests.procfs import cgroup_frozen, pids_with, stat
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -34,33 +34,6 @@ def test_twenty_seconds():
 """
 SHELL_TIMEOUT = 45.0  # < 20 s of work + 25 s frozen (+ start-up): passes only if the frozen time is not counted
 FROZEN_FOR = 25.0
-
-
-def _stat(pid: int) -> tuple[str, int]:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return fields[0], int(fields[1])  # state, ppid
-
-
-def _pids_with(marker: str) -> list[int]:
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/cmdline", "rb") as f:
-                    if marker.encode() in f.read():
-                        found.append(int(name))
-            except OSError:
-                pass
-    return found
-
-
-def _cgroup_frozen(pid: int) -> bool:
-    with open(f"/proc/{pid}/cgroup") as f:
-        path = next(line[3:].strip() for line in f if line.startswith("0::"))
-    mount = "/sys/fs/cgroup" if os.path.exists("/sys/fs/cgroup/cgroup.controllers") else "/sys/fs/cgroup/unified"
-    with open(os.path.join(mount, path.lstrip("/"), "cgroup.events")) as f:
-        return "frozen 1" in f.read()
 
 
 def _progress(proj: Path) -> int:
@@ -88,21 +61,20 @@ def test_critical_freezes_a_running_low_test_run_and_low_finishes_afterwards(tmp
         await asyncio.sleep(1.0)  # let the freeze settle, then watch Low's processes for the rest
         end = time.monotonic() + FROZEN_FOR - 1.0
         while time.monotonic() < end:
-            pids = _pids_with(test_file)
+            pids = pids_with(test_file)
             if pids:
-                states = [_stat(p)[0] for p in pids]
-                parents = [_stat(p)[1] for p in pids]  # the namespace's init (stopped too with SIGSTOP)
-                states += [_stat(p)[0] for p in parents if p > 1]
-                frozen = all(_cgroup_frozen(p) for p in pids) if freezer == "auto" and freezer_cgroup_base() else False
+                states = [stat(p)[0] for p in pids]
+                parents = [stat(p)[1] for p in pids]  # the namespace's init (stopped too with SIGSTOP)
+                states += [stat(p)[0] for p in parents if p > 1]
+                frozen = all(cgroup_frozen(p) for p in pids) if freezer == "auto" and freezer_cgroup_base() else False
                 samples.append((time.monotonic(), states, frozen, _progress(proj)))
             await asyncio.sleep(0.5)
         return "critical done"
 
     async def main() -> tuple[ShellResult, str, float]:
-        # The scheduler ages a task from its submission (aging_seconds=5 by default), running time included:
-        # on a loaded machine where the interpreter start alone takes seconds, the Low task could out-age the
-        # Critical one before its test even runs. This test is about freezing, so aging is slowed down.
-        async with FleetManager(1, aging_seconds=120.0) as fleet:
+        # Default aging: a task ages only while it waits in the queue, so Low's running time does not let
+        # it out-age the Critical task however long the interpreter takes to start on a loaded machine.
+        async with FleetManager(1) as fleet:
             h_low = fleet.submit("low tests", low, priority=P.LOW, timeout=SHELL_TIMEOUT + 1.0)
             while _progress(proj) < 20:  # Low's test is really running (2 s of its 20 s)
                 await asyncio.sleep(0.1)

@@ -218,3 +218,22 @@ def test_an_unexpected_error_fails_one_task_and_the_run_goes_on(tmp_path: Path) 
     assert len(failed) == 1 and failed[0].reason == "unexpected LookupError: peer vanished"
     assert len(result.tasks) == 3 and all(t.status != "skipped" or t.reason for t in result.tasks)
     assert result.tests_after is not None and result.regressions() == []
+
+
+def test_git_run_gives_the_tests_the_gitignored_files_they_import(tmp_path: Path) -> None:
+    """A generated, gitignored module (isodate's version.py) is not in git's checkout; the copies the
+    tests run in must still hold it, and it is never committed."""
+    extra = ("\n\nclass TestGenerated(unittest.TestCase):\n    def test_generated_version(self):\n"
+             "        from pkg._version import VERSION\n        self.assertEqual(VERSION, '1.2')\n")
+    root = make_project(tmp_path / "repo", extra_test=extra)
+    (root / ".gitignore").write_text("pkg/_version.py\n")
+    _git(root, "init", "-q", "-b", "main")
+    _git(root, "add", "-A")
+    _git(root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    (root / "pkg" / "_version.py").write_text('VERSION = "1.2"\n')
+    result = _run(root, max_tasks=2)
+    assert result.tests_before is not None
+    assert result.tests_before.outcomes.get("test_pkg.TestGenerated.test_generated_version") == "passed", (
+        result.tests_before.outcomes)
+    assert [t for t in result.tasks if t.status == "kept"], [(t.action, t.status, t.reason) for t in result.tasks]
+    assert "pkg/_version.py" not in _git(root, "ls-tree", "-r", "--name-only", result.branch).split()

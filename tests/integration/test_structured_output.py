@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Literal
 
 import openai
@@ -180,3 +181,32 @@ def test_n_choices(tiny: tuple[openai.OpenAI, str, Any]) -> None:
                 finished.add(c.index)
     assert finished == {0, 1, 2}
     assert [got[i] for i in range(3)] == texts
+
+
+DOC_SRC = "def grade(n):\n    if n > 90:\n        return 'A'\n    return 'B'\n\n\nclass Report:\n    def render(self):\n        return ''\n"
+
+
+@pytest.mark.parametrize("api", ["responses", "chat"])
+def test_docstring_agent_gets_an_applicable_edit_even_from_random_weights(
+        tiny: tuple[openai.OpenAI, str, Any], tmp_path: Path, api: str) -> None:
+    """The agent's schema reaches the server (text.format or response_format), the grammar holds the
+    random model to it, and LibCST applies the reply: the first answer is a usable docstring edit."""
+    import asyncio
+
+    from pyagent.agents.docstrings import missing_docstrings, strip_docstrings
+    from pyagent.agents.llm.openai_compat import OpenAICompatClient
+    from pyagent.agents.refactor import DocstringAgent
+    from pyagent.model.context import CascadeContext
+    from pyagent.model.priority import AgentPriority
+    from pyagent.model.task import AgentTask
+
+    client, model, _ = tiny
+    (tmp_path / "m.py").write_text(DOC_SRC)
+    llm = OpenAICompatClient(model, base_url=str(client.base_url).rstrip("/"), api_key="", api=api)
+    task = AgentTask("t", "docstring", "llm", "m.py", ("m.py",), AgentPriority.STANDARD, CascadeContext.root("x"),
+                     {"names": ["grade", "Report", "Report.render"]})
+    outcome = asyncio.run(DocstringAgent(llm, max_repairs=0).run(task, tmp_path))
+    assert outcome.error is None, outcome.error
+    new = (tmp_path / "m.py").read_text()
+    assert missing_docstrings(new) == ["<module>"] and strip_docstrings(new) == strip_docstrings(DOC_SRC)
+    assert llm.meter.totals()["calls"] == 1 and llm.structured

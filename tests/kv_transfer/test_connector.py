@@ -157,6 +157,9 @@ def test_tampered_params_fall_back_to_local_compute(pair: Any) -> None:
         assert (await _run(d, prompt, params, bad))[0] == want
         garbage = {"do_remote_prefill": True, "block_ids": "all of them"}
         assert (await _run(d, prompt, params, garbage))[0] == want
+        # a forged digest cannot end the lease either; the genuine parameters still can
+        assert p.kv_connector.health()["leases"] == 1  # type: ignore[union-attr]
+        assert (await _run(d, prompt, params, kv))[0] == want
 
     asyncio.run(main())
     _settle(p, d)
@@ -254,3 +257,27 @@ def test_a_nixl_decode_instance_refuses_a_prefill_peer_without_nixl(tiny_dir: Pa
     finally:
         p.close()
         p_conn.close()
+
+
+def test_a_client_cannot_borrow_another_prompts_blocks(pair: Any) -> None:
+    p, d, single = pair
+    victim = p.tokenizer.encode("the victim's private prompt, which nobody else may condition on " * 2)
+    attacker = p.tokenizer.encode("an attacker's prompt of another text entirely, equally long.... " * 2)
+    attacker = (attacker + attacker)[:len(victim)]
+    params = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
+
+    async def main() -> None:
+        _, kv = await _run(p, victim, SamplingParams(max_tokens=1, temperature=0.0), {"do_remote_decode": True})
+        assert kv is not None
+        from pyagent.kv_transfer.params import prompt_digest
+
+        # the victim's lease, claimed for the attacker's own prompt (its digest matches what the decode side sees)
+        forged = {**kv, "prompt_digest": prompt_digest(attacker)}
+        want, _ = await _run(single, attacker, params)
+        assert (await _run(d, attacker, params, forged))[0] == want  # computed locally, not from the victim's KV
+        assert p.kv_connector.health()["leases"] == 1  # type: ignore[union-attr]  # the victim's lease survives
+        assert (await _run(d, victim, params, kv))[0] == (await _run(single, victim, params))[0]
+
+    asyncio.run(main())
+    _settle(p, d)
+    assert p.kv_cache.num_free_blocks == NUM_BLOCKS and d.kv_cache.num_free_blocks == NUM_BLOCKS

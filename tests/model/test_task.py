@@ -111,3 +111,13 @@ def test_bad_task_wire_is_refused(key: str, value: object, message: str) -> None
 def test_not_a_dict_is_refused() -> None:
     with pytest.raises(WireError, match="expected a dict"):
         ChangeSet.from_wire([1, 2])  # type: ignore[arg-type]
+
+
+def test_a_remote_run_keeps_when_the_worker_ran_it() -> None:
+    ran = RemoteRun(7, "root-1", ("root-1", "t1"), started=1000.5, ended=1002.25)
+    cs = _cs(verification=Verification(Verdict.VERIFIED, "ok", remote=ran, node="ray:abc"))
+    back = ChangeSet.from_wire(msgpack.unpackb(msgpack.packb(cs.to_wire(), use_bin_type=True), raw=False))
+    assert back.verification.remote == ran
+    assert "started" not in RemoteRun(7, "r", ("r",)).to_wire()  # a peer that does not say stays as it was
+    with pytest.raises(ValueError, match="start and end must be times"):
+        RemoteRun.from_wire({"pid": 7, "root_task_id": "r", "lineage": ["r"], "started": "noon"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
 
@@ -43,7 +44,7 @@ def _payload(root: Path, blobs: Path, settings: dict[str, object]) -> dict[str, 
 def test_the_peer_runs_the_origins_test_env(tmp_path: Path) -> None:
     root = make_project(tmp_path / "p")
     settings = PipelineSettings(test_cmd=ENV_PROBE, test_env={"PYAGENT_PROBE": "origin"})
-    change = ChangeSet.from_wire(run_payload(_payload(root, tmp_path / "blobs", settings.to_wire())))
+    change = ChangeSet.from_wire(asyncio.run(run_payload(_payload(root, tmp_path / "blobs", settings.to_wire()))))
     assert change.passed, change.reason
     assert change.verification.tests["failed"] == 0 and change.verification.tests["passed"] >= 1
 
@@ -51,7 +52,7 @@ def test_the_peer_runs_the_origins_test_env(tmp_path: Path) -> None:
 def test_without_the_env_the_same_command_fails_on_the_peer(tmp_path: Path) -> None:
     """The control for the test above: the probe really depends on the variable."""
     root = make_project(tmp_path / "p")
-    change = ChangeSet.from_wire(run_payload(_payload(root, tmp_path / "blobs", {"test_cmd": ENV_PROBE})))
+    change = ChangeSet.from_wire(asyncio.run(run_payload(_payload(root, tmp_path / "blobs", {"test_cmd": ENV_PROBE}))))
     assert change.verification.tests["failed"] >= 1
 
 

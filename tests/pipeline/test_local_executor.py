@@ -1,4 +1,4 @@
-"""LocalExecutor and execute_task: real ruff agents in isolated copies, judged by the real gate."""
+"""LocalExecutor and execute_task_async: real ruff agents in isolated copies, judged by the real gate."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pyagent.model.task import AgentTask, ChangeSet, content_hash
 from pyagent.model.verification import Check, Verdict
 from pyagent.pipeline.executor import LocalExecutor
 from pyagent.pipeline.gate import VerificationGate
-from pyagent.pipeline.remote import execute_task
+from pyagent.pipeline.remote import execute_task_async
 from pyagent.pipeline.settings import PipelineSettings
 from tests.improve_helpers import make_project, pytest_command
 
@@ -86,7 +86,7 @@ def test_change_is_computed_from_the_files_sent_not_the_tree(tmp_path: Path) -> 
 def test_execute_task_for_remote_nodes(tmp_path: Path) -> None:
     root = make_project(tmp_path / "p")
     task = AgentTask.from_wire(_task("simplify", "RET505").to_wire())
-    cs = execute_task(task, {MOD: (root / MOD).read_bytes()}, workdir=root, settings=PipelineSettings())
+    cs = asyncio.run(execute_task_async(task, {MOD: (root / MOD).read_bytes()}, workdir=root, settings=PipelineSettings()))
     assert cs.passed, cs.reason
     assert b"else:" not in (cs.changes[MOD] or b"")
     assert ChangeSet.from_wire(cs.to_wire()).digest == cs.digest

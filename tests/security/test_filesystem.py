@@ -24,7 +24,9 @@ for path in sys.argv[1:]:
 
 
 def test_writes_outside_the_copy_are_refused_landlock(tmp_path: Path) -> None:
-    """Protection: landlock (writes only to the copy and the private tmp)."""
+    """Protection: landlock (writes only to the copy and the private tmp) for paths the command can see
+    (``/usr/local/lib``: EACCES); private root for the rest (the file beside the copy is not in its
+    view at all, and the sealed root refuses to create it: EROFS)."""
     work = tmp_path / "copy"
     work.mkdir()
     outside = tmp_path / "outside.txt"
@@ -32,8 +34,8 @@ def test_writes_outside_the_copy_are_refused_landlock(tmp_path: Path) -> None:
     system = f"/usr/local/lib/pyagent-pwned-{uuid.uuid4().hex}"  # root-owned: a uid-0 child could write it
     targets = [str(outside), system, str(work / "inside.txt")]
     res = attack(f"import sys; sys.argv[1:] = {targets!r}\n" + WRITE_ATTACK, work)
-    assert active(res, "landlock")
-    assert f"DENIED {outside} 13" in res.stdout and f"DENIED {system} 13" in res.stdout, res.stdout
+    assert active(res, "landlock") and active(res, "private root")
+    assert f"DENIED {outside} 30" in res.stdout and f"DENIED {system} 13" in res.stdout, res.stdout
     assert f"WROTE {work / 'inside.txt'}" in res.stdout
     assert outside.read_text() == "original\n" and not os.path.exists(system)
 

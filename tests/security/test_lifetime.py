@@ -7,6 +7,7 @@ import time
 import uuid
 from pathlib import Path
 
+from tests.procfs import pids_with
 from tests.security.helpers import active, attack
 
 GRANDCHILD = r"""
@@ -40,19 +41,6 @@ time.sleep(60)
 """
 
 
-def _host_processes_with(marker: str) -> list[int]:
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/cmdline", "rb") as f:
-                    if marker.encode() in f.read():
-                        found.append(int(name))
-            except OSError:
-                pass
-    return found
-
-
 def test_grandchild_killing_the_supervisor_dies_with_the_tree_pid_namespace(tmp_path: Path) -> None:
     """Protection: pid namespace (the supervisor is invisible; init ignores SIGKILL from inside; when init
     goes, the kernel kills everything left in the namespace)."""
@@ -69,5 +57,5 @@ def test_grandchild_killing_the_supervisor_dies_with_the_tree_pid_namespace(tmp_
     size = beat.stat().st_size if beat.exists() else 0
     time.sleep(0.5)
     assert (beat.stat().st_size if beat.exists() else 0) == size, "the grandchild outlived the run"
-    assert _host_processes_with(marker) == []
+    assert pids_with(marker) == []
     assert str(os.getpid()) not in kills.split(":")[0]  # it never could name us

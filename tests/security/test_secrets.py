@@ -138,7 +138,8 @@ for path in sys.argv[1:]:
 
 
 def test_planted_secrets_outside_the_copy_are_unreadable_landlock(tmp_path: Path) -> None:
-    """Protection: landlock (reads limited to system, interpreter and the copy)."""
+    """Protection: private root (a secret outside the granted paths does not exist in the command's
+    view: ENOENT) and landlock (a granted tree's secret store, /etc/shadow, is refused: EACCES)."""
     work = tmp_path / "copy"
     work.mkdir()
     (work / "own.txt").write_text("mine")
@@ -161,10 +162,11 @@ def test_planted_secrets_outside_the_copy_are_unreadable_landlock(tmp_path: Path
     finally:
         if planted_home is not None:
             planted_home.unlink()
-    assert active(res, "landlock")
+    assert active(res, "landlock") and active(res, "private root")
     assert res.ok, res.stderr
     assert "TOP-SECRET" not in res.stdout
     assert f"READ {work / 'own.txt'}" in res.stdout, "the copy itself stays readable"
-    for path in [str(secret), "/etc/shadow", *([str(planted_home)] if planted_home else [])]:
-        assert f"DENIED {path} 13" in res.stdout, res.stdout  # EACCES from Landlock
+    for path in [str(secret), *([str(planted_home)] if planted_home else [])]:
+        assert f"DENIED {path} 2" in res.stdout, res.stdout  # ENOENT: not in the private root
+    assert "DENIED /etc/shadow 13" in res.stdout, res.stdout  # EACCES from Landlock
     assert "TOP-SECRET-outside" in plain.stdout, "control: unconfined, the planted secret is readable"

@@ -254,7 +254,12 @@ def test_child_inherits_only_stdio() -> None:
 
 @pytest.mark.parametrize("freezer", ["auto", "signal"])
 def test_frozen_command_does_not_run_and_its_timeout_stops_meanwhile(tmp_path: Path, freezer: str) -> None:
-    code = "import time\nfor i in range(20):\n    open('n', 'w').write(str(i)); time.sleep(0.1)\nprint('done')"
+    # Each count is written whole (write then rename), so a freeze between truncate and write cannot
+    # leave an empty file for the reader.
+    code = (
+        "import os, time\nfor i in range(20):\n"
+        "    open('n.tmp', 'w').write(str(i)); os.replace('n.tmp', 'n'); time.sleep(0.1)\nprint('done')"
+    )
 
     async def main() -> tuple[int, int, float, object]:
         sh = SecureShell(timeout=3.0, confine=Confinement(freezer=freezer))  # type: ignore[arg-type]

@@ -341,7 +341,21 @@ fn to_py(py: Python<'_>, r: FileResult) -> PyResult<FileHealth> {
     }
 }
 
-/// audit_tree(root, *, excludes=[], multi_as_comments=True, progress=None) -> (files, walk_errors)
+/// What `audit_tree` returns: one `FileHealth` per file (walk order) and the entries the walk could not read.
+#[pyclass(frozen, get_all, module = "pyagent._rust")]
+pub struct TreeAudit {
+    files: Vec<Py<FileHealth>>,
+    errors: Vec<Py<walk::Unreadable>>,
+}
+
+#[pymethods]
+impl TreeAudit {
+    fn __repr__(&self) -> String {
+        format!("TreeAudit(files=<{}>, errors=<{}>)", self.files.len(), self.errors.len())
+    }
+}
+
+/// audit_tree(root, *, excludes=[], multi_as_comments=True, progress=None) -> TreeAudit
 ///
 /// Walks `root` (`.gitignore`-aware, `*.py`), analyses every file in parallel and returns one
 /// `FileHealth` per file. `progress(done, total)` is called from the calling thread about 10 times a second.
@@ -353,13 +367,13 @@ fn audit_tree(
     excludes: Vec<String>,
     multi_as_comments: bool,
     progress: Option<Py<PyAny>>,
-) -> PyResult<(Vec<FileHealth>, walk::PathErrors)> {
+) -> PyResult<TreeAudit> {
     guarded(|| {
         let opts = WalkOptions { extensions: Some(vec!["py".to_string()]), excludes, ..Default::default() };
         let walked = py.detach(|| walk::collect(&root, &opts))?;
         let results = py.detach(|| analyze_reporting(&root, &walked.files, multi_as_comments, progress.as_ref()));
-        let files = results.into_iter().map(|r| to_py(py, r)).collect::<PyResult<Vec<_>>>()?;
-        Ok((files, walked.errors))
+        let files = results.into_iter().map(|r| Py::new(py, to_py(py, r)?)).collect::<PyResult<Vec<_>>>()?;
+        Ok(TreeAudit { files, errors: walk::unreadable(py, walked.errors)? })
     })
 }
 
@@ -422,6 +436,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<FunctionInfo>()?;
     m.add_class::<Halstead>()?;
     m.add_class::<RawMetrics>()?;
+    m.add_class::<TreeAudit>()?;
     m.add_function(wrap_pyfunction!(audit_tree, m)?)?;
     m.add_function(wrap_pyfunction!(audit_source, m)?)?;
     Ok(())

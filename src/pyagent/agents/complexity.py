@@ -498,13 +498,34 @@ def _assigned_on_all_paths(body: Sequence[ast.stmt]) -> set[str]:
     return names
 
 
-def _bound_on_entry(fn: ast.FunctionDef | ast.AsyncFunctionDef, first: ast.stmt) -> set[str]:
+def _stored(stmts: Sequence[ast.AST]) -> set[str]:
+    """Every name ``stmts`` may bind, on any path."""
+    out: set[str] = set()
+    for st in stmts:
+        for n in ast.walk(st):
+            if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store):
+                out.add(n.id)
+            elif isinstance(n, ast.ExceptHandler) and n.name:
+                out.add(n.name)
+            elif isinstance(n, ast.Import | ast.ImportFrom):
+                out.update((x.asname or x.name).split(".")[0] for x in n.names)
+    return out
+
+
+def _bound_on_entry(
+    fn: ast.FunctionDef | ast.AsyncFunctionDef, first: ast.stmt, *, on_some_path: bool = False
+) -> set[str]:
     """Names certainly bound when control reaches ``first``: the function's parameters, what every
     path through the statements before it (in each enclosing body) assigns, and the targets of the
-    loops, ``with`` items and ``except`` clauses around it."""
+    loops, ``with`` items and ``except`` clauses around it.
+
+    ``on_some_path``: names that may be bound there instead (anything the statements before it
+    assign on any path, and all a loop around it assigns, as the loop's next turn sees it).
+    """
     a = fn.args
     names = {p.arg for p in [*a.posonlyargs, *a.args, *a.kwonlyargs]}
     names.update(p.arg for p in (a.vararg, a.kwarg) if p is not None)
+    before = _stored if on_some_path else _definitely_assigned
 
     def contains(stmts: Sequence[ast.stmt]) -> bool:
         return any(first is node for st in stmts for node in ast.walk(st))
@@ -512,7 +533,7 @@ def _bound_on_entry(fn: ast.FunctionDef | ast.AsyncFunctionDef, first: ast.stmt)
     def search(body: Sequence[ast.stmt]) -> None:
         for i, stmt in enumerate(body):
             if stmt is first:
-                names.update(_definitely_assigned(body[:i]))
+                names.update(before(body[:i]))
                 return
             subs: list[tuple[list[ast.stmt], ast.AST | None]] = []
             for field_name in ("body", "orelse", "finalbody"):
@@ -522,7 +543,9 @@ def _bound_on_entry(fn: ast.FunctionDef | ast.AsyncFunctionDef, first: ast.stmt)
             for sub, handler in subs:
                 if not contains(sub):
                     continue
-                names.update(_definitely_assigned(body[:i]))
+                names.update(before(body[:i]))
+                if on_some_path and isinstance(stmt, ast.For | ast.AsyncFor | ast.While):
+                    names.update(_stored([stmt]))
                 if isinstance(stmt, ast.For | ast.AsyncFor) and sub is stmt.body:
                     names.update(n.id for n in ast.walk(stmt.target) if isinstance(n, ast.Name))
                 if isinstance(stmt, ast.With | ast.AsyncWith):
@@ -692,8 +715,50 @@ def _fold_long_call(line: str) -> str:
     return f"{body[: opening + 1]}\n{args}{indent}{body[closing:]}\n"
 
 
+def _drop_params(source: str, tree: ast.Module, helper: ast.FunctionDef, names: set[str]) -> str | None:
+    """``source`` with ``names`` taken out of the helper's parameters and its one call; None when
+    the header or the call spans lines or passes anything but plain names."""
+    call = next(
+        (
+            n
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Call)
+            and isinstance(n.func, ast.Name | ast.Attribute)
+            and ast.unparse(n.func).endswith(_TEMP_NAME)
+        ),
+        None,
+    )
+    header_args = helper.args
+    simple = not (header_args.vararg or header_args.kwarg or header_args.kwonlyargs or header_args.defaults)
+    if call is None or not simple or call.keywords or not all(isinstance(a, ast.Name) for a in call.args):
+        return None
+    if helper.lineno != (helper.args.args[-1].end_lineno if helper.args.args else helper.lineno):
+        return None
+    if call.lineno != call.end_lineno:
+        return None
+    lines = source.splitlines(keepends=True)
+    # the call first: it may sit below or above the helper, but never on the helper's header line
+    call_line = lines[call.lineno - 1]
+    kept_args = [ast.unparse(a) for a in call.args if not (isinstance(a, ast.Name) and a.id in names)]
+    func_text = call_line[call.func.col_offset : call.func.end_col_offset]
+    lines[call.lineno - 1] = (
+        call_line[: call.col_offset] + f"{func_text}({', '.join(kept_args)})" + call_line[call.end_col_offset or 0 :]
+    )
+    header = lines[helper.lineno - 1]
+    opening, closing = header.index("("), header.rindex(")")
+    kept_params = [a.arg for a in helper.args.args if a.arg not in names]
+    lines[helper.lineno - 1] = header[: opening + 1] + ", ".join(kept_params) + header[closing:]
+    return "".join(lines)
+
+
 def _finish_helper(
-    source: str, block: _Block, caller: str, taken: set[str], needed: set[str], bound: set[str] | None = None
+    source: str,
+    block: _Block,
+    caller: str,
+    taken: set[str],
+    needed: set[str],
+    bound: set[str] | None = None,
+    bound_somewhere: set[str] | None = None,
 ) -> tuple[str, str]:
     """Check rope's helper, give it its name, docstring and blank lines; return (source, name)."""
     tree = ast.parse(source)
@@ -706,9 +771,20 @@ def _finish_helper(
     params = [a.arg for a in helper.args.args if a.arg not in ("self", "cls")]
     if len(params) > MAX_HELPER_PARAMS:
         raise RefactorSkipped(f"the helper would need {len(params)} parameters")
-    unbound = [p for p in params if bound is not None and p not in bound]
-    if unbound:  # rope passes a name the block reads; on some path to the block it has no value yet
-        raise RefactorSkipped(f"`{unbound[0]}` may have no value yet where {caller} would call the helper")
+    if bound is not None:
+        certain, maybe = bound, bound_somewhere or bound
+        unbound = [p for p in params if p not in certain]
+        own = _stored(block.stmts)
+        if any(p in maybe or p not in own for p in unbound):  # bound on some paths only, or a read of nothing
+            first = next(p for p in unbound if p in maybe or p not in own)
+            raise RefactorSkipped(f"`{first}` may have no value yet where {caller} would call the helper")
+        if unbound:  # bound on no path to the block: rope passes it in, but it is the helper's own local
+            dropped_params = _drop_params(source, tree, helper, set(unbound))
+            if dropped_params is None:
+                raise RefactorSkipped(f"`{unbound[0]}` has no value where {caller} would call the helper")
+            source, tree = dropped_params, ast.parse(dropped_params)
+            helper = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == _TEMP_NAME)
+            params = [p for p in params if p not in unbound]
     rewritten = _drop_unneeded_returns(source, tree, helper, needed)
     if rewritten is None:
         raise RefactorSkipped("rope's helper returns values over several lines")
@@ -825,7 +901,13 @@ def _extract_once(
         try:
             extracted = _rope_extract(source, start, end)
             new, name = _finish_helper(
-                extracted, block, qualname, taken, _values_used_outside(fn, block), _bound_on_entry(fn, first)
+                extracted,
+                block,
+                qualname,
+                taken,
+                _values_used_outside(fn, block),
+                _bound_on_entry(fn, first),
+                _bound_on_entry(fn, first, on_some_path=True),
             )
             ast.parse(new)
         except (RefactorSkipped, SyntaxError) as exc:

@@ -28,8 +28,9 @@ __all__ = ["DocstringAgent", "RefactorAgent", "missing_docstrings", "strip_docst
 SYSTEM = "You are a careful senior Python engineer. You make small, behaviour-preserving edits."
 
 
-# No control characters or backslashes: the text becomes a docstring literal as it is.
-DOCSTRING_PATTERN = r"^[^\x00-\x1f\\]{10,160}$"
+# A sentence: it starts with a capital letter and holds no control characters or backslashes (the text
+# becomes a docstring literal as it is). A small model held to it cannot open with stray punctuation.
+DOCSTRING_PATTERN = r"^[A-Z][^\x00-\x1f\\]{9,159}$"
 
 
 def docstring_schema(names: list[str]) -> dict[str, Any]:

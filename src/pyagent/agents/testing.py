@@ -67,6 +67,8 @@ class TestResults:
     note: str = ""
     # (path, line, category, message) of deprecation warnings the run printed, as the runner reported them
     warnings: tuple[tuple[str, int, str, str], ...] = ()
+    # what the sandbox enforced, then the refusals the run printed (pyagent.shell.confine.refusals)
+    sandbox: tuple[str, ...] = ()
 
     @property
     def passed(self) -> int:
@@ -109,6 +111,7 @@ class TestResults:
             "timed_out": self.timed_out,
             "note": self.note,
             "warnings": [list(w) for w in self.warnings],
+            "sandbox": list(self.sandbox),
         }
 
     @classmethod
@@ -120,6 +123,7 @@ class TestResults:
             duration=float(d.get("duration", 0.0)),
             timed_out=bool(d.get("timed_out", False)),
             note=str(d.get("note", "")),
+            sandbox=tuple(str(x) for x in d.get("sandbox", ())),
         )
 
 
@@ -162,9 +166,9 @@ def _pytest_configured(root: Path) -> bool:
 def _test_files(root: Path) -> list[Path]:
     from pyagent._rust import walk
 
-    files, _ = walk(str(root), extensions=["py"], excludes=[".git", ".pyagent", ".venv", "venv", ".tox"])
+    walked = walk(str(root), extensions=["py"], excludes=[".git", ".pyagent", ".venv", "venv", ".tox"])
     out = []
-    for f in files:
+    for f in walked.files:
         name = Path(f).name
         if name.startswith("test_") or name.endswith("_test.py"):
             out.append(Path(f) if Path(f).is_absolute() else root / f)
@@ -345,6 +349,7 @@ class TestRunner:
         ``trace_out`` receives the types its calls saw (:mod:`pyagent.agents.typetrace`)."""
         from pyagent.agents.impact import covered_argv, selected_argv
         from pyagent.agents.typetrace import traced_argv
+        from pyagent.shell.confine import describe, refusals
 
         cwd = Path(cwd)
         with tempfile.TemporaryDirectory(prefix="pyagent-junit-") as tmp:
@@ -393,4 +398,5 @@ class TestRunner:
             output_tail=output[-4000:],
             warnings=parse_warnings(output, cwd),
             note=note,
+            sandbox=(describe(res.protections), *refusals(output, res.protections)) if res.protections else (),
         )

@@ -242,6 +242,8 @@ def infer_annotations(
                 if a.arg in defaults:  # the default is a value too
                     from pyagent.agents.typetrace import combine
 
+                    if defaults[a.arg] == "?":  # not a literal: its type is unknown here
+                        continue
                     merged = combine([*name.split(" | "), defaults[a.arg]])
                     if merged is None:
                         continue

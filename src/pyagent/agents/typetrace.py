@@ -8,7 +8,9 @@ value it returned. A ``return`` event caused by an exception unwinding the frame
 ``None``. Only type names a reviewer can read without imports are kept: builtins, containers of
 them, and classes defined in the function's own module. The result is JSON, read by :func:`read_trace`.
 
-A profile hook rather than the monkeytype package: it rides along the coverage-wrapped baseline
+Recording stops after ``TRACE_SECONDS`` (the hook slows a call-heavy suite several times over), so
+functions only the later tests call are not typed from the trace. A profile hook rather than the
+monkeytype package: it rides along the coverage-wrapped baseline
 without a second run or a database, and keeps only what our annotator can write safely.
 """
 
@@ -20,6 +22,7 @@ import os
 import runpy
 import sys
 import threading
+import time
 from collections import defaultdict
 from pathlib import Path
 from types import FrameType
@@ -38,6 +41,12 @@ _CONTAINERS: dict[type, str] = {list: "list", set: "set", frozenset: "frozenset"
 _GENERATOR_FLAGS = 0x20 | 0x80 | 0x100 | 0x200  # generator, coroutine, iterable coroutine, async generator
 _MAX_TYPES = 3  # more distinct types than this: the parameter is polymorphic, leave it alone
 _SAMPLE = 5  # container elements inspected per call
+_SAMPLES = 200  # calls of one function recorded; later ones cost one dict lookup
+_UNSEEN: dict[str, Any] = {}
+# A profile hook costs every call of every function, C ones included: on a call-heavy suite it makes
+# the run several times slower. Types are recorded for this long after the first call of a project
+# function (the runner's and its plugins' start-up do not count), then the hook is removed.
+TRACE_SECONDS = 20.0
 
 
 def _type_name(value: Any, module: str, depth: int = 0) -> str | None:
@@ -92,7 +101,22 @@ class _Recorder:
         # (file, first line, qualname) -> {"args": {name: set of type names | {"?"}}, "returns": set}
         self.calls: dict[tuple[str, int, str], dict[str, Any]] = {}
         self.mine: dict[str, bool] = {}
+        self.by_code: dict[Any, dict[str, Any] | None] = {}
+        self.events = 0
+        self.deadline = float("inf")  # the budget starts at the first call of a project function
+        self.stopped = False
         self.lock = threading.Lock()
+
+    def _entry(self, code: Any) -> dict[str, Any] | None:
+        """The record for ``code``, or None when it is not a project function we can annotate."""
+        if not self._ours(code.co_filename) or code.co_flags & _GENERATOR_FLAGS:
+            return None
+        qualname = getattr(code, "co_qualname", code.co_name)
+        if "<" in qualname:  # lambdas, comprehensions, nested functions
+            return None
+        key = (code.co_filename, code.co_firstlineno, qualname)
+        with self.lock:
+            return self.calls.setdefault(key, {"args": defaultdict(set), "returns": set(), "n": 0})
 
     def _ours(self, filename: str) -> bool:
         ours = self.mine.get(filename)
@@ -103,18 +127,32 @@ class _Recorder:
         return ours
 
     def __call__(self, frame: FrameType, event: str, arg: Any) -> None:
-        if event not in ("call", "return"):
+        self.events += 1
+        if not self.events & 0xFFF and time.monotonic() > self.deadline:
+            sys.setprofile(None)  # the rest of the suite runs at full speed
+            threading.setprofile(None)
+            self.stopped = True
+            return
+        if event != "call" and event != "return":  # c_call, c_return, c_exception: most events
             return
         code = frame.f_code
-        if not self._ours(code.co_filename) or code.co_flags & _GENERATOR_FLAGS:
+        entry = self.by_code.get(code, _UNSEEN)
+        if entry is None:  # not ours, or sampled enough
             return
-        qualname = getattr(code, "co_qualname", code.co_name)
-        if "<" in qualname:  # lambdas, comprehensions, nested functions
-            return
+        if entry is _UNSEEN:
+            entry = self._entry(code)
+            self.by_code[code] = entry
+            if entry is None:
+                return
+            if self.deadline == float("inf"):  # not the test runner's and plugins' start-up
+                self.deadline = time.monotonic() + TRACE_SECONDS
+        if event == "call":
+            entry["n"] += 1
+            if entry["n"] > _SAMPLES:
+                self.by_code[code] = None
+                return
         module = frame.f_globals.get("__name__", "")
-        key = (code.co_filename, code.co_firstlineno, qualname)
         with self.lock:
-            entry = self.calls.setdefault(key, {"args": defaultdict(set), "returns": set()})
             if event == "call":
                 n = code.co_argcount + code.co_kwonlyargcount
                 for name in code.co_varnames[:n]:

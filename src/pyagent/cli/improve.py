@@ -7,6 +7,8 @@ from typing import Any
 
 from pyagent.cli import CommandError
 
+RAY_INSTALL = "pip install 'pyagent[ray]'"  # the same text as pyagent.pipeline.ray_executor's, without importing it
+
 
 def _positive_int(text: str) -> int:
     value = int(text)
@@ -23,6 +25,15 @@ def _budget(text: str) -> float:
     if value < 0:
         raise argparse.ArgumentTypeError("must not be negative")
     return value
+
+
+def _executor_spec(text: str) -> tuple[str, str | None]:
+    name, _, address = text.partition(":")
+    if name == "local" and not address:
+        return "local", None
+    if name == "ray":
+        return "ray", address or None
+    raise argparse.ArgumentTypeError(f"expected local, ray or ray:ADDRESS, got {text!r}")
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -106,6 +117,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="spread tasks over trusted Voyager peers found by mDNS (keys: $PYAGENT_NODE_HOME or ~/.pyagent/node)",
     )
     p.add_argument(
+        "--executor",
+        type=_executor_spec,
+        default=("local", None),
+        metavar="local|ray[:ADDRESS]",
+        help="where tasks run: local (default) or a Ray cluster (ADDRESS, else $RAY_ADDRESS, else one started "
+        f"here by `ray start`, else a new local instance; as many tasks at once as it has free CPUs; needs {RAY_INSTALL})",
+    )
+    p.add_argument(
         "--no-memory",
         action="store_true",
         help="do not use or update the knowledge store PATH/.pyagent/memory.db (see `pyagent memory`)",
@@ -154,10 +173,21 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"no Python files under {args.path}: nothing to improve")
 
     factory: ExecutorFactory | None = None
+    kind, address = args.executor
+    if args.swarm and kind != "local":
+        raise CommandError("--swarm and --executor ray are two ways to spread the work; choose one")
     if args.swarm:
         from pyagent.voyager.swarm import swarm_executor_factory
 
         factory = swarm_executor_factory
+    elif kind == "ray":
+        from pyagent.pipeline.ray_executor import RayCluster, RayUnavailableError, ray_executor_factory
+
+        try:  # before anything is measured: a missing extra or an unreachable cluster fails at once
+            cluster = RayCluster.connect(address)
+        except RayUnavailableError as exc:
+            raise CommandError(str(exc)) from exc
+        factory = ray_executor_factory(cluster)
     display = LiveDisplay()
     knowledge = _open_memory(args)
     opts = ImproveOptions(

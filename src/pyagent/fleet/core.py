@@ -1,12 +1,13 @@
 """FleetExecutionCore (also exported as FleetManager, the seed's name for it): the fleet's one scheduler.
 
-Scheduling in one paragraph: a task's *effective* priority is ``priority + waited / aging_seconds``.
-Because every waiting task ages at the same rate, the order between two tasks never changes, so
-the queue is an ordinary heap keyed by ``submitted / aging_seconds - priority`` (aging at O(log n)).
+Scheduling in one paragraph: a task's *effective* priority is ``priority + waited / aging_seconds``,
+where ``waited`` is the time it spent waiting in the queue (time spent running does not age a task).
+Because every waiting task ages at the same rate, the order between two waiting tasks never changes,
+so the queue is an ordinary heap keyed by ``(queued - waited before) / aging_seconds - priority``
+(aging at O(log n)); a running task's key keeps moving with the clock (it does not age while it runs).
 When a task waits, no slot is free, and a running task has a lower base priority *and* a worse key,
 that task is asked to suspend; it does so at its next ``checkpoint()``, gives its slot back and
-re-enters the heap with its old key, so it resumes before anything newer of its priority and an
-old task can never be preempted by ever newer arrivals (no starvation by preemption either).
+re-enters the heap with the wait it had so far, so its aging carries over (no starvation by preemption).
 
 Running work is preempted at once, not at a checkpoint: when the victim is running SecureShell commands
 (registered through its :class:`~pyagent.shell.secure.CommandWatch`), their process trees are frozen
@@ -26,7 +27,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypedDict, TypeVar, Unpack
 
 from pyagent.fleet.events import FleetEvent
 from pyagent.model.context import CascadeContext, SecurityScope
@@ -39,10 +40,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FINAL_STATES",
+    "RUNNING",
     "FleetClosedError",
     "FleetError",
     "FleetExecutionCore",
     "FleetManager",
+    "SubmitOptions",
     "TaskCancelledError",
     "TaskControl",
     "TaskFn",
@@ -60,6 +63,15 @@ QUEUED, RUNNING, SUSPENDED = "queued", "running", "suspended"
 DONE, FAILED, CANCELLED, TIMED_OUT = "done", "failed", "cancelled", "timed_out"
 FINAL_STATES: frozenset[str] = frozenset({DONE, FAILED, CANCELLED, TIMED_OUT})
 _PRIORITY_NAMES = tuple(p.name for p in AgentPriority)  # enum .name is slow on the hot path
+
+
+class SubmitOptions(TypedDict, total=False):
+    """The options of :meth:`FleetExecutionCore.submit`, which every other way to submit forwards."""
+
+    priority: AgentPriority
+    context: CascadeContext | None
+    timeout: float | None
+    kind: str
 
 
 class FleetError(Exception):
@@ -107,6 +119,7 @@ class TaskHandle(Generic[T]):
         "_heap_seq",
         "_holds_slot",
         "_key",
+        "_queued_at",
         "_result",
         "_resume",
         "_suspend_requested",
@@ -114,6 +127,7 @@ class TaskHandle(Generic[T]):
         "_timeout",
         "_timeout_cm",
         "_timeout_left",
+        "_waited",
         "_waiter",
         "_watch",
         "finished",
@@ -152,6 +166,8 @@ class TaskHandle(Generic[T]):
         self._timeout = timeout
         self.submitted = submitted
         self._key = key
+        self._queued_at = submitted  # when it last entered the queue (loop time)
+        self._waited = 0.0  # queue time before that: what it has aged so far
         self.started: float | None = None
         self.finished: float | None = None
         self.starts = 0
@@ -425,14 +441,7 @@ class FleetExecutionCore:
         self._loop = asyncio.get_running_loop()
 
     def submit_threadsafe(
-        self,
-        name: str,
-        fn: TaskFn[T],
-        *,
-        priority: AgentPriority = AgentPriority.STANDARD,
-        context: CascadeContext | None = None,
-        timeout: float | None = None,
-        kind: str = "task",
+        self, name: str, fn: TaskFn[T], **options: Unpack[SubmitOptions]
     ) -> concurrent.futures.Future[TaskHandle[T]]:
         """``submit`` from another thread (e.g. a network receiver); the future yields the handle
         or the validation error."""
@@ -443,7 +452,7 @@ class FleetExecutionCore:
 
         def submit_on_loop() -> None:
             try:
-                result.set_result(self.submit(name, fn, priority=priority, context=context, timeout=timeout, kind=kind))
+                result.set_result(self.submit(name, fn, **options))
             except BaseException as exc:
                 result.set_exception(exc)
 
@@ -513,22 +522,14 @@ class FleetExecutionCore:
     ) -> None:
         await self.shutdown(cancel=exc_type is not None)
 
-    async def run(
-        self,
-        name: str,
-        fn: TaskFn[T],
-        *,
-        priority: AgentPriority = AgentPriority.STANDARD,
-        context: CascadeContext | None = None,
-        timeout: float | None = None,
-        kind: str = "task",
-    ) -> T:
+    async def run(self, name: str, fn: TaskFn[T], **options: Unpack[SubmitOptions]) -> T:
         """Submit and wait for the result."""
-        return await self.submit(name, fn, priority=priority, context=context, timeout=timeout, kind=kind).result()
+        return await self.submit(name, fn, **options).result()
 
     # -- slots --------------------------------------------------------------------------------
 
     def _take_slot(self, h: TaskHandle[Any]) -> None:
+        h._waited += self._loop.time() - h._queued_at  # type: ignore[union-attr]  # set by submit()
         self._free -= 1
         h._holds_slot = True
         h._counted = True
@@ -549,6 +550,8 @@ class FleetExecutionCore:
         del self._running[h.id]
 
     def _push(self, h: TaskHandle[Any]) -> None:
+        now = h._queued_at = self._loop.time()  # type: ignore[union-attr]  # set by submit()
+        h._key = (now - h._waited) * self._inv_aging - h.priority  # aged by its queue time only
         seq = next(self._seq)
         h._heap_seq = seq
         heapq.heappush(self._heap, (h._key, seq, h))
@@ -626,10 +629,11 @@ class FleetExecutionCore:
         if waiting is None or not any(counts[: waiting.priority]):
             return False
         victim: TaskHandle[Any] | None = None
+        worst = -float("inf")
         for h in self._running.values():
-            if h._counted and h.priority < waiting.priority and (victim is None or h._key > victim._key):
-                victim = h
-        if victim is None or not waiting._key < victim._key:
+            if h._counted and h.priority < waiting.priority and (key := self._running_key(h)) > worst:
+                victim, worst = h, key
+        if victim is None or not waiting._key < worst:
             return False
         if victim._watch.running:
             self._freeze(victim)
@@ -664,9 +668,13 @@ class FleetExecutionCore:
             h._resume = asyncio.get_running_loop().create_future()
         await h._resume
 
+    def _running_key(self, h: TaskHandle[Any]) -> float:
+        """The key a running task would have in the queue now: it has not aged since it started."""
+        return (self._loop.time() - h._waited) * self._inv_aging - h.priority  # type: ignore[union-attr]
+
     def _outranked(self, h: TaskHandle[Any]) -> bool:
         waiting = self._best_waiting(0)
-        return waiting is not None and waiting.priority > h.priority and waiting._key < h._key
+        return waiting is not None and waiting.priority > h.priority and waiting._key < self._running_key(h)
 
     async def _suspend(self, h: TaskHandle[Any]) -> None:
         """Called from ``checkpoint()`` of a task asked to give up its slot."""

@@ -68,7 +68,7 @@ def _percentile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[k]
 
 
-def summarize(files: Sequence[FileHealth], walk_errors: Sequence[tuple[str, str]], wall: float) -> dict[str, Any]:
+def summarize(files: Sequence[FileHealth], walk_errors: Sequence[_rust.Unreadable], wall: float) -> dict[str, Any]:
     """Counts, averages, the worst file and function, and per-file timing (milliseconds)."""
     mis = [f.mi for f in files if f.mi is not None]
     functions = [(f, fn) for f in files for fn in f.functions]
@@ -89,7 +89,7 @@ def summarize(files: Sequence[FileHealth], walk_errors: Sequence[tuple[str, str]
             else None
         ),
         "sloc": sum(f.raw.sloc for f in files if f.raw),
-        "walk_errors": [{"path": p, "error": e} for p, e in walk_errors],
+        "walk_errors": [{"path": e.path, "error": e.reason} for e in walk_errors],
         "timing": {
             "wall_seconds": round(wall, 4),
             "per_file": "CPU time of the analysing thread (read, parse, all metrics)",
@@ -122,15 +122,15 @@ class CodeHealthAuditor:
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
-            audited, walk_errors = _rust.audit_tree(
+            audited = _rust.audit_tree(
                 str(root), excludes=list(self.excludes), multi_as_comments=self.multi_as_comments, progress=progress
             )
-            files = tuple(audited)
+            files = tuple(audited.files)
         finally:
             if gc_was_enabled:
                 gc.enable()
         wall = time.perf_counter() - start
-        return AuditReport(root=str(root), files=files, summary=summarize(files, walk_errors, wall))
+        return AuditReport(root=str(root), files=files, summary=summarize(files, audited.errors, wall))
 
     def audit_source(self, source: str, path: str = "<string>") -> FileHealth:
         """Audit one module given as text."""

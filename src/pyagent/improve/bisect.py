@@ -7,6 +7,7 @@ in a throwaway linked worktree) finds the first commit after which the full suit
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import tempfile
 from collections.abc import Awaitable, Callable, Sequence
@@ -38,8 +39,11 @@ async def regressions_at(
 ) -> list[str]:
     """``check`` run on the project (``rel`` inside the repository) as it was at ``commit``."""
     where = Path(tempfile.mkdtemp(prefix="pyagent-bisect-")) / "tree"
+    from pyagent.pipeline.workspace import copy_untracked
+
     await repo.git("worktree", "add", "--quiet", "--detach", str(where), commit)
     try:
+        await asyncio.to_thread(copy_untracked, repo.toplevel / rel, where / rel)
         return await check(where / rel)
     finally:
         await repo.git("worktree", "remove", "--force", str(where))

@@ -110,7 +110,8 @@ def print_summary(result: RunResult, console: Console | None = None) -> None:
     usage = result.usage
     if usage.get("calls"):
         judged, attempted = result.llm_tasks()
-        console.print(f"LLM: {usage['calls']} calls, {usage['tokens']} tokens in {usage.get('seconds', 0.0):.1f} s, "
+        console.print(f"LLM: {usage['calls']} calls, {usage['tokens']} tokens, {usage.get('seconds', 0.0):.1f} s "
+                      "waiting for the model (summed over calls), "
                       f"${usage['cost']:.4f}; {judged} of {attempted} LLM task(s) returned an edit the gate judged")
     regressions = result.regressions()
     if regressions:

@@ -46,6 +46,7 @@ def _tests(t: TestResults | None) -> dict[str, Any] | None:
         "command": list(t.command),
         "duration": round(t.duration, 3),
         "outcomes": dict(sorted(t.outcomes.items())),
+        "sandbox": list(t.sandbox),
     }
 
 
@@ -191,8 +192,8 @@ def render_html(rep: dict[str, Any]) -> str:
         f"<h2>By category</h2><table><tr><th>category</th><th>figure</th><th>before, after / count</th></tr>"
         f"{cat_rows}</table>"
         f"<h2>Tests</h2>{tests}"
-        f"<h2>LLM usage</h2><p>{usage.get('calls', 0)} calls, {usage.get('tokens', 0)} tokens in "
-        f"{usage.get('seconds', 0.0):.1f} s, "
+        f"<h2>LLM usage</h2><p>{usage.get('calls', 0)} calls, {usage.get('tokens', 0)} tokens, "
+        f"{usage.get('seconds', 0.0):.1f} s waiting for the model (summed over calls), "
         f"${usage.get('cost', 0.0):.4f}</p>"
         f"<h2>Changes</h2><p class='filter'>Show: {boxes}</p>{''.join(tasks) or '<p>No tasks.</p>'}"
         f"{'<h2>Skipped: known to fail (memory)</h2><ul>' + memory + '</ul>' if memory else ''}"
@@ -245,6 +246,9 @@ def render_pr(rep: dict[str, Any]) -> str:
     if ta is not None:
         out.append(f"- after: {ta['passed']} passed, {ta['failed']} failed of {ta['total']}")
     out.append(f"- regressions: {', '.join(rep['tests']['regressions']) or 'none'}")
+    for label, t in (("baseline", tb), ("after", ta)):
+        if t is not None and t.get("sandbox"):
+            out += [f"- {label} {t['sandbox'][0]}"] + [f"  - refused: {line}" for line in t["sandbox"][1:]]
     if rep.get("settings"):
         out += ["", "### Project rules used", ""] + [f"- {k}: {v}" for k, v in rep["settings"].items()]
     if rep.get("gate"):
@@ -307,6 +311,11 @@ def write_report(result: RunResult, events: list[FleetEvent]) -> Path:
     with EventLog(out / "events.jsonl") as log:
         for ev in events:
             log.write(ev)
+        for label in ("before", "after"):
+            t = rep["tests"][label]
+            if t is not None and t.get("sandbox"):
+                log.write({"kind": "sandbox", "run": label, "enforced": t["sandbox"][0],
+                           "refusals": t["sandbox"][1:]})
         for t in rep["tasks"]:
             log.write(
                 {

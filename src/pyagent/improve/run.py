@@ -166,7 +166,8 @@ class _Run:
         self.records: dict[str, TaskRecord] = {}
         self.file_locks: dict[str, asyncio.Lock] = {}
         self.merge_lock = asyncio.Lock()
-        self.applied: set[str] = set()
+        self.applied: set[str] = set()  # digests of merged change sets
+        self.merged_tasks: set[str] = set()  # ids of tasks whose change set was merged
         self.originals: dict[str, bytes | None] = {}
         self.notes: list[str] = []
         self.budget_stop: str | None = None
@@ -201,10 +202,10 @@ class _Run:
     # -- setup ------------------------------------------------------------------------------
     async def _prepare_tree(self, scratch: Path) -> tuple[Path, str]:
         from pyagent.improve.gitops import GitRepo
-        from pyagent.pipeline.workspace import isolated_copy, project_files
+        from pyagent.pipeline.workspace import copy_files, copy_untracked, isolated_copy
 
         if self.opts.dry_run:
-            files = project_files(self.path)
+            files = copy_files(self.path)
             copy = await asyncio.to_thread(
                 isolated_copy, self.path, parent=scratch, files=files
             )
@@ -233,6 +234,8 @@ class _Run:
             self.path.relative_to(repo.toplevel.resolve()) if self.path != repo.toplevel.resolve() else Path()
         )
         self.tree_rel = rel
+        # the checkout holds only what git tracks; the tests may need the rest (a generated version.py)
+        await asyncio.to_thread(copy_untracked, self.path, wt / rel)
         status = await repo.git("status", "--porcelain", "--untracked-files=no")
         if status.strip():
             self.notes.append(
@@ -286,10 +289,11 @@ class _Run:
             raise GovernanceError(f"no agent named {task.agent!r} on this machine may change {task.target}")
         agent.authorize_change(task, cs.changes, tree)  # the executor's check again: a peer's change set too
         async with self.merge_lock:
-            if cs.digest in self.applied:
-                return
+            if cs.digest in self.applied or task.id in self.merged_tasks:
+                return  # at most once per change and per task, wherever and however often it ran
             paths = await asyncio.to_thread(self._merge_sync, tree, cs)
             self.applied.add(cs.digest)
+            self.merged_tasks.add(task.id)
             if self.mode == "in-place":  # undo works even if the run is interrupted later
                 from pyagent.improve.undo import save_run
 
@@ -736,6 +740,10 @@ class _Run:
             )
         if baseline.note:
             self.notes.append(f"test baseline: {baseline.note}")
+        if baseline.sandbox:
+            refused = "; ".join(baseline.sandbox[1:])
+            self.notes.append(f"test baseline ran under {baseline.sandbox[0]}"
+                              + (f"; the sandbox refused: {refused}" if refused else "; it refused nothing the tests printed"))
         if impact is not None:
             self.notes.append(
                 f"test-impact selection: {len(impact.by_file)} files mapped to the test files that run them; "
@@ -941,8 +949,13 @@ class _Run:
         self, tasks: list[AgentTask], tree: Path, executor: Executor, knowledge: Any, events: list[FleetEvent]
     ) -> None:
         from pyagent.fleet.core import FleetManager
+        from pyagent.pipeline.executor import SlotLimited
 
-        async with FleetManager(self.opts.concurrency, on_event=events.append, knowledge=knowledge) as fleet:
+        size = self.opts.concurrency
+        if isinstance(executor, SlotLimited):  # as many at once as the backend has slots, the rest wait here
+            size = executor.slots()
+            self.notes.append(f"{size} task(s) at once: the executor's free slots (--concurrency applies to local runs)")
+        async with FleetManager(size, on_event=events.append, knowledge=knowledge) as fleet:
             fleet.add_listener(lambda e: self.progress("fleet", event=e.to_dict()))
             for t in tasks:
                 fleet.submit(

@@ -20,7 +20,7 @@ import shutil
 import sys
 import tomllib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pyagent.agents.testing import TestCommand, command_from_argv, discover_tests
@@ -52,6 +52,15 @@ class ChosenTests:
         if self.command is None:
             return f"no test command ({self.source})"
         return f"`{shlex.join(self.command.argv)}` (from {self.source})"
+
+
+@dataclass(frozen=True)
+class _Declared:
+    """A test command found in the project: as this interpreter runs it, as written, and where."""
+
+    argv: list[str]
+    line: str
+    source: str
 
 
 def _normalize(argv: list[str]) -> list[str] | None:
@@ -86,7 +95,7 @@ def _logical_lines(value: str) -> Iterator[str]:
             yield line.lstrip("-").strip()  # tox's leading '-' ignores the exit code; the command is the same
 
 
-def _from_lines(lines: Sequence[str]) -> tuple[list[str], str] | None:
+def _from_lines(lines: Sequence[str], source: str) -> _Declared | None:
     for line in lines:
         if _SHELL_SYNTAX.search(line):
             continue
@@ -96,11 +105,11 @@ def _from_lines(lines: Sequence[str]) -> tuple[list[str], str] | None:
             continue
         norm = _normalize(argv)
         if norm is not None:
-            return norm, line
+            return _Declared(norm, line, source)
     return None
 
 
-def _from_tox_text(text: str) -> tuple[list[str], str, str] | None:
+def _from_tox_text(text: str, label: str) -> _Declared | None:
     parser = configparser.ConfigParser(interpolation=None)
     try:
         parser.read_string(text)
@@ -110,33 +119,39 @@ def _from_tox_text(text: str) -> tuple[list[str], str, str] | None:
     for section in sections:
         if parser.has_option(section, "commands"):
             lines = [s for s in map(_tox_substitute, _logical_lines(parser.get(section, "commands"))) if s]
-            found = _from_lines(lines)
+            found = _from_lines(lines, f"{label} [{section}] commands")
             if found is not None:
-                return found[0], found[1], f"[{section}] commands"
+                return found
     return None
 
 
-def _tox(root: Path) -> tuple[list[str], str, str] | None:
-    ini = root / "tox.ini"
-    if ini.is_file():
-        found = _from_tox_text(ini.read_text(encoding="utf-8", errors="replace"))
-        if found is not None:
-            return found[0], found[1], f"tox.ini {found[2]}"
+def _legacy_tox_ini(root: Path) -> str | None:
+    """pyproject.toml's ``[tool.tox] legacy_tox_ini``, if it has one."""
     pyproject = root / "pyproject.toml"
-    if pyproject.is_file():
-        try:
-            legacy = tomllib.loads(pyproject.read_text(encoding="utf-8")).get("tool", {}).get("tox", {})
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-            legacy = {}
-        text = legacy.get("legacy_tox_ini") if isinstance(legacy, dict) else None
-        if isinstance(text, str):
-            found = _from_tox_text(text)
-            if found is not None:
-                return found[0], found[1], f"pyproject.toml [tool.tox] legacy_tox_ini {found[2]}"
+    if not pyproject.is_file():
+        return None
+    try:
+        legacy = tomllib.loads(pyproject.read_text(encoding="utf-8")).get("tool", {}).get("tox", {})
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    text = legacy.get("legacy_tox_ini") if isinstance(legacy, dict) else None
+    return text if isinstance(text, str) else None
+
+
+def _tox(root: Path) -> _Declared | None:
+    ini = root / "tox.ini"
+    texts = [("tox.ini", ini.read_text(encoding="utf-8", errors="replace"))] if ini.is_file() else []
+    legacy = _legacy_tox_ini(root)
+    if legacy is not None:
+        texts.append(("pyproject.toml [tool.tox] legacy_tox_ini", legacy))
+    for label, text in texts:
+        found = _from_tox_text(text, label)
+        if found is not None:
+            return found
     return None
 
 
-def _nox(root: Path) -> tuple[list[str], str, str] | None:
+def _nox(root: Path) -> _Declared | None:
     path = root / "noxfile.py"
     if not path.is_file():
         return None
@@ -165,11 +180,11 @@ def _nox(root: Path) -> tuple[list[str], str, str] | None:
                     break
             norm = _normalize(argv)
             if norm is not None:
-                return norm, shlex.join(argv), f"noxfile.py session {fn.name!r}"
+                return _Declared(norm, shlex.join(argv), f"noxfile.py session {fn.name!r}")
     return None
 
 
-def _make(root: Path) -> tuple[list[str], str, str] | None:
+def _make(root: Path) -> _Declared | None:
     path = root / "Makefile"
     if not path.is_file():
         return None
@@ -191,15 +206,15 @@ def _make(root: Path) -> tuple[list[str], str, str] | None:
             if line.split()[:1] == ["tox"]:
                 found_tox = _tox(root)
                 if found_tox is not None:
-                    return found_tox[0], found_tox[1], f"Makefile `{target}` target -> {found_tox[2]}"
+                    return replace(found_tox, source=f"Makefile `{target}` target -> {found_tox.source}")
             lines.append(line)
-        found = _from_lines(lines)
+        found = _from_lines(lines, f"Makefile `{target}` target")
         if found is not None:
-            return found[0], found[1], f"Makefile `{target}` target"
+            return found
     return None
 
 
-def _ci(root: Path) -> tuple[list[str], str, str] | None:
+def _ci(root: Path) -> _Declared | None:
     workflows = root / ".github" / "workflows"
     if not workflows.is_dir():
         return None
@@ -209,9 +224,9 @@ def _ci(root: Path) -> tuple[list[str], str, str] | None:
             line = re.sub(r"^\s*(-\s*)?(run:\s*)?", "", raw).strip().strip("'\"")
             if line and not line.endswith(("|", ">")):
                 lines.append(line)
-        found = _from_lines(lines)
+        found = _from_lines(lines, f"the test step of {wf.relative_to(root).as_posix()}")
         if found is not None:
-            return found[0], found[1], f"the test step of {wf.relative_to(root).as_posix()}"
+            return found
     return None
 
 
@@ -250,8 +265,7 @@ def choose_test_command(
         for finder in (_tox, _nox, _make, _ci):
             found = finder(root)
             if found is not None:
-                argv, declared, source = found
-                chosen = ChosenTests(command_from_argv(argv), source, declared)
+                chosen = ChosenTests(command_from_argv(found.argv), found.source, found.line)
                 break
     if chosen is None:
         command = discover_tests(root)

@@ -148,6 +148,7 @@ class DisaggConnector:
         if self.role == "prefill":
             t.register("kv.handshake", self._on_handshake)
             t.register("kv.read", self._on_read)
+            t.register("kv.check", self._on_check)
             t.register("kv.done", self._on_done)
             await t.start()
             asyncio.get_running_loop().create_task(self._expire_leases())
@@ -216,9 +217,10 @@ class DisaggConnector:
         if aborted or not wants_remote_decode(request.kv_transfer_params) or not block_ids:
             return False, None
         prompt = request.prompt_token_ids
-        self.leases.grant(rid, block_ids)
+        digest = prompt_digest(prompt)
+        self.leases.grant(rid, block_ids, digest)
         remote = RemotePrefill(self.engine_id, rid, tuple(block_ids), len(prompt), request.token_ids[len(prompt)],
-                               prompt_digest(prompt))
+                               digest)
         return True, remote.to_params()
 
     # -- worker side
@@ -296,14 +298,19 @@ class DisaggConnector:
         if not load.remote_blocks:
             return
         if self.nixl is not None:
+            # NIXL reads raw memory, so first have the peer confirm this lease (request, prompt, blocks)
+            await self.transport.request(PEER, "kv.check", {
+                "request_id": load.remote.request_id, "digest": load.remote.prompt_digest,
+                "blocks": load.remote_blocks}, timeout=self.lease_timeout / 2)
             await self.nixl.read(load.remote_blocks, load.local_blocks, load.remote.request_id.encode(),
                                  self.lease_timeout / 2)
             return
         per_chunk = max(1, READ_CHUNK_BYTES // (2 * layout.block_bytes))
         for i in range(0, len(load.remote_blocks), per_chunk):
             remote, local = load.remote_blocks[i:i + per_chunk], load.local_blocks[i:i + per_chunk]
-            data = await self.transport.request(PEER, "kv.read", {"request_id": load.remote.request_id,
-                                                                  "blocks": remote}, timeout=self.lease_timeout / 2)
+            data = await self.transport.request(PEER, "kv.read", {
+                "request_id": load.remote.request_id, "digest": load.remote.prompt_digest, "blocks": remote},
+                timeout=self.lease_timeout / 2)
             if not isinstance(data, bytes) or len(data) != 2 * layout.block_bytes * len(remote):
                 raise KVProtocolError("kv.read answered with the wrong number of bytes")
             shape = (2, layout.num_layers, len(remote), layout.num_kv_heads, layout.block_size, layout.head_dim)
@@ -313,7 +320,8 @@ class DisaggConnector:
 
     async def _release_remote(self, remote: RemotePrefill) -> None:
         with contextlib.suppress(TransportError):
-            await self.transport.request(PEER, "kv.done", {"request_id": remote.request_id}, timeout=5.0)
+            await self.transport.request(PEER, "kv.done", {"request_id": remote.request_id,
+                                                           "digest": remote.prompt_digest}, timeout=5.0)
 
     # -- prefill side: the side channel
     def _malformed(self, req: WireRequest, exc: Exception) -> KVProtocolError:
@@ -347,19 +355,32 @@ class DisaggConnector:
         try:
             if req.client_key not in self._verified_peers:
                 raise KVProtocolError("kv.read before a successful handshake")
-            rid, blocks = _read_request(payload, kv.num_total_blocks)
+            rid, digest, blocks = _read_request(payload, kv.num_total_blocks)
         except KVProtocolError as exc:
             raise self._malformed(req, exc) from None
 
         def copy(ids: Sequence[int]) -> bytes:
             return bytes(np.stack([kv.k_cache[:, list(ids)], kv.v_cache[:, list(ids)]]).tobytes())
 
-        return self.leases.read(rid, blocks, copy)
+        return self.leases.read(rid, digest, blocks, copy)
+
+    def _on_check(self, payload: Any, req: WireRequest) -> bool:
+        """A NIXL reader asks whether these blocks are its lease's before it reads them directly."""
+        kv = self.kv
+        assert kv is not None
+        try:
+            if req.client_key not in self._verified_peers:
+                raise KVProtocolError("kv.check before a successful handshake")
+            rid, digest, blocks = _read_request(payload, kv.num_total_blocks)
+        except KVProtocolError as exc:
+            raise self._malformed(req, exc) from None
+        return self.leases.read(rid, digest, blocks, lambda ids: True)
 
     def _on_done(self, payload: Any, req: WireRequest) -> bool:
-        if not isinstance(payload, dict) or not isinstance(payload.get("request_id"), str):
-            raise self._malformed(req, KVProtocolError("kv.done needs a request_id"))
-        released = self.leases.release(payload["request_id"])
+        if not isinstance(payload, dict) or not isinstance(payload.get("request_id"), str) or not isinstance(
+                payload.get("digest"), str):
+            raise self._malformed(req, KVProtocolError("kv.done needs a request_id and the prompt digest"))
+        released = self.leases.release(payload["request_id"], payload["digest"])
         if released:
             self._wake()
         return released
@@ -385,12 +406,12 @@ class DisaggConnector:
                 "loads_in_flight": len(self._inflight), **self.stats}
 
 
-def _read_request(payload: Any, num_blocks: int) -> tuple[str, list[int]]:
+def _read_request(payload: Any, num_blocks: int) -> tuple[str, str, list[int]]:
     if not isinstance(payload, dict):
         raise KVProtocolError("kv.read payload is not a map")
-    rid, blocks = payload.get("request_id"), payload.get("blocks")
-    if not isinstance(rid, str) or not isinstance(blocks, list) or not blocks:
-        raise KVProtocolError("kv.read needs a request_id and a non-empty list of blocks")
+    rid, digest, blocks = payload.get("request_id"), payload.get("digest"), payload.get("blocks")
+    if not isinstance(rid, str) or not isinstance(digest, str) or not isinstance(blocks, list) or not blocks:
+        raise KVProtocolError("kv.read needs a request_id, the prompt digest and a non-empty list of blocks")
     if any(not isinstance(b, int) or isinstance(b, bool) or not 0 <= b < num_blocks for b in blocks):
         raise KVProtocolError(f"kv.read block ids must be integers in 0..{num_blocks - 1}")
-    return rid, blocks
+    return rid, digest, blocks

@@ -21,6 +21,7 @@ T = TypeVar("T")
 class Lease:
     block_ids: tuple[int, ...]
     deadline: float  # time.monotonic()
+    digest: str  # the prompt's digest: a reader must name it, so ids alone never reveal another prompt's KV
 
 
 class LeaseTable:
@@ -33,25 +34,28 @@ class LeaseTable:
         self._ended: set[str] = set()  # ended since the last drain: the engine frees their blocks
         self.expired = 0  # leases that ran out (the peer never came), for /health and tests
 
-    def grant(self, request_id: str, block_ids: Sequence[int]) -> None:
+    def grant(self, request_id: str, block_ids: Sequence[int], digest: str) -> None:
         with self._lock:
-            self._leases[request_id] = Lease(tuple(block_ids), time.monotonic() + self.timeout)
+            self._leases[request_id] = Lease(tuple(block_ids), time.monotonic() + self.timeout, digest)
 
-    def read(self, request_id: str, block_ids: Sequence[int], copy: Callable[[Sequence[int]], T]) -> T:
-        """``copy(block_ids)`` while the lease is held; KeyError/ValueError when it is gone or does not
-        cover those blocks."""
+    def read(self, request_id: str, digest: str, block_ids: Sequence[int], copy: Callable[[Sequence[int]], T]) -> T:
+        """``copy(block_ids)`` while the lease is held; KeyError/ValueError when it is gone, belongs to
+        another prompt or does not cover those blocks."""
         with self._lock:
             lease = self._leases.get(request_id)
-            if lease is None:
-                raise KeyError(f"no lease for request {request_id!r} (finished, released or expired)")
+            if lease is None or lease.digest != digest:
+                raise KeyError(f"no lease for request {request_id!r} and that prompt (finished, released or expired)")
             if not set(block_ids) <= set(lease.block_ids):
                 raise ValueError(f"blocks outside the lease of request {request_id!r}")
             return copy(block_ids)
 
-    def release(self, request_id: str) -> bool:
+    def release(self, request_id: str, digest: str | None = None) -> bool:
+        """End a lease (a peer must name its prompt's digest; None: our own notification path)."""
         with self._lock:
-            if self._leases.pop(request_id, None) is None:
+            lease = self._leases.get(request_id)
+            if lease is None or (digest is not None and lease.digest != digest):
                 return False
+            del self._leases[request_id]
             self._ended.add(request_id)
             return True
 

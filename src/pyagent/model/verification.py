@@ -52,14 +52,20 @@ def _mapping(d: Mapping[str, Any], name: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class RemoteRun:
-    """Where a peer ran a task: its worker's pid and the lineage it ran under (checked by the origin)."""
+    """Where a peer ran a task: its worker's pid and the lineage it ran under (checked by the origin);
+    ``started``/``ended`` (wall-clock seconds) when the worker says when it ran (a Ray worker does)."""
 
     pid: int
     root_task_id: str
     lineage: tuple[str, ...]
+    started: float | None = None
+    ended: float | None = None
 
     def to_wire(self) -> dict[str, Any]:
-        return {"pid": self.pid, "root_task_id": self.root_task_id, "lineage": list(self.lineage)}
+        out: dict[str, Any] = {"pid": self.pid, "root_task_id": self.root_task_id, "lineage": list(self.lineage)}
+        if self.started is not None:
+            out["started"], out["ended"] = self.started, self.ended
+        return out
 
     @classmethod
     def from_wire(cls, d: Mapping[str, Any]) -> RemoteRun:
@@ -68,7 +74,11 @@ class RemoteRun:
             raise ValueError(f"bad remote run record {dict(d)!r}")
         if not all(isinstance(x, str) for x in lineage):
             raise ValueError("a remote run's lineage must hold task ids")
-        return cls(pid, root, tuple(lineage))
+        started, ended = d.get("started"), d.get("ended")
+        for value in (started, ended):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+                raise ValueError(f"a remote run's start and end must be times, got {value!r}")
+        return cls(pid, root, tuple(lineage), started, ended)
 
 
 @dataclass(frozen=True)

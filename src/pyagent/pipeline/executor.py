@@ -12,12 +12,12 @@ import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from pyagent.agents.mixins.governance import GovernanceError
 from pyagent.model.task import AgentTask, ChangeSet, content_hash
 from pyagent.model.verification import Usage, Verdict, Verification
-from pyagent.pipeline.workspace import isolated_copy, project_files, safe_relpath
+from pyagent.pipeline.workspace import copy_files, isolated_copy, safe_relpath
 
 if TYPE_CHECKING:
     from pyagent.agents.base import BaseAgent
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from pyagent.pipeline.gate import VerificationGate
     from pyagent.pipeline.settings import PipelineSettings
 
-__all__ = ["Executor", "ExecutorFactory", "ExecutorSetup", "LocalExecutor"]
+__all__ = ["Executor", "ExecutorFactory", "ExecutorSetup", "LocalExecutor", "SlotLimited"]
 
 
 class Executor(Protocol):
@@ -36,6 +36,17 @@ class Executor(Protocol):
     async def aclose(self) -> str | None:
         """Release what the executor holds (a swarm's sockets); returns a line for the report, or None."""
         ...
+
+
+@runtime_checkable
+class SlotLimited(Protocol):
+    """An executor whose backend runs a fixed number of tasks at once (a Ray cluster's free slots).
+
+    The run sizes its fleet to it, so the tasks beyond that wait in our priority queue rather than
+    in a backend queue that knows no priorities.
+    """
+
+    def slots(self) -> int: ...
 
 
 def _unjudged(task: AgentTask, verdict: Verdict, reason: str, base: dict[str, str], usage: Usage) -> ChangeSet:
@@ -81,7 +92,7 @@ class LocalExecutor:
             return _unjudged(task, Verdict.ERROR, f"governance: {exc}", {}, Usage())
         base = {safe_relpath(p): content_hash(b) for p, b in files.items()}
         if self._listing is None:
-            self._listing = await asyncio.to_thread(project_files, self.root)
+            self._listing = await asyncio.to_thread(copy_files, self.root)
         ws = await asyncio.to_thread(
             isolated_copy,
             self.root,

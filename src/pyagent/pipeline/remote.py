@@ -9,8 +9,8 @@ records its own first.
 
 from __future__ import annotations
 
-import asyncio
 import os
+from typing import TYPE_CHECKING
 
 from pyagent.agents.testing import TestResults
 from pyagent.model.task import AgentTask, ChangeSet
@@ -22,7 +22,10 @@ from pyagent.pipeline.builder import (
 )
 from pyagent.pipeline.settings import PipelineSettings
 
-__all__ = ["execute_task", "execute_task_async"]
+if TYPE_CHECKING:
+    from pyagent.agents.impact import TestImpact
+
+__all__ = ["execute_task_async"]
 
 
 async def execute_task_async(
@@ -31,20 +34,19 @@ async def execute_task_async(
     *,
     workdir: str | os.PathLike[str],
     settings: PipelineSettings,
+    baseline: TestResults | None = None,
+    impact: TestImpact | None = None,
 ) -> ChangeSet:
+    """``baseline`` and ``impact`` are the origin's (a Ray worker receives them once per run); without
+    a baseline the one in ``task.params`` is used, else the node records its own."""
     shell = pipeline_shell()
     runner = make_test_runner(workdir, settings, shell)
-    baseline = None
-    if runner is not None:
+    if runner is None:
+        baseline = None
+    elif baseline is None:
         wire = task.params.get("baseline")
         baseline = TestResults.from_dict(wire) if isinstance(wire, dict) else await run_tests(runner, workdir)
     # Peers get no LLM: the origin keeps LLM tasks (see SwarmExecutor._offline_agents).
-    executor = build_executor(workdir, settings, shell=shell, runner=runner, baseline=baseline)
+    executor = build_executor(workdir, settings, shell=shell, runner=runner, baseline=baseline, impact=impact)
     return await executor.execute(task, files)
 
-
-def execute_task(
-    task: AgentTask, files: dict[str, bytes], *, workdir: str | os.PathLike[str], settings: PipelineSettings
-) -> ChangeSet:
-    """Blocking form for a node's worker thread; inside an event loop use :func:`execute_task_async`."""
-    return asyncio.run(execute_task_async(task, files, workdir=workdir, settings=settings))

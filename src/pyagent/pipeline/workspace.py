@@ -11,6 +11,7 @@ what each method costs on a real tree.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -24,7 +25,9 @@ from typing import Literal
 __all__ = [
     "IGNORED_DIRS",
     "CopyMethod",
+    "copy_files",
     "copy_method",
+    "copy_untracked",
     "isolated_copy",
     "project_files",
     "safe_relpath",
@@ -70,14 +73,45 @@ def project_files(root: str | os.PathLike[str]) -> list[str]:
     from pyagent._rust import walk
 
     root_s = str(root)
-    files, _errors = walk(root_s, hidden=True, excludes=list(IGNORED_DIRS))
     out = []
-    for f in files:
+    for f in walk(root_s, hidden=True, excludes=list(IGNORED_DIRS)).files:
         rel = Path(os.path.relpath(f, root_s)) if os.path.isabs(f) else Path(f)
         if any(part in IGNORED_DIRS for part in rel.parts):
             continue
         out.append(rel.as_posix())
     return out
+
+
+def copy_files(root: str | os.PathLike[str]) -> list[str]:
+    """What a copy must hold for the project to run (POSIX, relative): every file, gitignored and
+    untracked ones included (a generated ``version.py``, a built extension), except IGNORED_DIRS and
+    virtual environments (any directory holding a ``pyvenv.cfg``). ``project_files`` is what agents
+    may change; this is what the tests may need."""
+    from pyagent._rust import walk
+
+    root_s = str(root)
+    excludes = list(IGNORED_DIRS)
+    with contextlib.suppress(OSError), os.scandir(root_s) as it:  # top-level venvs: not even walked
+        excludes += [f"/{e.name}/" for e in it if e.is_dir(follow_symlinks=False)
+                     and os.path.isfile(os.path.join(e.path, "pyvenv.cfg"))]
+    files = walk(root_s, hidden=True, no_ignore=True, excludes=excludes).files
+    rels = [Path(os.path.relpath(f, root_s)) if os.path.isabs(f) else Path(f) for f in files]
+    venvs = {r.parent for r in rels if r.name == "pyvenv.cfg"}
+    return [r.as_posix() for r in rels if not any(part in IGNORED_DIRS for part in r.parts)
+            and not any(v == r.parent or v in r.parents for v in venvs)]
+
+
+def copy_untracked(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> int:
+    """Copies into ``dest`` (a fresh checkout of ``src``'s repository) the files of ``src`` that the
+    checkout lacks: the untracked and gitignored files the tests may need. Returns how many."""
+    src_p, dest_p = Path(src), Path(dest)
+    missing = [rel for rel in copy_files(src_p) if not os.path.lexists(dest_p / rel)]
+    if missing:
+        method = copy_method(src_p / missing[0], dest_p)
+        for rel in missing:
+            (dest_p / rel).parent.mkdir(parents=True, exist_ok=True)
+            _copy_file(src_p / rel, dest_p / rel, method)
+    return len(missing)
 
 
 def _clone(src: Path, dst: Path) -> None:
@@ -142,12 +176,12 @@ def isolated_copy(
     """Make a private copy of ``root`` and return its path (the caller removes it).
 
     Every file is its own inode (see the module docstring); ``overlay`` replaces (or creates) files
-    with given bytes. ``files`` lets a caller reuse one listing of the tree for many copies.
+    with given bytes. ``files`` lets a caller reuse one listing of the tree (``copy_files``) for many copies.
     """
     root = Path(root)
     dest = Path(tempfile.mkdtemp(prefix="pyagent-ws-", dir=parent))
     overlay = {safe_relpath(k): v for k, v in (overlay or {}).items()}
-    listing = list(files) if files is not None else project_files(root)
+    listing = list(files) if files is not None else copy_files(root)
     made_dirs: set[Path] = set()
     pairs: list[tuple[Path, Path]] = []
     for rel in listing:

@@ -58,7 +58,8 @@ async def create_chat_completion(body: ChatCompletionCreate, request: Request) -
         raise APIError(400, "top_logprobs needs logprobs set to true.", param="top_logprobs")
     extras: dict[str, Any] = dict(body.sampling_extras())
     schema = body.json_schema()
-    if schema is not None:
+    if schema is not None:  # off the event loop: the first schema builds the vocabulary index (about 1 s)
+        await asyncio.to_thread(backend.check_schema, schema, "response_format")
         extras["json_schema"] = schema
     top_n = body.top_logprobs or 0
     if body.logprobs:

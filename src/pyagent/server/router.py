@@ -69,8 +69,9 @@ def create_router_app(prefill_url: str, decode_url: str, *, timeout: float = 600
         first = await _prefill(client, prefill, body, headers)
         if isinstance(first, Response):
             return first
+        body = {k: v for k, v in body.items() if k != "kv_transfer_params"}  # only the prefill's own count
         if first is not None:
-            body = {**body, "kv_transfer_params": first}
+            body["kv_transfer_params"] = first
         return await relay(client.build_request("POST", f"{decode}/v1/chat/completions",
                                                 content=orjson.dumps(body), headers=headers))
 

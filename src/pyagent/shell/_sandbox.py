@@ -10,8 +10,11 @@ Layers (each one may fail on its own; the caller records which did):
 * user namespace: the command keeps its uid but has no capability on the host, even as root;
 * PID namespace: the command's init is PID 1; when it exits the kernel kills everything left in it, and
   no other process (PyAgent's included) is visible or signalable;
-* mount namespace: a fresh /proc of that PID namespace, a size-limited tmpfs as private tmp and /dev/shm,
-  read-only bind mounts (``.git``);
+* mount namespace: a private root (a tmpfs holding bind mounts of only the granted paths, then
+  ``pivot_root``), so nothing else of the host's file system exists for the command, its UNIX sockets
+  included (ssh-agent, docker.sock: Landlock does not govern ``connect`` on a socket path); a fresh
+  /proc of that PID namespace, a size-limited tmpfs as private tmp and /dev/shm, read-only bind mounts
+  (``.git``);
 * network namespace: only a private loopback (tests may still serve and connect on 127.0.0.1 inside);
 * Landlock: reads only system, interpreter and granted paths; writes only the copy and the private tmp;
   TCP bind/connect refused when there is no network namespace; signals to processes outside refused;
@@ -157,6 +160,75 @@ def bind_readonly(path: str) -> None:
         keep |= MS_RELATIME
     mount(path, path, None, MS_BIND | MS_REC)
     mount(None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | keep)
+
+
+MNT_DETACH = 2
+SYS_PIVOT_ROOT = 155  # x86_64
+_libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
+
+
+def umount(path: str) -> None:
+    _check(_libc.umount2(path.encode(), MNT_DETACH), f"umount {path}")
+
+
+def _view_paths(paths: Iterable[str]) -> list[str]:
+    """Granted paths to bind, outermost first, without those a bound parent already holds."""
+    out: list[str] = []
+    for path in sorted({os.path.normpath(p) for p in paths if os.path.lexists(p)}, key=lambda p: (p.count("/"), p)):
+        if not any(path == b or path.startswith(b.rstrip("/") + "/") for b in out):
+            out.append(path)
+    return out
+
+
+def private_root(staging: str, paths: Iterable[str], *, empty_dirs: Iterable[str], proc: bool) -> list[str]:
+    """Builds a root holding only ``paths`` (bind mounts at their own absolute paths; a top-level symlink
+    such as merged-usr ``/bin`` is recreated as a symlink) on a tmpfs mounted at ``staging``, then
+    pivots into it and covers the old root with an empty read-only tmpfs. ``empty_dirs`` are made in the new root (mount points
+    for the caller). ``proc``: mount a fresh /proc (the caller owns a PID namespace), else bind the
+    host's. The caller seals the root (:func:`seal_root`) once its own mounts are made. Returns the
+    paths bound; raises OSError (the command is not running yet, so nothing half-done is seen)."""
+    import platform
+
+    if platform.machine() != "x86_64":
+        raise OSError(errno.ENOSYS, "pivot_root syscall number known only for x86_64")
+    mount("tmpfs", staging, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
+    bound: list[str] = []
+    for path in _view_paths([*paths, *([] if proc else ["/proc"])]):
+        if path == "/":
+            raise OSError(errno.EINVAL, "the whole file system is granted: no private root")
+        target = staging + path
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        if os.path.islink(path) and path.count("/") == 1:
+            os.symlink(os.readlink(path), target)
+            continue
+        real = os.path.realpath(path)
+        if os.path.isdir(real):
+            os.makedirs(target, exist_ok=True)
+        else:
+            with open(target, "w"):
+                pass
+        mount(real, target, None, MS_BIND | MS_REC)
+        bound.append(path)
+    for path in [*empty_dirs, "/proc"]:
+        os.makedirs(staging + os.path.normpath(path), exist_ok=True)
+    if proc:  # before the old root goes: the kernel mounts a new proc only beside a fully visible one
+        mount("proc", staging + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    old = staging + "/.oldroot"
+    os.mkdir(old)
+    os.chdir(staging)
+    _check(int(_libc.syscall(SYS_PIVOT_ROOT, b".", b".oldroot")), "pivot_root")
+    os.chdir("/")
+    # The old root is covered, not unmounted: a lazy umount of the host's whole mount tree waits for an
+    # RCU grace period (3-15 ms here, most of the sandbox's cost). Under the cover it is unreachable:
+    # removing a mount needs CAP_SYS_ADMIN, which the command never has (empty bounding set,
+    # no_new_privs), and no descriptor into it is passed on.
+    mount("tmpfs", "/.oldroot", "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=0")
+    return bound
+
+
+def seal_root() -> None:
+    """The private root's own tmpfs read-only: nothing new appears beside the granted paths."""
+    mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
 
 def landlock_abi() -> int:

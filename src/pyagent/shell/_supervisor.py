@@ -200,7 +200,23 @@ def prepare(conf: dict[str, Any], layers: dict[str, str], in_pidns: bool) -> int
                 layers["network namespace"] = str(exc)
     else:
         layers["mount namespace"] = layers["network namespace"] = "needs the user namespace"
-    if mnt and in_pidns:
+    pivoted = False
+    if mnt:
+        try:
+            view = [*conf["view"], *conf["write"]]
+            sb.private_root(conf["tmp"], [p for p in view if os.path.normpath(p) != os.path.normpath(conf["tmp"])],
+                            empty_dirs=[conf["tmp"]], proc=in_pidns)
+            pivoted = True
+            layers["private root"] = "ok"
+        except OSError as exc:
+            layers["private root"] = str(exc)
+            with contextlib.suppress(OSError):
+                sb.umount(conf["tmp"])
+    else:
+        layers["private root"] = "needs the mount namespace"
+    if pivoted and in_pidns:
+        layers["private /proc"] = "ok"
+    elif mnt and in_pidns:
         try:
             sb.mount("proc", "/proc", "proc", sb.MS_NOSUID | sb.MS_NODEV | sb.MS_NOEXEC)
             layers["private /proc"] = "ok"
@@ -224,6 +240,11 @@ def prepare(conf: dict[str, Any], layers: dict[str, str], in_pidns: bool) -> int
             except OSError as exc:
                 ro_errors.append(f"{path}: {exc}")
         layers[".git read-only"] = "; ".join(ro_errors) or "ok"
+        if pivoted:
+            try:
+                sb.seal_root()
+            except OSError as exc:
+                layers["private root"] = f"not sealed: {exc}"
     else:
         with contextlib.suppress(OSError):
             os.mkdir(os.path.join(conf["tmp"], "home"), 0o700)

@@ -19,6 +19,7 @@ import contextlib
 import ctypes
 import functools
 import os
+import re
 import site
 import subprocess
 import sys
@@ -37,8 +38,8 @@ DEV_WRITE = ("/dev/null", "/dev/zero", "/dev/full", "/dev/tty", "/dev/pts", "/de
 ETC_SECRETS = frozenset({"shadow", "shadow-", "gshadow", "gshadow-", "sudoers", "sudoers.d", "ssh",
                          "ssl/private", "security/opasswd", "krb5.keytab", "machine-id"})
 # The layers the supervisor reports, in table order ("full set" for --require-sandbox).
-NAMESPACE_LAYERS = ("user namespace", "pid namespace", "mount namespace", "private /proc", "network namespace",
-                    "landlock", "private tmp", ".git read-only")
+NAMESPACE_LAYERS = ("user namespace", "pid namespace", "mount namespace", "private root", "private /proc",
+                    "network namespace", "landlock", "private tmp", ".git read-only")
 
 
 class SandboxUnavailableError(RuntimeError):
@@ -188,9 +189,11 @@ def plan(policy: Confinement, *, cwd: str, exe: str, tmp: str, extra_write: Sequ
     write = [cwd, tmp, *policy.write_paths, *extra_write]
     read = [*SYSTEM_READ, *etc_paths(), *interpreter_paths(), *policy.read_paths, os.path.realpath(exe)]
     git = os.path.join(cwd, ".git")
+    view = [p for p in SYSTEM_READ if p != "/proc"] + ["/etc", *interpreter_paths(), *policy.read_paths,
+                                                      os.path.realpath(exe)]
     return {
         "network": policy.allow_network, "tmp": tmp, "tmp_size": int(policy.tmp_size),
-        "read": read, "write": write, "write_files": list(DEV_WRITE),
+        "read": read, "view": view, "write": write, "write_files": list(DEV_WRITE),
         "readonly": [git] if os.path.isdir(git) else [], "require": policy.require,
         "holder": None if policy.allow_network else namespace_holder(),
     }
@@ -247,6 +250,52 @@ def _dumpable() -> int:
         return 1
     libc = ctypes.CDLL(None, use_errno=True)
     return int(libc.prctl(3, 0, 0, 0, 0))  # PR_GET_DUMPABLE
+
+
+def describe(rows: Iterable[Protection]) -> str:
+    """One line for reports: what the sandbox enforced for a command (only the active layers)."""
+    on = {r.name for r in rows if r.active}
+    if "landlock" not in on and "user namespace" not in on:
+        return "sandbox: off (the command ran unconfined)"
+    parts = []
+    if "network namespace" in on:
+        parts.append("network off (a private loopback only)")
+    if "landlock" in on:
+        parts.append("writes limited to the copy and a private tmp, reads to system and interpreter paths")
+    if "private root" in on:
+        parts.append("nothing else of the file system visible (UNIX sockets outside the copy included)")
+    if ".git read-only" in on:
+        parts.append(".git read-only")
+    return "sandbox: " + "; ".join(parts)
+
+
+# How Python (and most C programs through strerror) print a refused call: errno, message, path.
+_REFUSAL = re.compile(r"\[Errno (13|1|30|101|111)\] ([A-Za-z -]+)(?:: '([^'\n]{1,300})')?(?=$|[\s,)'\"])", re.M)
+_WHO = {"13": "Landlock refused access to {path} (EACCES)",
+        "1": "the sandbox refused an operation on {path} (EPERM)",
+        "30": "the sandbox's read-only view refused a write to {path} (EROFS)",
+        "101": "network off: a connection found no route (ENETUNREACH, network namespace)",
+        "111": "a connection was refused (ECONNREFUSED): the network namespace holds no listener of the host"}
+
+
+def refusals(output: str, rows: Iterable[Protection], *, limit: int = 8) -> tuple[str, ...]:
+    """The sandbox's refusals the command *printed* (errors as Python formats them), each named by the
+    protection that refuses that errno here. What the kernel does not tell the command's output
+    (a refusal swallowed by the program, a path hidden by the private root: plain ENOENT) is not seen;
+    Landlock's own audit records need the audit subsystem, which a confined run cannot read."""
+    if not any(r.active and r.name in ("landlock", "network namespace", "private root") for r in rows):
+        return ()
+    found: list[str] = []
+    for m in _REFUSAL.finditer(output):
+        errno_s, path = m.group(1), m.group(3) or "?"
+        if errno_s not in ("101", "111") and path == "?":
+            continue
+        line = _WHO[errno_s].format(path=path)
+        if line not in found:
+            found.append(line)
+            if len(found) == limit:
+                break
+    return tuple(found)
 
 
 def format_table(rows: Iterable[Protection]) -> str:

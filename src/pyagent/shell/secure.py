@@ -35,7 +35,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 from pyagent.shell._supervisor import children
 from pyagent.shell.confine import (
@@ -117,14 +117,23 @@ def resolve_command(name: str, path: str) -> str:
     return found
 
 
-class CommandWatch:
-    """The running commands of one unit of work (a fleet task), frozen and thawed together.
+class Freezable(Protocol):
+    """Running work that can be stopped and resumed: a SecureShell command, a node's task worker."""
 
-    ``with watch:`` makes every SecureShell command started inside (in this asyncio task) register here;
-    a command started while the watch is frozen is frozen from its start."""
+    def freeze(self) -> None: ...
+
+    def thaw(self) -> None: ...
+
+
+class CommandWatch:
+    """The running work of one unit of work (a fleet task), frozen and thawed together.
+
+    ``with watch:`` makes every SecureShell command started inside (in this asyncio task) register here
+    (anything else freezable joins through :func:`enlist`); work that joins while the watch is frozen is
+    frozen from its start."""
 
     def __init__(self) -> None:
-        self.running: set[RunningCommand] = set()
+        self.running: set[Freezable] = set()
         self.frozen = False
         self._tokens: list[Token[CommandWatch | None]] = []
 
@@ -145,6 +154,17 @@ class CommandWatch:
 
     def __exit__(self, *exc: object) -> None:
         _WATCH.reset(self._tokens.pop())
+
+
+def enlist(work: Freezable) -> CommandWatch | None:
+    """Register ``work`` with the watch of the current task (frozen at once if the watch is); returns the
+    watch, from whose ``running`` the caller discards ``work`` when it ends."""
+    watch = _WATCH.get()
+    if watch is not None:
+        watch.running.add(work)
+        if watch.frozen:
+            work.freeze()
+    return watch
 
 
 _WATCH: ContextVar[CommandWatch | None] = ContextVar("pyagent_command_watch", default=None)
@@ -192,11 +212,7 @@ class RunningCommand:
         cap = shell.max_output_bytes
         self._out, self._err = CappedBuffer(cap), CappedBuffer(cap)
         self._work: asyncio.Future[Any] | None = None
-        self._watch = _WATCH.get()
-        if self._watch is not None:
-            self._watch.running.add(self)
-            if self._watch.frozen:
-                self.freeze()
+        self._watch = enlist(self)
 
     @property
     def freeze_method(self) -> str:

@@ -68,7 +68,7 @@ def plan_replace(path: str | os.PathLike[str], pattern: str, replacement: str, *
         scanned=found.scanned,
         binary=tuple(_rel(root, p) for p in found.binary),
         non_utf8=tuple(_rel(root, p) for p in found.non_utf8),
-        errors=tuple((_rel(root, p) if p else p, why) for p, why in found.errors),
+        errors=tuple((_rel(root, e.path) if e.path else e.path, e.reason) for e in found.errors),
     )
 
 

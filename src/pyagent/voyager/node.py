@@ -2,7 +2,11 @@
 
 A node owns one :class:`VoyagerTransport` (its ROUTER serves ``task.run`` and ``node.info``)
 and one :class:`DiscoveryNode` (its TXT record carries the number of free task slots, updated
-as tasks start and finish). Each task runs in a worker process (:mod:`pyagent.voyager.worker`).
+as tasks start and finish). Each task runs in a worker process (:mod:`pyagent.voyager.worker`),
+scheduled by the fleet's one scheduler with the task's own priority: a node serving several origins
+takes a task when a slot is free, or when a running task has a lower priority, which is then frozen
+(its commands stopped, its timeout paused) until a slot frees again; otherwise it answers NoFreeSlots
+and the origin routes the task elsewhere.
 
 Stopping (SIGINT/SIGTERM, or :meth:`VoyagerNode.stop`) is bounded to well under 2 s: refuse new
 work, say goodbye on mDNS, give running tasks a short grace period, then kill their workers and
@@ -22,6 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pyagent import __version__
+from pyagent.fleet.core import RUNNING, FleetManager, TaskControl, TaskHandle
+from pyagent.model.priority import AgentPriority
 from pyagent.voyager.blobs import BlobError, BlobStore, blob_hash, check_relpath
 from pyagent.voyager.discovery import DiscoveryNode, PeerEvent, PeerInfo
 from pyagent.voyager.home import NodeHome
@@ -92,7 +98,8 @@ class VoyagerNode:
         self._on_task = on_task
         self.discovery: DiscoveryNode | None = None
         self._on_peer = on_peer
-        self._running: set[asyncio.Task[dict[str, Any]]] = set()
+        self.fleet = FleetManager(self.config.slots)
+        self._running: dict[asyncio.Future[dict[str, Any]], TaskHandle[dict[str, Any]]] = {}
         self._stopping = False
         self._stopped = asyncio.Event()
         self._closers: list[Callable[[], object]] = []
@@ -163,8 +170,9 @@ class VoyagerNode:
             await self.discovery.close()
         if self._running:
             await asyncio.wait(self._running, timeout=self.config.grace)
-        for task in list(self._running):
-            task.cancel()  # kills the worker; the origin gets "Cancelled" and re-routes
+        for job, handle in list(self._running.items()):
+            handle.cancel()  # kills the worker; the origin gets "Cancelled" and re-routes
+            job.cancel()
         if self._running:
             await asyncio.wait(self._running, timeout=1.0)
         await self.transport.close()
@@ -199,13 +207,21 @@ class VoyagerNode:
             self.blobs.put(digest, data)
         return len(payload)
 
-    def _check_task(self, payload: Any) -> str:
-        """Validate a task.run payload before spending a slot on it; returns the task id."""
+    def _preemptable(self, priority: AgentPriority) -> bool:
+        """A running (not frozen) task has a lower priority than ``priority``: the fleet would freeze it."""
+        return any(t.state == RUNNING and t.priority < priority for t in self.fleet.active())
+
+    def _check_task(self, payload: Any) -> tuple[str, AgentPriority]:
+        """Validate a task.run payload before spending a slot on it; returns the task id and priority."""
         if not isinstance(payload, dict):
             raise ValueError("task.run payload must be a map")
         task, files, bases, manifest = (payload.get(k) for k in ("task", "files", "base_hashes", "manifest"))
         if not isinstance(task, dict) or not isinstance(task.get("id"), str):
             raise ValueError("task.run needs a task with an id")
+        try:
+            priority = AgentPriority.parse(task.get("priority", AgentPriority.STANDARD))
+        except ValueError as exc:
+            raise ValueError(f"task.run: {exc}") from None
         if not isinstance(files, dict) or not isinstance(bases, dict) or not isinstance(manifest, dict):
             raise ValueError("task.run needs files, base_hashes and manifest maps")
         for path, data in files.items():
@@ -222,21 +238,31 @@ class VoyagerNode:
         missing = self.blobs.missing(manifest.values())
         if missing:
             raise MissingBlobs(",".join(missing[:2000]))
-        return str(task["id"])
+        return str(task["id"]), priority
 
     async def _handle_task(self, payload: Any, request: Any) -> dict[str, Any]:
         if self._stopping:
             raise NodeStopping("node is stopping; run the task elsewhere")
-        if self.free_slots <= 0:
-            raise NoFreeSlots(f"all {self.config.slots} slots are busy")
         try:
-            task_id = self._check_task(payload)
+            task_id, priority = self._check_task(payload)
         except BlobError as exc:
             raise ValueError(str(exc)) from None
+        if self.free_slots <= 0 and not self._preemptable(priority):
+            raise NoFreeSlots(f"all {self.config.slots} slots are busy with tasks of this priority or higher")
         assert self.blobs is not None
-        job = asyncio.ensure_future(self.runner({**payload, "blob_dir": str(self.blobs.root)}))
-        self._running.add(job)
-        self._event("started", task_id, request.client_key[:8] if hasattr(request, "client_key") else "")
+        work = {**payload, "blob_dir": str(self.blobs.root)}
+        client = request.client_key[:8] if hasattr(request, "client_key") else ""
+
+        async def run(control: TaskControl) -> dict[str, Any]:
+            self._event("started", task_id, client)
+            return await self.runner(work)
+
+        # The fleet's timeout stops while the task is frozen, so the worker gets none of its own.
+        handle = self.fleet.submit(
+            f"task {task_id}", run, priority=priority, timeout=self.config.task_timeout, kind="task.run"
+        )
+        job = asyncio.ensure_future(handle.result())
+        self._running[job] = handle
         await self._advertise_slots()
         loop = asyncio.get_running_loop()
         t0 = loop.time()
@@ -246,13 +272,14 @@ class VoyagerNode:
             self._event("done", task_id, f"{loop.time() - t0:.2f}s")
             return result
         except asyncio.CancelledError:
+            handle.cancel()
             self._event("handed_back", task_id, "node stopping")
             raise
         except Exception as exc:
             self._event("failed", task_id, f"{type(exc).__name__}: {exc}"[:200])
             raise
         finally:
-            self._running.discard(job)
+            self._running.pop(job, None)
             if not self._stopping:
                 await self._advertise_slots()
 
@@ -267,4 +294,4 @@ class VoyagerNode:
                 await self.discovery.set_slots(self.free_slots)
 
     async def _run_in_worker(self, payload: dict[str, Any]) -> dict[str, Any]:
-        return await run_in_worker(payload, timeout=self.config.task_timeout)
+        return await run_in_worker(payload, timeout=None)

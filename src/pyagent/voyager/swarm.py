@@ -9,7 +9,7 @@ For each task the executor picks a trusted, live peer with free slots (advertise
 record, minus what we already sent it), makes sure the peer holds the project's files (a
 content-addressed manifest: only blobs the peer lacks are sent), and sends the task with its
 ``CascadeContext`` (lineage and budget), priority, files and their base hashes. The peer runs the
-same agents and gate (``pyagent.pipeline.remote.execute_task``) in a worker process and returns the
+same agents and gate (``pyagent.pipeline.remote.execute_task_async``) in a worker process and returns the
 change set plus its verification. If the peer dies (missed heartbeats), stops, is full or fails,
 the task is re-run on another peer or locally; a late reply from a peer given up on is dropped by
 the transport, so each execute call yields exactly one change set. Peers get no LLM, so tasks of
@@ -34,6 +34,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pyagent.model.priority import AgentPriority
 from pyagent.pipeline.settings import PipelineSettings
 from pyagent.voyager.blobs import blob_hash
 from pyagent.voyager.discovery import DiscoveryNode, PeerInfo
@@ -174,17 +175,20 @@ class SwarmExecutor:
                 out.append(peer)  # a peer that missed its heartbeats comes back only if it answers again
         return out
 
-    def _pick(self, exclude: set[str]) -> PeerInfo | None:
+    def _pick(self, exclude: set[str], priority: AgentPriority) -> PeerInfo | None:
         best: tuple[int, int, str] | None = None
         chosen = None
         for peer in self._trusted_peers():
             if peer.node_id in exclude:
                 continue
             # The advertised free count lags by an mDNS round trip; our own in-flight count does not.
-            # With several origins a node may still be full: it says so and we try the next one.
+            # With several origins a node may still be full: it says so and we try the next one. A node
+            # that says it is full is still asked for a task above Low: it takes the task if it runs
+            # lower-priority work (which it freezes), and refuses at once otherwise.
             mine = self._inflight[peer.node_id]
             free = (peer.capacity or peer.slots) - mine
-            if free <= 0 or (peer.slots == 0 and mine == 0 and peer.node_id not in self._served):
+            full = peer.slots == 0 and mine == 0 and peer.node_id not in self._served
+            if free <= 0 or (full and priority <= AgentPriority.LOW):
                 continue
             rank = (-free, -peer.slots, peer.node_id)
             if best is None or rank < best:
@@ -208,7 +212,7 @@ class SwarmExecutor:
         tried: set[str] = set()
         if task.agent not in self._offline_agents():
             tried.update(p.node_id for p in self._trusted_peers())  # needs this machine's LLM
-        while (peer := self._pick(tried)) is not None:
+        while (peer := self._pick(tried, task.priority)) is not None:
             tried.add(peer.node_id)
             self._inflight[peer.node_id] += 1
             try:
