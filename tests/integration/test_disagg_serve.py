@@ -166,8 +166,9 @@ def test_clients_that_give_up_early_free_the_prefill_blocks_before_any_lease_exp
     impatient = openai.OpenAI(base_url=r.url, api_key=KEY, max_retries=0, timeout=0.05)
     for q in QUESTIONS * 2:
         with pytest.raises(openai.APITimeoutError):
+            # 1,024 tokens without an early end: far longer than the client's 50 ms, even on a quiet machine.
             impatient.chat.completions.create(model="tiny", messages=[{"role": "user", "content": q + " (gone)"}],
-                                              max_tokens=64)
+                                              max_tokens=1024, extra_body={"ignore_eos": True, "min_tokens": 1024})
     deadline = time.monotonic() + 15  # well inside the 30 s lease timeout
     while (p.free_blocks(), d.free_blocks()) != (start_p, start_d) and time.monotonic() < deadline:
         time.sleep(0.2)
