@@ -10,7 +10,6 @@ import asyncio
 import json
 import socket
 import subprocess
-import threading
 import uuid
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pytest
 
 from pyagent.improve.run import ImproveOptions, RunResult, improve
 from tests.improve_helpers import NO_PLUGINS, UNITTEST_CMD, make_project
+from tests.security.helpers import Listener
 
 SECRET = f"TOP-SECRET-{uuid.uuid4().hex}"
 MARK = "# APPENDED-BY-THE-TESTS"
@@ -46,40 +46,6 @@ class TestHostile(unittest.TestCase):
         with open(os.path.join(os.path.dirname(__file__), "..", "pkg", "registry.py"), "a") as f:
             f.write("{mark}\\n")  # inside the copy: allowed, and it must never reach the user's tree
 '''
-
-
-class _Listener:
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.got = b""
-        self.connections = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            self.connections += 1
-            with conn:
-                conn.settimeout(1.0)
-                try:
-                    while data := conn.recv(4096):
-                        self.got += data
-                except TimeoutError:
-                    pass
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sock.close()
 
 
 def _snapshot(root: Path) -> dict[str, bytes]:
@@ -116,7 +82,7 @@ def _run(root: Path, monkeypatch: pytest.MonkeyPatch, **kw: object) -> RunResult
                                               **kw)))  # type: ignore[arg-type]
 
 
-def _check_common(root: Path, result: RunResult, outside: Path, system: str, listener: _Listener) -> dict[str, str]:
+def _check_common(root: Path, result: RunResult, outside: Path, system: str, listener: Listener) -> dict[str, str]:
     assert result.tests_before is not None
     assert result.tests_before.outcomes.get("test_hostile.TestHostile.test_tries_everything") == "passed"
     tail = result.tests_before.output_tail
@@ -141,9 +107,9 @@ def _check_common(root: Path, result: RunResult, outside: Path, system: str, lis
 @pytest.mark.slow
 def test_git_mode_hostile_tests_change_nothing_of_the_user_and_leak_nothing(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    listener = _Listener()
+    listener = Listener(socket.AF_INET, ("127.0.0.1", 0))
     try:
-        root, outside, system = _setup(tmp_path, listener.port)
+        root, outside, system = _setup(tmp_path, listener.address[1])
         for args in (["init", "-q", "-b", "main"], ["add", "-A"],
                      ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
             subprocess.run(["git", *args], cwd=root, check=True, capture_output=True)
@@ -165,9 +131,9 @@ def test_git_mode_hostile_tests_change_nothing_of_the_user_and_leak_nothing(
 @pytest.mark.slow
 def test_in_place_mode_hostile_tests_keep_only_the_kept_changes(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    listener = _Listener()
+    listener = Listener(socket.AF_INET, ("127.0.0.1", 0))
     try:
-        root, outside, system = _setup(tmp_path, listener.port)
+        root, outside, system = _setup(tmp_path, listener.address[1])
         before = _snapshot(root)
         result = _run(root, monkeypatch, use_git=False, in_place=True)
     finally:

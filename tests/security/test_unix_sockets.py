@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
 from pathlib import Path
 
 from pyagent.shell import Confinement
-from tests.security.helpers import active, attack
+from tests.security.helpers import Listener, active, attack
 
 CONNECT = r"""
 import socket, sys
@@ -42,40 +41,6 @@ print("umount", libc.umount2(b"/.oldroot", 2), ctypes.get_errno())
 """
 
 
-class _Listener:
-    """A real AF_UNIX listener that records every byte any client sends it."""
-
-    def __init__(self, addr: str) -> None:
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.bind(addr)
-        self.sock.listen(4)
-        self.sock.settimeout(0.2)
-        self.got = b""
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            with conn:
-                conn.settimeout(2.0)
-                try:
-                    while data := conn.recv(100):
-                        self.got += data
-                except TimeoutError:
-                    pass
-
-    def close(self) -> bytes:
-        self._stop.set()
-        self._thread.join()
-        self.sock.close()
-        return self.got
-
-
 def _run(tmp_path: Path, confine: Confinement | None) -> tuple[str, bytes, bytes, bool, bool]:
     outside = tmp_path / "agent"  # beside the copy, like ~/.ssh/agent.sock or /run/docker.sock
     outside.mkdir(exist_ok=True)
@@ -85,7 +50,7 @@ def _run(tmp_path: Path, confine: Confinement | None) -> tuple[str, bytes, bytes
     copy = tmp_path / "copy"
     copy.mkdir(exist_ok=True)
     (copy / "own.sock").unlink(missing_ok=True)
-    path_l, abstract_l = _Listener(str(path)), _Listener("\0" + name)
+    path_l, abstract_l = Listener(socket.AF_UNIX, str(path)), Listener(socket.AF_UNIX, "\0" + name)
     try:
         res = attack(f"import sys; sys.argv[1:] = [{str(path)!r}, {name!r}]\n" + CONNECT, copy, confine=confine)
     finally:
