@@ -349,15 +349,20 @@ class DisaggConnector:
             reply["nixl"] = self.nixl.describe()
         return reply
 
-    def _on_read(self, payload: Any, req: WireRequest) -> bytes:
+    def _leased_blocks(self, method: str, payload: Any, req: WireRequest) -> tuple[KVCacheManager, str, str, list[int]]:
+        """The checked (request id, digest, blocks) of a read or check from a peer that passed the handshake."""
         kv = self.kv
         assert kv is not None
         try:
             if req.client_key not in self._verified_peers:
-                raise KVProtocolError("kv.read before a successful handshake")
+                raise KVProtocolError(f"{method} before a successful handshake")
             rid, digest, blocks = _read_request(payload, kv.num_total_blocks)
         except KVProtocolError as exc:
             raise self._malformed(req, exc) from None
+        return kv, rid, digest, blocks
+
+    def _on_read(self, payload: Any, req: WireRequest) -> bytes:
+        kv, rid, digest, blocks = self._leased_blocks("kv.read", payload, req)
 
         def copy(ids: Sequence[int]) -> bytes:
             return bytes(np.stack([kv.k_cache[:, list(ids)], kv.v_cache[:, list(ids)]]).tobytes())
@@ -366,14 +371,7 @@ class DisaggConnector:
 
     def _on_check(self, payload: Any, req: WireRequest) -> bool:
         """A NIXL reader asks whether these blocks are its lease's before it reads them directly."""
-        kv = self.kv
-        assert kv is not None
-        try:
-            if req.client_key not in self._verified_peers:
-                raise KVProtocolError("kv.check before a successful handshake")
-            rid, digest, blocks = _read_request(payload, kv.num_total_blocks)
-        except KVProtocolError as exc:
-            raise self._malformed(req, exc) from None
+        _, rid, digest, blocks = self._leased_blocks("kv.check", payload, req)
         return self.leases.read(rid, digest, blocks, lambda ids: True)
 
     def _on_done(self, payload: Any, req: WireRequest) -> bool:
