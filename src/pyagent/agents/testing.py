@@ -8,18 +8,18 @@ per-test outcomes; a custom ``--test-cmd`` that reports neither counts as one te
 
 from __future__ import annotations
 
-import configparser
 import os
 import re
 import shlex
 import sys
 import tempfile
-import tomllib
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from pyagent.agents._config_files import has_ini_section, pyproject
 
 if TYPE_CHECKING:
     from pyagent.agents.impact import TestImpact
@@ -142,25 +142,9 @@ def _pytest_configured(root: Path) -> bool:
     for name in ("pytest.ini", ".pytest.ini"):
         if (root / name).is_file():
             return True
-    pyproject = root / "pyproject.toml"
-    if pyproject.is_file():
-        try:
-            data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
-            data = {}
-        if "pytest" in data.get("tool", {}):
-            return True
-    for name, section in (("setup.cfg", "tool:pytest"), ("tox.ini", "pytest")):
-        path = root / name
-        if path.is_file():
-            parser = configparser.ConfigParser()
-            try:
-                parser.read(path, encoding="utf-8")
-            except (configparser.Error, UnicodeDecodeError):
-                continue
-            if parser.has_section(section):
-                return True
-    return False
+    if "pytest" in pyproject(root).get("tool", {}):
+        return True
+    return has_ini_section(root, (("setup.cfg", "tool:pytest"), ("tox.ini", "pytest")))
 
 
 def _test_files(root: Path) -> list[Path]:

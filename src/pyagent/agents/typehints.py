@@ -20,10 +20,8 @@ file can evaluate them (``from __future__ import annotations`` or a minimum Pyth
 from __future__ import annotations
 
 import ast
-import configparser
 import re
 import sys
-import tomllib
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import libcst as cst
 
+from pyagent.agents._config_files import has_ini_section, pyproject
 from pyagent.agents.base import BaseAgent
 from pyagent.agents.worker import AgentOutcome
 
@@ -87,37 +86,19 @@ def type_checker(root: str | Path) -> str | None:
         return "mypy"
     if (root / "pyrightconfig.json").is_file():
         return "pyright"
-    pyproject = root / "pyproject.toml"
-    if pyproject.is_file():
-        try:
-            tool = tomllib.loads(pyproject.read_text(encoding="utf-8")).get("tool", {})
-        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
-            tool = {}
-        if "mypy" in tool:
-            return "mypy"
-        if "pyright" in tool or "basedpyright" in tool:
-            return "pyright"
-    for name in ("setup.cfg", "tox.ini"):
-        path = root / name
-        if path.is_file():
-            parser = configparser.ConfigParser()
-            try:
-                parser.read(path, encoding="utf-8")
-            except (configparser.Error, UnicodeDecodeError):
-                continue
-            if parser.has_section("mypy"):
-                return "mypy"
+    tool = pyproject(root).get("tool", {})
+    if "mypy" in tool:
+        return "mypy"
+    if "pyright" in tool or "basedpyright" in tool:
+        return "pyright"
+    if has_ini_section(root, (("setup.cfg", "mypy"), ("tox.ini", "mypy"))):
+        return "mypy"
     return None
 
 
 def min_python(root: str | Path) -> tuple[int, int]:
     """The oldest Python the project supports (``requires-python``), (3, 8) when it does not say."""
-    pyproject = Path(root) / "pyproject.toml"
-    try:
-        data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
-        return (3, 8)
-    spec = str(data.get("project", {}).get("requires-python", ""))
+    spec = str(pyproject(Path(root)).get("project", {}).get("requires-python", ""))
     m = re.search(r">=?\s*(\d+)\.(\d+)", spec)
     return (int(m.group(1)), int(m.group(2))) if m else (3, 8)
 
