@@ -791,6 +791,10 @@ def _finish_helper(
     if rewritten != source:
         source, tree = rewritten, ast.parse(rewritten)
         helper = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == _TEMP_NAME)
+    placed = _as_class_member(source, tree, helper, caller)
+    if placed != source:
+        source, tree = placed, ast.parse(placed)
+        helper = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == _TEMP_NAME)
     module_level = helper in tree.body
     returned: list[str] = []
     last = helper.body[-1]
@@ -836,6 +840,95 @@ def _finish_helper(
     text = re.sub(rf"\b{_TEMP_NAME}\b", name, "".join(lines))
     folded = (_fold_long_call(ln) if re.search(rf"\b{name}\(", ln) else ln for ln in text.splitlines(keepends=True))
     return "".join(folded), name
+
+
+def _char_col(line: str, col_bytes: int) -> int:
+    """The character index of a UTF-8 byte column (ast's offsets) in ``line``."""
+    return len(line.encode("utf-8")[:col_bytes].decode("utf-8", errors="ignore"))
+
+
+def _decorator_names(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> set[str]:
+    return {ast.unparse(d).rsplit(".", 1)[-1] for d in fn.decorator_list}
+
+
+def _as_class_member(source: str, tree: ast.Module, helper: ast.FunctionDef, caller: str) -> str:
+    """A helper rope put in a class, made a correct member of it.
+
+    A method whose ``self``/``cls`` the block never uses becomes a ``@staticmethod`` (no unused
+    parameter, and it still works through ``self.``); a classmethod helper that uses ``cls`` is
+    called through the caller's ``cls``, not the class name (which would drop subclass overrides);
+    and a helper in a class body with neither a receiver nor ``@staticmethod`` gets the decorator,
+    so it is never a method without ``self``.
+    """
+    owner = next(
+        (c for c in tree.body if isinstance(c, ast.ClassDef) and helper in c.body),
+        None,
+    )
+    if owner is None:
+        return source
+    decorators = _decorator_names(helper)
+    if "staticmethod" in decorators:
+        return source
+    lines = source.splitlines(keepends=True)
+    header_no = helper.lineno - 1
+    header = lines[header_no]
+    pad = header[: len(header) - len(header.lstrip())]
+    params = helper.args.posonlyargs + helper.args.args
+    first = params[0].arg if params else None
+    if first not in ("self", "cls"):
+        lines.insert(header_no, f"{pad}@staticmethod\n")
+        return "".join(lines)
+    uses_receiver = any(
+        isinstance(n, ast.Name) and n.id == first for stmt in helper.body for n in ast.walk(stmt)
+    )
+    if uses_receiver:
+        if "classmethod" not in decorators:
+            return source
+        try:
+            fn, _ = _find_function(tree, caller)
+        except RefactorSkipped:
+            return source
+        receivers = fn.args.posonlyargs + fn.args.args
+        if not receivers or "classmethod" not in _decorator_names(fn):
+            return source
+        receiver = receivers[0]
+        call = next(
+            (
+                n
+                for n in ast.walk(fn)
+                if isinstance(n, ast.Call)
+                and isinstance(n.func, ast.Attribute)
+                and n.func.attr == _TEMP_NAME
+                and isinstance(n.func.value, ast.Name)
+            ),
+            None,
+        )
+        if call is None or call.lineno != call.end_lineno or call.keywords:
+            raise RefactorSkipped("rope's call of a classmethod helper is not a one-line call")
+        # rope calls a classmethod helper through the class name and passes ``cls`` again as an
+        # argument; call it through the caller's ``cls`` with the parameters the helper declares
+        args = [ast.unparse(a) for a in call.args]
+        if len(args) == len(params) and receiver.arg in args:
+            args.remove(receiver.arg)
+        if len(args) != len(params) - 1:
+            raise RefactorSkipped("rope's call of a classmethod helper does not match its parameters")
+        text = lines[call.lineno - 1]
+        start, end = _char_col(text, call.col_offset), _char_col(text, call.end_col_offset or 0)
+        lines[call.lineno - 1] = f"{text[:start]}{receiver.arg}.{_TEMP_NAME}({', '.join(args)}){text[end:]}"
+        return "".join(lines)
+    if not header.rstrip().endswith(":"):
+        return source  # a header over several lines: leave rope's (correct) method as it is
+    dropped = re.sub(rf"\(\s*{first}\s*(,\s*|(?=\)))", "(", header, count=1)
+    if dropped == header:
+        return source
+    lines[header_no] = dropped
+    if "classmethod" in decorators:
+        for d in helper.decorator_list:
+            if ast.unparse(d).rsplit(".", 1)[-1] == "classmethod":
+                lines[d.lineno - 1] = lines[d.lineno - 1].replace(ast.unparse(d), "staticmethod", 1)
+    else:
+        lines.insert(header_no, f"{pad}@staticmethod\n")
+    return "".join(lines)
 
 
 # -- the whole refactoring ---------------------------------------------------------------------
