@@ -551,10 +551,11 @@ def test_a_parameter_rope_passes_but_the_block_binds_itself_is_dropped_or_refuse
 
     bound, maybe = _bound_on_entry(fn, loop), _bound_on_entry(fn, loop, on_some_path=True)
     assert "keys" not in bound and "keys" not in maybe
-    new, name = _finish_helper(extracted, block, "f", set(), set(), bound, maybe)
+    lines = caller.splitlines(keepends=True)
+    new, name = _finish_helper(extracted, block, "f", set(), set(), bound, maybe, caller_lines=lines)
     assert f"def {name}(data):" in new and f"{name}(data)\n" in new
     with pytest.raises(RefactorSkipped, match="may have no value yet"):
-        _finish_helper(extracted, block, "f", set(), set(), bound, maybe | {"keys"})
+        _finish_helper(extracted, block, "f", set(), set(), bound, maybe | {"keys"}, caller_lines=lines)
 
 
 def test_helpers_split_again_keep_a_branchy_normalizer_equivalent() -> None:
