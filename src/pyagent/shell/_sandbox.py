@@ -204,6 +204,9 @@ def private_root(staging: str, paths: Iterable[str], *, empty_dirs: Iterable[str
             raise OSError(errno.EINVAL, "the whole file system is granted: no private root")
         target = staging + path
         os.makedirs(os.path.dirname(target), exist_ok=True)
+        if path == "/dev":
+            bound += minimal_dev(target)
+            continue
         if os.path.islink(path) and path.count("/") == 1:
             os.symlink(os.readlink(path), target)
             continue
@@ -229,6 +232,42 @@ def private_root(staging: str, paths: Iterable[str], *, empty_dirs: Iterable[str
     # removing a mount needs CAP_SYS_ADMIN, which the command never has (empty bounding set,
     # no_new_privs), and no descriptor into it is passed on.
     mount("tmpfs", "/.oldroot", "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=0")
+    return bound
+
+
+# The device nodes a program may need; everything else of the host's /dev (disks, /dev/kmsg, /dev/log,
+# the host's terminals in its devpts, /dev/kvm, /dev/fuse...) does not exist in the private root.
+DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
+DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+             ("stderr", "/proc/self/fd/2"), ("ptmx", "pts/ptmx"))
+
+
+def minimal_dev(target: str) -> list[str]:
+    """A /dev at ``target`` (on the private root's tmpfs, sealed read-only later) holding only
+    :data:`DEV_NODES` (bind mounts of the host's nodes), the usual symlinks, an empty ``shm`` (the
+    caller mounts a private tmpfs there) and a *new* devpts instance: the command's own ptys only,
+    none of the host's terminals. Without a devpts of its own the command gets no ptys at all.
+    Returns the host nodes bound."""
+    os.makedirs(target, exist_ok=True)
+    bound = []
+    for name in DEV_NODES:
+        host = "/dev/" + name
+        if not os.path.exists(host):
+            continue
+        with open(os.path.join(target, name), "w"):
+            pass
+        mount(host, os.path.join(target, name), None, MS_BIND)
+        bound.append(host)
+    os.mkdir(os.path.join(target, "shm"))
+    os.mkdir(os.path.join(target, "pts"))
+    links = DEV_LINKS
+    try:
+        mount("devpts", os.path.join(target, "pts"), "devpts", MS_NOSUID | MS_NOEXEC,
+              "newinstance,ptmxmode=0666,mode=0620")
+    except OSError:
+        links = tuple(link for link in DEV_LINKS if link[0] != "ptmx")
+    for name, dest in links:
+        os.symlink(dest, os.path.join(target, name))
     return bound
 
 
