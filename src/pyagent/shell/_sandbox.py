@@ -260,7 +260,7 @@ def minimal_dev(target: str) -> list[str]:
         bound.append(host)
     os.mkdir(os.path.join(target, "shm"))
     os.mkdir(os.path.join(target, "pts"))
-    links = DEV_LINKS
+    links: tuple[tuple[str, str], ...] = DEV_LINKS
     try:
         mount("devpts", os.path.join(target, "pts"), "devpts", MS_NOSUID | MS_NOEXEC,
               "newinstance,ptmxmode=0666,mode=0620")
