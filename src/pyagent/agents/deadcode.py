@@ -59,21 +59,20 @@ def _private(name: str) -> bool:
     )
 
 
+def _starts_at(node: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef, line: int) -> bool:
+    """vulture's first line of a definition is its first decorator's line when it has one."""
+    return line in (node.lineno, *(d.lineno for d in node.decorator_list[:1]))
+
+
 def _decorated_or_subclassing(tree: ast.Module, name: str, line: int) -> bool:
-    """Decorators may register a definition; a method of a class with bases may be called by the base."""
+    """Decorators may register a definition (a pytest fixture, a route); a method of a class with
+    bases may be called by the base."""
     for node in ast.walk(tree):
         if isinstance(node, ast.ClassDef) and node.bases:
             for item in node.body:
-                if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef) and (item.name, item.lineno) == (
-                    name,
-                    line,
-                ):
+                if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef) and item.name == name and _starts_at(item, line):
                     return True
-        if (
-            isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
-            and node.name == name
-            and node.lineno == line
-        ):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and node.name == name and _starts_at(node, line):
             return bool(node.decorator_list)
     return False
 
