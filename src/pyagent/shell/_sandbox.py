@@ -348,15 +348,17 @@ def drop_capabilities() -> None:
     _clear_inheritable()
 
 
+class _CapHeader(ctypes.Structure):
+    _fields_ = (("version", ctypes.c_uint32), ("pid", ctypes.c_int))
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = (("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32))
+
+
 def _clear_inheritable() -> None:
-    class Header(ctypes.Structure):
-        _fields_ = (("version", ctypes.c_uint32), ("pid", ctypes.c_int))
-
-    class Data(ctypes.Structure):
-        _fields_ = (("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32))
-
-    hdr = Header(0x20080522, 0)
-    data = (Data * 2)()
+    hdr = _CapHeader(0x20080522, 0)
+    data = (_CapData * 2)()
     _check(_libc.capget(ctypes.byref(hdr), data), "capget")
     if data[0].inheritable or data[1].inheritable:
         data[0].inheritable = data[1].inheritable = 0
