@@ -3,7 +3,7 @@
 * ``pyagent exec -- true``: the real CLI as a subprocess, median of N runs each way (``--no-sandbox`` is
   the unconfined anchor); target: confined - unconfined < 30 ms;
 * ``SecureShell.run(["true"])`` in-process (the same, without the CLI's interpreter start);
-* one gate run: the product's TestRunner on a two-test pytest project, median of a few runs each way;
+* one gate run: the product's test agent on a two-test pytest project, median of a few runs each way;
 * where the confined side's time goes: each kernel step the supervisor makes (user, PID, mount and
   network namespaces, the private root, private tmp, the Landlock ruleset), timed in a forked child
   with the product's own primitives (``pyagent.shell._sandbox``) and the real plan, median of 10.
@@ -31,7 +31,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pyagent.agents.testing import TestRunner, discover_tests
+from pyagent.agents.testing import TestAgent, discover_tests
+from pyagent.model.context import CascadeContext
 from pyagent.shell import Confinement, SecureShell
 from pyagent.shell import _sandbox as sb
 from pyagent.shell.confine import plan
@@ -94,11 +95,12 @@ def in_process(confine: Confinement, cwd: str) -> Callable[[], object]:
 def gate(confine: Confinement, project: Path) -> Callable[[], object]:
     command = discover_tests(project)
     assert command is not None
-    runner = TestRunner(command, SecureShell(timeout=120.0, confine=confine), timeout=120.0)
+    agent = TestAgent(command, SecureShell(timeout=120.0, confine=confine), timeout=120.0)
+    task = agent.task(CascadeContext.root("benchmark"))
 
     def go() -> None:
-        res = asyncio.run(runner.run(project))
-        assert sorted(res.outcomes.values()) == ["passed", "passed"], res
+        res = asyncio.run(agent.run(task, project)).tests
+        assert res is not None and sorted(res.outcomes.values()) == ["passed", "passed"], res
 
     return go
 

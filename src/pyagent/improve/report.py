@@ -15,7 +15,7 @@ import orjson
 from pyagent.model.status import Status
 
 if TYPE_CHECKING:
-    from pyagent.agents.testing import TestResults
+    from pyagent.agents.test_results import TestResults
     from pyagent.fleet.events import FleetEvent
     from pyagent.improve.result import RunResult
 
