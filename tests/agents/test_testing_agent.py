@@ -101,3 +101,28 @@ def test_parse_real_unittest_output(tmp_path: Path) -> None:
     )
     outcomes = parse_unittest(out.stderr)
     assert outcomes == {"test_u.T.test_ok": "passed", "test_u.T.test_bad": "failed"}
+
+
+def test_renamed_parametrized_cases_are_not_regressions_but_lost_ones_are() -> None:
+    before = TestResults(
+        {
+            "t::test_p[obj0x1]": "passed",
+            "t::test_p[obj0x2]": "passed",
+            "t::test_q[a]": "passed",
+            "t::test_r[x]": "passed",
+        },
+        (),
+        0,
+        0.1,
+    )
+    # test_p's two cases come back under new ids (both pass); test_q has one case fewer; test_r fails
+    after = TestResults(
+        {"t::test_p[obj0x7]": "passed", "t::test_p[obj0x8]": "passed", "t::test_r[x]": "failed"},
+        (),
+        1,
+        0.1,
+    )
+    assert after.regressions(before) == ["t::test_q[a]", "t::test_r[x]"]
+    # a renamed case that now fails is not a pass: the vanished id is still lost
+    worse = TestResults({"t::test_p[obj0x7]": "failed", "t::test_p[obj0x8]": "passed"}, (), 1, 0.1)
+    assert worse.regressions(before) == ["t::test_p[obj0x2]", "t::test_q[a]", "t::test_r[x]"]

@@ -52,6 +52,11 @@ _WARNING_LINE = re.compile(
 )
 
 
+def _family(test_id: str) -> str:
+    """The test function a parametrized id belongs to: ``mod::test_f[3-x]`` -> ``mod::test_f``."""
+    return test_id.split("[", 1)[0]
+
+
 @dataclass(frozen=True)
 class TestResults:
     """Outcome of one test run: per-test status plus how the run itself ended."""
@@ -82,9 +87,26 @@ class TestResults:
         return {t for t, s in self.outcomes.items() if s == "passed"}
 
     def regressions(self, baseline: TestResults) -> list[str]:
-        """Tests that passed in ``baseline`` and did not pass here (failed, errored or vanished)."""
+        """Tests that passed in ``baseline`` and did not pass here (failed, errored or vanished).
+
+        A parametrized case whose id changed between runs (ids built from reprs, dates or memory
+        addresses) is not lost: vanished ``test_f[...]`` ids are matched by count against ``test_f``'s
+        passing ids that are new here, and only the vanished ids beyond those count.
+        """
         mine = self.passing()
-        return sorted(t for t in baseline.passing() if t not in mine)
+        lost = sorted(t for t in baseline.passing() if t not in mine)
+        renamed: dict[str, int] = {}
+        for t in mine:
+            if "[" in t and t not in baseline.outcomes:
+                renamed[_family(t)] = renamed.get(_family(t), 0) + 1
+        out: list[str] = []
+        for t in lost:
+            family = _family(t)
+            if t not in self.outcomes and "[" in t and renamed.get(family, 0) > 0:
+                renamed[family] -= 1
+                continue
+            out.append(t)
+        return out
 
     def selected_regressions(self, baseline: TestResults) -> list[str]:
         """Baseline passes among the tests that ran which fail now, and new failures.

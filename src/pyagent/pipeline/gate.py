@@ -284,6 +284,7 @@ class VerificationGate(AuditorMixin):
             "regressions": regressions,
             "duration": round(results.duration, 3),
             "selected": "all" if selection is None else selection,
+            "sandbox": list(results.sandbox),  # what confined this run and what it refused (every gate run)
         }
         if results.timed_out:
             return Verification(
