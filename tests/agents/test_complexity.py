@@ -551,10 +551,11 @@ def test_a_parameter_rope_passes_but_the_block_binds_itself_is_dropped_or_refuse
 
     bound, maybe = _bound_on_entry(fn, loop), _bound_on_entry(fn, loop, on_some_path=True)
     assert "keys" not in bound and "keys" not in maybe
-    new, name = _finish_helper(extracted, block, "f", set(), set(), bound, maybe)
+    lines = caller.splitlines(keepends=True)
+    new, name = _finish_helper(extracted, block, "f", set(), set(), bound, maybe, caller_lines=lines)
     assert f"def {name}(data):" in new and f"{name}(data)\n" in new
     with pytest.raises(RefactorSkipped, match="may have no value yet"):
-        _finish_helper(extracted, block, "f", set(), set(), bound, maybe | {"keys"})
+        _finish_helper(extracted, block, "f", set(), set(), bound, maybe | {"keys"}, caller_lines=lines)
 
 
 def test_helpers_split_again_keep_a_branchy_normalizer_equivalent() -> None:
@@ -594,3 +595,117 @@ def test_helpers_split_again_keep_a_branchy_normalizer_equivalent() -> None:
         [([{"a": 1}, {"b": 2}], "keys"), ({"x": [1, 2]}, "keys"), ([[1, 2]], "keys"), ([], "keys"),
          ([{"a": 1}], "firstrow")],
     )
+
+
+_TALLY_BODY = """
+        total = 0
+        for item in items:
+            if item > limit:
+                if item % 2:
+                    total += item {use}
+                elif item % 3:
+                    total -= item
+                else:
+                    total += 1
+            elif item < 0:
+                total = 0
+        if limit:
+            total += 1
+        return total
+"""
+
+
+def _class_with(decorator: str, receiver: str, use: str = "") -> str:
+    params = f"{receiver}, items, limit" if receiver else "items, limit"
+    body = _TALLY_BODY.format(use=use)
+    return f"class Base:\n    step = 1\n\n    {decorator}\n    def tally({params}):{body}\n\n\nclass Child(Base):\n    step = 5\n"
+
+
+def _helper_def(new: str, name: str) -> ast.FunctionDef:
+    cls = next(n for n in ast.parse(new).body if isinstance(n, ast.ClassDef) and n.name == "Base")
+    return next(n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == name)
+
+
+@pytest.mark.parametrize(
+    ("decorator", "receiver", "use", "expect"),
+    [
+        ("", "self", "", "staticmethod"),  # self unused by the block: no unused parameter
+        ("@staticmethod", "", "", "staticmethod"),
+        ("@classmethod", "cls", "", "staticmethod"),  # cls unused: static too
+        ("", "self", "* self.step", "self"),  # uses self: stays a method
+        ("@classmethod", "cls", "* cls.step", "cls"),  # uses cls: a classmethod called through cls
+    ],
+)
+def test_a_helper_from_a_method_is_a_correct_member_of_its_class(
+    decorator: str, receiver: str, use: str, expect: str
+) -> None:
+    src = _class_with(decorator, receiver, use)
+    new, result = _refactor(src, "Base.tally", limit=3)
+    helper = _helper_def(new, result.helpers[0])
+    decorators = {ast.unparse(d) for d in helper.decorator_list}
+    first = (helper.args.args or [None])[0]
+    if expect == "staticmethod":
+        assert decorators == {"staticmethod"} and (first is None or first.arg not in ("self", "cls"))
+    else:
+        assert first is not None and first.arg == expect
+        assert decorators == ({"classmethod"} if expect == "cls" else set())
+    if expect == "cls":  # called through cls, so a subclass's attributes are seen
+        assert f"cls.{result.helpers[0]}(" in new and f"Base.{result.helpers[0]}(" not in new
+    old_ns, new_ns = _load(src), _load(new)
+    cases = [([3, 4, 5, 9, -1, 12], 2), ([1, 2], 0), ([], 7)]
+    for cls_name in ("Base", "Child"):
+        old_cls, new_cls = old_ns[cls_name], new_ns[cls_name]
+        for items, limit in cases:
+            old_val = old_cls().tally(items, limit) if receiver == "self" else old_cls.tally(items, limit)
+            new_val = new_cls().tally(items, limit) if receiver == "self" else new_cls.tally(items, limit)
+            assert old_val == new_val, (cls_name, items, limit)
+
+
+NESTED_REPL = '''
+import re
+
+
+def render(text, table):
+    """Replace each %x code in ``text`` from ``table``."""
+
+    def repl(match):
+        code = match.group(0)
+        if code in table:
+            return str(table[code])
+        elif code == "%P":
+            parts = []
+            hours, minutes = divmod(len(table) * 61, 60)
+            # the time part
+            if hours or minutes:
+                parts.append("T")
+                if hours:
+                    parts.append("%sH" % hours)
+                if minutes:
+                    parts.append("%sM" % table.get("%m", minutes))
+            return "".join(parts) or "0D"
+        return code
+
+    return re.sub("%[A-Za-z]", repl, text)
+'''
+
+
+def test_a_block_of_a_nested_function_is_lifted_to_module_level_with_its_closure_values() -> None:
+    # isodate's _strfduration: all its complexity is in the nested `repl`, which counts as its own
+    new, result = _refactor(NESTED_REPL, "render", limit=4)
+    assert result.after < result.before
+    module = ast.parse(new)
+    helper = next(n for n in module.body if isinstance(n, ast.FunctionDef) and n.name == result.helpers[0])
+    assert "table" in [a.arg for a in helper.args.args]  # the closure variable comes in as a parameter
+    assert [n.name for n in module.body if isinstance(n, ast.FunctionDef)] == ["render", result.helpers[0]]
+    old_render, new_render = _load(textwrap.dedent(NESTED_REPL))["render"], _load(new)["render"]
+    for text, table in (("%P and %x", {"%x": 1}), ("%P", {}), ("%P", {"%m": "m", "%a": 2, "%b": 3}), ("%q", {})):
+        assert old_render(text, table) == new_render(text, table)
+
+
+def test_a_closure_variable_another_nested_function_rebinds_is_not_lifted() -> None:
+    rebinding = NESTED_REPL.replace(
+        "    return re.sub(",
+        "    def swap():\n        nonlocal table\n        table = {}\n\n    return re.sub(",
+    )
+    with pytest.raises(RefactorSkipped, match="closure variable"):
+        _refactor(rebinding, "render", limit=4)

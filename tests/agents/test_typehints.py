@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import subprocess
 import sys
@@ -287,11 +288,62 @@ def test_the_tracer_takes_itself_out_after_its_time_budget(tmp_path: Path) -> No
     assert recorder.stopped and not still_hooked
 
 
-def test_a_header_that_would_pass_79_characters_is_left_as_it_is() -> None:
-    # on tabulate the gate rolled back a file whose annotated header broke its E501 limit
+def test_a_header_that_would_pass_79_characters_is_folded_one_parameter_a_line() -> None:
+    # on tabulate the gate rolled back a file whose annotated headers broke its E501 limit
     header = "def render_table(rows_to_render, separator_between, maximum_width_allowed):"
     assert len(header) <= 79 < len(header) + len(" -> None")
-    src = header + "\n    print(rows_to_render)\n\n\ndef short(x):\n    print(x)\n"
-    traced = {"render_table": {"args": {"rows_to_render": "list[str]"}, "returns": None}}
+    long_method = "    def choose_padfn(self, strings, alignment, has_invisible, preserve_whitespace=False):"
+    assert len(long_method) > 79  # already over 79 before: annotating it must not make it longer
+    src = (
+        header
+        + "\n    print(rows_to_render)\n\n\ndef short(x):\n    print(x)\n\n\nclass K:\n"
+        + long_method
+        + "\n        return 1\n"
+    )
+    traced = {
+        "render_table": {"args": {"rows_to_render": "list[str]"}, "returns": None},
+        "K.choose_padfn": {"args": {"strings": "list[str]", "preserve_whitespace": "bool"}, "returns": "int"},
+    }
     new, done = annotate(src, infer_annotations(src, traced, min_version=(3, 10)))
-    assert done == ["short"] and header in new and "def short(x) -> None:" in new
+    assert sorted(done) == ["K.choose_padfn", "render_table", "short"]
+    assert max(len(line) for line in new.splitlines()) <= 79
+    assert "def render_table(\n    rows_to_render: list[str],\n    separator_between,\n" in new
+    assert "    maximum_width_allowed,\n) -> None:\n" in new
+    assert "        preserve_whitespace: bool = False,\n    ) -> int:\n" in new
+    assert "def short(x) -> None:" in new
+    ast.parse(new)
+
+
+def test_parameters_the_author_laid_over_several_lines_are_not_refolded() -> None:
+    src = (
+        "def render(rows_to_render,\n"
+        "           separator_between_the_cells_of_each_row, maximum_width_allowed_for_the_table):\n"
+        "    print(rows_to_render)\n"
+    )
+    traced = {"render": {"args": {"rows_to_render": "list[str]"}, "returns": None}}
+    new, done = annotate(src, infer_annotations(src, traced, min_version=(3, 10)))
+    assert done == [] and new == src  # annotating would push its second line past 79
+
+
+def test_a_class_not_yet_defined_where_the_def_runs_is_written_only_when_annotations_are_deferred() -> None:
+    # tabulate (Python >= 3.10, no __future__ import): `-> JupyterHTMLStr` on a function above the
+    # class was F821 and a NameError at import; `-> Node` inside class Node is the same
+    src = (
+        "def render(rows):\n    return Html(rows)\n\n\n"
+        "class Html(str):\n    pass\n\n\n"
+        "class Node:\n    def copy(self, other):\n        return Node()\n\n\n"
+        "def again(rows):\n    return Html(rows)\n"
+    )
+    traced = {
+        "render": {"args": {"rows": "list[str]"}, "returns": "Html"},
+        "Node.copy": {"args": {"other": "Node"}, "returns": "Node"},
+        "again": {"args": {"rows": "list[str]"}, "returns": "Html"},
+    }
+    anns = _by_name(infer_annotations(src, traced, min_version=(3, 10)))
+    assert anns["render"].args == (("rows", "list[str]"),) and anns["render"].returns is None
+    assert "Node.copy" not in anns
+    assert anns["again"].returns == "Html"  # defined above it
+    new, _ = annotate(src, list(anns.values()))
+    exec(compile(new, "m.py", "exec"), {})  # imports cleanly
+    deferred = _by_name(infer_annotations("from __future__ import annotations\n" + src, traced, min_version=(3, 10)))
+    assert deferred["render"].returns == "Html" and deferred["Node.copy"].returns == "Node"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -132,3 +134,27 @@ def test_git_repo_status_shows_only_the_replaced_files(tree: Path) -> None:
     apply_replace(plan_replace(tree / "src", "old_name", "new_name"))
     status = subprocess.run(["git", "status", "--porcelain"], cwd=tree, capture_output=True, text=True).stdout
     assert sorted(line[3:] for line in status.splitlines()) == ["src/a.py", "src/b.txt"]
+
+
+def test_an_unreadable_file_comes_back_as_a_typed_entry_relative_to_the_root(tree: Path) -> None:
+    """A file the walk cannot read is an ``UnreadablePath`` (path relative to the plan's root, the OS
+    reason); the rest of the tree is still planned."""
+    locked = tree / "src" / "locked.py"
+    locked.write_text("old_name\n")
+    locked.chmod(0)
+    code = (
+        "import sys\nfrom pyagent.state.replace import plan_replace\n"
+        "plan = plan_replace(sys.argv[1], 'old_name', 'new_name')\n"
+        "print([(type(e).__name__, e.path) for e in plan.errors], plan.files)\n"
+        "print(plan.errors[0].reason)\n"
+    )
+    cmd = [sys.executable, "-c", code, str(tree)]
+    if os.geteuid() == 0:  # root reads anything: drop the capabilities that bypass file permissions
+        cmd = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *cmd]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    finally:
+        locked.chmod(0o644)
+    entries, reason = out.stdout.splitlines()
+    assert entries == "[('UnreadablePath', 'src/locked.py')] 2", out.stderr
+    assert "ermission denied" in reason

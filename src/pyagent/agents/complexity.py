@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 import libcst as cst
 
 from pyagent.agents.base import BaseAgent
+from pyagent.agents.helper_names import helper_name, unique_name
 from pyagent.agents.mixins.auditor import AuditorMixin
 from pyagent.agents.worker import AgentOutcome
 
@@ -119,6 +120,43 @@ def _negate(expr: cst.BaseExpression) -> cst.BaseExpression:
     return cst.UnaryOperation(operator=cst.Not(), expression=operand)
 
 
+def _only_pass(block: cst.BaseSuite) -> bool:
+    """The block is ``pass`` and nothing else, not even a comment."""
+    if isinstance(block, cst.SimpleStatementSuite):
+        return all(isinstance(s, cst.Pass) for s in block.body) and block.trailing_whitespace.comment is None
+    if not isinstance(block, cst.IndentedBlock) or block.header.comment is not None or _has_comment(block.footer):
+        return False
+    return all(
+        isinstance(st, cst.SimpleStatementLine)
+        and not _has_comment(st.leading_lines)
+        and st.trailing_whitespace.comment is None
+        and all(isinstance(s, cst.Pass) for s in st.body)
+        for st in block.body
+    )
+
+
+_PURE_ATOMS = (cst.Name, cst.Integer, cst.Float, cst.SimpleString)
+
+
+def _pure(expr: cst.BaseExpression) -> bool:
+    """Evaluating ``expr`` cannot do anything: names, literals, ``not``/``and``/``or`` of them, and
+    ``is``/``==``/``!=`` between a name and a literal (no call, attribute or item access, whose
+    evaluation may run code). Only then may an ``elif c: pass`` with nothing after it go."""
+    if isinstance(expr, _PURE_ATOMS):
+        return True
+    if isinstance(expr, cst.UnaryOperation) and isinstance(expr.operator, cst.Not):
+        return _pure(expr.expression)
+    if isinstance(expr, cst.BooleanOperation):
+        return _pure(expr.left) and _pure(expr.right)
+    if isinstance(expr, cst.Comparison):
+        operands = [expr.left, *(c.comparator for c in expr.comparisons)]
+        identity = all(isinstance(c.operator, cst.Is | cst.IsNot) for c in expr.comparisons)
+        equality = all(isinstance(c.operator, cst.Equal | cst.NotEqual) for c in expr.comparisons)
+        literal = any(isinstance(o, cst.Integer | cst.Float | cst.SimpleString) for o in operands)
+        return all(isinstance(o, _PURE_ATOMS) for o in operands) and (identity or (equality and literal))
+    return False
+
+
 class _FunctionRewriter(cst.CSTTransformer):
     """Guard clauses and merged conditions, only inside the function named ``qualname``."""
 
@@ -152,7 +190,15 @@ class _FunctionRewriter(cst.CSTTransformer):
         return updated
 
     def leave_If(self, original: cst.If, updated: cst.If) -> cst.If:
-        if not self.inside or updated.orelse is not None:
+        if not self.inside:
+            return updated
+        tail = updated.orelse
+        empty_tail = isinstance(tail, cst.If) and tail.orelse is None and _only_pass(tail.body)
+        if isinstance(tail, cst.If) and empty_tail and _pure(tail.test) and not _has_comment(tail.leading_lines):
+            rendered = self._module.code_for_node(tail.test)
+            self.steps.append(f"dropped the empty trailing `elif {rendered}: pass`")
+            return updated.with_changes(orelse=None)
+        if updated.orelse is not None:
             return updated
         body = updated.body
         if not isinstance(body, cst.IndentedBlock) or len(body.body) != 1 or _has_comment(body.footer):
@@ -350,98 +396,6 @@ def _offset(lines: Sequence[str], lineno: int, col_bytes: int) -> int:
     before = sum(len(line) for line in lines[: lineno - 1])
     text = lines[lineno - 1]
     return before + len(text.encode("utf-8")[:col_bytes].decode("utf-8", errors="ignore"))
-
-
-_WORD = re.compile(r"[A-Za-z][A-Za-z0-9]*")
-
-
-def _words(expr: ast.AST, limit: int = 3) -> list[str]:
-    seen: list[str] = []
-    for node in ast.walk(expr):
-        if isinstance(node, ast.Name):
-            word = node.id
-        elif isinstance(node, ast.Attribute):
-            word = node.attr
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.isidentifier():
-            word = node.value
-        else:
-            continue
-        word = word.strip("_").lower()
-        if word and word not in seen and word not in ("self", "cls"):
-            seen.append(word)
-    return seen[:limit]
-
-
-_WRAPPERS = frozenset({"enumerate", "zip", "sorted", "reversed", "list", "tuple", "set", "iter", "range", "len"})
-
-
-def _iterated(expr: ast.AST) -> ast.AST:
-    """What a loop really walks: ``xs`` for ``enumerate(xs)``, ``sorted(xs)``, ``range(len(xs))``."""
-    while (
-        isinstance(expr, ast.Call)
-        and isinstance(expr.func, ast.Name)
-        and expr.func.id in _WRAPPERS
-        and expr.args
-    ):
-        expr = expr.args[0]
-    return expr
-
-
-def _short(expr: ast.AST, limit: int = 40) -> str | None:
-    text = ast.unparse(expr)
-    return text if len(text) <= limit and "\n" not in text else None
-
-
-def _name_and_doc(
-    block: _Block, caller: str, returned: Sequence[str], params: Sequence[str]
-) -> tuple[str, str]:
-    """A name from what the helper iterates over, returns or tests, and a one-line summary of it."""
-    owner = block.owner
-    short = caller.rsplit(".", 1)[-1]
-    gives = ""
-    if returned:
-        verb = "updated" if all(r in params for r in returned) else "computed"
-        gives = f" and return the {verb} " + ", ".join(f"``{r}``" for r in returned)
-    if block.kind == "loop" and isinstance(owner, ast.For):
-        names = [n.id for n in ast.walk(owner.target) if isinstance(n, ast.Name)]
-        if names:
-            item = "_".join(n.strip("_").lower() for n in names[:2]) or "item"
-            targets = ", ".join(f"``{n}``" for n in names[:2])
-            return f"_process_{item}", f"Process one {targets} of the loop in ``{short}``{gives}."
-    if returned:
-        verb = "update" if all(r in params for r in returned) else "compute"
-        name = f"_{verb}_" + "_and_".join(r.strip("_").lower() for r in returned[:2])
-        what = ", ".join(f"``{r}``" for r in returned)
-        return name, f"{verb.capitalize()} {what} for ``{short}``."
-    if block.kind in ("branch", "else") and isinstance(owner, ast.If):
-        words = _words(owner.test) or ["case"]
-        shown = _short(owner.test)
-        prefix = "_handle_" if block.kind == "branch" else "_handle_not_"
-        case = f"``{shown}``" if shown else "its condition"
-        if block.kind == "branch":
-            return prefix + "_".join(words), f"Handle the {case} case of ``{short}``{gives}."
-        return prefix + "_".join(words), f"Handle ``{short}`` when {case} does not hold{gives}."
-    only = block.stmts[0] if len(block.stmts) == 1 else None
-    if isinstance(only, ast.For) and (words := _words(_iterated(only.iter), 2)):
-        return "_process_" + "_".join(
-            words
-        ), f"Process each of ``{ast.unparse(only.iter)[:40]}`` for ``{short}``{gives}."
-    if isinstance(only, ast.While) and (words := _words(only.test, 2)):
-        shown = _short(only.test) or "its condition"
-        return "_loop_while_" + "_".join(words), f"Run ``{short}``'s loop while ``{shown}`` holds{gives}."
-    if isinstance(only, ast.If) and (words := _words(only.test)):
-        shown = _short(only.test) or "its condition"
-        return "_handle_" + "_".join(words), f"The part of ``{short}`` that depends on ``{shown}``{gives}."
-    base = short.strip("_")
-    return f"_{base}_{block.kind}_part", f"The ``{block.kind}`` block of ``{short}``."
-
-
-def _unique(name: str, taken: set[str]) -> str:
-    name = re.sub(r"[^0-9A-Za-z_]", "_", name)
-    candidate, n = name, 2
-    while candidate in taken or not candidate.isidentifier():
-        candidate, n = f"{name}_{n}", n + 1
-    return candidate
 
 
 class _Leaves(Exception):
@@ -692,7 +646,10 @@ def _wrap(text: str, pad: str) -> list[str]:
     import textwrap
 
     width = max(40, LINE_LIMIT - len(pad))
-    return [f"{pad}{line}\n" for line in textwrap.wrap(text, width, break_long_words=False)]
+    # a ``code span`` is not broken over lines: its spaces are held as NUL while wrapping
+    held = re.sub(r"``[^`]+``", lambda m: m.group(0).replace(" ", "\0"), text)
+    wrapped = textwrap.wrap(held, width, break_long_words=False, break_on_hyphens=False)
+    return [f"{pad}{line.replace(chr(0), ' ')}\n" for line in wrapped]
 
 
 def _fold_long_call(line: str) -> str:
@@ -759,6 +716,8 @@ def _finish_helper(
     needed: set[str],
     bound: set[str] | None = None,
     bound_somewhere: set[str] | None = None,
+    *,
+    caller_lines: Sequence[str],
 ) -> tuple[str, str]:
     """Check rope's helper, give it its name, docstring and blank lines; return (source, name)."""
     tree = ast.parse(source)
@@ -791,6 +750,10 @@ def _finish_helper(
     if rewritten != source:
         source, tree = rewritten, ast.parse(rewritten)
         helper = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == _TEMP_NAME)
+    placed = _as_class_member(source, tree, helper, caller)
+    if placed != source:
+        source, tree = placed, ast.parse(placed)
+        helper = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == _TEMP_NAME)
     module_level = helper in tree.body
     returned: list[str] = []
     last = helper.body[-1]
@@ -804,8 +767,11 @@ def _finish_helper(
     dropped = sorted(needed - set(returned))
     if dropped:  # rope's data flow missed a value the caller reads later
         raise RefactorSkipped(f"the helper would not hand back `{dropped[0]}`, which {caller} reads later")
-    name, doc = _name_and_doc(block, caller, returned, params)
-    name = _unique(name, taken)
+    name, doc = helper_name(block.stmts, block.kind, block.owner, caller, returned, params, caller_lines)
+    unique = unique_name(name, caller, taken)
+    if unique is None:
+        raise RefactorSkipped(f"`{name}` and `{name}_in_...` are taken: no name for the helper a reader could use")
+    name = unique
     lines = source.splitlines(keepends=True)
     header = lines[helper.lineno - 1]
     if not header.rstrip().endswith(":"):
@@ -836,6 +802,95 @@ def _finish_helper(
     text = re.sub(rf"\b{_TEMP_NAME}\b", name, "".join(lines))
     folded = (_fold_long_call(ln) if re.search(rf"\b{name}\(", ln) else ln for ln in text.splitlines(keepends=True))
     return "".join(folded), name
+
+
+def _char_col(line: str, col_bytes: int) -> int:
+    """The character index of a UTF-8 byte column (ast's offsets) in ``line``."""
+    return len(line.encode("utf-8")[:col_bytes].decode("utf-8", errors="ignore"))
+
+
+def _decorator_names(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> set[str]:
+    return {ast.unparse(d).rsplit(".", 1)[-1] for d in fn.decorator_list}
+
+
+def _as_class_member(source: str, tree: ast.Module, helper: ast.FunctionDef, caller: str) -> str:
+    """A helper rope put in a class, made a correct member of it.
+
+    A method whose ``self``/``cls`` the block never uses becomes a ``@staticmethod`` (no unused
+    parameter, and it still works through ``self.``); a classmethod helper that uses ``cls`` is
+    called through the caller's ``cls``, not the class name (which would drop subclass overrides);
+    and a helper in a class body with neither a receiver nor ``@staticmethod`` gets the decorator,
+    so it is never a method without ``self``.
+    """
+    owner = next(
+        (c for c in tree.body if isinstance(c, ast.ClassDef) and helper in c.body),
+        None,
+    )
+    if owner is None:
+        return source
+    decorators = _decorator_names(helper)
+    if "staticmethod" in decorators:
+        return source
+    lines = source.splitlines(keepends=True)
+    header_no = helper.lineno - 1
+    header = lines[header_no]
+    pad = header[: len(header) - len(header.lstrip())]
+    params = helper.args.posonlyargs + helper.args.args
+    first = params[0].arg if params else None
+    if first not in ("self", "cls"):
+        lines.insert(header_no, f"{pad}@staticmethod\n")
+        return "".join(lines)
+    uses_receiver = any(
+        isinstance(n, ast.Name) and n.id == first for stmt in helper.body for n in ast.walk(stmt)
+    )
+    if uses_receiver:
+        if "classmethod" not in decorators:
+            return source
+        try:
+            fn, _ = _find_function(tree, caller)
+        except RefactorSkipped:
+            return source
+        receivers = fn.args.posonlyargs + fn.args.args
+        if not receivers or "classmethod" not in _decorator_names(fn):
+            return source
+        receiver = receivers[0]
+        call = next(
+            (
+                n
+                for n in ast.walk(fn)
+                if isinstance(n, ast.Call)
+                and isinstance(n.func, ast.Attribute)
+                and n.func.attr == _TEMP_NAME
+                and isinstance(n.func.value, ast.Name)
+            ),
+            None,
+        )
+        if call is None or call.lineno != call.end_lineno or call.keywords:
+            raise RefactorSkipped("rope's call of a classmethod helper is not a one-line call")
+        # rope calls a classmethod helper through the class name and passes ``cls`` again as an
+        # argument; call it through the caller's ``cls`` with the parameters the helper declares
+        args = [ast.unparse(a) for a in call.args]
+        if len(args) == len(params) and receiver.arg in args:
+            args.remove(receiver.arg)
+        if len(args) != len(params) - 1:
+            raise RefactorSkipped("rope's call of a classmethod helper does not match its parameters")
+        text = lines[call.lineno - 1]
+        start, end = _char_col(text, call.col_offset), _char_col(text, call.end_col_offset or 0)
+        lines[call.lineno - 1] = f"{text[:start]}{receiver.arg}.{_TEMP_NAME}({', '.join(args)}){text[end:]}"
+        return "".join(lines)
+    if not header.rstrip().endswith(":"):
+        return source  # a header over several lines: leave rope's (correct) method as it is
+    dropped = re.sub(rf"\(\s*{first}\s*(,\s*|(?=\)))", "(", header, count=1)
+    if dropped == header:
+        return source
+    lines[header_no] = dropped
+    if "classmethod" in decorators:
+        for d in helper.decorator_list:
+            if ast.unparse(d).rsplit(".", 1)[-1] == "classmethod":
+                lines[d.lineno - 1] = lines[d.lineno - 1].replace(ast.unparse(d), "staticmethod", 1)
+    else:
+        lines.insert(header_no, f"{pad}@staticmethod\n")
+    return "".join(lines)
 
 
 # -- the whole refactoring ---------------------------------------------------------------------
@@ -874,19 +929,31 @@ def _extract_once(
     good enough (complexity not lower, MI worse), and the next block is tried.
     """
     tree = ast.parse(source)
-    fn, _in_class = _find_function(tree, qualname)
+    fn, in_class = _find_function(tree, qualname)
     lines = source.splitlines(keepends=True)
     reasons: list[str] = []
-    scored: list[tuple[int, int, _Block]] = []
-    for block in _blocks(fn, lines):
-        if block.decisions < 2 or block.decisions >= complexity - 1:
-            continue
-        why = _escape_reason(block.stmts)
-        if why:
-            reasons.append(why)
-            continue
-        balance = max(complexity - block.decisions, block.decisions + 1)
-        scored.append((balance, block.stmts[0].lineno, block))
+    scored: list[tuple[int, int, _Block, ast.FunctionDef | ast.AsyncFunctionDef]] = []
+    # the function's own blocks, and those of functions nested in a module-level function (their
+    # complexity counts as the outer one's; the helper is lifted to module level)
+    homes: list[ast.FunctionDef | ast.AsyncFunctionDef] = [fn]
+    if not in_class:
+        homes += [
+            n
+            for n in fn.body
+            if isinstance(n, ast.FunctionDef)
+            and not n.decorator_list
+            and not any(isinstance(x, ast.Nonlocal | ast.Global) for x in ast.walk(n))
+        ]
+    for home in homes:
+        for block in _blocks(home, lines):
+            if block.decisions < 2 or block.decisions >= complexity - 1:
+                continue
+            why = _escape_reason(block.stmts)
+            if why:
+                reasons.append(why)
+                continue
+            balance = max(complexity - block.decisions, block.decisions + 1)
+            scored.append((balance, block.stmts[0].lineno, block, home))
     if not scored:
         detail = f" ({'; '.join(sorted(set(reasons))[:3])})" if reasons else ""
         raise RefactorSkipped(f"no block of {qualname} can be extracted safely{detail}")
@@ -894,22 +961,29 @@ def _extract_once(
         n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
     }
     last_error = ""
-    for _balance, _line, block in sorted(scored, key=lambda t: (t[0], t[1])):
+    for _balance, _line, block, home in sorted(scored, key=lambda t: (t[0], t[1])):
         first, last = block.stmts[0], block.stmts[-1]
         start = _offset(lines, first.lineno, 0)
         end = _offset(lines, last.end_lineno or last.lineno, last.end_col_offset or 0)
+        caller = qualname if home is fn else f"{qualname}.<locals>.{home.name}"
+        closure: set[str] = set()
+        if home is not fn:  # what the outer function has certainly bound before it defines ``home``
+            closure = _bound_on_entry(fn, home)
         try:
             extracted = _rope_extract(source, start, end)
+            if home is not fn:
+                extracted = _lift_helper(extracted, qualname, home.name)
             new, name = _finish_helper(
                 extracted,
                 block,
-                qualname,
+                caller,
                 taken,
-                _values_used_outside(fn, block),
-                _bound_on_entry(fn, first),
-                _bound_on_entry(fn, first, on_some_path=True),
+                _values_used_outside(home, block),
+                _bound_on_entry(home, first) | closure,
+                _bound_on_entry(home, first, on_some_path=True) | closure,
+                caller_lines=lines,
             )
-            ast.parse(new)
+            compile(new, "<refactored>", "exec", dont_inherit=True)  # symbol-table errors too
         except (RefactorSkipped, SyntaxError) as exc:
             last_error = str(exc)
             continue
@@ -920,6 +994,60 @@ def _extract_once(
         where = f"line {first.lineno}"
         return new, name, f"extracted the {block.kind} block at {where} into `{name}`"
     raise RefactorSkipped(f"no extraction of {qualname} worked: {last_error}")
+
+
+def _lift_helper(source: str, outer: str, nested: str) -> str:
+    """rope's helper for a block of ``outer``'s nested function ``nested``, moved from ``outer``'s
+    body to module level right after ``outer`` (where it no longer counts as ``outer``'s complexity).
+
+    Refused when the helper reads a name of ``outer``'s scope that rope did not pass in (a closure
+    variable), since at module level that name would not exist.
+    """
+    tree = ast.parse(source)
+    fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name == outer)
+    helper = next(
+        (n for n in fn.body if isinstance(n, ast.FunctionDef) and n.name == _TEMP_NAME),
+        None,
+    )
+    if helper is None:
+        raise RefactorSkipped(f"rope did not put the helper for {nested}'s block in {outer}")
+    a = fn.args
+    outer_names = _stored(fn.body) | {p.arg for p in [*a.posonlyargs, *a.args, *a.kwonlyargs]}
+    outer_names.update(p.arg for p in (a.vararg, a.kwarg) if p is not None)
+    outer_names |= {n.name for n in fn.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)}
+    h = helper.args
+    own = _stored(helper.body) | {p.arg for p in [*h.posonlyargs, *h.args, *h.kwonlyargs]}
+    free = sorted({n.id for n in _function_reads(helper) if n.id not in own and n.id in outer_names})
+    lines = source.splitlines(keepends=True)
+    if free:  # closure variables the block reads: at module level they come in as parameters
+        rebinds = [n for n in ast.walk(fn) if isinstance(n, ast.Nonlocal) and set(n.names) & set(free)]
+        call = next(
+            (n for n in ast.walk(fn) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == _TEMP_NAME),
+            None,
+        )
+        header = lines[helper.lineno - 1]
+        if rebinds or call is None or call.lineno != call.end_lineno or call.keywords or h.vararg or h.kwarg or h.kwonlyargs:
+            raise RefactorSkipped(f"the block of {nested} reads `{free[0]}` of {outer} (a closure variable)")
+        if not header.rstrip().endswith("):"):
+            raise RefactorSkipped("rope wrote a helper header over several lines")
+        text = lines[call.lineno - 1]
+        at = _char_col(text, call.end_col_offset or 0) - 1  # the call's closing parenthesis
+        lines[call.lineno - 1] = text[:at] + (", " if call.args else "") + ", ".join(free) + text[at:]
+        closing = header.rindex(")")
+        lines[helper.lineno - 1] = header[:closing] + (", " if h.args else "") + ", ".join(free) + header[closing:]
+    start, stop = helper.lineno - 1, helper.end_lineno or helper.lineno
+    while start > 0 and not lines[start - 1].strip():
+        start -= 1  # the blank lines before it go with it
+    body = lines[helper.lineno - 1 : stop]
+    cut = helper.col_offset
+    if any(line.strip() and line[:cut].strip() for line in body):
+        raise RefactorSkipped("rope's helper is not indented as one block")
+    moved = [line[cut:] if line.strip() else "\n" for line in body]
+    end = fn.end_lineno or fn.lineno
+    if end == stop:  # the helper was the outer function's last statement
+        end = start
+    rest = lines[:start] + lines[stop:end]
+    return "".join([*rest, "\n\n", *moved, *lines[fn.end_lineno or fn.lineno :]])
 
 
 def refactor_function(
@@ -984,7 +1112,7 @@ def refactor_function(
         raise RefactorSkipped(f"{qualname} stays at complexity {before}: {why}")
     try:
         cst.parse_module(new)
-        ast.parse(new, filename=path)
+        compile(new, path, "exec", dont_inherit=True)  # symbol-table errors too (`nonlocal` at module level)
     except (SyntaxError, cst.ParserSyntaxError) as exc:  # our own last line of defence
         raise RefactorSkipped(f"the refactoring would not parse: {exc}") from exc
     return Refactoring(new, tuple(steps), before, current, tuple(helpers))

@@ -187,7 +187,8 @@ def _union_members(annotation: str) -> list[str]:
 
 
 def _writable(annotation: str, modern: bool, classes: set[str], before_line: set[str]) -> bool:
-    """Whether ``annotation`` can be written in this file as it is (no import, evaluates at def time)."""
+    """Whether ``annotation`` can be written in this file as it is: no import needed, and every name
+    in it bound when the def runs (``before_line``: the classes that are)."""
     try:
         ast.parse(annotation, mode="eval")
     except SyntaxError:
@@ -199,7 +200,7 @@ def _writable(annotation: str, modern: bool, classes: set[str], before_line: set
     for name in names:
         if name in _SCALARS or name in ("list", "set", "frozenset", "dict", "tuple"):
             continue
-        if name not in classes or (not modern and name not in before_line):
+        if name not in classes or name not in before_line:
             return False
     return True
 
@@ -212,17 +213,22 @@ def infer_annotations(
 ) -> list[Annotation]:
     """What :func:`annotate` would add to ``source``: inferred returns and the traced types."""
     tree = ast.parse(source)
-    modern = min_version >= (3, 10) or any(
+    # annotations are evaluated when the def runs unless the file defers them: then a class named in
+    # one must already exist (defined above, and not the class the method is in), and `X | Y` needs 3.10
+    deferred = any(
         isinstance(n, ast.ImportFrom) and n.module == "__future__" and any(a.name == "annotations" for a in n.names)
         for n in tree.body
     )
+    modern = min_version >= (3, 10) or deferred
     classes = {n.name for n in tree.body if isinstance(n, ast.ClassDef)}
     out: list[Annotation] = []
     for qualname, fn, is_method in _functions(tree):
         decorators = _decorator_names(fn)
         if any(d not in _ALLOWED_DECORATORS for d in decorators):
             continue
-        before = {n.name for n in tree.body if isinstance(n, ast.ClassDef) and n.lineno < fn.lineno}
+        before = classes if deferred else {
+            n.name for n in tree.body if isinstance(n, ast.ClassDef) and (n.end_lineno or n.lineno) < fn.lineno
+        }
         positional = [*fn.args.posonlyargs, *fn.args.args]
         skip_first = is_method and "staticmethod" not in decorators
         params = positional[1:] if skip_first and positional else positional
@@ -329,21 +335,69 @@ class _Annotator(cst.CSTTransformer):
                 whitespace_before_indicator=cst.SimpleWhitespace(" "),
                 whitespace_after_indicator=cst.SimpleWhitespace(" "),
             )
-        new = updated.with_changes(**changes)
         indent = 4 * (len(self.scope))  # the scope left after the pop: enclosing classes
-        if self._too_long(new, indent) and "returns" in changes:  # the return annotation alone
-            new = updated.with_changes(returns=changes["returns"])
-        if self._too_long(new, indent) and not self._too_long(updated, indent):
-            return updated  # a header over the line limit is a lint finding the gate rejects
+        candidates = [updated.with_changes(**changes)]
+        if "returns" in changes:  # the return annotation alone, when all of them do not fit
+            candidates.append(updated.with_changes(returns=changes["returns"]))
+        new = updated  # a header over the line limit is a lint finding the gate rejects
+        for candidate in candidates:
+            folded = _fold_params(candidate, indent) if self._too_long(candidate, indent) else candidate
+            if folded is not None and not self._too_long(folded, indent):
+                new = folded
+                break
         if not new.deep_equals(updated):
             self.done.append(qualname)
         return new
 
     @staticmethod
     def _too_long(fn: cst.FunctionDef, indent: int) -> bool:
-        header = cst.Module(body=[]).code_for_node(fn.with_changes(body=cst.IndentedBlock(body=[cst.SimpleStatementLine([cst.Pass()])]), decorators=[]))
-        first = header.lstrip("\n").splitlines()[0]
-        return indent + len(first) > LINE_LIMIT
+        body = cst.IndentedBlock(body=[cst.SimpleStatementLine([cst.Pass()])])
+        header = cst.Module(body=[]).code_for_node(fn.with_changes(body=body, decorators=[]))
+        lines = header.lstrip("\n").splitlines()[:-1]  # the header, without the `pass`
+        return any(indent + len(line) > LINE_LIMIT for line in lines)
+
+
+def _fold_params(fn: cst.FunctionDef, indent: int) -> cst.FunctionDef | None:
+    """``fn`` with one parameter per line and a trailing comma (black's layout for a long header);
+    None when its parameters already span lines (their layout is the author's)."""
+    params = fn.params
+    if "\n" in cst.Module(body=[]).code_for_node(params):
+        return None
+
+    def newline(width: int) -> cst.ParenthesizedWhitespace:
+        return cst.ParenthesizedWhitespace(
+            first_line=cst.TrailingWhitespace(), indent=False, last_line=cst.SimpleWhitespace(" " * width)
+        )
+
+    order: list[cst.CSTNode] = [*params.posonly_params]
+    if isinstance(params.posonly_ind, cst.ParamSlash):
+        order.append(params.posonly_ind)
+    order += list(params.params)
+    if isinstance(params.star_arg, cst.Param | cst.ParamStar):
+        order.append(params.star_arg)
+    order += list(params.kwonly_params)
+    if params.star_kwarg is not None:
+        order.append(params.star_kwarg)
+    if not order:
+        return None
+    replaced: dict[int, cst.CSTNode] = {}
+    for i, node in enumerate(order):
+        width = indent if i == len(order) - 1 else indent + 4
+        comma = cst.Comma(whitespace_after=newline(width))
+        replaced[id(node)] = node.with_changes(comma=comma)
+
+    def swap(node: Any) -> Any:
+        return replaced.get(id(node), node)
+
+    new_params = params.with_changes(
+        posonly_params=[swap(p) for p in params.posonly_params],
+        posonly_ind=swap(params.posonly_ind),
+        params=[swap(p) for p in params.params],
+        star_arg=swap(params.star_arg),
+        kwonly_params=[swap(p) for p in params.kwonly_params],
+        star_kwarg=swap(params.star_kwarg),
+    )
+    return fn.with_changes(params=new_params, whitespace_before_params=newline(indent + 4))
 
 
 def annotate(source: str, annotations: list[Annotation]) -> tuple[str, list[str]]:

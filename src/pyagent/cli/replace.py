@@ -77,8 +77,8 @@ def run(args: argparse.Namespace) -> int:
         color = _use_color(args.color)
         for change in plan.changes:
             _print_diff(change.diff or "", color)
-    for path, why in plan.errors:
-        print(f"pyagent replace: skipped unreadable {path or '?'}: {why}", file=sys.stderr)
+    for error in plan.errors:
+        print(f"pyagent replace: skipped unreadable {error.path or '?'}: {error.reason}", file=sys.stderr)
     skipped = f"{len(plan.binary)} binary, {len(plan.non_utf8)} non-UTF-8"
     summary = (f"{plan.matches} match(es) in {plan.files} file(s) of {plan.scanned} scanned; "
                f"skipped {skipped}, {len(plan.errors)} unreadable")

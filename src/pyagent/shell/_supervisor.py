@@ -177,6 +177,7 @@ def fork_command(cfg: dict[str, Any], old_mask: set[Any], ruleset: int | None) -
 def prepare(conf: dict[str, Any], layers: dict[str, str], in_pidns: bool) -> int | None:
     """Mount/network namespaces, private tmp, read-only paths and the Landlock ruleset (not enforced yet)."""
     mnt = False
+    shm: list[str] = []
     if conf.get("userns_ok"):
         try:
             sb.unshare(sb.CLONE_NEWNS | sb.CLONE_NEWCGROUP | sb.CLONE_NEWIPC)
@@ -230,9 +231,13 @@ def prepare(conf: dict[str, Any], layers: dict[str, str], in_pidns: bool) -> int
             os.mkdir(os.path.join(conf["tmp"], "home"), 0o700)
             if os.path.isdir("/dev/shm"):
                 sb.mount_tmpfs("/dev/shm", conf["tmp_size"])
+                shm = ["/dev/shm"]  # private: writable like the tmp (never the host's, shared one)
             layers["private tmp"] = "ok"
         except OSError as exc:
             layers["private tmp"] = str(exc)
+        if not pivoted:  # the host's /dev: at least a devpts of its own (none of the host's terminals)
+            with contextlib.suppress(OSError):
+                sb.mount_devpts("/dev/pts")
         ro_errors = []
         for path in conf["readonly"]:
             try:
@@ -256,7 +261,7 @@ def prepare(conf: dict[str, Any], layers: dict[str, str], in_pidns: bool) -> int
         return None
     try:
         fd, _missing = sb.landlock_ruleset(
-            abi, read=conf["read"], write=conf["write"], write_files=conf["write_files"],
+            abi, read=conf["read"], write=[*conf["write"], *shm], write_files=conf["write_files"],
             filter_tcp=not conf["network"] and not layers.get("network namespace", "").startswith("ok"))
     except OSError as exc:
         layers["landlock"] = str(exc)

@@ -32,8 +32,13 @@ SUPERVISOR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_supervis
 DEFAULT_TIMEOUT = 600.0  # seconds; a command never runs without a deadline
 DEFAULT_MEMORY = 1 << 30  # bytes for the whole tree (cgroup) or per process (RLIMIT_AS fallback)
 DEFAULT_TMP_SIZE = 128 << 20  # bytes of private tmp (tmpfs)
-SYSTEM_READ = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/sys", "/dev")
-DEV_WRITE = ("/dev/null", "/dev/zero", "/dev/full", "/dev/tty", "/dev/pts", "/dev/ptmx", "/dev/shm")
+SYSTEM_READ = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/sys")
+# /dev: only these are granted (read), in the private root only they exist (pyagent.shell._sandbox.minimal_dev);
+# without a private root Landlock still keeps the rest of the host's /dev (disks, /dev/kmsg) unreadable.
+DEV_READ = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty", "/dev/pts",
+            "/dev/ptmx")
+DEV_WRITE = ("/dev/null", "/dev/zero", "/dev/full", "/dev/tty", "/dev/pts", "/dev/ptmx")
+DEV_SHM = "/dev/shm"  # a private tmpfs in the sandbox: writable like the private tmp (POSIX semaphores)
 # Secret stores inside /etc: not granted even though the rest of /etc is readable.
 ETC_SECRETS = frozenset({"shadow", "shadow-", "gshadow", "gshadow-", "sudoers", "sudoers.d", "ssh",
                          "ssl/private", "security/opasswd", "krb5.keytab", "machine-id"})
@@ -187,9 +192,9 @@ def _entries_without(root: str, secrets: Iterable[str]) -> list[str]:
 def plan(policy: Confinement, *, cwd: str, exe: str, tmp: str, extra_write: Sequence[str]) -> dict[str, Any]:
     """The ``confine`` section of the supervisor's config for one command."""
     write = [cwd, tmp, *policy.write_paths, *extra_write]
-    read = [*SYSTEM_READ, *etc_paths(), *interpreter_paths(), *policy.read_paths, os.path.realpath(exe)]
+    read = [*SYSTEM_READ, *DEV_READ, *etc_paths(), *interpreter_paths(), *policy.read_paths, os.path.realpath(exe)]
     git = os.path.join(cwd, ".git")
-    view = [p for p in SYSTEM_READ if p != "/proc"] + ["/etc", *interpreter_paths(), *policy.read_paths,
+    view = [p for p in SYSTEM_READ if p != "/proc"] + ["/dev", "/etc", *interpreter_paths(), *policy.read_paths,
                                                       os.path.realpath(exe)]
     return {
         "network": policy.allow_network, "tmp": tmp, "tmp_size": int(policy.tmp_size),

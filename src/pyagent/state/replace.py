@@ -23,6 +23,15 @@ class FileReplacement:
 
 
 @dataclass(frozen=True)
+class UnreadablePath:
+    """An entry the replacement could not look at (the walk's ``Unreadable``, its path relative to the
+    plan's root; empty when the error names no path)."""
+
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class ReplacePlan:
     """Every change a replacement would make, plus what it could not look at. Writes nothing."""
 
@@ -31,7 +40,7 @@ class ReplacePlan:
     scanned: int
     binary: tuple[str, ...]
     non_utf8: tuple[str, ...]
-    errors: tuple[tuple[str, str], ...]
+    errors: tuple[UnreadablePath, ...]
 
     @property
     def files(self) -> int:
@@ -68,7 +77,7 @@ def plan_replace(path: str | os.PathLike[str], pattern: str, replacement: str, *
         scanned=found.scanned,
         binary=tuple(_rel(root, p) for p in found.binary),
         non_utf8=tuple(_rel(root, p) for p in found.non_utf8),
-        errors=tuple((_rel(root, e.path) if e.path else e.path, e.reason) for e in found.errors),
+        errors=tuple(UnreadablePath(_rel(root, e.path) if e.path else "", e.reason) for e in found.errors),
     )
 
 
