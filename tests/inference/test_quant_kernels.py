@@ -124,6 +124,12 @@ def test_real_file_tensors_decode_and_multiply_like_the_reference(smollm2_path: 
         exact = x.astype(np.float64) @ dense.T.astype(np.float64)
         bound = np.abs(x).astype(np.float64) @ np.abs(dense.T).astype(np.float64)
         assert (np.abs(got - exact) <= 1e-5 * bound + 1e-6).all(), name
+        # the int8-activation kernels (what the decode step uses on this file) against the rounded x
+        int8 = np.empty_like(got)
+        _rust.quant_matmul(int8, x, [t.data], [t.type_id], [rows], int8="auto")
+        xq = q8_round_trip(x).astype(np.float64)
+        bound = np.abs(xq) @ np.abs(dense.T).astype(np.float64)
+        assert (np.abs(int8 - xq @ dense.T.astype(np.float64)) <= 1e-5 * bound + 1e-6).all(), name
 
 
 # -- int8 activations (llama.cpp's Q8_1 path): x rounded to 8 bits per 32-element block
