@@ -3,7 +3,8 @@
 Each side runs in its own subprocess (so peak RSS is its own): single-stream decode tokens/s (greedy,
 128 tokens), prompt processing tokens/s for a 512-token prompt, 16 concurrent requests of 64 tokens
 (llama-cpp-python's ``Llama`` serves one sequence at a time, so its 16 run back to back, which is what a
-user of it gets), and peak RSS. A read probe with as many threads as the kernels use gives the memory
+user of it gets), and peak RSS. Ours runs twice: with its default exact kernels, and with int8 activations
+(``int8_activations=True``), which is what llama.cpp's quantized products do. A read probe with as many threads as the kernels use gives the memory
 bandwidth; the fraction of the bound is decode tokens/s x bytes of weights read per token / bandwidth.
 
 llama.cpp comes from llama-cpp-python built from source (native CPU flags, so AVX2/FMA where the CPU has
@@ -52,11 +53,12 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def worker_ours(model: str) -> dict[str, Any]:
+def worker_ours(model: str, int8: bool = False) -> dict[str, Any]:
     from pyagent.inference.engine import PagedAttentionEngine
     from pyagent.inference.sampler import SamplingParams
 
-    engine = PagedAttentionEngine.from_pretrained(model, max_num_seqs=CONCURRENT, enable_prefix_caching=False)
+    engine = PagedAttentionEngine.from_pretrained(model, max_num_seqs=CONCURRENT, enable_prefix_caching=False,
+                                                  int8_activations=int8)
     tok = engine.tokenizer
 
     def run(prompts: list[list[int]], n: int) -> tuple[float, float]:
@@ -195,7 +197,7 @@ def main() -> int:
     ap.add_argument("--model", default=None, help="GGUF file (default: the tests' SmolLM2 Q4_1 file)")
     ap.add_argument("--llamacpp-python", default=str(BENCH_DIR / "llamacpp" / "bin" / "python"))
     ap.add_argument("--setup-only", action="store_true", help="only build the cached llama-cpp-python venv")
-    ap.add_argument("--worker", choices=["ours", "llamacpp"], help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=["ours", "ours-int8", "llamacpp"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.setup_only:
         ensure_llamacpp(Path(args.llamacpp_python))
@@ -206,25 +208,31 @@ def main() -> int:
 
         args.model = str(smollm2_gguf())
     if args.worker:
-        fn = worker_ours if args.worker == "ours" else worker_llamacpp
-        print(json.dumps(fn(args.model)))
+        result = worker_llamacpp(args.model) if args.worker == "llamacpp" else \
+            worker_ours(args.model, int8=args.worker == "ours-int8")
+        print(json.dumps(result))
         return 0
     ensure_llamacpp(Path(args.llamacpp_python))
     load_before = os.getloadavg()[0]
     ours = run_worker(sys.executable, "ours", args.model)
     theirs = run_worker(args.llamacpp_python, "llamacpp", args.model)
+    # llama.cpp rounds activations to 8 bits in its quantized products; ours does with int8_activations
+    int8 = run_worker(sys.executable, "ours-int8", args.model)
     bw = bandwidth_gb_s()
     per_token = weight_bytes(args.model)
     print(f"model {Path(args.model).name}: {per_token / 1e6:.1f} MB of weights per token; read probe "
           f"{bw:.1f} GB/s with {THREADS} threads; load average {load_before:.2f} before, "
           f"{os.getloadavg()[0]:.2f} after (on {os.cpu_count()} CPUs)")
     print(f"{'metric':<28}{'pyagent':>12}{'llama.cpp':>12}{'ratio':>10}")
-    for key, label, higher in (("decode_tok_s", "decode tok/s", True), ("prompt_tok_s", f"prompt {PROMPT_TOKENS} tok/s", True),
-                               ("concurrent_tok_s", f"{CONCURRENT} concurrent tok/s", True),
-                               ("peak_rss_mb", "peak RSS MB", False)):
-        ratio = ours[key] / theirs[key]
-        print(f"{label:<28}{ours[key]:>12.1f}{theirs[key]:>12.1f}{ratio:>9.2f}x" + ("" if higher else " (lower is better)"))
-    for name, r in (("pyagent", ours), ("llama.cpp", theirs)):
+    for mine, key, label, higher in (
+            (ours, "decode_tok_s", "decode tok/s", True), (int8, "decode_tok_s", "decode tok/s (int8 act.)", True),
+            (ours, "prompt_tok_s", f"prompt {PROMPT_TOKENS} tok/s", True),
+            (ours, "concurrent_tok_s", f"{CONCURRENT} concurrent tok/s", True),
+            (int8, "concurrent_tok_s", f"{CONCURRENT} concurrent (int8 act.)", True),
+            (ours, "peak_rss_mb", "peak RSS MB", False)):
+        ratio = mine[key] / theirs[key]
+        print(f"{label:<28}{mine[key]:>12.1f}{theirs[key]:>12.1f}{ratio:>9.2f}x" + ("" if higher else " (lower is better)"))
+    for name, r in (("pyagent", ours), ("pyagent (int8 act.)", int8), ("llama.cpp", theirs)):
         print(f"{name}: decode reaches {r['decode_tok_s'] * per_token / 1e9 / bw:.2f} of the bandwidth bound "
               f"({bw * 1e9 / per_token:.0f} tok/s)")
     return 0

@@ -105,7 +105,7 @@ def _decode_logits(smollm2_path: Path, use_stack: bool, int8: bool) -> dict[tupl
 def test_rust_decode_step_gives_the_python_layers_logits(smollm2_path: Path) -> None:
     """The one-call Rust decode step against the NumPy layer loop, on the same quantized weights.
 
-    With float activations the two agree to float rounding. With int8 activations (the default, as
+    With float activations (the default) the two agree to float rounding. With int8 activations (as
     llama.cpp) each product rounds its input to 8 bits per 32-element block, so the logits move by a
     small fraction of their spread while the greedy choice stays the same on these prompts."""
     slow = _decode_logits(smollm2_path, use_stack=False, int8=False)
@@ -239,7 +239,7 @@ def _greedy(engine: PagedAttentionEngine, n_tokens: int) -> tuple[list[list[int]
 def test_quantized_kernels_give_the_same_greedy_tokens_as_fp32_on_dequantized_weights(smollm2_path: Path) -> None:
     """Float-activation kernels: the same tokens as fp32 on the dequantized weights, all 10 x 32.
 
-    The int8-activation kernels (the default) round each product's input to 8 bits, as llama.cpp does;
+    The int8-activation kernels (``int8_activations=True``) round each product's input to 8 bits, as llama.cpp does;
     a continuation may then leave the fp32 one, but only where fp32 itself nearly ties: at the first
     differing token, the fp32 logit of the int8 choice is within 5% of a logit standard deviation of
     fp32's own choice. (Measured: 5 of the 10 stay identical for 32 tokens; the others part at margins
@@ -248,7 +248,7 @@ def test_quantized_kernels_give_the_same_greedy_tokens_as_fp32_on_dequantized_we
     tok = gguf_tokenizer(g)
     dense, dense_rows = _greedy(PagedAttentionEngine(config, _dense(weights), tok, max_num_seqs=16), 32)
     exact, _ = _greedy(PagedAttentionEngine(config, weights, tok, max_num_seqs=16, int8_activations=False), 32)
-    int8, _ = _greedy(PagedAttentionEngine(config, weights, tok, max_num_seqs=16), 32)
+    int8, _ = _greedy(PagedAttentionEngine(config, weights, tok, max_num_seqs=16, int8_activations=True), 32)
     assert all(len(t) == 32 for t in exact + int8)
     assert exact == dense
     for i, (a, b) in enumerate(zip(int8, dense, strict=True)):

@@ -47,13 +47,14 @@ class DecoderModel:
     """Weights plus the forward pass; the KV cache it reads and writes is passed in."""
 
     def __init__(self, config: ModelConfig, weights: ModelWeights, max_positions: int, *,
-                 partition_size: int = 512, int8_activations: bool = True) -> None:
+                 partition_size: int = 512, int8_activations: bool = False) -> None:
         self.config = config
         self.weights = weights
         self.rope = RotaryEmbedding(config, max_positions)
         self.partition_size = partition_size
         self.scale = 1.0 / float(np.sqrt(config.head_dim))
-        # the decode step's kernels: int8 activations (as llama.cpp), or None for float ones
+        # the decode step's kernels: int8 activations (as llama.cpp; faster, but a position's logits then
+        # depend on whether a prefill or a decode step computed it), or None for float ones
         self.int8: str | None = "auto" if int8_activations else None
         self.stack = _decoder_stack(config, weights, self.int8)
 
