@@ -191,9 +191,6 @@ mod simd {
     use super::{Isa, QActs};
     use crate::quant::formats::QType;
 
-    /// How far ahead of the row being multiplied its successors are prefetched.
-    const PREFETCH_BYTES: usize = 2048;
-
     /// The kernels, stamped out once per instruction set: `$dot(u, s)` is the 8 int32 sums of four
     /// unsigned-by-signed byte products.
     macro_rules! kernels {
@@ -312,19 +309,9 @@ mod simd {
                 pub unsafe fn span(t: QType, data: &[u8], rb: usize, first: usize, last: usize, qa: &QActs, n: usize,
                                    out: *mut f32, total: usize, out_col: usize) {
                     let mut vals = [0f32; 64];
-                    let ahead = super::PREFETCH_BYTES.div_ceil(rb);
                     for r in first..last {
                         let row = &data[r * rb..(r + 1) * rb];
-                        // ask for the row `ahead` rows on now (the hardware prefetcher alone keeps too few
-                        // lines in flight to stream at the memory's rate on one core)
-                        if r + ahead < data.len() / rb {
-                            let p = data.as_ptr().add((r + ahead) * rb);
-                            let mut off = 0;
-                            while off < rb {
-                                _mm_prefetch::<_MM_HINT_T0>(p.add(off) as *const i8);
-                                off += 64;
-                            }
-                        }
+                        crate::quant::matmul::prefetch_ahead(data, rb, r);
                         let col = out_col + r - first;
                         if n == 1 {
                             row_dots(t, row, qa, 1, &mut vals);
