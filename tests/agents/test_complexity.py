@@ -709,3 +709,77 @@ def test_a_closure_variable_another_nested_function_rebinds_is_not_lifted() -> N
     )
     with pytest.raises(RefactorSkipped, match="closure variable"):
         _refactor(rebinding, "render", limit=4)
+
+
+FORMAT_CELL = '''
+def format_cell(val, valtype, floatfmt, has_invisible=True):
+    """Format a value according to its type."""
+    if val is None:
+        return ""
+    if valtype is str:
+        return f"{val}"
+    elif valtype is float:
+        is_colored = has_invisible and isinstance(val, (str, bytes))
+        if is_colored:
+            raw = val.strip("*")
+            try:
+                formatted = format(float(raw), floatfmt)
+            except (ValueError, TypeError):
+                return f"{val}"
+            return val.replace(raw, formatted)
+        if isinstance(val, str) and "," in val:
+            val = val.replace(",", "")  # thousands separators
+        try:
+            return format(float(val), floatfmt)
+        except (ValueError, TypeError):
+            return f"{val}"
+    else:
+        return f"{val}"
+'''
+
+
+def test_a_branch_that_always_returns_becomes_return_helper() -> None:
+    # tabulate's _format: rope refuses a region with several returns; nothing after it runs, so the
+    # caller can return the helper's result
+    new, result = _refactor(FORMAT_CELL, "format_cell", limit=4)
+    assert result.helpers == ("_format_cell_float",)
+    assert "        return _format_cell_float(val, floatfmt, has_invisible)\n" in new
+    assert "# thousands separators" in new
+    cases = [
+        (None, float, ".1f"),
+        ("*2.25*", float, ".1f"),
+        ("*x*", float, ".1f"),
+        ("1,234.5", float, ".2f"),
+        ("abc", float, ".2f"),
+        (3.14159, float, ".3f"),
+        ("s", str, ""),
+        (7, int, ""),
+    ]
+    _same_behaviour(textwrap.dedent(FORMAT_CELL), new, "format_cell", cases)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        # a `with` may swallow the raise that ends the branch: it does not always leave
+        (
+            ("        try:\n            return format(float(val), floatfmt)\n"
+             "        except (ValueError, TypeError):\n            return f\"{val}\"\n",
+             "        with contextlib.suppress(ValueError):\n            return format(float(val), floatfmt)\n"),
+            "return",
+        ),
+        # in a generator, `return x` ends the iteration: it cannot move
+        (("    if val is None:\n        return \"\"\n", "    if val is None:\n        yield 1\n"), "return"),
+    ],
+)
+def test_a_branch_that_may_fall_through_or_a_generator_keeps_its_returns(
+    change: tuple[str, str], reason: str
+) -> None:
+    src = "import contextlib\n" + FORMAT_CELL.replace(*change)
+    assert src != "import contextlib\n" + FORMAT_CELL
+    try:
+        _new, result = _refactor(src, "format_cell", limit=4)
+    except RefactorSkipped as exc:
+        assert reason in str(exc)
+        return
+    assert not any("into `return" in step for step in result.steps), result.steps

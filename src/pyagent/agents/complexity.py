@@ -286,11 +286,14 @@ def _decisions(nodes: Sequence[ast.AST]) -> int:
     return count
 
 
-def _escape_reason(block: Sequence[ast.stmt]) -> str | None:
-    """Why ``block`` cannot move into a helper unchanged, or None."""
+def _escape_reason(block: Sequence[ast.stmt], *, returns_ok: bool = False) -> str | None:
+    """Why ``block`` cannot move into a helper unchanged, or None (``returns_ok``: for a block the
+    caller will ``return`` the helper's result of, its own ``return`` statements may stay)."""
 
     def walk(node: ast.AST, loop_depth: int) -> str | None:
-        if isinstance(node, _ESCAPES):
+        if returns_ok and isinstance(node, ast.Return):
+            pass
+        elif isinstance(node, _ESCAPES):
             return f"`{type(node).__name__.lower()}` inside the block"
         if isinstance(node, _DEFS):
             return "a nested definition inside the block"
@@ -949,6 +952,8 @@ def _extract_once(
             if block.decisions < 2 or block.decisions >= complexity - 1:
                 continue
             why = _escape_reason(block.stmts)
+            if why and _returning_ok(fn, home, block, in_class):
+                why = None  # every path leaves: the caller returns the helper's result
             if why:
                 reasons.append(why)
                 continue
@@ -970,6 +975,14 @@ def _extract_once(
         if home is not fn:  # what the outer function has certainly bound before it defines ``home``
             closure = _bound_on_entry(fn, home)
         try:
+            if _escape_reason(block.stmts) is not None:  # a returning block (see _returning_ok)
+                new, name = _extract_returning(source, fn, block, qualname, taken, lines)
+                refusal = accept(new, name)
+                if refusal is not None:
+                    last_error = refusal
+                    continue
+                step = f"extracted the {block.kind} block at line {first.lineno} into `return {name}(...)`"
+                return new, name, step
             extracted = _rope_extract(source, start, end)
             if home is not fn:
                 extracted = _lift_helper(extracted, qualname, home.name)
@@ -994,6 +1007,101 @@ def _extract_once(
         where = f"line {first.lineno}"
         return new, name, f"extracted the {block.kind} block at {where} into `{name}`"
     raise RefactorSkipped(f"no extraction of {qualname} worked: {last_error}")
+
+
+def _always_leaves(stmts: Sequence[ast.stmt]) -> bool:
+    """Every path through ``stmts`` ends in ``return`` or ``raise`` (no ``with``, whose manager may
+    swallow a raise, no loops, whose ``break`` may fall through)."""
+    if not stmts:
+        return False
+    last = stmts[-1]
+    if isinstance(last, ast.Return | ast.Raise):
+        return True
+    if isinstance(last, ast.If):
+        return bool(last.orelse) and _always_leaves(last.body) and _always_leaves(last.orelse)
+    if isinstance(last, ast.Try) and not last.finalbody:
+        return _always_leaves([*last.body, *last.orelse]) and all(_always_leaves(h.body) for h in last.handlers)
+    return False
+
+
+def _returning_ok(
+    fn: ast.FunctionDef | ast.AsyncFunctionDef,
+    home: ast.FunctionDef | ast.AsyncFunctionDef,
+    block: _Block,
+    in_class: bool,
+) -> bool:
+    """``block`` can become ``return helper(...)``: a branch of a plain module-level function
+    (not a generator, no nested scopes that could see its locals change) that always leaves, and
+    that has nothing but its ``return`` statements escaping it."""
+    if home is not fn or in_class or isinstance(fn, ast.AsyncFunctionDef) or block.kind not in ("branch", "else"):
+        return False
+    inner = [n for st in fn.body for n in ast.walk(st)]
+    if any(isinstance(n, (ast.Yield, ast.YieldFrom, *_DEFS)) for n in inner):
+        return False
+    return _always_leaves(block.stmts) and _escape_reason(block.stmts, returns_ok=True) is None
+
+
+def _extract_returning(
+    source: str,
+    fn: ast.FunctionDef | ast.AsyncFunctionDef,
+    block: _Block,
+    caller: str,
+    taken: set[str],
+    lines: Sequence[str],
+) -> tuple[str, str]:
+    """``block`` (which always leaves) as a module-level helper after ``fn`` that the caller returns.
+
+    rope refuses a region with several ``return`` statements; here no data flows out (nothing after
+    the block runs), so the helper's parameters are the names it reads that are bound on entry,
+    and a name it reads that is bound on no path before it must be its own local.
+    """
+    first, last = block.stmts[0], block.stmts[-1]
+    a = fn.args
+    fn_locals = _stored(fn.body) | {p.arg for p in [*a.posonlyargs, *a.args, *a.kwonlyargs]}
+    fn_locals.update(p.arg for p in (a.vararg, a.kwarg) if p is not None)
+    reads = {n.id for st in block.stmts for n in _function_reads(st)} & fn_locals
+    certain, maybe = _bound_on_entry(fn, first), _bound_on_entry(fn, first, on_some_path=True)
+    own = _stored(block.stmts)
+    params: list[str] = []
+    order = [p.arg for p in [*a.posonlyargs, *a.args, *a.kwonlyargs]]
+    first_read: dict[str, tuple[int, int]] = {}
+    for st in block.stmts:
+        for x in _function_reads(st):
+            first_read.setdefault(x.id, (x.lineno, x.col_offset))
+    # the caller's parameters in its order, then its locals as the block first reads them
+    for name in sorted(reads, key=lambda n: (order.index(n) if n in order else len(order), first_read.get(n, (0, 0)))):
+        if name in certain:
+            params.append(name)
+        elif name in maybe or name not in own:
+            raise RefactorSkipped(f"`{name}` may have no value yet where {caller} would call the helper")
+    if len(params) > MAX_HELPER_PARAMS:
+        raise RefactorSkipped(f"the helper would need {len(params)} parameters")
+    end_line = last.end_lineno or last.lineno
+    body = lines[first.lineno - 1 : end_line]
+    cut = first.col_offset
+    if any(ln.strip() and (len(ln) - len(ln.lstrip()) < cut) for ln in body) or _TAB_INDENT.search("".join(body)):
+        raise RefactorSkipped("the block's lines are not indented as one block")
+    after = lines[end_line - 1][_char_col(lines[end_line - 1], last.end_col_offset or 0) :].strip()
+    if lines[first.lineno - 1][:cut].strip() or (after and not after.startswith("#")):
+        raise RefactorSkipped("the block shares a line with other code")
+    name, doc = helper_name(block.stmts, block.kind, block.owner, caller, (), params, lines, returning=True)
+    unique = unique_name(name, caller, taken)
+    if unique is None:
+        raise RefactorSkipped(f"`{name}` and `{name}_in_...` are taken: no name for the helper a reader could use")
+    name = unique
+    why = f"Split out of ``{caller}`` to keep its complexity under the threshold."
+    header = f"def {name}({', '.join(params)}):\n"
+    doc_lines = [*_wrap(f'"""{doc}', "    "), "\n", *_wrap(why, "    "), '    """\n']
+    moved = ["    " + ln[cut:] if ln.strip() else "\n" for ln in body]
+    call = f"{' ' * cut}return {name}({', '.join(params)})\n"
+    fn_end = fn.end_lineno or fn.lineno
+    out = [*lines[: first.lineno - 1], _fold_long_call(call), *lines[end_line:fn_end]]
+    tail = list(lines[fn_end:])
+    while tail and not tail[0].strip():
+        tail.pop(0)
+    helper = [_fold_long_call(header), *doc_lines, *moved]
+    new = "".join([*out, "\n\n", *helper, *(["\n\n", *tail] if tail else [])])
+    return new, name
 
 
 def _lift_helper(source: str, outer: str, nested: str) -> str:
