@@ -783,3 +783,94 @@ def test_a_branch_that_may_fall_through_or_a_generator_keeps_its_returns(
         assert reason in str(exc)
         return
     assert not any("into `return" in step for step in result.steps), result.steps
+
+
+TYPED_TRUNCATE = '''
+def smart_truncate(string: str, max_length: int, separator: str, save_order: bool) -> str:
+    """python-slugify's legacy truncation: whole words up to ``max_length``."""
+    if max_length < 1 or len(string) < max_length:
+        return string
+    if separator not in string:
+        return string[:max_length]
+    truncated = ''
+    for word in string.split(separator):
+        if word:
+            next_len = len(truncated) + len(word)
+            if next_len < max_length:
+                truncated += '{}{}'.format(word, separator)
+            elif next_len == max_length:
+                truncated += '{}'.format(word)
+                break
+            elif save_order:
+                break
+    if not truncated:
+        truncated = string[:max_length]
+    return truncated.strip(separator)
+'''
+
+NARROWED = '''
+def clean(text: str | bytes, limit: int, lower: bool, strip: bool) -> str:
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "ignore")
+    for _ in range(limit):
+        if lower:
+            if strip:
+                text = text.lower().strip()
+            elif limit > 3:
+                text = text.lower()
+            else:
+                text = text.title()
+    return text
+'''
+
+
+def _complexity_task(target: str, function: str) -> Any:
+    from pyagent.model.context import CascadeContext
+    from pyagent.model.priority import AgentPriority
+    from pyagent.model.task import AgentTask
+
+    return AgentTask(
+        id="t1",
+        agent="complexity",
+        kind="offline-refactor",
+        target=target,
+        files=(target,),
+        priority=AgentPriority.STANDARD,
+        context=CascadeContext.root("test"),
+        params={"function": function, "max_complexity": 4},
+    )
+
+
+def _strict_project(root: Any, source: str) -> None:
+    (root / "pkg").mkdir()
+    (root / "pkg" / "__init__.py").write_text("")
+    (root / "pkg" / "mod.py").write_text(textwrap.dedent(source))
+    (root / "mypy.ini").write_text("[mypy]\nstrict = True\n")
+
+
+def test_in_a_strict_mypy_project_the_helper_is_typed_from_its_caller_and_mypy_stays_clean(tmp_path: Any) -> None:
+    import asyncio
+
+    from pyagent.agents.complexity import ComplexityAgent
+
+    _strict_project(tmp_path, TYPED_TRUNCATE)
+    out = asyncio.run(ComplexityAgent().run(_complexity_task("pkg/mod.py", "smart_truncate"), tmp_path))
+    assert out.error is None, out.error
+    new = (tmp_path / "pkg" / "mod.py").read_text()
+    helper = next(n for n in ast.parse(new).body if isinstance(n, ast.FunctionDef) and n.name != "smart_truncate")
+    # the caller's declared types, and `truncated = ''` makes the local a str
+    assert all(a.annotation is not None for a in helper.args.args) and helper.returns is not None
+    assert "truncated: str" in ast.unparse(helper.args)
+
+
+def test_a_refactoring_that_loses_mypy_narrowing_is_refused_by_the_checker(tmp_path: Any) -> None:
+    import asyncio
+
+    from pyagent.agents.complexity import ComplexityAgent
+
+    _strict_project(tmp_path, NARROWED)
+    before = (tmp_path / "pkg" / "mod.py").read_text()
+    out = asyncio.run(ComplexityAgent().run(_complexity_task("pkg/mod.py", "clean"), tmp_path))
+    # the helper gets `text: str | bytes` (the declared type), but the caller had narrowed it to str
+    assert out.error is not None and "mypy reports a new error" in out.error, out.error
+    assert (tmp_path / "pkg" / "mod.py").read_text() == before

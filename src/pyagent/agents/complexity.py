@@ -25,6 +25,7 @@ from __future__ import annotations
 import ast
 import re
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,12 +36,14 @@ import libcst as cst
 from pyagent.agents.base import BaseAgent
 from pyagent.agents.helper_names import helper_name, unique_name
 from pyagent.agents.mixins.auditor import AuditorMixin
+from pyagent.agents.typehints import TypeCheckUnavailable, type_checker, type_errors
 from pyagent.agents.worker import AgentOutcome
 
 if TYPE_CHECKING:
     from pyagent.health import CodeHealthAuditor
     from pyagent.model.knowledge import KnowledgeBackend
     from pyagent.model.task import AgentTask
+    from pyagent.shell import SecureShell
 
 __all__ = ["ComplexityAgent", "RefactorSkipped", "Refactoring", "refactor_function"]
 
@@ -721,6 +724,7 @@ def _finish_helper(
     bound_somewhere: set[str] | None = None,
     *,
     caller_lines: Sequence[str],
+    caller_fn: ast.FunctionDef | ast.AsyncFunctionDef | None = None,
 ) -> tuple[str, str]:
     """Check rope's helper, give it its name, docstring and blank lines; return (source, name)."""
     tree = ast.parse(source)
@@ -802,9 +806,78 @@ def _finish_helper(
             j += 1
         if j < len(lines):
             lines[end:j] = ["\n", "\n"]
+    if caller_fn is not None:
+        header_at = next(i for i, ln in enumerate(lines) if re.match(rf"\s*def {_TEMP_NAME}\(", ln))
+        returns = _helper_returns(caller_fn, helper, returned)
+        lines[header_at] = _annotated_header(lines[header_at], caller_fn, returns)
     text = re.sub(rf"\b{_TEMP_NAME}\b", name, "".join(lines))
     folded = (_fold_long_call(ln) if re.search(rf"\b{name}\(", ln) else ln for ln in text.splitlines(keepends=True))
     return "".join(folded), name
+
+
+_LITERAL_TYPES = {str: "str", int: "int", float: "float", bool: "bool", bytes: "bytes"}
+
+
+def _local_types(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> dict[str, str]:
+    """The declared types of ``fn``'s parameters, and of locals whose first binding is a plain
+    literal assignment (``truncated = ''``: ``str``), which is the type mypy gives them too."""
+    a = fn.args
+    out = {p.arg: ast.unparse(p.annotation) for p in [*a.posonlyargs, *a.args, *a.kwonlyargs] if p.annotation}
+    bindings: list[tuple[int, int, str, str | None]] = []
+    for node in ast.walk(fn):
+        literal: str | None = None
+        single = isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+        if isinstance(node, ast.Assign) and single and isinstance(node.value, ast.Constant):
+            literal = _LITERAL_TYPES.get(type(node.value.value))
+        targets: list[ast.AST] = []
+        if isinstance(node, ast.Assign):
+            targets = list(node.targets)
+        elif isinstance(node, ast.AnnAssign | ast.AugAssign | ast.For | ast.AsyncFor | ast.NamedExpr | ast.comprehension):
+            targets = [node.target]
+        elif isinstance(node, ast.With | ast.AsyncWith):
+            targets = [i.optional_vars for i in node.items if i.optional_vars is not None]
+        for t in targets:
+            for n in ast.walk(t):
+                if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store):
+                    bindings.append((n.lineno, n.col_offset, n.id, literal))
+    first: dict[str, str | None] = {}
+    for _line, _col, name, literal in sorted(bindings, key=lambda b: (b[0], b[1])):
+        first.setdefault(name, literal)
+    for name, literal in first.items():
+        if name not in out and literal is not None:
+            out[name] = literal
+    return out
+
+
+def _helper_returns(
+    caller: ast.FunctionDef | ast.AsyncFunctionDef, helper: ast.FunctionDef, returned: Sequence[str]
+) -> str | None:
+    """The helper's return type: ``None`` when it returns nothing, else the caller's types of the
+    names it hands back, when all are known."""
+    types = _local_types(caller)
+    if not any(isinstance(n, ast.Return) and n.value is not None for n in ast.walk(helper)):
+        return "None"
+    if returned and isinstance(helper.body[-1], ast.Return) and all(r in types for r in returned):
+        return types[returned[0]] if len(returned) == 1 else f"tuple[{', '.join(types[r] for r in returned)}]"
+    return None
+
+
+def _annotated_header(header: str, caller: ast.FunctionDef | ast.AsyncFunctionDef, returns: str | None) -> str:
+    """The helper's one-line header with the types its caller declares for the same names, in a
+    caller that annotates anything (a project that type-checks wants its new functions typed too)."""
+    a = caller.args
+    if caller.returns is None and not any(p.annotation for p in [*a.posonlyargs, *a.args, *a.kwonlyargs]):
+        return header
+    types = _local_types(caller)
+    if not header.rstrip().endswith("):"):
+        return header
+    opening, closing = header.index("("), header.rindex(")")
+    params = [x.strip() for x in header[opening + 1 : closing].split(",") if x.strip()]
+    if any(not x.isidentifier() for x in params):
+        return header
+    written = [f"{x}: {types[x]}" if x in types and x not in ("self", "cls") else x for x in params]
+    arrow = f" -> {returns}" if returns else ""
+    return f"{header[: opening + 1]}{', '.join(written)}){arrow}:{header[closing + 2 :]}"
 
 
 def _char_col(line: str, col_bytes: int) -> int:
@@ -995,6 +1068,7 @@ def _extract_once(
                 _bound_on_entry(home, first) | closure,
                 _bound_on_entry(home, first, on_some_path=True) | closure,
                 caller_lines=lines,
+                caller_fn=home,
             )
             compile(new, "<refactored>", "exec", dont_inherit=True)  # symbol-table errors too
         except (RefactorSkipped, SyntaxError) as exc:
@@ -1090,7 +1164,9 @@ def _extract_returning(
         raise RefactorSkipped(f"`{name}` and `{name}_in_...` are taken: no name for the helper a reader could use")
     name = unique
     why = f"Split out of ``{caller}`` to keep its complexity under the threshold."
-    header = f"def {name}({', '.join(params)}):\n"
+    # it returns what the caller returns
+    returns = ast.unparse(fn.returns) if fn.returns is not None else None
+    header = _annotated_header(f"def {name}({', '.join(params)}):\n", fn, returns)
     doc_lines = [*_wrap(f'"""{doc}', "    "), "\n", *_wrap(why, "    "), '    """\n']
     moved = ["    " + ln[cut:] if ln.strip() else "\n" for ln in body]
     call = f"{' ' * cut}return {name}({', '.join(params)})\n"
@@ -1235,12 +1311,14 @@ class ComplexityAgent(AuditorMixin, BaseAgent):
 
     def __init__(
         self,
+        shell: SecureShell | None = None,
         *,
         max_complexity: int = 10,
         auditor: CodeHealthAuditor | None = None,
         knowledge: KnowledgeBackend | None = None,
     ) -> None:
         super().__init__(knowledge=knowledge)
+        self.shell = shell
         self.max_complexity = max_complexity
         self._auditor = auditor
 
@@ -1258,7 +1336,23 @@ class ComplexityAgent(AuditorMixin, BaseAgent):
             )
         except RefactorSkipped as exc:
             return AgentOutcome(note="", error=f"skipped: {exc}")
+        checker = type_checker(workspace)
+        before: Counter[tuple[str, str]] | None = None
+        if checker:  # a project that type-checks: the refactoring may not bring a new error
+            try:
+                before = await type_errors(self.shell, checker, workspace, task.target)
+            except TypeCheckUnavailable as exc:
+                return AgentOutcome(note="", error=f"skipped: {exc}")
         file.write_text(result.source, encoding="utf-8")
+        if checker and before is not None:
+            try:
+                added = await type_errors(self.shell, checker, workspace, task.target) - before
+            except TypeCheckUnavailable as exc:
+                added = Counter({(task.target, str(exc)): 1})
+            if added:
+                file.write_text(source, encoding="utf-8")
+                where, msg = next(iter(added))
+                return AgentOutcome(note="", error=f"skipped: {checker} reports a new error after it ({where}: {msg})")
         return AgentOutcome(
             note=f"refactored {qualname}: complexity {result.before} -> {result.after} ("
             + "; ".join(result.steps)
