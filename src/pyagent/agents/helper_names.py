@@ -86,15 +86,19 @@ def _shown(names: Sequence[str]) -> str:
 def _case(test: ast.expr) -> str | None:
     """The case a branch handles, as a name part: a string it compares with (``"firstrow"``), the
     type it checks for (``isinstance(v, str)``: ``str``), or the one name it tests (``if colored``)."""
+    if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):  # `not isinstance(t, str)`: non_str
+        inner = _case(test.operand)
+        return f"non_{inner}" if inner is not None and "_" not in inner else None
     literals = [
         c.value
         for n in ast.walk(test)
         if isinstance(n, ast.Compare)
-        for c in [n.left, *n.comparators]
+        for side in [n.left, *n.comparators]
+        for c in (side.elts if isinstance(side, ast.Tuple | ast.List | ast.Set) else [side])
         if isinstance(c, ast.Constant) and isinstance(c.value, str) and c.value.isidentifier()
     ]
-    if literals:
-        return "_".join(_snake(v) for v in dict.fromkeys(literals)) if len(set(literals)) <= 2 else None
+    if literals:  # `stage in ("both", "pre")`: both_or_pre
+        return "_or_".join(_snake(v) for v in dict.fromkeys(literals)) if len(set(literals)) <= 2 else None
     for n in ast.walk(test):
         if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "isinstance" and len(n.args) == 2:
             kinds = n.args[1].elts if isinstance(n.args[1], ast.Tuple) else [n.args[1]]
