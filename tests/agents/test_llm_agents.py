@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -127,9 +128,9 @@ def test_libcst_edits_keep_comments_and_indent_to_the_node() -> None:
     ns: dict[str, object] = {}
     exec(out, ns)
     assert ns["f"].__doc__ == 'ends in "q"'  # type: ignore[attr-defined]
-    swapped = replace_function(src, "A.m", "def _h():\n    return 2\n\ndef m(self):\n    return 3\n")
-    assert swapped == ("# header\nclass A:\n    def _h():\n        return 2\n\n    def m(self):\n        return 3\n"
-                       "\n\ndef f(x): return x\n")
+    swapped = replace_function(src, "f", "def _h(x):\n    return x\n\n\ndef f(x):\n    return _h(x)\n")
+    assert swapped == ("# header\nclass A:\n    def m(self):  # keep me\n        return 1\n\n\n"
+                       "def _h(x):\n    return x\n\n\ndef f(x):\n    return _h(x)\n")
     with pytest.raises(EditError, match="does not parse"):
         replace_function(src, "f", "def f(x):\n    return (x\n")
     with pytest.raises(EditError, match="no function named g"):
@@ -137,6 +138,35 @@ def test_libcst_edits_keep_comments_and_indent_to_the_node() -> None:
     with pytest.raises(EditError, match="not the JSON object"):
         parse_reply("{'code': 1}")
     assert parse_reply('```json\n{"code": "x"}\n```') == {"code": "x"}
+
+
+def test_helpers_of_a_method_go_where_the_method_can_call_them() -> None:
+    """A plain helper of a method goes to module level above the class (a def in the class body would be
+    a method without ``self``); helpers taking ``self`` or marked static stay in the class."""
+    src = ('import os\n\n\n# the shapes\nclass Shape:\n    """Doc."""\n\n    def area(self, kind):\n'
+           '        """Area by kind."""\n        if kind == "sq":\n            return 4\n        return 0\n\n'
+           '    def name(self):\n        return "s"\n')
+    code = ('LIMIT = 3\n\n\ndef _table():\n    return {"sq": 4}\n\n\n@staticmethod\ndef _zero():\n    return 0\n\n\n'
+            'def _lookup(self, kind):\n    return _table().get(kind, self._zero()) + LIMIT - 3\n\n\n'
+            'def area(self, kind):\n    return self._lookup(kind)\n')
+    out = replace_function(src, "Shape.area", code)
+    assert out == ('import os\n\n\nLIMIT = 3\n\n\ndef _table():\n    return {"sq": 4}\n\n\n# the shapes\nclass Shape:\n'
+                   '    """Doc."""\n\n    @staticmethod\n    def _zero():\n        return 0\n\n'
+                   '    def _lookup(self, kind):\n        return _table().get(kind, self._zero()) + LIMIT - 3\n\n'
+                   '    def area(self, kind):\n        """Area by kind."""\n        return self._lookup(kind)\n\n'
+                   '    def name(self):\n        return "s"\n')
+    ns: dict[str, Any] = {}
+    exec(out, ns)
+    shape = ns["Shape"]()
+    assert (shape.area("sq"), shape.area("tri"), shape.name()) == (4, 0, "s")
+    # nested classes hoist to module level too, above the outermost class
+    nested = "class Outer:\n    class Inner:\n        def m(self):\n            return 1\n"
+    out = replace_function(nested, "Outer.Inner.m", "def _one():\n    return 1\n\ndef m(self):\n    return _one()\n")
+    assert out.startswith("def _one():\n    return 1\n\n\nclass Outer:\n")
+    exec(out, ns)
+    assert ns["Outer"].Inner().m() == 1
+    with pytest.raises(EditError, match="would replace a module-level name"):
+        replace_function(src.replace("import os", "def _table():\n    return None"), "Shape.area", code)
 
 
 def test_an_endpoint_without_schemas_is_asked_again_without_them(tmp_path: Path) -> None:

@@ -6,6 +6,8 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from pyagent.inference.engine import PagedAttentionEngine
 from pyagent.inference.sampler import SamplingParams
 
@@ -22,7 +24,8 @@ def test_init_tiny_then_generate_json(tmp_path: Path, pyagent_cmd: list[str], cl
                           timeout=120)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
-    assert set(result) == {"text", "token_ids", "prompt_token_ids"}
+    assert set(result) == {"index", "text", "token_ids", "prompt_token_ids", "finish_reason"}
+    assert result["index"] == 0 and result["finish_reason"] == "length"
     assert len(result["token_ids"]) == 9
     # The same request through the Python API gives the same tokens and text.
     engine = PagedAttentionEngine.from_pretrained(model)
@@ -80,3 +83,86 @@ def test_generate_quantize_q8_0_runs_the_converted_weights(pyagent_cmd: list[str
     done = subprocess.run([*pyagent_cmd, "generate", "--model", str(smollm2_path), "--quantize", "q8_0", "hi"],
                           capture_output=True, text=True, env=clean_env, timeout=120)
     assert done.returncode != 0 and "already quantized" in done.stderr
+
+
+def _engine_run(model: Path, prompt_ids: list[int], params: SamplingParams) -> tuple[list[int], list[object]]:
+    engine = PagedAttentionEngine.from_pretrained(model)
+    engine.add_request("x", prompt_ids, params)
+    tokens: list[int] = []
+    logprobs: list[object] = []
+    while engine.has_unfinished():
+        for out in engine.step():
+            tokens, logprobs = out.token_ids, logprobs + list(out.logprobs)
+    return tokens, logprobs
+
+
+def test_generate_n_completions_with_seeds(pyagent_cmd: list[str], clean_env: dict[str, str],
+                                           tiny_dir: Path) -> None:
+    done = subprocess.run([*pyagent_cmd, "generate", "--model", str(tiny_dir), "--max-tokens", "8", "--seed", "5",
+                           "--ignore-eos", "-n", "3", "--json", "Hello there"], capture_output=True, text=True,
+                          env=clean_env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [c["index"] for c in lines] == [0, 1, 2]
+    for c in lines:  # completion i is the single request with seed 5 + i
+        want, _ = _engine_run(tiny_dir, c["prompt_token_ids"], SamplingParams(max_tokens=8, seed=5 + c["index"],
+                                                                              ignore_eos=True))
+        assert c["token_ids"] == want
+    assert len({tuple(c["token_ids"]) for c in lines}) > 1
+    text = subprocess.run([*pyagent_cmd, "generate", "--model", str(tiny_dir), "--max-tokens", "4", "--seed", "5",
+                           "-n", "2", "Hello there"], capture_output=True, text=True, env=clean_env, timeout=120)
+    assert text.returncode == 0, text.stderr
+    assert text.stdout.startswith("--- completion 1 of 2 ---\n") and "--- completion 2 of 2 ---\n" in text.stdout
+
+
+def test_generate_logprobs(pyagent_cmd: list[str], clean_env: dict[str, str], tiny_dir: Path) -> None:
+    done = subprocess.run([*pyagent_cmd, "generate", "--model", str(tiny_dir), "--max-tokens", "6", "--temperature",
+                           "0", "--ignore-eos", "--top-logprobs", "3", "--json", "Hello there"], capture_output=True,
+                          text=True, env=clean_env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    tokens, logprobs = _engine_run(tiny_dir, result["prompt_token_ids"],
+                                   SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True, logprobs=3))
+    assert result["token_ids"] == tokens and len(result["logprobs"]) == 6
+    for entry, lp, token in zip(result["logprobs"], logprobs, tokens, strict=True):
+        assert entry["logprob"] == lp.logprob <= 0  # type: ignore[attr-defined]
+        assert len(entry["top_logprobs"]) == 3
+        # greedy: the chosen token is the most likely one
+        assert entry["top_logprobs"][0]["logprob"] == entry["logprob"]
+        assert [t["logprob"] for t in entry["top_logprobs"]] == sorted((t["logprob"] for t in entry["top_logprobs"]),
+                                                                       reverse=True)
+        assert bytes(entry["bytes"]) == PagedAttentionEngine.from_pretrained(tiny_dir).tokenizer.token_bytes(token)
+    text = subprocess.run([*pyagent_cmd, "generate", "--model", str(tiny_dir), "--max-tokens", "6", "--temperature",
+                           "0", "--ignore-eos", "--logprobs", "Hello there"], capture_output=True, text=True,
+                          env=clean_env, timeout=120)
+    assert text.returncode == 0, text.stderr
+    table = text.stdout.split("logprobs:\n", 1)[1].splitlines()
+    assert len(table) == 6
+    assert [float(line.split()[-1]) for line in table] == pytest.approx([lp.logprob for lp in logprobs],  # type: ignore[attr-defined]
+                                                                        abs=1e-4)
+
+
+@pytest.mark.parametrize(("args", "message"), [(["-n", "0"], "-n must be in 1..16"),
+                                               (["-n", "17"], "-n must be in 1..16"),
+                                               (["--top-logprobs", "21"], "--top-logprobs must be in 0..20")])
+def test_bad_choice_options_are_clear_errors(pyagent_cmd: list[str], clean_env: dict[str, str], tiny_dir: Path,
+                                             args: list[str], message: str) -> None:
+    done = subprocess.run([*pyagent_cmd, "generate", "--model", str(tiny_dir), *args, "hi"], capture_output=True,
+                          text=True, env=clean_env, timeout=120)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_chat_n_replies_and_logprobs(pyagent_cmd: list[str], clean_env: dict[str, str], smollm2_path: Path) -> None:
+    done = subprocess.run([*pyagent_cmd, "chat", "--model", str(smollm2_path), "--max-tokens", "8", "--seed", "3",
+                           "--temperature", "1.0", "-n", "2", "--top-logprobs", "1", "Name a colour."],
+                          capture_output=True, text=True, env=clean_env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    parts = done.stdout.split("--- completion ")
+    assert parts[0] == "" and [p.split(" ---", 1)[0] for p in parts[1:]] == ["1 of 2", "2 of 2"]
+    for part in parts[1:]:
+        rows = part.split("logprobs:\n", 1)[1].splitlines()
+        assert 1 <= len(rows) <= 8 and all("top: " in row for row in rows)
+    # a conversation continues one reply: -n above 1 needs a one-shot MESSAGE
+    done = subprocess.run([*pyagent_cmd, "chat", "--model", str(smollm2_path), "-n", "2"], input="hi\n",
+                          capture_output=True, text=True, env=clean_env, timeout=120)
+    assert done.returncode == 2 and "needs a MESSAGE" in done.stderr

@@ -93,6 +93,41 @@ def test_bad_sampling_values_are_refused_by_name(client: tuple[openai.OpenAI, st
     assert isinstance(body, dict) and body.get("param") == param, body
 
 
+def test_responses_sampling_knobs(client: tuple[openai.OpenAI, str]) -> None:
+    """The Responses API takes the same knobs as chat (non-standard ones in extra_body)."""
+    c, model = client
+    question = "What is the capital of France?"
+    r = c.responses.create(model=model, input=question, temperature=0, max_output_tokens=40,
+                           extra_body={"ignore_eos": True, "min_tokens": 40})
+    assert r.usage is not None and r.usage.output_tokens == 40 and r.status == "incomplete"
+    plain = c.responses.create(model=model, input=question, temperature=0, max_output_tokens=40,
+                               extra_body={"ignore_eos": True})
+    for penalty in ({"frequency_penalty": 2.0}, {"presence_penalty": 2.0}, {"repetition_penalty": 1.5}):
+        penalised = c.responses.create(model=model, input=question, temperature=0, max_output_tokens=40,
+                                       extra_body={"ignore_eos": True, **penalty})
+        assert penalised.output_text != plain.output_text, penalty
+    # at temperature 1, top_k=1 and min_p=1 leave only the most likely token: the greedy answer
+    for cut in ({"top_k": 1}, {"min_p": 1.0}):
+        sampled = c.responses.create(model=model, input=question, temperature=1.0, max_output_tokens=40,
+                                     extra_body={"ignore_eos": True, **cut})
+        assert sampled.output_text == plain.output_text, cut
+
+
+@pytest.mark.parametrize(("extra", "param"), [({"min_p": 1.5}, "min_p"), ({"top_k": -4}, "top_k"),
+                                              ({"repetition_penalty": 0}, "repetition_penalty"),
+                                              ({"frequency_penalty": 2.5}, "frequency_penalty"),
+                                              ({"presence_penalty": -3}, "presence_penalty"),
+                                              ({"min_tokens": 99}, "min_tokens"),
+                                              ({"top_k": "many"}, "top_k")])
+def test_bad_responses_sampling_values_are_refused_by_name(client: tuple[openai.OpenAI, str],
+                                                           extra: dict[str, object], param: str) -> None:
+    c, model = client
+    with pytest.raises(openai.BadRequestError) as info:
+        c.responses.create(model=model, input="Hi", max_output_tokens=8, extra_body=extra)
+    body = info.value.body
+    assert isinstance(body, dict) and body.get("param") == param, body
+
+
 class Capital(BaseModel):
     city: str = Field(max_length=40)
     country: str = Field(max_length=40)

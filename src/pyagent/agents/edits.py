@@ -155,15 +155,43 @@ def _with_docstring(node: cst.FunctionDef, doc: cst.SimpleStatementLine) -> cst.
     return node.with_changes(body=body.with_changes(body=[doc, *body.body]))
 
 
+_BOUND_DECORATORS = frozenset({"staticmethod", "classmethod", "property"})
+
+
+def _is_method(stmt: cst.BaseStatement) -> bool:
+    """Whether a helper the model wrote beside a method belongs in the class: it takes ``self``/``cls``
+    or is a static/class method or property. Anything else is called by its bare name, so in a class
+    body it would be a method without ``self`` (a TypeError or NameError when called)."""
+    if not isinstance(stmt, cst.FunctionDef):
+        return False
+    if any((isinstance(d.decorator, cst.Name) and d.decorator.value in _BOUND_DECORATORS)
+           or (isinstance(d.decorator, cst.Attribute) and d.decorator.attr.value in ("setter", "getter", "deleter"))
+           for d in stmt.decorators):
+        return True
+    params = stmt.params.params or stmt.params.posonly_params
+    return bool(params) and params[0].name.value in ("self", "cls")
+
+
+_Statement = cst.SimpleStatementLine | cst.BaseCompoundStatement
+
+
+def _blank_lines(stmt: _Statement, count: int) -> _Statement:
+    """``stmt`` preceded by ``count`` blank lines, its own comments above it kept."""
+    comments = [line for line in stmt.leading_lines if line.comment is not None]
+    return stmt.with_changes(leading_lines=[cst.EmptyLine(indent=False)] * count + comments)
+
+
 def replace_function(source: str, qualname: str, code: str) -> str:
     """``source`` with the function ``qualname`` replaced by ``code``: its new definition, optionally
-    preceded by helper functions, placed where the old one was (indented to its level). The old
-    docstring stays when the new definition has none."""
+    preceded by helpers, placed where the old one was (indented to its level). For a method, helpers
+    that take ``self``/``cls`` (or are static/class methods) go into the class beside it, and plain
+    functions, classes and constants go to module level just above the top-level class, where the
+    method's bare-name calls find them. The old docstring stays when the new definition has none."""
     module = _parse(source)
     target = _qualnames(module).get(qualname)
     if not isinstance(target, cst.FunctionDef):
         raise EditError(f"no function named {qualname} in the file")
-    new_body = _parse(code.strip("\n") + "\n").body
+    new_body = list(_parse(code.strip("\n") + "\n").body)
     name = qualname.rsplit(".", 1)[-1]
     if not any(isinstance(s, cst.FunctionDef) and s.name.value == name for s in new_body):
         raise EditError(f"the code must define the function {name} (keep its name and signature)")
@@ -172,6 +200,19 @@ def replace_function(source: str, qualname: str, code: str) -> str:
     if old_doc is not None:  # a model that rewrites a function often drops its docstring: keep it
         new_body = [_with_docstring(s, old_doc) if isinstance(s, cst.FunctionDef) and s.name.value == name else s
                     for s in new_body]
+    hoisted: list[_Statement] = []
+    if "." in qualname:  # a method (qualnames descend into classes only)
+        def is_target(s: cst.BaseStatement) -> bool:
+            return isinstance(s, cst.FunctionDef) and s.name.value == name
+
+        hoisted = [s for s in new_body if not is_target(s) and not _is_method(s)]
+        new_body = [s for s in new_body if is_target(s) or _is_method(s)]
+        taken = {n.value for stmt in module.body for n in _defined_names(stmt)}
+        clash = sorted({n.value for s in hoisted for n in _defined_names(s)} & taken)
+        if clash:
+            raise EditError(f"the helper {', '.join(clash)} would replace a module-level name of the same name; "
+                            "pick another name")
+    outer = qualname.split(".", 1)[0]
 
     class Swap(cst.CSTTransformer):
         def leave_FunctionDef(self, original: cst.FunctionDef, updated: cst.FunctionDef
@@ -180,11 +221,34 @@ def replace_function(source: str, qualname: str, code: str) -> str:
                 return updated
             first, *rest = new_body
             first = first.with_changes(leading_lines=original.leading_lines)
-            rest = [s.with_changes(leading_lines=[line.with_changes(indent=False) if line.comment is None else line
-                                                  for line in s.leading_lines]) for s in rest]
+            rest = [_blank_lines(s, 1 if "." in qualname else 2) for s in rest]  # PEP 8's spacing
             return cst.FlattenSentinel([first, *rest])
 
+        def leave_Module(self, original: cst.Module, updated: cst.Module) -> cst.Module:
+            if not hoisted:
+                return updated
+            body = list(updated.body)
+            at = next(i for i, s in enumerate(body) if isinstance(s, cst.ClassDef) and s.name.value == outer)
+            helpers = [_blank_lines(s, 2 if i or at else 0) for i, s in enumerate(hoisted)]
+            body[at:at] = helpers
+            body[at + len(helpers)] = _blank_lines(body[at + len(helpers)], 2)
+            return updated.with_changes(body=body)
+
     return module.visit(Swap()).code
+
+
+def _defined_names(stmt: cst.BaseStatement) -> list[cst.Name]:
+    """The names a top-level statement binds: a def's or class's name, simple assignment targets."""
+    if isinstance(stmt, cst.FunctionDef | cst.ClassDef):
+        return [stmt.name]
+    names: list[cst.Name] = []
+    if isinstance(stmt, cst.SimpleStatementLine):
+        for small in stmt.body:
+            if isinstance(small, cst.Assign):
+                names += [t.target for t in small.targets if isinstance(t.target, cst.Name)]
+            elif isinstance(small, cst.AnnAssign | cst.AugAssign) and isinstance(small.target, cst.Name):
+                names.append(small.target)
+    return names
 
 
 async def edit_with_repairs(

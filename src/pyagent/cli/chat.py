@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from pyagent.cli.completions import add_choice_args, choice_params, run_choices, write_choice
 from pyagent.cli.generate import add_quantize_arg, add_sampling_args, sampling_params
 
 
@@ -19,23 +20,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--system", metavar="TEXT", default=None, help="a system message (else the template's default)")
     add_quantize_arg(p)
     add_sampling_args(p)
+    add_choice_args(p)
     p.set_defaults(temperature=0.7)
     return p
 
 
-def _reply(engine: Any, messages: list[dict[str, str]], params: Any, turn: int) -> str:
+def _reply(engine: Any, messages: list[dict[str, str]], params: Any, turn: int, n: int) -> str:
+    """Print the reply (or ``n`` of them, in one-shot mode); the first continues the conversation."""
     prompt_ids = engine.tokenizer.encode_chat(messages)
-    engine.add_request(f"chat-{turn}", prompt_ids, params)
-    text = ""
-    while engine.has_unfinished():
-        for out in engine.step():
-            text = out.text
-            if out.text_delta:
-                sys.stdout.write(out.text_delta)
-                sys.stdout.flush()
-    sys.stdout.write("\n")
-    sys.stdout.flush()
-    return text
+    choices = run_choices(engine, prompt_ids, params, n, tag=f"chat{turn}", stream=n == 1)
+    for c in choices:
+        write_choice(c, n, streamed=n == 1)
+    return choices[0].text
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,10 +39,12 @@ def run(args: argparse.Namespace) -> int:
     from pyagent.inference.engine import PagedAttentionEngine
     from pyagent.inference.errors import ModelLoadError
 
-    params = sampling_params(args)
     try:
+        params = choice_params(args, sampling_params(args))
+        if args.n > 1 and args.message is None:
+            raise ValueError("-n above 1 needs a MESSAGE (one-shot mode): a conversation continues one reply")
         params.validate()
-        engine = PagedAttentionEngine.from_pretrained(args.model, max_num_seqs=1, quantize=args.quantize)
+        engine = PagedAttentionEngine.from_pretrained(args.model, max_num_seqs=args.n, quantize=args.quantize)
     except (ModelLoadError, ValueError) as exc:
         raise CommandError(str(exc)) from None
     messages: list[dict[str, str]] = [] if args.system is None else [{"role": "system", "content": args.system}]
@@ -63,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
                 return 0
         messages.append({"role": "user", "content": text})
         try:
-            reply = _reply(engine, messages, params, turn)
+            reply = _reply(engine, messages, params, turn, args.n)
         except ValueError as exc:  # a template that refuses the conversation, a prompt beyond the context
             raise CommandError(str(exc)) from None
         messages.append({"role": "assistant", "content": reply})

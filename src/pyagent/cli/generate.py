@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Any
 
+from pyagent.cli.completions import add_choice_args, choice_params, run_choices, write_choice
+
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = subparsers.add_parser(
@@ -17,7 +19,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                                                                    "*.safetensors, tokenizer.json)")
     add_quantize_arg(p)
     add_sampling_args(p)
-    p.add_argument("--json", action="store_true", help="print one JSON object: text, token_ids, prompt_token_ids")
+    add_choice_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object per completion (a line each): index, "
+                                                       "text, token_ids, prompt_token_ids, finish_reason, and "
+                                                       "logprobs when asked for")
     return p
 
 
@@ -63,26 +68,24 @@ def run(args: argparse.Namespace) -> int:
     from pyagent.inference.engine import PagedAttentionEngine
     from pyagent.inference.errors import ModelLoadError
 
-    params = sampling_params(args)
     try:
+        params = choice_params(args, sampling_params(args))
         params.validate()
-        engine = PagedAttentionEngine.from_pretrained(args.model, max_num_seqs=1, quantize=args.quantize)
+        engine = PagedAttentionEngine.from_pretrained(args.model, max_num_seqs=args.n, quantize=args.quantize)
         prompt_ids = engine.tokenizer.encode(args.prompt)
-        engine.add_request("cli", prompt_ids, params)
+        streamed = not args.json and args.n == 1
+        choices = run_choices(engine, prompt_ids, params, args.n, tag="cli", stream=streamed)
     except (ModelLoadError, ValueError) as exc:
         raise CommandError(str(exc)) from None
-    text, token_ids = "", []
-    while engine.has_unfinished():
-        for out in engine.step():
-            text, token_ids = out.text, out.token_ids
-            if not args.json and out.text_delta:
-                sys.stdout.write(out.text_delta)
-                sys.stdout.flush()
-    if args.json:
-        import orjson
+    for c in choices:
+        if args.json:
+            import orjson
 
-        sys.stdout.write(orjson.dumps({"text": text, "token_ids": token_ids,
-                                       "prompt_token_ids": prompt_ids}).decode() + "\n")
-    else:
-        sys.stdout.write("\n")
+            body: dict[str, Any] = {"index": c.index, "text": c.text, "token_ids": c.token_ids,
+                                    "prompt_token_ids": prompt_ids, "finish_reason": c.finish_reason}
+            if params.logprobs is not None:
+                body["logprobs"] = c.logprobs
+            sys.stdout.write(orjson.dumps(body).decode() + "\n")
+        else:
+            write_choice(c, args.n, streamed=streamed)
     return 0

@@ -42,6 +42,27 @@ class _Request(BaseModel):
         _check_text(data)
         return data
 
+class _SamplingKnobs(BaseModel):
+    """Sampling knobs beyond temperature/top_p that both APIs accept, validated alike: OpenAI's penalties
+    and vLLM's extensions (benchmarks and local-model clients send those in ``extra_body``)."""
+
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    top_k: int | None = Field(default=None, ge=-1)  # -1 or 0 = off
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    repetition_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
+    ignore_eos: bool | None = None
+    min_tokens: int | None = Field(default=None, ge=0)
+
+    def sampling_extras(self) -> dict[str, float | int | bool]:
+        """The knobs the client set, in the engine's ``SamplingParams`` names."""
+        given = {"frequency_penalty": self.frequency_penalty, "presence_penalty": self.presence_penalty,
+                 "top_k": None if self.top_k is None else max(self.top_k, 0), "min_p": self.min_p,
+                 "repetition_penalty": self.repetition_penalty, "ignore_eos": self.ignore_eos,
+                 "min_tokens": self.min_tokens}
+        return {k: v for k, v in given.items() if v is not None}
+
+
 MetadataKey = Annotated[str, StringConstraints(max_length=64)]
 MetadataValue = Annotated[str, StringConstraints(max_length=512)]
 Metadata = Annotated[dict[MetadataKey, MetadataValue], Field(max_length=16)]
@@ -117,7 +138,7 @@ class TextConfig(BaseModel):
 LOGPROBS_INCLUDE = "message.output_text.logprobs"
 
 
-class ResponseCreate(_Request):
+class ResponseCreate(_SamplingKnobs, _Request):
     model: str
     input: str | Annotated[list[MessageIn], Field(min_length=1)]
     instructions: str | None = None
@@ -298,7 +319,7 @@ ResponseFormat = Annotated[TextFormat | JsonObjectFormat | JsonSchemaFormat, Fie
 MAX_CHOICES = 16
 
 
-class ChatCompletionCreate(_Request):
+class ChatCompletionCreate(_SamplingKnobs, _Request):
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
@@ -313,24 +334,8 @@ class ChatCompletionCreate(_Request):
     response_format: ResponseFormat | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
-    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    # vLLM's sampling extensions (benchmarks and local-model clients send them in extra_body)
-    top_k: int | None = Field(default=None, ge=-1)  # -1 or 0 = off
-    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
-    repetition_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
-    ignore_eos: bool | None = None
-    min_tokens: int | None = Field(default=None, ge=0)
     # disaggregated serving (vLLM's name): what the KV connector does for this request; checked by it
     kv_transfer_params: dict[str, Any] | None = None
-
-    def sampling_extras(self) -> dict[str, float | int | bool]:
-        """The extension knobs the client set, in the engine's ``SamplingParams`` names."""
-        given = {"frequency_penalty": self.frequency_penalty, "presence_penalty": self.presence_penalty,
-                 "top_k": None if self.top_k is None else max(self.top_k, 0), "min_p": self.min_p,
-                 "repetition_penalty": self.repetition_penalty, "ignore_eos": self.ignore_eos,
-                 "min_tokens": self.min_tokens}
-        return {k: v for k, v in given.items() if v is not None}
 
     def json_schema(self) -> dict[str, Any] | None:
         """The schema the reply must match, or None for free text."""

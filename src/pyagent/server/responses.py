@@ -85,7 +85,10 @@ async def _prepare(state: ServerState, body: ResponseCreate, owner: str) -> Resp
     max_tokens = min(body.max_output_tokens or room, room)
     temperature = 1.0 if body.temperature is None else body.temperature
     top_p = 1.0 if body.top_p is None else body.top_p
-    extras: dict[str, Any] = {}
+    extras: dict[str, Any] = dict(body.sampling_extras())
+    if (body.min_tokens or 0) > max_tokens:
+        raise APIError(400, f"min_tokens ({body.min_tokens}) exceeds the {max_tokens} tokens this response "
+                       "may generate.", param="min_tokens")
     schema = None if body.text is None else body.text.json_schema()
     if schema is not None:
         await asyncio.to_thread(backend.check_schema, schema, "text.format")
