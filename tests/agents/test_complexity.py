@@ -808,6 +808,21 @@ def smart_truncate(string: str, max_length: int, separator: str, save_order: boo
     return truncated.strip(separator)
 '''
 
+TRUTHY = '''
+def bump(count: int | None, limit: int, lower: bool, strip: bool) -> int:
+    total = 0
+    if count:
+        for step in range(limit):
+            if lower:
+                if strip:
+                    total += count + step
+                elif limit > 3:
+                    total -= count
+                else:
+                    total += 1
+    return total
+'''
+
 NARROWED = '''
 def clean(text: str | bytes, limit: int, lower: bool, strip: bool) -> str:
     if isinstance(text, bytes):
@@ -863,14 +878,24 @@ def test_in_a_strict_mypy_project_the_helper_is_typed_from_its_caller_and_mypy_s
     assert "truncated: str" in ast.unparse(helper.args)
 
 
-def test_a_refactoring_that_loses_mypy_narrowing_is_refused_by_the_checker(tmp_path: Any) -> None:
+@pytest.mark.parametrize(
+    ("source", "function", "reason"),
+    [
+        # `text = text.decode(...)` narrows `str | bytes` to str: caught before any helper is written
+        (NARROWED, "clean", "`text` may be narrowed"),
+        # `if count:` narrows `int | None` too, which only the checker sees: mypy refuses the result
+        (TRUTHY, "bump", "mypy reports a new error"),
+    ],
+)
+def test_a_refactoring_that_would_lose_mypy_narrowing_is_refused(
+    tmp_path: Any, source: str, function: str, reason: str
+) -> None:
     import asyncio
 
     from pyagent.agents.complexity import ComplexityAgent
 
-    _strict_project(tmp_path, NARROWED)
+    _strict_project(tmp_path, source)
     before = (tmp_path / "pkg" / "mod.py").read_text()
-    out = asyncio.run(ComplexityAgent().run(_complexity_task("pkg/mod.py", "clean"), tmp_path))
-    # the helper gets `text: str | bytes` (the declared type), but the caller had narrowed it to str
-    assert out.error is not None and "mypy reports a new error" in out.error, out.error
+    out = asyncio.run(ComplexityAgent().run(_complexity_task("pkg/mod.py", function), tmp_path))
+    assert out.error is not None and reason in out.error, out.error
     assert (tmp_path / "pkg" / "mod.py").read_text() == before

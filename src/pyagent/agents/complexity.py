@@ -807,6 +807,11 @@ def _finish_helper(
         if j < len(lines):
             lines[end:j] = ["\n", "\n"]
     if caller_fn is not None:
+        narrowed = _narrowed_params(caller_fn, block.stmts[0].lineno, params)
+        if narrowed:
+            raise RefactorSkipped(
+                f"`{narrowed[0]}` may be narrowed from its declared type before the block (a typed helper would lose that)"
+            )
         header_at = next(i for i, ln in enumerate(lines) if re.match(rf"\s*def {_TEMP_NAME}\(", ln))
         returns = _helper_returns(caller_fn, helper, returned)
         lines[header_at] = _annotated_header(lines[header_at], caller_fn, returns)
@@ -847,6 +852,33 @@ def _local_types(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> dict[str, str]:
         if name not in out and literal is not None:
             out[name] = literal
     return out
+
+
+def _narrowed_params(fn: ast.FunctionDef | ast.AsyncFunctionDef, line: int, names: Sequence[str]) -> list[str]:
+    """Annotated parameters of ``fn`` among ``names`` whose type a checker may narrow before ``line``:
+    a union reassigned there, or tested with ``isinstance``/``is None``. A helper typed with the declared
+    type would lose the narrowing (mypy flagged python-slugify's ``text`` after ``text.decode``)."""
+    a = fn.args
+    if not any(p.annotation for p in [*a.posonlyargs, *a.args, *a.kwonlyargs]):
+        return []
+    # only a union (or object) narrows: reassigning a `str` parameter keeps it a `str`
+    declared = {
+        p.arg
+        for p in [*a.posonlyargs, *a.args, *a.kwonlyargs]
+        if p.annotation is not None
+        and re.search(r"\||\bOptional\b|\bUnion\b|^object$", ast.unparse(p.annotation))
+    }
+    hit: set[str] = set()
+    for node in ast.walk(fn):
+        if getattr(node, "lineno", line) >= line:
+            continue
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            hit.add(node.id)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "isinstance":
+            hit.update(n.id for n in ast.walk(node.args[0]) if isinstance(n, ast.Name) and node.args)
+        elif isinstance(node, ast.Compare) and any(isinstance(op, ast.Is | ast.IsNot) for op in node.ops):
+            hit.update(n.id for n in [node.left, *node.comparators] if isinstance(n, ast.Name))
+    return [n for n in names if n in declared and n in hit]
 
 
 def _helper_returns(
@@ -1150,6 +1182,9 @@ def _extract_returning(
             raise RefactorSkipped(f"`{name}` may have no value yet where {caller} would call the helper")
     if len(params) > MAX_HELPER_PARAMS:
         raise RefactorSkipped(f"the helper would need {len(params)} parameters")
+    narrowed = _narrowed_params(fn, first.lineno, params)
+    if narrowed:
+        raise RefactorSkipped(f"`{narrowed[0]}` may be narrowed from its declared type before the block")
     end_line = last.end_lineno or last.lineno
     body = lines[first.lineno - 1 : end_line]
     cut = first.col_offset
