@@ -807,7 +807,10 @@ def _finish_helper(
         if j < len(lines):
             lines[end:j] = ["\n", "\n"]
     if caller_fn is not None:
-        narrowed = _narrowed_params(caller_fn, block.stmts[0].lineno, params)
+        # a union-typed value the helper hands back: the caller would see the declared (wider) type
+        narrowed = _narrowed_params(caller_fn, block.stmts[0].lineno, params) or _narrowed_params(
+            caller_fn, (caller_fn.end_lineno or caller_fn.lineno) + 1, returned
+        )
         if narrowed:
             raise RefactorSkipped(
                 f"`{narrowed[0]}` may be narrowed from its declared type before the block (a typed helper would lose that)"
