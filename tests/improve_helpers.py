@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
-from pyagent.agents.testing import TestCommand, discover_tests
+from pyagent.agents.test_results import TestResults
+from pyagent.agents.testing import TestAgent, TestCommand, discover_tests
+from pyagent.model.context import CascadeContext
+from pyagent.model.priority import AgentPriority
+from pyagent.model.task import AgentTask
 
 MOD = """\
 import os
@@ -87,3 +93,15 @@ def pytest_command(root: Path) -> TestCommand:
     cmd = discover_tests(root)
     assert cmd is not None and cmd.style == "pytest"
     return dataclasses.replace(cmd, extra_env=NO_PLUGINS)
+
+
+def run_test_agent(agent: TestAgent, cwd: Path, **params: Any) -> TestResults:
+    """One run of the test agent through its ``run(task, workspace)`` contract, in a chain of its own."""
+    outcome = asyncio.run(agent.run(agent.task(CascadeContext.root("test"), **params), cwd))
+    assert outcome.tests is not None and outcome.error is None
+    return outcome.tests
+
+
+def change_task(path: str) -> AgentTask:
+    """A task changing ``path``, for judging a change through the gate directly."""
+    return AgentTask("t1", "ruff", "ruff-fix", path, (path,), AgentPriority.STANDARD, CascadeContext.root("test"))

@@ -18,7 +18,7 @@ from pyagent.model.context import CascadeContext, SecurityScope
 from pyagent.model.priority import AgentPriority
 from pyagent.model.task import AgentTask, ChangeSet, content_hash
 from pyagent.model.verification import Verdict
-from pyagent.pipeline.builder import build_executor, pipeline_shell
+from pyagent.pipeline.builder import build_executor, make_test_agent, pipeline_shell
 from pyagent.pipeline.executor import Executor, ExecutorSetup
 from pyagent.pipeline.settings import PipelineSettings
 from pyagent.pipeline.workspace import project_files
@@ -46,8 +46,14 @@ def test_every_agent_the_registry_returns_is_a_base_agent() -> None:
     assert {"refactor", "docstring"} <= set(build_agents(None, llm)) and "refactor" not in build_agents(None)
 
 
+def test_the_test_agent_the_builder_makes_is_a_base_agent(tmp_path: Path) -> None:
+    root = make_project(tmp_path / "p")
+    tests = make_test_agent(root, PipelineSettings(test_cmd=UNITTEST_CMD), pipeline_shell())
+    assert isinstance(tests, BaseAgent) and tests.identity()["name"] == "tests"
+
+
 def _execute(root: Path, task: AgentTask) -> ChangeSet:
-    executor = build_executor(root, PipelineSettings(), shell=pipeline_shell(), runner=None, baseline=None)
+    executor = build_executor(root, PipelineSettings(), shell=pipeline_shell(), tests=None, baseline=None)
     files = {p: (root / p).read_bytes() for p in task.files if (root / p).is_file()}
     return asyncio.run(executor.execute(task, files))
 

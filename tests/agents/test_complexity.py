@@ -659,3 +659,53 @@ def test_a_helper_from_a_method_is_a_correct_member_of_its_class(
             old_val = old_cls().tally(items, limit) if receiver == "self" else old_cls.tally(items, limit)
             new_val = new_cls().tally(items, limit) if receiver == "self" else new_cls.tally(items, limit)
             assert old_val == new_val, (cls_name, items, limit)
+
+
+NESTED_REPL = '''
+import re
+
+
+def render(text, table):
+    """Replace each %x code in ``text`` from ``table``."""
+
+    def repl(match):
+        code = match.group(0)
+        if code in table:
+            return str(table[code])
+        elif code == "%P":
+            parts = []
+            hours, minutes = divmod(len(table) * 61, 60)
+            # the time part
+            if hours or minutes:
+                parts.append("T")
+                if hours:
+                    parts.append("%sH" % hours)
+                if minutes:
+                    parts.append("%sM" % table.get("%m", minutes))
+            return "".join(parts) or "0D"
+        return code
+
+    return re.sub("%[A-Za-z]", repl, text)
+'''
+
+
+def test_a_block_of_a_nested_function_is_lifted_to_module_level_with_its_closure_values() -> None:
+    # isodate's _strfduration: all its complexity is in the nested `repl`, which counts as its own
+    new, result = _refactor(NESTED_REPL, "render", limit=4)
+    assert result.after < result.before
+    module = ast.parse(new)
+    helper = next(n for n in module.body if isinstance(n, ast.FunctionDef) and n.name == result.helpers[0])
+    assert "table" in [a.arg for a in helper.args.args]  # the closure variable comes in as a parameter
+    assert [n.name for n in module.body if isinstance(n, ast.FunctionDef)] == ["render", result.helpers[0]]
+    old_render, new_render = _load(textwrap.dedent(NESTED_REPL))["render"], _load(new)["render"]
+    for text, table in (("%P and %x", {"%x": 1}), ("%P", {}), ("%P", {"%m": "m", "%a": 2, "%b": 3}), ("%q", {})):
+        assert old_render(text, table) == new_render(text, table)
+
+
+def test_a_closure_variable_another_nested_function_rebinds_is_not_lifted() -> None:
+    rebinding = NESTED_REPL.replace(
+        "    return re.sub(",
+        "    def swap():\n        nonlocal table\n        table = {}\n\n    return re.sub(",
+    )
+    with pytest.raises(RefactorSkipped, match="closure variable"):
+        _refactor(rebinding, "render", limit=4)

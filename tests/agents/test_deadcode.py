@@ -82,8 +82,16 @@ def cached(x):
 '''
 
 TESTS = """\
+import pytest
+
 from pkg import public_api
 from pkg.core import _used_in_tests, dispatch, early, cached, REGISTRY, Widget
+
+
+# an autouse fixture: pytest calls it, though no code names it (humanize's tests have one)
+@pytest.fixture(autouse=True)
+def _warm_cache():
+    cached(0)
 
 
 def test_public():
@@ -129,6 +137,7 @@ def test_finds_only_private_unreferenced_code(tmp_path: Path) -> None:
         "_double",
         "cached",
         "size",
+        "_warm_cache",
     ):
         assert kept not in names
 
@@ -164,3 +173,24 @@ def test_removal_keeps_headings_and_the_project_green(tmp_path: Path) -> None:
 
 def test_unknown_name_changes_nothing() -> None:
     assert remove_dead("def _a():\n    pass\n", "function", "_b", 1, 2) == ("def _a():\n    pass\n", 0)
+
+
+def test_methods_reached_through_a_built_name_are_kept(tmp_path: Path) -> None:
+    # sqlparse's filters: `getattr(self, f"_process_{type(tlist).__name__}".lower(), ...)`
+    root = tmp_path / "q"
+    (root / "pkg").mkdir(parents=True)
+    (root / "pkg" / "__init__.py").write_text("")
+    (root / "pkg" / "filters.py").write_text(
+        "class Walker:\n"
+        "    def process(self, node):\n"
+        "        func = getattr(self, f'_process_{type(node).__name__}'.lower(), self._process_default)\n"
+        "        return func(node)\n\n"
+        "    def visit(self, kind):\n"
+        "        return getattr(self, '_visit_' + kind)()\n\n"
+        "    def _process_default(self, node):\n        return node\n\n"
+        "    def _process_where(self, node):\n        return 'where'\n\n"
+        "    def _visit_join(self):\n        return 'join'\n\n"
+        "    def _really_unused(self):\n        return 0\n"
+    )
+    found = {i.name for i in find_dead_code(root, ["pkg/__init__.py", "pkg/filters.py"])}
+    assert found == {"_really_unused"}

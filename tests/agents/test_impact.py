@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from pathlib import Path
 
 import pytest
 
-from pyagent.agents.testing import TestRunner, discover_tests
-from tests.improve_helpers import NO_PLUGINS
+from pyagent.agents.testing import TestAgent, discover_tests
+from tests.improve_helpers import NO_PLUGINS, run_test_agent
 
 
 def _project(root: Path, *, package_tests: bool) -> Path:
@@ -45,9 +44,10 @@ def test_baseline_maps_files_to_the_tests_that_run_them(tmp_path: Path, style: s
     command = discover_tests(root, cmd)
     assert command is not None
     command = type(command)(command.argv, command.style, dict(NO_PLUGINS))
-    runner = TestRunner(command, timeout=120)
+    agent = TestAgent(command, timeout=120)
     files = [p.relative_to(root).as_posix() for p in root.rglob("*.py")]
-    baseline, impact = asyncio.run(runner.record_impact(root, files))
+    baseline = run_test_agent(agent, root, impact_files=files)
+    impact = baseline.impact
     assert baseline.passed == 2 and baseline.failed == 0
     assert impact is not None
     assert impact.by_file["pkg/alpha.py"] == {"tests/test_alpha.py", "tests/test_both.py"}
@@ -58,7 +58,7 @@ def test_baseline_maps_files_to_the_tests_that_run_them(tmp_path: Path, style: s
     assert impact.select(["pkg/gamma.py"]) == ["tests/test_nothing.py"]
     assert impact.select(["tests/conftest.py"]) is None and impact.select(["setup.cfg"]) is None
 
-    narrowed = asyncio.run(runner.run(root, select=["tests/test_both.py"]))
+    narrowed = run_test_agent(agent, root, select=["tests/test_both.py"])
     assert set(narrowed.outcomes) <= set(baseline.outcomes) and narrowed.passed == 1
 
 
@@ -66,9 +66,9 @@ def test_a_narrowed_run_reports_new_failures_among_the_selected_tests(tmp_path: 
     root = _project(tmp_path / "p", package_tests=True)
     command = discover_tests(root, f"{sys.executable} -m pytest")
     assert command is not None
-    runner = TestRunner(type(command)(command.argv, command.style, dict(NO_PLUGINS)), timeout=120)
-    baseline = asyncio.run(runner.run(root))
+    agent = TestAgent(type(command)(command.argv, command.style, dict(NO_PLUGINS)), timeout=120)
+    baseline = run_test_agent(agent, root)
     (root / "pkg" / "beta.py").write_text("def beta(x):\n    return x\n")
-    narrowed = asyncio.run(runner.run(root, select=["tests/test_both.py"]))
+    narrowed = run_test_agent(agent, root, select=["tests/test_both.py"])
     assert narrowed.selected_regressions(baseline) == ["tests.test_both.T::test_both"]
     assert "tests.test_alpha.T::test_alpha" not in narrowed.outcomes  # it was not run at all

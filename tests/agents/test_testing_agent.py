@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from pyagent.agents.testing import TestResults, TestRunner, discover_tests, parse_junit, parse_unittest
-from tests.improve_helpers import UNITTEST_CMD, make_project
+from pyagent.agents.base import BaseAgent
+from pyagent.agents.test_results import TestResults
+from pyagent.agents.testing import TestAgent, discover_tests, parse_junit, parse_unittest
+from pyagent.model.context import CascadeContext
+from tests.improve_helpers import UNITTEST_CMD, make_project, run_test_agent
 
 
 def test_discovers_pytest_from_config(tmp_path: Path) -> None:
@@ -33,8 +36,13 @@ def test_explicit_command_wins_and_pytest_is_recognised(tmp_path: Path) -> None:
 
 def test_runs_real_pytest_and_reports_each_test(tmp_path: Path) -> None:
     make_project(tmp_path, extra_test="\n\ndef test_broken():\n    assert 1 == 2\n")
-    runner = TestRunner(discover_tests(tmp_path))  # type: ignore[arg-type]
-    res = asyncio.run(runner.run(tmp_path))
+    agent = TestAgent(discover_tests(tmp_path))  # type: ignore[arg-type]
+    task = agent.task(CascadeContext.root("improve"))
+    outcome = asyncio.run(agent.run(task, tmp_path))
+    res = outcome.tests
+    assert res is not None and outcome.error is None
+    assert outcome.note == "3 passed, 1 failed of 4 test(s)"
+    assert isinstance(agent, BaseAgent) and (task.agent, task.kind, task.files) == ("tests", "tests", ())
     assert res.outcomes["tests.test_pkg.TestPkg::test_total"] == "passed"
     assert res.outcomes["tests.test_pkg::test_broken"] == "failed"
     assert (res.passed, res.failed) == (3, 1)
@@ -52,7 +60,7 @@ def test_unittest_command_reports_each_test(tmp_path: Path) -> None:
     make_project(tmp_path)
     cmd = discover_tests(tmp_path, UNITTEST_CMD)
     assert cmd is not None and cmd.style == "unittest" and cmd.argv[-1] == "-v"
-    res = asyncio.run(TestRunner(cmd).run(tmp_path))
+    res = run_test_agent(TestAgent(cmd), tmp_path)
     assert res.outcomes == {
         "test_pkg.TestPkg.test_total": "passed",
         "test_pkg.TestPkg.test_name": "passed",
@@ -61,16 +69,16 @@ def test_unittest_command_reports_each_test(tmp_path: Path) -> None:
 
 
 def test_exit_code_command_counts_as_one_test(tmp_path: Path) -> None:
-    ok = TestRunner(discover_tests(tmp_path, f"{sys.executable} -c pass"))  # type: ignore[arg-type]
-    bad = TestRunner(discover_tests(tmp_path, f"{sys.executable} -c 'raise SystemExit(3)'"))  # type: ignore[arg-type]
-    assert asyncio.run(ok.run(tmp_path)).passed == 1
-    res = asyncio.run(bad.run(tmp_path))
+    ok = TestAgent(discover_tests(tmp_path, f"{sys.executable} -c pass"))  # type: ignore[arg-type]
+    bad = TestAgent(discover_tests(tmp_path, f"{sys.executable} -c 'raise SystemExit(3)'"))  # type: ignore[arg-type]
+    assert run_test_agent(ok, tmp_path).passed == 1
+    res = run_test_agent(bad, tmp_path)
     assert (res.passed, res.failed, res.exit_code) == (0, 1, 3)
 
 
 def test_timeout_is_reported(tmp_path: Path) -> None:
     cmd = discover_tests(tmp_path, f"{sys.executable} -c 'import time; time.sleep(30)'")
-    res = asyncio.run(TestRunner(cmd, timeout=0.5).run(tmp_path))  # type: ignore[arg-type]
+    res = run_test_agent(TestAgent(cmd, timeout=0.5), tmp_path)  # type: ignore[arg-type]
     assert res.timed_out and res.failed == 1 and "timed out" in res.note
 
 
@@ -79,7 +87,7 @@ def test_api_keys_do_not_reach_tests(tmp_path: Path, monkeypatch: pytest.MonkeyP
     (tmp_path / "test_env.py").write_text(
         "import os\n\ndef test_env():\n    assert 'OPENAI_API_KEY' not in os.environ\n"
     )
-    res = asyncio.run(TestRunner(discover_tests(tmp_path)).run(tmp_path))  # type: ignore[arg-type]
+    res = run_test_agent(TestAgent(discover_tests(tmp_path)), tmp_path)  # type: ignore[arg-type]
     assert res.outcomes == {"test_env::test_env": "passed"}
 
 

@@ -323,3 +323,27 @@ def test_parameters_the_author_laid_over_several_lines_are_not_refolded() -> Non
     traced = {"render": {"args": {"rows_to_render": "list[str]"}, "returns": None}}
     new, done = annotate(src, infer_annotations(src, traced, min_version=(3, 10)))
     assert done == [] and new == src  # annotating would push its second line past 79
+
+
+def test_a_class_not_yet_defined_where_the_def_runs_is_written_only_when_annotations_are_deferred() -> None:
+    # tabulate (Python >= 3.10, no __future__ import): `-> JupyterHTMLStr` on a function above the
+    # class was F821 and a NameError at import; `-> Node` inside class Node is the same
+    src = (
+        "def render(rows):\n    return Html(rows)\n\n\n"
+        "class Html(str):\n    pass\n\n\n"
+        "class Node:\n    def copy(self, other):\n        return Node()\n\n\n"
+        "def again(rows):\n    return Html(rows)\n"
+    )
+    traced = {
+        "render": {"args": {"rows": "list[str]"}, "returns": "Html"},
+        "Node.copy": {"args": {"other": "Node"}, "returns": "Node"},
+        "again": {"args": {"rows": "list[str]"}, "returns": "Html"},
+    }
+    anns = _by_name(infer_annotations(src, traced, min_version=(3, 10)))
+    assert anns["render"].args == (("rows", "list[str]"),) and anns["render"].returns is None
+    assert "Node.copy" not in anns
+    assert anns["again"].returns == "Html"  # defined above it
+    new, _ = annotate(src, list(anns.values()))
+    exec(compile(new, "m.py", "exec"), {})  # imports cleanly
+    deferred = _by_name(infer_annotations("from __future__ import annotations\n" + src, traced, min_version=(3, 10)))
+    assert deferred["render"].returns == "Html" and deferred["Node.copy"].returns == "Node"

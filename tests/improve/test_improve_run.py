@@ -50,6 +50,8 @@ def test_in_place_run_keeps_good_changes_rolls_back_the_trap_and_undo_restores(t
         assert {"id", "agent", "target", "status", "reason"} <= set(t)
         assert t["status"] in ("kept", "rolled_back", "failed", "skipped")
     assert rep["tests"]["before"]["passed"] == 3 and rep["tests"]["after"]["failed"] == 0
+    # the test agent that ran the baseline, the gate's tests and the final suite is one of the run's agents
+    assert {"name": "tests", "version": "0.1.0", "capabilities": ["tests"]} in rep["agents"]
     assert "mi_avg" in rep["metrics"]["before"] and "mi_avg" in rep["metrics"]["after"]
     assert (result.report_dir / "report.html").read_text().count("<details data-status=") == len(rep["tasks"])  # type: ignore[operator]
     events = (result.report_dir / "events.jsonl").read_text().splitlines()  # type: ignore[operator]

@@ -32,7 +32,7 @@ from pyagent.fleet.core import FleetManager, TaskControl  # noqa: E402
 from pyagent.model.context import CascadeContext  # noqa: E402
 from pyagent.model.priority import AgentPriority  # noqa: E402
 from pyagent.model.task import AgentTask, ChangeSet  # noqa: E402
-from pyagent.pipeline.builder import make_test_runner, pipeline_shell, run_tests  # noqa: E402
+from pyagent.pipeline.builder import make_test_agent, pipeline_shell, run_tests  # noqa: E402
 from pyagent.pipeline.ray_executor import RayCluster, RayExecutor  # noqa: E402
 from pyagent.pipeline.settings import PipelineSettings  # noqa: E402
 from tests.improve_helpers import make_project  # noqa: E402
@@ -332,9 +332,9 @@ def test_a_critical_task_submitted_while_the_cluster_is_full_starts_before_queue
 ) -> None:
     root = _project(tmp_path / "p")
     settings = PipelineSettings(test_cmd=TEST_CMD)
-    runner = make_test_runner(root, settings, pipeline_shell())
-    assert runner is not None
-    baseline = asyncio.run(run_tests(runner, root))
+    tests = make_test_agent(root, settings, pipeline_shell())
+    assert tests is not None
+    baseline = asyncio.run(run_tests(tests, tests.task(CascadeContext.root("improve")), root))
     files = {"pkg/more.py": (root / "pkg/more.py").read_bytes()}
 
     async def scenario() -> tuple[RayExecutor, dict[str, ChangeSet], list[str]]:

@@ -5,16 +5,16 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from pyagent.agents.testing import TestRunner
+from pyagent.agents.testing import TestAgent
 from pyagent.pipeline.gate import VerificationGate
-from tests.improve_helpers import make_project, pytest_command
+from tests.improve_helpers import change_task, make_project, pytest_command, run_test_agent
 
 
 def _gate(root: Path) -> VerificationGate:
-    runner = TestRunner(pytest_command(root))
-    baseline = asyncio.run(runner.run(root))
+    agent = TestAgent(pytest_command(root))
+    baseline = run_test_agent(agent, root)
     assert baseline.failed == 0 and baseline.passed == 3
-    return VerificationGate(tests=runner, baseline=baseline)
+    return VerificationGate(tests=agent, baseline=baseline)
 
 
 def _judge(
@@ -23,7 +23,7 @@ def _judge(
     path = "pkg/mod.py"
     before = asyncio.run(gate.measure(root, [path]))
     (root / path).write_text(new_source)
-    verdict = asyncio.run(gate.verify(root, before, [path], judge_health=judge_health))
+    verdict = asyncio.run(gate.verify(change_task(path), root, before, [path], judge_health=judge_health))
     return verdict.passed, verdict.check, verdict.reason
 
 

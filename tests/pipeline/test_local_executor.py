@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 
 from pyagent.agents.registry import build_agents
-from pyagent.agents.testing import TestRunner
+from pyagent.agents.testing import TestAgent
 from pyagent.model.context import CascadeContext
 from pyagent.model.priority import AgentPriority
 from pyagent.model.task import AgentTask, ChangeSet, content_hash
@@ -15,7 +15,7 @@ from pyagent.pipeline.executor import LocalExecutor
 from pyagent.pipeline.gate import VerificationGate
 from pyagent.pipeline.remote import execute_task_async
 from pyagent.pipeline.settings import PipelineSettings
-from tests.improve_helpers import make_project, pytest_command
+from tests.improve_helpers import make_project, pytest_command, run_test_agent
 
 MOD = "pkg/mod.py"
 
@@ -34,8 +34,8 @@ def _task(agent: str, rule: str = "", files: tuple[str, ...] = (MOD,)) -> AgentT
 
 
 def _executor(root: Path, tmp: Path) -> LocalExecutor:
-    runner = TestRunner(pytest_command(root))
-    gate = VerificationGate(tests=runner, baseline=asyncio.run(runner.run(root)))
+    agent = TestAgent(pytest_command(root))
+    gate = VerificationGate(tests=agent, baseline=run_test_agent(agent, root))
     return LocalExecutor(root, agents=build_agents(), gate=gate, scratch=tmp)
 
 

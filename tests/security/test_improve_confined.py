@@ -101,6 +101,13 @@ def _check_common(root: Path, result: RunResult, outside: Path, system: str, lis
     events = [json.loads(line) for p in (root / ".pyagent").rglob("events.jsonl") for line in p.read_text().splitlines()]
     assert any(e.get("kind") == "sandbox" and e["refusals"] for e in events), events
     assert any("the sandbox refused" in n for n in result.notes), result.notes
+    gate_runs = {t["id"]: t["verification"]["tests"]["sandbox"] for t in report["tasks"]
+                 if "passed" in (t["verification"] or {}).get("tests", {})}
+    assert gate_runs, "some change's gate ran the tests"
+    for sandbox in gate_runs.values():  # every gate run, not only the baseline's, says what confined it
+        assert sandbox and sandbox[0].startswith("sandbox: network off"), gate_runs
+    gate_events = {e["task_id"] for e in events if e.get("kind") == "sandbox" and e.get("run") == "gate"}
+    assert gate_events == set(gate_runs), (gate_events, gate_runs)
     return {t.target: t.status for t in result.tasks}
 
 

@@ -21,7 +21,7 @@ from pyagent.model.context import CascadeContext
 from pyagent.model.priority import AgentPriority
 from pyagent.model.task import AgentTask
 from pyagent.model.verification import Verdict
-from pyagent.pipeline.builder import make_test_runner, pipeline_shell, run_tests
+from pyagent.pipeline.builder import make_test_agent, pipeline_shell, run_tests
 from pyagent.pipeline.settings import PipelineSettings
 from pyagent.voyager.home import NodeHome
 from pyagent.voyager.node import NodeConfig, VoyagerNode
@@ -87,9 +87,10 @@ def test_a_critical_task_freezes_a_running_low_one_on_a_one_slot_node(tmp_path: 
         events[(event, task_id)] = time.monotonic()
 
     async def scenario() -> None:
-        runner = make_test_runner(project, settings, pipeline_shell())
-        assert runner is not None
-        baseline = (await run_tests(runner, project)).to_dict()  # the real 20 s run, once, as the origins do
+        tests = make_test_agent(project, settings, pipeline_shell())
+        assert tests is not None
+        # the real 20 s run, once, as the origins do
+        baseline = (await run_tests(tests, tests.task(CascadeContext.root("improve")), project)).to_dict()
         node = VoyagerNode(NodeConfig(name="n-preempt", home=str(node_home.path), slots=1), on_task=on_task)
         await node.start()
         a = SwarmExecutor(project, home=home_a, settings=settings, baseline=baseline, discovery_wait=15)

@@ -929,19 +929,31 @@ def _extract_once(
     good enough (complexity not lower, MI worse), and the next block is tried.
     """
     tree = ast.parse(source)
-    fn, _in_class = _find_function(tree, qualname)
+    fn, in_class = _find_function(tree, qualname)
     lines = source.splitlines(keepends=True)
     reasons: list[str] = []
-    scored: list[tuple[int, int, _Block]] = []
-    for block in _blocks(fn, lines):
-        if block.decisions < 2 or block.decisions >= complexity - 1:
-            continue
-        why = _escape_reason(block.stmts)
-        if why:
-            reasons.append(why)
-            continue
-        balance = max(complexity - block.decisions, block.decisions + 1)
-        scored.append((balance, block.stmts[0].lineno, block))
+    scored: list[tuple[int, int, _Block, ast.FunctionDef | ast.AsyncFunctionDef]] = []
+    # the function's own blocks, and those of functions nested in a module-level function (their
+    # complexity counts as the outer one's; the helper is lifted to module level)
+    homes: list[ast.FunctionDef | ast.AsyncFunctionDef] = [fn]
+    if not in_class:
+        homes += [
+            n
+            for n in fn.body
+            if isinstance(n, ast.FunctionDef)
+            and not n.decorator_list
+            and not any(isinstance(x, ast.Nonlocal | ast.Global) for x in ast.walk(n))
+        ]
+    for home in homes:
+        for block in _blocks(home, lines):
+            if block.decisions < 2 or block.decisions >= complexity - 1:
+                continue
+            why = _escape_reason(block.stmts)
+            if why:
+                reasons.append(why)
+                continue
+            balance = max(complexity - block.decisions, block.decisions + 1)
+            scored.append((balance, block.stmts[0].lineno, block, home))
     if not scored:
         detail = f" ({'; '.join(sorted(set(reasons))[:3])})" if reasons else ""
         raise RefactorSkipped(f"no block of {qualname} can be extracted safely{detail}")
@@ -949,23 +961,29 @@ def _extract_once(
         n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
     }
     last_error = ""
-    for _balance, _line, block in sorted(scored, key=lambda t: (t[0], t[1])):
+    for _balance, _line, block, home in sorted(scored, key=lambda t: (t[0], t[1])):
         first, last = block.stmts[0], block.stmts[-1]
         start = _offset(lines, first.lineno, 0)
         end = _offset(lines, last.end_lineno or last.lineno, last.end_col_offset or 0)
+        caller = qualname if home is fn else f"{qualname}.<locals>.{home.name}"
+        closure: set[str] = set()
+        if home is not fn:  # what the outer function has certainly bound before it defines ``home``
+            closure = _bound_on_entry(fn, home)
         try:
             extracted = _rope_extract(source, start, end)
+            if home is not fn:
+                extracted = _lift_helper(extracted, qualname, home.name)
             new, name = _finish_helper(
                 extracted,
                 block,
-                qualname,
+                caller,
                 taken,
-                _values_used_outside(fn, block),
-                _bound_on_entry(fn, first),
-                _bound_on_entry(fn, first, on_some_path=True),
+                _values_used_outside(home, block),
+                _bound_on_entry(home, first) | closure,
+                _bound_on_entry(home, first, on_some_path=True) | closure,
                 caller_lines=lines,
             )
-            ast.parse(new)
+            compile(new, "<refactored>", "exec", dont_inherit=True)  # symbol-table errors too
         except (RefactorSkipped, SyntaxError) as exc:
             last_error = str(exc)
             continue
@@ -976,6 +994,60 @@ def _extract_once(
         where = f"line {first.lineno}"
         return new, name, f"extracted the {block.kind} block at {where} into `{name}`"
     raise RefactorSkipped(f"no extraction of {qualname} worked: {last_error}")
+
+
+def _lift_helper(source: str, outer: str, nested: str) -> str:
+    """rope's helper for a block of ``outer``'s nested function ``nested``, moved from ``outer``'s
+    body to module level right after ``outer`` (where it no longer counts as ``outer``'s complexity).
+
+    Refused when the helper reads a name of ``outer``'s scope that rope did not pass in (a closure
+    variable), since at module level that name would not exist.
+    """
+    tree = ast.parse(source)
+    fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name == outer)
+    helper = next(
+        (n for n in fn.body if isinstance(n, ast.FunctionDef) and n.name == _TEMP_NAME),
+        None,
+    )
+    if helper is None:
+        raise RefactorSkipped(f"rope did not put the helper for {nested}'s block in {outer}")
+    a = fn.args
+    outer_names = _stored(fn.body) | {p.arg for p in [*a.posonlyargs, *a.args, *a.kwonlyargs]}
+    outer_names.update(p.arg for p in (a.vararg, a.kwarg) if p is not None)
+    outer_names |= {n.name for n in fn.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)}
+    h = helper.args
+    own = _stored(helper.body) | {p.arg for p in [*h.posonlyargs, *h.args, *h.kwonlyargs]}
+    free = sorted({n.id for n in _function_reads(helper) if n.id not in own and n.id in outer_names})
+    lines = source.splitlines(keepends=True)
+    if free:  # closure variables the block reads: at module level they come in as parameters
+        rebinds = [n for n in ast.walk(fn) if isinstance(n, ast.Nonlocal) and set(n.names) & set(free)]
+        call = next(
+            (n for n in ast.walk(fn) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == _TEMP_NAME),
+            None,
+        )
+        header = lines[helper.lineno - 1]
+        if rebinds or call is None or call.lineno != call.end_lineno or call.keywords or h.vararg or h.kwarg or h.kwonlyargs:
+            raise RefactorSkipped(f"the block of {nested} reads `{free[0]}` of {outer} (a closure variable)")
+        if not header.rstrip().endswith("):"):
+            raise RefactorSkipped("rope wrote a helper header over several lines")
+        text = lines[call.lineno - 1]
+        at = _char_col(text, call.end_col_offset or 0) - 1  # the call's closing parenthesis
+        lines[call.lineno - 1] = text[:at] + (", " if call.args else "") + ", ".join(free) + text[at:]
+        closing = header.rindex(")")
+        lines[helper.lineno - 1] = header[:closing] + (", " if h.args else "") + ", ".join(free) + header[closing:]
+    start, stop = helper.lineno - 1, helper.end_lineno or helper.lineno
+    while start > 0 and not lines[start - 1].strip():
+        start -= 1  # the blank lines before it go with it
+    body = lines[helper.lineno - 1 : stop]
+    cut = helper.col_offset
+    if any(line.strip() and line[:cut].strip() for line in body):
+        raise RefactorSkipped("rope's helper is not indented as one block")
+    moved = [line[cut:] if line.strip() else "\n" for line in body]
+    end = fn.end_lineno or fn.lineno
+    if end == stop:  # the helper was the outer function's last statement
+        end = start
+    rest = lines[:start] + lines[stop:end]
+    return "".join([*rest, "\n\n", *moved, *lines[fn.end_lineno or fn.lineno :]])
 
 
 def refactor_function(
@@ -1040,7 +1112,7 @@ def refactor_function(
         raise RefactorSkipped(f"{qualname} stays at complexity {before}: {why}")
     try:
         cst.parse_module(new)
-        ast.parse(new, filename=path)
+        compile(new, path, "exec", dont_inherit=True)  # symbol-table errors too (`nonlocal` at module level)
     except (SyntaxError, cst.ParserSyntaxError) as exc:  # our own last line of defence
         raise RefactorSkipped(f"the refactoring would not parse: {exc}") from exc
     return Refactoring(new, tuple(steps), before, current, tuple(helpers))

@@ -4,7 +4,8 @@ Finding is a whole-project reference analysis: vulture scans every Python file o
 tests included, so a name the tests use is used), and a name is only a candidate when it is private
 (``_name``, not a dunder or ``_sunder_`` protocol name), undecorated, and its identifier occurs
 nowhere else in the project's text: not in code, strings (``getattr(obj, "_name")``), ``__all__``,
-docs or tests. Public names are never candidates. Unreachable code is vulture's 100%-confidence
+docs or tests, and does not start with a prefix the code builds names from (``f"_process_{kind}"``
+looked up with ``getattr``). Public names are never candidates. Unreachable code is vulture's 100%-confidence
 finding (statements after ``return``/``raise``/``continue``/``break``).
 
 Removal is a LibCST edit: the definition goes with the comments attached to it; a comment separated
@@ -59,23 +60,48 @@ def _private(name: str) -> bool:
     )
 
 
+def _starts_at(node: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef, line: int) -> bool:
+    """vulture's first line of a definition is its first decorator's line when it has one."""
+    return line in (node.lineno, *(d.lineno for d in node.decorator_list[:1]))
+
+
 def _decorated_or_subclassing(tree: ast.Module, name: str, line: int) -> bool:
-    """Decorators may register a definition; a method of a class with bases may be called by the base."""
+    """Decorators may register a definition (a pytest fixture, a route); a method of a class with
+    bases may be called by the base."""
     for node in ast.walk(tree):
         if isinstance(node, ast.ClassDef) and node.bases:
             for item in node.body:
-                if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef) and (item.name, item.lineno) == (
-                    name,
-                    line,
-                ):
+                if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef) and item.name == name and _starts_at(item, line):
                     return True
-        if (
-            isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
-            and node.name == name
-            and node.lineno == line
-        ):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and node.name == name and _starts_at(node, line):
             return bool(node.decorator_list)
     return False
+
+
+_PREFIX = re.compile(r"^_?[A-Za-z][A-Za-z0-9]*_\w*$|^_[A-Za-z0-9_]*$")
+
+
+def _name_prefixes(tree: ast.AST) -> set[str]:
+    """Name prefixes code builds at run time: ``f"_process_{kind}"``, ``"_visit_" + kind``,
+    ``"_on_{}".format(kind)``, ``"_do_%s" % kind`` (``getattr`` dispatch, as sqlparse's filters do)."""
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        head: ast.AST | None = None
+        if isinstance(node, ast.JoinedStr) and node.values:
+            head = node.values[0]
+        elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add | ast.Mod):
+            head = node.left
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "format"
+        ):
+            head = node.func.value
+        if isinstance(head, ast.Constant) and isinstance(head.value, str):
+            text = re.split(r"[{%]", head.value, maxsplit=1)[0]
+            if len(text) > 1 and _PREFIX.match(text):
+                out.add(text)
+    return out
 
 
 def find_dead_code(root: str | os.PathLike[str], files: Sequence[str]) -> list[DeadItem]:
@@ -94,6 +120,7 @@ def find_dead_code(root: str | os.PathLike[str], files: Sequence[str]) -> list[D
                 continue
     corpus = "\n".join(texts)
     trees: dict[str, ast.Module] = {}
+    prefixes: set[str] | None = None  # built on the first candidate (most projects have none)
     out: list[DeadItem] = []
     for item in scanner.get_unused_code(min_confidence=60):
         if item.typ not in _KINDS:
@@ -111,6 +138,15 @@ def find_dead_code(root: str | os.PathLike[str], files: Sequence[str]) -> list[D
         name = str(item.name)
         if not _private(name) or len(re.findall(rf"\b{re.escape(name)}\b", corpus)) != 1:
             continue
+        if prefixes is None:
+            prefixes = set()
+            for py in (f for f in files if f.endswith(".py")):
+                try:
+                    prefixes |= _name_prefixes(ast.parse((root / py).read_text(encoding="utf-8")))
+                except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+                    continue
+        if any(name.lower().startswith(p.lower()) for p in prefixes):
+            continue  # the name may be built at run time and looked up with getattr
         if rel not in trees:
             try:
                 trees[rel] = ast.parse((root / rel).read_text(encoding="utf-8"))

@@ -172,7 +172,10 @@ def _is_method(stmt: cst.BaseStatement) -> bool:
     return bool(params) and params[0].name.value in ("self", "cls")
 
 
-def _blank_lines(stmt: cst.BaseStatement, count: int) -> cst.BaseStatement:
+_Statement = cst.SimpleStatementLine | cst.BaseCompoundStatement
+
+
+def _blank_lines(stmt: _Statement, count: int) -> _Statement:
     """``stmt`` preceded by ``count`` blank lines, its own comments above it kept."""
     comments = [line for line in stmt.leading_lines if line.comment is not None]
     return stmt.with_changes(leading_lines=[cst.EmptyLine(indent=False)] * count + comments)
@@ -197,7 +200,7 @@ def replace_function(source: str, qualname: str, code: str) -> str:
     if old_doc is not None:  # a model that rewrites a function often drops its docstring: keep it
         new_body = [_with_docstring(s, old_doc) if isinstance(s, cst.FunctionDef) and s.name.value == name else s
                     for s in new_body]
-    hoisted: list[cst.BaseStatement] = []
+    hoisted: list[_Statement] = []
     if "." in qualname:  # a method (qualnames descend into classes only)
         def is_target(s: cst.BaseStatement) -> bool:
             return isinstance(s, cst.FunctionDef) and s.name.value == name

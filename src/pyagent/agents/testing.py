@@ -8,24 +8,31 @@ per-test outcomes; a custom ``--test-cmd`` that reports neither counts as one te
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shlex
 import sys
 import tempfile
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pyagent.agents._config_files import has_ini_section, pyproject
+from pyagent.agents.base import BaseAgent
+from pyagent.agents.test_results import TestResults
+from pyagent.agents.worker import AgentOutcome
+from pyagent.model.priority import AgentPriority
+from pyagent.model.task import AgentTask
 
 if TYPE_CHECKING:
-    from pyagent.agents.impact import TestImpact
+    from pyagent.model.context import CascadeContext
+    from pyagent.model.knowledge import KnowledgeBackend
     from pyagent.shell import SecureShell
 
-__all__ = ["TestCommand", "TestResults", "TestRunner", "command_from_argv", "discover_tests"]
+__all__ = ["TestAgent", "TestCommand", "command_from_argv", "discover_tests"]
 
 # Variables a project's tests may legitimately need; everything else (API keys included) stays out.
 # PYTHONPATH is left out on purpose: pointing at the real tree, it would make the gate test the wrong code.
@@ -50,103 +57,6 @@ _WARNING_LINE = re.compile(
     r"(?P<cat>DeprecationWarning|PendingDeprecationWarning|FutureWarning): (?P<msg>.*)$",
     re.MULTILINE,
 )
-
-
-def _family(test_id: str) -> str:
-    """The test function a parametrized id belongs to: ``mod::test_f[3-x]`` -> ``mod::test_f``."""
-    return test_id.split("[", 1)[0]
-
-
-@dataclass(frozen=True)
-class TestResults:
-    """Outcome of one test run: per-test status plus how the run itself ended."""
-
-    __test__ = False  # not a pytest test class despite the name
-
-    outcomes: dict[str, str]  # test id -> passed | failed | error | skipped
-    command: tuple[str, ...]
-    exit_code: int | None
-    duration: float
-    timed_out: bool = False
-    output_tail: str = ""
-    note: str = ""
-    # (path, line, category, message) of deprecation warnings the run printed, as the runner reported them
-    warnings: tuple[tuple[str, int, str, str], ...] = ()
-    # what the sandbox enforced, then the refusals the run printed (pyagent.shell.confine.refusals)
-    sandbox: tuple[str, ...] = ()
-
-    @property
-    def passed(self) -> int:
-        return sum(1 for s in self.outcomes.values() if s == "passed")
-
-    @property
-    def failed(self) -> int:
-        return sum(1 for s in self.outcomes.values() if s in ("failed", "error"))
-
-    def passing(self) -> set[str]:
-        return {t for t, s in self.outcomes.items() if s == "passed"}
-
-    def regressions(self, baseline: TestResults) -> list[str]:
-        """Tests that passed in ``baseline`` and did not pass here (failed, errored or vanished).
-
-        A parametrized case whose id changed between runs (ids built from reprs, dates or memory
-        addresses) is not lost: vanished ``test_f[...]`` ids are matched by count against ``test_f``'s
-        passing ids that are new here, and only the vanished ids beyond those count.
-        """
-        mine = self.passing()
-        lost = sorted(t for t in baseline.passing() if t not in mine)
-        renamed: dict[str, int] = {}
-        for t in mine:
-            if "[" in t and t not in baseline.outcomes:
-                renamed[_family(t)] = renamed.get(_family(t), 0) + 1
-        out: list[str] = []
-        for t in lost:
-            family = _family(t)
-            if t not in self.outcomes and "[" in t and renamed.get(family, 0) > 0:
-                renamed[family] -= 1
-                continue
-            out.append(t)
-        return out
-
-    def selected_regressions(self, baseline: TestResults) -> list[str]:
-        """Baseline passes among the tests that ran which fail now, and new failures.
-
-        For a run narrowed to some tests, and for the final full run: a test that did not run is not
-        counted (a collection error shows up as a new failing entry instead).
-        """
-        lost = [t for t in baseline.passing() if t in self.outcomes and self.outcomes[t] != "passed"]
-        new = [t for t, s in self.outcomes.items() if s in ("failed", "error") and t not in baseline.outcomes]
-        if not self.outcomes and self.exit_code not in (0, 5):
-            new.append(f"the selected tests did not run (exit {self.exit_code})")
-        return sorted({*lost, *new})
-
-    def summary(self) -> dict[str, Any]:
-        return {"passed": self.passed, "failed": self.failed, "total": len(self.outcomes)}
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            **self.summary(),
-            "outcomes": dict(sorted(self.outcomes.items())),
-            "command": list(self.command),
-            "exit_code": self.exit_code,
-            "duration": round(self.duration, 3),
-            "timed_out": self.timed_out,
-            "note": self.note,
-            "warnings": [list(w) for w in self.warnings],
-            "sandbox": list(self.sandbox),
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> TestResults:
-        return cls(
-            outcomes={str(k): str(v) for k, v in dict(d["outcomes"]).items()},
-            command=tuple(d.get("command", ())),
-            exit_code=d.get("exit_code"),
-            duration=float(d.get("duration", 0.0)),
-            timed_out=bool(d.get("timed_out", False)),
-            note=str(d.get("note", "")),
-            sandbox=tuple(str(x) for x in d.get("sandbox", ())),
-        )
 
 
 @dataclass(frozen=True)
@@ -306,46 +216,105 @@ def unittest_ran(output: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-class TestRunner:
-    """Runs one project's tests in a given directory (the real tree or an isolated copy)."""
+class TestAgent(BaseAgent):
+    """The test agent: runs one project's tests in a workspace (an isolated copy) and reports them.
+
+    The same ``run(task, workspace)`` contract as every agent; the outcome's ``tests`` holds the
+    results. A task's params choose the run (:meth:`task` builds one): ``select`` narrows it to some
+    test files (the gate's test-impact selection), ``impact_files`` runs it under coverage.py with
+    per-test contexts and maps those project files to the tests that exercise them (the baseline),
+    ``trace_out`` records the types the calls saw (the types agent).
+    """
 
     __test__ = False
+    name = "tests"
+    capabilities = frozenset({"tests"})
 
     def __init__(
-        self, command: TestCommand, shell: SecureShell | None = None, *, timeout: float = 300.0
+        self,
+        command: TestCommand,
+        shell: SecureShell | None = None,
+        *,
+        timeout: float = 300.0,
+        knowledge: KnowledgeBackend | None = None,
     ) -> None:
         from pyagent.shell import SecureShell
 
+        super().__init__(knowledge=knowledge)
         self.command = command
+        self.commands = (Path(command.argv[0]).name,)
         self.timeout = timeout
         self.shell = shell or SecureShell(env_allow=TEST_ENV_ALLOW, timeout=timeout)
 
-    async def record_impact(
-        self, cwd: str | Path, files: Sequence[str], *, trace_out: Path | None = None
-    ) -> tuple[TestResults, TestImpact | None]:
-        """The baseline run under coverage.py with per-test contexts, and the impact map it yields.
+    def task(
+        self,
+        context: CascadeContext,
+        *,
+        task_id: str | None = None,
+        select: Sequence[str] | None = None,
+        impact_files: Sequence[str] | None = None,
+        trace_out: Path | None = None,
+        priority: AgentPriority = AgentPriority.HIGH,
+    ) -> AgentTask:
+        """A test run as a task of the chain ``context`` belongs to (it spends that chain's budget)."""
+        params: dict[str, Any] = {"action": "run the tests"}
+        if select is not None:
+            params["select"] = list(select)
+        if impact_files is not None:
+            params["impact_files"] = list(impact_files)
+        if trace_out is not None:
+            params["trace_out"] = str(trace_out)
+        return AgentTask(
+            id=task_id or f"{context.task_id}/tests",
+            agent=self.name,
+            kind="tests",
+            target=".",
+            files=(),
+            priority=priority,
+            context=context,
+            params=params,
+        )
+
+    async def run(self, task: AgentTask, workspace: Path) -> AgentOutcome:
+        params = task.params
+        trace = params.get("trace_out")
+        trace_out = Path(trace) if isinstance(trace, str) else None
+        impact_files = params.get("impact_files")
+        if impact_files is not None:
+            results = await self._record_impact(Path(workspace), list(impact_files), trace_out)
+        else:
+            select = params.get("select")
+            results = await self._run_suite(
+                Path(workspace), select=None if select is None else list(select), trace_out=trace_out
+            )
+        summary = f"{results.passed} passed, {results.failed} failed of {len(results.outcomes)} test(s)"
+        return AgentOutcome(note=summary + (f" ({results.note})" if results.note else ""), tests=results)
+
+    async def _record_impact(
+        self, cwd: Path, files: Sequence[str], trace_out: Path | None
+    ) -> TestResults:
+        """The baseline run under coverage.py with per-test contexts, with the impact map it yields.
 
         ``files`` lists the project's files (POSIX, relative to ``cwd``); its test modules are the
-        units a change selects. ``trace_out``: also record the types calls see (the types agent).
+        units a change selects.
         """
         from pyagent.agents.impact import COVERAGE_RC, covered_argv, read_impact
 
-        cwd = Path(cwd)
         with tempfile.TemporaryDirectory(prefix="pyagent-impact-") as tmp:
             rc, data = Path(tmp) / "coveragerc", Path(tmp) / "coverage.data"
             rc.write_text(COVERAGE_RC.format(source=cwd, data_file=data), encoding="utf-8")
             if covered_argv(self.command.argv, rc) is None:
-                return await self.run(cwd, trace_out=trace_out), None
-            results = await self.run(cwd, coverage_rc=rc, trace_out=trace_out)
+                return await self._run_suite(cwd, trace_out=trace_out)
+            results = await self._run_suite(cwd, coverage_rc=rc, trace_out=trace_out)
             try:
                 impact = read_impact(data, cwd, files)
             except Exception:  # an unreadable data file means no selection, never a failed run
                 impact = None
-        return results, impact
+        return dataclasses.replace(results, impact=impact)
 
-    async def run(
+    async def _run_suite(
         self,
-        cwd: str | Path,
+        cwd: Path,
         *,
         select: Sequence[str] | None = None,
         coverage_rc: Path | None = None,
@@ -357,7 +326,6 @@ class TestRunner:
         from pyagent.agents.typetrace import traced_argv
         from pyagent.shell.confine import describe, refusals
 
-        cwd = Path(cwd)
         with tempfile.TemporaryDirectory(prefix="pyagent-junit-") as tmp:
             argv = list(self.command.argv)
             if select is not None:

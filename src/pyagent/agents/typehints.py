@@ -187,7 +187,8 @@ def _union_members(annotation: str) -> list[str]:
 
 
 def _writable(annotation: str, modern: bool, classes: set[str], before_line: set[str]) -> bool:
-    """Whether ``annotation`` can be written in this file as it is (no import, evaluates at def time)."""
+    """Whether ``annotation`` can be written in this file as it is: no import needed, and every name
+    in it bound when the def runs (``before_line``: the classes that are)."""
     try:
         ast.parse(annotation, mode="eval")
     except SyntaxError:
@@ -199,7 +200,7 @@ def _writable(annotation: str, modern: bool, classes: set[str], before_line: set
     for name in names:
         if name in _SCALARS or name in ("list", "set", "frozenset", "dict", "tuple"):
             continue
-        if name not in classes or (not modern and name not in before_line):
+        if name not in classes or name not in before_line:
             return False
     return True
 
@@ -212,17 +213,22 @@ def infer_annotations(
 ) -> list[Annotation]:
     """What :func:`annotate` would add to ``source``: inferred returns and the traced types."""
     tree = ast.parse(source)
-    modern = min_version >= (3, 10) or any(
+    # annotations are evaluated when the def runs unless the file defers them: then a class named in
+    # one must already exist (defined above, and not the class the method is in), and `X | Y` needs 3.10
+    deferred = any(
         isinstance(n, ast.ImportFrom) and n.module == "__future__" and any(a.name == "annotations" for a in n.names)
         for n in tree.body
     )
+    modern = min_version >= (3, 10) or deferred
     classes = {n.name for n in tree.body if isinstance(n, ast.ClassDef)}
     out: list[Annotation] = []
     for qualname, fn, is_method in _functions(tree):
         decorators = _decorator_names(fn)
         if any(d not in _ALLOWED_DECORATORS for d in decorators):
             continue
-        before = {n.name for n in tree.body if isinstance(n, ast.ClassDef) and n.lineno < fn.lineno}
+        before = classes if deferred else {
+            n.name for n in tree.body if isinstance(n, ast.ClassDef) and (n.end_lineno or n.lineno) < fn.lineno
+        }
         positional = [*fn.args.posonlyargs, *fn.args.args]
         skip_first = is_method and "staticmethod" not in decorators
         params = positional[1:] if skip_first and positional else positional

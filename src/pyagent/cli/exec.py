@@ -54,6 +54,7 @@ def policy_from(args: argparse.Namespace) -> Any:
         memory=DEFAULT_MEMORY if args.memory is None else args.memory << 20,
         read_paths=tuple(os.path.abspath(p) for p in args.allow_read),
         write_paths=tuple(os.path.abspath(p) for p in args.allow_write), require=args.require_sandbox,
+        freezer="signal",  # one command, never preempted: no freezer cgroup to make, join and remove
     )
 
 

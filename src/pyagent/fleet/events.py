@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
+from pyagent.model.priority import AgentPriority
 from pyagent.redact import redact
 
-__all__ = ["EventLog", "EventLogError", "FleetEvent", "read_events"]
+if TYPE_CHECKING:
+    from pyagent.fleet.handle import TaskHandle
+
+__all__ = ["EventLog", "EventLogError", "EventPublisher", "FleetEvent", "read_events"]
+
+_now = time.time
+_PRIORITY_NAMES = tuple(p.name for p in AgentPriority)  # enum .name is slow on the hot path
 
 EventCallback = Callable[["FleetEvent"], None]
 
@@ -128,3 +136,71 @@ def read_events(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
         if not isinstance(record, dict):
             raise EventLogError(f"{path}:{number}: expected a JSON object")
         yield record
+
+
+class EventPublisher:
+    """The scheduler's event stream: one ``FleetEvent`` per step of a task, to every listener.
+
+    A listener that raises is logged and skipped: a broken progress display must not break the fleet.
+    """
+
+    _listeners: list[Callable[[FleetEvent], None]]
+
+    def _emit(self, h: TaskHandle[Any], kind: str, *, outcome: str | None = None, detail: Any = None) -> None:
+        ctx = h._context
+        duration = None
+        if kind == "finished" and h.started is not None and h.finished is not None:
+            duration = h.finished - h.started
+        lineage: tuple[str, ...]
+        if ctx is None:
+            root, lineage = h.id, (h.id,)
+        else:
+            root, lineage = ctx.root_task_id, ctx.lineage_ids()
+        if detail is not None:
+            detail = redact(detail)  # every consumer (display, log, report) sees the scrubbed text
+        event = FleetEvent(
+            _now(), kind, h.id, root, h.name, h.kind, outcome, 0, duration, detail, lineage, _PRIORITY_NAMES[h.priority]
+        )
+        listeners = self._listeners
+        if len(listeners) == 1:
+            try:
+                listeners[0](event)
+            except Exception:
+                _log_listener_failure()
+        else:
+            self._deliver(event)
+
+    def _emit_agent(
+        self, h: TaskHandle[Any], action: str, outcome: str | None, tokens: int, duration: float | None, detail: Any
+    ) -> None:
+        if not self._listeners:
+            return
+        ctx = h.context
+        self._deliver(
+            FleetEvent(
+                time=time.time(),
+                kind="agent",
+                task_id=h.id,
+                root_task_id=ctx.root_task_id,
+                agent=ctx.agent,
+                action=action,
+                outcome=outcome,
+                tokens=tokens,
+                duration=duration,
+                detail=None if detail is None else redact(detail),
+                lineage=ctx.lineage_ids(),
+                priority=_PRIORITY_NAMES[h.priority],
+            )
+        )
+
+    def _deliver(self, event: FleetEvent) -> None:
+        for listener in self._listeners:
+            try:
+                listener(event)
+            except Exception:
+                _log_listener_failure()
+
+
+def _log_listener_failure() -> None:
+    """A broken progress display must not break the fleet: log and carry on."""
+    logging.getLogger("pyagent.fleet").exception("event listener failed")

@@ -15,7 +15,7 @@ import orjson
 from pyagent.model.status import Status
 
 if TYPE_CHECKING:
-    from pyagent.agents.testing import TestResults
+    from pyagent.agents.test_results import TestResults
     from pyagent.fleet.events import FleetEvent
     from pyagent.improve.result import RunResult
 
@@ -249,6 +249,11 @@ def render_pr(rep: dict[str, Any]) -> str:
     for label, t in (("baseline", tb), ("after", ta)):
         if t is not None and t.get("sandbox"):
             out += [f"- {label} {t['sandbox'][0]}"] + [f"  - refused: {line}" for line in t["sandbox"][1:]]
+    for task in rep["tasks"]:
+        gate_sandbox = (task.get("verification") or {}).get("tests", {}).get("sandbox") or []
+        if len(gate_sandbox) > 1:  # a gate run's refusals; what it enforced is the baseline's line above
+            out += [f"- gate run for `{task['target']}` ({task['id']})"]
+            out += [f"  - refused: {line}" for line in gate_sandbox[1:]]
     if rep.get("settings"):
         out += ["", "### Project rules used", ""] + [f"- {k}: {v}" for k, v in rep["settings"].items()]
     if rep.get("gate"):
@@ -317,6 +322,10 @@ def write_report(result: RunResult, events: list[FleetEvent]) -> Path:
                 log.write({"kind": "sandbox", "task_id": None, "run": label, "enforced": t["sandbox"][0],
                            "refusals": t["sandbox"][1:]})
         for t in rep["tasks"]:
+            gate_sandbox = (t.get("verification") or {}).get("tests", {}).get("sandbox")
+            if gate_sandbox:  # every gate run that ran tests, not only the baseline and the final run
+                log.write({"kind": "sandbox", "task_id": t["id"], "lineage": t["lineage"], "run": "gate",
+                           "enforced": gate_sandbox[0], "refusals": gate_sandbox[1:]})
             log.write(
                 {
                     "kind": "change",

@@ -10,7 +10,7 @@ from pyagent.model.status import Status
 from pyagent.model.verification import Verification
 
 if TYPE_CHECKING:
-    from pyagent.agents.testing import TestResults
+    from pyagent.agents.test_results import TestResults
 
 __all__ = ["STATUSES", "RunResult", "TaskRecord"]
 

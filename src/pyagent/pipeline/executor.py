@@ -21,7 +21,7 @@ from pyagent.pipeline.workspace import copy_files, isolated_copy, safe_relpath
 
 if TYPE_CHECKING:
     from pyagent.agents.base import BaseAgent
-    from pyagent.agents.testing import TestResults
+    from pyagent.agents.test_results import TestResults
     from pyagent.pipeline.gate import VerificationGate
     from pyagent.pipeline.settings import PipelineSettings
 
@@ -116,7 +116,7 @@ class LocalExecutor:
                 return _unjudged(task, Verdict.NOOP, "the agent made no change", base, outcome.usage)
             from pyagent.pipeline.gate import LINT_KINDS
 
-            verdict = await self.gate.verify(ws, before, changes, judge_health=task.kind not in LINT_KINDS)
+            verdict = await self.gate.verify(task, ws, before, changes, judge_health=task.kind not in LINT_KINDS)
             return ChangeSet(
                 task_id=task.id,
                 changes=changes,

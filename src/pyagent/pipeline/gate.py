@@ -26,8 +26,10 @@ from pyagent.model.verification import Check, Verdict, Verification
 
 if TYPE_CHECKING:
     from pyagent.agents.impact import TestImpact
-    from pyagent.agents.testing import TestResults, TestRunner
+    from pyagent.agents.test_results import TestResults
+    from pyagent.agents.testing import TestAgent
     from pyagent.health import CodeHealthAuditor
+    from pyagent.model.task import AgentTask
     from pyagent.shell import SecureShell
 
 __all__ = ["LINT_KINDS", "FileMetrics", "FindingAt", "Snapshot", "VerificationGate", "gate_rules"]
@@ -135,7 +137,7 @@ class VerificationGate(AuditorMixin):
     def __init__(
         self,
         *,
-        tests: TestRunner | None = None,
+        tests: TestAgent | None = None,
         baseline: TestResults | None = None,
         shell: SecureShell | None = None,
         auditor: CodeHealthAuditor | None = None,
@@ -143,7 +145,7 @@ class VerificationGate(AuditorMixin):
         impact: TestImpact | None = None,
     ) -> None:
         if tests is not None and baseline is None:
-            raise ValueError("a test runner needs the baseline it is compared against")
+            raise ValueError("a test agent needs the baseline it is compared against")
         self.tests = tests
         self.baseline = baseline
         self.shell = shell
@@ -253,13 +255,16 @@ class VerificationGate(AuditorMixin):
 
     async def verify(
         self,
+        task: AgentTask,
         workspace: str | Path,
         before: Mapping[str, FileMetrics],
         changed: Iterable[str],
         *,
         judge_health: bool = True,
     ) -> Verification:
-        """Judge the change now present in ``workspace``; ``before`` came from :meth:`measure`."""
+        """Judge ``task``'s change now present in ``workspace``; ``before`` came from :meth:`measure`.
+
+        The tests run as the test agent's task in ``task``'s chain (its lineage and budget)."""
         after = await self.measure(workspace, changed)
         verdict = self.compare(before, after, judge_health=judge_health)
         if not verdict.passed or self.tests is None or self.baseline is None:
@@ -274,7 +279,15 @@ class VerificationGate(AuditorMixin):
                 verdict.metrics,
                 {"selected": 0},
             )
-        results = await self.tests.run(workspace, select=selection)
+        outcome = await self.tests.run(
+            self.tests.task(task.context, task_id=f"{task.id}/tests", select=selection, priority=task.priority),
+            Path(workspace),
+        )
+        results = outcome.tests
+        if results is None:
+            return Verification(
+                Verdict.REJECTED, f"the tests did not run ({outcome.error})", Check.TESTS, verdict.metrics
+            )
         if selection is None:
             regressions = results.regressions(self.baseline)
         else:

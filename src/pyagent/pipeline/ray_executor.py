@@ -45,7 +45,7 @@ from pyagent.shell.secure import enlist
 
 if TYPE_CHECKING:
     from pyagent.agents.impact import TestImpact
-    from pyagent.agents.testing import TestResults
+    from pyagent.agents.test_results import TestResults
     from pyagent.pipeline.executor import Executor, ExecutorFactory, ExecutorSetup
     from pyagent.pipeline.settings import PipelineSettings
 
@@ -213,7 +213,7 @@ def pyagent_task(
     """What a Ray worker runs for one task: the run's pipeline on the node's copy of the snapshot.
 
     Returns the change set's wire form and the id of the node it ran on."""
-    from pyagent.agents.testing import TestResults
+    from pyagent.agents.test_results import TestResults
     from pyagent.pipeline.remote import execute_task_async
     from pyagent.pipeline.settings import PipelineSettings
 

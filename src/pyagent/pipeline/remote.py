@@ -12,11 +12,11 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from pyagent.agents.testing import TestResults
+from pyagent.agents.test_results import TestResults
 from pyagent.model.task import AgentTask, ChangeSet
 from pyagent.pipeline.builder import (
     build_executor,
-    make_test_runner,
+    make_test_agent,
     pipeline_shell,
     run_tests,
 )
@@ -40,13 +40,16 @@ async def execute_task_async(
     """``baseline`` and ``impact`` are the origin's (a Ray worker receives them once per run); without
     a baseline the one in ``task.params`` is used, else the node records its own."""
     shell = pipeline_shell()
-    runner = make_test_runner(workdir, settings, shell)
-    if runner is None:
+    tests = make_test_agent(workdir, settings, shell)
+    if tests is None:
         baseline = None
     elif baseline is None:
         wire = task.params.get("baseline")
-        baseline = TestResults.from_dict(wire) if isinstance(wire, dict) else await run_tests(runner, workdir)
+        if isinstance(wire, dict):
+            baseline = TestResults.from_dict(wire)
+        else:  # the node's own baseline, as a test task of the chain that sent the task
+            baseline = await run_tests(tests, tests.task(task.context, task_id=f"{task.id}/baseline"), workdir)
     # Peers get no LLM: the origin keeps LLM tasks (see SwarmExecutor._offline_agents).
-    executor = build_executor(workdir, settings, shell=shell, runner=runner, baseline=baseline, impact=impact)
+    executor = build_executor(workdir, settings, shell=shell, tests=tests, baseline=baseline, impact=impact)
     return await executor.execute(task, files)
 

@@ -6,7 +6,9 @@ as tasks start and finish). Each task runs in a worker process (:mod:`pyagent.vo
 scheduled by the fleet's one scheduler with the task's own priority: a node serving several origins
 takes a task when a slot is free, or when a running task has a lower priority, which is then frozen
 (its commands stopped, its timeout paused) until a slot frees again; otherwise it answers NoFreeSlots
-and the origin routes the task elsewhere.
+and the origin routes the task elsewhere. The task's chain budget travels with it (its spend and its
+wall clock carry on from the origin's): when the task gets its slot the node checks it, and a chain
+whose budget is spent is answered ``BudgetExceeded`` instead of run.
 
 Stopping (SIGINT/SIGTERM, or :meth:`VoyagerNode.stop`) is bounded to well under 2 s: refuse new
 work, say goodbye on mDNS, give running tasks a short grace period, then kill their workers and
@@ -27,6 +29,8 @@ from typing import Any
 
 from pyagent import __version__
 from pyagent.fleet.core import RUNNING, FleetManager, TaskControl, TaskHandle
+from pyagent.model.budget import Budget
+from pyagent.model.context import CascadeContext, ContextWireError
 from pyagent.model.priority import AgentPriority
 from pyagent.voyager.blobs import BlobError, BlobStore, blob_hash, check_relpath
 from pyagent.voyager.discovery import DiscoveryNode, PeerEvent, PeerInfo
@@ -211,8 +215,9 @@ class VoyagerNode:
         """A running (not frozen) task has a lower priority than ``priority``: the fleet would freeze it."""
         return any(t.state == RUNNING and t.priority < priority for t in self.fleet.active())
 
-    def _check_task(self, payload: Any) -> tuple[str, AgentPriority]:
-        """Validate a task.run payload before spending a slot on it; returns the task id and priority."""
+    def _check_task(self, payload: Any) -> tuple[str, AgentPriority, Budget]:
+        """Validate a task.run payload before spending a slot on it; returns the task id, its priority
+        and its chain's budget."""
         if not isinstance(payload, dict):
             raise ValueError("task.run payload must be a map")
         task, files, bases, manifest = (payload.get(k) for k in ("task", "files", "base_hashes", "manifest"))
@@ -221,6 +226,10 @@ class VoyagerNode:
         try:
             priority = AgentPriority.parse(task.get("priority", AgentPriority.STANDARD))
         except ValueError as exc:
+            raise ValueError(f"task.run: {exc}") from None
+        try:
+            budget = CascadeContext.from_wire(task.get("context")).budget
+        except ContextWireError as exc:
             raise ValueError(f"task.run: {exc}") from None
         if not isinstance(files, dict) or not isinstance(bases, dict) or not isinstance(manifest, dict):
             raise ValueError("task.run needs files, base_hashes and manifest maps")
@@ -238,13 +247,13 @@ class VoyagerNode:
         missing = self.blobs.missing(manifest.values())
         if missing:
             raise MissingBlobs(",".join(missing[:2000]))
-        return str(task["id"]), priority
+        return str(task["id"]), priority, budget
 
     async def _handle_task(self, payload: Any, request: Any) -> dict[str, Any]:
         if self._stopping:
             raise NodeStopping("node is stopping; run the task elsewhere")
         try:
-            task_id, priority = self._check_task(payload)
+            task_id, priority, budget = self._check_task(payload)
         except BlobError as exc:
             raise ValueError(str(exc)) from None
         if self.free_slots <= 0 and not self._preemptable(priority):
@@ -254,6 +263,7 @@ class VoyagerNode:
         client = request.client_key[:8] if hasattr(request, "client_key") else ""
 
         async def run(control: TaskControl) -> dict[str, Any]:
+            budget.check()  # the chain's one budget, as spent at the origin plus the time since
             self._event("started", task_id, client)
             return await self.runner(work)
 

@@ -14,7 +14,9 @@ change set plus its verification. If the peer dies (missed heartbeats), stops, i
 the task is re-run on another peer or locally; a late reply from a peer given up on is dropped by
 the transport, so each execute call yields exactly one change set. Peers get no LLM, so tasks of
 LLM agents (refactor, docstring) always run locally. The usage a peer reports is
-charged to the task's own ``Budget`` here, so one budget covers the whole run across nodes.
+charged to the task's own ``Budget`` here, so one budget covers the whole run across nodes; a peer
+that finds the chain's budget spent when the task would start (wall time runs on there) answers
+``BudgetExceeded``, which ends the task with that reason here instead of re-running it elsewhere.
 
 Configuration for ``pyagent improve --swarm``: the node home (keys, trusted list) is
 ``$PYAGENT_NODE_HOME`` or ``~/.pyagent/node``; mDNS and the transport use
@@ -34,6 +36,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pyagent.model.errors import BudgetExceeded
 from pyagent.model.priority import AgentPriority
 from pyagent.pipeline.settings import PipelineSettings
 from pyagent.voyager.blobs import blob_hash
@@ -218,6 +221,8 @@ class SwarmExecutor:
             try:
                 change = await self._run_on(peer, task, files)
             except (TransportError, SwarmError, ValueError) as exc:
+                if isinstance(exc, RemoteError) and exc.kind == "BudgetExceeded":  # spent everywhere
+                    raise BudgetExceeded(f"{exc.message} (refused by {peer.name})") from None
                 self.stats.rerouted += 1
                 self.stats.failures.append(f"{task.id} on {peer.name}: {exc}")
                 self._emit("rerouted", task=task.id, peer=peer.name, error=str(exc))
