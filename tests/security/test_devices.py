@@ -2,7 +2,8 @@
 
 The attacks: read the kernel log or a disk, talk to syslog (/dev/log), write into the host's terminals
 through the host's devpts, leave a file in the host's shared /dev/shm. Protection: private root (a
-/dev holding only null, zero, full, random, urandom, tty, a new devpts instance and a private shm).
+/dev holding only null, zero, full, random, urandom, tty, a new devpts instance and a private shm);
+without a private root, the mount namespace still gives the command a devpts instance of its own.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import uuid
 from pathlib import Path
 
+from pyagent.shell import Confinement
 from pyagent.shell._sandbox import DEV_LINKS, DEV_NODES
 from tests.security.helpers import active, attack
 
@@ -57,3 +59,24 @@ def test_dev_holds_only_what_programs_need_private_root(tmp_path: Path) -> None:
     assert out["echoed"] == "ping" and out["tty"].startswith("/dev/pts/")
     assert out["random"] == 16 and out["zeros"] == "00000000" and out["shm_written"]
     assert not os.path.exists(f"/dev/shm/{shm_name}"), "the private /dev/shm is not the host's"
+
+
+def test_without_a_private_root_the_host_terminals_stay_out_of_reach_mount_namespace(tmp_path: Path) -> None:
+    """Protection: mount namespace (a new devpts instance over the host's /dev/pts). A policy granting
+    "/" leaves no private root (the table says why); the command still lists no host terminal, and the
+    pty it opens comes from its own instance."""
+    host_pty = os.openpty()
+    try:
+        host_name = os.ttyname(host_pty[1])
+        res = attack("import os, pty; print(sorted(os.listdir('/dev/pts'))); m, s = pty.openpty(); "
+                     "print(os.ttyname(s), sorted(os.listdir('/dev/pts')))", tmp_path,
+                     confine=Confinement(read_paths=("/",)))
+    finally:
+        for fd in host_pty:
+            os.close(fd)
+    rows = {p.name: p for p in res.protections}
+    assert not rows["private root"].active and "whole file system" in rows["private root"].detail, rows
+    assert active(res, "mount namespace") and res.ok, res.stderr
+    before, after = res.stdout.strip().splitlines()
+    assert before == "['ptmx']", f"{host_name} (the host's) is not listed: {before}"
+    assert after.startswith("/dev/pts/"), after

@@ -14,8 +14,6 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyagent.server.logprobs import format_logprobs
-
 MAX_CHOICES = 16  # the server's bound on n
 
 
@@ -51,6 +49,9 @@ class Choice:
 
 def run_choices(engine: Any, prompt_ids: list[int], params: Any, n: int, *, tag: str, stream: bool) -> list[Choice]:
     """Generate ``n`` completions of ``prompt_ids``; with ``stream`` (only for n == 1) write text as it comes."""
+    # imported here: the server package imports FastAPI, which every CLI start would otherwise pay
+    from pyagent.server.logprobs import format_logprobs
+
     choices = [Choice(i) for i in range(n)]
     for i in range(n):
         seed = None if params.seed is None else params.seed + i

@@ -261,13 +261,18 @@ def minimal_dev(target: str) -> list[str]:
     os.mkdir(os.path.join(target, "pts"))
     links: tuple[tuple[str, str], ...] = DEV_LINKS
     try:
-        mount("devpts", os.path.join(target, "pts"), "devpts", MS_NOSUID | MS_NOEXEC,
-              "newinstance,ptmxmode=0666,mode=0620")
+        mount_devpts(os.path.join(target, "pts"))
     except OSError:
         links = tuple(link for link in DEV_LINKS if link[0] != "ptmx")
     for name, dest in links:
         os.symlink(dest, os.path.join(target, name))
     return bound
+
+
+def mount_devpts(target: str) -> None:
+    """A new devpts instance at ``target``: ptys opened through it (or through the ``ptmx`` beside it)
+    are the command's own, and no terminal of the host is listed or reachable there."""
+    mount("devpts", target, "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620")
 
 
 def seal_root() -> None:

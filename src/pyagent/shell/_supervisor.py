@@ -235,6 +235,9 @@ def prepare(conf: dict[str, Any], layers: dict[str, str], in_pidns: bool) -> int
             layers["private tmp"] = "ok"
         except OSError as exc:
             layers["private tmp"] = str(exc)
+        if not pivoted:  # the host's /dev: at least a devpts of its own (none of the host's terminals)
+            with contextlib.suppress(OSError):
+                sb.mount_devpts("/dev/pts")
         ro_errors = []
         for path in conf["readonly"]:
             try:
