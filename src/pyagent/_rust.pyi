@@ -256,8 +256,12 @@ def quant_matmul(
     qtypes: list[int],
     rows: list[int],
     portable: bool = False,
+    int8: str | None = None,
 ) -> None:
-    """``out[n, sum(rows)] = x[n, cols] @ concat(weights)^T`` with GGML-quantized uint8 weights; GIL released."""
+    """``out[n, sum(rows)] = x[n, cols] @ concat(weights)^T`` with GGML-quantized uint8 weights; GIL released.
+
+    ``int8`` names int8-activation kernels for Q4_0/Q4_1/Q8_0 weights ("auto", "portable", "avx2",
+    "avxvnni", "avx512vnni"; one the CPU lacks is a ValueError); None keeps float activations."""
 
 def quant_dequantize(
     out: np.ndarray, weight: np.ndarray, qtype_id: int, rows: int, ids: np.ndarray | None = None
@@ -273,7 +277,8 @@ _ProjSpec = tuple[list[np.ndarray], list[int], list[int], np.ndarray | None]
 class DecoderStack:
     """Every decoder layer of one model for a decode step, run in Rust over the (memory-mapped) weights."""
 
-    def __new__(cls, hidden: int, heads: int, kv_heads: int, head_dim: int, intermediate: int, eps: float) -> DecoderStack: ...
+    def __new__(cls, hidden: int, heads: int, kv_heads: int, head_dim: int, intermediate: int, eps: float,
+                int8: str | None = None) -> DecoderStack: ...
     def add_layer(
         self, input_norm: np.ndarray, post_norm: np.ndarray, qkv: _ProjSpec, o: _ProjSpec, gate_up: _ProjSpec,
         down: _ProjSpec,

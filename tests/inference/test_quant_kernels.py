@@ -124,3 +124,74 @@ def test_real_file_tensors_decode_and_multiply_like_the_reference(smollm2_path: 
         exact = x.astype(np.float64) @ dense.T.astype(np.float64)
         bound = np.abs(x).astype(np.float64) @ np.abs(dense.T).astype(np.float64)
         assert (np.abs(got - exact) <= 1e-5 * bound + 1e-6).all(), name
+
+
+# -- int8 activations (llama.cpp's Q8_1 path): x rounded to 8 bits per 32-element block
+
+INT8_TYPES = [T.Q4_0, T.Q4_1, T.Q8_0]
+# kernel name -> the /proc/cpuinfo flags it needs
+INT8_KERNELS = {"portable": (), "avx2": ("avx2", "fma", "f16c"), "avxvnni": ("avx2", "fma", "f16c", "avx_vnni"),
+                "avx512vnni": ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni")}
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return {f for line in text.splitlines() if line.startswith("flags") for f in line.split(":", 1)[1].split()}
+
+
+def q8_round_trip(x: np.ndarray) -> np.ndarray:
+    """``x`` quantized to 8 bits per 32-element block and back: scale amax/127, round half to even."""
+    xb = x.reshape(-1, 32).astype(np.float32)
+    d = (np.abs(xb).max(axis=1) / np.float32(127)).astype(np.float32)
+    inv = np.divide(np.float32(1), d, out=np.zeros_like(d), where=d != 0)
+    return (np.round(xb * inv[:, None]) * d[:, None]).reshape(x.shape)
+
+
+@pytest.mark.parametrize("kernel", list(INT8_KERNELS))
+@pytest.mark.parametrize("qtype", INT8_TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("n", [1, 3, 13])
+def test_int8_kernels_equal_dequantize_then_dot_on_the_rounded_x(kernel: str, qtype: T, n: int) -> None:
+    rng = np.random.default_rng(int(qtype) * 100 + n)
+    cols = 32 * 21
+    parts = [random_blocks(qtype, rows, cols, rng) for rows in (40, 9)]
+    mats = [QuantMatrix(p.reshape(-1), int(qtype), p.shape[0], cols) for p in parts]
+    x = (rng.standard_normal((n, cols)) * rng.uniform(0.1, 10, size=(n, 1))).astype(np.float32)
+    out = np.empty((n, 49), dtype=np.float32)
+    args = (out, x, [m.data for m in mats], [int(qtype)] * 2, [40, 9])
+    missing = [f for f in INT8_KERNELS[kernel] if f not in _cpu_flags()]
+    if missing:  # the product must say that this CPU cannot run the kernel, not run something else
+        with pytest.raises(ValueError, match=f"{kernel} int8 kernels need a CPU with {kernel}; this one lacks it"):
+            _rust.quant_matmul(*args, int8=kernel)
+        return
+    _rust.quant_matmul(*args, int8=kernel)
+    dense = np.concatenate([m.dequantize() for m in mats]).astype(np.float64)
+    xq = q8_round_trip(x).astype(np.float64)
+    bound = np.abs(xq) @ np.abs(dense).T
+    assert (np.abs(out - xq @ dense.T) <= 1e-5 * bound + 1e-6).all()
+    # and against the unrounded x: off by at most half a step of each block's x times the weights
+    step = np.repeat(np.abs(x).reshape(n, -1, 32).max(axis=2) / 127, 32, axis=1)
+    exact = x.astype(np.float64) @ dense.T
+    assert (np.abs(out - exact) <= 0.5 * step @ np.abs(dense).T * 1.0001 + 1e-5 * bound + 1e-6).all()
+
+
+def test_int8_request_keeps_float_kernels_for_formats_without_int8_ones() -> None:
+    rng = np.random.default_rng(9)
+    cols = 512
+    mats = [QuantMatrix(random_blocks(t, 8, cols, rng).reshape(-1), int(t), 8, cols) for t in (T.Q4_K, T.Q6_K)]
+    x = rng.standard_normal((2, cols)).astype(np.float32)
+    for m in mats:
+        out = np.empty((2, 8), dtype=np.float32)
+        _rust.quant_matmul(out, x, [m.data], [m.type_id], [8], int8="auto")
+        dense = m.dequantize().astype(np.float64)
+        bound = np.abs(x).astype(np.float64) @ np.abs(dense).T
+        assert (np.abs(out - x.astype(np.float64) @ dense.T) <= 1e-5 * bound + 1e-6).all()
+
+
+def test_unknown_int8_kernel_is_refused_with_the_choices() -> None:
+    m = QuantMatrix(np.zeros(20 * 2, dtype=np.uint8), int(T.Q4_1), 1, 64)
+    with pytest.raises(ValueError, match=r'unknown int8 kernels "sse9" \(auto, portable, avx2'):
+        _rust.quant_matmul(np.empty((1, 1), np.float32), np.zeros((1, 64), np.float32), [m.data], [3], [1],
+                           int8="sse9")

@@ -10,7 +10,8 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use super::formats::QType;
-use super::matmul::{checked, has_avx2, matmul_checked, QWeight};
+use super::int8::QActs;
+use super::matmul::{checked, has_avx2, matmul_checked, Mode, QWeight};
 use super::qtype;
 use crate::attention::{paged_decode, DecodeInputs, DecodeShape};
 
@@ -42,6 +43,7 @@ pub struct DecoderStack {
     head_dim: usize,
     inter: usize,
     eps: f32,
+    mode: Mode,
 }
 
 /// A projection as slices, for use without the GIL.
@@ -99,13 +101,21 @@ type ProjSpec = (Vec<PyBuffer<u8>>, Vec<u32>, Vec<usize>, Option<PyBuffer<f32>>)
 
 #[pymethods]
 impl DecoderStack {
+    /// `int8` names the int8-activation kernels to use ("auto" for the fastest; see `quant_matmul`), or
+    /// None for the float kernels (exact up to float rounding).
     #[new]
-    fn new(hidden: usize, heads: usize, kv_heads: usize, head_dim: usize, intermediate: usize, eps: f32)
-           -> PyResult<DecoderStack> {
+    #[pyo3(signature = (hidden, heads, kv_heads, head_dim, intermediate, eps, int8 = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(hidden: usize, heads: usize, kv_heads: usize, head_dim: usize, intermediate: usize, eps: f32,
+           int8: Option<&str>) -> PyResult<DecoderStack> {
         if kv_heads == 0 || !heads.is_multiple_of(kv_heads) || !head_dim.is_multiple_of(2) || hidden == 0 {
             return Err(PyValueError::new_err("heads must be a multiple of kv_heads, head_dim even"));
         }
-        Ok(DecoderStack { layers: Vec::new(), hidden, heads, kv_heads, head_dim, inter: intermediate, eps })
+        let mode = match int8 {
+            Some(name) => Mode::Int8(super::int8_isa(name)?),
+            None => Mode::F32 { simd: has_avx2() },
+        };
+        Ok(DecoderStack { layers: Vec::new(), hidden, heads, kv_heads, head_dim, inter: intermediate, eps, mode })
     }
 
     /// Append a layer: norms and the four projections as `(weights, ggml types, rows, bias or None)`.
@@ -185,6 +195,7 @@ impl DecoderStack {
                 eps: self.eps, n, pos, slot,
                 tables: unsafe { view(&block_tables) }, ctx: unsafe { view(&context_lens) },
                 cos: unsafe { view(&cos) }, sin: unsafe { view(&sin) }, scale, partition_size, shape,
+                mode: self.mode,
             };
             let layer_floats = num_blocks * nkv * block_size * hd;
             let (xs, kc, vc) = unsafe {
@@ -192,7 +203,13 @@ impl DecoderStack {
                  std::slice::from_raw_parts_mut(k_cache.buf_ptr() as *mut f32, k_cache.item_count()),
                  std::slice::from_raw_parts_mut(v_cache.buf_ptr() as *mut f32, v_cache.item_count()))
             };
-            py.detach(|| step.run(&layers, xs, kc, vc, layer_floats)).map_err(PyValueError::new_err)
+            // The whole step runs on a rayon worker, so that each product's parallel loop starts on this
+            // thread at once (others join by stealing) instead of waking the pool and sleeping until done.
+            py.detach(|| {
+                let mut done = Ok(());
+                rayon::scope(|_| done = step.run(&layers, xs, kc, vc, layer_floats));
+                done
+            }).map_err(PyValueError::new_err)
         })
     }
 
@@ -221,6 +238,7 @@ struct Step<'a> {
     scale: f32,
     partition_size: usize,
     shape: DecodeShape,
+    mode: Mode,
 }
 
 /// `out = weight * (x / sqrt(mean(x^2) + eps))` per row, as `model.rms_norm` computes it.
@@ -235,8 +253,8 @@ fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
-fn project(p: &ProjView<'_>, x: &[f32], n: usize, out: &mut [f32], simd: bool) {
-    matmul_checked(&p.ws, x, n, p.cols, out, simd, true);
+fn project(p: &ProjView<'_>, x: &[f32], n: usize, out: &mut [f32], mode: Mode, qa: &mut QActs) {
+    matmul_checked(&p.ws, x, n, p.cols, out, mode, true, qa);
     if let Some(b) = p.bias {
         for row in out.chunks_exact_mut(b.len()) {
             row.iter_mut().zip(b).for_each(|(o, &v)| *o += v);
@@ -261,7 +279,8 @@ impl Step<'_> {
            layer_floats: usize) -> Result<(), String> {
         let (n, h, hd, nh, nkv) = (self.n, self.hidden, self.head_dim, self.heads, self.kv_heads);
         let qkv_dim = (nh + 2 * nkv) * hd;
-        let simd = has_avx2();
+        let mode = self.mode;
+        let mut qa = QActs::default();
         let mut hbuf = vec![0f32; n * h];
         let mut qkv = vec![0f32; n * qkv_dim];
         let mut q = vec![0f32; n * nh * hd];
@@ -272,7 +291,7 @@ impl Step<'_> {
         let bs = self.shape.block_size;
         for (li, (input_norm, post_norm, p_qkv, p_o, p_gu, p_down)) in layers.iter().enumerate() {
             rms_norm(x, input_norm, self.eps, &mut hbuf);
-            project(p_qkv, &hbuf, n, &mut qkv, simd);
+            project(p_qkv, &hbuf, n, &mut qkv, mode, &mut qa);
             let (kl, vl) = (&mut k_cache[li * layer_floats..(li + 1) * layer_floats],
                             &mut v_cache[li * layer_floats..(li + 1) * layer_floats]);
             for t in 0..n {
@@ -292,10 +311,10 @@ impl Step<'_> {
             let inputs = DecodeInputs { q: &q, k_cache: kl, v_cache: vl, block_tables: self.tables,
                                         context_lens: self.ctx };
             paged_decode(&self.shape, &inputs, &mut attn, self.scale, self.partition_size)?;
-            project(p_o, &attn, n, &mut o, simd);
+            project(p_o, &attn, n, &mut o, mode, &mut qa);
             x.iter_mut().zip(&o).for_each(|(a, &b)| *a += b);
             rms_norm(x, post_norm, self.eps, &mut hbuf);
-            project(p_gu, &hbuf, n, &mut gu, simd);
+            project(p_gu, &hbuf, n, &mut gu, mode, &mut qa);
             let inter = self.inter;
             for (g_u, a) in gu.chunks_exact(2 * inter).zip(act.chunks_exact_mut(inter)) {
                 let (g, u) = g_u.split_at(inter);
@@ -303,7 +322,7 @@ impl Step<'_> {
                     *o = gv / (1.0 + (-gv).exp()) * uv;
                 }
             }
-            project(p_down, &act, n, &mut o, simd);
+            project(p_down, &act, n, &mut o, mode, &mut qa);
             x.iter_mut().zip(&o).for_each(|(a, &b)| *a += b);
         }
         Ok(())

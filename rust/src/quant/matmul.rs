@@ -9,6 +9,27 @@
 use rayon::prelude::*;
 
 use super::formats::{decode_block, QType};
+use super::int8::{self, Isa, QActs};
+
+/// Which kernels a product uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Float activations: exact up to float rounding. `simd` picks the AVX2 build (it must be present).
+    F32 { simd: bool },
+    /// 8-bit activations for Q4_0, Q4_1 and Q8_0 weights (see `int8`); other formats take the float
+    /// path, the SIMD one unless the int8 kernels are the portable ones.
+    Int8(Isa),
+}
+
+impl Mode {
+    /// The float kernels' SIMD choice within this mode.
+    fn simd(self) -> bool {
+        match self {
+            Mode::F32 { simd } => simd,
+            Mode::Int8(isa) => isa != Isa::Portable,
+        }
+    }
+}
 
 /// One quantized matrix: `rows` rows of `cols / block_elems` blocks each, row-major.
 pub struct QWeight<'a> {
@@ -104,7 +125,7 @@ struct Span {
 }
 
 /// Rows per parallel task: big enough that a task outlasts waking a thread, small enough to balance.
-const SPAN_ROWS: usize = 64;
+const SPAN_ROWS: usize = 32;
 
 /// Output pointer shared by the tasks; each writes a disjoint set of columns.
 #[derive(Clone, Copy)]
@@ -112,6 +133,13 @@ struct OutPtr(*mut f32);
 // SAFETY: tasks write disjoint elements (distinct output columns) and the caller waits for them all.
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The pointer (a method, so that closures capture the whole `Sync` wrapper, not the raw field).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
 
 /// The rows of one span, every row of `x` at once.
 #[inline(always)]
@@ -174,8 +202,8 @@ pub fn checked<'a>(weights: &[QWeight<'a>], cols: usize) -> Result<Vec<(QWeight<
     Ok(ws)
 }
 
-/// `out[n, sum(rows)] = x[n, cols] @ [W_0; W_1; ...]^T`. `portable` forces the non-SIMD build (tests).
-pub fn matmul(weights: &[QWeight<'_>], x: &[f32], n: usize, cols: usize, out: &mut [f32], portable: bool)
+/// `out[n, sum(rows)] = x[n, cols] @ [W_0; W_1; ...]^T` with the kernels of `mode`.
+pub fn matmul(weights: &[QWeight<'_>], x: &[f32], n: usize, cols: usize, out: &mut [f32], mode: Mode)
               -> Result<(), String> {
     let total: usize = weights.iter().map(|w| w.rows).sum();
     if x.len() != n * cols || out.len() != n * total {
@@ -185,14 +213,24 @@ pub fn matmul(weights: &[QWeight<'_>], x: &[f32], n: usize, cols: usize, out: &m
     if n == 0 || total == 0 {
         return Ok(());
     }
-    matmul_checked(&ws, x, n, cols, out, !portable && has_avx2(), true);
+    matmul_checked(&ws, x, n, cols, out, mode, true, &mut QActs::default());
     Ok(())
 }
 
-/// `matmul` after `checked`; `parallel` lets big products use the rayon pool.
-pub fn matmul_checked(ws: &[(QWeight<'_>, usize)], x: &[f32], n: usize, cols: usize, out: &mut [f32], simd: bool,
-                      parallel: bool) {
+/// `matmul` after `checked`; `parallel` lets big products use the rayon pool; `qa` is scratch memory
+/// for the quantized activations (kept by callers that make many products).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_checked(ws: &[(QWeight<'_>, usize)], x: &[f32], n: usize, cols: usize, out: &mut [f32], mode: Mode,
+                      parallel: bool, qa: &mut QActs) {
     let total: usize = ws.iter().map(|w| w.0.rows).sum();
+    let simd = mode.simd();
+    let int8 = match mode {
+        Mode::Int8(isa) if ws.iter().any(|w| int8::supports(w.0.qtype)) => {
+            qa.quantize(x, cols, isa);
+            Some(isa)
+        }
+        _ => None,
+    };
     let mut xsum = Vec::new();
     #[cfg(target_arch = "x86_64")]
     if simd && n == 1 && ws.iter().any(|w| super::avx2::needs_xsum(w.0.qtype)) {
@@ -211,7 +249,15 @@ pub fn matmul_checked(ws: &[(QWeight<'_>, usize)], x: &[f32], n: usize, cols: us
     }
     let ptr = OutPtr(out.as_mut_ptr());
     let xs = &xsum[..];
+    let qa = &*qa;
     let run = move |span: &Span| {
+        let (w, rb) = (&ws[span.which].0, ws[span.which].1);
+        if let Some(isa) = int8.filter(|_| int8::supports(w.qtype)) {
+            // SAFETY: `isa` is available (callers pick it with `Isa::available`), the shapes were checked,
+            // `qa` holds `x` quantized, and this span's output columns are its own.
+            unsafe { int8::span(isa, w.qtype, w.data, rb, span.first, span.last, qa, n, ptr.get(), total, span.out_col) };
+            return;
+        }
         #[cfg(target_arch = "x86_64")]
         if simd {
             // SAFETY: AVX2, FMA and F16C were detected on this CPU.
@@ -305,10 +351,10 @@ mod tests {
             let (top, bottom) = dense.split_at_mut(rows * cols);
             dequantize(&QWeight { data: &a, qtype, rows }, cols, None, top).unwrap();
             dequantize(&QWeight { data: &b, qtype, rows: 5 }, cols, None, bottom).unwrap();
-            for portable in [true, false] {
+            for mode in [Mode::F32 { simd: false }, Mode::F32 { simd: has_avx2() }] {
                 let mut out = vec![0f32; n * (rows + 5)];
                 let ws = [QWeight { data: &a, qtype, rows }, QWeight { data: &b, qtype, rows: 5 }];
-                matmul(&ws, &x, n, cols, &mut out, portable).unwrap();
+                matmul(&ws, &x, n, cols, &mut out, mode).unwrap();
                 for i in 0..n {
                     for r in 0..rows + 5 {
                         let want: f64 = (0..cols).map(|c| dense[r * cols + c] as f64 * x[i * cols + c] as f64).sum();
@@ -328,7 +374,7 @@ mod tests {
         let data = vec![0u8; 20];
         let w = QWeight { data: &data, qtype: QType::Q4_1, rows: 1 };
         let mut out = vec![0f32; 1];
-        assert!(matmul(&[w], &[0f32; 33], 1, 33, &mut out, true).unwrap_err().contains("block size"));
+        assert!(matmul(&[w], &[0f32; 33], 1, 33, &mut out, Mode::F32 { simd: false }).unwrap_err().contains("block size"));
         let w = QWeight { data: &data, qtype: QType::Q4_1, rows: 2 };
         assert!(dequantize(&w, 32, None, &mut [0f32; 64]).unwrap_err().contains("bytes"));
     }

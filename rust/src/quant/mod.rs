@@ -7,10 +7,12 @@ use pyo3::prelude::*;
 mod avx2;
 mod decoder;
 pub mod formats;
+pub mod int8;
 pub mod matmul;
 
 use formats::QType;
-use matmul::QWeight;
+use int8::Isa;
+use matmul::{Mode, QWeight};
 
 fn qtype(id: u32) -> PyResult<QType> {
     QType::from_id(id).ok_or_else(|| PyValueError::new_err(format!("ggml type {id} has no quantized kernel")))
@@ -37,16 +39,41 @@ fn writable<T: Element>(buf: &PyBuffer<T>) -> PyResult<(*mut T, usize)> {
     Ok((buf.buf_ptr() as *mut T, buf.item_count()))
 }
 
+/// The int8 kernels named `name` ("auto": the fastest this CPU runs), or an error saying what is missing.
+pub(crate) fn int8_isa(name: &str) -> PyResult<Isa> {
+    if name == "auto" {
+        return Ok(Isa::best());
+    }
+    let all = Isa::all();
+    let Some(&(_, isa)) = all.iter().find(|(n, _)| *n == name) else {
+        let names: Vec<&str> = all.iter().map(|(n, _)| *n).collect();
+        return Err(PyValueError::new_err(format!("unknown int8 kernels {name:?} (auto, {})", names.join(", "))));
+    };
+    if !isa.available() {
+        return Err(PyValueError::new_err(format!("the {name} int8 kernels need a CPU with {name}; this one lacks it")));
+    }
+    Ok(isa)
+}
+
 /// `out[n, sum(rows)] = x[n, cols] @ concat(weights)^T`, weights as raw GGML blocks (uint8 buffers).
+/// `portable` forces the float kernels' non-SIMD build; `int8` names int8-activation kernels (see
+/// `int8_isa`) for the formats that have them.
 #[pyfunction]
-#[pyo3(signature = (out, x, weights, qtypes, rows, portable = false))]
+#[pyo3(signature = (out, x, weights, qtypes, rows, portable = false, int8 = None))]
+#[allow(clippy::too_many_arguments)]
 fn quant_matmul(py: Python<'_>, out: PyBuffer<f32>, x: PyBuffer<f32>, weights: Vec<PyBuffer<u8>>,
-                qtypes: Vec<u32>, rows: Vec<usize>, portable: bool) -> PyResult<()> {
-    crate::errors::guarded(|| matmul_entry(py, out, x, weights, qtypes, rows, portable))
+                qtypes: Vec<u32>, rows: Vec<usize>, portable: bool, int8: Option<&str>) -> PyResult<()> {
+    crate::errors::guarded(|| {
+        let mode = match int8 {
+            Some(name) => Mode::Int8(int8_isa(name)?),
+            None => Mode::F32 { simd: !portable && matmul::has_avx2() },
+        };
+        matmul_entry(py, out, x, weights, qtypes, rows, mode)
+    })
 }
 
 fn matmul_entry(py: Python<'_>, out: PyBuffer<f32>, x: PyBuffer<f32>, weights: Vec<PyBuffer<u8>>,
-                qtypes: Vec<u32>, rows: Vec<usize>, portable: bool) -> PyResult<()> {
+                qtypes: Vec<u32>, rows: Vec<usize>, mode: Mode) -> PyResult<()> {
     contiguous(&out, "out")?;
     contiguous(&x, "x")?;
     if weights.len() != qtypes.len() || weights.len() != rows.len() || weights.is_empty() {
@@ -77,7 +104,7 @@ fn matmul_entry(py: Python<'_>, out: PyBuffer<f32>, x: PyBuffer<f32>, weights: V
             .map(|((w, &t), &r)| QWeight { data: slice_of(w), qtype: t, rows: r }).collect();
         (slice_of(&x), std::slice::from_raw_parts_mut(out_ptr, out_len), ws)
     };
-    py.detach(|| matmul::matmul(&ws, xs, n, cols, os, portable)).map_err(PyValueError::new_err)
+    py.detach(|| matmul::matmul(&ws, xs, n, cols, os, mode)).map_err(PyValueError::new_err)
 }
 
 /// Decode a quantized matrix (or only rows `ids`) into float32 `out`.

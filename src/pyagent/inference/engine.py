@@ -74,7 +74,7 @@ class PagedAttentionEngine:
                  block_size: int = 16, num_blocks: int | None = None, max_num_seqs: int = 32,
                  max_num_batched_tokens: int = 2048, enable_prefix_caching: bool = True,
                  partition_size: int = 512, kv_cache_bytes: int = DEFAULT_KV_CACHE_BYTES,
-                 kv_connector: KVConnector | None = None) -> None:
+                 kv_connector: KVConnector | None = None, int8_activations: bool = True) -> None:
         if block_size < 1 or partition_size < 1:
             raise ValueError("block_size and partition_size must be positive")
         self.config = config
@@ -91,7 +91,8 @@ class PagedAttentionEngine:
         self.kv_cache = KVCacheManager(num_blocks=num_blocks, block_size=block_size,
                                        num_layers=config.num_hidden_layers, num_kv_heads=config.num_key_value_heads,
                                        head_dim=config.head_dim, enable_prefix_caching=enable_prefix_caching)
-        self.model = DecoderModel(config, weights, self.max_model_len, partition_size=partition_size)
+        self.model = DecoderModel(config, weights, self.max_model_len, partition_size=partition_size,
+                                  int8_activations=int8_activations)
         self.scheduler = Scheduler(self.kv_cache, max_num_seqs=max_num_seqs,
                                    max_num_batched_tokens=max_num_batched_tokens, connector=kv_connector)
         self.kv_connector = kv_connector

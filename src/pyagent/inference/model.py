@@ -47,13 +47,15 @@ class DecoderModel:
     """Weights plus the forward pass; the KV cache it reads and writes is passed in."""
 
     def __init__(self, config: ModelConfig, weights: ModelWeights, max_positions: int, *,
-                 partition_size: int = 512) -> None:
+                 partition_size: int = 512, int8_activations: bool = True) -> None:
         self.config = config
         self.weights = weights
         self.rope = RotaryEmbedding(config, max_positions)
         self.partition_size = partition_size
         self.scale = 1.0 / float(np.sqrt(config.head_dim))
-        self.stack = _decoder_stack(config, weights)
+        # the decode step's kernels: int8 activations (as llama.cpp), or None for float ones
+        self.int8: str | None = "auto" if int8_activations else None
+        self.stack = _decoder_stack(config, weights, self.int8)
 
     def _decode_step(self, chunks: Sequence[SeqChunk], kv: KVCacheManager, token_ids: np.ndarray,
                      positions: np.ndarray, slots: np.ndarray, block_tables: np.ndarray,
@@ -67,7 +69,8 @@ class DecoderModel:
         last = np.array([i for i, ch in enumerate(chunks) if ch.needs_logits], dtype=np.int64)
         if not len(last):
             return np.zeros((0, c.vocab_size), dtype=np.float32)
-        return linear(rms_norm(x[last], w.norm, c.rms_norm_eps), w.lm_head)
+        h = rms_norm(x[last], w.norm, c.rms_norm_eps)
+        return w.lm_head(h, self.int8) if isinstance(w.lm_head, QuantLinear) else linear(h, w.lm_head)
 
     def forward(self, chunks: Sequence[SeqChunk], kv: KVCacheManager) -> np.ndarray:
         """Run the chunks, store their K/V, and return logits ``[chunks needing logits, vocab]``."""
@@ -133,7 +136,7 @@ class DecoderModel:
         return linear(rms_norm(x[last], w.norm, c.rms_norm_eps), w.lm_head)
 
 
-def _decoder_stack(config: ModelConfig, weights: ModelWeights) -> _rust.DecoderStack | None:
+def _decoder_stack(config: ModelConfig, weights: ModelWeights, int8: str | None) -> _rust.DecoderStack | None:
     """The Rust decode stack over the same weight buffers, when every projection is kept quantized."""
     def projections(lw: LayerWeights) -> list[tuple[Linear, np.ndarray | None]]:
         return [(lw.qkv, lw.qkv_bias), (lw.o, lw.o_bias), (lw.gate_up, lw.gate_up_bias), (lw.down, lw.down_bias)]
@@ -142,7 +145,7 @@ def _decoder_stack(config: ModelConfig, weights: ModelWeights) -> _rust.DecoderS
         return None
     c = config
     stack = _rust.DecoderStack(c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim,
-                               c.intermediate_size, float(c.rms_norm_eps))
+                               c.intermediate_size, float(c.rms_norm_eps), int8)
     for lw in weights.layers:
         specs = []
         for p, bias in projections(lw):

@@ -59,13 +59,15 @@ class QuantLinear:
     def out_features(self) -> int:
         return sum(p.rows for p in self.parts)
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray, int8: str | None = None) -> np.ndarray:
+        """``int8`` names int8-activation kernels (``"auto"``: the fastest here) for the few-row kernel path;
+        None keeps float activations (exact up to float rounding)."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         if x.shape[0] >= BLAS_MIN_ROWS:
             return np.concatenate([_blas(x, p) for p in self.parts], axis=1)
         out = np.empty((x.shape[0], self.out_features), dtype=np.float32)
         _rust.quant_matmul(out, x, [p.data for p in self.parts], [p.type_id for p in self.parts],
-                           [p.rows for p in self.parts])
+                           [p.rows for p in self.parts], int8=int8)
         return out
 
 
