@@ -709,3 +709,193 @@ def test_a_closure_variable_another_nested_function_rebinds_is_not_lifted() -> N
     )
     with pytest.raises(RefactorSkipped, match="closure variable"):
         _refactor(rebinding, "render", limit=4)
+
+
+FORMAT_CELL = '''
+def format_cell(val, valtype, floatfmt, has_invisible=True):
+    """Format a value according to its type."""
+    if val is None:
+        return ""
+    if valtype is str:
+        return f"{val}"
+    elif valtype is float:
+        is_colored = has_invisible and isinstance(val, (str, bytes))
+        if is_colored:
+            raw = val.strip("*")
+            try:
+                formatted = format(float(raw), floatfmt)
+            except (ValueError, TypeError):
+                return f"{val}"
+            return val.replace(raw, formatted)
+        if isinstance(val, str) and "," in val:
+            val = val.replace(",", "")  # thousands separators
+        try:
+            return format(float(val), floatfmt)
+        except (ValueError, TypeError):
+            return f"{val}"
+    else:
+        return f"{val}"
+'''
+
+
+def test_a_branch_that_always_returns_becomes_return_helper() -> None:
+    # tabulate's _format: rope refuses a region with several returns; nothing after it runs, so the
+    # caller can return the helper's result
+    new, result = _refactor(FORMAT_CELL, "format_cell", limit=4)
+    assert result.helpers == ("_format_cell_float",)
+    assert "        return _format_cell_float(val, floatfmt, has_invisible)\n" in new
+    assert "# thousands separators" in new
+    cases = [
+        (None, float, ".1f"),
+        ("*2.25*", float, ".1f"),
+        ("*x*", float, ".1f"),
+        ("1,234.5", float, ".2f"),
+        ("abc", float, ".2f"),
+        (3.14159, float, ".3f"),
+        ("s", str, ""),
+        (7, int, ""),
+    ]
+    _same_behaviour(textwrap.dedent(FORMAT_CELL), new, "format_cell", cases)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        # a `with` may swallow the raise that ends the branch: it does not always leave
+        (
+            ("        try:\n            return format(float(val), floatfmt)\n"
+             "        except (ValueError, TypeError):\n            return f\"{val}\"\n",
+             "        with contextlib.suppress(ValueError):\n            return format(float(val), floatfmt)\n"),
+            "return",
+        ),
+        # in a generator, `return x` ends the iteration: it cannot move
+        (("    if val is None:\n        return \"\"\n", "    if val is None:\n        yield 1\n"), "return"),
+    ],
+)
+def test_a_branch_that_may_fall_through_or_a_generator_keeps_its_returns(
+    change: tuple[str, str], reason: str
+) -> None:
+    src = "import contextlib\n" + FORMAT_CELL.replace(*change)
+    assert src != "import contextlib\n" + FORMAT_CELL
+    try:
+        _new, result = _refactor(src, "format_cell", limit=4)
+    except RefactorSkipped as exc:
+        assert reason in str(exc)
+        return
+    assert not any("into `return" in step for step in result.steps), result.steps
+
+
+TYPED_TRUNCATE = '''
+def smart_truncate(string: str, max_length: int, separator: str, save_order: bool) -> str:
+    """python-slugify's legacy truncation: whole words up to ``max_length``."""
+    if max_length < 1 or len(string) < max_length:
+        return string
+    if separator not in string:
+        return string[:max_length]
+    truncated = ''
+    for word in string.split(separator):
+        if word:
+            next_len = len(truncated) + len(word)
+            if next_len < max_length:
+                truncated += '{}{}'.format(word, separator)
+            elif next_len == max_length:
+                truncated += '{}'.format(word)
+                break
+            elif save_order:
+                break
+    if not truncated:
+        truncated = string[:max_length]
+    return truncated.strip(separator)
+'''
+
+TRUTHY = '''
+def bump(count: int | None, limit: int, lower: bool, strip: bool) -> int:
+    total = 0
+    if count:
+        for step in range(limit):
+            if lower:
+                if strip:
+                    total += count + step
+                elif limit > 3:
+                    total -= count
+                else:
+                    total += 1
+    return total
+'''
+
+NARROWED = '''
+def clean(text: str | bytes, limit: int, lower: bool, strip: bool) -> str:
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "ignore")
+    for _ in range(limit):
+        if lower:
+            if strip:
+                text = text.lower().strip()
+            elif limit > 3:
+                text = text.lower()
+            else:
+                text = text.title()
+    return text
+'''
+
+
+def _complexity_task(target: str, function: str) -> Any:
+    from pyagent.model.context import CascadeContext
+    from pyagent.model.priority import AgentPriority
+    from pyagent.model.task import AgentTask
+
+    return AgentTask(
+        id="t1",
+        agent="complexity",
+        kind="offline-refactor",
+        target=target,
+        files=(target,),
+        priority=AgentPriority.STANDARD,
+        context=CascadeContext.root("test"),
+        params={"function": function, "max_complexity": 4},
+    )
+
+
+def _strict_project(root: Any, source: str) -> None:
+    (root / "pkg").mkdir()
+    (root / "pkg" / "__init__.py").write_text("")
+    (root / "pkg" / "mod.py").write_text(textwrap.dedent(source))
+    (root / "mypy.ini").write_text("[mypy]\nstrict = True\n")
+
+
+def test_in_a_strict_mypy_project_the_helper_is_typed_from_its_caller_and_mypy_stays_clean(tmp_path: Any) -> None:
+    import asyncio
+
+    from pyagent.agents.complexity import ComplexityAgent
+
+    _strict_project(tmp_path, TYPED_TRUNCATE)
+    out = asyncio.run(ComplexityAgent().run(_complexity_task("pkg/mod.py", "smart_truncate"), tmp_path))
+    assert out.error is None, out.error
+    new = (tmp_path / "pkg" / "mod.py").read_text()
+    helper = next(n for n in ast.parse(new).body if isinstance(n, ast.FunctionDef) and n.name != "smart_truncate")
+    # the caller's declared types, and `truncated = ''` makes the local a str
+    assert all(a.annotation is not None for a in helper.args.args) and helper.returns is not None
+    assert "truncated: str" in ast.unparse(helper.args)
+
+
+@pytest.mark.parametrize(
+    ("source", "function", "reason"),
+    [
+        # `text = text.decode(...)` narrows `str | bytes` to str: caught before any helper is written
+        (NARROWED, "clean", "`text` may be narrowed"),
+        # `if count:` narrows `int | None` too, which only the checker sees: mypy refuses the result
+        (TRUTHY, "bump", "mypy reports a new error"),
+    ],
+)
+def test_a_refactoring_that_would_lose_mypy_narrowing_is_refused(
+    tmp_path: Any, source: str, function: str, reason: str
+) -> None:
+    import asyncio
+
+    from pyagent.agents.complexity import ComplexityAgent
+
+    _strict_project(tmp_path, source)
+    before = (tmp_path / "pkg" / "mod.py").read_text()
+    out = asyncio.run(ComplexityAgent().run(_complexity_task("pkg/mod.py", function), tmp_path))
+    assert out.error is not None and reason in out.error, out.error
+    assert (tmp_path / "pkg" / "mod.py").read_text() == before

@@ -17,6 +17,7 @@ import pytest
 
 from pyagent.model.budget import Budget
 from pyagent.model.context import CascadeContext
+from pyagent.model.errors import BudgetExceeded
 from pyagent.model.priority import AgentPriority
 from pyagent.model.task import AgentTask, ChangeSet, content_hash
 from pyagent.model.verification import RemoteRun, Usage, Verdict, Verification
@@ -296,6 +297,33 @@ def test_llm_agent_tasks_stay_on_the_origin(project: Path, tmp_path: Path) -> No
             assert cs.reason == "local" and local.ran == ["t2"] and answer.payloads == []
             cs = await swarm.execute(task, {"pkg/mod.py": b"x = 1\n"})  # an offline fixer does travel
             assert cs.verification.node == "n1-llm"
+        finally:
+            await swarm.aclose()
+            await node.close()
+
+    run(scenario(), timeout=60)
+
+
+def test_a_node_refuses_a_task_of_a_spent_chain_and_the_origin_does_not_run_it_elsewhere(
+    project: Path, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        origin = NodeHome(tmp_path / "origin")
+        trust_both(origin, NodeHome(tmp_path / "n1"))
+        answer = Answer("n1")
+        node = await start_node(tmp_path / "n1", "n1-spent", answer)
+        local = LocalRecorder()
+        swarm = SwarmExecutor(project, local=local, home=origin, discovery_wait=15)
+        try:
+            await swarm.start()
+            budget = Budget(tokens=5)
+            task = make_task("t-spent", budget)
+            with pytest.raises(BudgetExceeded):
+                budget.charge(tokens=6)  # the chain spent its tokens elsewhere after the task was planned
+            with pytest.raises(BudgetExceeded, match=r"token budget exhausted: used 6 of 5 tokens \(refused by n1-spent\)"):
+                await swarm.execute(task, {"pkg/mod.py": b"x = 1\n"})
+            assert answer.payloads == [] and local.ran == []  # no worker ran it, nor this machine
+            assert swarm.stats.rerouted == 0 and swarm.stats.local == 0
         finally:
             await swarm.aclose()
             await node.close()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import ast
 import re
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,12 +36,14 @@ import libcst as cst
 from pyagent.agents.base import BaseAgent
 from pyagent.agents.helper_names import helper_name, unique_name
 from pyagent.agents.mixins.auditor import AuditorMixin
+from pyagent.agents.typehints import TypeCheckUnavailable, type_checker, type_errors
 from pyagent.agents.worker import AgentOutcome
 
 if TYPE_CHECKING:
     from pyagent.health import CodeHealthAuditor
     from pyagent.model.knowledge import KnowledgeBackend
     from pyagent.model.task import AgentTask
+    from pyagent.shell import SecureShell
 
 __all__ = ["ComplexityAgent", "RefactorSkipped", "Refactoring", "refactor_function"]
 
@@ -286,11 +289,14 @@ def _decisions(nodes: Sequence[ast.AST]) -> int:
     return count
 
 
-def _escape_reason(block: Sequence[ast.stmt]) -> str | None:
-    """Why ``block`` cannot move into a helper unchanged, or None."""
+def _escape_reason(block: Sequence[ast.stmt], *, returns_ok: bool = False) -> str | None:
+    """Why ``block`` cannot move into a helper unchanged, or None (``returns_ok``: for a block the
+    caller will ``return`` the helper's result of, its own ``return`` statements may stay)."""
 
     def walk(node: ast.AST, loop_depth: int) -> str | None:
-        if isinstance(node, _ESCAPES):
+        if returns_ok and isinstance(node, ast.Return):
+            pass
+        elif isinstance(node, _ESCAPES):
             return f"`{type(node).__name__.lower()}` inside the block"
         if isinstance(node, _DEFS):
             return "a nested definition inside the block"
@@ -718,6 +724,7 @@ def _finish_helper(
     bound_somewhere: set[str] | None = None,
     *,
     caller_lines: Sequence[str],
+    caller_fn: ast.FunctionDef | ast.AsyncFunctionDef | None = None,
 ) -> tuple[str, str]:
     """Check rope's helper, give it its name, docstring and blank lines; return (source, name)."""
     tree = ast.parse(source)
@@ -799,9 +806,113 @@ def _finish_helper(
             j += 1
         if j < len(lines):
             lines[end:j] = ["\n", "\n"]
+    if caller_fn is not None:
+        # a union-typed value the helper hands back: the caller would see the declared (wider) type
+        narrowed = _narrowed_params(caller_fn, block.stmts[0].lineno, params) or _narrowed_params(
+            caller_fn, (caller_fn.end_lineno or caller_fn.lineno) + 1, returned
+        )
+        if narrowed:
+            raise RefactorSkipped(
+                f"`{narrowed[0]}` may be narrowed from its declared type before the block (a typed helper would lose that)"
+            )
+        header_at = next(i for i, ln in enumerate(lines) if re.match(rf"\s*def {_TEMP_NAME}\(", ln))
+        returns = _helper_returns(caller_fn, helper, returned)
+        lines[header_at] = _annotated_header(lines[header_at], caller_fn, returns)
     text = re.sub(rf"\b{_TEMP_NAME}\b", name, "".join(lines))
     folded = (_fold_long_call(ln) if re.search(rf"\b{name}\(", ln) else ln for ln in text.splitlines(keepends=True))
     return "".join(folded), name
+
+
+_LITERAL_TYPES = {str: "str", int: "int", float: "float", bool: "bool", bytes: "bytes"}
+
+
+def _local_types(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> dict[str, str]:
+    """The declared types of ``fn``'s parameters, and of locals whose first binding is a plain
+    literal assignment (``truncated = ''``: ``str``), which is the type mypy gives them too."""
+    a = fn.args
+    out = {p.arg: ast.unparse(p.annotation) for p in [*a.posonlyargs, *a.args, *a.kwonlyargs] if p.annotation}
+    bindings: list[tuple[int, int, str, str | None]] = []
+    for node in ast.walk(fn):
+        literal: str | None = None
+        single = isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+        if isinstance(node, ast.Assign) and single and isinstance(node.value, ast.Constant):
+            literal = _LITERAL_TYPES.get(type(node.value.value))
+        targets: list[ast.AST] = []
+        if isinstance(node, ast.Assign):
+            targets = list(node.targets)
+        elif isinstance(node, ast.AnnAssign | ast.AugAssign | ast.For | ast.AsyncFor | ast.NamedExpr | ast.comprehension):
+            targets = [node.target]
+        elif isinstance(node, ast.With | ast.AsyncWith):
+            targets = [i.optional_vars for i in node.items if i.optional_vars is not None]
+        for t in targets:
+            for n in ast.walk(t):
+                if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store):
+                    bindings.append((n.lineno, n.col_offset, n.id, literal))
+    first: dict[str, str | None] = {}
+    for _line, _col, name, literal in sorted(bindings, key=lambda b: (b[0], b[1])):
+        first.setdefault(name, literal)
+    for name, literal in first.items():
+        if name not in out and literal is not None:
+            out[name] = literal
+    return out
+
+
+def _narrowed_params(fn: ast.FunctionDef | ast.AsyncFunctionDef, line: int, names: Sequence[str]) -> list[str]:
+    """Annotated parameters of ``fn`` among ``names`` whose type a checker may narrow before ``line``:
+    a union reassigned there, or tested with ``isinstance``/``is None``. A helper typed with the declared
+    type would lose the narrowing (mypy flagged python-slugify's ``text`` after ``text.decode``)."""
+    a = fn.args
+    if not any(p.annotation for p in [*a.posonlyargs, *a.args, *a.kwonlyargs]):
+        return []
+    # only a union (or object) narrows: reassigning a `str` parameter keeps it a `str`
+    declared = {
+        p.arg
+        for p in [*a.posonlyargs, *a.args, *a.kwonlyargs]
+        if p.annotation is not None
+        and re.search(r"\||\bOptional\b|\bUnion\b|^object$", ast.unparse(p.annotation))
+    }
+    hit: set[str] = set()
+    for node in ast.walk(fn):
+        if getattr(node, "lineno", line) >= line:
+            continue
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            hit.add(node.id)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "isinstance":
+            hit.update(n.id for n in ast.walk(node.args[0]) if isinstance(n, ast.Name) and node.args)
+        elif isinstance(node, ast.Compare) and any(isinstance(op, ast.Is | ast.IsNot) for op in node.ops):
+            hit.update(n.id for n in [node.left, *node.comparators] if isinstance(n, ast.Name))
+    return [n for n in names if n in declared and n in hit]
+
+
+def _helper_returns(
+    caller: ast.FunctionDef | ast.AsyncFunctionDef, helper: ast.FunctionDef, returned: Sequence[str]
+) -> str | None:
+    """The helper's return type: ``None`` when it returns nothing, else the caller's types of the
+    names it hands back, when all are known."""
+    types = _local_types(caller)
+    if not any(isinstance(n, ast.Return) and n.value is not None for n in ast.walk(helper)):
+        return "None"
+    if returned and isinstance(helper.body[-1], ast.Return) and all(r in types for r in returned):
+        return types[returned[0]] if len(returned) == 1 else f"tuple[{', '.join(types[r] for r in returned)}]"
+    return None
+
+
+def _annotated_header(header: str, caller: ast.FunctionDef | ast.AsyncFunctionDef, returns: str | None) -> str:
+    """The helper's one-line header with the types its caller declares for the same names, in a
+    caller that annotates anything (a project that type-checks wants its new functions typed too)."""
+    a = caller.args
+    if caller.returns is None and not any(p.annotation for p in [*a.posonlyargs, *a.args, *a.kwonlyargs]):
+        return header
+    types = _local_types(caller)
+    if not header.rstrip().endswith("):"):
+        return header
+    opening, closing = header.index("("), header.rindex(")")
+    params = [x.strip() for x in header[opening + 1 : closing].split(",") if x.strip()]
+    if any(not x.isidentifier() for x in params):
+        return header
+    written = [f"{x}: {types[x]}" if x in types and x not in ("self", "cls") else x for x in params]
+    arrow = f" -> {returns}" if returns else ""
+    return f"{header[: opening + 1]}{', '.join(written)}){arrow}:{header[closing + 2 :]}"
 
 
 def _char_col(line: str, col_bytes: int) -> int:
@@ -949,6 +1060,8 @@ def _extract_once(
             if block.decisions < 2 or block.decisions >= complexity - 1:
                 continue
             why = _escape_reason(block.stmts)
+            if why and _returning_ok(fn, home, block, in_class):
+                why = None  # every path leaves: the caller returns the helper's result
             if why:
                 reasons.append(why)
                 continue
@@ -970,6 +1083,14 @@ def _extract_once(
         if home is not fn:  # what the outer function has certainly bound before it defines ``home``
             closure = _bound_on_entry(fn, home)
         try:
+            if _escape_reason(block.stmts) is not None:  # a returning block (see _returning_ok)
+                new, name = _extract_returning(source, fn, block, qualname, taken, lines)
+                refusal = accept(new, name)
+                if refusal is not None:
+                    last_error = refusal
+                    continue
+                step = f"extracted the {block.kind} block at line {first.lineno} into `return {name}(...)`"
+                return new, name, step
             extracted = _rope_extract(source, start, end)
             if home is not fn:
                 extracted = _lift_helper(extracted, qualname, home.name)
@@ -982,6 +1103,7 @@ def _extract_once(
                 _bound_on_entry(home, first) | closure,
                 _bound_on_entry(home, first, on_some_path=True) | closure,
                 caller_lines=lines,
+                caller_fn=home,
             )
             compile(new, "<refactored>", "exec", dont_inherit=True)  # symbol-table errors too
         except (RefactorSkipped, SyntaxError) as exc:
@@ -994,6 +1116,106 @@ def _extract_once(
         where = f"line {first.lineno}"
         return new, name, f"extracted the {block.kind} block at {where} into `{name}`"
     raise RefactorSkipped(f"no extraction of {qualname} worked: {last_error}")
+
+
+def _always_leaves(stmts: Sequence[ast.stmt]) -> bool:
+    """Every path through ``stmts`` ends in ``return`` or ``raise`` (no ``with``, whose manager may
+    swallow a raise, no loops, whose ``break`` may fall through)."""
+    if not stmts:
+        return False
+    last = stmts[-1]
+    if isinstance(last, ast.Return | ast.Raise):
+        return True
+    if isinstance(last, ast.If):
+        return bool(last.orelse) and _always_leaves(last.body) and _always_leaves(last.orelse)
+    if isinstance(last, ast.Try) and not last.finalbody:
+        return _always_leaves([*last.body, *last.orelse]) and all(_always_leaves(h.body) for h in last.handlers)
+    return False
+
+
+def _returning_ok(
+    fn: ast.FunctionDef | ast.AsyncFunctionDef,
+    home: ast.FunctionDef | ast.AsyncFunctionDef,
+    block: _Block,
+    in_class: bool,
+) -> bool:
+    """``block`` can become ``return helper(...)``: a branch of a plain module-level function
+    (not a generator, no nested scopes that could see its locals change) that always leaves, and
+    that has nothing but its ``return`` statements escaping it."""
+    if home is not fn or in_class or isinstance(fn, ast.AsyncFunctionDef) or block.kind not in ("branch", "else"):
+        return False
+    inner = [n for st in fn.body for n in ast.walk(st)]
+    if any(isinstance(n, (ast.Yield, ast.YieldFrom, *_DEFS)) for n in inner):
+        return False
+    return _always_leaves(block.stmts) and _escape_reason(block.stmts, returns_ok=True) is None
+
+
+def _extract_returning(
+    source: str,
+    fn: ast.FunctionDef | ast.AsyncFunctionDef,
+    block: _Block,
+    caller: str,
+    taken: set[str],
+    lines: Sequence[str],
+) -> tuple[str, str]:
+    """``block`` (which always leaves) as a module-level helper after ``fn`` that the caller returns.
+
+    rope refuses a region with several ``return`` statements; here no data flows out (nothing after
+    the block runs), so the helper's parameters are the names it reads that are bound on entry,
+    and a name it reads that is bound on no path before it must be its own local.
+    """
+    first, last = block.stmts[0], block.stmts[-1]
+    a = fn.args
+    fn_locals = _stored(fn.body) | {p.arg for p in [*a.posonlyargs, *a.args, *a.kwonlyargs]}
+    fn_locals.update(p.arg for p in (a.vararg, a.kwarg) if p is not None)
+    reads = {n.id for st in block.stmts for n in _function_reads(st)} & fn_locals
+    certain, maybe = _bound_on_entry(fn, first), _bound_on_entry(fn, first, on_some_path=True)
+    own = _stored(block.stmts)
+    params: list[str] = []
+    order = [p.arg for p in [*a.posonlyargs, *a.args, *a.kwonlyargs]]
+    first_read: dict[str, tuple[int, int]] = {}
+    for st in block.stmts:
+        for x in _function_reads(st):
+            first_read.setdefault(x.id, (x.lineno, x.col_offset))
+    # the caller's parameters in its order, then its locals as the block first reads them
+    for name in sorted(reads, key=lambda n: (order.index(n) if n in order else len(order), first_read.get(n, (0, 0)))):
+        if name in certain:
+            params.append(name)
+        elif name in maybe or name not in own:
+            raise RefactorSkipped(f"`{name}` may have no value yet where {caller} would call the helper")
+    if len(params) > MAX_HELPER_PARAMS:
+        raise RefactorSkipped(f"the helper would need {len(params)} parameters")
+    narrowed = _narrowed_params(fn, first.lineno, params)
+    if narrowed:
+        raise RefactorSkipped(f"`{narrowed[0]}` may be narrowed from its declared type before the block")
+    end_line = last.end_lineno or last.lineno
+    body = lines[first.lineno - 1 : end_line]
+    cut = first.col_offset
+    if any(ln.strip() and (len(ln) - len(ln.lstrip()) < cut) for ln in body) or _TAB_INDENT.search("".join(body)):
+        raise RefactorSkipped("the block's lines are not indented as one block")
+    after = lines[end_line - 1][_char_col(lines[end_line - 1], last.end_col_offset or 0) :].strip()
+    if lines[first.lineno - 1][:cut].strip() or (after and not after.startswith("#")):
+        raise RefactorSkipped("the block shares a line with other code")
+    name, doc = helper_name(block.stmts, block.kind, block.owner, caller, (), params, lines, returning=True)
+    unique = unique_name(name, caller, taken)
+    if unique is None:
+        raise RefactorSkipped(f"`{name}` and `{name}_in_...` are taken: no name for the helper a reader could use")
+    name = unique
+    why = f"Split out of ``{caller}`` to keep its complexity under the threshold."
+    # it returns what the caller returns
+    returns = ast.unparse(fn.returns) if fn.returns is not None else None
+    header = _annotated_header(f"def {name}({', '.join(params)}):\n", fn, returns)
+    doc_lines = [*_wrap(f'"""{doc}', "    "), "\n", *_wrap(why, "    "), '    """\n']
+    moved = ["    " + ln[cut:] if ln.strip() else "\n" for ln in body]
+    call = f"{' ' * cut}return {name}({', '.join(params)})\n"
+    fn_end = fn.end_lineno or fn.lineno
+    out = [*lines[: first.lineno - 1], _fold_long_call(call), *lines[end_line:fn_end]]
+    tail = list(lines[fn_end:])
+    while tail and not tail[0].strip():
+        tail.pop(0)
+    helper = [_fold_long_call(header), *doc_lines, *moved]
+    new = "".join([*out, "\n\n", *helper, *(["\n\n", *tail] if tail else [])])
+    return new, name
 
 
 def _lift_helper(source: str, outer: str, nested: str) -> str:
@@ -1127,12 +1349,14 @@ class ComplexityAgent(AuditorMixin, BaseAgent):
 
     def __init__(
         self,
+        shell: SecureShell | None = None,
         *,
         max_complexity: int = 10,
         auditor: CodeHealthAuditor | None = None,
         knowledge: KnowledgeBackend | None = None,
     ) -> None:
         super().__init__(knowledge=knowledge)
+        self.shell = shell
         self.max_complexity = max_complexity
         self._auditor = auditor
 
@@ -1150,7 +1374,23 @@ class ComplexityAgent(AuditorMixin, BaseAgent):
             )
         except RefactorSkipped as exc:
             return AgentOutcome(note="", error=f"skipped: {exc}")
+        checker = type_checker(workspace)
+        before: Counter[tuple[str, str]] | None = None
+        if checker:  # a project that type-checks: the refactoring may not bring a new error
+            try:
+                before = await type_errors(self.shell, checker, workspace, task.target)
+            except TypeCheckUnavailable as exc:
+                return AgentOutcome(note="", error=f"skipped: {exc}")
         file.write_text(result.source, encoding="utf-8")
+        if checker and before is not None:
+            try:
+                added = await type_errors(self.shell, checker, workspace, task.target) - before
+            except TypeCheckUnavailable as exc:
+                added = Counter({(task.target, str(exc)): 1})
+            if added:
+                file.write_text(source, encoding="utf-8")
+                where, msg = next(iter(added))
+                return AgentOutcome(note="", error=f"skipped: {checker} reports a new error after it ({where}: {msg})")
         return AgentOutcome(
             note=f"refactored {qualname}: complexity {result.before} -> {result.after} ("
             + "; ".join(result.steps)

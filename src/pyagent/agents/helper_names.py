@@ -86,20 +86,28 @@ def _shown(names: Sequence[str]) -> str:
 def _case(test: ast.expr) -> str | None:
     """The case a branch handles, as a name part: a string it compares with (``"firstrow"``), the
     type it checks for (``isinstance(v, str)``: ``str``), or the one name it tests (``if colored``)."""
+    if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):  # `not isinstance(t, str)`: non_str
+        inner = _case(test.operand)
+        return f"non_{inner}" if inner is not None and "_" not in inner else None
     literals = [
         c.value
         for n in ast.walk(test)
         if isinstance(n, ast.Compare)
-        for c in [n.left, *n.comparators]
+        for side in [n.left, *n.comparators]
+        for c in (side.elts if isinstance(side, ast.Tuple | ast.List | ast.Set) else [side])
         if isinstance(c, ast.Constant) and isinstance(c.value, str) and c.value.isidentifier()
     ]
-    if literals:
-        return "_".join(_snake(v) for v in dict.fromkeys(literals)) if len(set(literals)) <= 2 else None
+    if literals:  # `stage in ("both", "pre")`: both_or_pre
+        return "_or_".join(_snake(v) for v in dict.fromkeys(literals)) if len(set(literals)) <= 2 else None
     for n in ast.walk(test):
         if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "isinstance" and len(n.args) == 2:
             kinds = n.args[1].elts if isinstance(n.args[1], ast.Tuple) else [n.args[1]]
             names = [_snake(ast.unparse(k).rsplit(".", 1)[-1]) for k in kinds[:2]]
             return "_or_".join(names)
+    if isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Is | ast.Eq):
+        other = test.comparators[0]  # `valtype is float`: float
+        if isinstance(other, ast.Name | ast.Attribute):
+            return _snake(other.id if isinstance(other, ast.Name) else other.attr)
     plain = test.operand if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not) else test
     if isinstance(plain, ast.Name | ast.Attribute):
         word = _snake(plain.id if isinstance(plain, ast.Name) else plain.attr)
@@ -185,6 +193,8 @@ def helper_name(
     returned: Sequence[str],
     params: Sequence[str],
     lines: Sequence[str],
+    *,
+    returning: bool = False,
 ) -> HelperName:
     """A name and one-line summary for the helper made of ``stmts`` (see the module docstring).
 
@@ -200,6 +210,17 @@ def helper_name(
     opens_chain = isinstance(owner, ast.If) and lines[owner.lineno - 1].lstrip().startswith("if")
     if comment is None and kind == "branch" and opens_chain:  # above an `elif` is the last branch's end
         comment = _comment_above(lines, owner.lineno)
+    if returning and isinstance(owner, ast.If):  # the caller returns what it returns: its case
+        case = _case(owner.test) or "_".join(_words(owner.test, 2)) or "case"
+        shown = _short(owner.test)
+        if kind == "else":
+            name, doc = f"_{_snake(short)}_otherwise", f"What ``{short}`` returns when no earlier case holds."
+        else:
+            when = f"``{shown}``" if shown else "its case holds"
+            name, doc = f"_{_snake(short)}_{case}", f"What ``{short}`` returns when {when}."
+        if comment is not None:
+            doc = f"{comment}."
+        return HelperName(name, doc)
     name, doc = _name(stmts, kind, owner, short, returned, params, comment)
     if comment is not None:
         doc = f"{comment}{gives}."

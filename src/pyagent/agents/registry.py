@@ -36,7 +36,7 @@ def build_agents(
         name: RuffFixAgent(name, shell, knowledge=knowledge, rules=rules) for name in FAMILIES
     }
     agents["format"] = FormatAgent(shell, knowledge=knowledge)
-    agents["complexity"] = ComplexityAgent(max_complexity=max_complexity, knowledge=knowledge)
+    agents["complexity"] = ComplexityAgent(shell, max_complexity=max_complexity, knowledge=knowledge)
     agents["deadcode"] = DeadCodeAgent(knowledge=knowledge)
     agents["deprecation"] = DeprecationAgent(shell, knowledge=knowledge)
     agents["types"] = TypesAgent(shell, knowledge=knowledge)

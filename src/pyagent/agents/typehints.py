@@ -41,12 +41,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Annotation",
+    "TypeCheckUnavailable",
     "TypesAgent",
     "annotate",
     "annotated_functions",
     "infer_annotations",
     "min_python",
     "type_checker",
+    "type_errors",
 ]
 
 _ALLOWED_DECORATORS = frozenset({"staticmethod", "classmethod"})
@@ -444,7 +446,7 @@ class TypeCheckUnavailable(Exception):
     """The project's type checker could not run here; ``str(exc)`` says what to install."""
 
 
-async def _check(shell: SecureShell | None, checker: str, workspace: Path, target: str) -> Counter[tuple[str, str]]:
+async def type_errors(shell: SecureShell | None, checker: str, workspace: Path, target: str) -> Counter[tuple[str, str]]:
     """The checker's errors as a multiset of (path, message): line numbers do not identify an error."""
     from pyagent.shell import SecureShell
 
@@ -514,9 +516,9 @@ class TypesAgent(BaseAgent):
                 return AgentOutcome(note=self._note(attempt, done, None))
             try:
                 if before is None:
-                    before = await _check(self.shell, str(checker), workspace, task.target)
+                    before = await type_errors(self.shell, str(checker), workspace, task.target)
                 file.write_text(new, encoding="utf-8")
-                after = await _check(self.shell, str(checker), workspace, task.target)
+                after = await type_errors(self.shell, str(checker), workspace, task.target)
             except TypeCheckUnavailable as exc:
                 file.write_text(source, encoding="utf-8")
                 return AgentOutcome(note="", error=f"skipped: {exc}")

@@ -9,6 +9,11 @@ it), otherwise the run is a dry run. The run works inside the project's own rule
 (``improve.project_config``, ``improve.test_command``). SIGTERM/SIGHUP/SIGINT end it cleanly: no
 worktree or temp dir is left, the report for what was done is written and memory is saved; a git
 run's progress is on disk (``improve.run_state``) so ``resume`` continues one that was killed.
+
+The phases live in their own modules, each a mixin over the run's shared state (``improve.run_base``):
+``tree`` (where the run works), ``planning`` (rules, measurement, plan), ``baseline`` (the tests before
+any change), ``tasks`` and ``merge`` (each task, its change and its retries), ``final_suite`` (the
+whole suite once at the end, the commits' order). This module runs them in order.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from pyagent.improve.final_suite import FinalPhase
 from pyagent.improve.metrics import metrics_summary
-from pyagent.improve.options import ImproveError, ImproveOptions, RunInterrupted, new_run_id
+from pyagent.improve.options import ImproveError, ImproveOptions, RunInterrupted
 from pyagent.improve.planning import PlanningPhase
 from pyagent.improve.result import RunResult, TaskRecord
 from pyagent.improve.tasks import TaskPhase
@@ -50,7 +55,6 @@ __all__ = [
     "RunResult",
     "TaskRecord",
     "improve",
-    "new_run_id",
 ]
 
 
