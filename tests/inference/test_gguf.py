@@ -269,7 +269,7 @@ def test_greedy_tokens_equal_transformers_on_the_dequantized_weights(smollm2_pat
     cases = recorded["cases"]
     assert [c["prompt"] for c in cases] == GREEDY_PROMPTS
     g, config, weights = load_gguf_model(smollm2_path)
-    # the exact (float-activation) kernels; the int8 default is held to fp32 by the test above
+    # the exact (float-activation) kernels, the default; int8 activations are held to fp32 by the test above
     engine = PagedAttentionEngine(config, weights, gguf_tokenizer(g), max_num_seqs=16, int8_activations=False)
     seen: dict[str, list[np.ndarray]] = {}
     engine.logits_observer = lambda rid, pos, row: seen.setdefault(rid, []).append(row.copy())
