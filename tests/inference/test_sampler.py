@@ -87,6 +87,7 @@ def test_new_parameters_are_validated_by_name() -> None:
     import pytest
 
     for kw, name in (({"min_p": 2.0}, "min_p"), ({"repetition_penalty": 0.0}, "repetition_penalty"),
+                     ({"repetition_penalty": 5e-324}, "repetition_penalty"),
                      ({"frequency_penalty": 3.0}, "frequency_penalty"), ({"min_tokens": 500}, "min_tokens")):
         with pytest.raises(ValueError, match=name):
             SamplingParams(**kw).validate()  # type: ignore[arg-type]

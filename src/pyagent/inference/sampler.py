@@ -50,8 +50,8 @@ class SamplingParams:
             raise ValueError("stop must be a list of non-empty strings")
         if not 0.0 <= self.min_p <= 1.0:
             raise ValueError(f"min_p must be in [0, 1], got {self.min_p!r}")
-        if not self.repetition_penalty > 0.0:
-            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty!r}")
+        if not 0.01 <= self.repetition_penalty <= 10.0:  # below 0.01 dividing a logit by it overflows
+            raise ValueError(f"repetition_penalty must be in [0.01, 10], got {self.repetition_penalty!r}")
         for name in ("frequency_penalty", "presence_penalty"):
             if not -2.0 <= getattr(self, name) <= 2.0:
                 raise ValueError(f"{name} must be in [-2, 2], got {getattr(self, name)!r}")

@@ -50,7 +50,7 @@ class _SamplingKnobs(BaseModel):
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     top_k: int | None = Field(default=None, ge=-1)  # -1 or 0 = off
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
-    repetition_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
+    repetition_penalty: float | None = Field(default=None, ge=0.01, le=10.0)  # below 0.01 logits overflow
     ignore_eos: bool | None = None
     min_tokens: int | None = Field(default=None, ge=0)
 
