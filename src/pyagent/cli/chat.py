@@ -44,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
         if args.n > 1 and args.message is None:
             raise ValueError("-n above 1 needs a MESSAGE (one-shot mode): a conversation continues one reply")
         params.validate()
-        engine = PagedAttentionEngine.from_pretrained(args.model, max_num_seqs=args.n, quantize=args.quantize)
+        engine = PagedAttentionEngine.from_pretrained(args.model, max_num_seqs=args.n, quantize=args.quantize,
+                                                      int8_activations=args.int8_activations)
     except (ModelLoadError, ValueError) as exc:
         raise CommandError(str(exc)) from None
     messages: list[dict[str, str]] = [] if args.system is None else [{"role": "system", "content": args.system}]
