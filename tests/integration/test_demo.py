@@ -34,6 +34,8 @@ def test_demo_keeps_changes_rolls_back_the_trap_and_writes_the_report(
     assert rep["metrics"]["after"]["ruff_findings"] < rep["metrics"]["before"]["ruff_findings"]
     assert (reports[0].parent / "report.html").stat().st_size > 1000
     assert (reports[0].parent / "events.jsonl").stat().st_size > 0
+    # notes are printed as written: rich would take "[tool.pyagent]" for a style and drop it
+    assert '"types" in [tool.pyagent] agents' in out.stdout
     # the trap's import survived, and the demo's own tests still pass in the kept result
     assert "import inventory.formats" in (dest / "inventory" / "core.py").read_text()
     # the bundled sample itself was not touched

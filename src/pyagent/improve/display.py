@@ -115,9 +115,9 @@ def print_summary(result: RunResult, console: Console | None = None) -> None:
                       f"${usage['cost']:.4f}; {judged} of {attempted} LLM task(s) returned an edit the gate judged")
     regressions = result.regressions()
     if regressions:
-        console.print(f"[red]test regressions: {', '.join(regressions)}[/]")
+        console.print(f"[red]test regressions: {escape(', '.join(regressions))}[/]")  # test ids hold [params]
     for note in result.notes:
-        console.print(f"note: {note}")
+        console.print(escape(f"note: {note}"))  # notes quote config keys like [tool.pyagent]
     if result.branch:
         console.print(
             f"changes are on branch [bold]{result.branch}[/] (your branch and working tree are unchanged)"
