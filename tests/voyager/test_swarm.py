@@ -8,8 +8,10 @@ real worker is exercised end to end in ``tests/integration/test_voyager_swarm.py
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -171,16 +173,27 @@ def test_untrusted_or_full_peers_are_not_used(project: Path, tmp_path: Path) -> 
     run(scenario(), timeout=60)
 
 
+@contextlib.asynccontextmanager
+async def one_node_swarm(project: Path, tmp_path: Path, name: str,
+                         answer: Answer) -> AsyncIterator[tuple[SwarmExecutor, LocalRecorder, VoyagerNode]]:
+    """An origin and one trusted node ``name`` on loopback, the swarm started; both closed at the end."""
+    origin = NodeHome(tmp_path / "origin")
+    trust_both(origin, NodeHome(tmp_path / "n1"))
+    node = await start_node(tmp_path / "n1", name, answer)
+    local = LocalRecorder()
+    swarm = SwarmExecutor(project, local=local, home=origin, discovery_wait=15)
+    try:
+        await swarm.start()
+        yield swarm, local, node
+    finally:
+        await swarm.aclose()
+        await node.close()
+
+
 def test_node_stopping_mid_task_hands_it_back_and_it_runs_locally(project: Path, tmp_path: Path) -> None:
     async def scenario() -> None:
-        origin = NodeHome(tmp_path / "origin")
-        trust_both(origin, NodeHome(tmp_path / "n1"))
         answer = Answer("n1", hold=asyncio.Event())  # never finishes on its own
-        node = await start_node(tmp_path / "n1", "n1-stop", answer)
-        local = LocalRecorder()
-        swarm = SwarmExecutor(project, local=local, home=origin, discovery_wait=15)
-        try:
-            await swarm.start()
+        async with one_node_swarm(project, tmp_path, "n1-stop", answer) as (swarm, local, node):
             pending = asyncio.ensure_future(swarm.execute(make_task("t1"), {"pkg/mod.py": b"x = 1\n"}))
             await asyncio.wait_for(answer.started.wait(), 10)
             await node.close()  # Ctrl+C on the peer: the task is handed back, not lost
@@ -188,9 +201,6 @@ def test_node_stopping_mid_task_hands_it_back_and_it_runs_locally(project: Path,
             assert cs.reason == "local" and local.ran == ["t1"]
             assert swarm.stats.rerouted == 1
             assert "Cancelled" in swarm.stats.failures[0]
-        finally:
-            await swarm.aclose()
-            await node.close()
 
     run(scenario(), timeout=60)
 
@@ -262,33 +272,18 @@ def test_wrong_lineage_from_a_peer_is_not_accepted(project: Path, tmp_path: Path
             return wire
 
     async def scenario() -> None:
-        origin = NodeHome(tmp_path / "origin")
-        trust_both(origin, NodeHome(tmp_path / "n1"))
-        node = await start_node(tmp_path / "n1", "n1-liar", Liar("n1"))
-        local = LocalRecorder()
-        swarm = SwarmExecutor(project, local=local, home=origin, discovery_wait=15)
-        try:
-            await swarm.start()
+        async with one_node_swarm(project, tmp_path, "n1-liar", Liar("n1")) as (swarm, _local, _node):
             cs = await swarm.execute(make_task("t1"), {"pkg/mod.py": b"x = 1\n"})
             assert cs.reason == "local"
             assert "another lineage" in swarm.stats.failures[0]
-        finally:
-            await swarm.aclose()
-            await node.close()
 
     run(scenario(), timeout=60)
 
 
 def test_llm_agent_tasks_stay_on_the_origin(project: Path, tmp_path: Path) -> None:
     async def scenario() -> None:
-        origin = NodeHome(tmp_path / "origin")
-        trust_both(origin, NodeHome(tmp_path / "n1"))
         answer = Answer("n1")
-        node = await start_node(tmp_path / "n1", "n1-llm", answer)
-        local = LocalRecorder()
-        swarm = SwarmExecutor(project, local=local, home=origin, discovery_wait=15)
-        try:
-            await swarm.start()
+        async with one_node_swarm(project, tmp_path, "n1-llm", answer) as (swarm, local, _node):
             task = make_task("t1")
             refactor = AgentTask(
                 "t2", "refactor", "refactor", task.target, task.files, task.priority, task.context, {}
@@ -297,9 +292,6 @@ def test_llm_agent_tasks_stay_on_the_origin(project: Path, tmp_path: Path) -> No
             assert cs.reason == "local" and local.ran == ["t2"] and answer.payloads == []
             cs = await swarm.execute(task, {"pkg/mod.py": b"x = 1\n"})  # an offline fixer does travel
             assert cs.verification.node == "n1-llm"
-        finally:
-            await swarm.aclose()
-            await node.close()
 
     run(scenario(), timeout=60)
 
@@ -308,14 +300,8 @@ def test_a_node_refuses_a_task_of_a_spent_chain_and_the_origin_does_not_run_it_e
     project: Path, tmp_path: Path
 ) -> None:
     async def scenario() -> None:
-        origin = NodeHome(tmp_path / "origin")
-        trust_both(origin, NodeHome(tmp_path / "n1"))
         answer = Answer("n1")
-        node = await start_node(tmp_path / "n1", "n1-spent", answer)
-        local = LocalRecorder()
-        swarm = SwarmExecutor(project, local=local, home=origin, discovery_wait=15)
-        try:
-            await swarm.start()
+        async with one_node_swarm(project, tmp_path, "n1-spent", answer) as (swarm, local, _node):
             budget = Budget(tokens=5)
             task = make_task("t-spent", budget)
             with pytest.raises(BudgetExceeded):
@@ -324,8 +310,5 @@ def test_a_node_refuses_a_task_of_a_spent_chain_and_the_origin_does_not_run_it_e
                 await swarm.execute(task, {"pkg/mod.py": b"x = 1\n"})
             assert answer.payloads == [] and local.ran == []  # no worker ran it, nor this machine
             assert swarm.stats.rerouted == 0 and swarm.stats.local == 0
-        finally:
-            await swarm.aclose()
-            await node.close()
 
     run(scenario(), timeout=60)
