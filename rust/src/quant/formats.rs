@@ -93,7 +93,7 @@ fn half(b: &[u8], at: usize) -> f32 {
 
 /// Scale and min of sub-block `j` (0..8) packed in 12 bytes (Q4_K and Q5_K).
 #[inline(always)]
-fn scale_min_k4(j: usize, q: &[u8]) -> (f32, f32) {
+pub(crate) fn scale_min_k4(j: usize, q: &[u8]) -> (f32, f32) {
     if j < 4 {
         ((q[j] & 63) as f32, (q[j + 4] & 63) as f32)
     } else {

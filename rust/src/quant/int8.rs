@@ -10,6 +10,8 @@
 //! Per 32-element block with weight scale `dw` (and Q4_1 offset `m`) and activation scale `dx`:
 //! - Q4_1: `dw·dx·Σ(nib·q) + m·(dx·Σq)`
 //! - Q4_0, Q8_0: `dw·dx·Σ(w·q)` with signed `w` (nibble − 8 for Q4_0).
+//!
+//! The K-quants and Q5_0/Q5_1 have their kernels in `int8_kquants`, on the same activation blocks.
 use super::formats::{f16_to_f32, QType};
 
 /// The instruction set of the int8 kernels (`Portable` runs anywhere).
@@ -63,7 +65,7 @@ impl Isa {
 
 /// Whether `t` has an int8 kernel (other formats keep the float path).
 pub fn supports(t: QType) -> bool {
-    matches!(t, QType::Q4_0 | QType::Q4_1 | QType::Q8_0)
+    matches!(t, QType::Q4_0 | QType::Q4_1 | QType::Q8_0) || super::int8_kquants::supports(t)
 }
 
 /// `x` ([n, cols]) quantized: `qs` the int8 values in element order, `ds` per block `[d, d·Σq]`.
@@ -134,12 +136,15 @@ pub fn row_dots_portable(t: QType, row: &[u8], qa: &QActs, n: usize, out: &mut [
 /// `isa`: row `r`'s result for `x` row `i` goes to `out[i * total + out_col + r - first]`.
 ///
 /// # Safety
-/// `isa.available()` must hold; `data` holds rows of `qa.cols / 32` blocks of `t` (Q4_0, Q4_1 or Q8_0),
+/// `isa.available()` must hold; `data` holds rows of `qa.cols` elements of `t` (a format `supports` names),
 /// `qa` has `n` rows, `out` is `[n, total]` and no other thread writes its columns
 /// `out_col..out_col + last - first`.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn span(isa: Isa, t: QType, data: &[u8], rb: usize, first: usize, last: usize, qa: &QActs, n: usize,
                    out: *mut f32, total: usize, out_col: usize) {
+    if super::int8_kquants::supports(t) {
+        return super::int8_kquants::span(isa, t, data, rb, first, last, qa, n, out, total, out_col);
+    }
     #[cfg(target_arch = "x86_64")]
     if isa != Isa::Portable {
         return simd::span(isa, t, data, rb, first, last, qa, n, out, total, out_col);
@@ -185,7 +190,7 @@ unsafe fn quantize_avx2(x: &[f32], qs: &mut [i8], ds: &mut [[f32; 2]]) {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod simd {
+pub(super) mod simd {
     use std::arch::x86_64::*;
 
     use super::{Isa, QActs};
@@ -391,19 +396,19 @@ mod simd {
 
     #[inline]
     #[target_feature(enable = "avx2")]
-    unsafe fn dot_avx2(u: __m256i, s: __m256i) -> __m256i {
+    pub(in crate::quant) unsafe fn dot_avx2(u: __m256i, s: __m256i) -> __m256i {
         _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
     }
 
     #[inline]
     #[target_feature(enable = "avx2,avxvnni")]
-    unsafe fn dot_avxvnni(u: __m256i, s: __m256i) -> __m256i {
+    pub(in crate::quant) unsafe fn dot_avxvnni(u: __m256i, s: __m256i) -> __m256i {
         _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s)
     }
 
     #[inline]
     #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn dot_avx512vnni(u: __m256i, s: __m256i) -> __m256i {
+    pub(in crate::quant) unsafe fn dot_avx512vnni(u: __m256i, s: __m256i) -> __m256i {
         _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
     }
 

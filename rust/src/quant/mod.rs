@@ -8,6 +8,7 @@ mod avx2;
 mod decoder;
 pub mod formats;
 pub mod int8;
+mod int8_kquants;
 pub mod matmul;
 
 use formats::QType;
