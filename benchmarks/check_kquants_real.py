@@ -10,7 +10,10 @@ quantized tensor of each file:
   ``quants.dequantize``: max |ours - theirs| / max |theirs| (both decode the same blocks in float32, so
   only the order of a multiply-add differs: at most a few float32 ulps);
 - matvec: our kernel (``QuantLinear`` on 1 and 4 rows, the decode path) against float64 ``x @ W.T`` on the
-  reference-decoded weights: ||ours - ref|| / ||ref|| (float32 accumulation over ``cols`` terms: ~1e-6).
+  reference-decoded weights: ||ours - ref|| / ||ref|| (float32 accumulation over ``cols`` terms: ~1e-6);
+- int8: the int8-activation kernels (this CPU's fastest and the portable ones, 1 and 4 rows) against
+  float64 ``xq @ W.T``, ``xq`` being ``x`` rounded to 8 bits per 32-value block as the kernels round it:
+  the same relative L2 error and tolerance (the integer sums are exact; only float32 accumulation differs).
 
 The tolerances are float32 rounding, far below each format's own quantization step (2^-5 relative for 4
 bits), so a wrong scale, minimum, nibble or high bit in any sub-block fails. SmolLM2's hidden size (576) is
@@ -19,9 +22,12 @@ not a multiple of the K-quants' 256-value super-block, so llama.cpp stores the 5
 script counts tensors per type so the coverage is plain. ``--generate`` also loads each file in the
 engine and prints its greedy answer to "What is the capital of France?" beside llama.cpp's on the same
 prompt ids (requantizing a 4-bit file loses more than quantizing the original, so the answers say how
-much the file kept, and agreeing with llama.cpp says the loss is the file's, not ours).
+much the file kept, and agreeing with llama.cpp says the loss is the file's, not ours). ``--int8-decode``
+loads each requantized file twice in the engine, exact and with ``int8_activations``, and prints greedy
+decode tokens/s of both (the threads are rayon's: set RAYON_NUM_THREADS) and how many of the first N
+greedy tokens the int8 run shares with the exact one on a few chat prompts.
 
-    python benchmarks/check_kquants_real.py [--generate] [--llamacpp-python PATH]
+    python benchmarks/check_kquants_real.py [--generate] [--int8-decode] [--tokens N] [--llamacpp-python PATH]
 """
 
 from __future__ import annotations
@@ -32,8 +38,12 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from pyagent.inference.engine import PagedAttentionEngine
 
 BENCH_DIR = Path("~/.cache/pyagent-bench").expanduser()
 OUT_DIR = BENCH_DIR / "kquants"
@@ -72,11 +82,14 @@ def requantize(llamacpp_python: Path, source: Path, name: str) -> Path:
 def check_file(path: Path, rng: np.random.Generator) -> bool:
     from gguf import GGMLQuantizationType, quants
 
+    from pyagent import _rust
     from pyagent.inference.gguf_reader import GGUFFile
     from pyagent.inference.quant import QuantLinear, QuantMatrix
+    from tests.inference.test_quant_kernels import q8_round_trip
 
     g = GGUFFile(path)
-    worst: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0])  # type -> [dequant, matvec, count]
+    # type -> [dequant, matvec, int8 matvec, count]
+    worst: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0])
     ok = True
     for t in g.tensors.values():
         if t.type_name in ("F32", "F16") or len(t.shape) != 2:
@@ -86,21 +99,68 @@ def check_file(path: Path, rng: np.random.Generator) -> bool:
         ref = quants.dequantize(np.asarray(t.data), GGMLQuantizationType(t.type_id)).reshape(rows, cols)
         ours = m.dequantize()
         d_err = float(np.abs(ours - ref).max() / max(np.abs(ref).max(), 1e-30))
-        v_err = 0.0
+        v_err = i_err = 0.0
         for batch in (1, 4):
             x = rng.standard_normal((batch, cols)).astype(np.float32)
             want = x.astype(np.float64) @ ref.astype(np.float64).T
             got = QuantLinear((m,))(x)
             v_err = max(v_err, float(np.linalg.norm(got - want) / np.linalg.norm(want)))
+            want = q8_round_trip(x).astype(np.float64) @ ref.astype(np.float64).T
+            for kernel in ("auto", "portable"):
+                got = np.empty((batch, rows), dtype=np.float32)
+                _rust.quant_matmul(got, x, [t.data], [t.type_id], [rows], int8=kernel)
+                i_err = max(i_err, float(np.linalg.norm(got - want) / np.linalg.norm(want)))
         w = worst[t.type_name]
-        w[0], w[1], w[2] = max(w[0], d_err), max(w[1], v_err), w[2] + 1
-        if d_err > DEQUANT_TOL or v_err > MATVEC_TOL:
+        w[0], w[1], w[2], w[3] = max(w[0], d_err), max(w[1], v_err), max(w[2], i_err), w[3] + 1
+        if d_err > DEQUANT_TOL or v_err > MATVEC_TOL or i_err > MATVEC_TOL:
             ok = False
-            print(f"  FAIL {t.name} ({t.type_name} {rows}x{cols}): dequantize {d_err:.2e}, matvec {v_err:.2e}")
-    for type_name, (d_err, v_err, count) in sorted(worst.items()):
+            print(f"  FAIL {t.name} ({t.type_name} {rows}x{cols}): dequantize {d_err:.2e}, matvec {v_err:.2e}, "
+                  f"int8 matvec {i_err:.2e}")
+    for type_name, (d_err, v_err, i_err, count) in sorted(worst.items()):
         print(f"  {type_name:6s} {int(count):3d} tensors: max dequantize error {d_err:.1e} (tol {DEQUANT_TOL:.0e}), "
-              f"max matvec error {v_err:.1e} (tol {MATVEC_TOL:.0e})")
+              f"max matvec error {v_err:.1e}, int8 {i_err:.1e} (tol {MATVEC_TOL:.0e})")
     return ok
+
+
+PROMPTS = ("What is the capital of France?", "Write a haiku about the sea.",
+           "Explain in two sentences why the sky is blue.", "List three uses of a paperclip.")
+
+
+def decode_pass(engine: PagedAttentionEngine, n: int) -> tuple[float, list[list[int]]]:
+    """Greedy decode tokens/s over the prompts (the tokens after each prompt's first) and the tokens."""
+    from pyagent.inference.sampler import SamplingParams
+
+    params = SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True)
+    seconds, tokens = 0.0, []
+    for i, prompt in enumerate(PROMPTS):
+        engine.add_request(f"r{time.monotonic_ns()}-{i}",
+                           engine.tokenizer.encode_chat([{"role": "user", "content": prompt}]), params)
+        first, ids = 0.0, []
+        while engine.has_unfinished():
+            for out in engine.step():
+                ids = out.token_ids
+            first = first or time.perf_counter()
+        seconds += time.perf_counter() - first
+        tokens.append(list(ids))
+    return len(PROMPTS) * (n - 1) / seconds, tokens
+
+
+def int8_decode(path: Path, n: int, rounds: int = 3) -> None:
+    """Exact and int8 engines take turns (``rounds`` passes each, the best kept: other load on the machine
+    slows single passes), then the tokens are compared."""
+    from pyagent.inference.engine import PagedAttentionEngine
+
+    engines = [PagedAttentionEngine.from_pretrained(path, max_num_seqs=1, enable_prefix_caching=False,
+                                                    int8_activations=int8) for int8 in (False, True)]
+    rates, tokens = [0.0, 0.0], [[], []]
+    for _ in range(rounds):
+        for k, engine in enumerate(engines):
+            rate, tokens[k] = decode_pass(engine, n)
+            rates[k] = max(rates[k], rate)
+    same = [next((i for i, (a, b) in enumerate(zip(e, q, strict=True)) if a != b), n)
+            for e, q in zip(tokens[0], tokens[1], strict=True)]
+    print(f"  greedy decode, best of {rounds}: exact {rates[0]:.1f} tok/s, int8 activations {rates[1]:.1f} tok/s "
+          f"({rates[1] / rates[0]:.2f}x); leading tokens identical to exact, of {n} per prompt: {same}")
 
 
 LLAMACPP_GREEDY = """
@@ -149,6 +209,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--llamacpp-python", default=str(BENCH_DIR / "llamacpp" / "bin" / "python"))
     ap.add_argument("--generate", action="store_true", help="also load each file and print a greedy answer")
+    ap.add_argument("--int8-decode", action="store_true",
+                    help="also time greedy decode exact vs int8 activations and count agreeing tokens")
+    ap.add_argument("--tokens", type=int, default=64, help="greedy tokens per prompt for --int8-decode")
     args = ap.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from tests.model_files import smollm2_gguf
@@ -171,6 +234,8 @@ def main() -> int:
             ours, theirs, same = greedy_answers(path, python)
             print(f"  greedy answer, ours:      {ours!r}\n  greedy answer, llama.cpp: {theirs!r}\n"
                   f"  first {same} tokens identical")
+        if args.int8_decode:
+            int8_decode(path, args.tokens)
     print("all tensors within tolerance" if ok else "MISMATCH")
     return 0 if ok else 1
 

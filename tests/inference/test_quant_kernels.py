@@ -132,9 +132,30 @@ def test_real_file_tensors_decode_and_multiply_like_the_reference(smollm2_path: 
         assert (np.abs(int8 - xq @ dense.T.astype(np.float64)) <= 1e-5 * bound + 1e-6).all(), name
 
 
+def test_int8_kernels_on_the_real_files_weights_requantized_to_5_bits(smollm2_path: Path) -> None:
+    """Q5_0/Q5_1 (what K-quant files store their 576-column matrices in) from the real weights, quantized
+    by gguf-py: the int8 kernels against the rounded x (random blocks miss real scale distributions)."""
+    g = GGUFFile(smollm2_path)
+    rng = np.random.default_rng(4)
+    for name in ("blk.0.attn_q.weight", "blk.0.ffn_down.weight"):
+        t = g.tensors[name]
+        rows, cols = t.shape
+        real = QuantMatrix(t.data, t.type_id, rows, cols).dequantize()
+        for qtype in (T.Q5_0, T.Q5_1):
+            data = np.asarray(quants.quantize(real, qtype)).reshape(-1)
+            dense = QuantMatrix(data, int(qtype), rows, cols).dequantize().astype(np.float64)
+            x = rng.standard_normal((3, cols)).astype(np.float32)
+            xq = q8_round_trip(x).astype(np.float64)
+            bound = np.abs(xq) @ np.abs(dense).T
+            for kernel in ("auto", "portable"):
+                out = np.empty((3, rows), dtype=np.float32)
+                _rust.quant_matmul(out, x, [data], [int(qtype)], [rows], int8=kernel)
+                assert (np.abs(out - xq @ dense.T) <= 1e-5 * bound + 1e-6).all(), (name, qtype.name, kernel)
+
+
 # -- int8 activations (llama.cpp's Q8_1 path): x rounded to 8 bits per 32-element block
 
-INT8_TYPES = [T.Q4_0, T.Q4_1, T.Q8_0]
+INT8_TYPES = SIMPLE + K_TYPES
 # kernel name -> the /proc/cpuinfo flags it needs
 INT8_KERNELS = {"portable": (), "avx2": ("avx2", "fma", "f16c"), "avxvnni": ("avx2", "fma", "f16c", "avx_vnni"),
                 "avx512vnni": ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni")}
@@ -161,7 +182,7 @@ def q8_round_trip(x: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("n", [1, 3, 13])
 def test_int8_kernels_equal_dequantize_then_dot_on_the_rounded_x(kernel: str, qtype: T, n: int) -> None:
     rng = np.random.default_rng(int(qtype) * 100 + n)
-    cols = 32 * 21
+    cols = 256 * 3 if qtype in K_TYPES else 32 * 21  # 21 blocks: an odd count, a tail for two-chain loops
     parts = [random_blocks(qtype, rows, cols, rng) for rows in (40, 9)]
     mats = [QuantMatrix(p.reshape(-1), int(qtype), p.shape[0], cols) for p in parts]
     x = (rng.standard_normal((n, cols)) * rng.uniform(0.1, 10, size=(n, 1))).astype(np.float32)
@@ -186,7 +207,7 @@ def test_int8_kernels_equal_dequantize_then_dot_on_the_rounded_x(kernel: str, qt
 def test_int8_request_keeps_float_kernels_for_formats_without_int8_ones() -> None:
     rng = np.random.default_rng(9)
     cols = 512
-    mats = [QuantMatrix(random_blocks(t, 8, cols, rng).reshape(-1), int(t), 8, cols) for t in (T.Q4_K, T.Q6_K)]
+    mats = [QuantMatrix(random_blocks(t, 8, cols, rng).reshape(-1), int(t), 8, cols) for t in WIDE]
     x = rng.standard_normal((2, cols)).astype(np.float32)
     for m in mats:
         out = np.empty((2, 8), dtype=np.float32)

@@ -36,7 +36,7 @@ def add_quantize_arg(p: argparse.ArgumentParser) -> None:
 
 
 INT8_HELP = ("decode with int8 activations, as llama.cpp does: each product's input is rounded to 8 bits "
-             "(Q4_0/Q4_1/Q8_0 weights), about 1.6x faster per token; greedy output may then differ from the "
+             "(quantized weights of every type), about 1.6x faster per token; greedy output may then differ from the "
              "exact default where two tokens nearly tie")
 
 

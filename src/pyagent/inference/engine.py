@@ -135,8 +135,8 @@ class PagedAttentionEngine:
         """Load a GGUF file (weights stay quantized) or a Hugging Face checkpoint folder (config.json,
         *.safetensors, tokenizer.json; ``quantize="q8_0"`` converts its matrices to Q8_0 at load).
 
-        ``int8_activations`` makes decode steps round each product's input to 8 bits (llama.cpp's way, about
-        twice as fast on Q4_0/Q4_1/Q8_0 weights); off, decode is exact up to float rounding and gives the
+        ``int8_activations`` makes decode steps round each product's input to 8 bits (llama.cpp's way; faster
+        on every quantized weight type, 1.6x on Q4_1); off, decode is exact up to float rounding and gives the
         same tokens whichever path (prefill, decode, another instance) computed a position."""
         path = Path(model_dir)
         if path.suffix.lower() == ".gguf" or (path.is_file() and is_gguf(path)):
