@@ -297,6 +297,11 @@ class DecoderStack:
         sin: np.ndarray,
         scale: float,
         partition_size: int = 512,
+        logits: np.ndarray | None = None,
+        logit_rows: np.ndarray | None = None,
     ) -> None:
-        """Run every layer on ``x`` ([tokens, hidden], in place), writing each token's K/V at its slot."""
+        """Run every layer on ``x`` ([tokens, hidden], in place), writing each token's K/V at its slot; with
+        ``logits`` ([len(logit_rows), vocab]) also the final norm and the head (``set_head``) on those rows."""
+    def set_head(self, norm: np.ndarray, head: _ProjSpec, vocab: int) -> None:
+        """Set the final norm and the output projection, so that ``forward`` can return logits."""
     def __len__(self) -> int: ...
