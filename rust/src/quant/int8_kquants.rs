@@ -8,10 +8,10 @@
 //!   value; the min term needs only the activation block's sum.
 //! - Q6_K: 16-value sub-blocks with int8 scales, so a 32-block's integer sum is two halves, each times
 //!   its scale: `d·dx·(s0·Σ₀₋₁₅(w·q) + s1·Σ₁₆₋₃₁(w·q))`, `w` the signed 6-bit value (`u − 32`).
-//! - Q5_0: `d·dx·Σ(w·q)`, `w = u − 16`; Q5_1: `d·dx·Σ(u·q) + m·sx`.
+//! - Q5_1: `d·dx·Σ(u·q) + m·sx`; Q5_0 (values `u − 16`) the same with `m = −16·d`.
 //!
-//! Signed weights meet the unsigned-by-signed byte products through `|w|` and `q` carrying `w`'s sign
-//! (`q` is within ±127, so the sign flip never overflows).
+//! Q6_K's signed weights meet the unsigned-by-signed byte products through `|w|` and `q` carrying `w`'s
+//! sign (`q` is within ±127, so the sign flip never overflows).
 use super::formats::{f16_to_f32, scale_min_k4, QType};
 use super::int8::{Isa, QActs};
 
@@ -136,40 +136,50 @@ mod simd {
 
                 #[inline]
                 #[target_feature(enable = $features)]
-                unsafe fn dot_signed(w: __m256i, x: __m256i) -> __m256i {
-                    dot(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w))
-                }
-
-                #[inline]
-                #[target_feature(enable = $features)]
                 unsafe fn hsum(v: __m256) -> f32 {
                     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
                     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
                     _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
                 }
 
-                /// `acc += isum·fw·dx`, `corr += [·, fm·sx]`, with `[fw, fm]` at `f` and `[dx, sx]` at `ds`.
+                /// The f16 at `p` in lane 0 (the next f16 in lane 1).
                 #[inline]
                 #[target_feature(enable = $features)]
-                unsafe fn step(isum: __m256i, f: *const f32, ds: *const [f32; 2], acc: &mut __m256, corr: &mut __m128) {
-                    let p = _mm_mul_ps(_mm_castpd_ps(_mm_load_sd(f as *const f64)),
-                                       _mm_castpd_ps(_mm_load_sd(ds as *const f64)));
-                    *corr = _mm_add_ps(*corr, p);
+                unsafe fn halves(p: *const u8) -> __m128 {
+                    _mm_cvtph_ps(_mm_cvtsi32_si128((p as *const i32).read_unaligned()))
+                }
+
+                /// `[fw·dx, fm·sx]` for the 8 32-blocks of a super-block: `f` holds `[fw, fm]` of each, and
+                /// `ds` points at the first block's `[dx, sx]` (so lanes `2k`: block `k`'s integer-sum factor).
+                #[inline]
+                #[target_feature(enable = $features)]
+                unsafe fn factors(f: [__m256; 2], ds: *const [f32; 2]) -> [__m256; 2] {
+                    let ds = ds as *const f32;
+                    [_mm256_mul_ps(f[0], _mm256_loadu_ps(ds)), _mm256_mul_ps(f[1], _mm256_loadu_ps(ds.add(8)))]
+                }
+
+                /// `acc += isum·p[2k]`: 32-block `k`'s integer sum times its lane of `factors`.
+                #[inline]
+                #[target_feature(enable = $features)]
+                unsafe fn step_k(isum: __m256i, p: &[__m256; 2], k: usize, acc: &mut __m256) {
+                    let f = _mm256_permutevar8x32_ps(p[k / 4], _mm256_set1_epi32(2 * (k % 4) as i32));
+                    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), f, *acc);
+                }
+
+                /// `acc += isum·d·dx`, `corr += [·, m·sx]` for one 32-value block (`[d, m]` in `dm`'s lanes).
+                #[inline]
+                #[target_feature(enable = $features)]
+                unsafe fn step(isum: __m256i, dm: __m128, ds: *const [f32; 2], acc: &mut __m256, corr: &mut __m256) {
+                    let p = _mm_mul_ps(dm, _mm_castpd_ps(_mm_load_sd(ds as *const f64)));
+                    *corr = _mm256_add_ps(*corr, _mm256_zextps128_ps256(p));
                     *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_broadcastss_ps(p), *acc);
                 }
 
-                /// `acc += isum·d·dx` (formats without a min term).
+                /// `[d·s_j, −dmin·m_j]` for the 8 sub-blocks of the Q4_K/Q5_K block at `b`, 4 in each vector.
                 #[inline]
                 #[target_feature(enable = $features)]
-                unsafe fn step_d(isum: __m256i, d: f32, ds: *const [f32; 2], acc: &mut __m256) {
-                    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(d * (*ds)[0]), *acc);
-                }
-
-                /// `[d·s_j, −dmin·m_j]` for the 8 sub-blocks of the Q4_K/Q5_K block at `b`.
-                #[inline]
-                #[target_feature(enable = $features)]
-                unsafe fn k_factors(b: *const u8) -> [f32; 16] {
-                    let dm = _mm_cvtph_ps(_mm_cvtsi32_si128((b as *const i32).read_unaligned()));
+                unsafe fn k_factors(b: *const u8) -> [__m256; 2] {
+                    let dm = halves(b);
                     let u = [(b.add(4) as *const u32).read_unaligned(), (b.add(8) as *const u32).read_unaligned(),
                              (b.add(12) as *const u32).read_unaligned()];
                     // 6-bit scales of sub-blocks 0..4 and 4..8, then the mins likewise, one per byte
@@ -185,10 +195,7 @@ mod simd {
                     let mul = _mm256_castpd_ps(_mm256_broadcastsd_pd(_mm_castps_pd(pair)));
                     let lo = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(pairs));
                     let hi = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_unpackhi_epi64(pairs, pairs)));
-                    let mut f = [0f32; 16];
-                    _mm256_storeu_ps(f.as_mut_ptr(), _mm256_mul_ps(lo, mul));
-                    _mm256_storeu_ps(f.as_mut_ptr().add(8), _mm256_mul_ps(hi, mul));
-                    f
+                    [_mm256_mul_ps(lo, mul), _mm256_mul_ps(hi, mul)]
                 }
 
                 /// One weight block at `b` against `G` rows of activations (`xq[i]`, `ds[i]`: row `i`'s
@@ -196,7 +203,7 @@ mod simd {
                 #[inline]
                 #[target_feature(enable = $features)]
                 unsafe fn block<const G: usize>(t: QType, b: *const u8, xq: [*const i8; G], ds: [*const [f32; 2]; G],
-                                                acc: &mut [[__m256; 2]; G], corr: &mut [__m128; G]) {
+                                                acc: &mut [[__m256; 2]; G], corr: &mut [__m256; G]) {
                     let m4 = _mm256_set1_epi8(15);
                     // activations of row `i`, 32-block `k`; the accumulator chain of 32-block `k`
                     macro_rules! x {
@@ -208,6 +215,11 @@ mod simd {
                     match t {
                         QType::Q4K | QType::Q5K => {
                             let f = k_factors(b);
+                            let mut p = [[_mm256_setzero_ps(); 2]; G];
+                            for i in 0..G {
+                                p[i] = factors(f, ds[i]);
+                                corr[i] = _mm256_add_ps(corr[i], _mm256_add_ps(p[i][0], p[i][1]));
+                            }
                             let qh = _mm256_loadu_si256(b.add(16) as *const __m256i);
                             let qs = b.add(if t == QType::Q4K { 16 } else { 48 });
                             for g in 0..4 {
@@ -223,14 +235,19 @@ mod simd {
                                         nib
                                     };
                                     for i in 0..G {
-                                        step(dot(u, x!(i, k)), f.as_ptr().add(2 * k), ds[i].add(k),
-                                             &mut acc[i][chain!(k)], &mut corr[i]);
+                                        step_k(dot(u, x!(i, k)), &p[i], k, &mut acc[i][chain!(k)]);
                                     }
                                 }
                             }
                         }
                         QType::Q6K => {
-                            let d = crate::quant::formats::f16_to_f32((b.add(208) as *const u16).read_unaligned());
+                            // `[d, d]` pairs: the products' factors `d·dx` in the even lanes (odd ones unread)
+                            let h = (b.add(208) as *const u16).read_unaligned(); // the block's last 2 bytes
+                            let d = _mm256_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)));
+                            let mut p = [[_mm256_setzero_ps(); 2]; G];
+                            for i in 0..G {
+                                p[i] = factors([d, d], ds[i]);
+                            }
                             let sc = _mm_loadu_si128(b.add(192) as *const __m128i);
                             let (m30, off) = (_mm256_set1_epi8(0x30), _mm256_set1_epi8(32));
                             for n in 0..2 {
@@ -244,13 +261,13 @@ mod simd {
                                     _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
                                                     _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30)),
                                 ];
-                                for (p, &q) in parts.iter().enumerate() {
-                                    let k = 4 * n + p;
+                                for (part, &q) in parts.iter().enumerate() {
+                                    let k = 4 * n + part;
                                     let w = _mm256_sub_epi8(q, off);
                                     let (u, s6) = (_mm256_abs_epi8(w), super::$scales6(sc, k));
                                     for i in 0..G {
                                         let isum = super::$dot6(u, _mm256_sign_epi8(x!(i, k), w), s6);
-                                        step_d(isum, d, ds[i].add(k), &mut acc[i][chain!(k)]);
+                                        step_k(isum, &p[i], k, &mut acc[i][chain!(k)]);
                                     }
                                 }
                             }
@@ -267,19 +284,12 @@ mod simd {
                             let q = _mm_loadu_si128(b.add(if five { 8 } else { 6 }) as *const __m128i);
                             let nib = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), m4);
                             let u = _mm256_or_si256(nib, high);
-                            if five {
-                                let f = _mm_cvtph_ps(_mm_cvtsi32_si128((b as *const i32).read_unaligned()));
-                                let mut fs = [0f32; 4];
-                                _mm_storeu_ps(fs.as_mut_ptr(), f);
-                                for i in 0..G {
-                                    step(dot(u, x!(i, 0)), fs.as_ptr(), ds[i], &mut acc[i][0], &mut corr[i]);
-                                }
-                            } else {
-                                let d = crate::quant::formats::f16_to_f32((b as *const u16).read_unaligned());
-                                let w = _mm256_sub_epi8(u, _mm256_set1_epi8(16));
-                                for i in 0..G {
-                                    step_d(dot_signed(w, x!(i, 0)), d, ds[i], &mut acc[i][0]);
-                                }
+                            // Q5_0's values are `u − 16`: `[d, −16·d]` as Q5_1's `[d, m]` (its lane 1 from the
+                            // block would be `qh` bytes)
+                            let h = halves(b);
+                            let dm = if five { h } else { _mm_mul_ps(_mm_shuffle_ps(h, h, 0), _mm_setr_ps(1.0, -16.0, 0.0, 0.0)) };
+                            for i in 0..G {
+                                step(dot(u, x!(i, 0)), dm, ds[i], &mut acc[i][0], &mut corr[i]);
                             }
                         }
                     }
@@ -293,7 +303,7 @@ mod simd {
                     let blocks = qa.cols / 32;
                     let (bb, per) = (t.block_bytes(), t.block_elems() / 32);
                     let mut acc = [[_mm256_setzero_ps(); 2]; G];
-                    let mut corr = [_mm_setzero_ps(); G];
+                    let mut corr = [_mm256_setzero_ps(); G];
                     let (xq, ds) = (qa.qs.as_ptr(), qa.ds.as_ptr());
                     let (mut xs, mut dss) = ([xq; G], [ds; G]);
                     for wb in 0..blocks / per {
@@ -304,7 +314,9 @@ mod simd {
                         block::<G>(t, rp.add(wb * bb), xs, dss, &mut acc, &mut corr);
                     }
                     for i in 0..G {
-                        out[i] = hsum(_mm256_add_ps(acc[i][0], acc[i][1])) + _mm_cvtss_f32(_mm_movehdup_ps(corr[i]));
+                        // the min terms are corr's odd lanes
+                        let mins = _mm256_blend_ps(_mm256_setzero_ps(), corr[i], 0b1010_1010);
+                        out[i] = hsum(_mm256_add_ps(acc[i][0], acc[i][1])) + hsum(mins);
                     }
                     G
                 }
