@@ -260,8 +260,9 @@ def quant_matmul(
 ) -> None:
     """``out[n, sum(rows)] = x[n, cols] @ concat(weights)^T`` with GGML-quantized uint8 weights; GIL released.
 
-    ``int8`` names int8-activation kernels for Q4_0/Q4_1/Q8_0 weights ("auto", "portable", "avx2",
-    "avxvnni", "avx512vnni"; one the CPU lacks is a ValueError); None keeps float activations."""
+    ``int8`` names int8-activation kernels for the quantized weight types, Q4_0 to Q6_K ("auto", "portable",
+    "avx2", "avxvnni", "avx512vnni"; one the CPU lacks is a ValueError); None keeps float activations (and
+    F16/BF16/F32 rows always do)."""
 
 def quant_dequantize(
     out: np.ndarray, weight: np.ndarray, qtype_id: int, rows: int, ids: np.ndarray | None = None
