@@ -12,7 +12,7 @@ them) in a cached venv outside the repository. The script builds it itself when 
 (~/.cache/pyagent-bench/llamacpp, log in ~/.cache/pyagent-bench/build.log; it takes long on 2 cores, so it
 runs at low priority, one compile job at a time); ``--setup-only`` does just that step:
 
-    python benchmarks/llamacpp_vs_pyagent.py [--model FILE.gguf] [--llamacpp-python PATH] [--setup-only]
+    python benchmarks/llamacpp_vs_pyagent.py [--model FILE.gguf] [--rounds N] [--llamacpp-python PATH] [--setup-only]
 
 Without ``--model`` the SmolLM2-135M-Instruct Q4_1 file the tests use is taken from its cache.
 """
@@ -24,6 +24,7 @@ import fcntl
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import threading
@@ -35,6 +36,7 @@ THREADS = 2
 LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
 BENCH_DIR = Path("~/.cache/pyagent-bench").expanduser()
 DECODE_TOKENS = 128
+DECODE_REPEATS = 3  # each worker reports the median of this many decode runs
 PROMPT_TOKENS = 512
 CONCURRENT = 16
 CONCURRENT_TOKENS = 64
@@ -75,8 +77,11 @@ def worker_ours(model: str, int8: bool = False) -> dict[str, Any]:
 
     short = tok.encode("Once upon a time")
     run([short], 8)  # warm-up
-    t0, first = run([short], DECODE_TOKENS + 1)
-    decode = DECODE_TOKENS / (time.perf_counter() - first)
+    rates = []
+    for _ in range(DECODE_REPEATS):
+        t0, first = run([short], DECODE_TOKENS + 1)
+        rates.append(DECODE_TOKENS / (time.perf_counter() - first))
+    decode = statistics.median(rates)
     long = (tok.encode(TEXT * 40))[:PROMPT_TOKENS]
     t0, first = run([long], 1)
     prompt = PROMPT_TOKENS / (first - t0)
@@ -105,8 +110,11 @@ def worker_llamacpp(model: str) -> dict[str, Any]:
 
     short = llm.tokenize(b"Once upon a time", add_bos=False)
     greedy(short, 8)
-    _, t1, t2 = greedy(short, DECODE_TOKENS)
-    decode = DECODE_TOKENS / (t2 - t1)
+    rates = []
+    for _ in range(DECODE_REPEATS):
+        _, t1, t2 = greedy(short, DECODE_TOKENS)
+        rates.append(DECODE_TOKENS / (t2 - t1))
+    decode = statistics.median(rates)
     long = llm.tokenize((TEXT * 40).encode(), add_bos=False)[:PROMPT_TOKENS]
     t0, t1, _ = greedy(long, 0)
     prompt = PROMPT_TOKENS / (t1 - t0)
@@ -119,14 +127,17 @@ def worker_llamacpp(model: str) -> dict[str, Any]:
 
 
 def bandwidth_gb_s(threads: int = THREADS, size: int = 1 << 30) -> float:
-    """Read bandwidth with ``threads`` threads each summing its share of a 1 GiB array (best of 3)."""
+    """Read bandwidth with ``threads`` threads each reducing its share of a 1 GiB array (best of 3).
+
+    The reduction is a max over bytes: NumPy's ``sum`` adds pairwise and is bound by its arithmetic here
+    (about half the rate a max reaches), so it would understate what the memory delivers."""
     import numpy as np
 
-    data = np.ones(size // 8, dtype=np.float64)
+    data = np.ones(size, dtype=np.uint8)
     parts = np.array_split(data, threads)
     best = 0.0
     for _ in range(3):
-        ts = [threading.Thread(target=np.sum, args=(p,)) for p in parts]
+        ts = [threading.Thread(target=np.max, args=(p,)) for p in parts]
         t0 = time.perf_counter()
         for t in ts:
             t.start()
@@ -197,6 +208,8 @@ def main() -> int:
     ap.add_argument("--model", default=None, help="GGUF file (default: the tests' SmolLM2 Q4_1 file)")
     ap.add_argument("--llamacpp-python", default=str(BENCH_DIR / "llamacpp" / "bin" / "python"))
     ap.add_argument("--setup-only", action="store_true", help="only build the cached llama-cpp-python venv")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="rounds of all three runs; ratios are taken within a round, then the median (default 3)")
     ap.add_argument("--worker", choices=["ours", "ours-int8", "llamacpp"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.setup_only:
@@ -214,27 +227,38 @@ def main() -> int:
         return 0
     ensure_llamacpp(Path(args.llamacpp_python))
     load_before = os.getloadavg()[0]
-    ours = run_worker(sys.executable, "ours", args.model)
-    theirs = run_worker(args.llamacpp_python, "llamacpp", args.model)
-    # llama.cpp rounds activations to 8 bits in its quantized products; ours does with int8_activations
-    int8 = run_worker(sys.executable, "ours-int8", args.model)
+    # Rounds in turn, each running all three workers (in a rotating order), so that a change in the
+    # machine's speed (other tenants of its memory) falls on both sides; ratios are taken within a round.
+    kinds = [("ours", sys.executable), ("llamacpp", args.llamacpp_python), ("ours-int8", sys.executable)]
+    rounds: list[dict[str, dict[str, Any]]] = []
+    for r in range(args.rounds):
+        order = kinds[r % 3:] + kinds[:r % 3]
+        rounds.append({kind: run_worker(python, kind, args.model) for kind, python in order})
+        print(f"round {r + 1}/{args.rounds}: decode tok/s " + ", ".join(
+            f"{k} {rounds[-1][k]['decode_tok_s']:.1f}" for k, _ in kinds), flush=True)
     bw = bandwidth_gb_s()
     per_token = weight_bytes(args.model)
     print(f"model {Path(args.model).name}: {per_token / 1e6:.1f} MB of weights per token; read probe "
           f"{bw:.1f} GB/s with {THREADS} threads; load average {load_before:.2f} before, "
-          f"{os.getloadavg()[0]:.2f} after (on {os.cpu_count()} CPUs)")
-    print(f"{'metric':<28}{'pyagent':>12}{'llama.cpp':>12}{'ratio':>10}")
-    for mine, key, label, higher in (
-            (ours, "decode_tok_s", "decode tok/s", True), (int8, "decode_tok_s", "decode tok/s (int8 act.)", True),
-            (ours, "prompt_tok_s", f"prompt {PROMPT_TOKENS} tok/s", True),
-            (ours, "concurrent_tok_s", f"{CONCURRENT} concurrent tok/s", True),
-            (int8, "concurrent_tok_s", f"{CONCURRENT} concurrent (int8 act.)", True),
-            (ours, "peak_rss_mb", "peak RSS MB", False)):
-        ratio = mine[key] / theirs[key]
-        print(f"{label:<28}{mine[key]:>12.1f}{theirs[key]:>12.1f}{ratio:>9.2f}x" + ("" if higher else " (lower is better)"))
-    for name, r in (("pyagent", ours), ("pyagent (int8 act.)", int8), ("llama.cpp", theirs)):
-        print(f"{name}: decode reaches {r['decode_tok_s'] * per_token / 1e9 / bw:.2f} of the bandwidth bound "
-              f"({bw * 1e9 / per_token:.0f} tok/s)")
+          f"{os.getloadavg()[0]:.2f} after (on {os.cpu_count()} CPUs); {args.rounds} rounds, medians")
+    print(f"{'metric':<28}{'pyagent':>12}{'llama.cpp':>12}{'ratio':>10}   ratio per round")
+
+    def med(kind: str, key: str) -> float:
+        return float(statistics.median(float(r[kind][key]) for r in rounds))
+
+    for kind, key, label, higher in (
+            ("ours", "decode_tok_s", "decode tok/s", True),
+            ("ours-int8", "decode_tok_s", "decode tok/s (int8 act.)", True),
+            ("ours", "prompt_tok_s", f"prompt {PROMPT_TOKENS} tok/s", True),
+            ("ours", "concurrent_tok_s", f"{CONCURRENT} concurrent tok/s", True),
+            ("ours-int8", "concurrent_tok_s", f"{CONCURRENT} concurrent (int8 act.)", True),
+            ("ours", "peak_rss_mb", "peak RSS MB", False)):
+        ratios = [r[kind][key] / r["llamacpp"][key] for r in rounds]
+        print(f"{label:<28}{med(kind, key):>12.1f}{med('llamacpp', key):>12.1f}{statistics.median(ratios):>9.2f}x   "
+              + " ".join(f"{x:.2f}" for x in ratios) + ("" if higher else " (lower is better)"))
+    for name, kind in (("pyagent", "ours"), ("pyagent (int8 act.)", "ours-int8"), ("llama.cpp", "llamacpp")):
+        print(f"{name}: decode reaches {med(kind, 'decode_tok_s') * per_token / 1e9 / bw:.2f} of the bandwidth "
+              f"bound ({bw * 1e9 / per_token:.0f} tok/s)")
     return 0
 
 
