@@ -8,6 +8,8 @@ mod avx2;
 mod decoder;
 pub mod formats;
 pub mod int8;
+#[cfg(target_arch = "x86_64")]
+mod int8_avx512;
 pub mod matmul;
 
 use formats::QType;
