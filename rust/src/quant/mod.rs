@@ -5,6 +5,8 @@ use pyo3::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod decoder;
 pub mod formats;
 pub mod int8;
