@@ -149,8 +149,10 @@ impl OutPtr {
 fn span_rows<M: Madd>(ws: &[(QWeight<'_>, usize)], span: &Span, x: &[f32], xsum: &[f32], n: usize, cols: usize,
                       total: usize, out: OutPtr, simd: bool) {
     let (w, rb) = (&ws[span.which].0, ws[span.which].1);
-    let mut vals = vec![0f32; n];
-    let mut lanes = vec![[0f32; 8]; n];
+    // a decode step makes thousands of spans: no heap for the usual few rows
+    let (mut small, mut heap) = ([0f32; 16], Vec::new());
+    let vals: &mut [f32] = if n <= small.len() { &mut small[..n] } else { heap.resize(n, 0f32); &mut heap };
+    let mut lanes = if simd { Vec::new() } else { vec![[0f32; 8]; n] };
     for r in span.first..span.last {
         let row = &w.data[r * rb..(r + 1) * rb];
         #[cfg(target_arch = "x86_64")]
@@ -158,10 +160,10 @@ fn span_rows<M: Madd>(ws: &[(QWeight<'_>, usize)], span: &Span, x: &[f32], xsum:
         #[cfg(target_arch = "x86_64")]
         if simd {
             // SAFETY: `simd` is only set when AVX2, FMA and F16C were detected; shapes were checked by `matmul`.
-            unsafe { super::avx2::row_dots(w.qtype, row, x, xsum, n, cols, &mut vals) };
+            unsafe { super::avx2::row_dots(w.qtype, row, x, xsum, n, cols, vals) };
         }
         if !simd {
-            dispatch_row::<M>(w.qtype, row, x, cols, &mut vals, &mut lanes);
+            dispatch_row::<M>(w.qtype, row, x, cols, vals, &mut lanes);
         }
         let col = span.out_col + r - span.first;
         for (i, v) in vals.iter().enumerate() {
