@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pyagent.agents.base import BaseAgent
-from pyagent.agents.docstrings import missing_docstrings, strip_docstrings
-from pyagent.agents.edits import add_docstrings, edit_with_repairs, replace_function
+from pyagent.agents.docstrings import docstring_problem, missing_docstrings, strip_docstrings
+from pyagent.agents.edits import EditError, add_docstrings, edit_with_repairs, replace_function
 from pyagent.agents.mixins.auditor import AuditorMixin
 from pyagent.agents.worker import AgentOutcome
 
@@ -159,10 +159,16 @@ class DocstringAgent(BaseAgent):
             + "Answer with a JSON object that maps each name to its docstring text."
         )
         messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]
+        def apply(data: dict[str, Any]) -> str:
+            texts = {str(n): str(text) for n, text in data.items()}
+            for name, text in texts.items():
+                if problem := docstring_problem(source, name, text):
+                    raise EditError(problem)
+            return add_docstrings(source, texts)
+
         new, error, usage = await edit_with_repairs(
-            self.llm, messages, docstring_schema(wanted),
-            lambda data: add_docstrings(source, {str(n): str(text) for n, text in data.items()}),
-            validate, max_repairs=self.max_repairs, max_tokens=512,
+            self.llm, messages, docstring_schema(wanted), apply, validate, max_repairs=self.max_repairs,
+            max_tokens=512,
         )
         if new is None:
             return AgentOutcome(note="", usage=usage, error=f"no valid docstring edit: {error}")
