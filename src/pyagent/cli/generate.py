@@ -36,8 +36,8 @@ def add_quantize_arg(p: argparse.ArgumentParser) -> None:
 
 
 INT8_HELP = ("decode with int8 activations, as llama.cpp does: each product's input is rounded to 8 bits "
-             "(quantized weights of every type), 1.3x (Q4_1) to 2.8x (Q5_K_M) faster per token; greedy output may then differ from the "
-             "exact default where two tokens nearly tie")
+             "(quantized weights of every type), 1.3x (Q4_1) to 2.8x (Q5_K_M) faster per token; greedy output "
+             "may then differ from the exact default where two tokens nearly tie")
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
