@@ -18,6 +18,7 @@ mod replace;
 
 // -- attention kernels
 mod attention;
+mod half;
 
 // -- quantized weight kernels
 mod quant;

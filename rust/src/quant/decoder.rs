@@ -13,7 +13,7 @@ use super::formats::QType;
 use super::int8::QActs;
 use super::matmul::{checked, has_avx2, matmul_checked, Mode, QWeight};
 use super::qtype;
-use crate::attention::{paged_decode, DecodeInputs, DecodeShape};
+use crate::attention::{paged_decode, DecodeInputs, DecodeShape, KvBuffers, KvElem, KvSlices};
 
 /// One stacked projection: its matrices' buffers, types and row counts, and an optional bias.
 struct Proj {
@@ -138,18 +138,19 @@ impl DecoderStack {
 
     /// Run every layer on `x` ([n, hidden], updated in place): token `i` sits at `positions[i]`, its K/V
     /// go to flat slot `slots[i]` of each layer's cache ([layers, blocks, kv_heads, block_size, head_dim]),
-    /// and it attends to the first `context_lens[i]` positions through `block_tables[i]`.
+    /// and it attends to the first `context_lens[i]` positions through `block_tables[i]`. The caches are
+    /// float32 or float16 (both the same).
     #[pyo3(signature = (x, positions, slots, block_tables, context_lens, k_cache, v_cache, cos, sin, scale,
                         partition_size = 512))]
     #[allow(clippy::too_many_arguments)]
     fn forward(&self, py: Python<'_>, x: PyBuffer<f32>, positions: PyBuffer<i64>, slots: PyBuffer<i64>,
-               block_tables: PyBuffer<i32>, context_lens: PyBuffer<i32>, k_cache: PyBuffer<f32>,
-               v_cache: PyBuffer<f32>, cos: PyBuffer<f32>, sin: PyBuffer<f32>, scale: f32,
+               block_tables: PyBuffer<i32>, context_lens: PyBuffer<i32>, k_cache: &Bound<'_, PyAny>,
+               v_cache: &Bound<'_, PyAny>, cos: PyBuffer<f32>, sin: PyBuffer<f32>, scale: f32,
                partition_size: usize) -> PyResult<()> {
         crate::errors::guarded(|| {
+            let caches = KvBuffers::get(k_cache, v_cache)?;
             for (ok, what) in [(x.is_c_contiguous() && !x.readonly(), "x"),
-                               (k_cache.is_c_contiguous() && !k_cache.readonly(), "k_cache"),
-                               (v_cache.is_c_contiguous() && !v_cache.readonly(), "v_cache"),
+                               (caches.contiguous(true), "k_cache and v_cache"),
                                (positions.is_c_contiguous() && slots.is_c_contiguous(), "positions and slots"),
                                (block_tables.is_c_contiguous() && context_lens.is_c_contiguous(), "tables"),
                                (cos.is_c_contiguous() && sin.is_c_contiguous(), "cos and sin")] {
@@ -158,13 +159,13 @@ impl DecoderStack {
                 }
             }
             let n = positions.item_count();
-            let ks = k_cache.shape().to_vec();
+            let ks = caches.k_shape().to_vec();
             let (hd, nkv) = (self.head_dim, self.kv_heads);
             if x.item_count() != n * self.hidden || slots.item_count() != n || context_lens.item_count() != n {
                 return Err(PyValueError::new_err("x, positions, slots and context_lens need one row per token"));
             }
             if ks.len() != 5 || ks[0] != self.layers.len() || ks[2] != nkv || ks[4] != hd
-                || v_cache.shape() != &ks[..] {
+                || caches.v_shape() != &ks[..] {
                 return Err(PyValueError::new_err(format!(
                     "k_cache and v_cache must be [{}, blocks, {nkv}, block_size, {hd}]", self.layers.len())));
             }
@@ -198,16 +199,17 @@ impl DecoderStack {
                 mode: self.mode,
             };
             let layer_floats = num_blocks * nkv * block_size * hd;
-            let (xs, kc, vc) = unsafe {
-                (std::slice::from_raw_parts_mut(x.buf_ptr() as *mut f32, x.item_count()),
-                 std::slice::from_raw_parts_mut(k_cache.buf_ptr() as *mut f32, k_cache.item_count()),
-                 std::slice::from_raw_parts_mut(v_cache.buf_ptr() as *mut f32, v_cache.item_count()))
+            let (xs, kv) = unsafe {
+                (std::slice::from_raw_parts_mut(x.buf_ptr() as *mut f32, x.item_count()), caches.slices_mut())
             };
             // The whole step runs on a rayon worker, so that each product's parallel loop starts on this
             // thread at once (others join by stealing) instead of waking the pool and sleeping until done.
             py.detach(|| {
                 let mut done = Ok(());
-                rayon::scope(|_| done = step.run(&layers, xs, kc, vc, layer_floats));
+                rayon::scope(|_| done = match kv {
+                    KvSlices::F32(kc, vc) => step.run(&layers, xs, kc, vc, layer_floats),
+                    KvSlices::F16(kc, vc) => step.run(&layers, xs, kc, vc, layer_floats),
+                });
                 done
             }).map_err(PyValueError::new_err)
         })
@@ -275,8 +277,8 @@ impl Step<'_> {
         }
     }
 
-    fn run(&self, layers: &[LayerView<'_>], x: &mut [f32], k_cache: &mut [f32], v_cache: &mut [f32],
-           layer_floats: usize) -> Result<(), String> {
+    fn run<E: KvElem>(&self, layers: &[LayerView<'_>], x: &mut [f32], k_cache: &mut [E], v_cache: &mut [E],
+                      layer_floats: usize) -> Result<(), String> {
         let (n, h, hd, nh, nkv) = (self.n, self.hidden, self.head_dim, self.heads, self.kv_heads);
         let qkv_dim = (nh + 2 * nkv) * hd;
         let mode = self.mode;
@@ -304,8 +306,8 @@ impl Step<'_> {
                 let (block, off) = (self.slot[t] as usize / bs, self.slot[t] as usize % bs);
                 for kh in 0..nkv {
                     let at = ((block * nkv + kh) * bs + off) * hd;
-                    kl[at..at + hd].copy_from_slice(&row[(nh + kh) * hd..(nh + kh + 1) * hd]);
-                    vl[at..at + hd].copy_from_slice(&row[(nh + nkv + kh) * hd..(nh + nkv + kh + 1) * hd]);
+                    E::store(&mut kl[at..at + hd], &row[(nh + kh) * hd..(nh + kh + 1) * hd]);
+                    E::store(&mut vl[at..at + hd], &row[(nh + nkv + kh) * hd..(nh + nkv + kh + 1) * hd]);
                 }
             }
             let inputs = DecodeInputs { q: &q, k_cache: kl, v_cache: vl, block_tables: self.tables,
