@@ -15,6 +15,11 @@ runs at low priority, one compile job at a time); ``--setup-only`` does just tha
     python benchmarks/llamacpp_vs_pyagent.py [--model FILE.gguf] [--llamacpp-python PATH] [--setup-only]
 
 Without ``--model`` the SmolLM2-135M-Instruct Q4_1 file the tests use is taken from its cache.
+
+``--kv-cache-dtypes`` (opt-in, no llama.cpp needed) measures instead our single-stream decode after a
+1,500-token prompt with a float32 and a float16 KV cache in one run: at that context each token reads the
+whole cache once per layer, so halving its bytes shows in tokens/s. It prints the cache bytes per token,
+the blocks the default 1 GiB budget buys, and how many decode steps ran in the Rust decode stack.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ DECODE_TOKENS = 128
 PROMPT_TOKENS = 512
 CONCURRENT = 16
 CONCURRENT_TOKENS = 64
+LONG_PROMPT_TOKENS = 1500
 TEXT = ("The history of computing is a story of abstraction layered on abstraction, from relays and vacuum "
         "tubes to transistors, integrated circuits and the programs that run on them. ")
 
@@ -85,6 +91,50 @@ def worker_ours(model: str, int8: bool = False) -> dict[str, Any]:
     concurrent = CONCURRENT * CONCURRENT_TOKENS / (time.perf_counter() - t0)
     return {"decode_tok_s": decode, "prompt_tok_s": prompt, "concurrent_tok_s": concurrent,
             "peak_rss_mb": _peak_rss_mb()}
+
+
+def worker_long_context(model: str, kv_cache_dtype: str) -> dict[str, Any]:
+    """Decode tokens/s after a LONG_PROMPT_TOKENS prompt, with the given KV cache dtype."""
+    from pyagent.inference.engine import PagedAttentionEngine
+    from pyagent.inference.sampler import SamplingParams
+
+    engine = PagedAttentionEngine.from_pretrained(model, max_num_seqs=CONCURRENT, enable_prefix_caching=False,
+                                                  kv_cache_dtype=kv_cache_dtype)
+    tok = engine.tokenizer
+
+    def decode_rate(prompt: list[int], n: int) -> float:
+        engine.add_request(f"r{time.monotonic_ns()}", prompt, SamplingParams(max_tokens=n + 1, temperature=0.0,
+                                                                             ignore_eos=True))
+        first = None
+        while engine.has_unfinished():
+            if engine.step() and first is None:
+                first = time.perf_counter()  # the prompt is done: decoding starts
+        assert first is not None
+        return n / (time.perf_counter() - first)
+
+    decode_rate(tok.encode("Once upon a time"), 8)  # warm-up
+    long = (tok.encode(TEXT * 120))[:LONG_PROMPT_TOKENS]
+    steps_before = engine.model.stack_steps
+    rate = decode_rate(long, DECODE_TOKENS)
+    kv = engine.kv_cache
+    return {"decode_tok_s": rate, "bytes_per_token": kv.bytes_per_token, "blocks": kv.num_total_blocks,
+            "block_size": kv.block_size, "cache_mib": kv.nbytes / (1 << 20),
+            "stack_steps": engine.model.stack_steps - steps_before, "decode_steps": DECODE_TOKENS}
+
+
+def kv_cache_dtypes(model: str) -> int:
+    """The ``--kv-cache-dtypes`` report: float32 (the anchor) against float16, one worker each."""
+    results = {dt: run_worker(sys.executable, f"ours-long-{dt}", model) for dt in ("float32", "float16")}
+    base = results["float32"]
+    print(f"model {Path(model).name}: single-stream greedy decode of {DECODE_TOKENS} tokens after a "
+          f"{LONG_PROMPT_TOKENS}-token prompt, {THREADS} threads; load average {os.getloadavg()[0]:.2f}")
+    print(f"{'KV cache':<10}{'decode tok/s':>14}{'ratio':>8}{'bytes/token':>13}{'KV read/token':>15}"
+          f"{'blocks in 1 GiB':>17}{'stack steps':>13}")
+    for dt, r in results.items():
+        read = r["bytes_per_token"] * (LONG_PROMPT_TOKENS + DECODE_TOKENS // 2) / 1e6
+        print(f"{dt:<10}{r['decode_tok_s']:>14.1f}{r['decode_tok_s'] / base['decode_tok_s']:>7.2f}x"
+              f"{r['bytes_per_token']:>13}{read:>12.1f} MB{r['blocks']:>17}{r['stack_steps']:>8}/{r['decode_steps']}")
+    return 0
 
 
 def worker_llamacpp(model: str) -> dict[str, Any]:
@@ -197,7 +247,11 @@ def main() -> int:
     ap.add_argument("--model", default=None, help="GGUF file (default: the tests' SmolLM2 Q4_1 file)")
     ap.add_argument("--llamacpp-python", default=str(BENCH_DIR / "llamacpp" / "bin" / "python"))
     ap.add_argument("--setup-only", action="store_true", help="only build the cached llama-cpp-python venv")
-    ap.add_argument("--worker", choices=["ours", "ours-int8", "llamacpp"], help=argparse.SUPPRESS)
+    ap.add_argument("--kv-cache-dtypes", action="store_true",
+                    help=f"instead: our decode tok/s after a {LONG_PROMPT_TOKENS}-token prompt with a float32 and a "
+                         "float16 KV cache (no llama.cpp)")
+    ap.add_argument("--worker", choices=["ours", "ours-int8", "llamacpp", "ours-long-float32", "ours-long-float16"],
+                    help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.setup_only:
         ensure_llamacpp(Path(args.llamacpp_python))
@@ -208,10 +262,16 @@ def main() -> int:
 
         args.model = str(smollm2_gguf())
     if args.worker:
-        result = worker_llamacpp(args.model) if args.worker == "llamacpp" else \
-            worker_ours(args.model, int8=args.worker == "ours-int8")
+        if args.worker.startswith("ours-long-"):
+            result = worker_long_context(args.model, args.worker.removeprefix("ours-long-"))
+        elif args.worker == "llamacpp":
+            result = worker_llamacpp(args.model)
+        else:
+            result = worker_ours(args.model, int8=args.worker == "ours-int8")
         print(json.dumps(result))
         return 0
+    if args.kv_cache_dtypes:
+        return kv_cache_dtypes(args.model)
     ensure_llamacpp(Path(args.llamacpp_python))
     load_before = os.getloadavg()[0]
     ours = run_worker(sys.executable, "ours", args.model)
