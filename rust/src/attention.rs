@@ -14,10 +14,11 @@
 use pyo3::buffer::{Element, PyBuffer, PyUntypedBuffer};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use rayon::prelude::*;
+use std::sync::OnceLock;
 
 use crate::errors::guarded;
 use crate::half::{widen_portable, F16};
+use crate::team::Par;
 
 /// Dimensions of one decode call, validated against every buffer before any read.
 #[derive(Clone, Copy, Debug)]
@@ -393,14 +394,18 @@ fn partition<E: KvElem>(
 }
 
 /// Decode attention for every sequence; `out` receives softmax(q·Kᵀ·scale)·V per query head.
+///
+/// The (sequence, KV head, partition) units run through `par`; their partials are then merged per
+/// (sequence, KV head) on this thread (a few vectors each).
 pub fn paged_decode<E: KvElem>(
     shape: &DecodeShape,
     inputs: &DecodeInputs<'_, E>,
     out: &mut [f32],
     scale: f32,
     partition_size: usize,
+    par: Par<'_>,
 ) -> Result<(), String> {
-    decode_on(shape, inputs, out, scale, partition_size, crate::half::has_f16c())
+    decode_on(shape, inputs, out, scale, partition_size, par, crate::half::has_f16c())
 }
 
 /// `paged_decode` with the SIMD build (`simd`: the caller checked the CPU) or the portable one.
@@ -410,6 +415,7 @@ fn decode_on<E: KvElem>(
     out: &mut [f32],
     scale: f32,
     partition_size: usize,
+    par: Par<'_>,
     simd: bool,
 ) -> Result<(), String> {
     validate(shape, inputs, out.len())?;
@@ -419,35 +425,45 @@ fn decode_on<E: KvElem>(
     let s = *shape;
     let hd = s.head_dim;
     let group = s.num_heads / s.num_kv_heads;
-    // Below this many K/V values to read, waking the thread pool costs more than it saves (and on a
-    // busy machine a sleeping worker can take milliseconds to be scheduled).
+    // Below this many K/V values to read, waking rayon's pool costs more than it saves (and on a busy
+    // machine a sleeping worker can take milliseconds to be scheduled); a team's threads are awake.
     const PARALLEL_MIN_FLOATS: usize = 1 << 20;
     let work: usize = inputs.context_lens.iter().map(|&c| c as usize).sum::<usize>() * s.num_kv_heads * hd * 2;
-    let parallel = work >= PARALLEL_MIN_FLOATS;
-    // One output chunk per (sequence, KV head): the `group` query heads that share it are adjacent.
-    let run = |(idx, chunk): (usize, &mut [f32])| {
-        let (seq, kv_head) = (idx / s.num_kv_heads, idx % s.num_kv_heads);
+    let par = match par {
+        Par::Rayon if work < PARALLEL_MIN_FLOATS => Par::Serial,
+        p => p,
+    };
+    // units of (sequence, KV head, first position); `first[i]..first[i + 1]` are those of output chunk i
+    let mut units = Vec::new();
+    let mut first = Vec::with_capacity(s.num_seqs * s.num_kv_heads + 1);
+    for seq in 0..s.num_seqs {
         let ctx = inputs.context_lens[seq] as usize;
-        if ctx == 0 {
-            chunk.fill(0.0);
-            return;
+        for kv_head in 0..s.num_kv_heads {
+            first.push(units.len());
+            units.extend((0..ctx).step_by(partition_size).map(|start| (seq, kv_head, start)));
         }
-        let one = |p: usize| {
-            let start = p * partition_size;
-            partition(&s, inputs, seq, kv_head, start, (start + partition_size).min(ctx), scale, simd)
-        };
-        let n_parts = ctx.div_ceil(partition_size);
-        let parts: Vec<Partial> = if parallel {
-            (0..n_parts).into_par_iter().map(one).collect()
-        } else {
-            (0..n_parts).map(one).collect()
-        };
+    }
+    first.push(units.len());
+    let parts: Vec<OnceLock<Partial>> = (0..units.len()).map(|_| OnceLock::new()).collect();
+    par.for_each(units.len(), &|i| {
+        let (seq, kv_head, start) = units[i];
+        let end = (start + partition_size).min(inputs.context_lens[seq] as usize);
+        let _ = parts[i].set(partition(&s, inputs, seq, kv_head, start, end, scale, simd));
+    });
+    // One output chunk per (sequence, KV head): the `group` query heads that share it are adjacent.
+    for (idx, chunk) in out.chunks_mut(group * hd).enumerate() {
+        let mine = &parts[first[idx]..first[idx + 1]];
+        if mine.is_empty() {
+            chunk.fill(0.0);
+            continue;
+        }
+        let mine: Vec<&Partial> = mine.iter().map(|p| p.get().expect("every unit ran")).collect();
         for j in 0..group {
-            let m = parts.iter().map(|p| p.max[j]).fold(f32::NEG_INFINITY, f32::max);
+            let m = mine.iter().map(|p| p.max[j]).fold(f32::NEG_INFINITY, f32::max);
             let o = &mut chunk[j * hd..(j + 1) * hd];
             o.fill(0.0);
             let mut total = 0f32;
-            for p in &parts {
+            for p in &mine {
                 let w = (p.max[j] - m).exp();
                 total += w * p.sum[j];
                 axpy::<Plain>(o, w, &p.acc[j * hd..(j + 1) * hd]);
@@ -455,11 +471,6 @@ fn decode_on<E: KvElem>(
             let inv = 1.0 / total;
             o.iter_mut().for_each(|x| *x *= inv);
         }
-    };
-    if parallel {
-        out.par_chunks_mut(group * hd).enumerate().for_each(run);
-    } else {
-        out.chunks_mut(group * hd).enumerate().for_each(run);
     }
     Ok(())
 }
@@ -557,7 +568,8 @@ impl KvBuffers {
 fn decode_with<E: KvElem>(py: Python<'_>, shape: &DecodeShape, q: &[f32], k: &[E], v: &[E], tables: &[i32],
                           lens: &[i32], out: &mut [f32], scale: f32, partition_size: usize) -> PyResult<()> {
     let inputs = DecodeInputs { q, k_cache: k, v_cache: v, block_tables: tables, context_lens: lens };
-    py.detach(|| paged_decode(shape, &inputs, out, scale, partition_size)).map_err(PyValueError::new_err)
+    py.detach(|| paged_decode(shape, &inputs, out, scale, partition_size, Par::Rayon))
+        .map_err(PyValueError::new_err)
 }
 
 /// Python entry point: validates the buffers, then runs the kernel without the GIL, zero-copy.
@@ -710,10 +722,10 @@ mod tests {
         let below = Buffers { tables: vec![2, 0, -1, 0], ..Buffers::new(&s) };
         assert!(check(&s, &below).unwrap_err().contains("block_tables[1] holds block -1"));
         let mut out = vec![0f32; 2 * 4 * 4];
-        assert!(paged_decode(&s, &outside.inputs(), &mut out, 1.0, 2).is_err());
+        assert!(paged_decode(&s, &outside.inputs(), &mut out, 1.0, 2, Par::Serial).is_err());
         assert!(out.iter().all(|&x| x == 0.0), "nothing written on a refused call");
         let ok = Buffers::new(&s);
-        assert_eq!(paged_decode(&s, &ok.inputs(), &mut out, 1.0, 0).unwrap_err(), "partition_size must be positive");
+        assert_eq!(paged_decode(&s, &ok.inputs(), &mut out, 1.0, 0, Par::Serial).unwrap_err(), "partition_size must be positive");
     }
 
     #[test]
@@ -746,12 +758,19 @@ mod tests {
                 }
             }
         }
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
         for partition_size in [1, 2, 512] {
             let mut out = vec![f32::NAN; expected.len()];
-            paged_decode(&s, &b.inputs(), &mut out, 0.5, partition_size).unwrap();
+            paged_decode(&s, &b.inputs(), &mut out, 0.5, partition_size, Par::Serial).unwrap();
             for (got, want) in out.iter().zip(&expected) {
                 assert!((got - want).abs() < 1e-5, "partition {partition_size}: {got} vs {want}");
             }
+            // a team splits the units over threads; the merge order is fixed, so the bits are the same
+            let mut teamed = vec![f32::NAN; expected.len()];
+            pool.install(|| crate::team::Team::run(2, |team| {
+                paged_decode(&s, &b.inputs(), &mut teamed, 0.5, partition_size, Par::Team(team)).unwrap()
+            }));
+            assert_eq!(out, teamed, "partition {partition_size}");
         }
     }
 
@@ -820,7 +839,7 @@ mod tests {
             let simd = [false, crate::half::has_f16c()];
             for (simd, partition_size) in simd.iter().flat_map(|&m| [(m, 32), (m, 512)]) {
                 let mut out = vec![f32::NAN; q.len()];
-                decode_on(&s, &inputs, &mut out, scale, partition_size, simd).unwrap();
+                decode_on(&s, &inputs, &mut out, scale, partition_size, Par::Serial, simd).unwrap();
                 for ((got, want), exact) in out.iter().zip(&on_f16_values).zip(&on_f32) {
                     assert!((got - want).abs() < 1e-5, "simd {simd}, partition {partition_size}: {got} vs {want}");
                     // K and V each carry a relative error of at most 2^-11; outputs are weighted means of V

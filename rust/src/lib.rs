@@ -6,6 +6,7 @@
 use pyo3::prelude::*;
 
 mod errors;
+mod team;
 #[cfg(test)]
 mod testdir;
 mod walk;

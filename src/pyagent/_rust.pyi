@@ -245,7 +245,8 @@ def paged_attention_decode(
     scale: float,
     partition_size: int = 512,
 ) -> None:
-    """Paged decode attention into ``out`` (float32 [seqs, heads, head_dim]); int32 tables; GIL released."""
+    """Paged decode attention into ``out`` (float32 [seqs, heads, head_dim]); caches both float32 or both
+    float16; int32 tables; GIL released."""
 
 # -- quantized weight kernels
 
@@ -297,6 +298,11 @@ class DecoderStack:
         sin: np.ndarray,
         scale: float,
         partition_size: int = 512,
+        logits: np.ndarray | None = None,
+        logit_rows: np.ndarray | None = None,
     ) -> None:
-        """Run every layer on ``x`` ([tokens, hidden], in place), writing each token's K/V at its slot."""
+        """Run every layer on ``x`` ([tokens, hidden], in place), writing each token's K/V at its slot; with
+        ``logits`` ([len(logit_rows), vocab]) also the final norm and the head (``set_head``) on those rows."""
+    def set_head(self, norm: np.ndarray, head: _ProjSpec, vocab: int) -> None:
+        """Set the final norm and the output projection, so that ``forward`` can return logits."""
     def __len__(self) -> int: ...

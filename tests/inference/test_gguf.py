@@ -21,7 +21,7 @@ from pyagent.inference.gguf_loader import load_gguf_model
 from pyagent.inference.gguf_reader import GGUFFile
 from pyagent.inference.gguf_tokenizer import gguf_tokenizer
 from pyagent.inference.loader import ModelWeights
-from pyagent.inference.quant import Linear, QuantLinear, QuantMatrix
+from pyagent.inference.quant import Linear, QuantLinear, QuantMatrix, embedding_rows
 from tests.inference.data.chat_cases import GREEDY_PROMPTS
 
 
@@ -386,3 +386,25 @@ def test_chat_template_that_raises_or_does_not_compile_names_the_file_and_key(tm
     with pytest.raises(ChatTemplateError, match=r"broken\.gguf \(metadata key 'tokenizer\.chat_template'\) "
                                                 r"does not compile"):
         gguf_tokenizer(GGUFFile(tmp_path / "broken.gguf"))
+
+
+def test_decode_step_logit_requests_are_checked(smollm2_path: Path) -> None:
+    """The Rust step's logits arguments: rows outside the step and a mis-shaped output are clear errors."""
+    g, config, weights = load_gguf_model(smollm2_path)
+    engine = PagedAttentionEngine(config, weights, gguf_tokenizer(g), max_num_seqs=1)
+    stack, kv = engine.model.stack, engine.kv_cache
+    assert stack is not None
+    kv.allocate("s", [1], 0, 1)
+    x = np.ascontiguousarray(embedding_rows(weights.embed, [1]), dtype=np.float32)
+    args = (x, np.array([0]), kv.slot_mapping("s", 0, 1).astype(np.int64),
+            np.array([kv.block_table("s")], dtype=np.int32), np.array([1], dtype=np.int32), kv.k_cache, kv.v_cache,
+            engine.model.rope.cos, engine.model.rope.sin, engine.model.scale, 512)
+    with pytest.raises(ValueError, match=r"logit row 1 is not a token of this step \(0\.\.1\)"):
+        stack.forward(*args, np.empty((1, config.vocab_size), np.float32), np.array([1]))
+    with pytest.raises(ValueError, match=rf"logits must be a writable contiguous \[len\(logit_rows\), {config.vocab_size}\]"):
+        stack.forward(*args, np.empty((1, 7), np.float32), np.array([0]))
+    with pytest.raises(ValueError, match="logits and logit_rows go together"):
+        stack.forward(*args, np.empty((1, config.vocab_size), np.float32), None)
+    logits = np.full((1, config.vocab_size), np.nan, np.float32)
+    stack.forward(*args, logits, np.array([0]))
+    assert np.isfinite(logits).all() and np.ptp(logits) > 1.0

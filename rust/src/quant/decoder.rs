@@ -14,6 +14,7 @@ use super::int8::QActs;
 use super::matmul::{checked, has_avx2, matmul_checked, Mode, QWeight};
 use super::qtype;
 use crate::attention::{paged_decode, DecodeInputs, DecodeShape, KvBuffers, KvElem, KvSlices};
+use crate::team::{Par, Team};
 
 /// One stacked projection: its matrices' buffers, types and row counts, and an optional bias.
 struct Proj {
@@ -44,6 +45,8 @@ pub struct DecoderStack {
     inter: usize,
     eps: f32,
     mode: Mode,
+    /// The final norm and the output projection, when the step also computes logits.
+    head: Option<(PyBuffer<f32>, Proj)>,
 }
 
 /// A projection as slices, for use without the GIL.
@@ -115,7 +118,8 @@ impl DecoderStack {
             Some(name) => Mode::Int8(super::int8_isa(name)?),
             None => Mode::F32 { simd: has_avx2() },
         };
-        Ok(DecoderStack { layers: Vec::new(), hidden, heads, kv_heads, head_dim, inter: intermediate, eps, mode })
+        Ok(DecoderStack { layers: Vec::new(), hidden, heads, kv_heads, head_dim, inter: intermediate, eps, mode,
+                          head: None })
     }
 
     /// Append a layer: norms and the four projections as `(weights, ggml types, rows, bias or None)`.
@@ -136,17 +140,29 @@ impl DecoderStack {
         Ok(())
     }
 
+    /// Set the final norm and the output projection (`vocab` rows), so that `forward` can return logits in
+    /// the same call (one thread team for the whole step, instead of waking the pool once more).
+    fn set_head(&mut self, norm: PyBuffer<f32>, head: ProjSpec, vocab: usize) -> PyResult<()> {
+        vector(&norm, self.hidden, "final norm")?;
+        self.head = Some((norm, Proj::new(head, self.hidden, vocab, "output head")?));
+        Ok(())
+    }
+
     /// Run every layer on `x` ([n, hidden], updated in place): token `i` sits at `positions[i]`, its K/V
     /// go to flat slot `slots[i]` of each layer's cache ([layers, blocks, kv_heads, block_size, head_dim]),
     /// and it attends to the first `context_lens[i]` positions through `block_tables[i]`. The caches are
     /// float32 or float16 (both the same).
+    ///
+    /// With `logits` ([len(logit_rows), vocab]) and `logit_rows` (indices into the tokens), the final norm
+    /// and the head (see `set_head`) run on those tokens' hidden states into `logits`.
     #[pyo3(signature = (x, positions, slots, block_tables, context_lens, k_cache, v_cache, cos, sin, scale,
-                        partition_size = 512))]
+                        partition_size = 512, logits = None, logit_rows = None))]
     #[allow(clippy::too_many_arguments)]
     fn forward(&self, py: Python<'_>, x: PyBuffer<f32>, positions: PyBuffer<i64>, slots: PyBuffer<i64>,
                block_tables: PyBuffer<i32>, context_lens: PyBuffer<i32>, k_cache: &Bound<'_, PyAny>,
                v_cache: &Bound<'_, PyAny>, cos: PyBuffer<f32>, sin: PyBuffer<f32>, scale: f32,
-               partition_size: usize) -> PyResult<()> {
+               partition_size: usize, logits: Option<PyBuffer<f32>>, logit_rows: Option<PyBuffer<i64>>)
+               -> PyResult<()> {
         crate::errors::guarded(|| {
             let caches = KvBuffers::get(k_cache, v_cache)?;
             for (ok, what) in [(x.is_c_contiguous() && !x.readonly(), "x"),
@@ -198,20 +214,43 @@ impl DecoderStack {
                 cos: unsafe { view(&cos) }, sin: unsafe { view(&sin) }, scale, partition_size, shape,
                 mode: self.mode,
             };
+            let head = match (&logits, &logit_rows) {
+                (None, None) => None,
+                (Some(out), Some(rows)) => {
+                    let Some((norm, proj)) = &self.head else {
+                        return Err(PyValueError::new_err("logits asked for, but no head was set (set_head)"));
+                    };
+                    let vocab = proj.rows.iter().sum::<usize>();
+                    if !out.is_c_contiguous() || out.readonly() || !rows.is_c_contiguous()
+                        || out.item_count() != rows.item_count() * vocab {
+                        return Err(PyValueError::new_err(format!(
+                            "logits must be a writable contiguous [len(logit_rows), {vocab}] float32 array")));
+                    }
+                    let rows = unsafe { view(rows) };
+                    if let Some(r) = rows.iter().find(|&&r| r < 0 || r as usize >= n) {
+                        return Err(PyValueError::new_err(format!("logit row {r} is not a token of this step (0..{n})")));
+                    }
+                    // SAFETY: `out` is a writable buffer distinct from every input (a fresh array from the caller).
+                    let out = unsafe { std::slice::from_raw_parts_mut(out.buf_ptr() as *mut f32, out.item_count()) };
+                    Some((unsafe { view(norm) }, proj.view().map_err(PyValueError::new_err)?, rows, out))
+                }
+                _ => return Err(PyValueError::new_err("logits and logit_rows go together")),
+            };
             let layer_floats = num_blocks * nkv * block_size * hd;
             let (xs, kv) = unsafe {
                 (std::slice::from_raw_parts_mut(x.buf_ptr() as *mut f32, x.item_count()), caches.slices_mut())
             };
-            // The whole step runs on a rayon worker, so that each product's parallel loop starts on this
-            // thread at once (others join by stealing) instead of waking the pool and sleeping until done.
-            py.detach(|| {
-                let mut done = Ok(());
-                rayon::scope(|_| done = match kv {
-                    KvSlices::F32(kc, vc) => step.run(&layers, xs, kc, vc, layer_floats),
-                    KvSlices::F16(kc, vc) => step.run(&layers, xs, kc, vc, layer_floats),
-                });
-                done
-            }).map_err(PyValueError::new_err)
+            // The whole step runs on one thread team (see `team`): its helpers stay awake between products.
+            py.detach(|| Team::run(rayon::current_num_threads(), |team| {
+                match kv {
+                    KvSlices::F32(kc, vc) => step.run(&layers, xs, kc, vc, layer_floats, Par::Team(team))?,
+                    KvSlices::F16(kc, vc) => step.run(&layers, xs, kc, vc, layer_floats, Par::Team(team))?,
+                }
+                if let Some((norm, proj, rows, out)) = head {
+                    step.head(xs, norm, &proj, rows, out, Par::Team(team));
+                }
+                Ok::<(), String>(())
+            })).map_err(PyValueError::new_err)
         })
     }
 
@@ -255,8 +294,8 @@ fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
-fn project(p: &ProjView<'_>, x: &[f32], n: usize, out: &mut [f32], mode: Mode, qa: &mut QActs) {
-    matmul_checked(&p.ws, x, n, p.cols, out, mode, true, qa);
+fn project(p: &ProjView<'_>, x: &[f32], n: usize, out: &mut [f32], mode: Mode, qa: &mut QActs, par: Par<'_>) {
+    matmul_checked(&p.ws, x, n, p.cols, out, mode, par, qa);
     if let Some(b) = p.bias {
         for row in out.chunks_exact_mut(b.len()) {
             row.iter_mut().zip(b).for_each(|(o, &v)| *o += v);
@@ -265,6 +304,15 @@ fn project(p: &ProjView<'_>, x: &[f32], n: usize, out: &mut [f32], mode: Mode, q
 }
 
 impl Step<'_> {
+    /// Logits of the tokens `rows`: the final norm, then the head.
+    fn head(&self, x: &[f32], norm: &[f32], head: &ProjView<'_>, rows: &[i64], out: &mut [f32], par: Par<'_>) {
+        let h = self.hidden;
+        let picked: Vec<f32> = rows.iter().flat_map(|&r| &x[r as usize * h..(r as usize + 1) * h]).copied().collect();
+        let mut normed = vec![0f32; picked.len()];
+        rms_norm(&picked, norm, self.eps, &mut normed);
+        project(head, &normed, rows.len(), out, self.mode, &mut QActs::default(), par);
+    }
+
     /// Rotate-half rotary embedding of one head in place (`x*cos + rotate_half(x)*sin`).
     fn rope(&self, v: &mut [f32], pos: usize) {
         let hd = self.head_dim;
@@ -278,7 +326,7 @@ impl Step<'_> {
     }
 
     fn run<E: KvElem>(&self, layers: &[LayerView<'_>], x: &mut [f32], k_cache: &mut [E], v_cache: &mut [E],
-                      layer_floats: usize) -> Result<(), String> {
+                      layer_floats: usize, par: Par<'_>) -> Result<(), String> {
         let (n, h, hd, nh, nkv) = (self.n, self.hidden, self.head_dim, self.heads, self.kv_heads);
         let qkv_dim = (nh + 2 * nkv) * hd;
         let mode = self.mode;
@@ -293,7 +341,7 @@ impl Step<'_> {
         let bs = self.shape.block_size;
         for (li, (input_norm, post_norm, p_qkv, p_o, p_gu, p_down)) in layers.iter().enumerate() {
             rms_norm(x, input_norm, self.eps, &mut hbuf);
-            project(p_qkv, &hbuf, n, &mut qkv, mode, &mut qa);
+            project(p_qkv, &hbuf, n, &mut qkv, mode, &mut qa, par);
             let (kl, vl) = (&mut k_cache[li * layer_floats..(li + 1) * layer_floats],
                             &mut v_cache[li * layer_floats..(li + 1) * layer_floats]);
             for t in 0..n {
@@ -312,11 +360,11 @@ impl Step<'_> {
             }
             let inputs = DecodeInputs { q: &q, k_cache: kl, v_cache: vl, block_tables: self.tables,
                                         context_lens: self.ctx };
-            paged_decode(&self.shape, &inputs, &mut attn, self.scale, self.partition_size)?;
-            project(p_o, &attn, n, &mut o, mode, &mut qa);
+            paged_decode(&self.shape, &inputs, &mut attn, self.scale, self.partition_size, par)?;
+            project(p_o, &attn, n, &mut o, mode, &mut qa, par);
             x.iter_mut().zip(&o).for_each(|(a, &b)| *a += b);
             rms_norm(x, post_norm, self.eps, &mut hbuf);
-            project(p_gu, &hbuf, n, &mut gu, mode, &mut qa);
+            project(p_gu, &hbuf, n, &mut gu, mode, &mut qa, par);
             let inter = self.inter;
             for (g_u, a) in gu.chunks_exact(2 * inter).zip(act.chunks_exact_mut(inter)) {
                 let (g, u) = g_u.split_at(inter);
@@ -324,7 +372,7 @@ impl Step<'_> {
                     *o = gv / (1.0 + (-gv).exp()) * uv;
                 }
             }
-            project(p_down, &act, n, &mut o, mode, &mut qa);
+            project(p_down, &act, n, &mut o, mode, &mut qa, par);
             x.iter_mut().zip(&o).for_each(|(a, &b)| *a += b);
         }
         Ok(())

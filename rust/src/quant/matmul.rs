@@ -8,6 +8,8 @@
 //! twice, for AVX2+FMA (chosen at run time) and for any CPU.
 use rayon::prelude::*;
 
+use crate::team::Par;
+
 use super::formats::{decode_block, QType};
 use super::int8::{self, Isa, QActs};
 
@@ -233,15 +235,15 @@ pub fn matmul(weights: &[QWeight<'_>], x: &[f32], n: usize, cols: usize, out: &m
     if n == 0 || total == 0 {
         return Ok(());
     }
-    matmul_checked(&ws, x, n, cols, out, mode, true, &mut QActs::default());
+    matmul_checked(&ws, x, n, cols, out, mode, Par::Rayon, &mut QActs::default());
     Ok(())
 }
 
-/// `matmul` after `checked`; `parallel` lets big products use the rayon pool; `qa` is scratch memory
+/// `matmul` after `checked`; `par` says where big products spread their rows; `qa` is scratch memory
 /// for the quantized activations (kept by callers that make many products).
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_checked(ws: &[(QWeight<'_>, usize)], x: &[f32], n: usize, cols: usize, out: &mut [f32], mode: Mode,
-                      parallel: bool, qa: &mut QActs) {
+                      par: Par<'_>, qa: &mut QActs) {
     let total: usize = ws.iter().map(|w| w.0.rows).sum();
     let simd = mode.simd();
     let int8 = match mode {
@@ -286,11 +288,8 @@ pub fn matmul_checked(ws: &[(QWeight<'_>, usize)], x: &[f32], n: usize, cols: us
         }
         span_rows::<Plain>(ws, span, x, xs, n, cols, total, ptr, false);
     };
-    if parallel && total * cols >= 1 << 16 && spans.len() > 1 {
-        spans.par_iter().for_each(run);
-    } else {
-        spans.iter().for_each(run);
-    }
+    let par = if total * cols >= 1 << 16 { par } else { Par::Serial };
+    par.for_each(spans.len(), &|i| run(&spans[i]));
 }
 
 /// Decode rows `ids` (all rows when `None`) of one matrix into `out` (`[len, cols]`), in parallel.

@@ -67,13 +67,17 @@ class DecoderModel:
         self.stack_steps += 1
         c, w = self.config, self.weights
         x = np.ascontiguousarray(embedding_rows(w.embed, token_ids), dtype=np.float32)
+        last = np.array([i for i, ch in enumerate(chunks) if ch.needs_logits], dtype=np.int64)
+        if isinstance(w.lm_head, QuantLinear):  # the stack has the head: logits in the same call
+            logits = np.empty((len(last), c.vocab_size), dtype=np.float32)
+            self.stack.forward(x, positions, slots, block_tables, context_lens, kv.k_cache, kv.v_cache,
+                               self.rope.cos, self.rope.sin, self.scale, self.partition_size, logits, last)
+            return logits
         self.stack.forward(x, positions, slots, block_tables, context_lens, kv.k_cache, kv.v_cache, self.rope.cos,
                            self.rope.sin, self.scale, self.partition_size)
-        last = np.array([i for i, ch in enumerate(chunks) if ch.needs_logits], dtype=np.int64)
         if not len(last):
             return np.zeros((0, c.vocab_size), dtype=np.float32)
-        h = rms_norm(x[last], w.norm, c.rms_norm_eps)
-        return w.lm_head(h, self.int8) if isinstance(w.lm_head, QuantLinear) else linear(h, w.lm_head)
+        return linear(rms_norm(x[last], w.norm, c.rms_norm_eps), w.lm_head)
 
     def forward(self, chunks: Sequence[SeqChunk], kv: KVCacheManager) -> np.ndarray:
         """Run the chunks, store their K/V, and return logits ``[chunks needing logits, vocab]``."""
@@ -157,4 +161,8 @@ def _decoder_stack(config: ModelConfig, weights: ModelWeights, int8: str | None)
                           None if bias is None else np.ascontiguousarray(bias, dtype=np.float32)))
         stack.add_layer(np.ascontiguousarray(lw.input_norm, dtype=np.float32),
                         np.ascontiguousarray(lw.post_norm, dtype=np.float32), *specs)
+    if isinstance(weights.lm_head, QuantLinear):
+        head = weights.lm_head.parts
+        stack.set_head(np.ascontiguousarray(weights.norm, dtype=np.float32),
+                       ([m.data for m in head], [m.type_id for m in head], [m.rows for m in head], None), c.vocab_size)
     return stack
