@@ -553,13 +553,12 @@ impl KvBuffers {
     /// The buffers must stay alive while the slices are used, and nothing else may read or write the
     /// memory meanwhile (the slices are mutable: the caller checked `contiguous(true)`).
     pub unsafe fn slices_mut(&self) -> KvSlices<'_> {
-        fn mutable<T: Element>(b: &PyBuffer<T>) -> &mut [T] {
-            // SAFETY: see `slices_mut`.
-            unsafe { std::slice::from_raw_parts_mut(b.buf_ptr() as *mut T, b.item_count()) }
-        }
+        use std::slice::from_raw_parts_mut as mutable;
         match self {
-            KvBuffers::F32(k, v) => KvSlices::F32(mutable(k), mutable(v)),
-            KvBuffers::F16(k, v) => KvSlices::F16(mutable(k), mutable(v)),
+            KvBuffers::F32(k, v) => KvSlices::F32(mutable(k.buf_ptr() as *mut f32, k.item_count()),
+                                                  mutable(v.buf_ptr() as *mut f32, v.item_count())),
+            KvBuffers::F16(k, v) => KvSlices::F16(mutable(k.buf_ptr() as *mut F16, k.item_count()),
+                                                  mutable(v.buf_ptr() as *mut F16, v.item_count())),
         }
     }
 }
