@@ -1,9 +1,11 @@
 """PyAgent's engine against llama.cpp on the same GGUF file, 2 threads each.
 
-Each side runs in its own subprocess (so peak RSS is its own): single-stream decode tokens/s (greedy,
-128 tokens), prompt processing tokens/s for a 512-token prompt, 16 concurrent requests of 64 tokens
-(llama-cpp-python's ``Llama`` serves one sequence at a time, so its 16 run back to back, which is what a
-user of it gets), and peak RSS. Ours runs twice: with its default exact kernels, and with int8 activations
+Each side runs in its own subprocess (so peak RSS is its own), loaded once; the sides then take turns,
+one measurement each, and every ratio is taken within a turn (the machine's speed drifts too much for
+runs minutes apart to compare): single-stream decode tokens/s (greedy, 128 tokens), prompt processing
+tokens/s for a 512-token prompt, 16 concurrent requests of 64 tokens (llama-cpp-python's ``Llama``
+serves one sequence at a time, so its 16 run back to back, which is what a user of it gets), and peak
+RSS. Ours runs twice: with its default exact kernels, and with int8 activations
 (``int8_activations=True``), which is what llama.cpp's quantized products do. A read probe with as many threads as the kernels use gives the memory
 bandwidth; the fraction of the bound is decode tokens/s x bytes of weights read per token / bandwidth.
 
@@ -12,14 +14,15 @@ them) in a cached venv outside the repository. The script builds it itself when 
 (~/.cache/pyagent-bench/llamacpp, log in ~/.cache/pyagent-bench/build.log; it takes long on 2 cores, so it
 runs at low priority, one compile job at a time); ``--setup-only`` does just that step:
 
-    python benchmarks/llamacpp_vs_pyagent.py [--model FILE.gguf] [--llamacpp-python PATH] [--setup-only]
+    python benchmarks/llamacpp_vs_pyagent.py [--model FILE.gguf] [--rounds N] [--llamacpp-python PATH] [--setup-only]
 
 Without ``--model`` the SmolLM2-135M-Instruct Q4_1 file the tests use is taken from its cache.
 
 ``--kv-cache-dtypes`` (opt-in, no llama.cpp needed) measures instead our single-stream decode after a
-1,500-token prompt with a float32 and a float16 KV cache in one run: at that context each token reads the
-whole cache once per layer, so halving its bytes shows in tokens/s. It prints the cache bytes per token,
-the blocks the default 1 GiB budget buys, and how many decode steps ran in the Rust decode stack.
+1,500-token prompt with a float32 KV cache (the anchor) and a float16 one, the two workers taking turns
+as above: at that context each token reads the whole cache once per layer, so halving its bytes shows in
+tokens/s. It prints the cache bytes per token, the blocks the default 1 GiB budget buys, and the share
+of decode steps that ran in the Rust decode stack.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import fcntl
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import threading
@@ -59,124 +63,150 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def worker_ours(model: str, int8: bool = False) -> dict[str, Any]:
-    from pyagent.inference.engine import PagedAttentionEngine
-    from pyagent.inference.sampler import SamplingParams
+class OursWorker:
+    """PyAgent's engine, loaded once; each method is one measurement."""
 
-    engine = PagedAttentionEngine.from_pretrained(model, max_num_seqs=CONCURRENT, enable_prefix_caching=False,
-                                                  int8_activations=int8)
-    tok = engine.tokenizer
+    def __init__(self, model: str, int8: bool, kv_cache_dtype: str = "float32") -> None:
+        from pyagent.inference.engine import PagedAttentionEngine
 
-    def run(prompts: list[list[int]], n: int) -> tuple[float, float]:
+        self.engine = PagedAttentionEngine.from_pretrained(model, max_num_seqs=CONCURRENT,
+                                                           enable_prefix_caching=False, int8_activations=int8,
+                                                           kv_cache_dtype=kv_cache_dtype)
+        self.tok = self.engine.tokenizer
+        self._run([self.tok.encode("Once upon a time")], 8)  # warm-up
+
+    def _run(self, prompts: list[list[int]], n: int) -> tuple[float, float]:
+        from pyagent.inference.sampler import SamplingParams
+
         for i, p in enumerate(prompts):
-            engine.add_request(f"r{time.monotonic_ns()}-{i}", p, SamplingParams(max_tokens=n, temperature=0.0,
-                                                                                ignore_eos=True))
+            self.engine.add_request(f"r{time.monotonic_ns()}-{i}", p,
+                                    SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True))
         t0 = time.perf_counter()
         first = None
-        while engine.has_unfinished():
-            outs = engine.step()
+        while self.engine.has_unfinished():
+            outs = self.engine.step()
             if first is None and outs:
                 first = time.perf_counter()
         return t0, first if first is not None else t0
 
-    short = tok.encode("Once upon a time")
-    run([short], 8)  # warm-up
-    t0, first = run([short], DECODE_TOKENS + 1)
-    decode = DECODE_TOKENS / (time.perf_counter() - first)
-    long = (tok.encode(TEXT * 40))[:PROMPT_TOKENS]
-    t0, first = run([long], 1)
-    prompt = PROMPT_TOKENS / (first - t0)
-    prompts = [tok.encode(f"Story number {i}: once upon a time") for i in range(CONCURRENT)]
-    t0, _ = run(prompts, CONCURRENT_TOKENS)
-    concurrent = CONCURRENT * CONCURRENT_TOKENS / (time.perf_counter() - t0)
-    return {"decode_tok_s": decode, "prompt_tok_s": prompt, "concurrent_tok_s": concurrent,
-            "peak_rss_mb": _peak_rss_mb()}
+    def decode(self) -> float:
+        _, first = self._run([self.tok.encode("Once upon a time")], DECODE_TOKENS + 1)
+        return DECODE_TOKENS / (time.perf_counter() - first)
+
+    def prompt(self) -> float:
+        t0, first = self._run([self.tok.encode(TEXT * 40)[:PROMPT_TOKENS]], 1)
+        return PROMPT_TOKENS / (first - t0)
+
+    def concurrent(self) -> float:
+        t0, _ = self._run([self.tok.encode(f"Story number {i}: once upon a time") for i in range(CONCURRENT)],
+                          CONCURRENT_TOKENS)
+        return CONCURRENT * CONCURRENT_TOKENS / (time.perf_counter() - t0)
+
+    def long_decode(self) -> float:
+        """Decode tokens/s after a LONG_PROMPT_TOKENS prompt (``--kv-cache-dtypes``)."""
+        _, first = self._run([self.tok.encode(TEXT * 120)[:LONG_PROMPT_TOKENS]], DECODE_TOKENS + 1)
+        return DECODE_TOKENS / (time.perf_counter() - first)
+
+    def bytes_per_token(self) -> float:
+        return float(self.engine.kv_cache.bytes_per_token)
+
+    def blocks(self) -> float:
+        return float(self.engine.kv_cache.num_total_blocks)
+
+    def stack_steps(self) -> float:
+        return float(self.engine.model.stack_steps)
 
 
-def worker_long_context(model: str, kv_cache_dtype: str) -> dict[str, Any]:
-    """Decode tokens/s after a LONG_PROMPT_TOKENS prompt, with the given KV cache dtype."""
-    from pyagent.inference.engine import PagedAttentionEngine
-    from pyagent.inference.sampler import SamplingParams
+class LlamaCppWorker:
+    """llama.cpp through llama-cpp-python (the cached benchmark venv's interpreter runs this)."""
 
-    engine = PagedAttentionEngine.from_pretrained(model, max_num_seqs=CONCURRENT, enable_prefix_caching=False,
-                                                  kv_cache_dtype=kv_cache_dtype)
-    tok = engine.tokenizer
+    def __init__(self, model: str) -> None:
+        from llama_cpp import Llama  # type: ignore[import-not-found]
 
-    def decode_rate(prompt: list[int], n: int) -> float:
-        engine.add_request(f"r{time.monotonic_ns()}", prompt, SamplingParams(max_tokens=n + 1, temperature=0.0,
-                                                                             ignore_eos=True))
-        first = None
-        while engine.has_unfinished():
-            if engine.step() and first is None:
-                first = time.perf_counter()  # the prompt is done: decoding starts
-        assert first is not None
-        return n / (time.perf_counter() - first)
+        self.llm = Llama(model_path=model, n_threads=THREADS, n_threads_batch=THREADS, n_ctx=2048, n_batch=512,
+                         verbose=False)
+        self._greedy(self.llm.tokenize(b"Once upon a time", add_bos=False), 8)
 
-    decode_rate(tok.encode("Once upon a time"), 8)  # warm-up
-    long = (tok.encode(TEXT * 120))[:LONG_PROMPT_TOKENS]
-    steps_before = engine.model.stack_steps
-    rate = decode_rate(long, DECODE_TOKENS)
-    kv = engine.kv_cache
-    return {"decode_tok_s": rate, "bytes_per_token": kv.bytes_per_token, "blocks": kv.num_total_blocks,
-            "block_size": kv.block_size, "cache_mib": kv.nbytes / (1 << 20),
-            "stack_steps": engine.model.stack_steps - steps_before, "decode_steps": DECODE_TOKENS}
-
-
-def kv_cache_dtypes(model: str) -> int:
-    """The ``--kv-cache-dtypes`` report: float32 (the anchor) against float16, one worker each."""
-    results = {dt: run_worker(sys.executable, f"ours-long-{dt}", model) for dt in ("float32", "float16")}
-    base = results["float32"]
-    print(f"model {Path(model).name}: single-stream greedy decode of {DECODE_TOKENS} tokens after a "
-          f"{LONG_PROMPT_TOKENS}-token prompt, {THREADS} threads; load average {os.getloadavg()[0]:.2f}")
-    print(f"{'KV cache':<10}{'decode tok/s':>14}{'ratio':>8}{'bytes/token':>13}{'KV read/token':>15}"
-          f"{'blocks in 1 GiB':>17}{'stack steps':>13}")
-    for dt, r in results.items():
-        read = r["bytes_per_token"] * (LONG_PROMPT_TOKENS + DECODE_TOKENS // 2) / 1e6
-        print(f"{dt:<10}{r['decode_tok_s']:>14.1f}{r['decode_tok_s'] / base['decode_tok_s']:>7.2f}x"
-              f"{r['bytes_per_token']:>13}{read:>12.1f} MB{r['blocks']:>17}{r['stack_steps']:>8}/{r['decode_steps']}")
-    return 0
-
-
-def worker_llamacpp(model: str) -> dict[str, Any]:
-    from llama_cpp import Llama  # the cached benchmark venv's interpreter runs this
-
-    llm = Llama(model_path=model, n_threads=THREADS, n_threads_batch=THREADS, n_ctx=2048, n_batch=512,
-                verbose=False)
-
-    def greedy(prompt: list[int], n: int) -> tuple[float, float, float]:
-        llm.reset()
+    def _greedy(self, prompt: list[int], n: int) -> tuple[float, float, float]:
+        self.llm.reset()
         t0 = time.perf_counter()
-        llm.eval(prompt)
+        self.llm.eval(prompt)
         t1 = time.perf_counter()
         for _ in range(n):
-            token = llm.sample(temp=0.0)
-            llm.eval([token])
+            token = self.llm.sample(temp=0.0)
+            self.llm.eval([token])
         return t0, t1, time.perf_counter()
 
-    short = llm.tokenize(b"Once upon a time", add_bos=False)
-    greedy(short, 8)
-    _, t1, t2 = greedy(short, DECODE_TOKENS)
-    decode = DECODE_TOKENS / (t2 - t1)
-    long = llm.tokenize((TEXT * 40).encode(), add_bos=False)[:PROMPT_TOKENS]
-    t0, t1, _ = greedy(long, 0)
-    prompt = PROMPT_TOKENS / (t1 - t0)
-    start = time.perf_counter()
-    for i in range(CONCURRENT):
-        greedy(llm.tokenize(f"Story number {i}: once upon a time".encode(), add_bos=False), CONCURRENT_TOKENS)
-    concurrent = CONCURRENT * CONCURRENT_TOKENS / (time.perf_counter() - start)
-    return {"decode_tok_s": decode, "prompt_tok_s": prompt, "concurrent_tok_s": concurrent,
-            "peak_rss_mb": _peak_rss_mb()}
+    def decode(self) -> float:
+        _, t1, t2 = self._greedy(self.llm.tokenize(b"Once upon a time", add_bos=False), DECODE_TOKENS)
+        return DECODE_TOKENS / (t2 - t1)
+
+    def prompt(self) -> float:
+        t0, t1, _ = self._greedy(self.llm.tokenize((TEXT * 40).encode(), add_bos=False)[:PROMPT_TOKENS], 0)
+        return PROMPT_TOKENS / (t1 - t0)
+
+    def concurrent(self) -> float:
+        start = time.perf_counter()
+        for i in range(CONCURRENT):
+            self._greedy(self.llm.tokenize(f"Story number {i}: once upon a time".encode(), add_bos=False),
+                         CONCURRENT_TOKENS)
+        return CONCURRENT * CONCURRENT_TOKENS / (time.perf_counter() - start)
+
+
+def serve_worker(kind: str, model: str) -> None:
+    """Load the model, then answer one measurement per line of stdin ("decode", "prompt", "concurrent",
+    "rss") with a JSON number on stdout, until stdin closes."""
+    worker: OursWorker | LlamaCppWorker = LlamaCppWorker(model) if kind == "llamacpp" else \
+        OursWorker(model, int8=kind == "ours-int8", kv_cache_dtype=kind.removeprefix("ours-long-")
+                   if kind.startswith("ours-long-") else "float32")
+    print(json.dumps("ready"), flush=True)
+    for line in sys.stdin:
+        what = line.strip()
+        value = _peak_rss_mb() if what == "rss" else getattr(worker, what)()
+        print(json.dumps(value), flush=True)
+
+
+class Resident:
+    """One worker subprocess, kept loaded so that measurements of both sides can alternate."""
+
+    def __init__(self, python: str, kind: str, model: str) -> None:
+        self.kind = kind
+        self.proc = subprocess.Popen([python, __file__, "--worker", kind, "--model", model], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+        self._read()
+
+    def _read(self) -> Any:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            assert self.proc.stderr is not None
+            raise SystemExit(f"{self.kind} worker failed:\n{self.proc.stderr.read()[-3000:]}")
+        return json.loads(line)
+
+    def ask(self, what: str) -> float:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(what + "\n")
+        self.proc.stdin.flush()
+        return float(self._read())
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
 
 
 def bandwidth_gb_s(threads: int = THREADS, size: int = 1 << 30) -> float:
-    """Read bandwidth with ``threads`` threads each summing its share of a 1 GiB array (best of 3)."""
+    """Read bandwidth with ``threads`` threads each reducing its share of a 1 GiB array (best of 3).
+
+    The reduction is a max over bytes: NumPy's ``sum`` adds pairwise and is bound by its arithmetic here
+    (about half the rate a max reaches), so it would understate what the memory delivers."""
     import numpy as np
 
-    data = np.ones(size // 8, dtype=np.float64)
+    data = np.ones(size, dtype=np.uint8)
     parts = np.array_split(data, threads)
     best = 0.0
     for _ in range(3):
-        ts = [threading.Thread(target=np.sum, args=(p,)) for p in parts]
+        ts = [threading.Thread(target=np.max, args=(p,)) for p in parts]
         t0 = time.perf_counter()
         for t in ts:
             t.start()
@@ -233,13 +263,33 @@ def _build(python: Path, venv: Path) -> None:
         raise SystemExit(f"building {LLAMA_CPP_PYTHON} failed (exit {done.returncode}); see {log}")
 
 
-def run_worker(python: str, kind: str, model: str) -> dict[str, Any]:
-    done = subprocess.run([python, __file__, "--worker", kind, "--model", model], capture_output=True, text=True,
-                          env=_env(), timeout=3600)
-    if done.returncode:
-        raise SystemExit(f"{kind} worker failed:\n{done.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+def kv_cache_dtypes(model: str, rounds: int) -> int:
+    """The ``--kv-cache-dtypes`` report: decode after a long prompt, float32 cache against float16."""
+    load_before = os.getloadavg()[0]
+    kinds = ["float32", "float16"]
+    workers = {k: Resident(sys.executable, f"ours-long-{k}", model) for k in kinds}
+    steps_before = {k: workers[k].ask("stack_steps") for k in kinds}
+    rates: dict[str, list[float]] = {k: [] for k in kinds}
+    for r in range(rounds):
+        for k in kinds[r % 2:] + kinds[:r % 2]:
+            rates[k].append(workers[k].ask("long_decode"))
+    info = {k: {what: workers[k].ask(what) for what in ("bytes_per_token", "blocks", "stack_steps")} for k in kinds}
+    for w in workers.values():
+        w.close()
+    print(f"model {Path(model).name}: single-stream greedy decode of {DECODE_TOKENS} tokens after a "
+          f"{LONG_PROMPT_TOKENS}-token prompt, {THREADS} threads; load average {load_before:.2f} before, "
+          f"{os.getloadavg()[0]:.2f} after; medians of {rounds} turns")
+    print(f"{'KV cache':<10}{'decode tok/s':>14}{'ratio':>8}{'bytes/token':>13}{'KV read/token':>15}"
+          f"{'blocks in 1 GiB':>17}{'in Rust stack':>15}   ratio per turn")
+    ratios = [a / b for a, b in zip(rates["float16"], rates["float32"], strict=True)]
+    for k in kinds:
+        read = info[k]["bytes_per_token"] * (LONG_PROMPT_TOKENS + DECODE_TOKENS / 2) / 1e6
+        stack = (info[k]["stack_steps"] - steps_before[k]) / (rounds * DECODE_TOKENS)
+        ratio = statistics.median(ratios) if k == "float16" else 1.0
+        print(f"{k:<10}{statistics.median(rates[k]):>14.1f}{ratio:>7.2f}x{info[k]['bytes_per_token']:>13.0f}"
+              f"{read:>12.1f} MB{info[k]['blocks']:>17.0f}{stack:>14.0%}   "
+              + (" ".join(f"{x:.2f}" for x in ratios) if k == "float16" else ""))
+    return 0
 
 
 def main() -> int:
@@ -247,6 +297,9 @@ def main() -> int:
     ap.add_argument("--model", default=None, help="GGUF file (default: the tests' SmolLM2 Q4_1 file)")
     ap.add_argument("--llamacpp-python", default=str(BENCH_DIR / "llamacpp" / "bin" / "python"))
     ap.add_argument("--setup-only", action="store_true", help="only build the cached llama-cpp-python venv")
+    ap.add_argument("--rounds", type=int, default=7,
+                    help="turns of each measurement per side; ratios are taken within a turn, then the median "
+                         "(default 7; the 16-request measurement takes half as many)")
     ap.add_argument("--kv-cache-dtypes", action="store_true",
                     help=f"instead: our decode tok/s after a {LONG_PROMPT_TOKENS}-token prompt with a float32 and a "
                          "float16 KV cache (no llama.cpp)")
@@ -262,39 +315,51 @@ def main() -> int:
 
         args.model = str(smollm2_gguf())
     if args.worker:
-        if args.worker.startswith("ours-long-"):
-            result = worker_long_context(args.model, args.worker.removeprefix("ours-long-"))
-        elif args.worker == "llamacpp":
-            result = worker_llamacpp(args.model)
-        else:
-            result = worker_ours(args.model, int8=args.worker == "ours-int8")
-        print(json.dumps(result))
+        serve_worker(args.worker, args.model)
         return 0
     if args.kv_cache_dtypes:
-        return kv_cache_dtypes(args.model)
+        return kv_cache_dtypes(args.model, args.rounds)
     ensure_llamacpp(Path(args.llamacpp_python))
     load_before = os.getloadavg()[0]
-    ours = run_worker(sys.executable, "ours", args.model)
-    theirs = run_worker(args.llamacpp_python, "llamacpp", args.model)
-    # llama.cpp rounds activations to 8 bits in its quantized products; ours does with int8_activations
-    int8 = run_worker(sys.executable, "ours-int8", args.model)
+    kinds = ["ours", "llamacpp", "ours-int8"]
+    workers = {k: Resident(args.llamacpp_python if k == "llamacpp" else sys.executable, k, args.model)
+               for k in kinds}
+    # All three stay loaded and take turns, one measurement each (in a rotating order), so that a change
+    # in the machine's speed (other tenants of its memory drift it 1.5x within minutes) falls on both
+    # sides; each ratio is taken within one turn, and the median over the turns is reported.
+    results: dict[str, dict[str, list[float]]] = {k: {} for k in kinds}
+    for what, reps in (("decode", args.rounds), ("prompt", args.rounds), ("concurrent", max(1, args.rounds // 2))):
+        for r in range(reps):
+            for k in kinds[r % 3:] + kinds[:r % 3]:
+                results[k].setdefault(what, []).append(workers[k].ask(what))
+        print(f"{what}: " + "; ".join(f"{k} " + " ".join(f"{v:.1f}" for v in results[k][what]) for k in kinds),
+              flush=True)
+    for k in kinds:
+        results[k]["rss"] = [workers[k].ask("rss")]
+        workers[k].close()
     bw = bandwidth_gb_s()
     per_token = weight_bytes(args.model)
     print(f"model {Path(args.model).name}: {per_token / 1e6:.1f} MB of weights per token; read probe "
           f"{bw:.1f} GB/s with {THREADS} threads; load average {load_before:.2f} before, "
-          f"{os.getloadavg()[0]:.2f} after (on {os.cpu_count()} CPUs)")
-    print(f"{'metric':<28}{'pyagent':>12}{'llama.cpp':>12}{'ratio':>10}")
-    for mine, key, label, higher in (
-            (ours, "decode_tok_s", "decode tok/s", True), (int8, "decode_tok_s", "decode tok/s (int8 act.)", True),
-            (ours, "prompt_tok_s", f"prompt {PROMPT_TOKENS} tok/s", True),
-            (ours, "concurrent_tok_s", f"{CONCURRENT} concurrent tok/s", True),
-            (int8, "concurrent_tok_s", f"{CONCURRENT} concurrent (int8 act.)", True),
-            (ours, "peak_rss_mb", "peak RSS MB", False)):
-        ratio = mine[key] / theirs[key]
-        print(f"{label:<28}{mine[key]:>12.1f}{theirs[key]:>12.1f}{ratio:>9.2f}x" + ("" if higher else " (lower is better)"))
-    for name, r in (("pyagent", ours), ("pyagent (int8 act.)", int8), ("llama.cpp", theirs)):
-        print(f"{name}: decode reaches {r['decode_tok_s'] * per_token / 1e9 / bw:.2f} of the bandwidth bound "
-              f"({bw * 1e9 / per_token:.0f} tok/s)")
+          f"{os.getloadavg()[0]:.2f} after (on {os.cpu_count()} CPUs); medians of {args.rounds} turns")
+    print(f"{'metric':<28}{'pyagent':>12}{'llama.cpp':>12}{'ratio':>10}   ratio per turn")
+
+    def med(kind: str, key: str) -> float:
+        return float(statistics.median(results[kind][key]))
+
+    for kind, key, label, higher in (
+            ("ours", "decode", "decode tok/s", True),
+            ("ours-int8", "decode", "decode tok/s (int8 act.)", True),
+            ("ours", "prompt", f"prompt {PROMPT_TOKENS} tok/s", True),
+            ("ours", "concurrent", f"{CONCURRENT} concurrent tok/s", True),
+            ("ours-int8", "concurrent", f"{CONCURRENT} concurrent (int8 act.)", True),
+            ("ours", "rss", "peak RSS MB", False)):
+        ratios = [a / b for a, b in zip(results[kind][key], results["llamacpp"][key], strict=True)]
+        print(f"{label:<28}{med(kind, key):>12.1f}{med('llamacpp', key):>12.1f}{statistics.median(ratios):>9.2f}x   "
+              + " ".join(f"{x:.2f}" for x in ratios) + ("" if higher else " (lower is better)"))
+    for name, kind in (("pyagent", "ours"), ("pyagent (int8 act.)", "ours-int8"), ("llama.cpp", "llamacpp")):
+        print(f"{name}: decode reaches {med(kind, 'decode') * per_token / 1e9 / bw:.2f} of the bandwidth "
+              f"bound ({bw * 1e9 / per_token:.0f} tok/s)")
     return 0
 
 

@@ -221,7 +221,11 @@ pub unsafe fn row_dots(t: QType, row: &[u8], x: &[f32], xsum: &[f32], n: usize, 
     let blocks = cols / 32;
     let bb = t.block_bytes();
     if n == 1 {
-        out[0] = single(t, rp, xp, xsum.as_ptr(), blocks);
+        out[0] = if matches!(t, QType::Q4_0 | QType::Q4_1 | QType::Q8_0) && super::avx512::available() {
+            super::avx512::single(t, rp, xp, xsum.as_ptr(), blocks)
+        } else {
+            single(t, rp, xp, xsum.as_ptr(), blocks)
+        };
         return;
     }
     let mut start = 0;

@@ -49,8 +49,12 @@ impl Isa {
         }
     }
 
-    /// The fastest kernel this CPU runs.
+    /// The fastest kernel this CPU runs (the AVX512 set where its one-token block-pair kernel runs too).
     pub fn best() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        if super::int8_avx512::available() {
+            return Isa::Avx512Vnni;
+        }
         #[cfg(target_arch = "x86_64")]
         for isa in [Isa::AvxVnni, Isa::Avx512Vnni, Isa::Avx2] {
             if isa.available() {
@@ -140,6 +144,10 @@ pub fn row_dots_portable(t: QType, row: &[u8], qa: &QActs, n: usize, out: &mut [
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn span(isa: Isa, t: QType, data: &[u8], rb: usize, first: usize, last: usize, qa: &QActs, n: usize,
                    out: *mut f32, total: usize, out_col: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vnni && n == 1 && super::int8_avx512::available() {
+        return super::int8_avx512::span(t, data, rb, first, last, qa, out, out_col);
+    }
     #[cfg(target_arch = "x86_64")]
     if isa != Isa::Portable {
         return simd::span(isa, t, data, rb, first, last, qa, n, out, total, out_col);
@@ -409,9 +417,8 @@ mod simd {
 
     kernels!(k_avx2, "avx2,fma,f16c", dot_avx2);
     kernels!(k_avxvnni, "avx2,fma,f16c,avxvnni", dot_avxvnni);
-    // 256-bit EVEX `vpdpbusd`: for CPUs with AVX512-VNNI but not AVX-VNNI (Ice Lake, Cascade Lake). Two
-    // blocks per 512-bit instruction measured no faster here (Sapphire Rapids) than AVX-VNNI: the row
-    // products are bound by memory once the activations are int8.
+    // 256-bit EVEX `vpdpbusd`: for CPUs with AVX512-VNNI but not AVX-VNNI (Cascade Lake), and the
+    // several-token products; one-token products take `int8_avx512` (block pairs) where VBMI is present.
     kernels!(k_avx512vnni, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", dot_avx512vnni);
 
 
@@ -483,8 +490,8 @@ mod tests {
     #[test]
     fn every_kernel_equals_dequantize_then_dot_on_the_quantized_x() {
         let mut seed = 11u64;
-        let cols = 32 * 19; // an odd block count: the two-chain single-row loop has a tail
-        for t in [QType::Q4_0, QType::Q4_1, QType::Q8_0] {
+        // an odd block count (the two-chain and the block-pair loops have a tail) and an even one
+        for (t, cols) in [QType::Q4_0, QType::Q4_1, QType::Q8_0].into_iter().flat_map(|t| [(t, 32 * 19), (t, 32 * 18)]) {
             for n in [1usize, 2, 3, 6, 70] {
                 let rows = 9;
                 let w = blocks(t, rows, cols, &mut seed);

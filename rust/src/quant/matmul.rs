@@ -149,8 +149,10 @@ impl OutPtr {
 fn span_rows<M: Madd>(ws: &[(QWeight<'_>, usize)], span: &Span, x: &[f32], xsum: &[f32], n: usize, cols: usize,
                       total: usize, out: OutPtr, simd: bool) {
     let (w, rb) = (&ws[span.which].0, ws[span.which].1);
-    let mut vals = vec![0f32; n];
-    let mut lanes = vec![[0f32; 8]; n];
+    // a decode step makes thousands of spans: no heap for the usual few rows
+    let (mut small, mut heap) = ([0f32; 16], Vec::new());
+    let vals: &mut [f32] = if n <= small.len() { &mut small[..n] } else { heap.resize(n, 0f32); &mut heap };
+    let mut lanes = if simd { Vec::new() } else { vec![[0f32; 8]; n] };
     for r in span.first..span.last {
         let row = &w.data[r * rb..(r + 1) * rb];
         #[cfg(target_arch = "x86_64")]
@@ -158,10 +160,10 @@ fn span_rows<M: Madd>(ws: &[(QWeight<'_>, usize)], span: &Span, x: &[f32], xsum:
         #[cfg(target_arch = "x86_64")]
         if simd {
             // SAFETY: `simd` is only set when AVX2, FMA and F16C were detected; shapes were checked by `matmul`.
-            unsafe { super::avx2::row_dots(w.qtype, row, x, xsum, n, cols, &mut vals) };
+            unsafe { super::avx2::row_dots(w.qtype, row, x, xsum, n, cols, vals) };
         }
         if !simd {
-            dispatch_row::<M>(w.qtype, row, x, cols, &mut vals, &mut lanes);
+            dispatch_row::<M>(w.qtype, row, x, cols, vals, &mut lanes);
         }
         let col = span.out_col + r - span.first;
         for (i, v) in vals.iter().enumerate() {
@@ -361,8 +363,10 @@ mod tests {
         let mut seed = 7u64;
         for qtype in [QType::Q4_0, QType::Q4_1, QType::Q5_0, QType::Q5_1, QType::Q8_0, QType::Q4K, QType::Q5K,
                       QType::Q6K, QType::F16, QType::BF16] {
-            for n in [1, 3, 11] {
-            let (rows, cols) = (37, 512);
+            // an odd block count too: the single-row kernels pair blocks and have a tail
+            let widths: &[usize] = if qtype.block_elems() == 32 { &[512, 544] } else { &[512] };
+            for (n, &cols) in [1, 3, 11].into_iter().flat_map(|n| widths.iter().map(move |c| (n, c))) {
+            let rows = 37;
             let a = random_weight(qtype, rows, cols, &mut seed);
             let b = random_weight(qtype, 5, cols, &mut seed);
             let x: Vec<f32> = (0..n * cols).map(|_| lcg(&mut seed) as f32 / 128.0 - 1.0).collect();

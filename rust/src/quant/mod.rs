@@ -5,9 +5,13 @@ use pyo3::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod decoder;
 pub mod formats;
 pub mod int8;
+#[cfg(target_arch = "x86_64")]
+mod int8_avx512;
 pub mod matmul;
 
 use formats::QType;
