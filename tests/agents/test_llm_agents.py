@@ -117,6 +117,29 @@ def test_docstring_agent_refuses_code_changes(tmp_path: Path) -> None:
     assert schema["required"] == ["grade"] and schema["additionalProperties"] is False
 
 
+def test_docstring_agent_sends_noise_back_and_keeps_prose(tmp_path: Path) -> None:
+    """A reply that is valid JSON but noise (what a 135M model wrote) is refused with the reason, which goes
+    back to the model; a docstring about the code is applied. Both replies fail alone would mean no edit."""
+    (tmp_path / "m.py").write_text(SRC)
+    noise = json.dumps({"grade": "Commercial, delivered to{"})
+    good = json.dumps({"grade": "Letter grade for a score, as report cards use."})
+    script = Script([Reply(text=noise), Reply(text=good)])
+    with scripted_server(script) as url:
+        outcome = asyncio.run(
+            DocstringAgent(_client(url)).run(_task("docstring", {"names": ["grade"]}), tmp_path)
+        )
+    assert outcome.error is None, outcome.error
+    assert '"""Letter grade for a score, as report cards use."""' in (tmp_path / "m.py").read_text()
+    assert "holds markup" in script.requests[1]["json"]["messages"][-1]["content"]
+    with scripted_server(Script([Reply(text=noise)] * 4)) as url:
+        (tmp_path / "m.py").write_text(SRC)
+        outcome = asyncio.run(
+            DocstringAgent(_client(url)).run(_task("docstring", {"names": ["grade"]}), tmp_path)
+        )
+    assert outcome.error is not None and "holds markup" in outcome.error
+    assert (tmp_path / "m.py").read_text() == SRC
+
+
 def test_libcst_edits_keep_comments_and_indent_to_the_node() -> None:
     src = "# header\nclass A:\n    def m(self):  # keep me\n        return 1\n\n\ndef f(x): return x\n"
     out = add_docstrings(src, {"A": "Why A exists.", "A.m": 'Two lines,\nthe second "quoted"', "f": 'ends in "q"'})
@@ -184,3 +207,19 @@ def test_an_endpoint_without_schemas_is_asked_again_without_them(tmp_path: Path)
     assert outcome.error is None, outcome.error
     assert "response_format" in script.requests[0]["json"] and "response_format" not in script.requests[1]["json"]
     assert client.structured is False and client.meter.totals()["calls"] == 1
+
+
+def test_temperature_is_sent_only_when_the_client_sets_one(tmp_path: Path) -> None:
+    """`--llm local:…` clients decode greedily (temperature 0); hosted ones leave it to the endpoint, since
+    some hosted models refuse the field."""
+    good = json.dumps({"grade": "Letter grade for a score, as report cards use."})
+    for temperature in (None, 0.0):
+        (tmp_path / "m.py").write_text(SRC)
+        script = Script([Reply(text=good)])
+        with scripted_server(script) as url:
+            client = OpenAICompatClient("m", base_url=url, api_key="", api="chat", backoff=0.01,
+                                        temperature=temperature)
+            outcome = asyncio.run(DocstringAgent(client).run(_task("docstring", {"names": ["grade"]}), tmp_path))
+        assert outcome.error is None, outcome.error
+        body = script.requests[0]["json"]
+        assert body.get("temperature") == temperature and ("temperature" in body) == (temperature is not None)

@@ -54,7 +54,9 @@ def local_llm(target: str, budget: Budget | None, meter: UsageMeter) -> LLMClien
         except (OSError, ValueError) as exc:
             raise LLMConfigError(f"--llm local:{target}: cannot load the model: {exc}") from None
         api_key, model = "", path.resolve().stem if path.is_file() else path.resolve().name
-    # api_key="" sends no Authorization header: never hand $OPENAI_API_KEY to a local server.
+    # api_key="" sends no Authorization header: never hand $OPENAI_API_KEY to a local server. Greedy
+    # decoding (temperature 0): edits repeat from run to run, and a small model sampled at the API's
+    # default of 1.0 writes noise ("Commercial, delivered to{") where greedy gives plain sentences.
     return OpenAICompatClient(model, base_url=base_url, api_key=api_key, api="responses", budget=budget,
-                              meter=meter)
+                              meter=meter, temperature=0.0)
 

@@ -46,12 +46,15 @@ class OpenAICompatClient:
         budget: Budget | None = None,
         meter: UsageMeter | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        temperature: float | None = None,
     ) -> None:
         if api not in ("auto", "responses", "chat"):
             raise ValueError(f"api must be auto, responses or chat, not {api!r}")
         if not model:
             raise ValueError("a model name is required")
         self.model = model
+        # sent with every request when set; None leaves it to the endpoint (some hosted models refuse it)
+        self.temperature = temperature
         self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         self._api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
         self.api = api
@@ -149,6 +152,8 @@ class OpenAICompatClient:
                     body = {"model": self.model, "messages": clean, "max_tokens": max_tokens}
                     url = f"{self.base_url}/chat/completions"
                 body = self._with_schema(api, body, schema)
+                if self.temperature is not None:
+                    body["temperature"] = self.temperature
                 response: httpx.Response | None = None
                 try:
                     response = await http.post(url, json=body, headers=self._headers())
