@@ -17,6 +17,12 @@ runs at low priority, one compile job at a time); ``--setup-only`` does just tha
     python benchmarks/llamacpp_vs_pyagent.py [--model FILE.gguf] [--rounds N] [--llamacpp-python PATH] [--setup-only]
 
 Without ``--model`` the SmolLM2-135M-Instruct Q4_1 file the tests use is taken from its cache.
+
+``--kv-cache-dtypes`` (opt-in, no llama.cpp needed) measures instead our single-stream decode after a
+1,500-token prompt with a float32 KV cache (the anchor) and a float16 one, the two workers taking turns
+as above: at that context each token reads the whole cache once per layer, so halving its bytes shows in
+tokens/s. It prints the cache bytes per token, the blocks the default 1 GiB budget buys, and the share
+of decode steps that ran in the Rust decode stack.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ DECODE_TOKENS = 128
 PROMPT_TOKENS = 512
 CONCURRENT = 16
 CONCURRENT_TOKENS = 64
+LONG_PROMPT_TOKENS = 1500
 TEXT = ("The history of computing is a story of abstraction layered on abstraction, from relays and vacuum "
         "tubes to transistors, integrated circuits and the programs that run on them. ")
 
@@ -59,11 +66,12 @@ def _peak_rss_mb() -> float:
 class OursWorker:
     """PyAgent's engine, loaded once; each method is one measurement."""
 
-    def __init__(self, model: str, int8: bool) -> None:
+    def __init__(self, model: str, int8: bool, kv_cache_dtype: str = "float32") -> None:
         from pyagent.inference.engine import PagedAttentionEngine
 
         self.engine = PagedAttentionEngine.from_pretrained(model, max_num_seqs=CONCURRENT,
-                                                           enable_prefix_caching=False, int8_activations=int8)
+                                                           enable_prefix_caching=False, int8_activations=int8,
+                                                           kv_cache_dtype=kv_cache_dtype)
         self.tok = self.engine.tokenizer
         self._run([self.tok.encode("Once upon a time")], 8)  # warm-up
 
@@ -93,6 +101,20 @@ class OursWorker:
         t0, _ = self._run([self.tok.encode(f"Story number {i}: once upon a time") for i in range(CONCURRENT)],
                           CONCURRENT_TOKENS)
         return CONCURRENT * CONCURRENT_TOKENS / (time.perf_counter() - t0)
+
+    def long_decode(self) -> float:
+        """Decode tokens/s after a LONG_PROMPT_TOKENS prompt (``--kv-cache-dtypes``)."""
+        _, first = self._run([self.tok.encode(TEXT * 120)[:LONG_PROMPT_TOKENS]], DECODE_TOKENS + 1)
+        return DECODE_TOKENS / (time.perf_counter() - first)
+
+    def bytes_per_token(self) -> float:
+        return float(self.engine.kv_cache.bytes_per_token)
+
+    def blocks(self) -> float:
+        return float(self.engine.kv_cache.num_total_blocks)
+
+    def stack_steps(self) -> float:
+        return float(self.engine.model.stack_steps)
 
 
 class LlamaCppWorker:
@@ -135,7 +157,8 @@ def serve_worker(kind: str, model: str) -> None:
     """Load the model, then answer one measurement per line of stdin ("decode", "prompt", "concurrent",
     "rss") with a JSON number on stdout, until stdin closes."""
     worker: OursWorker | LlamaCppWorker = LlamaCppWorker(model) if kind == "llamacpp" else \
-        OursWorker(model, int8=kind == "ours-int8")
+        OursWorker(model, int8=kind == "ours-int8", kv_cache_dtype=kind.removeprefix("ours-long-")
+                   if kind.startswith("ours-long-") else "float32")
     print(json.dumps("ready"), flush=True)
     for line in sys.stdin:
         what = line.strip()
@@ -240,6 +263,35 @@ def _build(python: Path, venv: Path) -> None:
         raise SystemExit(f"building {LLAMA_CPP_PYTHON} failed (exit {done.returncode}); see {log}")
 
 
+def kv_cache_dtypes(model: str, rounds: int) -> int:
+    """The ``--kv-cache-dtypes`` report: decode after a long prompt, float32 cache against float16."""
+    load_before = os.getloadavg()[0]
+    kinds = ["float32", "float16"]
+    workers = {k: Resident(sys.executable, f"ours-long-{k}", model) for k in kinds}
+    steps_before = {k: workers[k].ask("stack_steps") for k in kinds}
+    rates: dict[str, list[float]] = {k: [] for k in kinds}
+    for r in range(rounds):
+        for k in kinds[r % 2:] + kinds[:r % 2]:
+            rates[k].append(workers[k].ask("long_decode"))
+    info = {k: {what: workers[k].ask(what) for what in ("bytes_per_token", "blocks", "stack_steps")} for k in kinds}
+    for w in workers.values():
+        w.close()
+    print(f"model {Path(model).name}: single-stream greedy decode of {DECODE_TOKENS} tokens after a "
+          f"{LONG_PROMPT_TOKENS}-token prompt, {THREADS} threads; load average {load_before:.2f} before, "
+          f"{os.getloadavg()[0]:.2f} after; medians of {rounds} turns")
+    print(f"{'KV cache':<10}{'decode tok/s':>14}{'ratio':>8}{'bytes/token':>13}{'KV read/token':>15}"
+          f"{'blocks in 1 GiB':>17}{'in Rust stack':>15}   ratio per turn")
+    ratios = [a / b for a, b in zip(rates["float16"], rates["float32"], strict=True)]
+    for k in kinds:
+        read = info[k]["bytes_per_token"] * (LONG_PROMPT_TOKENS + DECODE_TOKENS / 2) / 1e6
+        stack = (info[k]["stack_steps"] - steps_before[k]) / (rounds * DECODE_TOKENS)
+        ratio = statistics.median(ratios) if k == "float16" else 1.0
+        print(f"{k:<10}{statistics.median(rates[k]):>14.1f}{ratio:>7.2f}x{info[k]['bytes_per_token']:>13.0f}"
+              f"{read:>12.1f} MB{info[k]['blocks']:>17.0f}{stack:>14.0%}   "
+              + (" ".join(f"{x:.2f}" for x in ratios) if k == "float16" else ""))
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="GGUF file (default: the tests' SmolLM2 Q4_1 file)")
@@ -248,7 +300,11 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=7,
                     help="turns of each measurement per side; ratios are taken within a turn, then the median "
                          "(default 7; the 16-request measurement takes half as many)")
-    ap.add_argument("--worker", choices=["ours", "ours-int8", "llamacpp"], help=argparse.SUPPRESS)
+    ap.add_argument("--kv-cache-dtypes", action="store_true",
+                    help=f"instead: our decode tok/s after a {LONG_PROMPT_TOKENS}-token prompt with a float32 and a "
+                         "float16 KV cache (no llama.cpp)")
+    ap.add_argument("--worker", choices=["ours", "ours-int8", "llamacpp", "ours-long-float32", "ours-long-float16"],
+                    help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.setup_only:
         ensure_llamacpp(Path(args.llamacpp_python))
@@ -261,6 +317,8 @@ def main() -> int:
     if args.worker:
         serve_worker(args.worker, args.model)
         return 0
+    if args.kv_cache_dtypes:
+        return kv_cache_dtypes(args.model, args.rounds)
     ensure_llamacpp(Path(args.llamacpp_python))
     load_before = os.getloadavg()[0]
     kinds = ["ours", "llamacpp", "ours-int8"]

@@ -8,14 +8,16 @@
 //!
 //! Layouts (C-contiguous, float32 unless noted):
 //! - `q`, `out`: [num_seqs, num_heads, head_dim]
-//! - `k_cache`, `v_cache`: [num_blocks, num_kv_heads, block_size, head_dim]
+//! - `k_cache`, `v_cache`: [num_blocks, num_kv_heads, block_size, head_dim], float32 or float16 (`KvElem`:
+//!   one kernel for both, f16 rows widened to f32 in L1 just before use, so the arithmetic is f32)
 //! - `block_tables`: int32 [num_seqs, max_blocks_per_seq]; `context_lens`: int32 [num_seqs]
-use pyo3::buffer::{Element, PyBuffer};
+use pyo3::buffer::{Element, PyBuffer, PyUntypedBuffer};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use std::sync::OnceLock;
 
 use crate::errors::guarded;
+use crate::half::{widen_portable, F16};
 use crate::team::Par;
 
 /// Dimensions of one decode call, validated against every buffer before any read.
@@ -31,10 +33,10 @@ pub struct DecodeShape {
 }
 
 /// The inputs of one decode call, as plain slices.
-pub struct DecodeInputs<'a> {
+pub struct DecodeInputs<'a, E: KvElem> {
     pub q: &'a [f32],
-    pub k_cache: &'a [f32],
-    pub v_cache: &'a [f32],
+    pub k_cache: &'a [E],
+    pub v_cache: &'a [E],
     pub block_tables: &'a [i32],
     pub context_lens: &'a [i32],
 }
@@ -46,24 +48,94 @@ struct Partial {
     acc: Vec<f32>,
 }
 
-/// Multiply-add, fused where the CPU has FMA (selected once per call at run time).
-trait Arith {
+/// Multiply-add (fused where the CPU has FMA) and f16 widening (F16C where it has it), selected once per
+/// call at run time.
+pub trait Arith {
     fn madd(a: f32, b: f32, c: f32) -> f32;
+    fn widen(src: &[F16], dst: &mut [f32]);
 }
 
-struct Plain;
+pub struct Plain;
 impl Arith for Plain {
     #[inline(always)]
     fn madd(a: f32, b: f32, c: f32) -> f32 {
         a * b + c
     }
+
+    #[inline(always)]
+    fn widen(src: &[F16], dst: &mut [f32]) {
+        widen_portable(src, dst);
+    }
 }
 
-struct Fused;
+/// Only instantiated inside `partition_avx2`, which runs only where AVX2, FMA and F16C were detected.
+pub struct Fused;
 impl Arith for Fused {
     #[inline(always)]
     fn madd(a: f32, b: f32, c: f32) -> f32 {
         a.mul_add(b, c)
+    }
+
+    #[inline(always)]
+    fn widen(src: &[F16], dst: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Fused` code runs only on CPUs with F16C (see above).
+        unsafe {
+            crate::half::widen_f16c(src, dst)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        widen_portable(src, dst);
+    }
+}
+
+/// An element of the KV cache: f32, or f16 at half the memory. The kernel reads rows through these two
+/// methods, so f32 rows are used in place and f16 rows are widened into a small L1-resident buffer.
+pub trait KvElem: Copy + Send + Sync + Element + 'static {
+    /// The `hd`-long row at `at` as f32.
+    fn row<'s, A: Arith>(cache: &'s [Self], at: usize, hd: usize, scratch: &'s mut [f32]) -> &'s [f32];
+    /// Several rows (offsets `rows`) as f32: the data and the rows' offsets in it (for f16, the rows packed
+    /// into `scratch` at `packed`, which holds `0, hd, 2*hd, ...`).
+    fn rows<'s, A: Arith>(cache: &'s [Self], rows: &'s [usize], hd: usize, scratch: &'s mut [f32],
+                          packed: &'s [usize]) -> (&'s [f32], &'s [usize]);
+    /// Store f32 values (the decode step's K/V write), rounding to nearest even for f16.
+    fn store(dst: &mut [Self], src: &[f32]);
+}
+
+impl KvElem for f32 {
+    #[inline(always)]
+    fn row<'s, A: Arith>(cache: &'s [f32], at: usize, hd: usize, _: &'s mut [f32]) -> &'s [f32] {
+        &cache[at..at + hd]
+    }
+
+    #[inline(always)]
+    fn rows<'s, A: Arith>(cache: &'s [f32], rows: &'s [usize], _: usize, _: &'s mut [f32], _: &'s [usize]
+                          ) -> (&'s [f32], &'s [usize]) {
+        (cache, rows)
+    }
+
+    fn store(dst: &mut [f32], src: &[f32]) {
+        dst.copy_from_slice(src);
+    }
+}
+
+impl KvElem for F16 {
+    #[inline(always)]
+    fn row<'s, A: Arith>(cache: &'s [F16], at: usize, hd: usize, scratch: &'s mut [f32]) -> &'s [f32] {
+        A::widen(&cache[at..at + hd], &mut scratch[..hd]);
+        &scratch[..hd]
+    }
+
+    #[inline(always)]
+    fn rows<'s, A: Arith>(cache: &'s [F16], rows: &'s [usize], hd: usize, scratch: &'s mut [f32],
+                          packed: &'s [usize]) -> (&'s [f32], &'s [usize]) {
+        for (i, &at) in rows.iter().enumerate() {
+            A::widen(&cache[at..at + hd], &mut scratch[i * hd..(i + 1) * hd]);
+        }
+        (&scratch[..rows.len() * hd], &packed[..rows.len()])
+    }
+
+    fn store(dst: &mut [F16], src: &[f32]) {
+        crate::half::narrow(src, dst);
     }
 }
 
@@ -115,7 +187,7 @@ fn exp_nonpositive<A: Arith>(x: f32) -> f32 {
 }
 
 /// Check the shape and table contents so that the kernel cannot read out of bounds.
-pub fn validate(shape: &DecodeShape, inputs: &DecodeInputs<'_>, out_len: usize) -> Result<(), String> {
+pub fn validate<E: KvElem>(shape: &DecodeShape, inputs: &DecodeInputs<'_, E>, out_len: usize) -> Result<(), String> {
     let s = shape;
     if s.num_kv_heads == 0 || !s.num_heads.is_multiple_of(s.num_kv_heads) {
         return Err(format!(
@@ -178,16 +250,16 @@ fn lanes_sum(xs: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + rest.iter().sum::<f32>()
 }
 
-/// Ask the CPU to start loading `len` floats at `data[at..]` into cache (a hint; no effect elsewhere).
+/// Ask the CPU to start loading `len` elements at `data[at..]` into cache (a hint; no effect elsewhere).
 #[inline(always)]
-fn prefetch(data: &[f32], at: usize, len: usize) {
+fn prefetch<T>(data: &[T], at: usize, len: usize) {
     #[cfg(target_arch = "x86_64")]
     if at + len <= data.len() {
-        for off in (0..len).step_by(16) {
+        for off in (0..len * std::mem::size_of::<T>()).step_by(64) {
             // SAFETY: prefetch never faults, and the address lies inside `data`.
             unsafe {
                 use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-                _mm_prefetch::<_MM_HINT_T0>(data.as_ptr().add(at + off) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>((data.as_ptr().add(at) as *const i8).add(off));
             }
         }
     }
@@ -204,9 +276,9 @@ const SUB: usize = 64;
 const TILE: usize = 32;
 
 #[inline(always)]
-fn partition_impl<A: Arith>(
+fn partition_impl<A: Arith, E: KvElem>(
     shape: &DecodeShape,
-    inputs: &DecodeInputs<'_>,
+    inputs: &DecodeInputs<'_, E>,
     seq: usize,
     kv_head: usize,
     start: usize,
@@ -228,11 +300,12 @@ fn partition_impl<A: Arith>(
         })
         .collect();
     let mut scores = vec![0f32; group * n];
+    let mut scratch = vec![0f32; SUB.min(n) * hd]; // f16 rows widened (unused for f32)
     for (i, &base) in rows.iter().enumerate() {
         if let Some(&ahead) = rows.get(i + PREFETCH_ROWS) {
             prefetch(inputs.k_cache, ahead, hd);
         }
-        let k = &inputs.k_cache[base..base + hd];
+        let k = E::row::<A>(inputs.k_cache, base, hd, &mut scratch);
         for j in 0..group {
             scores[j * n + i] = dot::<A>(&q[j * hd..(j + 1) * hd], k) * scale;
         }
@@ -253,8 +326,9 @@ fn partition_impl<A: Arith>(
         for &base in &rows[..SUB.min(n)] {
             prefetch(inputs.v_cache, base, hd);
         }
+        let packed: Vec<usize> = (0..SUB.min(n)).map(|i| i * hd).collect();
         for s0 in (0..n).step_by(SUB) {
-            let sub = &rows[s0..(s0 + SUB).min(n)];
+            let (vdata, sub) = E::rows::<A>(inputs.v_cache, &rows[s0..(s0 + SUB).min(n)], hd, &mut scratch, &packed);
             for &base in rows.get(s0 + SUB..(s0 + 2 * SUB).min(n)).unwrap_or(&[]) {
                 prefetch(inputs.v_cache, base, hd);
             }
@@ -265,7 +339,7 @@ fn partition_impl<A: Arith>(
                     let mut a = [0f32; TILE];
                     a.copy_from_slice(out);
                     for (&base, &w) in sub.iter().zip(p) {
-                        let v = &inputs.v_cache[base + d0..base + d0 + TILE];
+                        let v = &vdata[base + d0..base + d0 + TILE];
                         for i in 0..TILE {
                             a[i] = A::madd(w, v[i], a[i]);
                         }
@@ -276,7 +350,7 @@ fn partition_impl<A: Arith>(
         }
     } else {
         for (i, &base) in rows.iter().enumerate() {
-            let v = &inputs.v_cache[base..base + hd];
+            let v = E::row::<A>(inputs.v_cache, base, hd, &mut scratch);
             for j in 0..group {
                 axpy::<A>(&mut acc[j * hd..(j + 1) * hd], scores[j * n + i], v);
             }
@@ -286,34 +360,23 @@ fn partition_impl<A: Arith>(
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn partition_avx2(
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn partition_avx2<E: KvElem>(
     shape: &DecodeShape,
-    inputs: &DecodeInputs<'_>,
+    inputs: &DecodeInputs<'_, E>,
     seq: usize,
     kv_head: usize,
     start: usize,
     end: usize,
     scale: f32,
 ) -> Partial {
-    partition_impl::<Fused>(shape, inputs, seq, kv_head, start, end, scale)
-}
-
-fn has_avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    partition_impl::<Fused, E>(shape, inputs, seq, kv_head, start, end, scale)
 }
 
 #[allow(clippy::too_many_arguments)]
-fn partition(
+fn partition<E: KvElem>(
     shape: &DecodeShape,
-    inputs: &DecodeInputs<'_>,
+    inputs: &DecodeInputs<'_, E>,
     seq: usize,
     kv_head: usize,
     start: usize,
@@ -323,24 +386,37 @@ fn partition(
 ) -> Partial {
     #[cfg(target_arch = "x86_64")]
     if simd {
-        // SAFETY: `simd` is true only when the CPU reports AVX2 and FMA.
+        // SAFETY: `simd` is true only when the CPU reports AVX2, FMA and F16C.
         return unsafe { partition_avx2(shape, inputs, seq, kv_head, start, end, scale) };
     }
     let _ = simd;
-    partition_impl::<Plain>(shape, inputs, seq, kv_head, start, end, scale)
+    partition_impl::<Plain, E>(shape, inputs, seq, kv_head, start, end, scale)
 }
 
 /// Decode attention for every sequence; `out` receives softmax(q·Kᵀ·scale)·V per query head.
 ///
 /// The (sequence, KV head, partition) units run through `par`; their partials are then merged per
 /// (sequence, KV head) on this thread (a few vectors each).
-pub fn paged_decode(
+pub fn paged_decode<E: KvElem>(
     shape: &DecodeShape,
-    inputs: &DecodeInputs<'_>,
+    inputs: &DecodeInputs<'_, E>,
     out: &mut [f32],
     scale: f32,
     partition_size: usize,
     par: Par<'_>,
+) -> Result<(), String> {
+    decode_on(shape, inputs, out, scale, partition_size, par, crate::half::has_f16c())
+}
+
+/// `paged_decode` with the SIMD build (`simd`: the caller checked the CPU) or the portable one.
+fn decode_on<E: KvElem>(
+    shape: &DecodeShape,
+    inputs: &DecodeInputs<'_, E>,
+    out: &mut [f32],
+    scale: f32,
+    partition_size: usize,
+    par: Par<'_>,
+    simd: bool,
 ) -> Result<(), String> {
     validate(shape, inputs, out.len())?;
     if partition_size == 0 {
@@ -349,8 +425,7 @@ pub fn paged_decode(
     let s = *shape;
     let hd = s.head_dim;
     let group = s.num_heads / s.num_kv_heads;
-    let simd = has_avx2_fma();
-    // Below this many K/V floats to read, waking rayon's pool costs more than it saves (and on a busy
+    // Below this many K/V values to read, waking rayon's pool costs more than it saves (and on a busy
     // machine a sleeping worker can take milliseconds to be scheduled); a team's threads are awake.
     const PARALLEL_MIN_FLOATS: usize = 1 << 20;
     let work: usize = inputs.context_lens.iter().map(|&c| c as usize).sum::<usize>() * s.num_kv_heads * hd * 2;
@@ -421,7 +496,83 @@ fn overlaps<A: Element, B: Element>(a: &PyBuffer<A>, b: &PyBuffer<B>) -> bool {
     a0 < b0 + b.len_bytes() && b0 < a0 + a.len_bytes()
 }
 
+/// A K and a V cache of one element type, taken from Python objects (float32 or float16 arrays).
+pub enum KvBuffers {
+    F32(PyBuffer<f32>, PyBuffer<f32>),
+    F16(PyBuffer<F16>, PyBuffer<F16>),
+}
+
+/// Slices of both caches, for use without the GIL.
+pub enum KvSlices<'a> {
+    F32(&'a mut [f32], &'a mut [f32]),
+    F16(&'a mut [F16], &'a mut [F16]),
+}
+
+impl KvBuffers {
+    pub fn get(k: &Bound<'_, PyAny>, v: &Bound<'_, PyAny>) -> PyResult<KvBuffers> {
+        let (kb, vb) = (PyUntypedBuffer::get(k)?, PyUntypedBuffer::get(v)?);
+        let kind = |b: &PyUntypedBuffer| (b.format().to_bytes().last().copied(), b.item_size());
+        match (kind(&kb), kind(&vb)) {
+            ((Some(b'f'), 4), (Some(b'f'), 4)) => Ok(KvBuffers::F32(kb.into_typed()?, vb.into_typed()?)),
+            ((Some(b'e'), 2), (Some(b'e'), 2)) => Ok(KvBuffers::F16(kb.into_typed()?, vb.into_typed()?)),
+            _ => Err(PyValueError::new_err(format!(
+                "k_cache and v_cache must both be float32 or both float16 (buffer formats {:?} and {:?})",
+                kb.format(), vb.format()))),
+        }
+    }
+
+    fn untyped(&self) -> (&PyUntypedBuffer, &PyUntypedBuffer) {
+        match self {
+            KvBuffers::F32(k, v) => (k, v),
+            KvBuffers::F16(k, v) => (k, v),
+        }
+    }
+
+    pub fn k_shape(&self) -> &[usize] {
+        self.untyped().0.shape()
+    }
+
+    pub fn v_shape(&self) -> &[usize] {
+        self.untyped().1.shape()
+    }
+
+    /// Both C-contiguous (and writable, when asked).
+    pub fn contiguous(&self, writable: bool) -> bool {
+        let (k, v) = self.untyped();
+        k.is_c_contiguous() && v.is_c_contiguous() && (!writable || (!k.readonly() && !v.readonly()))
+    }
+
+    fn overlaps_with<T: Element>(&self, other: &PyBuffer<T>) -> bool {
+        match self {
+            KvBuffers::F32(k, v) => overlaps(other, k) || overlaps(other, v),
+            KvBuffers::F16(k, v) => overlaps(other, k) || overlaps(other, v),
+        }
+    }
+
+    /// # Safety
+    /// The buffers must stay alive while the slices are used, and nothing else may read or write the
+    /// memory meanwhile (the slices are mutable: the caller checked `contiguous(true)`).
+    pub unsafe fn slices_mut(&self) -> KvSlices<'_> {
+        use std::slice::from_raw_parts_mut as mutable;
+        match self {
+            KvBuffers::F32(k, v) => KvSlices::F32(mutable(k.buf_ptr() as *mut f32, k.item_count()),
+                                                  mutable(v.buf_ptr() as *mut f32, v.item_count())),
+            KvBuffers::F16(k, v) => KvSlices::F16(mutable(k.buf_ptr() as *mut F16, k.item_count()),
+                                                  mutable(v.buf_ptr() as *mut F16, v.item_count())),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn decode_with<E: KvElem>(py: Python<'_>, shape: &DecodeShape, q: &[f32], k: &[E], v: &[E], tables: &[i32],
+                          lens: &[i32], out: &mut [f32], scale: f32, partition_size: usize) -> PyResult<()> {
+    let inputs = DecodeInputs { q, k_cache: k, v_cache: v, block_tables: tables, context_lens: lens };
+    py.detach(|| paged_decode(shape, &inputs, out, scale, partition_size, Par::Rayon))
+        .map_err(PyValueError::new_err)
+}
+
 /// Python entry point: validates the buffers, then runs the kernel without the GIL, zero-copy.
+/// The caches may be float32 or float16 (both the same).
 #[pyfunction]
 #[pyo3(signature = (out, q, k_cache, v_cache, block_tables, context_lens, scale, partition_size = 512))]
 #[allow(clippy::too_many_arguments)]
@@ -429,31 +580,37 @@ fn paged_attention_decode(
     py: Python<'_>,
     out: PyBuffer<f32>,
     q: PyBuffer<f32>,
-    k_cache: PyBuffer<f32>,
-    v_cache: PyBuffer<f32>,
+    k_cache: &Bound<'_, PyAny>,
+    v_cache: &Bound<'_, PyAny>,
     block_tables: PyBuffer<i32>,
     context_lens: PyBuffer<i32>,
     scale: f32,
     partition_size: usize,
 ) -> PyResult<()> {
     guarded(|| {
+        let caches = KvBuffers::get(k_cache, v_cache)?;
         contiguous(&out, "out", 3)?;
         contiguous(&q, "q", 3)?;
-        contiguous(&k_cache, "k_cache", 4)?;
-        contiguous(&v_cache, "v_cache", 4)?;
+        if !caches.contiguous(false) {
+            return Err(PyValueError::new_err("k_cache and v_cache must be C-contiguous"));
+        }
+        if caches.k_shape().len() != 4 {
+            return Err(PyValueError::new_err(format!("k_cache must have 4 dimensions, got {}",
+                                                     caches.k_shape().len())));
+        }
         contiguous(&block_tables, "block_tables", 2)?;
         contiguous(&context_lens, "context_lens", 1)?;
         if out.readonly() {
             return Err(PyValueError::new_err("out must be writable"));
         }
-        if overlaps(&out, &q) || overlaps(&out, &k_cache) || overlaps(&out, &v_cache) {
+        if overlaps(&out, &q) || caches.overlaps_with(&out) {
             return Err(PyValueError::new_err("out must not share memory with q, k_cache or v_cache"));
         }
-        let (qs, ks, ts) = (q.shape(), k_cache.shape(), block_tables.shape());
+        let (qs, ks, ts) = (q.shape(), caches.k_shape(), block_tables.shape());
         if out.shape() != qs {
             return Err(PyValueError::new_err(format!("out shape {:?} differs from q shape {qs:?}", out.shape())));
         }
-        if v_cache.shape() != ks {
+        if caches.v_shape() != ks {
             return Err(PyValueError::new_err("k_cache and v_cache must have the same shape"));
         }
         if ks[3] != qs[2] {
@@ -472,21 +629,18 @@ fn paged_attention_decode(
             max_blocks_per_seq: ts[1],
         };
         // SAFETY: the PyBuffers pin their exporters until they are dropped at the end of this function,
-        // `out` does not overlap the inputs (checked above) and lengths come from the exporters.
-        let (inputs, out_slice) = unsafe {
-            (
-                DecodeInputs {
-                    q: slice_of(&q),
-                    k_cache: slice_of(&k_cache),
-                    v_cache: slice_of(&v_cache),
-                    block_tables: slice_of(&block_tables),
-                    context_lens: slice_of(&context_lens),
-                },
-                std::slice::from_raw_parts_mut(out.buf_ptr() as *mut f32, out.item_count()),
-            )
-        };
-        py.detach(|| paged_decode(&shape, &inputs, out_slice, scale, partition_size, Par::Rayon))
-            .map_err(PyValueError::new_err)
+        // `out` does not overlap the inputs (checked above), lengths come from the exporters, and the
+        // cache slices are only read.
+        unsafe {
+            let out_slice = std::slice::from_raw_parts_mut(out.buf_ptr() as *mut f32, out.item_count());
+            let (q, tables, lens) = (slice_of(&q), slice_of(&block_tables), slice_of(&context_lens));
+            match &caches {
+                KvBuffers::F32(k, v) => decode_with(py, &shape, q, slice_of(k), slice_of(v), tables, lens, out_slice,
+                                                    scale, partition_size),
+                KvBuffers::F16(k, v) => decode_with(py, &shape, q, slice_of(k), slice_of(v), tables, lens, out_slice,
+                                                    scale, partition_size),
+            }
+        }
     })
 }
 
@@ -525,7 +679,7 @@ mod tests {
             }
         }
 
-        fn inputs(&self) -> DecodeInputs<'_> {
+        fn inputs(&self) -> DecodeInputs<'_, f32> {
             DecodeInputs { q: &self.q, k_cache: &self.k, v_cache: &self.v, block_tables: &self.tables, context_lens: &self.lens }
         }
     }
@@ -617,5 +771,94 @@ mod tests {
             }));
             assert_eq!(out, teamed, "partition {partition_size}");
         }
+    }
+
+    /// A deterministic pseudo-random stream in [-1, 1) (no extra crate for tests).
+    fn noise(seed: u64, n: usize) -> Vec<f32> {
+        let mut x = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    /// Direct softmax attention in f64 over whatever the cache rows hold (read as f32).
+    fn direct(s: &DecodeShape, q: &[f32], k: &[f32], v: &[f32], tables: &[i32], lens: &[i32], scale: f64) -> Vec<f32> {
+        let (hd, group) = (s.head_dim, s.num_heads / s.num_kv_heads);
+        let mut out = vec![0f32; q.len()];
+        for seq in 0..s.num_seqs {
+            for h in 0..s.num_heads {
+                let qh = &q[(seq * s.num_heads + h) * hd..][..hd];
+                let rows: Vec<usize> = (0..lens[seq] as usize)
+                    .map(|t| {
+                        let block = tables[seq * s.max_blocks_per_seq + t / s.block_size] as usize;
+                        ((block * s.num_kv_heads + h / group) * s.block_size + t % s.block_size) * hd
+                    })
+                    .collect();
+                let sc: Vec<f64> = rows.iter()
+                    .map(|&r| qh.iter().zip(&k[r..r + hd]).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum::<f64>() * scale)
+                    .collect();
+                let m = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let w: Vec<f64> = sc.iter().map(|x| (x - m).exp()).collect();
+                let total: f64 = w.iter().sum();
+                for d in 0..hd {
+                    let o: f64 = rows.iter().zip(&w).map(|(&r, wi)| wi * f64::from(v[r + d])).sum();
+                    out[(seq * s.num_heads + h) * hd + d] = (o / total) as f32;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn an_f16_cache_gives_the_f32_kernel_on_its_values_and_stays_within_f16_rounding_of_f32() {
+        // SmolLM2's geometry (9 query heads over 3 KV heads, head_dim 64) and one not a multiple of the
+        // 32-wide tile (head_dim 40: the row-at-a-time path), over several partitions and blocks.
+        for (heads, kv_heads, hd) in [(9, 3, 64), (4, 2, 40)] {
+            let s = DecodeShape { num_seqs: 3, num_heads: heads, num_kv_heads: kv_heads, head_dim: hd,
+                                  num_blocks: 40, block_size: 16, max_blocks_per_seq: 12 };
+            let cache = s.num_blocks * kv_heads * s.block_size * hd;
+            let q = noise(1, s.num_seqs * heads * hd);
+            let k32: Vec<f32> = noise(2, cache).iter().map(|x| x * 2.0).collect();
+            let v32 = noise(3, cache);
+            let k16: Vec<F16> = k32.iter().map(|&x| F16::from_f32(x)).collect();
+            let v16: Vec<F16> = v32.iter().map(|&x| F16::from_f32(x)).collect();
+            let tables: Vec<i32> = (0..s.num_seqs * s.max_blocks_per_seq).map(|i| ((i * 7 + 3) % 40) as i32).collect();
+            let lens = vec![190, 1, 77];
+            let scale = 1.0 / (hd as f32).sqrt();
+            let widened = |h: &[F16]| h.iter().map(|x| x.to_f32()).collect::<Vec<f32>>();
+            let on_f16_values = direct(&s, &q, &widened(&k16), &widened(&v16), &tables, &lens, f64::from(scale));
+            let on_f32 = direct(&s, &q, &k32, &v32, &tables, &lens, f64::from(scale));
+            let inputs = DecodeInputs { q: &q, k_cache: &k16[..], v_cache: &v16[..], block_tables: &tables,
+                                        context_lens: &lens };
+            let simd = [false, crate::half::has_f16c()];
+            for (simd, partition_size) in simd.iter().flat_map(|&m| [(m, 32), (m, 512)]) {
+                let mut out = vec![f32::NAN; q.len()];
+                decode_on(&s, &inputs, &mut out, scale, partition_size, Par::Serial, simd).unwrap();
+                for ((got, want), exact) in out.iter().zip(&on_f16_values).zip(&on_f32) {
+                    assert!((got - want).abs() < 1e-5, "simd {simd}, partition {partition_size}: {got} vs {want}");
+                    // K and V each carry a relative error of at most 2^-11; outputs are weighted means of V
+                    assert!((got - exact).abs() < 4e-3, "f16 {got} vs f32 {exact}");
+                }
+            }
+            let max_diff = on_f16_values.iter().zip(&on_f32).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(max_diff > 0.0, "f16 rounding really happened");
+        }
+    }
+
+    #[test]
+    fn storing_into_an_f16_cache_rounds_to_nearest_even() {
+        let src = [1.0 + 1.0 / 2048.0, 1.0 + 3.0 / 2048.0, -2.5, 70_000.0, 0.1, 1.0, 2.0, 3.0, 4.0];
+        let mut dst = [F16(0); 9];
+        F16::store(&mut dst, &src);
+        assert_eq!(&dst[..4], &[F16(0x3c00), F16(0x3c02), F16(0xc100), F16(0x7c00)]);
+        assert_eq!(dst[4].to_f32(), 0.099_975_586);
+        let mut same = [0f32; 9];
+        f32::store(&mut same, &src);
+        assert_eq!(same, src);
     }
 }

@@ -19,6 +19,7 @@ mod replace;
 
 // -- attention kernels
 mod attention;
+mod half;
 
 // -- quantized weight kernels
 mod quant;

@@ -245,7 +245,8 @@ def paged_attention_decode(
     scale: float,
     partition_size: int = 512,
 ) -> None:
-    """Paged decode attention into ``out`` (float32 [seqs, heads, head_dim]); int32 tables; GIL released."""
+    """Paged decode attention into ``out`` (float32 [seqs, heads, head_dim]); caches both float32 or both
+    float16; int32 tables; GIL released."""
 
 # -- quantized weight kernels
 

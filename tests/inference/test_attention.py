@@ -117,3 +117,31 @@ def test_rust_kernel_parallel_path_on_a_long_context() -> None:
     q, k, v, tables, lens = random_case(9, [5000, 1234], heads=16, kv_heads=8, d=32)
     rust = paged_decode_attention(q, k, v, tables, lens, 0.2, 256)
     np.testing.assert_allclose(rust, paged_decode_attention_reference(q, k, v, tables, lens, 0.2, 256), atol=2e-6)
+
+
+@pytest.mark.parametrize(("heads", "kv_heads", "d"), [(9, 3, 64), (8, 2, 24)])
+def test_float16_cache_matches_the_float32_kernel_within_fp16_rounding(heads: int, kv_heads: int, d: int) -> None:
+    """One kernel reads both element types: on an fp16 cache it equals the fp32 kernel run on the same
+    (widened) values, and stays within fp16 rounding of the fp32 cache it was rounded from."""
+    q, k, v, tables, lens = random_case(21, [1, 16, 90, 700], heads=heads, kv_heads=kv_heads, d=d)
+    k16, v16 = k.astype(np.float16), v.astype(np.float16)
+    assert not np.array_equal(k16.astype(np.float32), k)  # rounding really happened
+    for partition_size in (32, 512):
+        got = paged_decode_attention(q, k16, v16, tables, lens, 0.2, partition_size)
+        on_values = paged_decode_attention(q, k16.astype(np.float32), v16.astype(np.float32), tables, lens, 0.2,
+                                           partition_size)
+        np.testing.assert_allclose(got, on_values, atol=2e-6)
+        full = paged_decode_attention(q, k, v, tables, lens, 0.2, partition_size)
+        # |K| and |V| carry a relative error of at most 2^-11 each; these scores are O(1)
+        np.testing.assert_allclose(got, full, atol=5e-3)
+        assert np.abs(got - full).max() > 0  # and it is visible: the kernel did read the fp16 values
+
+
+def test_kernel_refuses_caches_of_mixed_or_unsupported_dtypes() -> None:
+    q, k, v, tables, lens = random_case(3, [20, 30])
+    from pyagent import _rust
+
+    out = np.empty_like(q)
+    for kc, vc in [(k, v.astype(np.float16)), (k.astype(np.float64), v.astype(np.float64))]:
+        with pytest.raises(ValueError, match="both be float32 or both float16"):
+            _rust.paged_attention_decode(out, q, kc, vc, tables, lens, 1.0)

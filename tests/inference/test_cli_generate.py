@@ -6,6 +6,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pyagent.inference.engine import PagedAttentionEngine
@@ -66,6 +67,34 @@ def test_generate_bad_inputs_are_clear_errors(tmp_path: Path, pyagent_cmd: list[
                           text=True, env=clean_env, timeout=120)
     assert done.returncode == 2 and "not an empty directory" in done.stderr
     assert (tmp_path / "full" / "x").read_text() == "keep me"
+
+
+def test_generate_with_a_float16_kv_cache(pyagent_cmd: list[str], clean_env: dict[str, str], tiny_dir: Path) -> None:
+    args = ["generate", "--model", str(tiny_dir), "--max-tokens", "8", "--temperature", "0", "--ignore-eos", "--json",
+            "--kv-cache-dtype", "float16", "--kv-cache-bytes", "8M", "Hello there"]
+    done = subprocess.run([*pyagent_cmd, *args], capture_output=True, text=True, env=clean_env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    engine = PagedAttentionEngine.from_pretrained(tiny_dir, max_num_seqs=1, kv_cache_dtype="float16",
+                                                  kv_cache_bytes=8 << 20)
+    assert engine.kv_cache.k_cache.dtype == np.float16
+    ids = engine.tokenizer.encode("Hello there")
+    engine.add_request("x", ids, SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True))
+    outs = [o for _ in range(20) for o in engine.step()]
+    assert json.loads(done.stdout)["token_ids"] == outs[-1].token_ids
+    for bad, messages in [(["--kv-cache-dtype", "bf16"], ("invalid choice: 'bf16'", "float32", "float16")),
+                          (["--kv-cache-bytes", "lots"], ("'lots' is not a size",)),
+                          (["--kv-cache-bytes", "0"], ("needs a positive size",))]:
+        done = subprocess.run([*pyagent_cmd, "generate", "--model", str(tiny_dir), *bad, "hi"], capture_output=True,
+                              text=True, env=clean_env, timeout=120)
+        assert done.returncode == 2 and all(m in done.stderr for m in messages), done.stderr
+    help_text = subprocess.run([*pyagent_cmd, "generate", "--help"], capture_output=True, text=True, env=clean_env,
+                               timeout=120).stdout
+    assert "half the cache memory" in " ".join(help_text.split())
+
+
+def test_engine_refuses_an_unknown_kv_cache_dtype_before_loading(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown KV cache dtype 'q4': choose one of float32, float16"):
+        PagedAttentionEngine.from_pretrained(tmp_path / "not-even-read", kv_cache_dtype="q4")
 
 
 def test_generate_quantize_q8_0_runs_the_converted_weights(pyagent_cmd: list[str], clean_env: dict[str, str],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from pyagent.inference.kv_cache import KVCacheManager
 
@@ -115,3 +116,25 @@ def test_kv_waste_under_4_percent_against_contiguous_preallocation() -> None:
     assert allocated == sum(-(-n // block_size) * block_size for n in lengths)
     assert paged_waste < 0.04
     assert contiguous_waste > 10 * paged_waste
+
+
+def test_float16_cache_halves_the_bytes_and_rounds_what_it_stores() -> None:
+    shape = {"num_blocks": 6, "block_size": 4, "num_layers": 2, "num_kv_heads": 3, "head_dim": 5}
+    kv32 = KVCacheManager(**shape)
+    kv16 = KVCacheManager(**shape, dtype="float16")
+    assert kv16.k_cache.dtype == np.float16 and kv16.v_cache.dtype == np.float16
+    assert kv16.nbytes * 2 == kv32.nbytes and kv16.bytes_per_token * 2 == kv32.bytes_per_token == 2 * 2 * 3 * 5 * 4
+    kv16.allocate("s", list(range(11)), 0, 11)
+    k = np.random.default_rng(0).standard_normal((11, 3, 5)).astype(np.float32)
+    kv16.write(1, kv16.slot_mapping("s", 0, 11), k, -k)
+    got_k, got_v = kv16.gather(1, "s", 11)
+    assert got_k.dtype == np.float32  # widened once for prefill's matrix products
+    np.testing.assert_array_equal(got_k, k.astype(np.float16).astype(np.float32).transpose(1, 0, 2))
+    np.testing.assert_array_equal(got_v, -got_k)
+    assert 0 < np.abs(got_k - k.transpose(1, 0, 2)).max() <= np.abs(k).max() / 2048
+
+
+def test_unknown_cache_dtype_is_refused_listing_the_choices() -> None:
+    for bad in ("bfloat16", "fp16", "q8_0"):
+        with pytest.raises(ValueError, match=f"unknown KV cache dtype '{bad}': choose one of float32, float16"):
+            KVCacheManager(num_blocks=2, block_size=4, num_layers=1, num_kv_heads=1, head_dim=2, dtype=bad)

@@ -64,3 +64,30 @@ def test_real_model_through_prefill_and_decode_equals_one_instance(backend: str,
     finally:
         for inst in started:
             inst.stop()
+
+
+def test_float16_caches_through_prefill_and_decode_equal_one_float16_instance(tmp_path: Path) -> None:
+    """``--kv-cache-dtype float16`` on every instance: fp16 blocks move as they are, the answers equal one
+    fp16 instance's, and each instance reports its cache (startup line and /health) as float16."""
+    model = smollm2_gguf()
+    fp16 = ("--kv-cache-dtype", "float16")
+    home = tmp_path / "home"
+    started: list[Instance] = []
+    try:
+        started.append(s := single(model, tmp_path, *fp16).start())
+        started.append(p := prefill(model, tmp_path, *fp16, home=home).start())
+        assert p.kv_port is not None
+        started.append(d := decode(model, tmp_path, p.kv_port, *fp16, home=home).start())
+        started.append(r := router(tmp_path, p, d).start())
+        want = _answers(s, model.stem, stream=False)
+        assert "Paris" in want[0]
+        assert _answers(r, model.stem, stream=False) == want
+        transfer = d.health()["kv_transfer"]
+        assert isinstance(transfer, dict) and transfer["loads"] == len(QUESTIONS) and transfer["loads_failed"] == 0
+        for inst in (s, p, d):
+            kv = inst.health()["kv_cache"]
+            assert isinstance(kv, dict) and kv["dtype"] == "float16" and kv["bytes_per_token"] == 23040
+            assert f"KV cache {kv['total_blocks']} blocks x 16 tokens (float16, 23040 bytes/token" in inst.text()
+    finally:
+        for inst in started:
+            inst.stop()

@@ -121,8 +121,12 @@ def test_a_mismatched_decode_instance_is_refused_at_the_handshake(stack: tuple[I
     other = init_tiny(tmp_path / "other", seed=0)  # same weights, another model name
     done = _refused(["--model", str(other), *base])
     assert done.returncode != 0 and "model differs" in done.stderr and "'other@" in done.stderr
+    done = _refused(["--model", str(tiny), "--kv-cache-dtype", "float16", *base])
+    assert done.returncode != 0
+    assert "KV cache dtype differs: 'float16' here, 'float32' on the peer" in done.stderr
     log = p.text()
-    assert log.count("refused the handshake of peer") == 2 and fingerprint_in(log)
+    assert log.count("refused the handshake of peer") == 3 and fingerprint_in(log)
+    assert "KV cache dtype differs: 'float32' here, 'float16' on the peer" in log
     # the prefill instance still serves
     r = _client(p).chat.completions.create(model="tiny", messages=[{"role": "user", "content": "still there?"}],
                                            max_tokens=3)

@@ -40,27 +40,27 @@ KEYS = _keys()
 ROGUE = _keys()  # a peer the prefill side trusts that sends garbage
 
 
-def _engine(tiny_dir: Path, connector: DisaggConnector | None = None, block_size: int = 16
-            ) -> PagedAttentionEngine:
+def _engine(tiny_dir: Path, connector: DisaggConnector | None = None, block_size: int = 16,
+            **options: Any) -> PagedAttentionEngine:
     return PagedAttentionEngine.from_pretrained(tiny_dir, num_blocks=NUM_BLOCKS, block_size=block_size,
-                                                kv_connector=connector)
+                                                kv_connector=connector, **options)
 
 
-def _prefill(tiny_dir: Path, lease_timeout: float = 20.0, backend: Backend = "zmq"
+def _prefill(tiny_dir: Path, lease_timeout: float = 20.0, backend: Backend = "zmq", **options: Any
              ) -> tuple[PagedAttentionEngine, DisaggConnector]:
     conn = DisaggConnector("prefill", keypair=KEYS, trusted=lambda: {ROGUE.public}, lease_timeout=lease_timeout,
                            backend=backend)
-    engine = _engine(tiny_dir, conn)
+    engine = _engine(tiny_dir, conn, **options)
     conn.start(engine.model_name, engine.config)
     return engine, conn
 
 
 def _decode(tiny_dir: Path, p_conn: DisaggConnector, block_size: int = 16, lease_timeout: float = 20.0,
-            backend: Backend = "zmq") -> tuple[PagedAttentionEngine, DisaggConnector]:
+            backend: Backend = "zmq", **options: Any) -> tuple[PagedAttentionEngine, DisaggConnector]:
     peer = PeerAddress.parse(p_conn.endpoint, KEYS.public)
     conn = DisaggConnector("decode", keypair=KEYS, trusted=set, peer=peer, lease_timeout=lease_timeout,
                            backend=backend)
-    engine = _engine(tiny_dir, conn, block_size)
+    engine = _engine(tiny_dir, conn, block_size, **options)
     try:
         conn.start(engine.model_name, engine.config)
     except BaseException:
@@ -129,6 +129,39 @@ def test_greedy_output_through_prefill_and_decode_equals_one_engine(pair: Any) -
     assert p.kv_connector.health()["leases"] == 0  # type: ignore[union-attr]
 
 
+def test_float16_caches_through_prefill_and_decode_equal_one_float16_engine(tiny_dir: Path) -> None:
+    """fp16 on both sides: the blocks move as fp16 bytes and the decode side continues exactly as one fp16
+    engine would. Weights converted to Q8_0, so decode steps run in the Rust stack over the loaded blocks."""
+    fp16 = {"kv_cache_dtype": "float16", "quantize": "q8_0"}
+    p, p_conn = _prefill(tiny_dir, **fp16)
+    d, d_conn = _decode(tiny_dir, p_conn, **fp16)
+    single = _engine(tiny_dir, **fp16)
+    try:
+        assert {e.kv_cache.k_cache.dtype for e in (p, d, single)} == {np.dtype(np.float16)}
+        tok = single.tokenizer
+        prompts = [tok.encode("Half precision blocks cross the side channel unchanged. " * 3), tok.encode("short")]
+        greedy = SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True)
+        seeded = SamplingParams(max_tokens=10, temperature=0.9, seed=5, ignore_eos=True)
+
+        async def main() -> None:
+            for prompt in prompts:
+                for params in (greedy, seeded):
+                    want, _ = await _run(single, prompt, params)
+                    assert await _disagg(p, d, prompt, params) == want
+
+        asyncio.run(main())
+        stats = d_conn.health()
+        assert stats["blocks_loaded"] >= 3 and stats["loads_failed"] == 0
+        assert d.model.stack_steps > 0 and single.model.stack_steps > 0
+        _settle(p, d)
+        assert p.kv_cache.num_free_blocks == NUM_BLOCKS and d.kv_cache.num_free_blocks == NUM_BLOCKS
+    finally:
+        for e in (p, d, single):
+            e.close()
+        d_conn.close()
+        p_conn.close()
+
+
 def test_abort_before_admission_releases_the_prefill_lease(pair: Any) -> None:
     p, d, _ = pair
     prompt = p.tokenizer.encode("abort me before I am admitted, please " * 2)
@@ -188,18 +221,19 @@ def test_handshake_refuses_a_different_block_size_and_dtype(tiny_dir: Path, capl
             _decode(tiny_dir, p_conn, block_size=8)
         assert any("refused the handshake of peer" in r.getMessage() and KEYS.fingerprint in r.getMessage()
                    for r in caplog.records)
-        # A cache of another dtype (the layout is read from the cache arrays themselves) is refused too.
+        # A cache of another dtype is refused too, naming both: no fp16 block is read as fp32 or back.
         peer = PeerAddress.parse(p_conn.endpoint, KEYS.public)
         conn = DisaggConnector("decode", keypair=KEYS, trusted=set, peer=peer)
-        d = _engine(tiny_dir, conn)
-        d.kv_cache.k_cache = d.kv_cache.k_cache.astype(np.float16)
-        d.kv_cache.v_cache = d.kv_cache.v_cache.astype(np.float16)
+        d = _engine(tiny_dir, conn, kv_cache_dtype="float16")
         try:
-            with pytest.raises(HandshakeRefused, match="dtype differs"):
+            with caplog.at_level(logging.WARNING), pytest.raises(
+                    HandshakeRefused, match="KV cache dtype differs: 'float16' here, 'float32' on the peer"):
                 conn.start(d.model_name, d.config)
         finally:
             conn.close()
             d.close()
+        assert any("KV cache dtype differs: 'float32' here, 'float16' on the peer" in r.getMessage()
+                   for r in caplog.records)
         assert p_conn.health()["refused"] == 2
     finally:
         p.close()

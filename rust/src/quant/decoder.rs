@@ -13,7 +13,7 @@ use super::formats::QType;
 use super::int8::QActs;
 use super::matmul::{checked, has_avx2, matmul_checked, Mode, QWeight};
 use super::qtype;
-use crate::attention::{paged_decode, DecodeInputs, DecodeShape};
+use crate::attention::{paged_decode, DecodeInputs, DecodeShape, KvBuffers, KvElem, KvSlices};
 use crate::team::{Par, Team};
 
 /// One stacked projection: its matrices' buffers, types and row counts, and an optional bias.
@@ -150,7 +150,8 @@ impl DecoderStack {
 
     /// Run every layer on `x` ([n, hidden], updated in place): token `i` sits at `positions[i]`, its K/V
     /// go to flat slot `slots[i]` of each layer's cache ([layers, blocks, kv_heads, block_size, head_dim]),
-    /// and it attends to the first `context_lens[i]` positions through `block_tables[i]`.
+    /// and it attends to the first `context_lens[i]` positions through `block_tables[i]`. The caches are
+    /// float32 or float16 (both the same).
     ///
     /// With `logits` ([len(logit_rows), vocab]) and `logit_rows` (indices into the tokens), the final norm
     /// and the head (see `set_head`) run on those tokens' hidden states into `logits`.
@@ -158,14 +159,14 @@ impl DecoderStack {
                         partition_size = 512, logits = None, logit_rows = None))]
     #[allow(clippy::too_many_arguments)]
     fn forward(&self, py: Python<'_>, x: PyBuffer<f32>, positions: PyBuffer<i64>, slots: PyBuffer<i64>,
-               block_tables: PyBuffer<i32>, context_lens: PyBuffer<i32>, k_cache: PyBuffer<f32>,
-               v_cache: PyBuffer<f32>, cos: PyBuffer<f32>, sin: PyBuffer<f32>, scale: f32,
+               block_tables: PyBuffer<i32>, context_lens: PyBuffer<i32>, k_cache: &Bound<'_, PyAny>,
+               v_cache: &Bound<'_, PyAny>, cos: PyBuffer<f32>, sin: PyBuffer<f32>, scale: f32,
                partition_size: usize, logits: Option<PyBuffer<f32>>, logit_rows: Option<PyBuffer<i64>>)
                -> PyResult<()> {
         crate::errors::guarded(|| {
+            let caches = KvBuffers::get(k_cache, v_cache)?;
             for (ok, what) in [(x.is_c_contiguous() && !x.readonly(), "x"),
-                               (k_cache.is_c_contiguous() && !k_cache.readonly(), "k_cache"),
-                               (v_cache.is_c_contiguous() && !v_cache.readonly(), "v_cache"),
+                               (caches.contiguous(true), "k_cache and v_cache"),
                                (positions.is_c_contiguous() && slots.is_c_contiguous(), "positions and slots"),
                                (block_tables.is_c_contiguous() && context_lens.is_c_contiguous(), "tables"),
                                (cos.is_c_contiguous() && sin.is_c_contiguous(), "cos and sin")] {
@@ -174,13 +175,13 @@ impl DecoderStack {
                 }
             }
             let n = positions.item_count();
-            let ks = k_cache.shape().to_vec();
+            let ks = caches.k_shape().to_vec();
             let (hd, nkv) = (self.head_dim, self.kv_heads);
             if x.item_count() != n * self.hidden || slots.item_count() != n || context_lens.item_count() != n {
                 return Err(PyValueError::new_err("x, positions, slots and context_lens need one row per token"));
             }
             if ks.len() != 5 || ks[0] != self.layers.len() || ks[2] != nkv || ks[4] != hd
-                || v_cache.shape() != &ks[..] {
+                || caches.v_shape() != &ks[..] {
                 return Err(PyValueError::new_err(format!(
                     "k_cache and v_cache must be [{}, blocks, {nkv}, block_size, {hd}]", self.layers.len())));
             }
@@ -236,14 +237,15 @@ impl DecoderStack {
                 _ => return Err(PyValueError::new_err("logits and logit_rows go together")),
             };
             let layer_floats = num_blocks * nkv * block_size * hd;
-            let (xs, kc, vc) = unsafe {
-                (std::slice::from_raw_parts_mut(x.buf_ptr() as *mut f32, x.item_count()),
-                 std::slice::from_raw_parts_mut(k_cache.buf_ptr() as *mut f32, k_cache.item_count()),
-                 std::slice::from_raw_parts_mut(v_cache.buf_ptr() as *mut f32, v_cache.item_count()))
+            let (xs, kv) = unsafe {
+                (std::slice::from_raw_parts_mut(x.buf_ptr() as *mut f32, x.item_count()), caches.slices_mut())
             };
             // The whole step runs on one thread team (see `team`): its helpers stay awake between products.
             py.detach(|| Team::run(rayon::current_num_threads(), |team| {
-                step.run(&layers, xs, kc, vc, layer_floats, Par::Team(team))?;
+                match kv {
+                    KvSlices::F32(kc, vc) => step.run(&layers, xs, kc, vc, layer_floats, Par::Team(team))?,
+                    KvSlices::F16(kc, vc) => step.run(&layers, xs, kc, vc, layer_floats, Par::Team(team))?,
+                }
                 if let Some((norm, proj, rows, out)) = head {
                     step.head(xs, norm, &proj, rows, out, Par::Team(team));
                 }
@@ -323,8 +325,8 @@ impl Step<'_> {
         }
     }
 
-    fn run(&self, layers: &[LayerView<'_>], x: &mut [f32], k_cache: &mut [f32], v_cache: &mut [f32],
-           layer_floats: usize, par: Par<'_>) -> Result<(), String> {
+    fn run<E: KvElem>(&self, layers: &[LayerView<'_>], x: &mut [f32], k_cache: &mut [E], v_cache: &mut [E],
+                      layer_floats: usize, par: Par<'_>) -> Result<(), String> {
         let (n, h, hd, nh, nkv) = (self.n, self.hidden, self.head_dim, self.heads, self.kv_heads);
         let qkv_dim = (nh + 2 * nkv) * hd;
         let mode = self.mode;
@@ -352,8 +354,8 @@ impl Step<'_> {
                 let (block, off) = (self.slot[t] as usize / bs, self.slot[t] as usize % bs);
                 for kh in 0..nkv {
                     let at = ((block * nkv + kh) * bs + off) * hd;
-                    kl[at..at + hd].copy_from_slice(&row[(nh + kh) * hd..(nh + kh + 1) * hd]);
-                    vl[at..at + hd].copy_from_slice(&row[(nh + nkv + kh) * hd..(nh + nkv + kh + 1) * hd]);
+                    E::store(&mut kl[at..at + hd], &row[(nh + kh) * hd..(nh + kh + 1) * hd]);
+                    E::store(&mut vl[at..at + hd], &row[(nh + nkv + kh) * hd..(nh + nkv + kh + 1) * hd]);
                 }
             }
             let inputs = DecodeInputs { q: &q, k_cache: kl, v_cache: vl, block_tables: self.tables,

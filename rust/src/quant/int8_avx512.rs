@@ -123,8 +123,9 @@ unsafe fn consts(t: QType) -> Consts {
         spread: _mm512_loadu_si512(spread.as_ptr() as *const __m512i),
         // Q4_0's nibbles are offset by 8: its "m" is −8·dw
         offset: if t == QType::Q4_0 { _mm_setr_ps(1.0, -8.0, 1.0, -8.0) } else { _mm_set1_ps(1.0) },
-        pair_bytes: (1u64 << (2 * bb)) - 1,
-        one_bytes: (1u64 << bb) - 1,
+        // byte masks of one and two blocks (Q8_0's 34-byte blocks are loaded whole, not masked)
+        pair_bytes: u64::MAX.checked_shr(64 - (2 * bb).min(64) as u32).unwrap_or(0),
+        one_bytes: u64::MAX.checked_shr(64 - bb.min(64) as u32).unwrap_or(0),
     }
 }
 

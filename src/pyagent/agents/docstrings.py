@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 import re
 
-__all__ = ["docstring_problem", "missing_docstrings", "strip_docstrings"]
+__all__ = ["definition_source", "docstring_problem", "missing_docstrings", "strip_docstrings"]
 
 
 def _has_docstring(node: ast.AST) -> bool:
@@ -69,6 +69,23 @@ def _definition(tree: ast.Module, qualname: str) -> ast.AST | None:
                      if isinstance(c, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and c.name == name),
                     ast.Pass())
     return None if isinstance(node, ast.Pass) else node
+
+
+#: most lines of code shown to the model for one docstring
+MAX_LINES = 80
+
+
+def definition_source(source: str, qualname: str) -> str:
+    """The code a docstring for ``qualname`` describes: its definition (the file's head for ``<module>``),
+    at most ``MAX_LINES`` lines."""
+    node = _definition(ast.parse(source), qualname)
+    lines = source.splitlines()
+    if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+        first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+        lines = lines[first - 1:node.end_lineno]
+    if len(lines) > MAX_LINES:
+        lines = [*lines[:MAX_LINES], "    ..."]
+    return "\n".join(lines)
 
 
 def _vocabulary(node: ast.AST) -> set[str]:

@@ -12,10 +12,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pyagent.agents.base import BaseAgent
-from pyagent.agents.docstrings import docstring_problem, missing_docstrings, strip_docstrings
+from pyagent.agents.docstrings import (
+    definition_source,
+    docstring_problem,
+    missing_docstrings,
+    strip_docstrings,
+)
 from pyagent.agents.edits import EditError, add_docstrings, edit_with_repairs, replace_function
 from pyagent.agents.mixins.auditor import AuditorMixin
 from pyagent.agents.worker import AgentOutcome
+from pyagent.model.verification import Usage
 
 if TYPE_CHECKING:
     from pyagent.agents.llm.base import LLMClient
@@ -29,8 +35,10 @@ SYSTEM = "You are a careful senior Python engineer. You make small, behaviour-pr
 
 
 # A sentence: it starts with a capital letter and holds no control characters or backslashes (the text
-# becomes a docstring literal as it is). A small model held to it cannot open with stray punctuation.
-DOCSTRING_PATTERN = r"^[A-Z][^\x00-\x1f\\]{9,159}$"
+# becomes a docstring literal as it is) and no markup characters (`docstring_problem` refuses them too,
+# for endpoints that ignore schemas), and it ends a sentence. A small model held to it cannot open with
+# stray punctuation, nor stop mid-sentence at the length limit.
+DOCSTRING_PATTERN = r"^[A-Z][^\x00-\x1f\\{}<>|]{8,158}[.!?]$"
 
 
 def docstring_schema(names: list[str]) -> dict[str, Any]:
@@ -152,26 +160,48 @@ class DocstringAgent(BaseAgent):
                 return "no docstring was added"
             return None
 
-        prompt = (
-            f"File `{path}`:\n```python\n{source}\n```\n\nAdd concise docstrings (one or two lines saying why "
-            f"the code exists, not what each line does) to: {', '.join(wanted)}. Change nothing else.\n\n"
-            + _feedback(task)
-            + "Answer with a JSON object that maps each name to its docstring text."
-        )
-        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]
-        def apply(data: dict[str, Any]) -> str:
-            texts = {str(n): str(text) for n, text in data.items()}
-            for name, text in texts.items():
+        # One request per definition, showing its own code: asked for a whole file's names at once, a
+        # small model gave every function the same sentence about the module.
+        texts: dict[str, str] = {}
+        usage = Usage()
+        errors: list[str] = []
+        last: dict[str, str] = {}
+        for name in wanted:
+            def apply(data: dict[str, Any], name: str = name) -> str:
+                if set(data) != {name}:
+                    add_docstrings(source, {str(n): str(t) for n, t in data.items()})  # names what does not exist
+                    raise EditError(f"answer with the docstring of {name} only")
+                text = last[name] = str(data[name])
                 if problem := docstring_problem(source, name, text):
                     raise EditError(problem)
-            return add_docstrings(source, texts)
+                if text.strip() in (t.strip() for t in texts.values()):
+                    raise EditError(f"the docstring of {name} repeats another one; say what {name} itself is for")
+                return add_docstrings(source, {name: text})
 
-        new, error, usage = await edit_with_repairs(
-            self.llm, messages, docstring_schema(wanted), apply, validate, max_repairs=self.max_repairs,
-            max_tokens=512,
-        )
-        if new is None:
-            return AgentOutcome(note="", usage=usage, error=f"no valid docstring edit: {error}")
+            new, error, used = await edit_with_repairs(
+                self.llm, self._messages(task, path, source, name), docstring_schema([name]), apply, validate,
+                max_repairs=self.max_repairs, max_tokens=256,
+            )
+            usage += used
+            if new is None:
+                errors.append(error)
+                continue
+            texts[name] = last[name]
+        if not texts:
+            return AgentOutcome(note="", usage=usage, error=f"no valid docstring edit: {errors[-1]}")
+        new = add_docstrings(source, texts)
         (workspace / path).write_text(new, encoding="utf-8")
         added = len(missing_before) - len(missing_docstrings(new))
         return AgentOutcome(note=f"added {added} docstring(s) to {path} (LLM {self.llm.model})", usage=usage)
+
+    @staticmethod
+    def _messages(task: AgentTask, path: str, source: str, name: str) -> list[dict[str, str]]:
+        code = definition_source(source, name)
+        where = "the module" if name == "<module>" else f"`{name}`"
+        prompt = (
+            f"From file `{path}`:\n```python\n{code}\n```\n\nWrite a concise docstring for {where}: one or two "
+            f"lines saying why it exists, in terms of what it does with its inputs, not what each line does.\n\n"
+            + _feedback(task)
+            + f'Answer with a JSON object {{"{name}": "..."}}.'
+        )
+        return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]

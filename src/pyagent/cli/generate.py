@@ -18,6 +18,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, metavar="PATH", help="a GGUF file, or a checkpoint folder (config.json, "
                                                                    "*.safetensors, tokenizer.json)")
     add_quantize_arg(p)
+    add_kv_cache_args(p)
     add_sampling_args(p)
     add_choice_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object per completion (a line each): index, "
@@ -33,6 +34,45 @@ def add_quantize_arg(p: argparse.ArgumentParser) -> None:
                    help="convert a safetensors checkpoint's matrices to Q8_0 at load (a quarter of float32's "
                         "memory; fp16/bf16 weights otherwise stay 16-bit)")
     p.add_argument("--int8-activations", action="store_true", help=INT8_HELP)
+
+
+KV_DTYPE_HELP = ("element type of the KV cache: float32 (default) or float16. float16 takes half the cache "
+                 "memory per token, so twice the tokens fit in the same --kv-cache-bytes budget, at the cost of "
+                 "fp16 rounding of every stored K and V value (greedy output may then differ where two tokens "
+                 "nearly tie)")
+
+
+def _byte_size(text: str) -> int:
+    """``1073741824``, ``512M``, ``2G`` (binary units: K, M, G) as a positive number of bytes."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    scale = units.get(t[-1:], 1)
+    digits = t[:-1] if t[-1:] in units else t
+    try:
+        value = int(float(digits) * scale)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (bytes, or a number with K, M or G)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: the KV cache needs a positive size")
+    return value
+
+
+def add_kv_cache_args(p: argparse.ArgumentParser) -> None:
+    """``--kv-cache-dtype`` and ``--kv-cache-bytes``: the engine's KV cache element type and memory budget."""
+    from pyagent.inference.kv_cache import KV_CACHE_DTYPES
+
+    p.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default="float32", help=KV_DTYPE_HELP)
+    p.add_argument("--kv-cache-bytes", type=_byte_size, default=None, metavar="SIZE",
+                   help="memory for the KV cache, e.g. 512M or 2G (default 1G; fewer blocks are allocated when "
+                        "the model's context for every sequence needs less)")
+
+
+def kv_cache_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The engine options ``add_kv_cache_args`` parsed."""
+    options: dict[str, Any] = {"kv_cache_dtype": args.kv_cache_dtype}
+    if args.kv_cache_bytes is not None:
+        options["kv_cache_bytes"] = args.kv_cache_bytes
+    return options
 
 
 INT8_HELP = ("decode with int8 activations, as llama.cpp does: each product's input is rounded to 8 bits "
@@ -79,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
         params = choice_params(args, sampling_params(args))
         params.validate()
         engine = PagedAttentionEngine.from_pretrained(args.model, max_num_seqs=args.n, quantize=args.quantize,
-                                                      int8_activations=args.int8_activations)
+                                                      int8_activations=args.int8_activations,
+                                                      **kv_cache_options(args))
         prompt_ids = engine.tokenizer.encode(args.prompt)
         streamed = not args.json and args.n == 1
         choices = run_choices(engine, prompt_ids, params, args.n, tag="cli", stream=streamed)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pyagent.cli import CommandError
-from pyagent.cli.generate import INT8_HELP
+from pyagent.cli.generate import INT8_HELP, add_kv_cache_args, kv_cache_options
 
 API_KEY_ENV = "PYAGENT_API_KEY"
 
@@ -37,6 +37,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--int8-activations", action="store_true",
                    help=INT8_HELP + " (--role single only: a decode instance must compute a prompt's last "
                         "token as its prefill instance did)")
+    add_kv_cache_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 = any free port)")
     p.add_argument("--store", metavar="DB", default=None,
@@ -167,7 +168,8 @@ def run(args: argparse.Namespace) -> int:
     connector = _connector(args)
     try:
         engine = load_engine(model_dir, block_size=args.block_size, kv_connector=connector,
-                             quantize=args.quantize, int8_activations=args.int8_activations)
+                             quantize=args.quantize, int8_activations=args.int8_activations,
+                             **kv_cache_options(args))
     except (OSError, ValueError) as exc:
         raise CommandError(f"cannot load the model in {model_dir}: {exc}") from None
     if connector is not None:
@@ -194,6 +196,7 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"cannot listen on {args.host}:{args.port}: {exc}") from None
     auth = f"bearer token required, {len(api_keys)} key(s)" if api_keys else "no authentication"
     print(f"pyagent serve: model {engine.model_name!r} at {server.base_url} ({auth}; store {store_path})", flush=True)
+    print(f"pyagent serve: {engine.kv_cache_summary()}", flush=True)
     if not api_keys and args.host not in ("127.0.0.1", "localhost", "::1"):
         print("pyagent serve: warning: listening beyond loopback without an API key (--api-key-file)", flush=True)
     try:

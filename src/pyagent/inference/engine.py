@@ -23,7 +23,7 @@ from pyagent.inference.gguf_loader import load_gguf_model
 from pyagent.inference.gguf_reader import is_gguf
 from pyagent.inference.gguf_tokenizer import gguf_tokenizer
 from pyagent.inference.grammar import GrammarCompiler
-from pyagent.inference.kv_cache import KVCacheManager
+from pyagent.inference.kv_cache import KVCacheManager, kv_bytes_per_token, kv_dtype
 from pyagent.inference.kv_connector import KVConnector
 from pyagent.inference.loader import ModelWeights, load_model
 from pyagent.inference.model import DecoderModel, SeqChunk
@@ -74,13 +74,15 @@ class PagedAttentionEngine:
                  block_size: int = 16, num_blocks: int | None = None, max_num_seqs: int = 32,
                  max_num_batched_tokens: int = 2048, enable_prefix_caching: bool = True,
                  partition_size: int = 512, kv_cache_bytes: int = DEFAULT_KV_CACHE_BYTES,
-                 kv_connector: KVConnector | None = None, int8_activations: bool = False) -> None:
+                 kv_connector: KVConnector | None = None, int8_activations: bool = False,
+                 kv_cache_dtype: str = "float32") -> None:
         if block_size < 1 or partition_size < 1:
             raise ValueError("block_size and partition_size must be positive")
         self.config = config
         self.tokenizer = tokenizer
         self.model_name = model_name
-        bytes_per_block = 2 * config.num_hidden_layers * config.num_key_value_heads * block_size * config.head_dim * 4
+        bytes_per_block = block_size * kv_bytes_per_token(config.num_hidden_layers, config.num_key_value_heads,
+                                                          config.head_dim, kv_cache_dtype)
         if num_blocks is None:
             wanted = -(-max_num_seqs * config.max_context // block_size)
             num_blocks = max(1, min(wanted, kv_cache_bytes // bytes_per_block))
@@ -90,7 +92,8 @@ class PagedAttentionEngine:
         self.max_model_len = min(config.max_context, num_blocks * block_size)
         self.kv_cache = KVCacheManager(num_blocks=num_blocks, block_size=block_size,
                                        num_layers=config.num_hidden_layers, num_kv_heads=config.num_key_value_heads,
-                                       head_dim=config.head_dim, enable_prefix_caching=enable_prefix_caching)
+                                       head_dim=config.head_dim, enable_prefix_caching=enable_prefix_caching,
+                                       dtype=kv_cache_dtype)
         self.model = DecoderModel(config, weights, self.max_model_len, partition_size=partition_size,
                                   int8_activations=int8_activations)
         self.scheduler = Scheduler(self.kv_cache, max_num_seqs=max_num_seqs,
@@ -118,6 +121,12 @@ class PagedAttentionEngine:
         self.logits_observer: Callable[[str, int, np.ndarray], None] | None = None
         self._grammar: GrammarCompiler | None = None
 
+    def kv_cache_summary(self) -> str:
+        """One line on the cache's size, for startup messages: blocks, tokens, dtype and memory."""
+        kv = self.kv_cache
+        return (f"KV cache {kv.num_total_blocks} blocks x {kv.block_size} tokens ({kv.dtype}, "
+                f"{kv.bytes_per_token} bytes/token, {kv.nbytes / (1 << 20):.0f} MiB)")
+
     @property
     def grammar(self) -> GrammarCompiler:
         """The structured-output compiler over this model's vocabulary (built on first use)."""
@@ -131,13 +140,18 @@ class PagedAttentionEngine:
                         enable_prefix_caching: bool = True, partition_size: int = 512,
                         kv_cache_bytes: int = DEFAULT_KV_CACHE_BYTES,
                         kv_connector: KVConnector | None = None,
-                        quantize: str | None = None, int8_activations: bool = False) -> PagedAttentionEngine:
+                        quantize: str | None = None, int8_activations: bool = False,
+                        kv_cache_dtype: str = "float32") -> PagedAttentionEngine:
         """Load a GGUF file (weights stay quantized) or a Hugging Face checkpoint folder (config.json,
         *.safetensors, tokenizer.json; ``quantize="q8_0"`` converts its matrices to Q8_0 at load).
 
         ``int8_activations`` makes decode steps round each product's input to 8 bits (llama.cpp's way; faster
         on every quantized weight type: 1.3x on Q4_1, 1.5-2.8x on K-quant files); off, decode is exact up to float rounding and gives the
-        same tokens whichever path (prefill, decode, another instance) computed a position."""
+        same tokens whichever path (prefill, decode, another instance) computed a position.
+
+        ``kv_cache_dtype="float16"`` stores K/V at half the memory (twice the blocks for ``kv_cache_bytes``),
+        rounding each stored value to fp16; attention still computes in float32."""
+        kv_dtype(kv_cache_dtype)  # a bad name fails before the model is read
         path = Path(model_dir)
         if path.suffix.lower() == ".gguf" or (path.is_file() and is_gguf(path)):
             if quantize is not None:
@@ -152,7 +166,8 @@ class PagedAttentionEngine:
         return cls(config, weights, tokenizer, model_name=name, block_size=block_size,
                    num_blocks=num_blocks, max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
                    enable_prefix_caching=enable_prefix_caching, partition_size=partition_size,
-                   kv_cache_bytes=kv_cache_bytes, kv_connector=kv_connector, int8_activations=int8_activations)
+                   kv_cache_bytes=kv_cache_bytes, kv_connector=kv_connector, int8_activations=int8_activations,
+                   kv_cache_dtype=kv_cache_dtype)
 
     # -- requests
     def add_request(self, request_id: str, prompt_token_ids: Sequence[int], params: SamplingParams,

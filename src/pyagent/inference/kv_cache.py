@@ -18,6 +18,22 @@ import numpy as np
 
 _ROOT_HASH = b"pyagent-kv-root"
 
+# Element types the cache can hold: float16 halves the memory per token (twice the tokens in one byte
+# budget) at fp16 rounding of each stored K/V value; attention still computes in float32.
+KV_CACHE_DTYPES = ("float32", "float16")
+
+
+def kv_dtype(name: str) -> np.dtype:
+    """The NumPy dtype for a ``kv_cache_dtype`` name, or a ValueError listing the choices."""
+    if name not in KV_CACHE_DTYPES:
+        raise ValueError(f"unknown KV cache dtype {name!r}: choose one of {', '.join(KV_CACHE_DTYPES)}")
+    return np.dtype(name)
+
+
+def kv_bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, dtype: str = "float32") -> int:
+    """Cache bytes one token's K and V take across all layers."""
+    return 2 * num_layers * num_kv_heads * head_dim * kv_dtype(dtype).itemsize
+
 
 @dataclass(frozen=True)
 class KVCacheUsage:
@@ -32,14 +48,14 @@ class KVCacheUsage:
         return self.used_blocks / self.total_blocks if self.total_blocks else 0.0
 
 
-def _zeros(shape: tuple[int, ...]) -> np.ndarray:
-    """A zeroed float32 array in ordinary 4 KiB pages, each allocated on its first write.
+def _zeros(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """A zeroed array in ordinary 4 KiB pages, each allocated on its first write.
 
     ``np.zeros`` asks the kernel for 2 MiB huge pages on big arrays; a paged cache's first writes are
     scattered (one block per layer), so each would fault in 2 MiB: 120 MB for one short sequence.
     """
     count = int(np.prod(shape))
-    return np.frombuffer(mmap.mmap(-1, max(count, 1) * 4), dtype=np.float32, count=count).reshape(shape)
+    return np.frombuffer(mmap.mmap(-1, max(count, 1) * dtype.itemsize), dtype=dtype, count=count).reshape(shape)
 
 
 def block_hash(parent: bytes, tokens: Sequence[int]) -> bytes:
@@ -50,19 +66,22 @@ def block_hash(parent: bytes, tokens: Sequence[int]) -> bytes:
 class KVCacheManager:
     """Owns the K/V arrays and decides which blocks each sequence uses.
 
-    Storage per layer is ``[num_blocks, num_kv_heads, block_size, head_dim]`` float32, the layout the
-    decode kernel streams: one block of one head is a contiguous run of ``block_size * head_dim`` floats.
+    Storage per layer is ``[num_blocks, num_kv_heads, block_size, head_dim]`` of ``dtype`` (float32 or
+    float16), the layout the decode kernel streams: one block of one head is a contiguous run of
+    ``block_size * head_dim`` values.
     """
 
     def __init__(self, *, num_blocks: int, block_size: int, num_layers: int, num_kv_heads: int, head_dim: int,
-                 enable_prefix_caching: bool = True) -> None:
+                 enable_prefix_caching: bool = True, dtype: str = "float32") -> None:
         if num_blocks <= 0 or block_size <= 0:
             raise ValueError("num_blocks and block_size must be positive")
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
+        self.dtype = dtype
         shape = (num_layers, num_blocks, num_kv_heads, block_size, head_dim)
-        self.k_cache = _zeros(shape)
-        self.v_cache = _zeros(shape)
+        self.k_cache = _zeros(shape, kv_dtype(dtype))
+        self.v_cache = _zeros(shape, kv_dtype(dtype))
+        self.bytes_per_token = kv_bytes_per_token(num_layers, num_kv_heads, head_dim, dtype)
         self._ref = [0] * num_blocks
         self._hash: list[bytes | None] = [None] * num_blocks
         self._free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))  # front is evicted first
@@ -89,6 +108,11 @@ class KVCacheManager:
     @property
     def num_used_blocks(self) -> int:
         return self.num_total_blocks - self.num_free_blocks
+
+    @property
+    def nbytes(self) -> int:
+        """Memory of the K and V arrays together."""
+        return int(self.k_cache.nbytes + self.v_cache.nbytes)
 
     def usage(self) -> KVCacheUsage:
         return KVCacheUsage(self.num_total_blocks, self.num_used_blocks, self.num_free_blocks,
@@ -196,17 +220,19 @@ class KVCacheManager:
         return table[pos // self.block_size] * self.block_size + pos % self.block_size
 
     def write(self, layer: int, slots: np.ndarray, k: np.ndarray, v: np.ndarray) -> None:
-        """Store K/V (``[tokens, num_kv_heads, head_dim]``) of new tokens at their slots."""
+        """Store K/V (``[tokens, num_kv_heads, head_dim]``) of new tokens at their slots (rounded to nearest
+        even for a float16 cache, as the Rust decode step rounds)."""
         blocks, offsets = np.divmod(slots, self.block_size)
         self.k_cache[layer, blocks, :, offsets, :] = k
         self.v_cache[layer, blocks, :, offsets, :] = v
 
     def gather(self, layer: int, seq_id: str, length: int) -> tuple[np.ndarray, np.ndarray]:
-        """Contiguous K and V (``[num_kv_heads, length, head_dim]``) of a sequence's first ``length`` tokens."""
+        """Contiguous float32 K and V (``[num_kv_heads, length, head_dim]``) of a sequence's first ``length``
+        tokens (a float16 cache is widened here, once, for prefill's matrix products)."""
         table = self._tables[seq_id][: -(-length // self.block_size)]
         k = self.k_cache[layer, table]
         v = self.v_cache[layer, table]
         n, h, bs, d = k.shape
         k = k.transpose(1, 0, 2, 3).reshape(h, n * bs, d)[:, :length]
         v = v.transpose(1, 0, 2, 3).reshape(h, n * bs, d)[:, :length]
-        return k, v
+        return k.astype(np.float32, copy=False), v.astype(np.float32, copy=False)

@@ -57,12 +57,14 @@ class DecoderModel:
         # depend on whether a prefill or a decode step computed it), or None for float ones
         self.int8: str | None = "auto" if int8_activations else None
         self.stack = _decoder_stack(config, weights, self.int8)
+        self.stack_steps = 0  # decode steps run by the Rust stack (benchmarks and tests check the fast path)
 
     def _decode_step(self, chunks: Sequence[SeqChunk], kv: KVCacheManager, token_ids: np.ndarray,
                      positions: np.ndarray, slots: np.ndarray, block_tables: np.ndarray,
                      context_lens: np.ndarray) -> np.ndarray:
         """Every layer for one new token per sequence, in one Rust call (see the module docstring)."""
         assert self.stack is not None
+        self.stack_steps += 1
         c, w = self.config, self.weights
         x = np.ascontiguousarray(embedding_rows(w.embed, token_ids), dtype=np.float32)
         last = np.array([i for i, ch in enumerate(chunks) if ch.needs_logits], dtype=np.int64)
@@ -97,7 +99,7 @@ class DecoderModel:
             for r, t in enumerate(tables):
                 block_tables[r, :len(t)] = t
             context_lens = np.array([chunks[i].start + 1 for i in decode_idx], dtype=np.int32)
-            if self.stack is not None and not prefill_idx and kv.k_cache.dtype == np.float32:
+            if self.stack is not None and not prefill_idx:  # the stack reads float32 and float16 caches
                 return self._decode_step(chunks, kv, token_ids, positions.astype(np.int64), slots.astype(np.int64),
                                          block_tables, context_lens)
 

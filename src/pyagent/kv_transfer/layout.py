@@ -69,6 +69,9 @@ class KVLayout:
         """Why ``other`` cannot exchange blocks with this layout, or None when it can."""
         for name in ("model", "block_size", "dtype", "num_layers", "num_kv_heads", "head_dim"):
             mine, theirs = getattr(self, name), getattr(other, name)
+            if mine != theirs and name == "dtype":
+                return (f"KV cache dtype differs: {mine!r} here, {theirs!r} on the peer (start both instances "
+                        "with the same --kv-cache-dtype)")
             if mine != theirs:
                 return f"{name} differs: {mine!r} here, {theirs!r} on the peer"
         return None

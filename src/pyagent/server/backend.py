@@ -161,7 +161,8 @@ class Backend:
         kv = getattr(self.engine, "kv_cache", None)
         if kv is not None:
             out["kv_cache"] = {"total_blocks": kv.num_total_blocks, "free_blocks": kv.num_free_blocks,
-                               "cached_blocks": kv.num_cached_blocks}
+                               "cached_blocks": kv.num_cached_blocks, "block_size": kv.block_size,
+                               "dtype": kv.dtype, "bytes": kv.nbytes, "bytes_per_token": kv.bytes_per_token}
         connector = getattr(self.engine, "kv_connector", None)
         if connector is not None:
             out["kv_transfer"] = connector.health()
