@@ -105,22 +105,26 @@ def _settle(*engines: PagedAttentionEngine, timeout: float = 10.0) -> None:
         time.sleep(0.05)
 
 
+def _assert_disagg_equals_single(p: PagedAttentionEngine, d: PagedAttentionEngine, single: PagedAttentionEngine,
+                                 prompts: list[list[int]], *params: SamplingParams) -> None:
+    """Every prompt under every sampling setting: prefill on ``p`` + decode on ``d`` gives ``single``'s tokens."""
+    async def main() -> None:
+        for prompt in prompts:
+            for sp in params:
+                want, _ = await _run(single, prompt, sp)
+                assert await _disagg(p, d, prompt, sp) == want
+
+    asyncio.run(main())
+
+
 def test_greedy_output_through_prefill_and_decode_equals_one_engine(pair: Any) -> None:
     p, d, single = pair
     tok = single.tokenizer
     shared = tok.encode("The scheduler batches running decodes with new prefill chunks under a token budget. " * 3)
     prompts = [shared + tok.encode(" First question?"), shared + tok.encode(" A second, different one."),
                tok.encode("short"), tok.encode("def fibonacci(n: int) -> int:" * 4)]
-    greedy = SamplingParams(max_tokens=20, temperature=0.0, ignore_eos=True)
-    seeded = SamplingParams(max_tokens=12, temperature=0.9, seed=11, ignore_eos=True)
-
-    async def main() -> None:
-        for prompt in prompts:
-            for params in (greedy, seeded):
-                want, _ = await _run(single, prompt, params)
-                assert await _disagg(p, d, prompt, params) == want
-
-    asyncio.run(main())
+    _assert_disagg_equals_single(p, d, single, prompts, SamplingParams(max_tokens=20, temperature=0.0, ignore_eos=True),
+                                 SamplingParams(max_tokens=12, temperature=0.9, seed=11, ignore_eos=True))
     _settle(p, d)
     assert p.kv_cache.num_free_blocks == NUM_BLOCKS and d.kv_cache.num_free_blocks == NUM_BLOCKS
     stats = d.kv_connector.health()  # type: ignore[union-attr]
@@ -140,16 +144,9 @@ def test_float16_caches_through_prefill_and_decode_equal_one_float16_engine(tiny
         assert {e.kv_cache.k_cache.dtype for e in (p, d, single)} == {np.dtype(np.float16)}
         tok = single.tokenizer
         prompts = [tok.encode("Half precision blocks cross the side channel unchanged. " * 3), tok.encode("short")]
-        greedy = SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True)
-        seeded = SamplingParams(max_tokens=10, temperature=0.9, seed=5, ignore_eos=True)
-
-        async def main() -> None:
-            for prompt in prompts:
-                for params in (greedy, seeded):
-                    want, _ = await _run(single, prompt, params)
-                    assert await _disagg(p, d, prompt, params) == want
-
-        asyncio.run(main())
+        _assert_disagg_equals_single(p, d, single, prompts,
+                                     SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True),
+                                     SamplingParams(max_tokens=10, temperature=0.9, seed=5, ignore_eos=True))
         stats = d_conn.health()
         assert stats["blocks_loaded"] >= 3 and stats["loads_failed"] == 0
         assert d.model.stack_steps > 0 and single.model.stack_steps > 0

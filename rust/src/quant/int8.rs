@@ -146,8 +146,10 @@ pub fn row_dots_portable(t: QType, row: &[u8], qa: &QActs, n: usize, out: &mut [
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn span(isa: Isa, t: QType, data: &[u8], rb: usize, first: usize, last: usize, qa: &QActs, n: usize,
                    out: *mut f32, total: usize, out_col: usize) {
-    if super::int8_kquants::supports(t) {
-        return super::int8_kquants::span(isa, t, data, rb, first, last, qa, n, out, total, out_col);
+    let kquant = super::int8_kquants::supports(t);
+    #[cfg(target_arch = "x86_64")]
+    if kquant && isa != Isa::Portable {
+        return super::int8_kquants::simd_span(isa, t, data, rb, first, last, qa, n, out, total, out_col);
     }
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512Vnni && n == 1 && super::int8_avx512::available() {
@@ -158,9 +160,10 @@ pub unsafe fn span(isa: Isa, t: QType, data: &[u8], rb: usize, first: usize, las
         return simd::span(isa, t, data, rb, first, last, qa, n, out, total, out_col);
     }
     let _ = isa;
+    let row_dots = if kquant { super::int8_kquants::row_dots_portable } else { row_dots_portable };
     let mut vals = vec![0f32; n];
     for r in first..last {
-        row_dots_portable(t, &data[r * rb..(r + 1) * rb], qa, n, &mut vals);
+        row_dots(t, &data[r * rb..(r + 1) * rb], qa, n, &mut vals);
         for (i, v) in vals.iter().enumerate() {
             *out.add(i * total + out_col + r - first) = *v;
         }

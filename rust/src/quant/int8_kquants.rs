@@ -88,25 +88,16 @@ pub fn row_dots_portable(t: QType, row: &[u8], qa: &QActs, n: usize, out: &mut [
     }
 }
 
-/// Rows `first..last` of one matrix (`rb` bytes a row) against every row of `qa`, as `int8::span`.
+/// Rows `first..last` of one matrix against every row of `qa` with the SIMD kernels of `isa`, for
+/// `int8::span` (which also runs the portable ones).
 ///
 /// # Safety
-/// As `int8::span`, with `t` one of the formats `supports` names.
+/// As `int8::span`, with `t` one of the formats `supports` names and `isa` not `Portable`.
+#[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn span(isa: Isa, t: QType, data: &[u8], rb: usize, first: usize, last: usize, qa: &QActs, n: usize,
-                   out: *mut f32, total: usize, out_col: usize) {
-    #[cfg(target_arch = "x86_64")]
-    if isa != Isa::Portable {
-        return simd::span(isa, t, data, rb, first, last, qa, n, out, total, out_col);
-    }
-    let _ = isa;
-    let mut vals = vec![0f32; n];
-    for r in first..last {
-        row_dots_portable(t, &data[r * rb..(r + 1) * rb], qa, n, &mut vals);
-        for (i, v) in vals.iter().enumerate() {
-            *out.add(i * total + out_col + r - first) = *v;
-        }
-    }
+pub unsafe fn simd_span(isa: Isa, t: QType, data: &[u8], rb: usize, first: usize, last: usize, qa: &QActs,
+                        n: usize, out: *mut f32, total: usize, out_col: usize) {
+    simd::span(isa, t, data, rb, first, last, qa, n, out, total, out_col)
 }
 
 #[cfg(target_arch = "x86_64")]
