@@ -59,7 +59,7 @@ def _byte_size(text: str) -> int:
 
 def add_kv_cache_args(p: argparse.ArgumentParser) -> None:
     """``--kv-cache-dtype`` and ``--kv-cache-bytes``: the engine's KV cache element type and memory budget."""
-    from pyagent.inference.kv_cache import KV_CACHE_DTYPES
+    from pyagent.inference.config import KV_CACHE_DTYPES
 
     p.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default="float32", help=KV_DTYPE_HELP)
     p.add_argument("--kv-cache-bytes", type=_byte_size, default=None, metavar="SIZE",

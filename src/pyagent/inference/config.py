@@ -9,6 +9,11 @@ from typing import Any
 
 from pyagent.inference.errors import ModelLoadError
 
+# Element types the KV cache can hold: float16 halves the memory per token (twice the tokens in one byte
+# budget) at fp16 rounding of each stored K/V value; attention still computes in float32. Here, not in
+# `kv_cache`, so that the CLI can offer the choices without importing NumPy at start-up.
+KV_CACHE_DTYPES = ("float32", "float16")
+
 # Architectures this engine runs, all the same decoder: RMSNorm, rotary attention with GQA, SwiGLU MLP.
 SUPPORTED_ARCHITECTURES = {
     "LlamaForCausalLM": "llama",

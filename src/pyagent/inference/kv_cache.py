@@ -16,11 +16,10 @@ from dataclasses import dataclass
 import blake3
 import numpy as np
 
+from pyagent.inference.config import KV_CACHE_DTYPES
+
 _ROOT_HASH = b"pyagent-kv-root"
 
-# Element types the cache can hold: float16 halves the memory per token (twice the tokens in one byte
-# budget) at fp16 rounding of each stored K/V value; attention still computes in float32.
-KV_CACHE_DTYPES = ("float32", "float16")
 
 
 def kv_dtype(name: str) -> np.dtype:
