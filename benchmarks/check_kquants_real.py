@@ -23,7 +23,7 @@ script counts tensors per type so the coverage is plain. ``--generate`` also loa
 engine and prints its greedy answer to "What is the capital of France?" beside llama.cpp's on the same
 prompt ids (requantizing a 4-bit file loses more than quantizing the original, so the answers say how
 much the file kept, and agreeing with llama.cpp says the loss is the file's, not ours). ``--int8-decode``
-loads each requantized file twice in the engine, exact and with ``int8_activations``, and prints greedy
+loads each requantized file twice in the engine, exact (``activations="float32"``) and with int8 activations (the default), and prints greedy
 decode tokens/s of both (the threads are rayon's: set RAYON_NUM_THREADS) and how many of the first N
 greedy tokens the int8 run shares with the exact one on a few chat prompts.
 
@@ -151,7 +151,7 @@ def int8_decode(path: Path, n: int, rounds: int = 3) -> None:
     from pyagent.inference.engine import PagedAttentionEngine
 
     engines = [PagedAttentionEngine.from_pretrained(path, max_num_seqs=1, enable_prefix_caching=False,
-                                                    int8_activations=int8) for int8 in (False, True)]
+                                                    activations=a) for a in ("float32", "int8")]
     rates, tokens = [0.0, 0.0], [[], []]
     for _ in range(rounds):
         for k, engine in enumerate(engines):

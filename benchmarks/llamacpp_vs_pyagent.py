@@ -5,12 +5,14 @@ one measurement each, and every ratio is taken within a turn (the machine's spee
 runs minutes apart to compare): single-stream decode tokens/s (greedy, 128 tokens), prompt processing
 tokens/s for a 512-token prompt, 16 concurrent requests of 64 tokens (llama-cpp-python's ``Llama``
 serves one sequence at a time, so its 16 run back to back, which is what a user of it gets), and peak
-RSS. Ours runs twice: with its default exact kernels, and with int8 activations
-(``int8_activations=True``), which is what llama.cpp's quantized products do. A read probe with as many threads as the kernels use gives the memory
-bandwidth; the fraction of the bound is decode tokens/s x bytes of weights read per token / bandwidth.
+RSS. Ours runs twice: with its default int8 activations (what llama.cpp's quantized products do too), and
+with ``activations="float32"`` (exact up to float rounding). A read probe with as many threads as the
+kernels use gives the memory bandwidth; the fraction of the bound is decode tokens/s x bytes of weights read per token / bandwidth.
 
-llama.cpp comes from llama-cpp-python built from source (native CPU flags, so AVX2/FMA where the CPU has
-them) in a cached venv outside the repository. The script builds it itself when the cache is absent
+llama.cpp comes from llama-cpp-python built from source in a cached venv outside the repository, with
+every SIMD extension of ggml's CPU backend that this CPU reports (AVX2/FMA, AVX-VNNI, AVX-512 with VBMI,
+VNNI and BF16) but not AMX: ggml's AMX kernels die of SIGSEGV at their first ``ldtilecfg`` on the
+virtual machines we measure on, although the CPU flags list AMX and the kernel grants the tile state. The script builds it itself when the cache is absent
 (~/.cache/pyagent-bench/llamacpp, log in ~/.cache/pyagent-bench/build.log; it takes long on 2 cores, so it
 runs at low priority, one compile job at a time); ``--setup-only`` does just that step:
 
@@ -28,6 +30,7 @@ of decode steps that ran in the Rust decode stack.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import json
 import os
@@ -66,11 +69,11 @@ def _peak_rss_mb() -> float:
 class OursWorker:
     """PyAgent's engine, loaded once; each method is one measurement."""
 
-    def __init__(self, model: str, int8: bool, kv_cache_dtype: str = "float32") -> None:
+    def __init__(self, model: str, activations: str, kv_cache_dtype: str = "float32") -> None:
         from pyagent.inference.engine import PagedAttentionEngine
 
         self.engine = PagedAttentionEngine.from_pretrained(model, max_num_seqs=CONCURRENT,
-                                                           enable_prefix_caching=False, int8_activations=int8,
+                                                           enable_prefix_caching=False, activations=activations,
                                                            kv_cache_dtype=kv_cache_dtype)
         self.tok = self.engine.tokenizer
         self._run([self.tok.encode("Once upon a time")], 8)  # warm-up
@@ -157,7 +160,7 @@ def serve_worker(kind: str, model: str) -> None:
     """Load the model, then answer one measurement per line of stdin ("decode", "prompt", "concurrent",
     "rss") with a JSON number on stdout, until stdin closes."""
     worker: OursWorker | LlamaCppWorker = LlamaCppWorker(model) if kind == "llamacpp" else \
-        OursWorker(model, int8=kind == "ours-int8", kv_cache_dtype=kind.removeprefix("ours-long-")
+        OursWorker(model, activations="float32" if kind == "ours-float32" else "int8", kv_cache_dtype=kind.removeprefix("ours-long-")
                    if kind.startswith("ours-long-") else "float32")
     print(json.dumps("ready"), flush=True)
     for line in sys.stdin:
@@ -230,9 +233,11 @@ def ensure_llamacpp(python: Path) -> None:
     The venv is created only when it is the default one, so a ``--llamacpp-python`` given by hand is never
     overwritten. The build runs with ``nice -n 19`` and one compile job so that it never starves the machine.
     """
-    def ready() -> bool:
-        return python.exists() and subprocess.run([str(python), "-c", "import llama_cpp"],
-                                                  capture_output=True).returncode == 0
+    stamp = python.parent.parent / "pyagent-build-flags"
+
+    def ready() -> bool:  # a venv built with other flags (an earlier AMX build) is rebuilt
+        return python.exists() and stamp.is_file() and stamp.read_text() == _cmake_args() and subprocess.run(
+            [str(python), "-c", "import llama_cpp"], capture_output=True).returncode == 0
 
     if ready():
         return
@@ -245,6 +250,29 @@ def ensure_llamacpp(python: Path) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second run waits for the first one's build instead of racing it
         if not ready():
             _build(python, venv)
+            stamp.write_text(_cmake_args())
+
+
+# ggml's CPU options and the /proc/cpuinfo flag each one needs
+_GGML_FEATURES = {"GGML_AVX": "avx", "GGML_AVX2": "avx2", "GGML_FMA": "fma", "GGML_F16C": "f16c",
+                  "GGML_BMI2": "bmi2", "GGML_AVX_VNNI": "avx_vnni", "GGML_AVX512": "avx512f",
+                  "GGML_AVX512_VBMI": "avx512vbmi", "GGML_AVX512_VNNI": "avx512_vnni",
+                  "GGML_AVX512_BF16": "avx512_bf16"}
+
+
+def _cmake_args() -> str:
+    """llama.cpp's build options: this CPU's SIMD extensions spelled out (not GGML_NATIVE, which would
+    also compile the AMX kernels; see the module docstring)."""
+    flags: set[str] = set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    simd = " ".join(f"-D{opt}={'ON' if flag in flags else 'OFF'}" for opt, flag in _GGML_FEATURES.items())
+    return ("-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF "
+            "-DLLAMA_BUILD_TOOLS=OFF -DGGML_NATIVE=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF "
+            f"-DGGML_AMX_BF16=OFF {simd}")
 
 
 def _build(python: Path, venv: Path) -> None:
@@ -254,10 +282,9 @@ def _build(python: Path, venv: Path) -> None:
         subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
         subprocess.run([str(python), "-m", "ensurepip", "--upgrade"], check=True, capture_output=True)
     env = dict(os.environ, CMAKE_BUILD_PARALLEL_LEVEL="1", MAKEFLAGS="-j1",
-               CMAKE_ARGS="-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF "
-                          "-DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=OFF -DGGML_NATIVE=ON")
+               CMAKE_ARGS=_cmake_args())
     with log.open("w") as out:
-        done = subprocess.run(["nice", "-n", "19", str(python), "-m", "pip", "install", "-v", "--no-cache-dir",
+        done = subprocess.run(["nice", "-n", "19", str(python), "-m", "pip", "install", "-v", "--no-cache-dir", "--force-reinstall",
                                LLAMA_CPP_PYTHON], stdout=out, stderr=subprocess.STDOUT, env=env)
     if done.returncode:
         raise SystemExit(f"building {LLAMA_CPP_PYTHON} failed (exit {done.returncode}); see {log}")
@@ -303,7 +330,7 @@ def main() -> int:
     ap.add_argument("--kv-cache-dtypes", action="store_true",
                     help=f"instead: our decode tok/s after a {LONG_PROMPT_TOKENS}-token prompt with a float32 and a "
                          "float16 KV cache (no llama.cpp)")
-    ap.add_argument("--worker", choices=["ours", "ours-int8", "llamacpp", "ours-long-float32", "ours-long-float16"],
+    ap.add_argument("--worker", choices=["ours", "ours-float32", "llamacpp", "ours-long-float32", "ours-long-float16"],
                     help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.setup_only:
@@ -321,7 +348,7 @@ def main() -> int:
         return kv_cache_dtypes(args.model, args.rounds)
     ensure_llamacpp(Path(args.llamacpp_python))
     load_before = os.getloadavg()[0]
-    kinds = ["ours", "llamacpp", "ours-int8"]
+    kinds = ["ours", "llamacpp", "ours-float32"]
     workers = {k: Resident(args.llamacpp_python if k == "llamacpp" else sys.executable, k, args.model)
                for k in kinds}
     # All three stay loaded and take turns, one measurement each (in a rotating order), so that a change
@@ -349,15 +376,15 @@ def main() -> int:
 
     for kind, key, label, higher in (
             ("ours", "decode", "decode tok/s", True),
-            ("ours-int8", "decode", "decode tok/s (int8 act.)", True),
+            ("ours-float32", "decode", "decode tok/s (float32 act.)", True),
             ("ours", "prompt", f"prompt {PROMPT_TOKENS} tok/s", True),
             ("ours", "concurrent", f"{CONCURRENT} concurrent tok/s", True),
-            ("ours-int8", "concurrent", f"{CONCURRENT} concurrent (int8 act.)", True),
+            ("ours-float32", "concurrent", f"{CONCURRENT} concurrent (float32)", True),
             ("ours", "rss", "peak RSS MB", False)):
         ratios = [a / b for a, b in zip(results[kind][key], results["llamacpp"][key], strict=True)]
         print(f"{label:<28}{med(kind, key):>12.1f}{med('llamacpp', key):>12.1f}{statistics.median(ratios):>9.2f}x   "
               + " ".join(f"{x:.2f}" for x in ratios) + ("" if higher else " (lower is better)"))
-    for name, kind in (("pyagent", "ours"), ("pyagent (int8 act.)", "ours-int8"), ("llama.cpp", "llamacpp")):
+    for name, kind in (("pyagent", "ours"), ("pyagent (float32 act.)", "ours-float32"), ("llama.cpp", "llamacpp")):
         print(f"{name}: decode reaches {med(kind, 'decode') * per_token / 1e9 / bw:.2f} of the bandwidth "
               f"bound ({bw * 1e9 / per_token:.0f} tok/s)")
     return 0

@@ -197,20 +197,23 @@ def test_chat_n_replies_and_logprobs(pyagent_cmd: list[str], clean_env: dict[str
     assert done.returncode == 2 and "needs a MESSAGE" in done.stderr
 
 
-def test_int8_activations_flag_runs_the_int8_kernels(pyagent_cmd: list[str], clean_env: dict[str, str],
-                                                      smollm2_path: Path) -> None:
-    """``--int8-activations`` gives the tokens of the engine built with the int8 kernels; a disaggregated
-    instance refuses it (its prompt's last token would be computed by other kernels than prefill's)."""
-    done = subprocess.run([*pyagent_cmd, "generate", "--model", str(smollm2_path), "--int8-activations",
-                           "--max-tokens", "12", "--temperature", "0", "--ignore-eos", "--json",
-                           "The capital of France is"], capture_output=True, text=True, env=clean_env, timeout=300)
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout)
-    engine = PagedAttentionEngine.from_pretrained(smollm2_path, int8_activations=True)
-    engine.add_request("x", result["prompt_token_ids"], SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True))
-    outs = [o for _ in range(40) for o in engine.step()]
-    assert outs[-1].token_ids == result["token_ids"]
-    done = subprocess.run([*pyagent_cmd, "serve", "--model", str(smollm2_path), "--role", "prefill",
-                           "--int8-activations", "--port", "0"], capture_output=True, text=True, env=clean_env,
-                          timeout=120)
-    assert done.returncode == 2 and "--role single only" in done.stderr, done.stderr
+def test_activations_flag_picks_the_decode_kernels(pyagent_cmd: list[str], clean_env: dict[str, str],
+                                                   smollm2_path: Path) -> None:
+    """``--activations float32`` gives the tokens of the engine built with float kernels, the default those of
+    the int8 one; a bad value is a usage error naming the choices."""
+    prompt = "The capital of France is"
+    for flag, activations in (["--activations", "float32"], "float32"), ([], "int8"):
+        done = subprocess.run([*pyagent_cmd, "generate", "--model", str(smollm2_path), *flag, "--max-tokens", "24",
+                               "--temperature", "0", "--ignore-eos", "--json", prompt],
+                              capture_output=True, text=True, env=clean_env, timeout=300)
+        assert done.returncode == 0, done.stderr
+        result = json.loads(done.stdout)
+        engine = PagedAttentionEngine.from_pretrained(smollm2_path, activations=activations)
+        assert engine.model.stack is not None and engine.model.int8 == ("auto" if activations == "int8" else None)
+        engine.add_request("x", result["prompt_token_ids"], SamplingParams(max_tokens=24, temperature=0.0,
+                                                                           ignore_eos=True))
+        outs = [o for _ in range(60) for o in engine.step()]
+        assert outs[-1].token_ids == result["token_ids"], flag
+    done = subprocess.run([*pyagent_cmd, "generate", "--model", str(smollm2_path), "--activations", "int4", "hi"],
+                          capture_output=True, text=True, env=clean_env, timeout=120)
+    assert done.returncode == 2 and "choose from 'int8', 'float32'" in done.stderr, done.stderr

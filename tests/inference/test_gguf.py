@@ -86,7 +86,7 @@ def _decode_logits(smollm2_path: Path, use_stack: bool, int8: bool, kv_cache_dty
 
     g, config, weights = load_gguf_model(smollm2_path)
     tok = gguf_tokenizer(g)
-    engine = PagedAttentionEngine(config, weights, tok, max_num_seqs=4, int8_activations=int8,
+    engine = PagedAttentionEngine(config, weights, tok, max_num_seqs=4, activations="int8" if int8 else "float32",
                                   kv_cache_dtype=kv_cache_dtype)
     assert engine.model.stack is not None
     if not use_stack:
@@ -108,7 +108,7 @@ def _decode_logits(smollm2_path: Path, use_stack: bool, int8: bool, kv_cache_dty
 def test_rust_decode_step_gives_the_python_layers_logits(smollm2_path: Path) -> None:
     """The one-call Rust decode step against the NumPy layer loop, on the same quantized weights.
 
-    With float activations (the default) the two agree to float rounding. With int8 activations (as
+    With float activations the two agree to float rounding. With int8 activations (the default, as
     llama.cpp) each product rounds its input to 8 bits per 32-element block, so the logits move by a
     small fraction of their spread while the greedy choice stays the same on these prompts."""
     slow = _decode_logits(smollm2_path, use_stack=False, int8=False)
@@ -121,6 +121,87 @@ def test_rust_decode_step_gives_the_python_layers_logits(smollm2_path: Path) -> 
         assert np.abs(int8[key] - slow[key]).max() < 0.05 * np.ptp(slow[key]), key
         assert int8[key].argmax() == slow[key].argmax(), key
     assert max(float(np.abs(int8[k] - slow[k]).max()) for k in fast) > 1e-3  # int8 kernels really ran
+
+
+def _logits_by_position(engine: PagedAttentionEngine, rid: str) -> dict[int, np.ndarray]:
+    rows: dict[int, np.ndarray] = {}
+    previous = engine.logits_observer
+
+    def observe(r: str, pos: int, row: np.ndarray) -> None:
+        if r == rid:
+            rows[pos] = row.copy()
+        if previous is not None:
+            previous(r, pos, row)
+
+    engine.logits_observer = observe
+    return rows
+
+
+def test_a_generated_token_is_computed_alike_whether_or_not_another_prompt_shares_its_step(
+        smollm2_path: Path) -> None:
+    """Default (int8) activations: a sequence's decode logits are bit-identical when it runs alone and when
+    other requests' prompts are prefilled in the same steps: their chunks take the float pass, its token
+    still takes the decode kernels. (The other requests stop after their first token, so every decode
+    step here holds this one token: steps that decode several sequences use the several-row kernels.)"""
+    from pyagent.inference.sampler import SamplingParams
+
+    g, config, weights = load_gguf_model(smollm2_path)
+    tok = gguf_tokenizer(g)
+    params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+    prompt = tok.encode("The capital of France is")
+    alone_engine = PagedAttentionEngine(config, weights, tok, max_num_seqs=4, enable_prefix_caching=False)
+    alone = _logits_by_position(alone_engine, "a")
+    alone_engine.add_request("a", prompt, params)
+    while alone_engine.has_unfinished():
+        alone_engine.step()
+    # small prefill chunks, so that the long prompts below share many steps with "a"'s decode tokens
+    engine = PagedAttentionEngine(config, weights, tok, max_num_seqs=4, enable_prefix_caching=False,
+                                  max_num_batched_tokens=24)
+    shared = _logits_by_position(engine, "a")
+    engine.add_request("a", prompt, params)
+    mixed = 0
+    for step in range(200):
+        if step in (2, 5):
+            engine.add_request(f"b{step}", tok.encode("def add(a, b):\n    return a + b\n" * 6),
+                               SamplingParams(max_tokens=1, temperature=0.0))
+        before = engine.model.stack_steps
+        engine.step()
+        mixed += engine.model.stack_steps > before and len(engine.scheduler.running) > 1
+        if not engine.has_unfinished():
+            break
+    assert mixed >= 3  # steps where "a" decoded beside another request
+    assert shared.keys() == alone.keys() and len(alone) == 12
+    for pos in alone:
+        assert np.array_equal(shared[pos], alone[pos]), pos
+
+
+def test_a_prompts_last_token_after_a_prefix_cache_hit_takes_the_float_pass(smollm2_path: Path) -> None:
+    """A prompt whose every block but the last token is cached runs that token as a one-token chunk; it is
+    a prompt position, so the float pass computes it (as the first request's prefill did) and the first
+    token's logits agree to float rounding, far closer than the int8 decode kernels would be."""
+    from pyagent.inference.sampler import SamplingParams
+
+    g, config, weights = load_gguf_model(smollm2_path)
+    tok = gguf_tokenizer(g)
+    engine = PagedAttentionEngine(config, weights, tok, max_num_seqs=2, block_size=16)
+    prompt = tok.encode("one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+                        "fifteen sixteen seventeen eighteen nineteen twenty, and then a few more words to count to the "
+                        "end of the third block")[:33]
+    assert len(prompt) == 33  # two full blocks cached, then one token
+    first = _logits_by_position(engine, "first")
+    engine.add_request("first", prompt, SamplingParams(max_tokens=1, temperature=0.0))
+    while engine.has_unfinished():
+        engine.step()
+    again = _logits_by_position(engine, "again")
+    engine.add_request("again", prompt, SamplingParams(max_tokens=1, temperature=0.0))
+    before, hits = engine.model.stack_steps, engine.kv_cache.hits
+    while engine.has_unfinished():
+        engine.step()
+    assert engine.kv_cache.hits == hits + 2
+    assert engine.model.stack_steps == before  # no decode step: the one-token chunk took the float pass
+    last = len(prompt) - 1
+    assert np.abs(again[last] - first[last]).max() < 1e-3
+    assert again[last].argmax() == first[last].argmax()
 
 
 def test_rust_decode_step_on_a_float16_cache_gives_the_python_layers_logits(smollm2_path: Path) -> None:
@@ -258,7 +339,7 @@ def _greedy(engine: PagedAttentionEngine, n_tokens: int) -> tuple[list[list[int]
 def test_quantized_kernels_give_the_same_greedy_tokens_as_fp32_on_dequantized_weights(smollm2_path: Path) -> None:
     """Float-activation kernels: the same tokens as fp32 on the dequantized weights, all 10 x 32.
 
-    The int8-activation kernels (``int8_activations=True``) round each product's input to 8 bits, as llama.cpp does;
+    The int8-activation kernels (``activations="int8"``, the default) round each product's input to 8 bits, as llama.cpp does;
     a continuation may then leave the fp32 one, but only where fp32 itself nearly ties: at the first
     differing token, the fp32 logit of the int8 choice is within 5% of a logit standard deviation of
     fp32's own choice. (Measured: 5 of the 10 stay identical for 32 tokens; the others part at margins
@@ -266,8 +347,8 @@ def test_quantized_kernels_give_the_same_greedy_tokens_as_fp32_on_dequantized_we
     g, config, weights = load_gguf_model(smollm2_path)
     tok = gguf_tokenizer(g)
     dense, dense_rows = _greedy(PagedAttentionEngine(config, _dense(weights), tok, max_num_seqs=16), 32)
-    exact, _ = _greedy(PagedAttentionEngine(config, weights, tok, max_num_seqs=16, int8_activations=False), 32)
-    int8, _ = _greedy(PagedAttentionEngine(config, weights, tok, max_num_seqs=16, int8_activations=True), 32)
+    exact, _ = _greedy(PagedAttentionEngine(config, weights, tok, max_num_seqs=16, activations="float32"), 32)
+    int8, _ = _greedy(PagedAttentionEngine(config, weights, tok, max_num_seqs=16), 32)
     assert all(len(t) == 32 for t in exact + int8)
     assert exact == dense
     for i, (a, b) in enumerate(zip(int8, dense, strict=True)):
@@ -292,9 +373,10 @@ def test_float16_kv_cache_keeps_the_float32_greedy_tokens_and_doubles_the_blocks
     g, config, weights = load_gguf_model(smollm2_path)
     tok = gguf_tokenizer(g)
     budget = 256 << 20  # below what 16 sequences of the full context want, so the budget sets the count
-    e32 = PagedAttentionEngine(config, weights, tok, max_num_seqs=16, kv_cache_bytes=budget)
+    # float activations, so that only the cache's rounding tells the two apart
+    e32 = PagedAttentionEngine(config, weights, tok, max_num_seqs=16, kv_cache_bytes=budget, activations="float32")
     e16 = PagedAttentionEngine(config, weights, tok, max_num_seqs=16, kv_cache_bytes=budget,
-                               kv_cache_dtype="float16")
+                               kv_cache_dtype="float16", activations="float32")
     assert e16.kv_cache.k_cache.dtype == np.float16 and e16.kv_cache.v_cache.dtype == np.float16
     assert e32.kv_cache.k_cache.dtype == np.float32
     assert e16.kv_cache.num_total_blocks == 2 * e32.kv_cache.num_total_blocks == 2 * (budget // (16 * 46080))
@@ -329,8 +411,8 @@ def test_greedy_tokens_equal_transformers_on_the_dequantized_weights(smollm2_pat
     cases = recorded["cases"]
     assert [c["prompt"] for c in cases] == GREEDY_PROMPTS
     g, config, weights = load_gguf_model(smollm2_path)
-    # the exact (float-activation) kernels, the default; int8 activations are held to fp32 by the test above
-    engine = PagedAttentionEngine(config, weights, gguf_tokenizer(g), max_num_seqs=16, int8_activations=False)
+    # the exact (float-activation) kernels; the default int8 ones are held to fp32 by the test above
+    engine = PagedAttentionEngine(config, weights, gguf_tokenizer(g), max_num_seqs=16, activations="float32")
     seen: dict[str, list[np.ndarray]] = {}
     engine.logits_observer = lambda rid, pos, row: seen.setdefault(rid, []).append(row.copy())
     for i, case in enumerate(cases):

@@ -8,10 +8,10 @@ from typing import Any
 
 from pyagent.cli.completions import add_choice_args, choice_params, run_choices, write_choice
 from pyagent.cli.generate import (
-    add_kv_cache_args,
+    add_engine_args,
     add_quantize_arg,
     add_sampling_args,
-    kv_cache_options,
+    engine_options,
     sampling_params,
 )
 
@@ -25,7 +25,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, metavar="PATH", help="a GGUF file, or a checkpoint folder")
     p.add_argument("--system", metavar="TEXT", default=None, help="a system message (else the template's default)")
     add_quantize_arg(p)
-    add_kv_cache_args(p)
+    add_engine_args(p)
     add_sampling_args(p)
     add_choice_args(p)
     p.set_defaults(temperature=0.7)
@@ -52,8 +52,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("-n above 1 needs a MESSAGE (one-shot mode): a conversation continues one reply")
         params.validate()
         engine = PagedAttentionEngine.from_pretrained(args.model, max_num_seqs=args.n, quantize=args.quantize,
-                                                      int8_activations=args.int8_activations,
-                                                      **kv_cache_options(args))
+                                                      **engine_options(args))
     except (ModelLoadError, ValueError) as exc:
         raise CommandError(str(exc)) from None
     messages: list[dict[str, str]] = [] if args.system is None else [{"role": "system", "content": args.system}]

@@ -18,7 +18,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, metavar="PATH", help="a GGUF file, or a checkpoint folder (config.json, "
                                                                    "*.safetensors, tokenizer.json)")
     add_quantize_arg(p)
-    add_kv_cache_args(p)
+    add_engine_args(p)
     add_sampling_args(p)
     add_choice_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object per completion (a line each): index, "
@@ -28,12 +28,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def add_quantize_arg(p: argparse.ArgumentParser) -> None:
-    """``--quantize``: convert a safetensors checkpoint's matrices at load (GGUF files are quantized already);
-    ``--int8-activations``: the faster, inexact decode kernels."""
+    """``--quantize``: convert a safetensors checkpoint's matrices at load (GGUF files are quantized already)."""
     p.add_argument("--quantize", choices=["q8_0"], default=None,
                    help="convert a safetensors checkpoint's matrices to Q8_0 at load (a quarter of float32's "
                         "memory; fp16/bf16 weights otherwise stay 16-bit)")
-    p.add_argument("--int8-activations", action="store_true", help=INT8_HELP)
 
 
 KV_DTYPE_HELP = ("element type of the KV cache: float32 (default) or float16. float16 takes half the cache "
@@ -57,27 +55,32 @@ def _byte_size(text: str) -> int:
     return value
 
 
-def add_kv_cache_args(p: argparse.ArgumentParser) -> None:
-    """``--kv-cache-dtype`` and ``--kv-cache-bytes``: the engine's KV cache element type and memory budget."""
-    from pyagent.inference.config import KV_CACHE_DTYPES
+def add_engine_args(p: argparse.ArgumentParser) -> None:
+    """``--activations`` (the decode step's arithmetic), ``--kv-cache-dtype`` and ``--kv-cache-bytes`` (the
+    KV cache's element type and memory budget)."""
+    from pyagent.inference.config import ACTIVATIONS, KV_CACHE_DTYPES
 
+    p.add_argument("--activations", choices=ACTIVATIONS, default=ACTIVATIONS[0], help=ACTIVATIONS_HELP)
     p.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default="float32", help=KV_DTYPE_HELP)
     p.add_argument("--kv-cache-bytes", type=_byte_size, default=None, metavar="SIZE",
                    help="memory for the KV cache, e.g. 512M or 2G (default 1G; fewer blocks are allocated when "
                         "the model's context for every sequence needs less)")
 
 
-def kv_cache_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The engine options ``add_kv_cache_args`` parsed."""
-    options: dict[str, Any] = {"kv_cache_dtype": args.kv_cache_dtype}
+def engine_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The engine options ``add_engine_args`` parsed."""
+    options: dict[str, Any] = {"activations": args.activations, "kv_cache_dtype": args.kv_cache_dtype}
     if args.kv_cache_bytes is not None:
         options["kv_cache_bytes"] = args.kv_cache_bytes
     return options
 
 
-INT8_HELP = ("decode with int8 activations, as llama.cpp does: each product's input is rounded to 8 bits "
-             "(quantized weights of every type), 1.3x (Q4_1) to 2.8x (Q5_K_M) faster per token; greedy output "
-             "may then differ from the exact default where two tokens nearly tie")
+ACTIVATIONS_HELP = ("what the decode step's products with quantized weights compute with. int8 (default): "
+                    "each product's input is rounded to 8 bits per block of 32, as llama.cpp does, and the "
+                    "integer dot products run 1.2x (Q4_1) to 2.8x (Q5_K_M) faster per token than float32. "
+                    "float32: exact up to float rounding, so greedy tokens equal fp32 arithmetic on the "
+                    "dequantized weights (int8's may part from them where two tokens nearly tie). Prompts "
+                    "always take the float path")
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -119,8 +122,7 @@ def run(args: argparse.Namespace) -> int:
         params = choice_params(args, sampling_params(args))
         params.validate()
         engine = PagedAttentionEngine.from_pretrained(args.model, max_num_seqs=args.n, quantize=args.quantize,
-                                                      int8_activations=args.int8_activations,
-                                                      **kv_cache_options(args))
+                                                      **engine_options(args))
         prompt_ids = engine.tokenizer.encode(args.prompt)
         streamed = not args.json and args.n == 1
         choices = run_choices(engine, prompt_ids, params, args.n, tag="cli", stream=streamed)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pyagent.cli import CommandError
-from pyagent.cli.generate import INT8_HELP, add_kv_cache_args, kv_cache_options
+from pyagent.cli.generate import add_engine_args, engine_options
 
 API_KEY_ENV = "PYAGENT_API_KEY"
 
@@ -34,10 +34,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
                    help="a GGUF file, or a model directory (config.json, *.safetensors, tokenizer.json)")
     p.add_argument("--quantize", choices=["q8_0"], default=None,
                    help="convert a safetensors checkpoint's matrices to Q8_0 at load")
-    p.add_argument("--int8-activations", action="store_true",
-                   help=INT8_HELP + " (--role single only: a decode instance must compute a prompt's last "
-                        "token as its prefill instance did)")
-    add_kv_cache_args(p)
+    add_engine_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 = any free port)")
     p.add_argument("--store", metavar="DB", default=None,
@@ -162,14 +159,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.block_size < 1:
         raise CommandError("--block-size must be positive")
-    if args.int8_activations and args.role != "single":
-        raise CommandError(f"--int8-activations works with --role single only, not {args.role}: prefill and "
-                           "decode instances must compute the same token the same way")
     connector = _connector(args)
     try:
         engine = load_engine(model_dir, block_size=args.block_size, kv_connector=connector,
-                             quantize=args.quantize, int8_activations=args.int8_activations,
-                             **kv_cache_options(args))
+                             quantize=args.quantize, **engine_options(args))
     except (OSError, ValueError) as exc:
         raise CommandError(f"cannot load the model in {model_dir}: {exc}") from None
     if connector is not None:

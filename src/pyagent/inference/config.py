@@ -13,6 +13,8 @@ from pyagent.inference.errors import ModelLoadError
 # budget) at fp16 rounding of each stored K/V value; attention still computes in float32. Here, not in
 # `kv_cache`, so that the CLI can offer the choices without importing NumPy at start-up.
 KV_CACHE_DTYPES = ("float32", "float16")
+# What the decode step's products compute with (see ``DecoderModel``); the first is the default.
+ACTIVATIONS = ("int8", "float32")
 
 # Architectures this engine runs, all the same decoder: RMSNorm, rotary attention with GQA, SwiGLU MLP.
 SUPPORTED_ARCHITECTURES = {

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from pyagent.inference.config import ModelConfig
+from pyagent.inference.config import ACTIVATIONS, ModelConfig
 from pyagent.inference.gguf_loader import load_gguf_model
 from pyagent.inference.gguf_reader import is_gguf
 from pyagent.inference.gguf_tokenizer import gguf_tokenizer
@@ -74,7 +74,7 @@ class PagedAttentionEngine:
                  block_size: int = 16, num_blocks: int | None = None, max_num_seqs: int = 32,
                  max_num_batched_tokens: int = 2048, enable_prefix_caching: bool = True,
                  partition_size: int = 512, kv_cache_bytes: int = DEFAULT_KV_CACHE_BYTES,
-                 kv_connector: KVConnector | None = None, int8_activations: bool = False,
+                 kv_connector: KVConnector | None = None, activations: str = ACTIVATIONS[0],
                  kv_cache_dtype: str = "float32") -> None:
         if block_size < 1 or partition_size < 1:
             raise ValueError("block_size and partition_size must be positive")
@@ -95,7 +95,7 @@ class PagedAttentionEngine:
                                        head_dim=config.head_dim, enable_prefix_caching=enable_prefix_caching,
                                        dtype=kv_cache_dtype)
         self.model = DecoderModel(config, weights, self.max_model_len, partition_size=partition_size,
-                                  int8_activations=int8_activations)
+                                  activations=activations)
         self.scheduler = Scheduler(self.kv_cache, max_num_seqs=max_num_seqs,
                                    max_num_batched_tokens=max_num_batched_tokens, connector=kv_connector)
         self.kv_connector = kv_connector
@@ -140,18 +140,21 @@ class PagedAttentionEngine:
                         enable_prefix_caching: bool = True, partition_size: int = 512,
                         kv_cache_bytes: int = DEFAULT_KV_CACHE_BYTES,
                         kv_connector: KVConnector | None = None,
-                        quantize: str | None = None, int8_activations: bool = False,
+                        quantize: str | None = None, activations: str = ACTIVATIONS[0],
                         kv_cache_dtype: str = "float32") -> PagedAttentionEngine:
         """Load a GGUF file (weights stay quantized) or a Hugging Face checkpoint folder (config.json,
         *.safetensors, tokenizer.json; ``quantize="q8_0"`` converts its matrices to Q8_0 at load).
 
-        ``int8_activations`` makes decode steps round each product's input to 8 bits (llama.cpp's way; faster
-        on every quantized weight type: 1.3x on Q4_1, 1.5-2.8x on K-quant files); off, decode is exact up to float rounding and gives the
-        same tokens whichever path (prefill, decode, another instance) computed a position.
+        ``activations="int8"`` (the default) makes decode steps round each quantized product's input to 8 bits
+        per block, as llama.cpp does (faster on every quantized weight type: 1.2x on Q4_1, 1.5-2.8x on K-quant
+        files); ``"float32"`` keeps decode exact up to float rounding, so greedy tokens equal fp32 arithmetic
+        on the dequantized weights. Prompts always take the float path (see ``pyagent.inference.model``).
 
         ``kv_cache_dtype="float16"`` stores K/V at half the memory (twice the blocks for ``kv_cache_bytes``),
         rounding each stored value to fp16; attention still computes in float32."""
         kv_dtype(kv_cache_dtype)  # a bad name fails before the model is read
+        if activations not in ACTIVATIONS:
+            raise ValueError(f"unknown activations {activations!r}: choose one of {', '.join(ACTIVATIONS)}")
         path = Path(model_dir)
         if path.suffix.lower() == ".gguf" or (path.is_file() and is_gguf(path)):
             if quantize is not None:
@@ -166,7 +169,7 @@ class PagedAttentionEngine:
         return cls(config, weights, tokenizer, model_name=name, block_size=block_size,
                    num_blocks=num_blocks, max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
                    enable_prefix_caching=enable_prefix_caching, partition_size=partition_size,
-                   kv_cache_bytes=kv_cache_bytes, kv_connector=kv_connector, int8_activations=int8_activations,
+                   kv_cache_bytes=kv_cache_bytes, kv_connector=kv_connector, activations=activations,
                    kv_cache_dtype=kv_cache_dtype)
 
     # -- requests
@@ -248,7 +251,9 @@ class PagedAttentionEngine:
             self._idle = not plan.chunks and not outputs
             if plan.chunks:
                 chunks = [SeqChunk(c.request.request_id, c.request.token_ids[c.start:c.start + c.num_tokens],
-                                   c.start, c.completes_prompt) for c in plan.chunks]
+                                   c.start, c.completes_prompt,
+                                   decode=c.num_tokens == 1 and c.start >= len(c.request.prompt_token_ids))
+                          for c in plan.chunks]
                 logits = self.model.forward(chunks, self.kv_cache)
                 masks = self._grammar_masks(plan.chunks)
                 row = 0

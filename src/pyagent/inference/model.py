@@ -2,9 +2,18 @@
 
 All tokens of a step go through the dense layers as one matrix; attention is split: sequences with one
 new token use the Rust paged decode kernel in one call, longer chunks (prefill) use causal attention over
-their cached prefix plus the chunk. A step made only of decode tokens, on a model whose matrices are all
-kept quantized (or 16-bit), runs its layers in one Rust call (``_rust.DecoderStack``): at one token per
-sequence the per-operation overhead of NumPy would cost more than the matrix products themselves.
+their cached prefix plus the chunk. On a model whose matrices are all kept quantized
+(or 16-bit), a step's decode tokens run their layers in one Rust call (``_rust.DecoderStack``): at one
+token per sequence the per-operation overhead of NumPy would cost more than the matrix products
+themselves.
+
+Activations: by default the decode step rounds each quantized product's input to 8 bits per block of 32
+(``activations="int8"``, what llama.cpp does: the integer dot products are the fast path), while prompt
+positions always take the float path. ``"float32"`` keeps every product exact up to float rounding, so
+the tokens equal those of fp32 arithmetic on the dequantized weights. Either way a position is computed
+the same way whichever step computes it: generated tokens by the decode kernels (also inside a step
+that prefills another sequence), prompt positions (also a prompt's single last token after a prefix
+cache hit, or on a decode instance) by the float pass.
 """
 
 from __future__ import annotations
@@ -16,7 +25,7 @@ import numpy as np
 
 from pyagent import _rust
 from pyagent.inference.attention import paged_decode_attention, prefill_attention
-from pyagent.inference.config import ModelConfig
+from pyagent.inference.config import ACTIVATIONS, ModelConfig
 from pyagent.inference.kv_cache import KVCacheManager
 from pyagent.inference.loader import LayerWeights, ModelWeights
 from pyagent.inference.quant import Linear, QuantLinear, embedding_rows, linear
@@ -31,6 +40,7 @@ class SeqChunk:
     token_ids: Sequence[int]
     start: int
     needs_logits: bool = True
+    decode: bool = False  # one generated token (not a prompt position): the decode kernels compute it
 
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
@@ -47,15 +57,16 @@ class DecoderModel:
     """Weights plus the forward pass; the KV cache it reads and writes is passed in."""
 
     def __init__(self, config: ModelConfig, weights: ModelWeights, max_positions: int, *,
-                 partition_size: int = 512, int8_activations: bool = False) -> None:
+                 partition_size: int = 512, activations: str = ACTIVATIONS[0]) -> None:
+        if activations not in ACTIVATIONS:
+            raise ValueError(f"unknown activations {activations!r}: choose one of {', '.join(ACTIVATIONS)}")
         self.config = config
         self.weights = weights
         self.rope = RotaryEmbedding(config, max_positions)
         self.partition_size = partition_size
         self.scale = 1.0 / float(np.sqrt(config.head_dim))
-        # the decode step's kernels: int8 activations (as llama.cpp; faster, but a position's logits then
-        # depend on whether a prefill or a decode step computed it), or None for float ones
-        self.int8: str | None = "auto" if int8_activations else None
+        # the decode step's kernels: int8 activations ("auto": the fastest this CPU runs), or None for float
+        self.int8: str | None = "auto" if activations == "int8" else None
         self.stack = _decoder_stack(config, weights, self.int8)
         self.stack_steps = 0  # decode steps run by the Rust stack (benchmarks and tests check the fast path)
 
@@ -81,6 +92,16 @@ class DecoderModel:
 
     def forward(self, chunks: Sequence[SeqChunk], kv: KVCacheManager) -> np.ndarray:
         """Run the chunks, store their K/V, and return logits ``[chunks needing logits, vocab]``."""
+        stacked = [self.stack is not None and ch.decode and len(ch.token_ids) == 1 for ch in chunks]
+        if any(stacked) and not all(stacked):  # the decode tokens through the stack, the rest as prompts
+            parts = [self._forward([ch for ch, s in zip(chunks, stacked, strict=True) if s == side], kv)
+                     for side in (True, False)]
+            rows = [iter(parts[0]), iter(parts[1])]
+            out = [next(rows[0 if s else 1]) for ch, s in zip(chunks, stacked, strict=True) if ch.needs_logits]
+            return np.stack(out) if out else np.zeros((0, self.config.vocab_size), dtype=np.float32)
+        return self._forward(chunks, kv)
+
+    def _forward(self, chunks: Sequence[SeqChunk], kv: KVCacheManager) -> np.ndarray:
         c, w = self.config, self.weights
         nh, nkv, hd = c.num_attention_heads, c.num_key_value_heads, c.head_dim
         lengths = [len(ch.token_ids) for ch in chunks]
@@ -99,7 +120,7 @@ class DecoderModel:
             for r, t in enumerate(tables):
                 block_tables[r, :len(t)] = t
             context_lens = np.array([chunks[i].start + 1 for i in decode_idx], dtype=np.int32)
-            if self.stack is not None and not prefill_idx:  # the stack reads float32 and float16 caches
+            if self.stack is not None and all(ch.decode for ch in chunks):  # reads float32 and float16 caches
                 return self._decode_step(chunks, kv, token_ids, positions.astype(np.int64), slots.astype(np.int64),
                                          block_tables, context_lens)
 
