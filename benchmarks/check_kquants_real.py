@@ -23,9 +23,10 @@ script counts tensors per type so the coverage is plain. ``--generate`` also loa
 engine and prints its greedy answer to "What is the capital of France?" beside llama.cpp's on the same
 prompt ids (requantizing a 4-bit file loses more than quantizing the original, so the answers say how
 much the file kept, and agreeing with llama.cpp says the loss is the file's, not ours). ``--int8-decode``
-loads each requantized file twice in the engine, exact (``activations="float32"``) and with int8 activations (the default), and prints greedy
-decode tokens/s of both (the threads are rayon's: set RAYON_NUM_THREADS) and how many of the first N
-greedy tokens the int8 run shares with the exact one on a few chat prompts.
+loads each requantized file twice in the engine, exact (``activations="float32"``, the default) and
+with int8 activations, and prints greedy decode tokens/s of both (the threads are rayon's: set
+RAYON_NUM_THREADS) and how many of the first N greedy tokens the int8 run shares with the exact one on a
+few chat prompts.
 
     python benchmarks/check_kquants_real.py [--generate] [--int8-decode] [--tokens N] [--llamacpp-python PATH]
 """

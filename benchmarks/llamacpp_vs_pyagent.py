@@ -5,9 +5,10 @@ one measurement each, and every ratio is taken within a turn (the machine's spee
 runs minutes apart to compare): single-stream decode tokens/s (greedy, 128 tokens), prompt processing
 tokens/s for a 512-token prompt, 16 concurrent requests of 64 tokens (llama-cpp-python's ``Llama``
 serves one sequence at a time, so its 16 run back to back, which is what a user of it gets), and peak
-RSS. Ours runs twice: with its default int8 activations (what llama.cpp's quantized products do too), and
-with ``activations="float32"`` (exact up to float rounding). A read probe with as many threads as the
-kernels use gives the memory bandwidth; the fraction of the bound is decode tokens/s x bytes of weights read per token / bandwidth.
+RSS. Ours runs twice: with its default float32 activations (exact up to float rounding), and with
+``activations="int8"`` (what llama.cpp's quantized products do too). A read probe with as many threads as the
+kernels use gives the memory bandwidth; the fraction of the bound is decode tokens/s x bytes of weights
+read per token / bandwidth.
 
 llama.cpp comes from llama-cpp-python built from source in a cached venv outside the repository, with
 every SIMD extension of ggml's CPU backend that this CPU reports (AVX2/FMA, AVX-VNNI, AVX-512 with VBMI,
@@ -160,7 +161,7 @@ def serve_worker(kind: str, model: str) -> None:
     """Load the model, then answer one measurement per line of stdin ("decode", "prompt", "concurrent",
     "rss") with a JSON number on stdout, until stdin closes."""
     worker: OursWorker | LlamaCppWorker = LlamaCppWorker(model) if kind == "llamacpp" else \
-        OursWorker(model, activations="float32" if kind == "ours-float32" else "int8", kv_cache_dtype=kind.removeprefix("ours-long-")
+        OursWorker(model, activations="int8" if kind == "ours-int8" else "float32", kv_cache_dtype=kind.removeprefix("ours-long-")
                    if kind.startswith("ours-long-") else "float32")
     print(json.dumps("ready"), flush=True)
     for line in sys.stdin:
@@ -284,8 +285,9 @@ def _build(python: Path, venv: Path) -> None:
     env = dict(os.environ, CMAKE_BUILD_PARALLEL_LEVEL="1", MAKEFLAGS="-j1",
                CMAKE_ARGS=_cmake_args())
     with log.open("w") as out:
-        done = subprocess.run(["nice", "-n", "19", str(python), "-m", "pip", "install", "-v", "--no-cache-dir", "--force-reinstall",
-                               LLAMA_CPP_PYTHON], stdout=out, stderr=subprocess.STDOUT, env=env)
+        # --force-reinstall: a venv built with other flags holds the same version
+        done = subprocess.run(["nice", "-n", "19", str(python), "-m", "pip", "install", "-v", "--no-cache-dir",
+                               "--force-reinstall", LLAMA_CPP_PYTHON], stdout=out, stderr=subprocess.STDOUT, env=env)
     if done.returncode:
         raise SystemExit(f"building {LLAMA_CPP_PYTHON} failed (exit {done.returncode}); see {log}")
 
@@ -330,7 +332,7 @@ def main() -> int:
     ap.add_argument("--kv-cache-dtypes", action="store_true",
                     help=f"instead: our decode tok/s after a {LONG_PROMPT_TOKENS}-token prompt with a float32 and a "
                          "float16 KV cache (no llama.cpp)")
-    ap.add_argument("--worker", choices=["ours", "ours-float32", "llamacpp", "ours-long-float32", "ours-long-float16"],
+    ap.add_argument("--worker", choices=["ours", "ours-int8", "llamacpp", "ours-long-float32", "ours-long-float16"],
                     help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.setup_only:
@@ -348,7 +350,7 @@ def main() -> int:
         return kv_cache_dtypes(args.model, args.rounds)
     ensure_llamacpp(Path(args.llamacpp_python))
     load_before = os.getloadavg()[0]
-    kinds = ["ours", "llamacpp", "ours-float32"]
+    kinds = ["ours", "llamacpp", "ours-int8"]
     workers = {k: Resident(args.llamacpp_python if k == "llamacpp" else sys.executable, k, args.model)
                for k in kinds}
     # All three stay loaded and take turns, one measurement each (in a rotating order), so that a change
@@ -376,15 +378,16 @@ def main() -> int:
 
     for kind, key, label, higher in (
             ("ours", "decode", "decode tok/s", True),
-            ("ours-float32", "decode", "decode tok/s (float32 act.)", True),
+            ("ours-int8", "decode", "decode tok/s (int8 act.)", True),
             ("ours", "prompt", f"prompt {PROMPT_TOKENS} tok/s", True),
             ("ours", "concurrent", f"{CONCURRENT} concurrent tok/s", True),
-            ("ours-float32", "concurrent", f"{CONCURRENT} concurrent (float32)", True),
+            ("ours-int8", "prompt", f"prompt {PROMPT_TOKENS} (int8 act.)", True),
+            ("ours-int8", "concurrent", f"{CONCURRENT} concurrent (int8 act.)", True),
             ("ours", "rss", "peak RSS MB", False)):
         ratios = [a / b for a, b in zip(results[kind][key], results["llamacpp"][key], strict=True)]
         print(f"{label:<28}{med(kind, key):>12.1f}{med('llamacpp', key):>12.1f}{statistics.median(ratios):>9.2f}x   "
               + " ".join(f"{x:.2f}" for x in ratios) + ("" if higher else " (lower is better)"))
-    for name, kind in (("pyagent", "ours"), ("pyagent (float32 act.)", "ours-float32"), ("llama.cpp", "llamacpp")):
+    for name, kind in (("pyagent", "ours"), ("pyagent (int8 act.)", "ours-int8"), ("llama.cpp", "llamacpp")):
         print(f"{name}: decode reaches {med(kind, 'decode') * per_token / 1e9 / bw:.2f} of the bandwidth "
               f"bound ({bw * 1e9 / per_token:.0f} tok/s)")
     return 0

@@ -277,7 +277,7 @@ _ProjSpec = tuple[list[np.ndarray], list[int], list[int], np.ndarray | None]
 
 @final
 class DecoderStack:
-    """Every decoder layer of one model for a decode step, run in Rust over the (memory-mapped) weights."""
+    """Every decoder layer of one model for a step, run in Rust over the (memory-mapped) weights."""
 
     def __new__(cls, hidden: int, heads: int, kv_heads: int, head_dim: int, intermediate: int, eps: float,
                 int8: str | None = None) -> DecoderStack: ...
@@ -306,4 +306,7 @@ class DecoderStack:
         ``logits`` ([len(logit_rows), vocab]) also the final norm and the head (``set_head``) on those rows."""
     def set_head(self, norm: np.ndarray, head: _ProjSpec, vocab: int) -> None:
         """Set the final norm and the output projection, so that ``forward`` can return logits."""
+    @property
+    def int8_products(self) -> bool:
+        """Whether every layer's products take int8 activations (16-bit and float weights keep float ones)."""
     def __len__(self) -> int: ...

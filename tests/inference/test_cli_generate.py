@@ -199,10 +199,10 @@ def test_chat_n_replies_and_logprobs(pyagent_cmd: list[str], clean_env: dict[str
 
 def test_activations_flag_picks_the_decode_kernels(pyagent_cmd: list[str], clean_env: dict[str, str],
                                                    smollm2_path: Path) -> None:
-    """``--activations float32`` gives the tokens of the engine built with float kernels, the default those of
-    the int8 one; a bad value is a usage error naming the choices."""
+    """``--activations int8`` gives the tokens of the engine built with int8 kernels, the default those of
+    the float one; a bad value is a usage error naming the choices."""
     prompt = "The capital of France is"
-    for flag, activations in (["--activations", "float32"], "float32"), ([], "int8"):
+    for flag, activations in (["--activations", "int8"], "int8"), ([], "float32"):
         done = subprocess.run([*pyagent_cmd, "generate", "--model", str(smollm2_path), *flag, "--max-tokens", "24",
                                "--temperature", "0", "--ignore-eos", "--json", prompt],
                               capture_output=True, text=True, env=clean_env, timeout=300)
@@ -216,4 +216,4 @@ def test_activations_flag_picks_the_decode_kernels(pyagent_cmd: list[str], clean
         assert outs[-1].token_ids == result["token_ids"], flag
     done = subprocess.run([*pyagent_cmd, "generate", "--model", str(smollm2_path), "--activations", "int4", "hi"],
                           capture_output=True, text=True, env=clean_env, timeout=120)
-    assert done.returncode == 2 and "choose from 'int8', 'float32'" in done.stderr, done.stderr
+    assert done.returncode == 2 and "choose from 'float32', 'int8'" in done.stderr, done.stderr

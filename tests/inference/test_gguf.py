@@ -108,18 +108,26 @@ def _decode_logits(smollm2_path: Path, use_stack: bool, int8: bool, kv_cache_dty
 def test_rust_decode_step_gives_the_python_layers_logits(smollm2_path: Path) -> None:
     """The one-call Rust decode step against the NumPy layer loop, on the same quantized weights.
 
-    With float activations the two agree to float rounding. With int8 activations (the default, as
-    llama.cpp) each product rounds its input to 8 bits per 32-element block, so the logits move by a
-    small fraction of their spread while the greedy choice stays the same on these prompts."""
+    With float activations the two agree to float rounding. With int8 activations (as llama.cpp;
+    then prompts run in the stack too) each product rounds its input to 8 bits per 32-element
+    block, so the logits move by a small fraction of their spread; the greedy choice stays float's except
+    where float itself nearly ties (the two continuations part there, so the comparison stops)."""
     slow = _decode_logits(smollm2_path, use_stack=False, int8=False)
     fast = _decode_logits(smollm2_path, use_stack=True, int8=False)
     int8 = _decode_logits(smollm2_path, use_stack=True, int8=True)
     assert fast.keys() == slow.keys() == int8.keys() and len(fast) == 30
-    for key in fast:
+    parted: set[str] = set()
+    for key in sorted(fast):
         assert np.abs(fast[key] - slow[key]).max() < 1e-3, key
         assert fast[key].argmax() == slow[key].argmax()
+        if key[0] in parted:
+            continue
         assert np.abs(int8[key] - slow[key]).max() < 0.05 * np.ptp(slow[key]), key
-        assert int8[key].argmax() == slow[key].argmax(), key
+        ours, theirs = int(int8[key].argmax()), int(slow[key].argmax())
+        if ours != theirs:
+            assert slow[key][theirs] - slow[key][ours] < 0.1 * np.std(slow[key]), key
+            parted.add(key[0])
+    assert len(parted) < 3
     assert max(float(np.abs(int8[k] - slow[k]).max()) for k in fast) > 1e-3  # int8 kernels really ran
 
 
@@ -139,69 +147,83 @@ def _logits_by_position(engine: PagedAttentionEngine, rid: str) -> dict[int, np.
 
 def test_a_generated_token_is_computed_alike_whether_or_not_another_prompt_shares_its_step(
         smollm2_path: Path) -> None:
-    """Default (int8) activations: a sequence's decode logits are bit-identical when it runs alone and when
-    other requests' prompts are prefilled in the same steps: their chunks take the float pass, its token
-    still takes the decode kernels. (The other requests stop after their first token, so every decode
-    step here holds this one token: steps that decode several sequences use the several-row kernels.)"""
+    """With int8 activations: a sequence's decode logits are bit-identical when it runs alone and when
+    other requests share its steps, first prefilling (their chunks take the float pass, its token still
+    takes the decode kernels) and then decoding beside it (the several-token kernels give each token the
+    one-token kernel's result), so scheduling never changes what a request generates."""
     from pyagent.inference.sampler import SamplingParams
 
     g, config, weights = load_gguf_model(smollm2_path)
     tok = gguf_tokenizer(g)
     params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
     prompt = tok.encode("The capital of France is")
-    alone_engine = PagedAttentionEngine(config, weights, tok, max_num_seqs=4, enable_prefix_caching=False)
+    alone_engine = PagedAttentionEngine(config, weights, tok, max_num_seqs=4, enable_prefix_caching=False,
+                                        activations="int8")
     alone = _logits_by_position(alone_engine, "a")
     alone_engine.add_request("a", prompt, params)
     while alone_engine.has_unfinished():
         alone_engine.step()
     # small prefill chunks, so that the long prompts below share many steps with "a"'s decode tokens
     engine = PagedAttentionEngine(config, weights, tok, max_num_seqs=4, enable_prefix_caching=False,
-                                  max_num_batched_tokens=24)
+                                  max_num_batched_tokens=24, activations="int8")
     shared = _logits_by_position(engine, "a")
+    rows_per_step: list[int] = []
+    stack = engine.model.stack
+    assert stack is not None
+
+    class CountingStack:  # the model's Rust stack, counting the tokens of each decode step
+        def forward(self, x: np.ndarray, *args: object) -> None:
+            rows_per_step.append(len(x))
+            stack.forward(x, *args)
+
+    engine.model.stack = CountingStack()  # type: ignore[assignment]
     engine.add_request("a", prompt, params)
     mixed = 0
     for step in range(200):
         if step in (2, 5):
             engine.add_request(f"b{step}", tok.encode("def add(a, b):\n    return a + b\n" * 6),
-                               SamplingParams(max_tokens=1, temperature=0.0))
+                               SamplingParams(max_tokens=4, temperature=0.0))
         before = engine.model.stack_steps
         engine.step()
         mixed += engine.model.stack_steps > before and len(engine.scheduler.running) > 1
         if not engine.has_unfinished():
             break
     assert mixed >= 3  # steps where "a" decoded beside another request
+    assert max(rows_per_step) >= 2  # and steps that decoded several tokens at once
     assert shared.keys() == alone.keys() and len(alone) == 12
     for pos in alone:
         assert np.array_equal(shared[pos], alone[pos]), pos
 
 
-def test_a_prompts_last_token_after_a_prefix_cache_hit_takes_the_float_pass(smollm2_path: Path) -> None:
-    """A prompt whose every block but the last token is cached runs that token as a one-token chunk; it is
-    a prompt position, so the float pass computes it (as the first request's prefill did) and the first
-    token's logits agree to float rounding, far closer than the int8 decode kernels would be."""
+def test_a_prompt_gives_the_same_logits_whole_chunked_or_after_a_prefix_cache_hit(smollm2_path: Path) -> None:
+    """With int8 activations: the first token's logits of one prompt are bit-identical whether it is
+    prefilled in one chunk, in chunks of 7 tokens, or (asked again) as one token after a prefix-cache hit
+    on its first two blocks; every one of these steps runs in the Rust stack."""
     from pyagent.inference.sampler import SamplingParams
 
     g, config, weights = load_gguf_model(smollm2_path)
     tok = gguf_tokenizer(g)
-    engine = PagedAttentionEngine(config, weights, tok, max_num_seqs=2, block_size=16)
     prompt = tok.encode("one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
                         "fifteen sixteen seventeen eighteen nineteen twenty, and then a few more words to count to the "
                         "end of the third block")[:33]
     assert len(prompt) == 33  # two full blocks cached, then one token
-    first = _logits_by_position(engine, "first")
-    engine.add_request("first", prompt, SamplingParams(max_tokens=1, temperature=0.0))
-    while engine.has_unfinished():
-        engine.step()
-    again = _logits_by_position(engine, "again")
-    engine.add_request("again", prompt, SamplingParams(max_tokens=1, temperature=0.0))
-    before, hits = engine.model.stack_steps, engine.kv_cache.hits
-    while engine.has_unfinished():
-        engine.step()
-    assert engine.kv_cache.hits == hits + 2
-    assert engine.model.stack_steps == before  # no decode step: the one-token chunk took the float pass
-    last = len(prompt) - 1
-    assert np.abs(again[last] - first[last]).max() < 1e-3
-    assert again[last].argmax() == first[last].argmax()
+    seen = []
+    for budget in (2048, 7):
+        engine = PagedAttentionEngine(config, weights, tok, max_num_seqs=2, block_size=16,
+                                      max_num_batched_tokens=budget, activations="int8")
+        assert engine.model.stack_prompts
+        for rid in ("first", "again"):
+            rows = _logits_by_position(engine, rid)
+            engine.add_request(rid, prompt, SamplingParams(max_tokens=1, temperature=0.0))
+            hits, steps = engine.kv_cache.hits, 0
+            while engine.has_unfinished():
+                engine.step()
+                steps += 1
+            assert engine.kv_cache.hits - hits == (2 if rid == "again" else 0)
+            assert steps == (1 if rid == "again" or budget > 33 else 5)
+            seen.append(rows[len(prompt) - 1])
+        assert engine.model.stack_steps == (2 if budget > 33 else 6)
+    assert all(np.array_equal(row, seen[0]) for row in seen[1:])
 
 
 def test_rust_decode_step_on_a_float16_cache_gives_the_python_layers_logits(smollm2_path: Path) -> None:
@@ -339,16 +361,17 @@ def _greedy(engine: PagedAttentionEngine, n_tokens: int) -> tuple[list[list[int]
 def test_quantized_kernels_give_the_same_greedy_tokens_as_fp32_on_dequantized_weights(smollm2_path: Path) -> None:
     """Float-activation kernels: the same tokens as fp32 on the dequantized weights, all 10 x 32.
 
-    The int8-activation kernels (``activations="int8"``, the default) round each product's input to 8 bits, as llama.cpp does;
-    a continuation may then leave the fp32 one, but only where fp32 itself nearly ties: at the first
-    differing token, the fp32 logit of the int8 choice is within 5% of a logit standard deviation of
-    fp32's own choice. (Measured: 5 of the 10 stay identical for 32 tokens; the others part at margins
-    of 0.015 to 0.125 with standard deviations of 3 to 4.4.)"""
+    The int8-activation kernels (``activations="int8"``, prompts included) round each
+    product's input to 8 bits, as llama.cpp does; a continuation may then leave the fp32 one, but only
+    where fp32 itself nearly ties: at the first differing token, the fp32 logit of the int8 choice is
+    within 10% of a logit standard deviation of fp32's own choice. (Measured: 4 of the 10 stay identical
+    for 32 tokens; the others part at margins of 0.08 to 0.23 with standard deviations of 3.0 to 4.4,
+    7.5% at most.)"""
     g, config, weights = load_gguf_model(smollm2_path)
     tok = gguf_tokenizer(g)
     dense, dense_rows = _greedy(PagedAttentionEngine(config, _dense(weights), tok, max_num_seqs=16), 32)
     exact, _ = _greedy(PagedAttentionEngine(config, weights, tok, max_num_seqs=16, activations="float32"), 32)
-    int8, _ = _greedy(PagedAttentionEngine(config, weights, tok, max_num_seqs=16), 32)
+    int8, _ = _greedy(PagedAttentionEngine(config, weights, tok, max_num_seqs=16, activations="int8"), 32)
     assert all(len(t) == 32 for t in exact + int8)
     assert exact == dense
     for i, (a, b) in enumerate(zip(int8, dense, strict=True)):
@@ -356,7 +379,7 @@ def test_quantized_kernels_give_the_same_greedy_tokens_as_fp32_on_dequantized_we
         if k is not None:
             row = dense_rows[str(i)][k]
             margin = float(row[b[k]] - row[a[k]])
-            assert 0 <= margin < 0.05 * float(np.std(row)), (GREEDY_PROMPTS[i], k, margin)
+            assert 0 <= margin < 0.1 * float(np.std(row)), (GREEDY_PROMPTS[i], k, margin)
 
 
 def _first_difference(a: list[int], b: list[int]) -> int | None:
@@ -411,7 +434,7 @@ def test_greedy_tokens_equal_transformers_on_the_dequantized_weights(smollm2_pat
     cases = recorded["cases"]
     assert [c["prompt"] for c in cases] == GREEDY_PROMPTS
     g, config, weights = load_gguf_model(smollm2_path)
-    # the exact (float-activation) kernels; the default int8 ones are held to fp32 by the test above
+    # the exact (float-activation) kernels, the default; the int8 ones are held to fp32 by the test above
     engine = PagedAttentionEngine(config, weights, gguf_tokenizer(g), max_num_seqs=16, activations="float32")
     seen: dict[str, list[np.ndarray]] = {}
     engine.logits_observer = lambda rid, pos, row: seen.setdefault(rid, []).append(row.copy())

@@ -254,6 +254,15 @@ impl DecoderStack {
         })
     }
 
+    /// Whether every layer's products take int8 activations (an int8 mode, and weight types with int8
+    /// kernels; 16-bit and float rows keep float ones).
+    #[getter]
+    fn int8_products(&self) -> bool {
+        matches!(self.mode, Mode::Int8(_))
+            && self.layers.iter().all(|l| [&l.qkv, &l.o, &l.gate_up, &l.down].iter()
+                .all(|p| p.types.iter().all(|&t| super::int8::supports(t))))
+    }
+
     fn __len__(&self) -> usize {
         self.layers.len()
     }

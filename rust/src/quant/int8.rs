@@ -152,8 +152,8 @@ pub unsafe fn span(isa: Isa, t: QType, data: &[u8], rb: usize, first: usize, las
         return super::int8_kquants::simd_span(isa, t, data, rb, first, last, qa, n, out, total, out_col);
     }
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512Vnni && n == 1 && super::int8_avx512::available() {
-        return super::int8_avx512::span(t, data, rb, first, last, qa, out, out_col);
+    if isa == Isa::Avx512Vnni && super::int8_avx512::available() {
+        return super::int8_avx512::span(t, data, rb, first, last, qa, n, out, total, out_col);
     }
     #[cfg(target_arch = "x86_64")]
     if isa != Isa::Portable {
@@ -261,59 +261,53 @@ pub(super) mod simd {
                     _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
                 }
 
-                /// One step: `acc += isum·dw·dx`, `corr += [·, m·dx·Σq]` (only read for Q4_1).
+                /// One block of one row: `acc += isum·dw·dx`; returns `[·, m·dx·Σq]` (only read for Q4_1).
                 #[inline]
                 #[target_feature(enable = $features)]
-                unsafe fn step(isum: __m256i, dm: __m128, ds: *const [f32; 2], acc: &mut __m256, corr: &mut __m128) {
+                unsafe fn step(isum: __m256i, dm: __m128, ds: *const [f32; 2], acc: &mut __m256) -> __m128 {
                     let p = _mm_mul_ps(dm, _mm_castpd_ps(_mm_load_sd(ds as *const f64)));
-                    *corr = _mm_add_ps(*corr, p);
                     *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_broadcastss_ps(p), *acc);
+                    p
                 }
 
-                /// One weight row against one quantized row of `x` (two chains of blocks, even and odd).
-                #[inline]
-                #[target_feature(enable = $features)]
-                unsafe fn single(t: QType, rp: *const u8, xq: *const i8, ds: *const [f32; 2], blocks: usize) -> f32 {
-                    let bb = t.block_bytes();
-                    let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-                    let (mut c0, mut c1) = (_mm_setzero_ps(), _mm_setzero_ps());
-                    let mut b = 0;
-                    while b + 1 < blocks {
-                        let (w0, dm0) = weights(t, rp.add(b * bb));
-                        let (w1, dm1) = weights(t, rp.add((b + 1) * bb));
-                        let i0 = block(t, w0, xq.add(b * 32));
-                        let i1 = block(t, w1, xq.add((b + 1) * 32));
-                        step(i0, dm0, ds.add(b), &mut a0, &mut c0);
-                        step(i1, dm1, ds.add(b + 1), &mut a1, &mut c1);
-                        b += 2;
-                    }
-                    if b < blocks {
-                        let (w0, dm0) = weights(t, rp.add(b * bb));
-                        step(block(t, w0, xq.add(b * 32)), dm0, ds.add(b), &mut a0, &mut c0);
-                    }
-                    let c = _mm_add_ps(c0, c1);
-                    let off = if t == QType::Q4_1 { _mm_cvtss_f32(_mm_movehdup_ps(c)) } else { 0.0 };
-                    hsum(_mm256_add_ps(a0, a1)) + off
-                }
-
-                /// One weight row against `G` quantized rows of `x` (each block decoded once for all).
+                /// One weight row against `G` quantized rows of `x`, each block decoded once for all of them.
+                ///
+                /// Every row goes through the same operations in the same order whatever `G` is (two chains,
+                /// even and odd blocks, and one correction chain fed a pair at a time), so a token's result
+                /// does not depend on how many others share its step: with 8-bit activations a last-bit
+                /// difference could move a later rounding by a whole step.
                 #[inline]
                 #[target_feature(enable = $features)]
                 unsafe fn multi<const G: usize>(t: QType, rp: *const u8, xq: *const i8, ds: *const [f32; 2],
                                                 blocks: usize, out: &mut [f32]) -> usize {
                     let bb = t.block_bytes();
-                    let mut acc = [_mm256_setzero_ps(); G];
+                    let mut acc = [[_mm256_setzero_ps(); 2]; G];
                     let mut corr = [_mm_setzero_ps(); G];
-                    for b in 0..blocks {
-                        let (w, dm) = weights(t, rp.add(b * bb));
+                    let mut b = 0;
+                    while b + 1 < blocks {
+                        let (w0, dm0) = weights(t, rp.add(b * bb));
+                        let (w1, dm1) = weights(t, rp.add((b + 1) * bb));
                         for i in 0..G {
-                            let isum = block(t, w, xq.add((i * blocks + b) * 32));
-                            step(isum, dm, ds.add(i * blocks + b), &mut acc[i], &mut corr[i]);
+                            let at = i * blocks + b;
+                            let i0 = block(t, w0, xq.add(at * 32));
+                            let i1 = block(t, w1, xq.add((at + 1) * 32));
+                            let p0 = step(i0, dm0, ds.add(at), &mut acc[i][0]);
+                            let p1 = step(i1, dm1, ds.add(at + 1), &mut acc[i][1]);
+                            corr[i] = _mm_add_ps(corr[i], _mm_add_ps(p0, p1));
+                        }
+                        b += 2;
+                    }
+                    if b < blocks {
+                        let (w0, dm0) = weights(t, rp.add(b * bb));
+                        for i in 0..G {
+                            let at = i * blocks + b;
+                            corr[i] = _mm_add_ps(corr[i], step(block(t, w0, xq.add(at * 32)), dm0, ds.add(at),
+                                                               &mut acc[i][0]));
                         }
                     }
                     for i in 0..G {
                         let off = if t == QType::Q4_1 { _mm_cvtss_f32(_mm_movehdup_ps(corr[i])) } else { 0.0 };
-                        out[i] = hsum(acc[i]) + off;
+                        out[i] = hsum(_mm256_add_ps(acc[i][0], acc[i][1])) + off;
                     }
                     G
                 }
@@ -329,11 +323,6 @@ pub(super) mod simd {
                         let row = &data[r * rb..(r + 1) * rb];
                         crate::quant::matmul::prefetch_ahead(data, rb, r);
                         let col = out_col + r - first;
-                        if n == 1 {
-                            row_dots(t, row, qa, 1, &mut vals);
-                            *out.add(col) = vals[0];
-                            continue;
-                        }
                         let mut done = 0;
                         while done < n {
                             let m = (n - done).min(64);
@@ -362,13 +351,7 @@ pub(super) mod simd {
                     }
                 }
 
-                /// See `simd::row_dots`.
-                #[target_feature(enable = $features)]
-                pub unsafe fn row_dots(t: QType, row: &[u8], qa: &QActs, n: usize, out: &mut [f32]) {
-                    row_dots_at(t, row, qa, 0, n, out)
-                }
-
-                /// `row_dots` from block `at` of `qa` on (the first of `n` rows there).
+                /// `out[i] = dot(row, x[i])` for `n` rows of `qa` from its block `at` on.
                 #[inline]
                 #[target_feature(enable = $features)]
                 unsafe fn row_dots_at(t: QType, row: &[u8], qa: &QActs, at: usize, n: usize, out: &mut [f32]) {
@@ -383,10 +366,6 @@ pub(super) mod simd {
                                 _ => { let $tt = QType::Q8_0; $e }
                             }
                         };
-                    }
-                    if n == 1 {
-                        out[0] = by_type!(tt => single(tt, rp, xq, ds, blocks));
-                        return;
                     }
                     let mut start = 0;
                     while start < n {
@@ -425,16 +404,17 @@ pub(super) mod simd {
 
     kernels!(k_avx2, "avx2,fma,f16c", dot_avx2);
     kernels!(k_avxvnni, "avx2,fma,f16c,avxvnni", dot_avxvnni);
-    // 256-bit EVEX `vpdpbusd`: for CPUs with AVX512-VNNI but not AVX-VNNI (Cascade Lake), and the
-    // several-token products; one-token products take `int8_avx512` (block pairs) where VBMI is present.
+    // 256-bit EVEX `vpdpbusd`: for CPUs with AVX512-VNNI but not VBMI (Cascade Lake); with VBMI the
+    // products take `int8_avx512` (block pairs).
     kernels!(k_avx512vnni, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", dot_avx512vnni);
 
 
     /// `k_*::span` with the kernels of `isa`.
     ///
     /// # Safety
-    /// As `row_dots`, for rows `first..last` of `data` (`rb` bytes each); `out` is `[n, total]` and no
-    /// other thread writes its columns `out_col..out_col + last - first`.
+    /// `isa` is available and not `Portable`; `data` holds rows of `qa.cols` elements of `t` (Q4_0, Q4_1 or
+    /// Q8_0), rows `first..last` of `rb` bytes each; `out` is `[n, total]` and no other thread writes its
+    /// columns `out_col..out_col + last - first`.
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn span(isa: Isa, t: QType, data: &[u8], rb: usize, first: usize, last: usize, qa: &QActs, n: usize,
                        out: *mut f32, total: usize, out_col: usize) {
@@ -525,6 +505,13 @@ mod tests {
                             assert!((got - want).abs() <= 1e-5 * scale, "{t:?} {name} n {n} row {r}: {got} vs {want}");
                         }
                         assert!(out[i * (rows + 3)..i * (rows + 3) + 3].iter().all(|v| v.is_nan()), "wrote outside");
+                        // a row's result is bit-identical to the one-row product (a step's tokens do not interact)
+                        let mut alone = QActs::default();
+                        alone.quantize(&x[i * cols..(i + 1) * cols], cols, Isa::Portable);
+                        let mut one = vec![0f32; rows - 2];
+                        unsafe { span(isa, t, &w, rb, 2, rows, &alone, 1, one.as_mut_ptr(), rows - 2, 0) };
+                        let got = &out[i * (rows + 3) + 3..(i + 1) * (rows + 3)];
+                        assert!(got.iter().zip(&one).all(|(a, b)| a.to_bits() == b.to_bits()), "{t:?} {name} n {n} x row {i}");
                     }
                 }
             }

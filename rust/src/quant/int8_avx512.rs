@@ -1,4 +1,4 @@
-//! The one-token int8 product with 512-bit registers: two weight blocks per `vpdpbusd`.
+//! The int8 product with 512-bit registers: two weight blocks per `vpdpbusd`, for one token or several.
 //!
 //! At one token per step each weight byte is used once, so the row loop is bound by instructions per
 //! block: the 256-bit kernels spend about 16 per block (unpacking, scale products, the multiply-add),
@@ -46,56 +46,63 @@ fn scale_index(t: QType, bb: usize) -> [u8; 64] {
     idx
 }
 
-/// One weight row (`blocks` blocks of `t`) against the first row of `qa`.
+/// One weight row (`blocks` blocks of `t`) against `G` rows of quantized activations (`xq` and `ds` at the
+/// first; row `i` starts `i * blocks` blocks later), each block pair unpacked once for all of them. Every
+/// row goes through the same operations whatever `G` is, so a token's result does not depend on how many
+/// others share its step (with 8-bit activations a last-bit difference can move a later rounding by a
+/// whole step).
 ///
 /// # Safety
-/// `available()` must hold; `rp` points at `blocks` blocks of `t`, `xq` at `blocks * 32` int8 values and
-/// `ds` at `blocks` scale pairs.
+/// `available()` must hold; `rp` points at `blocks` blocks of `t`, `xq` at `G * blocks * 32` int8 values
+/// and `ds` at `G * blocks` scale pairs.
+#[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-unsafe fn row(t: QType, rp: *const u8, xq: *const i8, ds: *const [f32; 2], blocks: usize, k: &Consts) -> f32 {
+unsafe fn rows<const G: usize>(t: QType, rp: *const u8, xq: *const i8, ds: *const [f32; 2], blocks: usize,
+                               k: &Consts, out: &mut [f32]) -> usize {
     let bb = t.block_bytes();
-    let mut acc = _mm512_setzero_ps();
-    let mut corr = _mm_setzero_ps();
+    let mut acc = [_mm512_setzero_ps(); G];
+    let mut corr = [_mm_setzero_ps(); G];
     let mut b = 0;
     while b < blocks {
         let two = b + 1 < blocks;
         let (wmask, xmask, dmask): (u64, u64, u8) =
             if two { (k.pair_bytes, u64::MAX, 0xF) } else { (k.one_bytes, u32::MAX as u64, 0x3) };
         let bp = rp.add(b * bb);
-        let x = _mm512_maskz_loadu_epi8(xmask, xq.add(b * 32));
-        let (w, dm) = if t == QType::Q8_0 {
+        let (w, dm, neg) = if t == QType::Q8_0 {
             let lo = _mm512_zextsi256_si512(_mm256_loadu_si256(bp.add(2) as *const __m256i));
             let w = if two { _mm512_inserti64x4(lo, _mm256_loadu_si256(bp.add(bb + 2) as *const __m256i), 1) } else { lo };
             let d1 = if two { (bp.add(bb) as *const u16).read_unaligned() } else { 0 };
             let dm = _mm_cvtph_ps(_mm_setr_epi16((bp as *const u16).read_unaligned() as i16, 0, d1 as i16, 0, 0, 0, 0, 0));
             // signed weights: |w| against x with w's sign
-            let neg = _mm512_movepi8_mask(w);
-            (w, (dm, Some((neg, _mm512_abs_epi8(w)))))
+            (_mm512_abs_epi8(w), dm, _mm512_movepi8_mask(w))
         } else {
             let raw = _mm512_maskz_loadu_epi8(wmask, bp as *const i8);
             let nib = _mm512_and_si512(_mm512_srlv_epi16(_mm512_permutexvar_epi8(k.nibbles, raw), k.shifts),
                                        _mm512_set1_epi8(15));
             let dm = _mm_cvtph_ps(_mm512_castsi512_si128(_mm512_permutexvar_epi8(k.scales, raw)));
-            (nib, (_mm_mul_ps(dm, k.offset), None))
+            (nib, _mm_mul_ps(dm, k.offset), 0)
         };
-        let (dm, signed) = dm;
-        let isum = match signed {
-            Some((neg, abs)) => _mm512_dpbusd_epi32(_mm512_setzero_si512(), abs,
-                                                    _mm512_mask_sub_epi8(x, neg, _mm512_setzero_si512(), x)),
-            None => _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, x),
-        };
-        // [dw0·dx0, m0·(dx0·Σq0), dw1·dx1, m1·(dx1·Σq1)]
-        let p = _mm_mul_ps(dm, _mm_castsi128_ps(_mm_maskz_loadu_epi32(dmask, ds.add(b) as *const i32)));
-        corr = _mm_add_ps(corr, p);
-        let scale = _mm512_permutexvar_ps(k.spread, _mm512_castps128_ps512(p));
-        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), scale, acc);
+        for i in 0..G {
+            let at = i * blocks + b;
+            let x = _mm512_maskz_loadu_epi8(xmask, xq.add(at * 32));
+            let x = if t == QType::Q8_0 { _mm512_mask_sub_epi8(x, neg, _mm512_setzero_si512(), x) } else { x };
+            let isum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, x);
+            // [dw0·dx0, m0·(dx0·Σq0), dw1·dx1, m1·(dx1·Σq1)]
+            let p = _mm_mul_ps(dm, _mm_castsi128_ps(_mm_maskz_loadu_epi32(dmask, ds.add(at) as *const i32)));
+            corr[i] = _mm_add_ps(corr[i], p);
+            let scale = _mm512_permutexvar_ps(k.spread, _mm512_castps128_ps512(p));
+            acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), scale, acc[i]);
+        }
         b += 2;
     }
-    let off = if t == QType::Q8_0 { 0.0 } else {
-        let c = _mm_add_ps(corr, _mm_movehl_ps(corr, corr));
-        _mm_cvtss_f32(_mm_movehdup_ps(c))
-    };
-    _mm512_reduce_add_ps(acc) + off
+    for i in 0..G {
+        let off = if t == QType::Q8_0 { 0.0 } else {
+            let c = _mm_add_ps(corr[i], _mm_movehl_ps(corr[i], corr[i]));
+            _mm_cvtss_f32(_mm_movehdup_ps(c))
+        };
+        out[i] = _mm512_reduce_add_ps(acc[i]) + off;
+    }
+    G
 }
 
 /// The constant vectors of one format.
@@ -129,25 +136,44 @@ unsafe fn consts(t: QType) -> Consts {
     }
 }
 
-/// Rows `first..last` of one matrix (`rb` bytes each) against the single row of `qa`; row `r`'s result
-/// goes to `out[out_col + r - first]`.
+/// Rows `first..last` of one matrix (`rb` bytes each) against the `n` rows of `qa`; row `r`'s result for
+/// `x` row `i` goes to `out[i * total + out_col + r - first]`.
 ///
 /// # Safety
 /// `available()` must hold; `data` holds rows of `qa.cols / 32` blocks of `t` (Q4_0, Q4_1 or Q8_0), `qa`
-/// has one row, and no other thread writes `out[out_col..out_col + last - first]`.
+/// has `n` rows, `out` is `[n, total]` and no other thread writes its columns `out_col..out_col + last - first`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn span(t: QType, data: &[u8], rb: usize, first: usize, last: usize, qa: &QActs, out: *mut f32,
-                   out_col: usize) {
+pub unsafe fn span(t: QType, data: &[u8], rb: usize, first: usize, last: usize, qa: &QActs, n: usize, out: *mut f32,
+                   total: usize, out_col: usize) {
     let k = consts(t);
     let blocks = qa.cols / 32;
+    let mut vals = [0f32; 4];
     for r in first..last {
         crate::quant::matmul::prefetch_ahead(data, rb, r);
-        let v = match t {
-            QType::Q4_1 => row(QType::Q4_1, data.as_ptr().add(r * rb), qa.qs.as_ptr(), qa.ds.as_ptr(), blocks, &k),
-            QType::Q4_0 => row(QType::Q4_0, data.as_ptr().add(r * rb), qa.qs.as_ptr(), qa.ds.as_ptr(), blocks, &k),
-            _ => row(QType::Q8_0, data.as_ptr().add(r * rb), qa.qs.as_ptr(), qa.ds.as_ptr(), blocks, &k),
-        };
-        *out.add(out_col + r - first) = v;
+        let rp = data.as_ptr().add(r * rb);
+        let mut done = 0;
+        while done < n {
+            let (xq, ds) = (qa.qs.as_ptr().add(done * blocks * 32), qa.ds.as_ptr().add(done * blocks));
+            // the format as a constant in each arm, so that its branches fold away
+            macro_rules! by_type {
+                ($g:literal) => {
+                    match t {
+                        QType::Q4_1 => rows::<$g>(QType::Q4_1, rp, xq, ds, blocks, &k, &mut vals),
+                        QType::Q4_0 => rows::<$g>(QType::Q4_0, rp, xq, ds, blocks, &k, &mut vals),
+                        _ => rows::<$g>(QType::Q8_0, rp, xq, ds, blocks, &k, &mut vals),
+                    }
+                };
+            }
+            let m = match n - done {
+                1 => by_type!(1),
+                2 | 3 => by_type!(2),
+                _ => by_type!(4),
+            };
+            for (i, v) in vals[..m].iter().enumerate() {
+                *out.add((done + i) * total + out_col + r - first) = *v;
+            }
+            done += m;
+        }
     }
 }

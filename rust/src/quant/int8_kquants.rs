@@ -190,7 +190,8 @@ mod simd {
                 }
 
                 /// One weight block at `b` against `G` rows of activations (`xq[i]`, `ds[i]`: row `i`'s
-                /// first 32-block under this weight block). `acc[i][c]`: two chains per row when `G` is 1.
+                /// first 32-block under this weight block). `acc[i][c]`: two chains per row (even and odd
+                /// 32-blocks) whatever `G` is, so that a row's sums are added in the same order as alone.
                 #[inline]
                 #[target_feature(enable = $features)]
                 unsafe fn block<const G: usize>(t: QType, b: *const u8, xq: [*const i8; G], ds: [*const [f32; 2]; G],
@@ -201,7 +202,7 @@ mod simd {
                         ($i:expr, $k:expr) => { _mm256_loadu_si256(xq[$i].add(32 * $k) as *const __m256i) };
                     }
                     macro_rules! chain {
-                        ($k:expr) => { if G == 1 { $k & 1 } else { 0 } };
+                        ($k:expr) => { $k & 1 };
                     }
                     match t {
                         QType::Q4K | QType::Q5K => {
@@ -493,6 +494,13 @@ mod tests {
                     assert!((got - p).abs() <= 1e-5 * scale, "{t:?} {what} {name} n {n} row {r}: {got} vs portable {p}");
                 }
                 assert!(out[i * (rows + 3)..i * (rows + 3) + 3].iter().all(|v| v.is_nan()), "wrote outside");
+                // a row's result is bit-identical to the one-row product (a step's tokens do not interact)
+                let mut alone = QActs::default();
+                alone.quantize(&x[i * cols..(i + 1) * cols], cols, Isa::Portable);
+                let mut one = vec![0f32; rows - 1];
+                unsafe { crate::quant::int8::span(isa, t, w, rb, 1, rows, &alone, 1, one.as_mut_ptr(), rows - 1, 0) };
+                let row = &out[i * (rows + 3) + 3..(i + 1) * (rows + 3)];
+                assert!(row.iter().zip(&one).all(|(a, b)| a.to_bits() == b.to_bits()), "{t:?} {what} {name} n {n} x row {i}");
             }
         }
     }

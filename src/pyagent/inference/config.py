@@ -14,7 +14,7 @@ from pyagent.inference.errors import ModelLoadError
 # `kv_cache`, so that the CLI can offer the choices without importing NumPy at start-up.
 KV_CACHE_DTYPES = ("float32", "float16")
 # What the decode step's products compute with (see ``DecoderModel``); the first is the default.
-ACTIVATIONS = ("int8", "float32")
+ACTIVATIONS = ("float32", "int8")
 
 # Architectures this engine runs, all the same decoder: RMSNorm, rotary attention with GQA, SwiGLU MLP.
 SUPPORTED_ARCHITECTURES = {

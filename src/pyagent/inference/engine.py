@@ -145,10 +145,12 @@ class PagedAttentionEngine:
         """Load a GGUF file (weights stay quantized) or a Hugging Face checkpoint folder (config.json,
         *.safetensors, tokenizer.json; ``quantize="q8_0"`` converts its matrices to Q8_0 at load).
 
-        ``activations="int8"`` (the default) makes decode steps round each quantized product's input to 8 bits
-        per block, as llama.cpp does (faster on every quantized weight type: 1.2x on Q4_1, 1.5-2.8x on K-quant
-        files); ``"float32"`` keeps decode exact up to float rounding, so greedy tokens equal fp32 arithmetic
-        on the dequantized weights. Prompts always take the float path (see ``pyagent.inference.model``).
+        ``activations="float32"`` (the default) keeps every product exact up to float rounding, so greedy
+        tokens equal fp32 arithmetic on the dequantized weights. ``"int8"`` makes every step round each
+        quantized product's input to 8 bits per block, as llama.cpp does (decode 1.2x faster on Q4_1,
+        1.5-2.8x on K-quant files; a small model's answers get worse, as llama.cpp's do), and computes
+        every position alike whatever the batch, chunking, prefix cache or instance
+        (see ``pyagent.inference.model``).
 
         ``kv_cache_dtype="float16"`` stores K/V at half the memory (twice the blocks for ``kv_cache_bytes``),
         rounding each stored value to fp16; attention still computes in float32."""
@@ -251,9 +253,7 @@ class PagedAttentionEngine:
             self._idle = not plan.chunks and not outputs
             if plan.chunks:
                 chunks = [SeqChunk(c.request.request_id, c.request.token_ids[c.start:c.start + c.num_tokens],
-                                   c.start, c.completes_prompt,
-                                   decode=c.num_tokens == 1 and c.start >= len(c.request.prompt_token_ids))
-                          for c in plan.chunks]
+                                   c.start, c.completes_prompt) for c in plan.chunks]
                 logits = self.model.forward(chunks, self.kv_cache)
                 masks = self._grammar_masks(plan.chunks)
                 row = 0

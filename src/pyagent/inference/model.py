@@ -2,18 +2,21 @@
 
 All tokens of a step go through the dense layers as one matrix; attention is split: sequences with one
 new token use the Rust paged decode kernel in one call, longer chunks (prefill) use causal attention over
-their cached prefix plus the chunk. On a model whose matrices are all kept quantized
-(or 16-bit), a step's decode tokens run their layers in one Rust call (``_rust.DecoderStack``): at one
-token per sequence the per-operation overhead of NumPy would cost more than the matrix products
-themselves.
+their cached prefix plus the chunk. On a model whose matrices are all kept quantized (or 16-bit), a step
+runs its layers in one Rust call (``_rust.DecoderStack``) instead: at one token per sequence the
+per-operation overhead of NumPy would cost more than the matrix products themselves.
 
-Activations: by default the decode step rounds each quantized product's input to 8 bits per block of 32
-(``activations="int8"``, what llama.cpp does: the integer dot products are the fast path), while prompt
-positions always take the float path. ``"float32"`` keeps every product exact up to float rounding, so
-the tokens equal those of fp32 arithmetic on the dequantized weights. Either way a position is computed
-the same way whichever step computes it: generated tokens by the decode kernels (also inside a step
-that prefills another sequence), prompt positions (also a prompt's single last token after a prefix
-cache hit, or on a decode instance) by the float pass.
+Activations. By default (``activations="float32"``) every product is exact up to float rounding, so the
+tokens equal those of fp32 arithmetic on the dequantized weights; prompts take NumPy's BLAS on
+dequantized weights and only steps made of one-token chunks take the stack (the two agree to float
+rounding). With ``"int8"`` (what llama.cpp does) each quantized product rounds its input to 8 bits per
+block of 32 and the integer dot products do the work. Where every projection's
+weight type has int8 kernels, every step, prompt chunks included, then runs in the Rust stack, which
+computes each token by the same per-token operations whatever else the step holds (the several-token
+kernels give each token the one-token result, and attention takes one query at a time). So a
+position's numbers never depend on the batch, the chunking of a prompt, a prefix-cache hit, or which
+instance (prefill or decode) computed it: with 8-bit rounding a last-bit difference upstream could
+move a later rounding by a whole step and change the tokens.
 """
 
 from __future__ import annotations
@@ -40,7 +43,6 @@ class SeqChunk:
     token_ids: Sequence[int]
     start: int
     needs_logits: bool = True
-    decode: bool = False  # one generated token (not a prompt position): the decode kernels compute it
 
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
@@ -65,20 +67,27 @@ class DecoderModel:
         self.rope = RotaryEmbedding(config, max_positions)
         self.partition_size = partition_size
         self.scale = 1.0 / float(np.sqrt(config.head_dim))
-        # the decode step's kernels: int8 activations ("auto": the fastest this CPU runs), or None for float
+        # the stack's kernels: int8 activations ("auto": the fastest this CPU runs), or None for float
         self.int8: str | None = "auto" if activations == "int8" else None
         self.stack = _decoder_stack(config, weights, self.int8)
-        self.stack_steps = 0  # decode steps run by the Rust stack (benchmarks and tests check the fast path)
+        # int8 products everywhere: prompts too run in the stack (see the module docstring)
+        self.stack_prompts = self.stack is not None and self.stack.int8_products
+        self.stack_steps = 0  # steps run by the Rust stack (benchmarks and tests check the fast path)
 
-    def _decode_step(self, chunks: Sequence[SeqChunk], kv: KVCacheManager, token_ids: np.ndarray,
-                     positions: np.ndarray, slots: np.ndarray, block_tables: np.ndarray,
-                     context_lens: np.ndarray) -> np.ndarray:
-        """Every layer for one new token per sequence, in one Rust call (see the module docstring)."""
+    def _stack_step(self, chunks: Sequence[SeqChunk], kv: KVCacheManager, token_ids: np.ndarray,
+                    positions: np.ndarray, slots: np.ndarray, last: np.ndarray) -> np.ndarray:
+        """Every layer for every token of the step in one Rust call (see the module docstring): each token
+        attends, through its sequence's block table, to the positions up to its own."""
         assert self.stack is not None
         self.stack_steps += 1
         c, w = self.config, self.weights
+        tables = [kv.block_table(ch.seq_id) for ch in chunks]
+        per_chunk = np.zeros((len(tables), max(len(t) for t in tables)), dtype=np.int32)
+        for r, t in enumerate(tables):
+            per_chunk[r, :len(t)] = t
+        block_tables = np.repeat(per_chunk, [len(ch.token_ids) for ch in chunks], axis=0)
+        context_lens = (positions + 1).astype(np.int32)
         x = np.ascontiguousarray(embedding_rows(w.embed, token_ids), dtype=np.float32)
-        last = np.array([i for i, ch in enumerate(chunks) if ch.needs_logits], dtype=np.int64)
         if isinstance(w.lm_head, QuantLinear):  # the stack has the head: logits in the same call
             logits = np.empty((len(last), c.vocab_size), dtype=np.float32)
             self.stack.forward(x, positions, slots, block_tables, context_lens, kv.k_cache, kv.v_cache,
@@ -92,16 +101,6 @@ class DecoderModel:
 
     def forward(self, chunks: Sequence[SeqChunk], kv: KVCacheManager) -> np.ndarray:
         """Run the chunks, store their K/V, and return logits ``[chunks needing logits, vocab]``."""
-        stacked = [self.stack is not None and ch.decode and len(ch.token_ids) == 1 for ch in chunks]
-        if any(stacked) and not all(stacked):  # the decode tokens through the stack, the rest as prompts
-            parts = [self._forward([ch for ch, s in zip(chunks, stacked, strict=True) if s == side], kv)
-                     for side in (True, False)]
-            rows = [iter(parts[0]), iter(parts[1])]
-            out = [next(rows[0 if s else 1]) for ch, s in zip(chunks, stacked, strict=True) if ch.needs_logits]
-            return np.stack(out) if out else np.zeros((0, self.config.vocab_size), dtype=np.float32)
-        return self._forward(chunks, kv)
-
-    def _forward(self, chunks: Sequence[SeqChunk], kv: KVCacheManager) -> np.ndarray:
         c, w = self.config, self.weights
         nh, nkv, hd = c.num_attention_heads, c.num_key_value_heads, c.head_dim
         lengths = [len(ch.token_ids) for ch in chunks]
@@ -113,6 +112,9 @@ class DecoderModel:
         decode_idx = [i for i, n in enumerate(lengths) if n == 1]
         prefill_idx = [i for i, n in enumerate(lengths) if n > 1]
         decode_rows = offsets[decode_idx]
+        if self.stack is not None and (self.stack_prompts or not prefill_idx):  # float32 or float16 caches
+            last = np.array([offsets[i + 1] - 1 for i, ch in enumerate(chunks) if ch.needs_logits], dtype=np.int64)
+            return self._stack_step(chunks, kv, token_ids, positions.astype(np.int64), slots.astype(np.int64), last)
         if decode_idx:
             tables = [kv.block_table(chunks[i].seq_id) for i in decode_idx]
             width = max(len(t) for t in tables)
@@ -120,9 +122,6 @@ class DecoderModel:
             for r, t in enumerate(tables):
                 block_tables[r, :len(t)] = t
             context_lens = np.array([chunks[i].start + 1 for i in decode_idx], dtype=np.int32)
-            if self.stack is not None and all(ch.decode for ch in chunks):  # reads float32 and float16 caches
-                return self._decode_step(chunks, kv, token_ids, positions.astype(np.int64), slots.astype(np.int64),
-                                         block_tables, context_lens)
 
         x = embedding_rows(w.embed, token_ids)
         for layer_idx, lw in enumerate(w.layers):
