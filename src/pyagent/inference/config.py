@@ -13,8 +13,15 @@ from pyagent.inference.errors import ModelLoadError
 # budget) at fp16 rounding of each stored K/V value; attention still computes in float32. Here, not in
 # `kv_cache`, so that the CLI can offer the choices without importing NumPy at start-up.
 KV_CACHE_DTYPES = ("float32", "float16")
-# What the decode step's products compute with (see ``DecoderModel``); the first is the default.
+# What the products with quantized weights compute with (see ``pyagent.inference.model``); the first is
+# the default.
 ACTIVATIONS = ("float32", "int8")
+
+
+def check_activations(name: str) -> None:
+    """A ValueError naming the choices unless ``name`` is one of ``ACTIVATIONS``."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activations {name!r}: choose one of {', '.join(ACTIVATIONS)}")
 
 # Architectures this engine runs, all the same decoder: RMSNorm, rotary attention with GQA, SwiGLU MLP.
 SUPPORTED_ARCHITECTURES = {

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from pyagent.inference.config import ACTIVATIONS, ModelConfig
+from pyagent.inference.config import ACTIVATIONS, ModelConfig, check_activations
 from pyagent.inference.gguf_loader import load_gguf_model
 from pyagent.inference.gguf_reader import is_gguf
 from pyagent.inference.gguf_tokenizer import gguf_tokenizer
@@ -155,8 +155,7 @@ class PagedAttentionEngine:
         ``kv_cache_dtype="float16"`` stores K/V at half the memory (twice the blocks for ``kv_cache_bytes``),
         rounding each stored value to fp16; attention still computes in float32."""
         kv_dtype(kv_cache_dtype)  # a bad name fails before the model is read
-        if activations not in ACTIVATIONS:
-            raise ValueError(f"unknown activations {activations!r}: choose one of {', '.join(ACTIVATIONS)}")
+        check_activations(activations)
         path = Path(model_dir)
         if path.suffix.lower() == ".gguf" or (path.is_file() and is_gguf(path)):
             if quantize is not None:

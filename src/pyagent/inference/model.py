@@ -28,7 +28,7 @@ import numpy as np
 
 from pyagent import _rust
 from pyagent.inference.attention import paged_decode_attention, prefill_attention
-from pyagent.inference.config import ACTIVATIONS, ModelConfig
+from pyagent.inference.config import ACTIVATIONS, ModelConfig, check_activations
 from pyagent.inference.kv_cache import KVCacheManager
 from pyagent.inference.loader import LayerWeights, ModelWeights
 from pyagent.inference.quant import Linear, QuantLinear, embedding_rows, linear
@@ -60,8 +60,7 @@ class DecoderModel:
 
     def __init__(self, config: ModelConfig, weights: ModelWeights, max_positions: int, *,
                  partition_size: int = 512, activations: str = ACTIVATIONS[0]) -> None:
-        if activations not in ACTIVATIONS:
-            raise ValueError(f"unknown activations {activations!r}: choose one of {', '.join(ACTIVATIONS)}")
+        check_activations(activations)
         self.config = config
         self.weights = weights
         self.rope = RotaryEmbedding(config, max_positions)
@@ -81,11 +80,7 @@ class DecoderModel:
         assert self.stack is not None
         self.stack_steps += 1
         c, w = self.config, self.weights
-        tables = [kv.block_table(ch.seq_id) for ch in chunks]
-        per_chunk = np.zeros((len(tables), max(len(t) for t in tables)), dtype=np.int32)
-        for r, t in enumerate(tables):
-            per_chunk[r, :len(t)] = t
-        block_tables = np.repeat(per_chunk, [len(ch.token_ids) for ch in chunks], axis=0)
+        block_tables = np.repeat(_block_tables(kv, chunks), [len(ch.token_ids) for ch in chunks], axis=0)
         context_lens = (positions + 1).astype(np.int32)
         x = np.ascontiguousarray(embedding_rows(w.embed, token_ids), dtype=np.float32)
         if isinstance(w.lm_head, QuantLinear):  # the stack has the head: logits in the same call
@@ -116,11 +111,7 @@ class DecoderModel:
             last = np.array([offsets[i + 1] - 1 for i, ch in enumerate(chunks) if ch.needs_logits], dtype=np.int64)
             return self._stack_step(chunks, kv, token_ids, positions.astype(np.int64), slots.astype(np.int64), last)
         if decode_idx:
-            tables = [kv.block_table(chunks[i].seq_id) for i in decode_idx]
-            width = max(len(t) for t in tables)
-            block_tables = np.zeros((len(tables), width), dtype=np.int32)
-            for r, t in enumerate(tables):
-                block_tables[r, :len(t)] = t
+            block_tables = _block_tables(kv, [chunks[i] for i in decode_idx])
             context_lens = np.array([chunks[i].start + 1 for i in decode_idx], dtype=np.int32)
 
         x = embedding_rows(w.embed, token_ids)
@@ -161,6 +152,15 @@ class DecoderModel:
         if not len(last):
             return np.zeros((0, c.vocab_size), dtype=np.float32)
         return linear(rms_norm(x[last], w.norm, c.rms_norm_eps), w.lm_head)
+
+
+def _block_tables(kv: KVCacheManager, chunks: Sequence[SeqChunk]) -> np.ndarray:
+    """The chunks' sequences' block tables, one row each, padded with zeros to the longest (int32)."""
+    tables = [kv.block_table(ch.seq_id) for ch in chunks]
+    out = np.zeros((len(tables), max(len(t) for t in tables)), dtype=np.int32)
+    for r, t in enumerate(tables):
+        out[r, :len(t)] = t
+    return out
 
 
 def _decoder_stack(config: ModelConfig, weights: ModelWeights, int8: str | None) -> _rust.DecoderStack | None:
