@@ -74,16 +74,19 @@ def test_prefill_over_cached_prefix_matches_dense() -> None:
         np.testing.assert_allclose(out[i], dense_attention(q[i], k[:, :ctx], v[:, :ctx], 0.25), atol=2e-6)
 
 
-def test_long_prefill_is_split_by_query_with_the_same_result(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("query_slice", [1, 7, 128])
+def test_long_prefill_is_split_by_query_with_the_same_result(monkeypatch: pytest.MonkeyPatch,
+                                                             query_slice: int) -> None:
     import pyagent.inference.attention as attention
 
     rng = np.random.default_rng(4)
     q = rng.standard_normal((50, 4, 8)).astype(np.float32)
     k = rng.standard_normal((2, 60, 8)).astype(np.float32)
     v = rng.standard_normal((2, 60, 8)).astype(np.float32)
-    whole = prefill_attention(q, k, v, 10, 0.3)
-    monkeypatch.setattr(attention, "_MAX_SCORE_FLOATS", 4 * 60 * 7)  # slices of 7 queries
-    np.testing.assert_allclose(prefill_attention(q, k, v, 10, 0.3), whole, atol=1e-6)
+    monkeypatch.setattr(attention, "_QUERY_SLICE", query_slice)
+    out = prefill_attention(q, k, v, 10, 0.3)
+    for i in range(50):
+        np.testing.assert_allclose(out[i], dense_attention(q[i], k[:, :11 + i], v[:, :11 + i], 0.3), atol=2e-6)
 
 
 def test_kernel_rejects_bad_inputs_with_clear_errors() -> None:

@@ -84,6 +84,22 @@ def test_matmul_equals_dequantize_then_dot(qtype: T, n: int) -> None:
         assert (np.abs(direct - want) <= 1e-5 * bound + 1e-6).all(), portable
 
 
+@pytest.mark.parametrize("dequant_rows", [16, 40, 8192])
+def test_the_blas_path_decodes_in_groups_with_the_same_product(monkeypatch: pytest.MonkeyPatch,
+                                                               dequant_rows: int) -> None:
+    """Many rows of x decode the parts side by side, at most ``_DEQUANT_ROWS`` rows at a time: one part
+    split over several products (16, 40), a group holding the tail of one part and the next (40), all at once."""
+    import pyagent.inference.quant as quant
+
+    monkeypatch.setattr(quant, "_DEQUANT_ROWS", dequant_rows)
+    rng = np.random.default_rng(8)
+    parts = [random_blocks(T.Q4_K, rows, 512, rng) for rows in (48, 17)]
+    mats = tuple(QuantMatrix(p.reshape(-1), int(T.Q4_K), p.shape[0], 512) for p in parts)
+    x = rng.standard_normal((BLAS_MIN_ROWS, 512)).astype(np.float32)
+    dense = np.concatenate([m.dequantize() for m in mats]).astype(np.float64)
+    np.testing.assert_allclose(QuantLinear(mats)(x), x.astype(np.float64) @ dense.T, rtol=1e-4, atol=1e-4)
+
+
 def test_q8_0_quantization_is_ggmls() -> None:
     rng = np.random.default_rng(5)
     x = (rng.standard_normal((9, 256)) * rng.uniform(0.01, 10, size=(9, 1))).astype(np.float32)

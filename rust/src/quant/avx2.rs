@@ -1,16 +1,18 @@
 //! AVX2+FMA row kernels: each weight block is decoded in registers and multiplied with the rows of `x`
 //! while it is there, never written out.
 //!
-//! - 32-element formats (Q4_0, Q4_1, Q8_0) and 16/32-bit rows (F16, BF16, F32) have hand-written
-//!   decoders. With one row of `x` (decode), the block's scale is applied once to the block's partial
-//!   dot product, and the Q4 offsets (`m`, or `-8d`) multiply the precomputed block sum of `x`, so a
-//!   32-element block costs four int-to-float conversions and five FMAs.
-//! - Other formats (the K-quants, Q5_0/Q5_1) decode one block into an L1-resident buffer with the
-//!   reference decoder compiled for AVX2 here, then take the dot products with 8-wide FMAs.
+//! - Q4_0, Q4_1, Q8_0 and 16/32-bit rows (F16, BF16, F32): one scale per 32 values. With one row of `x`
+//!   (decode), the block's scale is applied once to the block's partial dot product, and the Q4 offsets
+//!   (`m`, or `-8d`) multiply the precomputed block sum of `x`, so a 32-element block costs four
+//!   int-to-float conversions and five FMAs.
+//! - Q5_0, Q5_1 and the K-quants (Q4_K, Q5_K, Q6_K) are read 32 values at a time (`piece`): the
+//!   unscaled integers as floats, the scales of the two 16-value halves (equal except in Q6_K) and the
+//!   offset, so value = scale·u + offset. One row of `x` takes the same scale-once arithmetic as above
+//!   (the offsets times the block sums of `x`); several rows decode the piece to floats once and reuse it.
 #![cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use super::formats::{decode_block, QType};
+use super::formats::{scale_min_k4, QType};
 
 /// One f16 scale to f32 with F16C (present on every AVX2 CPU we dispatch to; checked at run time).
 #[inline]
@@ -34,19 +36,105 @@ unsafe fn bytes8(p: *const u8) -> __m256i {
     _mm256_cvtepu8_epi32(_mm_loadl_epi64(p as *const __m128i))
 }
 
-/// The 32 nibbles of a Q4 block as floats in element order (byte j: element j low, j+16 high).
+/// The 32 nibbles of a Q4/Q5 block as dwords in element order (byte j: element j low, j+16 high).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn nibbles(qs: *const u8) -> [__m256; 4] {
+unsafe fn nibble_ints(qs: *const u8) -> [__m256i; 4] {
     let mask = _mm256_set1_epi32(0x0f);
     let z0 = bytes8(qs); // bytes 0..8: elements 0..8 (low) and 16..24 (high)
     let z1 = bytes8(qs.add(8)); // bytes 8..16: elements 8..16 and 24..32
-    [
-        _mm256_cvtepi32_ps(_mm256_and_si256(z0, mask)),
-        _mm256_cvtepi32_ps(_mm256_and_si256(z1, mask)),
-        _mm256_cvtepi32_ps(_mm256_srli_epi32(z0, 4)),
-        _mm256_cvtepi32_ps(_mm256_srli_epi32(z1, 4)),
-    ]
+    [_mm256_and_si256(z0, mask), _mm256_and_si256(z1, mask), _mm256_srli_epi32(z0, 4), _mm256_srli_epi32(z1, 4)]
+}
+
+/// `nibble_ints` as floats.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn nibbles(qs: *const u8) -> [__m256; 4] {
+    let q = nibble_ints(qs);
+    [_mm256_cvtepi32_ps(q[0]), _mm256_cvtepi32_ps(q[1]), _mm256_cvtepi32_ps(q[2]), _mm256_cvtepi32_ps(q[3])]
+}
+
+/// Bits `shift..shift + width` of 32 consecutive bytes at `p`, as dwords in byte order.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn bit_fields(p: *const u8, shift: i32, mask: i32) -> [__m256i; 4] {
+    let (count, m) = (_mm_cvtsi32_si128(shift), _mm256_set1_epi32(mask));
+    let mut out = [_mm256_setzero_si256(); 4];
+    for (v, o) in out.iter_mut().enumerate() {
+        *o = _mm256_and_si256(_mm256_srl_epi32(bytes8(p.add(8 * v)), count), m);
+    }
+    out
+}
+
+/// Piece `k` (values `32k..32k + 32`) of block `b` of Q5_0, Q5_1, Q4_K, Q5_K or Q6_K: the unscaled
+/// values as floats, the scales of the piece's two 16-value halves, and the offset (value = scale·u +
+/// offset; the same numbers `formats::decode_block` writes, up to FMA rounding).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn piece(t: QType, b: *const u8, k: usize) -> ([__m256; 4], f32, f32, f32) {
+    let mut u = [_mm256_setzero_si256(); 4];
+    let (s0, s1, off);
+    match t {
+        QType::Q5_0 | QType::Q5_1 => {
+            // element e's fifth bit is bit e of the 32-bit qh
+            let (dm, at) = (halves(b), if t == QType::Q5_1 { 4 } else { 2 });
+            let d = _mm_cvtss_f32(dm);
+            (s0, s1) = (d, d);
+            off = if t == QType::Q5_1 { _mm_cvtss_f32(_mm_movehdup_ps(dm)) } else { -16.0 * d };
+            let qh = _mm256_set1_epi32((b.add(at) as *const i32).read_unaligned());
+            let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            let q = nibble_ints(b.add(at + 4));
+            for (v, o) in u.iter_mut().enumerate() {
+                let bit = _mm256_srlv_epi32(qh, _mm256_add_epi32(lanes, _mm256_set1_epi32(8 * v as i32)));
+                *o = _mm256_or_si256(q[v], _mm256_slli_epi32(_mm256_and_si256(bit, _mm256_set1_epi32(1)), 4));
+            }
+        }
+        QType::Q4K | QType::Q5K => {
+            // 8 sub-blocks of 32 values, 6-bit scales and mins; piece k is sub-block k: the low (k even)
+            // or high nibbles of 32 bytes, and for Q5_K bit k of the 32 qh bytes
+            let dm = halves(b);
+            let (sc, m) = scale_min_k4(k, std::slice::from_raw_parts(b.add(4), 12));
+            s0 = _mm_cvtss_f32(dm) * sc;
+            s1 = s0;
+            off = -(_mm_cvtss_f32(_mm_movehdup_ps(dm)) * m);
+            let qs = b.add(if t == QType::Q4K { 16 } else { 48 } + 32 * (k / 2));
+            u = bit_fields(qs, 4 * (k % 2) as i32, 15);
+            if t == QType::Q5K {
+                let hi = bit_fields(b.add(16), k as i32, 1);
+                for (o, h) in u.iter_mut().zip(hi) {
+                    *o = _mm256_or_si256(*o, _mm256_slli_epi32(h, 4));
+                }
+            }
+        }
+        _ => {
+            // Q6_K: two halves of 128 values; in half n, piece j takes the low (j < 2) or high nibbles of
+            // 32 ql bytes (from byte 32·(j & 1)), two bits 2j.. of the 32 qh bytes, int8 scales 2j and 2j+1
+            let (n, j) = (k / 4, k % 4);
+            let d = half(b.add(208));
+            let sc = b.add(192 + 8 * n + 2 * j) as *const i8;
+            (s0, s1, off) = (d * *sc as f32, d * *sc.add(1) as f32, 0.0);
+            let low = bit_fields(b.add(64 * n + 32 * (j & 1)), 4 * (j >> 1) as i32, 15);
+            let high = bit_fields(b.add(128 + 32 * n), 2 * j as i32, 3);
+            for ((o, l), h) in u.iter_mut().zip(low).zip(high) {
+                *o = _mm256_sub_epi32(_mm256_or_si256(l, _mm256_slli_epi32(h, 4)), _mm256_set1_epi32(32));
+            }
+        }
+    }
+    ([_mm256_cvtepi32_ps(u[0]), _mm256_cvtepi32_ps(u[1]), _mm256_cvtepi32_ps(u[2]), _mm256_cvtepi32_ps(u[3])],
+     s0, s1, off)
+}
+
+/// Values `32k..32k + 32` of block `b` as floats, for every format.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn weights32(t: QType, b: *const u8, k: usize) -> [__m256; 4] {
+    if one_scale(t) {
+        return decode(t, b);
+    }
+    let (u, s0, s1, off) = piece(t, b, k);
+    let (lo, hi, o) = (_mm256_set1_ps(s0), _mm256_set1_ps(s1), _mm256_set1_ps(off));
+    [_mm256_fmadd_ps(u[0], lo, o), _mm256_fmadd_ps(u[1], lo, o), _mm256_fmadd_ps(u[2], hi, o),
+     _mm256_fmadd_ps(u[3], hi, o)]
 }
 
 #[inline]
@@ -112,15 +200,15 @@ unsafe fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
-/// Whether `t` has a register decoder here (otherwise `row_dots` takes the buffered path).
+/// Whether `t` has one scale per 32 values (or none) and so a `decode` of its own; the others go by `piece`.
 #[inline(always)]
-fn in_registers(t: QType) -> bool {
+fn one_scale(t: QType) -> bool {
     matches!(t, QType::Q4_0 | QType::Q4_1 | QType::Q8_0 | QType::F16 | QType::BF16 | QType::F32)
 }
 
-/// Whether the single-row kernel needs the per-block sums of `x` (`xsum`).
+/// Whether the single-row kernel needs the per-32-value sums of `x` (`xsum`): the formats with offsets.
 pub fn needs_xsum(t: QType) -> bool {
-    matches!(t, QType::Q4_0 | QType::Q4_1)
+    matches!(t, QType::Q4_0 | QType::Q4_1 | QType::Q5_0 | QType::Q5_1 | QType::Q4K | QType::Q5K)
 }
 
 /// `sum(x[b*32..(b+1)*32])` for every 32-element block of every row of `x`, in the kernel's lane order.
@@ -201,11 +289,130 @@ unsafe fn single(t: QType, rp: *const u8, xp: *const f32, xs: *const f32, blocks
     }
 }
 
-/// Rows of `x` per pass over a weight row: 8 accumulators plus the decoded block fit the 16 registers.
+/// One row of `x` against one weight row of `blocks` blocks in a `piece` format: per piece, the two
+/// halves' partial dot products times their scales, and the offset times the piece's sum of `x`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn single_pieces(t: QType, rp: *const u8, xp: *const f32, xs: *const f32, blocks: usize) -> f32 {
+    let (bb, per) = (t.block_bytes(), t.block_elems() / 32);
+    let (mut a0, mut a1, mut off) = (_mm256_setzero_ps(), _mm256_setzero_ps(), 0f32);
+    for p in 0..blocks * per {
+        let (u, s0, s1, o) = piece(t, rp.add(p / per * bb), p % per);
+        let xb = xp.add(32 * p);
+        let lo = _mm256_fmadd_ps(u[1], _mm256_loadu_ps(xb.add(8)), _mm256_mul_ps(u[0], _mm256_loadu_ps(xb)));
+        let hi = _mm256_fmadd_ps(u[3], _mm256_loadu_ps(xb.add(24)), _mm256_mul_ps(u[2], _mm256_loadu_ps(xb.add(16))));
+        a0 = _mm256_fmadd_ps(_mm256_set1_ps(s0), lo, a0);
+        a1 = _mm256_fmadd_ps(_mm256_set1_ps(s1), hi, a1);
+        if t != QType::Q6K {
+            off = o.mul_add(*xs.add(p), off);
+        }
+    }
+    hsum(_mm256_add_ps(a0, a1)) + off
+}
+
+/// One row of `x` against one Q4_K or Q5_K weight row (`blocks` super-blocks): per super-block the 8
+/// scales and mins are unpacked once, the min term is one 8-lane FMA with the 8 sums of `x`, and each
+/// byte load serves two sub-blocks (low and high nibbles).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn single_k4(t: QType, rp: *const u8, xp: *const f32, xs: *const f32, blocks: usize) -> f32 {
+    let five = t == QType::Q5K;
+    let (bb, qs_at) = (t.block_bytes(), if five { 48 } else { 16 });
+    let (mut a0, mut a1, mut offs) = (_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps());
+    let (mask, sixteen) = (_mm256_set1_epi32(15), _mm256_set1_epi32(16));
+    for bi in 0..blocks {
+        let b = rp.add(bi * bb);
+        let dm = halves(b);
+        let (d, dmin) = (_mm_cvtss_f32(dm), _mm_cvtss_f32(_mm_movehdup_ps(dm)));
+        let packed = std::slice::from_raw_parts(b.add(4), 12);
+        let (mut sc, mut mn) = ([0f32; 8], [0f32; 8]);
+        for j in 0..8 {
+            let (s, m) = scale_min_k4(j, packed);
+            (sc[j], mn[j]) = (d * s, m);
+        }
+        let x = xp.add(256 * bi);
+        offs = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(-dmin), _mm256_loadu_ps(mn.as_ptr())),
+                               _mm256_loadu_ps(xs.add(8 * bi)), offs);
+        for g in 0..4 {
+            let (qs, xg) = (b.add(qs_at + 32 * g), x.add(64 * g));
+            let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            for v in 0..4 {
+                let z = bytes8(qs.add(8 * v));
+                let (mut ql, mut qh) = (_mm256_and_si256(z, mask), _mm256_srli_epi32(z, 4));
+                if five {
+                    // bits 2g and 2g + 1 of the qh bytes are the fifth bits of sub-blocks 2g and 2g + 1
+                    let h = bytes8(b.add(16 + 8 * v));
+                    let (c0, c1) = (_mm_cvtsi32_si128(2 * g as i32), _mm_cvtsi32_si128(2 * g as i32 + 1));
+                    ql = _mm256_or_si256(ql, _mm256_and_si256(_mm256_slli_epi32(_mm256_srl_epi32(h, c0), 4), sixteen));
+                    qh = _mm256_or_si256(qh, _mm256_and_si256(_mm256_slli_epi32(_mm256_srl_epi32(h, c1), 4), sixteen));
+                }
+                lo = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ql), _mm256_loadu_ps(xg.add(8 * v)), lo);
+                hi = _mm256_fmadd_ps(_mm256_cvtepi32_ps(qh), _mm256_loadu_ps(xg.add(32 + 8 * v)), hi);
+            }
+            a0 = _mm256_fmadd_ps(_mm256_set1_ps(sc[2 * g]), lo, a0);
+            a1 = _mm256_fmadd_ps(_mm256_set1_ps(sc[2 * g + 1]), hi, a1);
+        }
+    }
+    hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), offs))
+}
+
+/// One row of `x` against one Q6_K weight row: per 128-value half, each load of 8 ql, ql+32 and qh bytes
+/// gives 8 values of all four 32-value pieces; each 16-value run's partial sum is scaled once.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn single_q6k(rp: *const u8, xp: *const f32, blocks: usize) -> f32 {
+    let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let (mask, three, bias) = (_mm256_set1_epi32(15), _mm256_set1_epi32(3), _mm256_set1_epi32(32));
+    for bi in 0..blocks {
+        let b = rp.add(bi * 210);
+        let d = half(b.add(208));
+        for n in 0..2 {
+            let (ql, qh, sc) = (b.add(64 * n), b.add(128 + 32 * n), b.add(192 + 8 * n) as *const i8);
+            let x = xp.add(256 * bi + 128 * n);
+            // p[j][half]: piece j's partial sums over its 16-value halves
+            let mut p = [[_mm256_setzero_ps(); 2]; 4];
+            for v in 0..4 {
+                let (a, c, h) = (bytes8(ql.add(8 * v)), bytes8(ql.add(32 + 8 * v)), bytes8(qh.add(8 * v)));
+                let q = [
+                    _mm256_or_si256(_mm256_and_si256(a, mask), _mm256_slli_epi32(_mm256_and_si256(h, three), 4)),
+                    _mm256_or_si256(_mm256_and_si256(c, mask),
+                                    _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(h, 2), three), 4)),
+                    _mm256_or_si256(_mm256_srli_epi32(a, 4),
+                                    _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(h, 4), three), 4)),
+                    _mm256_or_si256(_mm256_srli_epi32(c, 4), _mm256_slli_epi32(_mm256_srli_epi32(h, 6), 4)),
+                ];
+                for (j, qj) in q.iter().enumerate() {
+                    let w = _mm256_cvtepi32_ps(_mm256_sub_epi32(*qj, bias));
+                    p[j][v / 2] = _mm256_fmadd_ps(w, _mm256_loadu_ps(x.add(32 * j + 8 * v)), p[j][v / 2]);
+                }
+            }
+            for (j, pj) in p.iter().enumerate() {
+                a0 = _mm256_fmadd_ps(_mm256_set1_ps(d * *sc.add(2 * j) as f32), pj[0], a0);
+                a1 = _mm256_fmadd_ps(_mm256_set1_ps(d * *sc.add(2 * j + 1) as f32), pj[1], a1);
+            }
+        }
+    }
+    hsum(_mm256_add_ps(a0, a1))
+}
+
+/// `single_pieces` with the format a constant in each arm, so `piece` is specialised.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn single_piece_format(t: QType, rp: *const u8, xp: *const f32, xs: *const f32, blocks: usize) -> f32 {
+    match t {
+        QType::Q5_0 => single_pieces(QType::Q5_0, rp, xp, xs, blocks),
+        QType::Q5_1 => single_pieces(QType::Q5_1, rp, xp, xs, blocks),
+        QType::Q4K => single_k4(QType::Q4K, rp, xp, xs, blocks),
+        QType::Q5K => single_k4(QType::Q5K, rp, xp, xs, blocks),
+        _ => single_q6k(rp, xp, blocks),
+    }
+}
+
+/// Rows of `x` per pass over a weight row: 8 accumulators plus the decoded piece fit the 16 registers.
 const GROUP: usize = 8;
 
 /// `out[i] = dot(row, x[i])` for the `n` rows of `x` (`cols` each), `row` being one quantized weight row.
-/// `xsum` holds the per-32-block sums of `x` when `needs_xsum(t)` (only read when `n == 1`).
+/// `xsum` holds the per-32-value sums of `x` when `needs_xsum(t)` (only read when `n == 1`).
 ///
 /// # Safety
 /// The CPU must have AVX2, FMA and F16C; `row` holds `cols / block_elems` blocks of `t`, `x` has
@@ -215,13 +422,11 @@ const GROUP: usize = 8;
 pub unsafe fn row_dots(t: QType, row: &[u8], x: &[f32], xsum: &[f32], n: usize, cols: usize, out: &mut [f32]) {
     let xp = x.as_ptr();
     let rp = row.as_ptr();
-    if !in_registers(t) {
-        return buffered(t, row, x, n, cols, out);
-    }
-    let blocks = cols / 32;
-    let bb = t.block_bytes();
+    let blocks = cols / t.block_elems();
     if n == 1 {
-        out[0] = if matches!(t, QType::Q4_0 | QType::Q4_1 | QType::Q8_0) && super::avx512::available() {
+        out[0] = if !one_scale(t) {
+            single_piece_format(t, rp, xp, xsum.as_ptr(), blocks)
+        } else if matches!(t, QType::Q4_0 | QType::Q4_1 | QType::Q8_0) && super::avx512::available() {
             super::avx512::single(t, rp, xp, xsum.as_ptr(), blocks)
         } else {
             single(t, rp, xp, xsum.as_ptr(), blocks)
@@ -234,27 +439,46 @@ pub unsafe fn row_dots(t: QType, row: &[u8], x: &[f32], xsum: &[f32], n: usize, 
         let o = &mut out[start..];
         let xs = xp.add(start * cols);
         start += if left >= GROUP {
-            multi::<GROUP>(t, rp, bb, blocks, xs, cols, o)
+            multi_format::<GROUP>(t, rp, cols, xs, o)
         } else if left >= 4 {
-            multi::<4>(t, rp, bb, blocks, xs, cols, o)
+            multi_format::<4>(t, rp, cols, xs, o)
         } else if left >= 2 {
-            multi::<2>(t, rp, bb, blocks, xs, cols, o)
+            multi_format::<2>(t, rp, cols, xs, o)
         } else {
-            multi::<1>(t, rp, bb, blocks, xs, cols, o)
+            multi_format::<1>(t, rp, cols, xs, o)
         };
+    }
+}
+
+/// `multi` with the format a constant in each arm, so its decoder is specialised.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn multi_format<const G: usize>(t: QType, rp: *const u8, cols: usize, xp: *const f32, out: &mut [f32]) -> usize {
+    match t {
+        QType::Q4_0 => multi::<G>(QType::Q4_0, rp, cols, xp, out),
+        QType::Q4_1 => multi::<G>(QType::Q4_1, rp, cols, xp, out),
+        QType::Q5_0 => multi::<G>(QType::Q5_0, rp, cols, xp, out),
+        QType::Q5_1 => multi::<G>(QType::Q5_1, rp, cols, xp, out),
+        QType::Q8_0 => multi::<G>(QType::Q8_0, rp, cols, xp, out),
+        QType::Q4K => multi::<G>(QType::Q4K, rp, cols, xp, out),
+        QType::Q5K => multi::<G>(QType::Q5K, rp, cols, xp, out),
+        QType::Q6K => multi::<G>(QType::Q6K, rp, cols, xp, out),
+        QType::F32 => multi::<G>(QType::F32, rp, cols, xp, out),
+        QType::F16 => multi::<G>(QType::F16, rp, cols, xp, out),
+        QType::BF16 => multi::<G>(QType::BF16, rp, cols, xp, out),
     }
 }
 
 /// `G` rows of `x` against one weight row (a constant `G`, so the accumulators live in registers).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn multi<const G: usize>(t: QType, rp: *const u8, bb: usize, blocks: usize, xp: *const f32, cols: usize,
-                                out: &mut [f32]) -> usize {
+unsafe fn multi<const G: usize>(t: QType, rp: *const u8, cols: usize, xp: *const f32, out: &mut [f32]) -> usize {
+    let (bb, per) = (t.block_bytes(), t.block_elems() / 32);
     let mut acc = [_mm256_setzero_ps(); G];
-    for bi in 0..blocks {
-        let w = decode(t, rp.add(bi * bb));
+    for p in 0..cols / 32 {
+        let w = weights32(t, rp.add(p / per * bb), p % per);
         for (i, a) in acc.iter_mut().enumerate() {
-            let xb = xp.add(i * cols + bi * 32);
+            let xb = xp.add(i * cols + p * 32);
             let mut s = _mm256_fmadd_ps(w[0], _mm256_loadu_ps(xb), *a);
             s = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(xb.add(8)), s);
             s = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(xb.add(16)), s);
@@ -267,43 +491,38 @@ unsafe fn multi<const G: usize>(t: QType, rp: *const u8, bb: usize, blocks: usiz
     G
 }
 
-/// Formats without a register decoder: one block at a time into an L1 buffer, then 8-wide FMAs.
-#[inline]
+/// Decode one weight row of `t` into `out` (`cols` floats), 32 values at a time.
+///
+/// # Safety
+/// As `row_dots`; `out` holds `row.len() / block_bytes * block_elems` floats.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn buffered(t: QType, row: &[u8], x: &[f32], n: usize, cols: usize, out: &mut [f32]) {
-    let mut buf = [0f32; 256];
-    let xp = x.as_ptr();
-    let mut start = 0;
-    while start < n {
-        let left = n - start;
-        let (o, x) = (&mut out[start..], xp.add(start * cols));
-        start += if left >= 4 {
-            buffered_rows::<4>(t, row, x, cols, o, &mut buf)
-        } else {
-            buffered_rows::<1>(t, row, x, cols, o, &mut buf)
-        };
+pub unsafe fn decode_row(t: QType, row: &[u8], out: &mut [f32]) {
+    match t {
+        QType::Q4_0 => decode_row_of(QType::Q4_0, row, out),
+        QType::Q4_1 => decode_row_of(QType::Q4_1, row, out),
+        QType::Q5_0 => decode_row_of(QType::Q5_0, row, out),
+        QType::Q5_1 => decode_row_of(QType::Q5_1, row, out),
+        QType::Q8_0 => decode_row_of(QType::Q8_0, row, out),
+        QType::Q4K => decode_row_of(QType::Q4K, row, out),
+        QType::Q5K => decode_row_of(QType::Q5K, row, out),
+        QType::Q6K => decode_row_of(QType::Q6K, row, out),
+        QType::F32 => decode_row_of(QType::F32, row, out),
+        QType::F16 => decode_row_of(QType::F16, row, out),
+        QType::BF16 => decode_row_of(QType::BF16, row, out),
     }
 }
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn buffered_rows<const G: usize>(t: QType, row: &[u8], xp: *const f32, cols: usize, out: &mut [f32],
-                                        buf: &mut [f32; 256]) -> usize {
-    let (be, bb) = (t.block_elems(), t.block_bytes());
-    let mut acc = [[_mm256_setzero_ps(); 2]; G];
-    for (bi, block) in row.chunks_exact(bb).enumerate() {
-        decode_block(t, block, &mut buf[..be]);
-        let bp = buf.as_ptr();
-        for (i, a) in acc.iter_mut().enumerate() {
-            let xb = xp.add(i * cols + bi * be);
-            for k in (0..be).step_by(16) {
-                a[0] = _mm256_fmadd_ps(_mm256_loadu_ps(bp.add(k)), _mm256_loadu_ps(xb.add(k)), a[0]);
-                a[1] = _mm256_fmadd_ps(_mm256_loadu_ps(bp.add(k + 8)), _mm256_loadu_ps(xb.add(k + 8)), a[1]);
-            }
+unsafe fn decode_row_of(t: QType, row: &[u8], out: &mut [f32]) {
+    let (bb, per) = (t.block_bytes(), t.block_elems() / 32);
+    let blocks = row.len() / bb;
+    assert!(out.len() >= blocks * per * 32, "decode_row: out too short");
+    for p in 0..blocks * per {
+        let w = weights32(t, row.as_ptr().add(p / per * bb), p % per);
+        let o = out.as_mut_ptr().add(32 * p);
+        for (v, wv) in w.iter().enumerate() {
+            _mm256_storeu_ps(o.add(8 * v), *wv);
         }
     }
-    for (o, a) in out.iter_mut().zip(acc.iter()) {
-        *o = hsum(_mm256_add_ps(a[0], a[1]));
-    }
-    G
 }

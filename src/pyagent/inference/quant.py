@@ -64,19 +64,34 @@ class QuantLinear:
         None keeps float activations (exact up to float rounding)."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         if x.shape[0] >= BLAS_MIN_ROWS:
-            return np.concatenate([_blas(x, p) for p in self.parts], axis=1)
+            return _blas(x, self.parts)
         out = np.empty((x.shape[0], self.out_features), dtype=np.float32)
         _rust.quant_matmul(out, x, [p.data for p in self.parts], [p.type_id for p in self.parts],
                            [p.rows for p in self.parts], int8=int8)
         return out
 
 
-def _blas(x: np.ndarray, m: QuantMatrix) -> np.ndarray:
-    if m.rows <= _DEQUANT_ROWS:
-        out: np.ndarray = x @ m.dequantize().T
-        return out
-    return np.concatenate([x @ m.row_slice(s, min(s + _DEQUANT_ROWS, m.rows)).dequantize().T
-                           for s in range(0, m.rows, _DEQUANT_ROWS)], axis=1)
+def _blas(x: np.ndarray, parts: tuple[QuantMatrix, ...]) -> np.ndarray:
+    """``x @ concat(parts).T``: consecutive parts (or row slices of a large one) decoded side by side into
+    one float32 matrix of at most ``_DEQUANT_ROWS`` rows, one product per such matrix, written straight
+    into its columns of the output (no concatenation)."""
+    pieces = [p.row_slice(s, min(s + _DEQUANT_ROWS, p.rows)) for p in parts for s in range(0, p.rows, _DEQUANT_ROWS)]
+    groups: list[list[QuantMatrix]] = [[]]
+    for piece in pieces:
+        if groups[-1] and sum(m.rows for m in groups[-1]) + piece.rows > _DEQUANT_ROWS:
+            groups.append([])
+        groups[-1].append(piece)
+    out = np.empty((x.shape[0], sum(p.rows for p in parts)), dtype=np.float32)
+    at = 0
+    for group in groups:
+        w = np.empty((sum(m.rows for m in group), parts[0].cols), dtype=np.float32)
+        row = 0
+        for m in group:
+            _rust.quant_dequantize(w[row:row + m.rows], m.data, m.type_id, m.rows)
+            row += m.rows
+        np.matmul(x, w.T, out=out[:, at:at + row])
+        at += row
+    return out
 
 
 Linear = np.ndarray | QuantLinear  # dense weights are [in, out] float32
