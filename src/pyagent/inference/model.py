@@ -53,7 +53,7 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
 def swiglu(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
     """``silu(gate) * up`` in one new array, every pass in place (a prompt's gate is [tokens,
     intermediate]: there, allocations cost as much as the arithmetic)."""
-    t = np.negative(gate, dtype=np.float32)
+    t: np.ndarray = np.negative(gate, dtype=np.float32)
     with np.errstate(over="ignore"):  # exp(-x) -> inf for very negative x gives the right limit, 0
         np.exp(t, out=t)
     t += np.float32(1.0)
