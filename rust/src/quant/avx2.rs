@@ -408,6 +408,25 @@ unsafe fn single_piece_format(t: QType, rp: *const u8, xp: *const f32, xs: *cons
     }
 }
 
+/// One row of `x` against one weight row of `blocks` blocks; `avx512` takes the 16-wide kernels of
+/// Q4_0, Q4_1 and Q8_0 (the other formats have AVX2 ones only).
+///
+/// # Safety
+/// As `row_dots` with `n == 1`; `avx512` only where `avx512::available()`; `xs` holds the 32-value sums
+/// of `x` when `needs_xsum(t)`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn single_row(t: QType, rp: *const u8, xp: *const f32, xs: *const f32, blocks: usize,
+                                avx512: bool) -> f32 {
+    if !one_scale(t) {
+        single_piece_format(t, rp, xp, xs, blocks)
+    } else if avx512 && matches!(t, QType::Q4_0 | QType::Q4_1 | QType::Q8_0) {
+        super::avx512::single(t, rp, xp, xs, blocks)
+    } else {
+        single(t, rp, xp, xs, blocks)
+    }
+}
+
 /// Rows of `x` per pass over a weight row: 8 accumulators plus the decoded piece fit the 16 registers.
 const GROUP: usize = 8;
 
@@ -424,13 +443,7 @@ pub unsafe fn row_dots(t: QType, row: &[u8], x: &[f32], xsum: &[f32], n: usize, 
     let rp = row.as_ptr();
     let blocks = cols / t.block_elems();
     if n == 1 {
-        out[0] = if !one_scale(t) {
-            single_piece_format(t, rp, xp, xsum.as_ptr(), blocks)
-        } else if matches!(t, QType::Q4_0 | QType::Q4_1 | QType::Q8_0) && super::avx512::available() {
-            super::avx512::single(t, rp, xp, xsum.as_ptr(), blocks)
-        } else {
-            single(t, rp, xp, xsum.as_ptr(), blocks)
-        };
+        out[0] = single_row(t, rp, xp, xsum.as_ptr(), blocks, super::avx512::available());
         return;
     }
     let mut start = 0;

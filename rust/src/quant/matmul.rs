@@ -2,10 +2,10 @@
 //!
 //! `out[n, R] = x[n, cols] @ W^T`, where W is one or more quantized matrices stacked along their rows
 //! (q/k/v or gate/up are one call, so one parallel region and one pass over `x`). Each weight row is
-//! decoded one block at a time into a small stack buffer (L1-resident, never the whole matrix) and
-//! multiplied with every row of `x` while it is hot, so the weight bytes are read from memory once per
-//! call whatever `n` is. Rows are spread over rayon's threads in tiles; the inner loops are compiled
-//! twice, for AVX2+FMA (chosen at run time) and for any CPU.
+//! decoded a piece at a time (in registers on AVX2, see `avx2`; into a small L1 buffer in the portable
+//! build) and multiplied with every row of `x` while it is hot, so the weight bytes are read from memory
+//! once per call whatever `n` is. Rows are spread over rayon's threads in tiles; the inner loops are
+//! compiled twice, for AVX2+FMA (chosen at run time) and for any CPU.
 use rayon::prelude::*;
 
 use crate::team::Par;
@@ -18,8 +18,8 @@ use super::int8::{self, Isa, QActs};
 pub enum Mode {
     /// Float activations: exact up to float rounding. `simd` picks the AVX2 build (it must be present).
     F32 { simd: bool },
-    /// 8-bit activations for Q4_0, Q4_1 and Q8_0 weights (see `int8`); other formats take the float
-    /// path, the SIMD one unless the int8 kernels are the portable ones.
+    /// 8-bit activations for the formats `int8::supports` (see `int8` and `int8_kquants`); the others
+    /// (16/32-bit rows) take the float path, the SIMD one unless the int8 kernels are the portable ones.
     Int8(Isa),
 }
 
@@ -399,6 +399,43 @@ mod tests {
                     }
                 }
             }
+            }
+        }
+    }
+
+    /// The one-row kernels of both widths (a CPU with AVX-512 would otherwise never run the AVX2 ones).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_and_avx512_single_row_kernels_equal_the_reference() {
+        if !has_avx2() {
+            return;
+        }
+        let mut seed = 5u64;
+        for qtype in [QType::Q4_0, QType::Q4_1, QType::Q5_0, QType::Q5_1, QType::Q8_0, QType::Q4K, QType::Q5K,
+                      QType::Q6K, QType::F16, QType::BF16] {
+            let cols = 768;
+            let data = random_weight(qtype, 3, cols, &mut seed);
+            let x: Vec<f32> = (0..cols).map(|_| lcg(&mut seed) as f32 / 128.0 - 1.0).collect();
+            let mut xsum = vec![0f32; cols / 32];
+            // SAFETY: AVX2, FMA and F16C were detected.
+            unsafe { super::super::avx2::block_sums(&x, &mut xsum) };
+            let (be, bb) = (qtype.block_elems(), qtype.block_bytes());
+            let mut dense = vec![0f32; 3 * cols];
+            for (block, y) in data.chunks_exact(bb).zip(dense.chunks_exact_mut(be)) {
+                decode_block(qtype, block, y);
+            }
+            let rb = row_bytes(qtype, cols).unwrap();
+            for r in 0..3 {
+                let want: f64 = (0..cols).map(|c| dense[r * cols + c] as f64 * x[c] as f64).sum();
+                let scale: f64 = (0..cols).map(|c| (dense[r * cols + c] as f64 * x[c] as f64).abs()).sum();
+                for wide in [false, super::super::avx512::available()] {
+                    // SAFETY: as above; `wide` only where AVX-512 was detected; the row holds `cols` values.
+                    let got = unsafe {
+                        super::super::avx2::single_row(qtype, data[r * rb..].as_ptr(), x.as_ptr(), xsum.as_ptr(),
+                                                       cols / be, wide)
+                    } as f64;
+                    assert!((got - want).abs() <= 1e-5 * scale, "{qtype:?} row {r} avx512 {wide}: {got} vs {want}");
+                }
             }
         }
     }
