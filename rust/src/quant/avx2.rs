@@ -423,7 +423,15 @@ pub(crate) unsafe fn single_row(t: QType, rp: *const u8, xp: *const f32, xs: *co
     } else if avx512 && matches!(t, QType::Q4_0 | QType::Q4_1 | QType::Q8_0) {
         super::avx512::single(t, rp, xp, xs, blocks)
     } else {
-        single(t, rp, xp, xs, blocks)
+        // the format a constant in each arm, so the block loop is specialised (no per-block branches)
+        match t {
+            QType::Q4_0 => single(QType::Q4_0, rp, xp, xs, blocks),
+            QType::Q4_1 => single(QType::Q4_1, rp, xp, xs, blocks),
+            QType::Q8_0 => single(QType::Q8_0, rp, xp, xs, blocks),
+            QType::F16 => single(QType::F16, rp, xp, xs, blocks),
+            QType::BF16 => single(QType::BF16, rp, xp, xs, blocks),
+            _ => single(QType::F32, rp, xp, xs, blocks),
+        }
     }
 }
 
