@@ -1,14 +1,15 @@
 //! AVX2+FMA row kernels: each weight block is decoded in registers and multiplied with the rows of `x`
 //! while it is there, never written out.
 //!
-//! - Q4_0, Q4_1, Q8_0 and 16/32-bit rows (F16, BF16, F32): one scale per 32 values. With one row of `x`
-//!   (decode), the block's scale is applied once to the block's partial dot product, and the Q4 offsets
-//!   (`m`, or `-8d`) multiply the precomputed block sum of `x`, so a 32-element block costs four
-//!   int-to-float conversions and five FMAs.
-//! - Q5_0, Q5_1 and the K-quants (Q4_K, Q5_K, Q6_K) are read 32 values at a time (`piece`): the
-//!   unscaled integers as floats, the scales of the two 16-value halves (equal except in Q6_K) and the
-//!   offset, so value = scale·u + offset. One row of `x` takes the same scale-once arithmetic as above
-//!   (the offsets times the block sums of `x`); several rows decode the piece to floats once and reuse it.
+//! - One row of `x` (decode): each scale is applied once to its values' partial dot product, and the
+//!   offsets (`m`, `-8d`, `-16d`, a K-quant's `-dmin·min`) multiply the precomputed 32-value sums of `x`.
+//!   The 32-value formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) share one block loop, so a Q4 block costs four
+//!   int-to-float conversions and five FMAs; Q4_K/Q5_K and Q6_K have their own super-block loops, which
+//!   unpack the scales once per super-block and serve several sub-blocks from each byte load. 16/32-bit
+//!   rows (F16, BF16, F32) are converted as they are loaded.
+//! - Several rows: each 32 values of a weight row are decoded to floats once (`weights32`; for Q5_0, Q5_1
+//!   and the K-quants through `piece`: the unscaled integers, the scales of the two 16-value halves and
+//!   the offset) and reused for every row of `x`.
 #![cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
@@ -223,8 +224,8 @@ pub unsafe fn block_sums(x: &[f32], out: &mut [f32]) {
 }
 
 /// One block's scale (broadcast) and its unscaled partial dot product with `xb`; adds the block's offset
-/// term (`m·sum(x)` for Q4_1, `-8d·sum(x)` for Q4_0) to `off`. `xsum` (the block's sum of `x`) is only
-/// read for those two formats.
+/// term (`m·sum(x)` for Q4_1 and Q5_1, `-8d·sum(x)` for Q4_0, `-16d·sum(x)` for Q5_0) to `off`. `xsum`
+/// (the block's sum of `x`) is only read for those formats.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn scaled_block(t: QType, b: *const u8, xb: *const f32, xsum: *const f32, off: &mut f32)
@@ -240,6 +241,11 @@ unsafe fn scaled_block(t: QType, b: *const u8, xb: *const f32, xsum: *const f32,
             *off = _mm_cvtss_f32(_mm_movehdup_ps(dm)).mul_add(*xsum, *off);
             nibbles(b.add(4))
         }
+        QType::Q5_0 | QType::Q5_1 => {
+            let (u, _, _, o) = piece(t, b, 0);
+            *off = o.mul_add(*xsum, *off);
+            u
+        }
         _ => int8s(b.add(2)),
     };
     let s0 = _mm256_fmadd_ps(q[1], _mm256_loadu_ps(xb.add(8)), _mm256_mul_ps(q[0], _mm256_loadu_ps(xb)));
@@ -253,7 +259,7 @@ unsafe fn scaled_block(t: QType, b: *const u8, xb: *const f32, xsum: *const f32,
 unsafe fn single(t: QType, rp: *const u8, xp: *const f32, xs: *const f32, blocks: usize) -> f32 {
     let bb = t.block_bytes();
     match t {
-        QType::Q4_0 | QType::Q4_1 | QType::Q8_0 => {
+        QType::Q4_0 | QType::Q4_1 | QType::Q5_0 | QType::Q5_1 | QType::Q8_0 => {
             // Σ_b d_b·(q_b·x_b) + Σ_b off_b·sum(x_b); two accumulators (even and odd blocks) keep two
             // scale FMAs in flight.
             let (mut off0, mut off1) = (0f32, 0f32);
@@ -287,27 +293,6 @@ unsafe fn single(t: QType, rp: *const u8, xp: *const f32, xs: *const f32, blocks
             hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)))
         }
     }
-}
-
-/// One row of `x` against one weight row of `blocks` blocks in a `piece` format: per piece, the two
-/// halves' partial dot products times their scales, and the offset times the piece's sum of `x`.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn single_pieces(t: QType, rp: *const u8, xp: *const f32, xs: *const f32, blocks: usize) -> f32 {
-    let (bb, per) = (t.block_bytes(), t.block_elems() / 32);
-    let (mut a0, mut a1, mut off) = (_mm256_setzero_ps(), _mm256_setzero_ps(), 0f32);
-    for p in 0..blocks * per {
-        let (u, s0, s1, o) = piece(t, rp.add(p / per * bb), p % per);
-        let xb = xp.add(32 * p);
-        let lo = _mm256_fmadd_ps(u[1], _mm256_loadu_ps(xb.add(8)), _mm256_mul_ps(u[0], _mm256_loadu_ps(xb)));
-        let hi = _mm256_fmadd_ps(u[3], _mm256_loadu_ps(xb.add(24)), _mm256_mul_ps(u[2], _mm256_loadu_ps(xb.add(16))));
-        a0 = _mm256_fmadd_ps(_mm256_set1_ps(s0), lo, a0);
-        a1 = _mm256_fmadd_ps(_mm256_set1_ps(s1), hi, a1);
-        if t != QType::Q6K {
-            off = o.mul_add(*xs.add(p), off);
-        }
-    }
-    hsum(_mm256_add_ps(a0, a1)) + off
 }
 
 /// One row of `x` against one Q4_K or Q5_K weight row (`blocks` super-blocks): per super-block the 8
@@ -395,19 +380,6 @@ unsafe fn single_q6k(rp: *const u8, xp: *const f32, blocks: usize) -> f32 {
     hsum(_mm256_add_ps(a0, a1))
 }
 
-/// `single_pieces` with the format a constant in each arm, so `piece` is specialised.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn single_piece_format(t: QType, rp: *const u8, xp: *const f32, xs: *const f32, blocks: usize) -> f32 {
-    match t {
-        QType::Q5_0 => single_pieces(QType::Q5_0, rp, xp, xs, blocks),
-        QType::Q5_1 => single_pieces(QType::Q5_1, rp, xp, xs, blocks),
-        QType::Q4K => single_k4(QType::Q4K, rp, xp, xs, blocks),
-        QType::Q5K => single_k4(QType::Q5K, rp, xp, xs, blocks),
-        _ => single_q6k(rp, xp, blocks),
-    }
-}
-
 /// One row of `x` against one weight row of `blocks` blocks; `avx512` takes the 16-wide kernels of
 /// Q4_0, Q4_1 and Q8_0 (the other formats have AVX2 ones only).
 ///
@@ -418,20 +390,20 @@ unsafe fn single_piece_format(t: QType, rp: *const u8, xp: *const f32, xs: *cons
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn single_row(t: QType, rp: *const u8, xp: *const f32, xs: *const f32, blocks: usize,
                                 avx512: bool) -> f32 {
-    if !one_scale(t) {
-        single_piece_format(t, rp, xp, xs, blocks)
-    } else if avx512 && matches!(t, QType::Q4_0 | QType::Q4_1 | QType::Q8_0) {
-        super::avx512::single(t, rp, xp, xs, blocks)
-    } else {
-        // the format a constant in each arm, so the block loop is specialised (no per-block branches)
-        match t {
-            QType::Q4_0 => single(QType::Q4_0, rp, xp, xs, blocks),
-            QType::Q4_1 => single(QType::Q4_1, rp, xp, xs, blocks),
-            QType::Q8_0 => single(QType::Q8_0, rp, xp, xs, blocks),
-            QType::F16 => single(QType::F16, rp, xp, xs, blocks),
-            QType::BF16 => single(QType::BF16, rp, xp, xs, blocks),
-            _ => single(QType::F32, rp, xp, xs, blocks),
-        }
+    // the format a constant in each arm, so each block loop is specialised (no per-block branches)
+    match t {
+        QType::Q4K => single_k4(QType::Q4K, rp, xp, xs, blocks),
+        QType::Q5K => single_k4(QType::Q5K, rp, xp, xs, blocks),
+        QType::Q6K => single_q6k(rp, xp, blocks),
+        QType::Q4_0 | QType::Q4_1 | QType::Q8_0 if avx512 => super::avx512::single(t, rp, xp, xs, blocks),
+        QType::Q4_0 => single(QType::Q4_0, rp, xp, xs, blocks),
+        QType::Q4_1 => single(QType::Q4_1, rp, xp, xs, blocks),
+        QType::Q5_0 => single(QType::Q5_0, rp, xp, xs, blocks),
+        QType::Q5_1 => single(QType::Q5_1, rp, xp, xs, blocks),
+        QType::Q8_0 => single(QType::Q8_0, rp, xp, xs, blocks),
+        QType::F16 => single(QType::F16, rp, xp, xs, blocks),
+        QType::BF16 => single(QType::BF16, rp, xp, xs, blocks),
+        QType::F32 => single(QType::F32, rp, xp, xs, blocks),
     }
 }
 
