@@ -47,12 +47,18 @@ unsafe fn nibble_ints(qs: *const u8) -> [__m256i; 4] {
     [_mm256_and_si256(z0, mask), _mm256_and_si256(z1, mask), _mm256_srli_epi32(z0, 4), _mm256_srli_epi32(z1, 4)]
 }
 
+/// Four vectors of dwords as floats.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn ints_to_floats(q: [__m256i; 4]) -> [__m256; 4] {
+    [_mm256_cvtepi32_ps(q[0]), _mm256_cvtepi32_ps(q[1]), _mm256_cvtepi32_ps(q[2]), _mm256_cvtepi32_ps(q[3])]
+}
+
 /// `nibble_ints` as floats.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn nibbles(qs: *const u8) -> [__m256; 4] {
-    let q = nibble_ints(qs);
-    [_mm256_cvtepi32_ps(q[0]), _mm256_cvtepi32_ps(q[1]), _mm256_cvtepi32_ps(q[2]), _mm256_cvtepi32_ps(q[3])]
+    ints_to_floats(nibble_ints(qs))
 }
 
 /// Bits `shift..shift + width` of 32 consecutive bytes at `p`, as dwords in byte order.
@@ -67,6 +73,21 @@ unsafe fn bit_fields(p: *const u8, shift: i32, mask: i32) -> [__m256i; 4] {
     out
 }
 
+/// The 32 unsigned 5-bit values of a Q5_0/Q5_1 block from its 32-bit `qh` at `p` (element e's fifth bit
+/// is bit e) and the 16 nibble bytes after it, as dwords in element order.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn five_bit_ints(p: *const u8) -> [__m256i; 4] {
+    let qh = _mm256_set1_epi32((p as *const i32).read_unaligned());
+    let (lanes, one) = (_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(1));
+    let mut q = nibble_ints(p.add(4));
+    for (v, o) in q.iter_mut().enumerate() {
+        let bit = _mm256_srlv_epi32(qh, _mm256_add_epi32(lanes, _mm256_set1_epi32(8 * v as i32)));
+        *o = _mm256_or_si256(*o, _mm256_slli_epi32(_mm256_and_si256(bit, one), 4));
+    }
+    q
+}
+
 /// Piece `k` (values `32k..32k + 32`) of block `b` of Q5_0, Q5_1, Q4_K, Q5_K or Q6_K: the unscaled
 /// values as floats, the scales of the piece's two 16-value halves, and the offset (value = scale·u +
 /// offset; the same numbers `formats::decode_block` writes, up to FMA rounding).
@@ -77,18 +98,11 @@ unsafe fn piece(t: QType, b: *const u8, k: usize) -> ([__m256; 4], f32, f32, f32
     let (s0, s1, off);
     match t {
         QType::Q5_0 | QType::Q5_1 => {
-            // element e's fifth bit is bit e of the 32-bit qh
-            let (dm, at) = (halves(b), if t == QType::Q5_1 { 4 } else { 2 });
+            let dm = halves(b);
             let d = _mm_cvtss_f32(dm);
             (s0, s1) = (d, d);
             off = if t == QType::Q5_1 { _mm_cvtss_f32(_mm_movehdup_ps(dm)) } else { -16.0 * d };
-            let qh = _mm256_set1_epi32((b.add(at) as *const i32).read_unaligned());
-            let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-            let q = nibble_ints(b.add(at + 4));
-            for (v, o) in u.iter_mut().enumerate() {
-                let bit = _mm256_srlv_epi32(qh, _mm256_add_epi32(lanes, _mm256_set1_epi32(8 * v as i32)));
-                *o = _mm256_or_si256(q[v], _mm256_slli_epi32(_mm256_and_si256(bit, _mm256_set1_epi32(1)), 4));
-            }
+            u = five_bit_ints(b.add(if t == QType::Q5_1 { 4 } else { 2 }));
         }
         QType::Q4K | QType::Q5K => {
             // 8 sub-blocks of 32 values, 6-bit scales and mins; piece k is sub-block k: the low (k even)
@@ -121,8 +135,7 @@ unsafe fn piece(t: QType, b: *const u8, k: usize) -> ([__m256; 4], f32, f32, f32
             }
         }
     }
-    ([_mm256_cvtepi32_ps(u[0]), _mm256_cvtepi32_ps(u[1]), _mm256_cvtepi32_ps(u[2]), _mm256_cvtepi32_ps(u[3])],
-     s0, s1, off)
+    (ints_to_floats(u), s0, s1, off)
 }
 
 /// Values `32k..32k + 32` of block `b` as floats, for every format.
@@ -241,10 +254,13 @@ unsafe fn scaled_block(t: QType, b: *const u8, xb: *const f32, xsum: *const f32,
             *off = _mm_cvtss_f32(_mm_movehdup_ps(dm)).mul_add(*xsum, *off);
             nibbles(b.add(4))
         }
-        QType::Q5_0 | QType::Q5_1 => {
-            let (u, _, _, o) = piece(t, b, 0);
-            *off = o.mul_add(*xsum, *off);
-            u
+        QType::Q5_0 => {
+            *off = (-16.0 * d).mul_add(*xsum, *off);
+            ints_to_floats(five_bit_ints(b.add(2)))
+        }
+        QType::Q5_1 => {
+            *off = _mm_cvtss_f32(_mm_movehdup_ps(dm)).mul_add(*xsum, *off);
+            ints_to_floats(five_bit_ints(b.add(4)))
         }
         _ => int8s(b.add(2)),
     };
