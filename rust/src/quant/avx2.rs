@@ -272,7 +272,10 @@ unsafe fn scaled_block(t: QType, b: *const u8, xb: *const f32, xsum: *const f32,
 /// One row of `x` against one weight row in a register format.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn single(t: QType, rp: *const u8, xp: *const f32, xs: *const f32, blocks: usize) -> f32 {
+unsafe fn single<const ID: u32>(rp: *const u8, xp: *const f32, xs: *const f32, blocks: usize) -> f32 {
+    // the format is the type parameter (its ggml id), so every instance is its own specialised loop;
+    // passed as a value, LLVM merged the instances back into one with a format branch per block
+    let t = QType::from_id(ID).unwrap_or(QType::F32);
     let bb = t.block_bytes();
     match t {
         QType::Q4_0 | QType::Q4_1 | QType::Q5_0 | QType::Q5_1 | QType::Q8_0 => {
@@ -412,14 +415,14 @@ pub(crate) unsafe fn single_row(t: QType, rp: *const u8, xp: *const f32, xs: *co
         QType::Q5K => single_k4(QType::Q5K, rp, xp, xs, blocks),
         QType::Q6K => single_q6k(rp, xp, blocks),
         QType::Q4_0 | QType::Q4_1 | QType::Q8_0 if avx512 => super::avx512::single(t, rp, xp, xs, blocks),
-        QType::Q4_0 => single(QType::Q4_0, rp, xp, xs, blocks),
-        QType::Q4_1 => single(QType::Q4_1, rp, xp, xs, blocks),
-        QType::Q5_0 => single(QType::Q5_0, rp, xp, xs, blocks),
-        QType::Q5_1 => single(QType::Q5_1, rp, xp, xs, blocks),
-        QType::Q8_0 => single(QType::Q8_0, rp, xp, xs, blocks),
-        QType::F16 => single(QType::F16, rp, xp, xs, blocks),
-        QType::BF16 => single(QType::BF16, rp, xp, xs, blocks),
-        QType::F32 => single(QType::F32, rp, xp, xs, blocks),
+        QType::Q4_0 => single::<2>(rp, xp, xs, blocks),
+        QType::Q4_1 => single::<3>(rp, xp, xs, blocks),
+        QType::Q5_0 => single::<6>(rp, xp, xs, blocks),
+        QType::Q5_1 => single::<7>(rp, xp, xs, blocks),
+        QType::Q8_0 => single::<8>(rp, xp, xs, blocks),
+        QType::F16 => single::<1>(rp, xp, xs, blocks),
+        QType::BF16 => single::<30>(rp, xp, xs, blocks),
+        QType::F32 => single::<0>(rp, xp, xs, blocks),
     }
 }
 
@@ -464,24 +467,25 @@ pub unsafe fn row_dots(t: QType, row: &[u8], x: &[f32], xsum: &[f32], n: usize, 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn multi_format<const G: usize>(t: QType, rp: *const u8, cols: usize, xp: *const f32, out: &mut [f32]) -> usize {
     match t {
-        QType::Q4_0 => multi::<G>(QType::Q4_0, rp, cols, xp, out),
-        QType::Q4_1 => multi::<G>(QType::Q4_1, rp, cols, xp, out),
-        QType::Q5_0 => multi::<G>(QType::Q5_0, rp, cols, xp, out),
-        QType::Q5_1 => multi::<G>(QType::Q5_1, rp, cols, xp, out),
-        QType::Q8_0 => multi::<G>(QType::Q8_0, rp, cols, xp, out),
-        QType::Q4K => multi::<G>(QType::Q4K, rp, cols, xp, out),
-        QType::Q5K => multi::<G>(QType::Q5K, rp, cols, xp, out),
-        QType::Q6K => multi::<G>(QType::Q6K, rp, cols, xp, out),
-        QType::F32 => multi::<G>(QType::F32, rp, cols, xp, out),
-        QType::F16 => multi::<G>(QType::F16, rp, cols, xp, out),
-        QType::BF16 => multi::<G>(QType::BF16, rp, cols, xp, out),
+        QType::Q4_0 => multi::<G, 2>(rp, cols, xp, out),
+        QType::Q4_1 => multi::<G, 3>(rp, cols, xp, out),
+        QType::Q5_0 => multi::<G, 6>(rp, cols, xp, out),
+        QType::Q5_1 => multi::<G, 7>(rp, cols, xp, out),
+        QType::Q8_0 => multi::<G, 8>(rp, cols, xp, out),
+        QType::Q4K => multi::<G, 12>(rp, cols, xp, out),
+        QType::Q5K => multi::<G, 13>(rp, cols, xp, out),
+        QType::Q6K => multi::<G, 14>(rp, cols, xp, out),
+        QType::F32 => multi::<G, 0>(rp, cols, xp, out),
+        QType::F16 => multi::<G, 1>(rp, cols, xp, out),
+        QType::BF16 => multi::<G, 30>(rp, cols, xp, out),
     }
 }
 
 /// `G` rows of `x` against one weight row (a constant `G`, so the accumulators live in registers).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn multi<const G: usize>(t: QType, rp: *const u8, cols: usize, xp: *const f32, out: &mut [f32]) -> usize {
+unsafe fn multi<const G: usize, const ID: u32>(rp: *const u8, cols: usize, xp: *const f32, out: &mut [f32]) -> usize {
+    let t = QType::from_id(ID).unwrap_or(QType::F32); // a type parameter for the reason `single` gives
     let (bb, per) = (t.block_bytes(), t.block_elems() / 32);
     let mut acc = [_mm256_setzero_ps(); G];
     for p in 0..cols / 32 {
