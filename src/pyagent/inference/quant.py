@@ -33,14 +33,15 @@ class QuantMatrix:
     rows: int
     cols: int
 
-    def dequantize(self, ids: np.ndarray | None = None) -> np.ndarray:
-        """Float32 rows (all, or those in ``ids``): ``[len, cols]``."""
-        if ids is None:
-            out = np.empty((self.rows, self.cols), dtype=np.float32)
+    def dequantize(self, ids: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
+        """Float32 rows (all, or those in ``ids``): ``[len, cols]``, written into ``out`` when given
+        (C-contiguous float32 of that shape, e.g. a row slice of a larger matrix)."""
+        idx = None if ids is None else np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+        if out is None:
+            out = np.empty((self.rows if idx is None else len(idx), self.cols), dtype=np.float32)
+        if idx is None:
             _rust.quant_dequantize(out, self.data, self.type_id, self.rows)
         else:
-            idx = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
-            out = np.empty((len(idx), self.cols), dtype=np.float32)
             _rust.quant_dequantize(out, self.data, self.type_id, self.rows, idx)
         return out
 
@@ -87,7 +88,7 @@ def _blas(x: np.ndarray, parts: tuple[QuantMatrix, ...]) -> np.ndarray:
         w = np.empty((sum(m.rows for m in group), parts[0].cols), dtype=np.float32)
         row = 0
         for m in group:
-            _rust.quant_dequantize(w[row:row + m.rows], m.data, m.type_id, m.rows)
+            m.dequantize(out=w[row:row + m.rows])
             row += m.rows
         np.matmul(x, w.T, out=out[:, at:at + row])
         at += row
