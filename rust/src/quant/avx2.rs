@@ -319,9 +319,8 @@ unsafe fn single<const ID: u32>(rp: *const u8, xp: *const f32, xs: *const f32, b
 /// byte load serves two sub-blocks (low and high nibbles).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn single_k4(t: QType, rp: *const u8, xp: *const f32, xs: *const f32, blocks: usize) -> f32 {
-    let five = t == QType::Q5K;
-    let (bb, qs_at) = (t.block_bytes(), if five { 48 } else { 16 });
+unsafe fn single_k4<const FIVE: bool>(rp: *const u8, xp: *const f32, xs: *const f32, blocks: usize) -> f32 {
+    let (bb, qs_at) = if FIVE { (176, 48) } else { (144, 16) };
     let (mut a0, mut a1, mut offs) = (_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps());
     let (mask, sixteen) = (_mm256_set1_epi32(15), _mm256_set1_epi32(16));
     for bi in 0..blocks {
@@ -337,18 +336,24 @@ unsafe fn single_k4(t: QType, rp: *const u8, xp: *const f32, xs: *const f32, blo
         let x = xp.add(256 * bi);
         offs = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(-dmin), _mm256_loadu_ps(mn.as_ptr())),
                                _mm256_loadu_ps(xs.add(8 * bi)), offs);
+        // Q5_K: the 32 qh bytes, shifted down two bits per pair of sub-blocks: bits 0 and 1 are then the
+        // fifth bits of sub-blocks 2g and 2g + 1
+        let mut h = [_mm256_setzero_si256(); 4];
+        if FIVE {
+            for (v, hv) in h.iter_mut().enumerate() {
+                *hv = bytes8(b.add(16 + 8 * v));
+            }
+        }
         for g in 0..4 {
             let (qs, xg) = (b.add(qs_at + 32 * g), x.add(64 * g));
             let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-            for v in 0..4 {
+            for (v, hv) in h.iter_mut().enumerate() {
                 let z = bytes8(qs.add(8 * v));
                 let (mut ql, mut qh) = (_mm256_and_si256(z, mask), _mm256_srli_epi32(z, 4));
-                if five {
-                    // bits 2g and 2g + 1 of the qh bytes are the fifth bits of sub-blocks 2g and 2g + 1
-                    let h = bytes8(b.add(16 + 8 * v));
-                    let (c0, c1) = (_mm_cvtsi32_si128(2 * g as i32), _mm_cvtsi32_si128(2 * g as i32 + 1));
-                    ql = _mm256_or_si256(ql, _mm256_and_si256(_mm256_slli_epi32(_mm256_srl_epi32(h, c0), 4), sixteen));
-                    qh = _mm256_or_si256(qh, _mm256_and_si256(_mm256_slli_epi32(_mm256_srl_epi32(h, c1), 4), sixteen));
+                if FIVE {
+                    ql = _mm256_or_si256(ql, _mm256_and_si256(_mm256_slli_epi32(*hv, 4), sixteen));
+                    qh = _mm256_or_si256(qh, _mm256_and_si256(_mm256_slli_epi32(*hv, 3), sixteen));
+                    *hv = _mm256_srli_epi32(*hv, 2);
                 }
                 lo = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ql), _mm256_loadu_ps(xg.add(8 * v)), lo);
                 hi = _mm256_fmadd_ps(_mm256_cvtepi32_ps(qh), _mm256_loadu_ps(xg.add(32 + 8 * v)), hi);
@@ -411,8 +416,8 @@ pub(crate) unsafe fn single_row(t: QType, rp: *const u8, xp: *const f32, xs: *co
                                 avx512: bool) -> f32 {
     // the format a constant in each arm, so each block loop is specialised (no per-block branches)
     match t {
-        QType::Q4K => single_k4(QType::Q4K, rp, xp, xs, blocks),
-        QType::Q5K => single_k4(QType::Q5K, rp, xp, xs, blocks),
+        QType::Q4K => single_k4::<false>(rp, xp, xs, blocks),
+        QType::Q5K => single_k4::<true>(rp, xp, xs, blocks),
         QType::Q6K => single_q6k(rp, xp, blocks),
         QType::Q4_0 | QType::Q4_1 | QType::Q8_0 if avx512 => super::avx512::single(t, rp, xp, xs, blocks),
         QType::Q4_0 => single::<2>(rp, xp, xs, blocks),
