@@ -15,6 +15,33 @@ use std::arch::x86_64::*;
 
 use super::formats::{scale_min_k4, QType};
 
+/// `$body` with `$id` a constant holding `$t`'s ggml id (`QType as u32`), one match arm per format: the
+/// block loops take their format as a const generic parameter, because with the format passed as a
+/// value LLVM merged their instances back into one loop with a format branch per block.
+macro_rules! per_format {
+    ($t:expr, $id:ident => $body:expr) => {
+        match $t {
+            QType::Q4_0 => { const $id: u32 = QType::Q4_0 as u32; $body }
+            QType::Q4_1 => { const $id: u32 = QType::Q4_1 as u32; $body }
+            QType::Q5_0 => { const $id: u32 = QType::Q5_0 as u32; $body }
+            QType::Q5_1 => { const $id: u32 = QType::Q5_1 as u32; $body }
+            QType::Q8_0 => { const $id: u32 = QType::Q8_0 as u32; $body }
+            QType::Q4K => { const $id: u32 = QType::Q4K as u32; $body }
+            QType::Q5K => { const $id: u32 = QType::Q5K as u32; $body }
+            QType::Q6K => { const $id: u32 = QType::Q6K as u32; $body }
+            QType::F32 => { const $id: u32 = QType::F32 as u32; $body }
+            QType::F16 => { const $id: u32 = QType::F16 as u32; $body }
+            QType::BF16 => { const $id: u32 = QType::BF16 as u32; $body }
+        }
+    };
+}
+
+/// The format a `per_format` id names.
+#[inline(always)]
+fn format_of(id: u32) -> QType {
+    QType::from_id(id).unwrap_or(QType::F32)
+}
+
 /// One f16 scale to f32 with F16C (present on every AVX2 CPU we dispatch to; checked at run time).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -273,9 +300,7 @@ unsafe fn scaled_block(t: QType, b: *const u8, xb: *const f32, xsum: *const f32,
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn single<const ID: u32>(rp: *const u8, xp: *const f32, xs: *const f32, blocks: usize) -> f32 {
-    // the format is the type parameter (its ggml id), so every instance is its own specialised loop;
-    // passed as a value, LLVM merged the instances back into one with a format branch per block
-    let t = QType::from_id(ID).unwrap_or(QType::F32);
+    let t = format_of(ID); // a type parameter: see `per_format`
     let bb = t.block_bytes();
     match t {
         QType::Q4_0 | QType::Q4_1 | QType::Q5_0 | QType::Q5_1 | QType::Q8_0 => {
@@ -414,20 +439,12 @@ unsafe fn single_q6k(rp: *const u8, xp: *const f32, blocks: usize) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn single_row(t: QType, rp: *const u8, xp: *const f32, xs: *const f32, blocks: usize,
                                 avx512: bool) -> f32 {
-    // the format a constant in each arm, so each block loop is specialised (no per-block branches)
     match t {
         QType::Q4K => single_k4::<false>(rp, xp, xs, blocks),
         QType::Q5K => single_k4::<true>(rp, xp, xs, blocks),
         QType::Q6K => single_q6k(rp, xp, blocks),
         QType::Q4_0 | QType::Q4_1 | QType::Q8_0 if avx512 => super::avx512::single(t, rp, xp, xs, blocks),
-        QType::Q4_0 => single::<2>(rp, xp, xs, blocks),
-        QType::Q4_1 => single::<3>(rp, xp, xs, blocks),
-        QType::Q5_0 => single::<6>(rp, xp, xs, blocks),
-        QType::Q5_1 => single::<7>(rp, xp, xs, blocks),
-        QType::Q8_0 => single::<8>(rp, xp, xs, blocks),
-        QType::F16 => single::<1>(rp, xp, xs, blocks),
-        QType::BF16 => single::<30>(rp, xp, xs, blocks),
-        QType::F32 => single::<0>(rp, xp, xs, blocks),
+        _ => per_format!(t, ID => single::<ID>(rp, xp, xs, blocks)),
     }
 }
 
@@ -467,30 +484,18 @@ pub unsafe fn row_dots(t: QType, row: &[u8], x: &[f32], xsum: &[f32], n: usize, 
     }
 }
 
-/// `multi` with the format a constant in each arm, so its decoder is specialised.
+/// `multi` for the format `t` (see `per_format`).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn multi_format<const G: usize>(t: QType, rp: *const u8, cols: usize, xp: *const f32, out: &mut [f32]) -> usize {
-    match t {
-        QType::Q4_0 => multi::<G, 2>(rp, cols, xp, out),
-        QType::Q4_1 => multi::<G, 3>(rp, cols, xp, out),
-        QType::Q5_0 => multi::<G, 6>(rp, cols, xp, out),
-        QType::Q5_1 => multi::<G, 7>(rp, cols, xp, out),
-        QType::Q8_0 => multi::<G, 8>(rp, cols, xp, out),
-        QType::Q4K => multi::<G, 12>(rp, cols, xp, out),
-        QType::Q5K => multi::<G, 13>(rp, cols, xp, out),
-        QType::Q6K => multi::<G, 14>(rp, cols, xp, out),
-        QType::F32 => multi::<G, 0>(rp, cols, xp, out),
-        QType::F16 => multi::<G, 1>(rp, cols, xp, out),
-        QType::BF16 => multi::<G, 30>(rp, cols, xp, out),
-    }
+    per_format!(t, ID => multi::<G, ID>(rp, cols, xp, out))
 }
 
 /// `G` rows of `x` against one weight row (a constant `G`, so the accumulators live in registers).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn multi<const G: usize, const ID: u32>(rp: *const u8, cols: usize, xp: *const f32, out: &mut [f32]) -> usize {
-    let t = QType::from_id(ID).unwrap_or(QType::F32); // a type parameter for the reason `single` gives
+    let t = format_of(ID); // a type parameter: see `per_format`
     let (bb, per) = (t.block_bytes(), t.block_elems() / 32);
     let mut acc = [_mm256_setzero_ps(); G];
     for p in 0..cols / 32 {
@@ -515,24 +520,13 @@ unsafe fn multi<const G: usize, const ID: u32>(rp: *const u8, cols: usize, xp: *
 /// As `row_dots`; `out` holds `row.len() / block_bytes * block_elems` floats.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn decode_row(t: QType, row: &[u8], out: &mut [f32]) {
-    match t {
-        QType::Q4_0 => decode_row_of(QType::Q4_0, row, out),
-        QType::Q4_1 => decode_row_of(QType::Q4_1, row, out),
-        QType::Q5_0 => decode_row_of(QType::Q5_0, row, out),
-        QType::Q5_1 => decode_row_of(QType::Q5_1, row, out),
-        QType::Q8_0 => decode_row_of(QType::Q8_0, row, out),
-        QType::Q4K => decode_row_of(QType::Q4K, row, out),
-        QType::Q5K => decode_row_of(QType::Q5K, row, out),
-        QType::Q6K => decode_row_of(QType::Q6K, row, out),
-        QType::F32 => decode_row_of(QType::F32, row, out),
-        QType::F16 => decode_row_of(QType::F16, row, out),
-        QType::BF16 => decode_row_of(QType::BF16, row, out),
-    }
+    per_format!(t, ID => decode_row_of::<ID>(row, out))
 }
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn decode_row_of(t: QType, row: &[u8], out: &mut [f32]) {
+unsafe fn decode_row_of<const ID: u32>(row: &[u8], out: &mut [f32]) {
+    let t = format_of(ID);
     let (bb, per) = (t.block_bytes(), t.block_elems() / 32);
     let blocks = row.len() / bb;
     assert!(out.len() >= blocks * per * 32, "decode_row: out too short");

@@ -4,21 +4,23 @@
 //! format (the same arithmetic as ggml's `dequantize_row_*`), used by the mat-mul kernels block by block
 //! and by `quant_dequantize`.
 
-/// A ggml quantization type the kernels understand.
+/// A ggml quantization type the kernels understand; the discriminant is ggml's type id (the number in
+/// GGUF tensor infos), so `t as u32` can name a format in a const generic parameter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
 pub enum QType {
-    Q4_0,
-    Q4_1,
-    Q5_0,
-    Q5_1,
-    Q8_0,
-    Q4K,
-    Q5K,
-    Q6K,
+    Q4_0 = 2,
+    Q4_1 = 3,
+    Q5_0 = 6,
+    Q5_1 = 7,
+    Q8_0 = 8,
+    Q4K = 12,
+    Q5K = 13,
+    Q6K = 14,
     /// Unquantized rows (safetensors weights kept at their own width), in 32-element "blocks".
-    F32,
-    F16,
-    BF16,
+    F32 = 0,
+    F16 = 1,
+    BF16 = 30,
 }
 
 impl QType {
@@ -274,6 +276,15 @@ pub fn decode_block(t: QType, b: &[u8], y: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_format_round_trips_through_its_ggml_id() {
+        for t in [QType::Q4_0, QType::Q4_1, QType::Q5_0, QType::Q5_1, QType::Q8_0, QType::Q4K, QType::Q5K,
+                  QType::Q6K, QType::F32, QType::F16, QType::BF16] {
+            assert_eq!(QType::from_id(t as u32), Some(t));
+        }
+        assert_eq!(QType::from_id(4), None); // Q4_2, removed from ggml
+    }
 
     #[test]
     fn half_conversion_matches_known_values() {
