@@ -429,8 +429,8 @@ unsafe fn single_q6k(rp: *const u8, xp: *const f32, blocks: usize) -> f32 {
     hsum(_mm256_add_ps(a0, a1))
 }
 
-/// One row of `x` against one weight row of `blocks` blocks; `avx512` takes the 16-wide kernels of
-/// Q4_0, Q4_1 and Q8_0 (the other formats have AVX2 ones only).
+/// One row of `x` against one weight row of `blocks` blocks; `avx512` takes the 16-wide kernels of the
+/// quantized formats (the 16/32-bit ones have AVX2 kernels only).
 ///
 /// # Safety
 /// As `row_dots` with `n == 1`; `avx512` only where `avx512::available()`; `xs` holds the 32-value sums
@@ -439,11 +439,13 @@ unsafe fn single_q6k(rp: *const u8, xp: *const f32, blocks: usize) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn single_row(t: QType, rp: *const u8, xp: *const f32, xs: *const f32, blocks: usize,
                                 avx512: bool) -> f32 {
+    if avx512 && super::avx512::handles(t) {
+        return super::avx512::single(t, rp, xp, xs, blocks);
+    }
     match t {
         QType::Q4K => single_k4::<false>(rp, xp, xs, blocks),
         QType::Q5K => single_k4::<true>(rp, xp, xs, blocks),
         QType::Q6K => single_q6k(rp, xp, blocks),
-        QType::Q4_0 | QType::Q4_1 | QType::Q8_0 if avx512 => super::avx512::single(t, rp, xp, xs, blocks),
         _ => per_format!(t, ID => single::<ID>(rp, xp, xs, blocks)),
     }
 }
