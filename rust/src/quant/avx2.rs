@@ -42,10 +42,27 @@ fn format_of(id: u32) -> QType {
     QType::from_id(id).unwrap_or(QType::F32)
 }
 
+/// The four 6-bit Q6_K pieces (unsigned, before the -32) of one run of values, from the same run of
+/// ql bytes (`$a`), ql+32 bytes (`$c`) and qh bytes (`$h`) widened to dwords: piece j takes the low (j
+/// even) or high nibbles of `$a` (j < 2) or `$c`, and bits 2j, 2j+1 of `$h`. Written once over the
+/// vector width's intrinsics, for the 256- and 512-bit kernels.
+macro_rules! q6k_pieces {
+    ($a:expr, $c:expr, $h:expr, $and:ident, $or:ident, $srli:ident, $slli:ident, $set1:ident) => {{
+        let (a, c, h, mask, three) = ($a, $c, $h, $set1(15), $set1(3));
+        [
+            $or($and(a, mask), $slli::<4>($and(h, three))),
+            $or($and(c, mask), $slli::<4>($and($srli::<2>(h), three))),
+            $or($srli::<4>(a), $slli::<4>($and($srli::<4>(h), three))),
+            $or($srli::<4>(c), $slli::<4>($srli::<6>(h))),
+        ]
+    }};
+}
+pub(super) use q6k_pieces;
+
 /// One f16 scale to f32 with F16C (present on every AVX2 CPU we dispatch to; checked at run time).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn half(p: *const u8) -> f32 {
+pub(super) unsafe fn half(p: *const u8) -> f32 {
     _mm_cvtss_f32(halves(p))
 }
 
@@ -53,7 +70,7 @@ unsafe fn half(p: *const u8) -> f32 {
 /// insert would merge into (and so wait for) whatever register the compiler picked.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn halves(p: *const u8) -> __m128 {
+pub(super) unsafe fn halves(p: *const u8) -> __m128 {
     _mm_cvtph_ps(_mm_cvtsi32_si128((p as *const i32).read_unaligned()))
 }
 
@@ -234,7 +251,7 @@ unsafe fn decode(t: QType, b: *const u8) -> [__m256; 4] {
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn hsum(v: __m256) -> f32 {
+pub(super) unsafe fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
@@ -339,6 +356,21 @@ unsafe fn single<const ID: u32>(rp: *const u8, xp: *const f32, xs: *const f32, b
     }
 }
 
+/// A Q4_K/Q5_K super-block's 8 sub-block scales (`d·scale`), 8 unscaled mins and `dmin`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn k4_scales(b: *const u8) -> ([f32; 8], [f32; 8], f32) {
+    let dm = halves(b);
+    let d = _mm_cvtss_f32(dm);
+    let packed = std::slice::from_raw_parts(b.add(4), 12);
+    let (mut sc, mut mn) = ([0f32; 8], [0f32; 8]);
+    for j in 0..8 {
+        let (s, m) = scale_min_k4(j, packed);
+        (sc[j], mn[j]) = (d * s, m);
+    }
+    (sc, mn, _mm_cvtss_f32(_mm_movehdup_ps(dm)))
+}
+
 /// One row of `x` against one Q4_K or Q5_K weight row (`blocks` super-blocks): per super-block the 8
 /// scales and mins are unpacked once, the min term is one 8-lane FMA with the 8 sums of `x`, and each
 /// byte load serves two sub-blocks (low and high nibbles).
@@ -350,14 +382,7 @@ unsafe fn single_k4<const FIVE: bool>(rp: *const u8, xp: *const f32, xs: *const 
     let (mask, sixteen) = (_mm256_set1_epi32(15), _mm256_set1_epi32(16));
     for bi in 0..blocks {
         let b = rp.add(bi * bb);
-        let dm = halves(b);
-        let (d, dmin) = (_mm_cvtss_f32(dm), _mm_cvtss_f32(_mm_movehdup_ps(dm)));
-        let packed = std::slice::from_raw_parts(b.add(4), 12);
-        let (mut sc, mut mn) = ([0f32; 8], [0f32; 8]);
-        for j in 0..8 {
-            let (s, m) = scale_min_k4(j, packed);
-            (sc[j], mn[j]) = (d * s, m);
-        }
+        let (sc, mn, dmin) = k4_scales(b);
         let x = xp.add(256 * bi);
         offs = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(-dmin), _mm256_loadu_ps(mn.as_ptr())),
                                _mm256_loadu_ps(xs.add(8 * bi)), offs);
@@ -396,7 +421,7 @@ unsafe fn single_k4<const FIVE: bool>(rp: *const u8, xp: *const f32, xs: *const 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn single_q6k(rp: *const u8, xp: *const f32, blocks: usize) -> f32 {
     let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    let (mask, three, bias) = (_mm256_set1_epi32(15), _mm256_set1_epi32(3), _mm256_set1_epi32(32));
+    let bias = _mm256_set1_epi32(32);
     for bi in 0..blocks {
         let b = rp.add(bi * 210);
         let d = half(b.add(208));
@@ -407,14 +432,8 @@ unsafe fn single_q6k(rp: *const u8, xp: *const f32, blocks: usize) -> f32 {
             let mut p = [[_mm256_setzero_ps(); 2]; 4];
             for v in 0..4 {
                 let (a, c, h) = (bytes8(ql.add(8 * v)), bytes8(ql.add(32 + 8 * v)), bytes8(qh.add(8 * v)));
-                let q = [
-                    _mm256_or_si256(_mm256_and_si256(a, mask), _mm256_slli_epi32(_mm256_and_si256(h, three), 4)),
-                    _mm256_or_si256(_mm256_and_si256(c, mask),
-                                    _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(h, 2), three), 4)),
-                    _mm256_or_si256(_mm256_srli_epi32(a, 4),
-                                    _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(h, 4), three), 4)),
-                    _mm256_or_si256(_mm256_srli_epi32(c, 4), _mm256_slli_epi32(_mm256_srli_epi32(h, 6), 4)),
-                ];
+                let q = q6k_pieces!(a, c, h, _mm256_and_si256, _mm256_or_si256, _mm256_srli_epi32,
+                                    _mm256_slli_epi32, _mm256_set1_epi32);
                 for (j, qj) in q.iter().enumerate() {
                     let w = _mm256_cvtepi32_ps(_mm256_sub_epi32(*qj, bias));
                     p[j][v / 2] = _mm256_fmadd_ps(w, _mm256_loadu_ps(x.add(32 * j + 8 * v)), p[j][v / 2]);

@@ -8,7 +8,8 @@
 use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
-use super::formats::{scale_min_k4, QType};
+use super::avx2::{half, halves, hsum, k4_scales, q6k_pieces};
+use super::formats::QType;
 
 /// Whether this CPU runs these kernels (AVX-512 F, BW and VL, besides the AVX2 set).
 pub fn available() -> bool {
@@ -65,7 +66,7 @@ unsafe fn fma16(q: __m512i, x: *const f32, acc: __m512) -> __m512 {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 unsafe fn block<const ID: u32>(b: *const u8, xb: *const f32, xsum: *const f32, off: &mut f32) -> (__m512, __m512) {
     let t = QType::from_id(ID).unwrap_or(QType::Q8_0);
-    let dm = _mm_cvtph_ps(_mm_cvtsi32_si128((b as *const i32).read_unaligned()));
+    let dm = halves(b);
     let d = _mm_cvtss_f32(dm);
     let (lo, hi) = if t == QType::Q8_0 {
         let q = b.add(2);
@@ -127,14 +128,7 @@ unsafe fn k4<const FIVE: bool>(rp: *const u8, xp: *const f32, xs: *const f32, bl
     let (mask, sixteen) = (_mm512_set1_epi32(15), _mm512_set1_epi32(16));
     for bi in 0..blocks {
         let b = rp.add(bi * bb);
-        let dm = _mm_cvtph_ps(_mm_cvtsi32_si128((b as *const i32).read_unaligned()));
-        let (d, dmin) = (_mm_cvtss_f32(dm), _mm_cvtss_f32(_mm_movehdup_ps(dm)));
-        let packed = std::slice::from_raw_parts(b.add(4), 12);
-        let (mut sc, mut mn) = ([0f32; 8], [0f32; 8]);
-        for j in 0..8 {
-            let (s, m) = scale_min_k4(j, packed);
-            (sc[j], mn[j]) = (d * s, m);
-        }
+        let (sc, mn, dmin) = k4_scales(b);
         offs = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(-dmin), _mm256_loadu_ps(mn.as_ptr())),
                                _mm256_loadu_ps(xs.add(8 * bi)), offs);
         let qh = if FIVE { _mm256_loadu_si256(b.add(16) as *const __m256i) } else { _mm256_setzero_si256() };
@@ -159,9 +153,7 @@ unsafe fn k4<const FIVE: bool>(rp: *const u8, xp: *const f32, xs: *const f32, bl
             a1 = _mm512_fmadd_ps(_mm512_set1_ps(sc[2 * g + 1]), hi, a1);
         }
     }
-    let offs = _mm_add_ps(_mm256_castps256_ps128(offs), _mm256_extractf128_ps(offs, 1));
-    let offs = _mm_add_ps(offs, _mm_movehl_ps(offs, offs));
-    _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) + _mm_cvtss_f32(_mm_add_ss(offs, _mm_movehdup_ps(offs)))
+    _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) + hsum(offs)
 }
 
 /// One Q6_K row: per 128-value half, each 16-byte load of ql, ql+32 and qh gives 16 values of all four
@@ -170,23 +162,17 @@ unsafe fn k4<const FIVE: bool>(rp: *const u8, xp: *const f32, xs: *const f32, bl
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 unsafe fn q6k(rp: *const u8, xp: *const f32, blocks: usize) -> f32 {
     let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-    let (mask, three, bias) = (_mm512_set1_epi32(15), _mm512_set1_epi32(3), _mm512_set1_epi32(32));
+    let bias = _mm512_set1_epi32(32);
     for bi in 0..blocks {
         let b = rp.add(bi * 210);
-        let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128((b.add(208) as *const u16).read_unaligned() as i32)));
+        let d = half(b.add(208));
         for n in 0..2 {
             let (ql, qh, sc) = (b.add(64 * n), b.add(128 + 32 * n), b.add(192 + 8 * n) as *const i8);
             let x = xp.add(256 * bi + 128 * n);
             for v in 0..2 {
                 let (a, c, h) = (bytes16(ql.add(16 * v)), bytes16(ql.add(32 + 16 * v)), bytes16(qh.add(16 * v)));
-                let q = [
-                    _mm512_or_si512(_mm512_and_si512(a, mask), _mm512_slli_epi32(_mm512_and_si512(h, three), 4)),
-                    _mm512_or_si512(_mm512_and_si512(c, mask),
-                                    _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(h, 2), three), 4)),
-                    _mm512_or_si512(_mm512_srli_epi32(a, 4),
-                                    _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(h, 4), three), 4)),
-                    _mm512_or_si512(_mm512_srli_epi32(c, 4), _mm512_slli_epi32(_mm512_srli_epi32(h, 6), 4)),
-                ];
+                let q = q6k_pieces!(a, c, h, _mm512_and_si512, _mm512_or_si512, _mm512_srli_epi32,
+                                    _mm512_slli_epi32, _mm512_set1_epi32);
                 for (j, qj) in q.iter().enumerate() {
                     // values 32j + 16v .. +16 of this half: scale 2j + v
                     let p = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(*qj, bias)),
