@@ -448,19 +448,14 @@ unsafe fn single_q6k(rp: *const u8, xp: *const f32, blocks: usize) -> f32 {
     hsum(_mm256_add_ps(a0, a1))
 }
 
-/// One row of `x` against one weight row of `blocks` blocks; `avx512` takes the 16-wide kernels of the
-/// quantized formats (the 16/32-bit ones have AVX2 kernels only).
+/// One row of `x` against one weight row of `blocks` blocks (on an AVX-512 CPU the quantized formats
+/// take `avx512::span` instead; the 16/32-bit ones have AVX2 kernels only).
 ///
 /// # Safety
-/// As `row_dots` with `n == 1`; `avx512` only where `avx512::available()`; `xs` holds the 32-value sums
-/// of `x` when `needs_xsum(t)`.
+/// As `row_dots` with `n == 1`; `xs` holds the 32-value sums of `x` when `needs_xsum(t)`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn single_row(t: QType, rp: *const u8, xp: *const f32, xs: *const f32, blocks: usize,
-                                avx512: bool) -> f32 {
-    if avx512 && super::avx512::handles(t) {
-        return super::avx512::single(t, rp, xp, xs, blocks);
-    }
+pub(crate) unsafe fn single_row(t: QType, rp: *const u8, xp: *const f32, xs: *const f32, blocks: usize) -> f32 {
     match t {
         QType::Q4K => single_k4::<false>(rp, xp, xs, blocks),
         QType::Q5K => single_k4::<true>(rp, xp, xs, blocks),
@@ -485,7 +480,7 @@ pub unsafe fn row_dots(t: QType, row: &[u8], x: &[f32], xsum: &[f32], n: usize, 
     let rp = row.as_ptr();
     let blocks = cols / t.block_elems();
     if n == 1 {
-        out[0] = single_row(t, rp, xp, xsum.as_ptr(), blocks, super::avx512::available());
+        out[0] = single_row(t, rp, xp, xsum.as_ptr(), blocks);
         return;
     }
     let mut start = 0;

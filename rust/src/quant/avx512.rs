@@ -26,23 +26,53 @@ pub fn handles(t: QType) -> bool {
                 | QType::Q6K)
 }
 
-/// One row of `x` against one weight row of `blocks` blocks of `t` (one of `handles`).
+/// Rows `first..last` of a matrix of `t` (one of `handles`; rows of `rb` bytes, `blocks` blocks each)
+/// against one row of `x`, into `out[0..last - first]`.
+///
+/// One dispatch per span, not per row: a decode step's rows are short (a few hundred bytes), and a call,
+/// format dispatch and strided store per row cost a fifth of the step. Rows go one at a time, in order:
+/// interleaving four rows (to share the `x` loads and one reduction) was measured slower, the four
+/// concurrent streams defeating the hardware prefetcher (Q8_0 at half the bandwidth).
 ///
 /// # Safety
-/// `available()` must hold; `rp` points at `blocks` blocks of `t`, `xp` at their `blocks * block_elems`
-/// floats and, where `avx2::needs_xsum(t)`, `xs` at the 32-value sums of those floats.
+/// `available()` must hold; `data` holds at least `last` rows; `xp` points at `blocks * block_elems`
+/// floats and, where `avx2::needs_xsum(t)`, `xs` at the 32-value sums of those floats; `out` has room for
+/// `last - first` floats.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-pub unsafe fn single(t: QType, rp: *const u8, xp: *const f32, xs: *const f32, blocks: usize) -> f32 {
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn span(t: QType, data: &[u8], rb: usize, first: usize, last: usize, xp: *const f32, xs: *const f32,
+                   blocks: usize, out: *mut f32) {
     // the format is a constant in each loop (see `avx2::per_format` for why)
     match t {
-        QType::Q4_0 => row::<{ QType::Q4_0 as u32 }>(rp, xp, xs, blocks),
-        QType::Q4_1 => row::<{ QType::Q4_1 as u32 }>(rp, xp, xs, blocks),
-        QType::Q5_0 => row::<{ QType::Q5_0 as u32 }>(rp, xp, xs, blocks),
-        QType::Q5_1 => row::<{ QType::Q5_1 as u32 }>(rp, xp, xs, blocks),
-        QType::Q4K => k4::<false>(rp, xp, xs, blocks),
-        QType::Q5K => k4::<true>(rp, xp, xs, blocks),
-        QType::Q6K => q6k(rp, xp, blocks),
-        _ => row::<{ QType::Q8_0 as u32 }>(rp, xp, xs, blocks),
+        QType::Q4_0 => rows::<{ QType::Q4_0 as u32 }>(data, rb, first, last, xp, xs, blocks, out),
+        QType::Q4_1 => rows::<{ QType::Q4_1 as u32 }>(data, rb, first, last, xp, xs, blocks, out),
+        QType::Q5_0 => rows::<{ QType::Q5_0 as u32 }>(data, rb, first, last, xp, xs, blocks, out),
+        QType::Q5_1 => rows::<{ QType::Q5_1 as u32 }>(data, rb, first, last, xp, xs, blocks, out),
+        QType::Q4K => rows::<{ QType::Q4K as u32 }>(data, rb, first, last, xp, xs, blocks, out),
+        QType::Q5K => rows::<{ QType::Q5K as u32 }>(data, rb, first, last, xp, xs, blocks, out),
+        QType::Q6K => rows::<{ QType::Q6K as u32 }>(data, rb, first, last, xp, xs, blocks, out),
+        _ => rows::<{ QType::Q8_0 as u32 }>(data, rb, first, last, xp, xs, blocks, out),
+    }
+}
+
+/// `span` for the format `ID`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn rows<const ID: u32>(data: &[u8], rb: usize, first: usize, last: usize, xp: *const f32,
+                              xs: *const f32, blocks: usize, out: *mut f32) {
+    for r in first..last {
+        super::matmul::prefetch_ahead(data, rb, r);
+        let rp = data.as_ptr().add(r * rb);
+        *out.add(r - first) = if ID == QType::Q4K as u32 {
+            k4::<false>(rp, xp, xs, blocks)
+        } else if ID == QType::Q5K as u32 {
+            k4::<true>(rp, xp, xs, blocks)
+        } else if ID == QType::Q6K as u32 {
+            q6k(rp, xp, blocks)
+        } else {
+            row::<ID>(rp, xp, xs, blocks)
+        };
     }
 }
 

@@ -283,6 +283,16 @@ pub fn matmul_checked(ws: &[(QWeight<'_>, usize)], x: &[f32], n: usize, cols: us
             return;
         }
         #[cfg(target_arch = "x86_64")]
+        if simd && n == 1 && super::avx512::available() && super::avx512::handles(w.qtype) {
+            // SAFETY: AVX-512 was detected; the shapes were checked (`xs` holds x's block sums wherever the
+            // format needs them), and this span's output columns (contiguous, one row of x) are its own.
+            unsafe {
+                super::avx512::span(w.qtype, w.data, rb, span.first, span.last, x.as_ptr(), xs.as_ptr(),
+                                    cols / w.qtype.block_elems(), ptr.get().add(span.out_col))
+            };
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
         if simd {
             // SAFETY: AVX2, FMA and F16C were detected on this CPU.
             unsafe { span_rows_avx2(ws, span, x, xs, n, cols, total, ptr) };
@@ -406,36 +416,50 @@ mod tests {
     /// The one-row kernels of both widths (a CPU with AVX-512 would otherwise never run the AVX2 ones).
     #[cfg(target_arch = "x86_64")]
     #[test]
-    fn avx2_and_avx512_single_row_kernels_equal_the_reference() {
+    fn avx2_and_avx512_one_row_kernels_equal_the_reference() {
         if !has_avx2() {
             return;
         }
         let mut seed = 5u64;
+        // several rows, so the AVX-512 span runs its row loop
+        let rows = 7;
         for qtype in [QType::Q4_0, QType::Q4_1, QType::Q5_0, QType::Q5_1, QType::Q8_0, QType::Q4K, QType::Q5K,
                       QType::Q6K, QType::F16, QType::BF16] {
             // an odd number of 32-value blocks, so the two-accumulator loops run their tail too
             let cols = if qtype.block_elems() == 256 { 768 } else { 800 };
-            let data = random_weight(qtype, 3, cols, &mut seed);
+            let data = random_weight(qtype, rows, cols, &mut seed);
             let x: Vec<f32> = (0..cols).map(|_| lcg(&mut seed) as f32 / 128.0 - 1.0).collect();
             let mut xsum = vec![0f32; cols / 32];
             // SAFETY: AVX2, FMA and F16C were detected.
             unsafe { super::super::avx2::block_sums(&x, &mut xsum) };
             let (be, bb) = (qtype.block_elems(), qtype.block_bytes());
-            let mut dense = vec![0f32; 3 * cols];
+            let mut dense = vec![0f32; rows * cols];
             for (block, y) in data.chunks_exact(bb).zip(dense.chunks_exact_mut(be)) {
                 decode_block(qtype, block, y);
             }
             let rb = row_bytes(qtype, cols).unwrap();
-            for r in 0..3 {
+            let mut wide = vec![f32::NAN; rows];
+            let avx512 = super::super::avx512::available() && super::super::avx512::handles(qtype);
+            if avx512 {
+                // SAFETY: AVX-512 was detected; `data` holds `rows` rows of `cols` values, `wide` `rows` floats.
+                unsafe {
+                    super::super::avx512::span(qtype, &data, rb, 0, rows, x.as_ptr(), xsum.as_ptr(), cols / be,
+                                               wide.as_mut_ptr())
+                };
+            }
+            for r in 0..rows {
                 let want: f64 = (0..cols).map(|c| dense[r * cols + c] as f64 * x[c] as f64).sum();
                 let scale: f64 = (0..cols).map(|c| (dense[r * cols + c] as f64 * x[c] as f64).abs()).sum();
-                for wide in [false, super::super::avx512::available()] {
-                    // SAFETY: as above; `wide` only where AVX-512 was detected; the row holds `cols` values.
-                    let got = unsafe {
-                        super::super::avx2::single_row(qtype, data[r * rb..].as_ptr(), x.as_ptr(), xsum.as_ptr(),
-                                                       cols / be, wide)
-                    } as f64;
-                    assert!((got - want).abs() <= 1e-5 * scale, "{qtype:?} row {r} avx512 {wide}: {got} vs {want}");
+                // SAFETY: as above; the row holds `cols` values.
+                let narrow = unsafe {
+                    super::super::avx2::single_row(qtype, data[r * rb..].as_ptr(), x.as_ptr(), xsum.as_ptr(),
+                                                   cols / be)
+                };
+                for (got, what) in [(Some(narrow), "avx2"), (avx512.then_some(wide[r]), "avx512")] {
+                    if let Some(got) = got {
+                        let got = got as f64;
+                        assert!((got - want).abs() <= 1e-5 * scale, "{qtype:?} row {r} {what}: {got} vs {want}");
+                    }
                 }
             }
         }
