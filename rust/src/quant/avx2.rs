@@ -448,41 +448,49 @@ unsafe fn single_q6k(rp: *const u8, xp: *const f32, blocks: usize) -> f32 {
     hsum(_mm256_add_ps(a0, a1))
 }
 
-/// One row of `x` against one weight row of `blocks` blocks (on an AVX-512 CPU the quantized formats
-/// take `avx512::span` instead; the 16/32-bit ones have AVX2 kernels only).
+/// Rows `first..last` of a matrix of `t` (rows of `rb` bytes, `blocks` blocks each) against one row of
+/// `x`, into `out[0..last - first]`: one format dispatch per span, as `avx512::span` (which an AVX-512
+/// CPU takes instead for the quantized formats; the 16/32-bit ones have these kernels only).
 ///
 /// # Safety
-/// As `row_dots` with `n == 1`; `xs` holds the 32-value sums of `x` when `needs_xsum(t)`.
-#[inline]
+/// The CPU must have AVX2, FMA and F16C; `data` holds at least `last` rows; `xp` points at
+/// `blocks * block_elems` floats and, where `needs_xsum(t)`, `xs` at their 32-value sums; `out` has room
+/// for `last - first` floats.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn single_row(t: QType, rp: *const u8, xp: *const f32, xs: *const f32, blocks: usize) -> f32 {
-    match t {
-        QType::Q4K => single_k4::<false>(rp, xp, xs, blocks),
-        QType::Q5K => single_k4::<true>(rp, xp, xs, blocks),
-        QType::Q6K => single_q6k(rp, xp, blocks),
-        _ => per_format!(t, ID => single::<ID>(rp, xp, xs, blocks)),
-    }
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn span(t: QType, data: &[u8], rb: usize, first: usize, last: usize, xp: *const f32,
+                          xs: *const f32, blocks: usize, out: *mut f32) {
+    per_format!(t, ID => {
+        for r in first..last {
+            super::matmul::prefetch_ahead(data, rb, r);
+            let rp = data.as_ptr().add(r * rb);
+            *out.add(r - first) = if ID == QType::Q4K as u32 {
+                single_k4::<false>(rp, xp, xs, blocks)
+            } else if ID == QType::Q5K as u32 {
+                single_k4::<true>(rp, xp, xs, blocks)
+            } else if ID == QType::Q6K as u32 {
+                single_q6k(rp, xp, blocks)
+            } else {
+                single::<ID>(rp, xp, xs, blocks)
+            };
+        }
+    })
 }
 
 /// Rows of `x` per pass over a weight row: 8 accumulators plus the decoded piece fit the 16 registers.
 const GROUP: usize = 8;
 
-/// `out[i] = dot(row, x[i])` for the `n` rows of `x` (`cols` each), `row` being one quantized weight row.
-/// `xsum` holds the per-32-value sums of `x` when `needs_xsum(t)` (only read when `n == 1`).
+/// `out[i] = dot(row, x[i])` for the `n` rows of `x` (`cols` each), `row` being one quantized weight row
+/// (one row of `x` goes by `span` instead).
 ///
 /// # Safety
 /// The CPU must have AVX2, FMA and F16C; `row` holds `cols / block_elems` blocks of `t`, `x` has
 /// `n * cols` floats, `out` at least `n`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn row_dots(t: QType, row: &[u8], x: &[f32], xsum: &[f32], n: usize, cols: usize, out: &mut [f32]) {
+pub unsafe fn row_dots(t: QType, row: &[u8], x: &[f32], n: usize, cols: usize, out: &mut [f32]) {
     let xp = x.as_ptr();
     let rp = row.as_ptr();
-    let blocks = cols / t.block_elems();
-    if n == 1 {
-        out[0] = single_row(t, rp, xp, xsum.as_ptr(), blocks);
-        return;
-    }
     let mut start = 0;
     while start < n {
         let left = n - start;

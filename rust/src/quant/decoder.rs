@@ -11,7 +11,7 @@ use pyo3::prelude::*;
 
 use super::formats::QType;
 use super::int8::QActs;
-use super::matmul::{checked, has_avx2, matmul_checked, Mode, QWeight};
+use super::matmul::{checked, has_avx2, matmul_checked, Mode, OutPtr, QWeight};
 use super::qtype;
 use crate::attention::{paged_decode, DecodeInputs, DecodeShape, KvBuffers, KvElem, KvSlices};
 use crate::team::{Par, Team};
@@ -303,6 +303,25 @@ fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
+/// Values of SwiGLU computed by one parallel task (its `exp` calls are a few percent of a decode step,
+/// worth spreading over the team).
+const SWIGLU_CHUNK: usize = 512;
+
+/// `act = silu(gate) * up` per token, `gu` holding each token's gate then up halves (`inter` each).
+fn swiglu(gu: &[f32], act: &mut [f32], inter: usize, par: Par<'_>) {
+    let per_row = inter.div_ceil(SWIGLU_CHUNK);
+    let out = OutPtr(act.as_mut_ptr());
+    par.for_each(act.len() / inter * per_row, &|i| {
+        let (t, first) = (i / per_row, i % per_row * SWIGLU_CHUNK);
+        let last = (first + SWIGLU_CHUNK).min(inter);
+        let (g, u) = gu[2 * t * inter..2 * (t + 1) * inter].split_at(inter);
+        for j in first..last {
+            // SAFETY: `t * inter + j < act.len()`, and no other task writes this element.
+            unsafe { *out.get().add(t * inter + j) = g[j] / (1.0 + (-g[j]).exp()) * u[j] };
+        }
+    });
+}
+
 fn project(p: &ProjView<'_>, x: &[f32], n: usize, out: &mut [f32], mode: Mode, qa: &mut QActs, par: Par<'_>) {
     matmul_checked(&p.ws, x, n, p.cols, out, mode, par, qa);
     if let Some(b) = p.bias {
@@ -374,13 +393,7 @@ impl Step<'_> {
             x.iter_mut().zip(&o).for_each(|(a, &b)| *a += b);
             rms_norm(x, post_norm, self.eps, &mut hbuf);
             project(p_gu, &hbuf, n, &mut gu, mode, &mut qa, par);
-            let inter = self.inter;
-            for (g_u, a) in gu.chunks_exact(2 * inter).zip(act.chunks_exact_mut(inter)) {
-                let (g, u) = g_u.split_at(inter);
-                for ((o, &gv), &uv) in a.iter_mut().zip(g).zip(u) {
-                    *o = gv / (1.0 + (-gv).exp()) * uv;
-                }
-            }
+            swiglu(&gu, &mut act, self.inter, par);
             project(p_down, &act, n, &mut o, mode, &mut qa, par);
             x.iter_mut().zip(&o).for_each(|(a, &b)| *a += b);
         }

@@ -129,25 +129,25 @@ struct Span {
 /// Rows per parallel task: big enough that a task outlasts waking a thread, small enough to balance.
 const SPAN_ROWS: usize = 32;
 
-/// Output pointer shared by the tasks; each writes a disjoint set of columns.
+/// Output pointer shared by the tasks; each writes a disjoint set of elements.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
+pub(crate) struct OutPtr(pub(crate) *mut f32);
 // SAFETY: tasks write disjoint elements (distinct output columns) and the caller waits for them all.
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
 impl OutPtr {
     /// The pointer (a method, so that closures capture the whole `Sync` wrapper, not the raw field).
-    fn get(self) -> *mut f32 {
+    pub(crate) fn get(self) -> *mut f32 {
         self.0
     }
 }
 
-/// The rows of one span, every row of `x` at once.
+/// The rows of one span, every row of `x` at once (several rows of `x`, or no AVX2).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn span_rows<M: Madd>(ws: &[(QWeight<'_>, usize)], span: &Span, x: &[f32], xsum: &[f32], n: usize, cols: usize,
-                      total: usize, out: OutPtr, simd: bool) {
+fn span_rows<M: Madd>(ws: &[(QWeight<'_>, usize)], span: &Span, x: &[f32], n: usize, cols: usize, total: usize,
+                      out: OutPtr, simd: bool) {
     let (w, rb) = (&ws[span.which].0, ws[span.which].1);
     // a decode step makes thousands of spans: no heap for the usual few rows
     let (mut small, mut heap) = ([0f32; 16], Vec::new());
@@ -160,7 +160,7 @@ fn span_rows<M: Madd>(ws: &[(QWeight<'_>, usize)], span: &Span, x: &[f32], xsum:
         #[cfg(target_arch = "x86_64")]
         if simd {
             // SAFETY: `simd` is only set when AVX2, FMA and F16C were detected; shapes were checked by `matmul`.
-            unsafe { super::avx2::row_dots(w.qtype, row, x, xsum, n, cols, vals) };
+            unsafe { super::avx2::row_dots(w.qtype, row, x, n, cols, vals) };
         }
         if !simd {
             dispatch_row::<M>(w.qtype, row, x, cols, vals, &mut lanes);
@@ -195,9 +195,9 @@ pub(crate) fn prefetch_ahead(data: &[u8], rb: usize, r: usize) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn span_rows_avx2(ws: &[(QWeight<'_>, usize)], span: &Span, x: &[f32], xsum: &[f32], n: usize,
-                         cols: usize, total: usize, out: OutPtr) {
-    span_rows::<Fused>(ws, span, x, xsum, n, cols, total, out, true)
+unsafe fn span_rows_avx2(ws: &[(QWeight<'_>, usize)], span: &Span, x: &[f32], n: usize, cols: usize,
+                         total: usize, out: OutPtr) {
+    span_rows::<Fused>(ws, span, x, n, cols, total, out, true)
 }
 
 pub(crate) fn has_avx2() -> bool {
@@ -283,22 +283,29 @@ pub fn matmul_checked(ws: &[(QWeight<'_>, usize)], x: &[f32], n: usize, cols: us
             return;
         }
         #[cfg(target_arch = "x86_64")]
-        if simd && n == 1 && super::avx512::available() && super::avx512::handles(w.qtype) {
-            // SAFETY: AVX-512 was detected; the shapes were checked (`xs` holds x's block sums wherever the
-            // format needs them), and this span's output columns (contiguous, one row of x) are its own.
+        if simd && n == 1 {
+            let (blocks, out) = (cols / w.qtype.block_elems(), ptr.get().wrapping_add(span.out_col));
+            // SAFETY: AVX2, FMA and F16C (and for `avx512::span`, AVX-512) were detected; the shapes were
+            // checked (`xs` holds x's block sums wherever the format needs them), and this span's output
+            // columns (contiguous, one row of x) are its own.
             unsafe {
-                super::avx512::span(w.qtype, w.data, rb, span.first, span.last, x.as_ptr(), xs.as_ptr(),
-                                    cols / w.qtype.block_elems(), ptr.get().add(span.out_col))
-            };
+                if super::avx512::available() && super::avx512::handles(w.qtype) {
+                    super::avx512::span(w.qtype, w.data, rb, span.first, span.last, x.as_ptr(), xs.as_ptr(),
+                                        blocks, out);
+                } else {
+                    super::avx2::span(w.qtype, w.data, rb, span.first, span.last, x.as_ptr(), xs.as_ptr(),
+                                      blocks, out);
+                }
+            }
             return;
         }
         #[cfg(target_arch = "x86_64")]
         if simd {
             // SAFETY: AVX2, FMA and F16C were detected on this CPU.
-            unsafe { span_rows_avx2(ws, span, x, xs, n, cols, total, ptr) };
+            unsafe { span_rows_avx2(ws, span, x, n, cols, total, ptr) };
             return;
         }
-        span_rows::<Plain>(ws, span, x, xs, n, cols, total, ptr, false);
+        span_rows::<Plain>(ws, span, x, n, cols, total, ptr, false);
     };
     let par = if total * cols >= 1 << 16 { par } else { Par::Serial };
     par.for_each(spans.len(), &|i| run(&spans[i]));
@@ -438,7 +445,12 @@ mod tests {
                 decode_block(qtype, block, y);
             }
             let rb = row_bytes(qtype, cols).unwrap();
-            let mut wide = vec![f32::NAN; rows];
+            let (mut narrow, mut wide) = (vec![f32::NAN; rows], vec![f32::NAN; rows]);
+            // SAFETY: AVX2 was detected; `data` holds `rows` rows of `cols` values, `narrow` `rows` floats.
+            unsafe {
+                super::super::avx2::span(qtype, &data, rb, 0, rows, x.as_ptr(), xsum.as_ptr(), cols / be,
+                                         narrow.as_mut_ptr())
+            };
             let avx512 = super::super::avx512::available() && super::super::avx512::handles(qtype);
             if avx512 {
                 // SAFETY: AVX-512 was detected; `data` holds `rows` rows of `cols` values, `wide` `rows` floats.
@@ -450,12 +462,7 @@ mod tests {
             for r in 0..rows {
                 let want: f64 = (0..cols).map(|c| dense[r * cols + c] as f64 * x[c] as f64).sum();
                 let scale: f64 = (0..cols).map(|c| (dense[r * cols + c] as f64 * x[c] as f64).abs()).sum();
-                // SAFETY: as above; the row holds `cols` values.
-                let narrow = unsafe {
-                    super::super::avx2::single_row(qtype, data[r * rb..].as_ptr(), x.as_ptr(), xsum.as_ptr(),
-                                                   cols / be)
-                };
-                for (got, what) in [(Some(narrow), "avx2"), (avx512.then_some(wide[r]), "avx512")] {
+                for (got, what) in [(Some(narrow[r]), "avx2"), (avx512.then_some(wide[r]), "avx512")] {
                     if let Some(got) = got {
                         let got = got as f64;
                         assert!((got - want).abs() <= 1e-5 * scale, "{qtype:?} row {r} {what}: {got} vs {want}");
