@@ -460,21 +460,15 @@ unsafe fn single_q6k(rp: *const u8, xp: *const f32, blocks: usize) -> f32 {
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn span(t: QType, data: &[u8], rb: usize, first: usize, last: usize, xp: *const f32,
                           xs: *const f32, blocks: usize, out: *mut f32) {
-    per_format!(t, ID => {
-        for r in first..last {
-            super::matmul::prefetch_ahead(data, rb, r);
-            let rp = data.as_ptr().add(r * rb);
-            *out.add(r - first) = if ID == QType::Q4K as u32 {
-                single_k4::<false>(rp, xp, xs, blocks)
-            } else if ID == QType::Q5K as u32 {
-                single_k4::<true>(rp, xp, xs, blocks)
-            } else if ID == QType::Q6K as u32 {
-                single_q6k(rp, xp, blocks)
-            } else {
-                single::<ID>(rp, xp, xs, blocks)
-            };
+    // SAFETY (each call): the CPU has the features; `rp` is a row of `blocks` blocks of `t`.
+    per_format!(t, ID => super::matmul::each_row(data, rb, first, last, out, |rp| unsafe {
+        match format_of(ID) {
+            QType::Q4K => single_k4::<false>(rp, xp, xs, blocks),
+            QType::Q5K => single_k4::<true>(rp, xp, xs, blocks),
+            QType::Q6K => single_q6k(rp, xp, blocks),
+            _ => single::<ID>(rp, xp, xs, blocks),
         }
-    })
+    }))
 }
 
 /// Rows of `x` per pass over a weight row: 8 accumulators plus the decoded piece fit the 16 registers.

@@ -42,37 +42,23 @@ pub fn handles(t: QType) -> bool {
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn span(t: QType, data: &[u8], rb: usize, first: usize, last: usize, xp: *const f32, xs: *const f32,
                    blocks: usize, out: *mut f32) {
+    use super::matmul::each_row;
     // the format is a constant in each loop (see `avx2::per_format` for why)
+    // SAFETY (each call): the CPU has the features; `rp` is a row of `blocks` blocks of `t`.
     match t {
-        QType::Q4_0 => rows::<{ QType::Q4_0 as u32 }>(data, rb, first, last, xp, xs, blocks, out),
-        QType::Q4_1 => rows::<{ QType::Q4_1 as u32 }>(data, rb, first, last, xp, xs, blocks, out),
-        QType::Q5_0 => rows::<{ QType::Q5_0 as u32 }>(data, rb, first, last, xp, xs, blocks, out),
-        QType::Q5_1 => rows::<{ QType::Q5_1 as u32 }>(data, rb, first, last, xp, xs, blocks, out),
-        QType::Q4K => rows::<{ QType::Q4K as u32 }>(data, rb, first, last, xp, xs, blocks, out),
-        QType::Q5K => rows::<{ QType::Q5K as u32 }>(data, rb, first, last, xp, xs, blocks, out),
-        QType::Q6K => rows::<{ QType::Q6K as u32 }>(data, rb, first, last, xp, xs, blocks, out),
-        _ => rows::<{ QType::Q8_0 as u32 }>(data, rb, first, last, xp, xs, blocks, out),
-    }
-}
-
-/// `span` for the format `ID`.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn rows<const ID: u32>(data: &[u8], rb: usize, first: usize, last: usize, xp: *const f32,
-                              xs: *const f32, blocks: usize, out: *mut f32) {
-    for r in first..last {
-        super::matmul::prefetch_ahead(data, rb, r);
-        let rp = data.as_ptr().add(r * rb);
-        *out.add(r - first) = if ID == QType::Q4K as u32 {
-            k4::<false>(rp, xp, xs, blocks)
-        } else if ID == QType::Q5K as u32 {
-            k4::<true>(rp, xp, xs, blocks)
-        } else if ID == QType::Q6K as u32 {
-            q6k(rp, xp, blocks)
-        } else {
-            row::<ID>(rp, xp, xs, blocks)
-        };
+        QType::Q4_0 => each_row(data, rb, first, last, out,
+                                |rp| unsafe { row::<{ QType::Q4_0 as u32 }>(rp, xp, xs, blocks) }),
+        QType::Q4_1 => each_row(data, rb, first, last, out,
+                                |rp| unsafe { row::<{ QType::Q4_1 as u32 }>(rp, xp, xs, blocks) }),
+        QType::Q5_0 => each_row(data, rb, first, last, out,
+                                |rp| unsafe { row::<{ QType::Q5_0 as u32 }>(rp, xp, xs, blocks) }),
+        QType::Q5_1 => each_row(data, rb, first, last, out,
+                                |rp| unsafe { row::<{ QType::Q5_1 as u32 }>(rp, xp, xs, blocks) }),
+        QType::Q4K => each_row(data, rb, first, last, out, |rp| unsafe { k4::<false>(rp, xp, xs, blocks) }),
+        QType::Q5K => each_row(data, rb, first, last, out, |rp| unsafe { k4::<true>(rp, xp, xs, blocks) }),
+        QType::Q6K => each_row(data, rb, first, last, out, |rp| unsafe { q6k(rp, xp, blocks) }),
+        _ => each_row(data, rb, first, last, out,
+                      |rp| unsafe { row::<{ QType::Q8_0 as u32 }>(rp, xp, xs, blocks) }),
     }
 }
 

@@ -192,6 +192,22 @@ pub(crate) fn prefetch_ahead(data: &[u8], rb: usize, r: usize) {
     }
 }
 
+/// Rows `first..last` of `data` (rows of `rb` bytes, each prefetched ahead) through `dot`, into
+/// `out[0..last - first]`: the one-row span loop of both SIMD widths (`avx2::span`, `avx512::span`).
+///
+/// # Safety
+/// `data` holds at least `last` rows and `out` has room for `last - first` floats; `dot` must be safe to
+/// call on a pointer to one row.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn each_row(data: &[u8], rb: usize, first: usize, last: usize, out: *mut f32,
+                              dot: impl Fn(*const u8) -> f32) {
+    for r in first..last {
+        prefetch_ahead(data, rb, r);
+        *out.add(r - first) = dot(data.as_ptr().add(r * rb));
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
