@@ -284,4 +284,7 @@ def test_metadata_limits(serve: Callable[..., Running]) -> None:
     long_value = {"k": "v" * 513}
     _assert_error(_post(run, {"model": "standin", "input": "x", "metadata": long_value}), 400)
     surrogate = b'{"model": "standin", "input": "bad \\ud800 text"}'
-    assert "Unicode" in _assert_error(_post(run, None, raw=surrogate), 400)["message"]
+    message = _assert_error(_post(run, None, raw=surrogate), 400)["message"]
+    assert "Unicode" in message and "'input'" in message and "None" not in message
+    nested = b'{"model": "standin", "input": [{"role": "user", "content": "ok"}, {"role": "user", "content": "\\udc00"}]}'
+    assert "'input[1].content'" in _assert_error(_post(run, None, raw=nested), 400)["message"]

@@ -129,6 +129,8 @@ def validation_error(exc: RequestValidationError) -> APIError:
     if name is None and err.get("type") in ("model_attributes_type", "dict_type"):
         return APIError(400, "The request body must be a JSON object.", code="invalid_type")
     msg = str(err.get("msg", "invalid value"))
+    if name is None:  # a check of the whole body (it names the field in its message)
+        return APIError(400, f"Invalid request: {msg.removeprefix('Value error, ')}.", code="invalid_value")
     return APIError(400, f"Invalid value for '{name}': {msg}.", param=name, code="invalid_value")
 
 

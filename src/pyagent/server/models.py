@@ -16,19 +16,22 @@ _STRICT = ConfigDict(extra="forbid", strict=True)
 MAX_TOKENS = 2**31 - 1
 
 
-def _check_text(value: Any) -> None:
+def _check_text(value: Any, at: str = "") -> None:
+    """Raise, naming where (``input[0].content``), if a string holds a lone surrogate (SQLite and the
+    tokenizer cannot take one)."""
     if isinstance(value, str):
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
-            raise ValueError("strings must be valid Unicode (a lone surrogate escape was sent)") from None
+            where = f"'{at}' " if at else ""
+            raise ValueError(f"{where}strings must be valid Unicode (a lone surrogate escape was sent)") from None
     elif isinstance(value, dict):
         for k, v in value.items():
-            _check_text(k)
-            _check_text(v)
+            _check_text(k, at)
+            _check_text(v, f"{at}.{k}" if at else str(k))
     elif isinstance(value, list):
-        for v in value:
-            _check_text(v)
+        for i, v in enumerate(value):
+            _check_text(v, f"{at}[{i}]")
 
 
 class _Request(BaseModel):
