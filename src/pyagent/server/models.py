@@ -23,7 +23,7 @@ def _check_text(value: Any, at: str = "") -> None:
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
-            where = f"'{at}' " if at else ""
+            where = f"'{at}': " if at else ""
             raise ValueError(f"{where}strings must be valid Unicode (a lone surrogate escape was sent)") from None
     elif isinstance(value, dict):
         for k, v in value.items():
