@@ -11,7 +11,7 @@ use pyo3::prelude::*;
 
 use super::formats::QType;
 use super::int8::QActs;
-use super::matmul::{checked, has_avx2, matmul_checked, Mode, OutPtr, QWeight};
+use super::matmul::{checked, has_avx2, matmul_checked, matmul_then, Epilogue, Mode, OutPtr, QWeight};
 use super::qtype;
 use crate::attention::{paged_decode, DecodeInputs, DecodeShape, KvBuffers, KvElem, KvSlices};
 use crate::team::{Par, Team};
@@ -303,23 +303,31 @@ fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
-/// Values of SwiGLU computed by one parallel task (its `exp` calls are a few percent of a decode step,
-/// worth spreading over the team).
-const SWIGLU_CHUNK: usize = 512;
-
-/// `act = silu(gate) * up` per token, `gu` holding each token's gate then up halves (`inter` each).
-fn swiglu(gu: &[f32], act: &mut [f32], inter: usize, par: Par<'_>) {
-    let per_row = inter.div_ceil(SWIGLU_CHUNK);
-    let out = OutPtr(act.as_mut_ptr());
-    par.for_each(act.len() / inter * per_row, &|i| {
-        let (t, first) = (i / per_row, i % per_row * SWIGLU_CHUNK);
-        let last = (first + SWIGLU_CHUNK).min(inter);
-        let (g, u) = gu[2 * t * inter..2 * (t + 1) * inter].split_at(inter);
-        for j in first..last {
-            // SAFETY: `t * inter + j < act.len()`, and no other task writes this element.
-            unsafe { *out.get().add(t * inter + j) = g[j] / (1.0 + (-g[j]).exp()) * u[j] };
+/// `act = silu(gate + b) * (up + b)` per token, each task's columns as soon as they are computed (the
+/// products' own tasks; see `matmul_then`): `gu` receives each token's gate then up halves (`inter` each).
+#[allow(clippy::too_many_arguments)]
+fn gated(p: &ProjView<'_>, x: &[f32], n: usize, gu: &mut [f32], act: &mut [f32], inter: usize, mode: Mode,
+         qa: &mut QActs, par: Par<'_>) {
+    let (act_len, out) = (act.len(), OutPtr(act.as_mut_ptr()));
+    assert_eq!(act_len, n * inter);
+    let bias = p.bias;
+    let f = |gu: *const f32, first: usize, last: usize| {
+        for t in 0..n {
+            for j in first..last {
+                // SAFETY: `gu` is [n, 2 * inter] and `act` [n, inter]; this task's columns `j` and
+                // `inter + j` are written and no other task reads or writes them.
+                unsafe {
+                    let (mut g, mut u) = (*gu.add(2 * t * inter + j), *gu.add((2 * t + 1) * inter + j));
+                    if let Some(b) = bias {
+                        g += b[j];
+                        u += b[inter + j];
+                    }
+                    *out.get().add(t * inter + j) = g / (1.0 + (-g).exp()) * u;
+                }
+            }
         }
-    });
+    };
+    matmul_then(&p.ws, x, n, p.cols, gu, mode, par, qa, Some(Epilogue { half: inter, f: &f }));
 }
 
 fn project(p: &ProjView<'_>, x: &[f32], n: usize, out: &mut [f32], mode: Mode, qa: &mut QActs, par: Par<'_>) {
@@ -392,8 +400,7 @@ impl Step<'_> {
             project(p_o, &attn, n, &mut o, mode, &mut qa, par);
             x.iter_mut().zip(&o).for_each(|(a, &b)| *a += b);
             rms_norm(x, post_norm, self.eps, &mut hbuf);
-            project(p_gu, &hbuf, n, &mut gu, mode, &mut qa, par);
-            swiglu(&gu, &mut act, self.inter, par);
+            gated(p_gu, &hbuf, n, &mut gu, &mut act, self.inter, mode, &mut qa, par);
             project(p_down, &act, n, &mut o, mode, &mut qa, par);
             x.iter_mut().zip(&o).for_each(|(a, &b)| *a += b);
         }

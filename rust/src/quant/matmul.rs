@@ -262,6 +262,25 @@ pub fn matmul(weights: &[QWeight<'_>], x: &[f32], n: usize, cols: usize, out: &m
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_checked(ws: &[(QWeight<'_>, usize)], x: &[f32], n: usize, cols: usize, out: &mut [f32], mode: Mode,
                       par: Par<'_>, qa: &mut QActs) {
+    matmul_then(ws, x, n, cols, out, mode, par, qa, None)
+}
+
+/// What a gated product does with its output columns once they are computed (see `matmul_then`).
+pub struct Epilogue<'a> {
+    /// Output columns `half..2 * half` pair with columns `0..half`.
+    pub half: usize,
+    /// Called with `out`'s pointer and `first..last` (below `half`) once columns `first..last` and
+    /// `half + first..half + last` of every row of `out` are written; no other task touches them.
+    pub f: &'a (dyn Fn(*const f32, usize, usize) + Sync),
+}
+
+/// `matmul_checked`, and with `then` a gated product: one parallel task computes the output columns
+/// `c..c + SPAN_ROWS` and their partners `half + c..`, then runs `then.f` on them. A gated MLP's
+/// activation (SwiGLU) so needs no phase of its own: a decode step of a small model is a few hundred
+/// phases, each ending with every thread waiting for the slowest.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_then(ws: &[(QWeight<'_>, usize)], x: &[f32], n: usize, cols: usize, out: &mut [f32], mode: Mode,
+                   par: Par<'_>, qa: &mut QActs, then: Option<Epilogue<'_>>) {
     let total: usize = ws.iter().map(|w| w.0.rows).sum();
     let simd = mode.simd();
     let int8 = match mode {
@@ -324,7 +343,27 @@ pub fn matmul_checked(ws: &[(QWeight<'_>, usize)], x: &[f32], n: usize, cols: us
         span_rows::<Plain>(ws, span, x, n, cols, total, ptr, false);
     };
     let par = if total * cols >= 1 << 16 { par } else { Par::Serial };
-    par.for_each(spans.len(), &|i| run(&spans[i]));
+    let Some(then) = then else {
+        par.for_each(spans.len(), &|i| run(&spans[i]));
+        return;
+    };
+    assert_eq!(2 * then.half, total, "a gated product's output pairs its two halves");
+    // the spans covering output columns `first..last` (they may cross from one matrix to the next)
+    let starts: Vec<usize> = ws.iter().scan(0, |at, w| { let s = *at; *at += w.0.rows; Some(s) }).collect();
+    let cover = |first: usize, last: usize| {
+        for (which, (w, _)) in ws.iter().enumerate() {
+            let (lo, hi) = (first.max(starts[which]), last.min(starts[which] + w.rows));
+            if lo < hi {
+                run(&Span { which, first: lo - starts[which], last: hi - starts[which], out_col: lo });
+            }
+        }
+    };
+    par.for_each(then.half.div_ceil(SPAN_ROWS), &|i| {
+        let (first, last) = (i * SPAN_ROWS, ((i + 1) * SPAN_ROWS).min(then.half));
+        cover(first, last);
+        cover(then.half + first, then.half + last);
+        (then.f)(ptr.get(), first, last);
+    });
 }
 
 /// Decode rows `ids` (all rows when `None`) of one matrix into `out` (`[len, cols]`), in parallel.
@@ -432,6 +471,57 @@ mod tests {
                     }
                 }
             }
+            }
+        }
+    }
+
+    /// A gated product's epilogue sees each pair of column ranges fully written, exactly once, whatever
+    /// the matrices' boundaries (one stacked matrix, or several that do not split at the middle), and
+    /// the product equals the plain one bit for bit.
+    #[test]
+    fn gated_products_hand_every_column_pair_to_its_epilogue_once() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let mut seed = 11u64;
+        // 70: the last task's columns are a partial span; 140 rows x 512 columns: spread over the team
+        let (cols, half) = (512, 70);
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+        for split in [vec![2 * half], vec![half, half], vec![33, 60, 47]] {
+            let mats: Vec<Vec<u8>> = split.iter().map(|&r| random_weight(QType::Q4_1, r, cols, &mut seed)).collect();
+            let ws: Vec<QWeight<'_>> = mats.iter().zip(&split)
+                .map(|(d, &rows)| QWeight { data: d, qtype: QType::Q4_1, rows }).collect();
+            let ws = checked(&ws, cols).unwrap();
+            for n in [1, 3] {
+                let x: Vec<f32> = (0..n * cols).map(|_| lcg(&mut seed) as f32 / 128.0 - 1.0).collect();
+                for mode in [Mode::F32 { simd: false }, Mode::F32 { simd: has_avx2() }] {
+                    let mut plain = vec![0f32; n * 2 * half];
+                    matmul_checked(&ws, &x, n, cols, &mut plain, mode, Par::Serial, &mut QActs::default());
+                    let seen: Vec<AtomicU32> = (0..half).map(|_| AtomicU32::new(0)).collect();
+                    let pairs: Vec<std::sync::Mutex<Vec<(f32, f32)>>> =
+                        (0..n * half).map(|_| std::sync::Mutex::new(Vec::new())).collect();
+                    let f = |out: *const f32, first: usize, last: usize| {
+                        for j in first..last {
+                            seen[j].fetch_add(1, Ordering::Relaxed);
+                            for t in 0..n {
+                                // SAFETY: `out` is [n, 2 * half] and these columns are this task's.
+                                let (g, u) = unsafe { (*out.add(t * 2 * half + j), *out.add(t * 2 * half + half + j)) };
+                                pairs[t * half + j].lock().unwrap().push((g, u));
+                            }
+                        }
+                    };
+                    let mut gated = vec![0f32; n * 2 * half];
+                    pool.install(|| crate::team::Team::run(3, |team| {
+                        matmul_then(&ws, &x, n, cols, &mut gated, mode, Par::Team(team), &mut QActs::default(),
+                                    Some(Epilogue { half, f: &f }));
+                    }));
+                    assert_eq!(gated, plain, "{split:?} n {n}");
+                    assert!(seen.iter().all(|c| c.load(Ordering::Relaxed) == 1), "{split:?}: a column pair twice or never");
+                    for t in 0..n {
+                        for j in 0..half {
+                            let want = (plain[t * 2 * half + j], plain[t * 2 * half + half + j]);
+                            assert_eq!(*pairs[t * half + j].lock().unwrap(), vec![want], "{split:?} token {t} column {j}");
+                        }
+                    }
+                }
             }
         }
     }
