@@ -80,6 +80,17 @@ class DecoderModel:
         self.stack_prompts = self.stack is not None and self.stack.int8_products
         self.stack_steps = 0  # steps run by the Rust stack (benchmarks and tests check the fast path)
 
+    def _decode_step(self, chunks: Sequence[SeqChunk], kv: KVCacheManager) -> np.ndarray:
+        """A step of one-token chunks in the stack, its inputs made with plain ints: at a few milliseconds
+        per step, the dozen NumPy calls of the general path's bookkeeping were a few percent of decoding."""
+        n, bs = len(chunks), kv.block_size
+        token_ids = np.fromiter((ch.token_ids[0] for ch in chunks), dtype=np.int64, count=n)
+        positions = np.fromiter((ch.start for ch in chunks), dtype=np.int64, count=n)
+        slots = np.fromiter((kv.block_table(ch.seq_id)[ch.start // bs] * bs + ch.start % bs for ch in chunks),
+                            dtype=np.int64, count=n)
+        last = np.fromiter((i for i, ch in enumerate(chunks) if ch.needs_logits), dtype=np.int64)
+        return self._stack_step(chunks, kv, token_ids, positions, slots, last)
+
     def _stack_step(self, chunks: Sequence[SeqChunk], kv: KVCacheManager, token_ids: np.ndarray,
                     positions: np.ndarray, slots: np.ndarray, last: np.ndarray) -> np.ndarray:
         """Every layer for every token of the step in one Rust call (see the module docstring): each token
@@ -87,7 +98,9 @@ class DecoderModel:
         assert self.stack is not None
         self.stack_steps += 1
         c, w = self.config, self.weights
-        block_tables = np.repeat(_block_tables(kv, chunks), [len(ch.token_ids) for ch in chunks], axis=0)
+        block_tables = _block_tables(kv, chunks)
+        if len(chunks) != len(token_ids):
+            block_tables = np.repeat(block_tables, [len(ch.token_ids) for ch in chunks], axis=0)
         context_lens = (positions + 1).astype(np.int32)
         x = np.ascontiguousarray(embedding_rows(w.embed, token_ids), dtype=np.float32)
         if isinstance(w.lm_head, QuantLinear):  # the stack has the head: logits in the same call
@@ -106,6 +119,8 @@ class DecoderModel:
         c, w = self.config, self.weights
         nh, nkv, hd = c.num_attention_heads, c.num_key_value_heads, c.head_dim
         lengths = [len(ch.token_ids) for ch in chunks]
+        if self.stack is not None and all(n == 1 for n in lengths):
+            return self._decode_step(chunks, kv)
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         token_ids = np.concatenate([np.asarray(ch.token_ids, dtype=np.int64) for ch in chunks])
         positions = np.concatenate([np.arange(ch.start, ch.start + n) for ch, n in zip(chunks, lengths, strict=True)])
