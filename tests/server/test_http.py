@@ -96,6 +96,13 @@ def test_chat_completion_errors(serve: Callable[..., Running]) -> None:
                         path="/chat/completions"), 400, "response_format.json_schema.name")
     _assert_error(_post(run, {"model": "standin", "messages": [{"role": "user", "content": "x"}], "tools": []},
                         path="/chat/completions"), 400, "tools")
+    for stop in (["x"] * 33, ["x" * 1001], "x" * 1001):
+        err = _assert_error(_post(run, {"model": "standin", "messages": [{"role": "user", "content": "x"}],
+                                        "stop": stop}, path="/chat/completions"), 400, "stop")
+        assert "at most 32 stop sequences" in err["message"]
+    at_limit = _post(run, {"model": "standin", "messages": [{"role": "user", "content": "x"}],
+                           "stop": [f"never{i}" + "z" * 990 for i in range(32)]}, path="/chat/completions")
+    assert at_limit.status_code == 200 and at_limit.json()["choices"][0]["message"]["content"], at_limit.text
 
 
 def test_bearer_auth(serve: Callable[..., Running]) -> None:

@@ -27,6 +27,11 @@ from pyagent.server.streaming import sse_data
 
 router = APIRouter(route_class=OffLoopRoute)
 
+# Every generated token searches the text for each stop sequence: a request must not be able to make that
+# search the whole server's work (OpenAI takes 4 sequences; clients rarely send more than a handful).
+MAX_STOP_SEQUENCES = 32
+MAX_STOP_CHARS = 1000
+
 
 def _messages(messages: list[ChatMessage]) -> list[dict[str, str]]:
     out = []
@@ -54,6 +59,9 @@ async def create_chat_completion(body: ChatCompletionCreate, request: Request) -
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     if any(not s for s in stop):
         raise APIError(400, "Stop sequences must be non-empty strings.", param="stop")
+    if len(stop) > MAX_STOP_SEQUENCES or any(len(s) > MAX_STOP_CHARS for s in stop):
+        raise APIError(400, f"Give at most {MAX_STOP_SEQUENCES} stop sequences of at most {MAX_STOP_CHARS} "
+                       f"characters each (got {len(stop)}, the longest {max(map(len, stop))}).", param="stop")
     if body.top_logprobs is not None and not body.logprobs:
         raise APIError(400, "top_logprobs needs logprobs set to true.", param="top_logprobs")
     extras: dict[str, Any] = dict(body.sampling_extras())
