@@ -297,15 +297,6 @@ pub fn matmul_then(ws: &[(QWeight<'_>, usize)], x: &[f32], n: usize, cols: usize
         // SAFETY: `simd` means AVX2, FMA and F16C were detected.
         unsafe { super::avx2::block_sums(x, &mut xsum) };
     }
-    let mut spans = Vec::new();
-    let mut out_col = 0;
-    for (which, (w, _)) in ws.iter().enumerate() {
-        for first in (0..w.rows).step_by(SPAN_ROWS) {
-            let last = (first + SPAN_ROWS).min(w.rows);
-            spans.push(Span { which, first, last, out_col: out_col + first });
-        }
-        out_col += w.rows;
-    }
     let ptr = OutPtr(out.as_mut_ptr());
     let xs = &xsum[..];
     let qa = &*qa;
@@ -344,6 +335,15 @@ pub fn matmul_then(ws: &[(QWeight<'_>, usize)], x: &[f32], n: usize, cols: usize
     };
     let par = if total * cols >= 1 << 16 { par } else { Par::Serial };
     let Some(then) = then else {
+        let mut spans = Vec::new();
+        let mut out_col = 0;
+        for (which, (w, _)) in ws.iter().enumerate() {
+            for first in (0..w.rows).step_by(SPAN_ROWS) {
+                let last = (first + SPAN_ROWS).min(w.rows);
+                spans.push(Span { which, first, last, out_col: out_col + first });
+            }
+            out_col += w.rows;
+        }
         par.for_each(spans.len(), &|i| run(&spans[i]));
         return;
     };
