@@ -1,15 +1,22 @@
-//! A thread team for one decode step: the calling thread plus rayon workers that spin between phases.
+//! A thread team for one decode step: the calling thread plus helper threads that spin between phases.
 //!
 //! A decode step of a small model is about a hundred matrix products of tens of microseconds each. With a
 //! plain rayon loop per product, every product wakes a sleeping worker through the kernel (a futex wake
 //! costs about as much as the product itself here) and the worker falls asleep again before the next one.
 //! A team keeps its helpers spinning for the whole step, so a product starts on every thread at once.
 //!
+//! The helpers are this module's own threads, not rayon's: a `rayon::scope` entered from the Python
+//! thread runs its body on a pool worker while the caller sleeps, so every step paid two wake-ups (about
+//! 35 µs each here) and its helper joined 100-200 µs late. These helpers keep polling for a while after a
+//! step ends (`SPIN_WINDOW`, longer than the Python work between two steps), then sleep until the next.
+//!
 //! Work is handed out one chunk at a time from a shared counter, and the caller takes chunks too, so a
-//! phase never waits for a helper to arrive: a helper that is descheduled (or busy with other rayon work,
-//! or never started) just takes no chunks, and a step can never deadlock on a missing thread. Only a
-//! chunk already claimed by a descheduled helper is waited for; chunks are small to keep that short.
+//! phase never waits for a helper to arrive: a helper that is descheduled (or never started, or serving
+//! another team) just takes no chunks, and a step can never deadlock on a missing thread. Only a chunk
+//! already claimed by a descheduled helper is waited for; chunks are small to keep that short.
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 /// One phase's work: `f(i)` for every chunk `i`.
 struct Job<'a> {
@@ -42,26 +49,136 @@ pub struct Team {
     stop: AtomicBool,
     epoch: AtomicU64,
     threads: usize,
+    /// Helpers that may still join (the team's size less the caller and those that joined).
+    seats: AtomicUsize,
+}
+
+/// How long an idle helper keeps polling for the next team before it sleeps.
+const SPIN_WINDOW: Duration = Duration::from_millis(2);
+
+/// The helper threads every team draws on, one team at a time.
+struct Pool {
+    /// The team helpers should join; null between teams.
+    team: AtomicPtr<Team>,
+    /// Bumped when a team starts, so that an idle helper notices.
+    generation: AtomicU64,
+    /// Whether a team holds the helpers (a second team at the same time runs on its caller alone).
+    held: AtomicBool,
+    /// Helpers between noticing a team and leaving it; a team is not dropped before this is back to 0.
+    inside: AtomicUsize,
+    /// Helpers asleep on `wake`.
+    parked: AtomicUsize,
+    spawned: Mutex<usize>,
+    lock: Mutex<()>,
+    wake: Condvar,
+}
+
+static POOL: Pool = Pool {
+    team: AtomicPtr::new(std::ptr::null_mut()),
+    generation: AtomicU64::new(0),
+    held: AtomicBool::new(false),
+    inside: AtomicUsize::new(0),
+    parked: AtomicUsize::new(0),
+    spawned: Mutex::new(0),
+    lock: Mutex::new(()),
+    wake: Condvar::new(),
+};
+
+impl Pool {
+    /// Start helpers until there are `n` (fewer if the system refuses threads: teams work without them).
+    fn ensure(&'static self, n: usize) {
+        let mut spawned = self.spawned.lock().unwrap_or_else(|e| e.into_inner());
+        while *spawned < n {
+            let started = std::thread::Builder::new().name("pyagent-team".into()).spawn(move || self.serve());
+            if started.is_err() {
+                break;
+            }
+            *spawned += 1;
+        }
+    }
+
+    /// A helper's life: join each team that starts, poll for `SPIN_WINDOW` after it, then sleep.
+    fn serve(&self) {
+        let mut seen = self.generation.load(Ordering::SeqCst);
+        let (mut idle_since, mut polls) = (Instant::now(), 0u32);
+        loop {
+            let g = self.generation.load(Ordering::SeqCst);
+            if g != seen {
+                seen = g;
+                // counted inside before reading the pointer: a team ends only after nulling the pointer and
+                // then seeing no helper inside, so a pointer read here is of a team that is still alive
+                self.inside.fetch_add(1, Ordering::SeqCst);
+                let t = self.team.load(Ordering::SeqCst);
+                if !t.is_null() {
+                    // SAFETY: see above; the team lives on its caller's stack until `inside` drops to 0.
+                    let team = unsafe { &*t };
+                    if team.seats.fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| s.checked_sub(1)).is_ok() {
+                        team.help();
+                    }
+                }
+                self.inside.fetch_sub(1, Ordering::SeqCst);
+                (idle_since, polls) = (Instant::now(), 0);
+                continue;
+            }
+            polls += 1;
+            if !polls.is_multiple_of(SPINS_BEFORE_YIELD) {
+                std::hint::spin_loop();
+            } else if idle_since.elapsed() < SPIN_WINDOW {
+                std::thread::yield_now();
+            } else {
+                // counted parked before the last look at the generation, and a starting team bumps the
+                // generation before it looks at `parked`: one of the two sees the other
+                self.parked.fetch_add(1, Ordering::SeqCst);
+                let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+                while self.generation.load(Ordering::SeqCst) == seen {
+                    guard = self.wake.wait(guard).unwrap_or_else(|e| e.into_inner());
+                }
+                drop(guard);
+                self.parked.fetch_sub(1, Ordering::SeqCst);
+                (idle_since, polls) = (Instant::now(), 0);
+            }
+        }
+    }
+}
+
+/// Ends a team's use of the pool, on return or unwind: no helper may touch the team once this is done.
+struct Leave<'a>(&'a Team);
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        self.0.stop.store(true, Ordering::Release);
+        POOL.team.store(std::ptr::null_mut(), Ordering::SeqCst);
+        while POOL.inside.load(Ordering::SeqCst) > 0 {
+            std::hint::spin_loop();
+        }
+        POOL.held.store(false, Ordering::Release);
+    }
 }
 
 impl Team {
-    /// Run `body` with a team of up to `threads` threads (the caller included); helpers leave when it returns.
-    pub fn run<R: Send>(threads: usize, body: impl FnOnce(&Team) -> R + Send) -> R {
-        let team = Team { state: AtomicU64::new(0), job: AtomicPtr::new(std::ptr::null_mut()),
-                          done: AtomicUsize::new(0), stop: AtomicBool::new(false), epoch: AtomicU64::new(0),
-                          threads: threads.max(1) };
-        if team.threads == 1 {
-            return body(&team);
+    fn new(threads: usize) -> Team {
+        Team { state: AtomicU64::new(0), job: AtomicPtr::new(std::ptr::null_mut()), done: AtomicUsize::new(0),
+               stop: AtomicBool::new(false), epoch: AtomicU64::new(0), threads,
+               seats: AtomicUsize::new(threads - 1) }
+    }
+
+    /// Run `body` on the calling thread with a team of up to `threads` threads (the caller included);
+    /// helpers leave when it returns. While another team holds the helpers, `body` runs on the caller alone.
+    pub fn run<R>(threads: usize, body: impl FnOnce(&Team) -> R) -> R {
+        let threads = threads.max(1);
+        if threads == 1 || POOL.held.swap(true, Ordering::Acquire) {
+            return body(&Team::new(1));
         }
-        let team = &team;
-        rayon::scope(|s| {
-            for _ in 1..team.threads {
-                s.spawn(move |_| team.help());
-            }
-            let out = body(team);
-            team.stop.store(true, Ordering::Release);
-            out
-        })
+        let team = Team::new(threads);
+        let _leave = Leave(&team);
+        POOL.ensure(threads - 1);
+        POOL.team.store(&team as *const Team as *mut Team, Ordering::SeqCst);
+        POOL.generation.fetch_add(1, Ordering::SeqCst);
+        if POOL.parked.load(Ordering::SeqCst) > 0 {
+            let _guard = POOL.lock.lock().unwrap_or_else(|e| e.into_inner());
+            POOL.wake.notify_all();
+        }
+        body(&team)
     }
 
     /// Claim and run some chunks of the current phase; false when none is left.
@@ -192,18 +309,53 @@ mod tests {
     }
 
     #[test]
-    fn a_team_without_free_workers_still_finishes() {
-        // one worker, busy running the caller: the helper job only starts after the body is done
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
-        let n = pool.install(|| {
-            Team::run(4, |team| {
-                let count = AtomicUsize::new(0);
-                team.for_each(50, &|_| {
-                    count.fetch_add(1, Ordering::Relaxed);
-                });
-                count.load(Ordering::Relaxed)
+    fn teams_at_the_same_time_all_finish_and_a_panicking_body_gives_the_helpers_back() {
+        // the helpers serve one team at a time: the others run on their callers alone, and are still right
+        let sums: Vec<u64> = std::thread::scope(|s| {
+            let teams: Vec<_> = (0..4u64).map(|k| s.spawn(move || Team::run(3, |team| {
+                let mut total = 0u64;
+                for _ in 0..200 {
+                    let out: Vec<AtomicU64> = (0..32).map(|_| AtomicU64::new(0)).collect();
+                    team.for_each(32, &|i| out[i].store(k * 1000 + i as u64, Ordering::Relaxed));
+                    total += out.iter().map(|v| v.load(Ordering::Relaxed)).sum::<u64>();
+                }
+                total
+            }))).collect();
+            teams.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        let want = |k: u64| 200 * (0..32u64).map(|i| k * 1000 + i).sum::<u64>();
+        assert_eq!(sums, (0..4).map(want).collect::<Vec<_>>());
+        let panicked = std::panic::catch_unwind(|| Team::run(2, |team| {
+            team.for_each(4, &|_| ());
+            panic!("body fails")
+        }));
+        assert!(panicked.is_err());
+        // the pool is free again (tries: other tests' teams may hold it for a moment)
+        assert!((0..50).any(|_| a_helper_joins()), "no helper joined a team after the panic");
+    }
+
+    /// Whether a helper (not the caller) ran some chunks of a phase long enough for it to join.
+    fn a_helper_joins() -> bool {
+        let caller = std::thread::current().id();
+        let others = AtomicUsize::new(0);
+        Team::run(2, |team| {
+            team.for_each(40, &|_| {
+                std::thread::sleep(Duration::from_millis(1));
+                if std::thread::current().id() != caller {
+                    others.fetch_add(1, Ordering::Relaxed);
+                }
             })
         });
-        assert_eq!(n, 50);
+        others.load(Ordering::Relaxed) > 0
+    }
+
+    #[test]
+    fn helpers_asleep_after_an_idle_spell_wake_for_the_next_team() {
+        let woke = (0..20).any(|_| {
+            Team::run(2, |team| team.for_each(2, &|_| ()));
+            std::thread::sleep(SPIN_WINDOW * 5);
+            a_helper_joins()
+        });
+        assert!(woke, "a sleeping helper did not wake for the next team");
     }
 }
