@@ -326,9 +326,10 @@ def main() -> int:
     ap.add_argument("--model", default=None, help="GGUF file (default: the tests' SmolLM2 Q4_1 file)")
     ap.add_argument("--llamacpp-python", default=str(BENCH_DIR / "llamacpp" / "bin" / "python"))
     ap.add_argument("--setup-only", action="store_true", help="only build the cached llama-cpp-python venv")
-    ap.add_argument("--rounds", type=int, default=7,
+    ap.add_argument("--rounds", type=int, default=11,
                     help="turns of each measurement per side; ratios are taken within a turn, then the median "
-                         "(default 7; the 16-request measurement takes half as many)")
+                         "(default 11: on a shared machine single turns range 1.2-1.7x and a median of 7 moved "
+                         "by 0.1x between runs; the 16-request measurement takes half as many)")
     ap.add_argument("--kv-cache-dtypes", action="store_true",
                     help=f"instead: our decode tok/s after a {LONG_PROMPT_TOKENS}-token prompt with a float32 and a "
                          "float16 KV cache (no llama.cpp)")
