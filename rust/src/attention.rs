@@ -210,7 +210,7 @@ fn axpy<A: Arith>(acc: &mut [f32], w: f32, x: &[f32]) {
 
 /// `exp(x)` for x <= 0 (Cephes-style: 2^n * polynomial), written with plain arithmetic so it vectorizes.
 #[inline(always)]
-fn exp_nonpositive<A: Arith>(x: f32) -> f32 {
+pub(crate) fn exp_nonpositive<A: Arith>(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer in the low mantissa bits
     let x = x.max(-87.0);
