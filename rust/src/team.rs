@@ -51,6 +51,9 @@ pub struct Team {
     threads: usize,
     /// Helpers that may still join (the team's size less the caller and those that joined).
     seats: AtomicUsize,
+    /// A helper's panic, raised on the caller when the phase ends (`failed` says there is one).
+    panic: Mutex<Option<Box<dyn std::any::Any + Send>>>,
+    failed: AtomicBool,
 }
 
 /// How long an idle helper keeps polling for the next team before it sleeps.
@@ -113,7 +116,10 @@ impl Pool {
                     // SAFETY: see above; the team lives on its caller's stack until `inside` drops to 0.
                     let team = unsafe { &*t };
                     if team.seats.fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| s.checked_sub(1)).is_ok() {
-                        team.help();
+                        // a panicking chunk would end this thread and its phase with it: the caller raises it
+                        if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| team.help())) {
+                            team.fail(payload);
+                        }
                     }
                 }
                 self.inside.fetch_sub(1, Ordering::SeqCst);
@@ -159,7 +165,7 @@ impl Team {
     fn new(threads: usize) -> Team {
         Team { state: AtomicU64::new(0), job: AtomicPtr::new(std::ptr::null_mut()), done: AtomicUsize::new(0),
                stop: AtomicBool::new(false), epoch: AtomicU64::new(0), threads,
-               seats: AtomicUsize::new(threads - 1) }
+               seats: AtomicUsize::new(threads - 1), panic: Mutex::new(None), failed: AtomicBool::new(false) }
     }
 
     /// Run `body` on the calling thread with a team of up to `threads` threads (the caller included);
@@ -198,10 +204,34 @@ impl Team {
             // changes the epoch bits), and that phase cannot end before these chunks are counted done, so
             // the job (on the caller's stack inside `for_each`) is alive.
             let f = unsafe { (*job).f };
+            // counted done on unwind too, so that a panicking chunk cannot leave its phase waiting for ever
+            let _done = Done(&self.done, take);
             (next..next + take).for_each(f);
-            self.done.fetch_add(take, Ordering::Release);
         }
         true
+    }
+
+    /// Claim every chunk of the phase not yet claimed and count it done without running it (the caller
+    /// is unwinding: its phase has failed, and only the chunks already running must be waited for).
+    fn skip_rest(&self) {
+        loop {
+            let s = self.state.load(Ordering::Acquire);
+            let (chunks, next) = unpack(s);
+            if next >= chunks {
+                return;
+            }
+            let left = chunks - next;
+            if self.state.compare_exchange_weak(s, s + left as u64, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                self.done.fetch_add(left, Ordering::Release);
+                return;
+            }
+        }
+    }
+
+    /// Keep a helper's panic for the caller to raise when the current phase is over.
+    fn fail(&self, payload: Box<dyn std::any::Any + Send>) {
+        self.panic.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(payload);
+        self.failed.store(true, Ordering::Release);
     }
 
     fn help(&self) {
@@ -234,9 +264,38 @@ impl Team {
         self.done.store(0, Ordering::Relaxed);
         let epoch = self.epoch.fetch_add(1, Ordering::Relaxed) + 1;
         self.state.store(pack(epoch & ((1 << (64 - 2 * IDX_BITS)) - 1), chunks, 0), Ordering::Release);
-        while self.take_some() {}
+        {
+            // waits for the helpers' chunks on return and on unwind (their closures borrow this frame's callers)
+            let _end = PhaseEnd(self, chunks);
+            while self.take_some() {}
+        }
+        if self.failed.load(Ordering::Acquire) {
+            if let Some(payload) = self.panic.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                std::panic::resume_unwind(payload);
+            }
+        }
+    }
+}
+
+/// Adds a claim's chunks to the done count when they have run or unwound.
+struct Done<'a>(&'a AtomicUsize, usize);
+
+impl Drop for Done<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(self.1, Ordering::Release);
+    }
+}
+
+/// Waits until every chunk of the phase is done.
+struct PhaseEnd<'a>(&'a Team, usize);
+
+impl Drop for PhaseEnd<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.skip_rest();
+        }
         let mut idle = 0u32;
-        while self.done.load(Ordering::Acquire) < chunks {
+        while self.0.done.load(Ordering::Acquire) < self.1 {
             idle += 1;
             if idle.is_multiple_of(SPINS_BEFORE_YIELD) {
                 std::thread::yield_now();
@@ -332,6 +391,36 @@ mod tests {
         assert!(panicked.is_err());
         // the pool is free again (tries: other tests' teams may hold it for a moment)
         assert!((0..50).any(|_| a_helper_joins()), "no helper joined a team after the panic");
+    }
+
+    #[test]
+    fn a_chunk_that_panics_is_raised_on_the_caller_once_no_chunk_of_its_phase_is_running() {
+        // on a helper: the caller raises it when the phase ends; on the caller: it unwinds once the
+        // helper's running chunks are done (they borrow the caller's frames)
+        for on_helper in [true, false] {
+            let raised = (0..50).find_map(|_| {
+                let caller = std::thread::current().id();
+                let (ran, helped) = (AtomicUsize::new(0), AtomicBool::new(false));
+                let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Team::run(2, |team| {
+                    team.for_each(40, &|_| {
+                        std::thread::sleep(Duration::from_millis(1));
+                        ran.fetch_add(1, Ordering::Relaxed);
+                        let mine = std::thread::current().id() == caller;
+                        helped.fetch_or(!mine, Ordering::Relaxed);
+                        if mine != on_helper && helped.load(Ordering::Relaxed) {
+                            panic!("a chunk failed");
+                        }
+                    })
+                })));
+                let after = ran.load(Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(5));
+                assert_eq!(ran.load(Ordering::Relaxed), after, "a chunk ran after the call was over");
+                out.err()
+            });
+            let payload = raised.unwrap_or_else(|| panic!("no helper joined in 50 teams (on_helper {on_helper})"));
+            assert_eq!(payload.downcast_ref::<&str>(), Some(&"a chunk failed"));
+            assert!((0..50).any(|_| a_helper_joins()), "the pool is unusable after a chunk panicked");
+        }
     }
 
     /// Whether a helper (not the caller) ran some chunks of a phase long enough for it to join.
