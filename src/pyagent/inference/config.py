@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,9 +120,28 @@ class ModelConfig:
             )
         if self.head_dim % 2:
             raise ModelLoadError(f"config.json: head_dim ({self.head_dim}) must be even for rotary embeddings")
+        for name in ("rms_norm_eps", "rope_theta"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ModelLoadError(f"config.json: {name} ({value}) must be a finite number above 0")
+        if self.max_position_embeddings <= 0:
+            raise ModelLoadError("config.json: max_position_embeddings must be positive")
+        if self.sliding_window is not None and self.sliding_window <= 0:
+            raise ModelLoadError("config.json: sliding_window must be positive")
         kind = rope_type(self.rope_scaling)
-        if kind not in ("default", "linear", "llama3"):
+        # "factors": per-frequency divisors, as GGUF files carry Llama 3's scaling (see gguf_loader)
+        if kind not in ("default", "linear", "llama3", "factors"):
             raise ModelLoadError(f"config.json: rope_scaling type {kind!r} is not supported (default, linear, llama3)")
+        if kind in ("linear", "llama3"):
+            assert self.rope_scaling is not None
+            factor = self.rope_scaling.get("factor")
+            if isinstance(factor, bool) or not isinstance(factor, int | float) or not (math.isfinite(factor) and factor > 0):
+                raise ModelLoadError(f"config.json: rope_scaling factor {factor!r} must be a finite number above 0")
+        if kind == "factors":
+            assert self.rope_scaling is not None
+            factors = self.rope_scaling.get("factors")
+            if not isinstance(factors, tuple | list) or len(factors) != self.head_dim // 2:
+                raise ModelLoadError(f"config.json: rotary factors must be {self.head_dim // 2} numbers, one per frequency")
 
     @property
     def max_context(self) -> int:

@@ -9,6 +9,7 @@ that one rope implementation serves both kinds of checkpoint.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -30,52 +31,77 @@ _DENSE = {"F32": np.float32, "F16": np.float16}
 
 
 def gguf_config(g: GGUFFile) -> ModelConfig:
-    arch = str(g.require("general.architecture"))
+    arch = g.text("general.architecture")
     if arch not in GGUF_ARCHITECTURES:
         raise ModelLoadError(f"{g.path}: architecture {arch!r} (metadata key 'general.architecture') is not "
                              f"supported; supported: {', '.join(sorted(GGUF_ARCHITECTURES))}")
-
-    def key(name: str) -> Any:
-        return g.require(f"{arch}.{name}")
-
-    hidden = int(key("embedding_length"))
-    heads = int(key("attention.head_count"))
-    kv_heads = int(g.get(f"{arch}.attention.head_count_kv", heads))
-    tokens = g.get("tokenizer.ggml.tokens")
-    vocab = int(g.get(f"{arch}.vocab_size", len(tokens) if tokens is not None else 0))
-    if vocab == 0:
+    size = functools.partial(g.integer, minimum=1)
+    hidden = size(f"{arch}.embedding_length")
+    heads = size(f"{arch}.attention.head_count")
+    kv_heads = size(f"{arch}.attention.head_count_kv", heads)
+    head_dim = size(f"{arch}.attention.key_length", hidden // heads)
+    tokens = g.strings("tokenizer.ggml.tokens", None)
+    vocab = size(f"{arch}.vocab_size", len(tokens) if tokens else None)
+    if vocab is None:
         embd = g.tensors.get("token_embd.weight")
         vocab = embd.shape[0] if embd is not None else 0
-    scaling = None
-    if g.get(f"{arch}.rope.scaling.type") == "linear":
-        scaling = {"rope_type": "linear", "factor": float(g.require(f"{arch}.rope.scaling.factor"))}
-    eos = g.get("tokenizer.ggml.eos_token_id")
-    bos = g.get("tokenizer.ggml.bos_token_id")
-    window = g.get(f"{arch}.attention.sliding_window")
+    rotary = g.integer(f"{arch}.rope.dimension_count", head_dim)
+    if rotary != head_dim:  # partial rotary embeddings (Phi, StableLM): not these architectures' decoder
+        raise ModelLoadError(f"{g.path}: metadata key '{arch}.rope.dimension_count' is {rotary}, but the heads have "
+                             f"{head_dim} dimensions; rotary embeddings over part of a head are not supported")
+    scaling = _rope_scaling(g, arch, head_dim)
+    n_ids = len(tokens) if tokens else vocab
+    eos = g.token_id("tokenizer.ggml.eos_token_id", n_ids)
+    bos = g.token_id("tokenizer.ggml.bos_token_id", n_ids)
+    window = g.integer(f"{arch}.attention.sliding_window", None, minimum=0)
     config = ModelConfig(
         architecture=GGUF_ARCHITECTURES[arch][0],
         vocab_size=vocab,
         hidden_size=hidden,
-        intermediate_size=int(key("feed_forward_length")),
-        num_hidden_layers=int(key("block_count")),
+        intermediate_size=size(f"{arch}.feed_forward_length"),
+        num_hidden_layers=size(f"{arch}.block_count"),
         num_attention_heads=heads,
         num_key_value_heads=kv_heads,
-        head_dim=int(g.get(f"{arch}.attention.key_length", hidden // heads)),
-        rms_norm_eps=float(key("attention.layer_norm_rms_epsilon")),
-        rope_theta=float(g.get(f"{arch}.rope.freq_base", 10000.0)),
+        head_dim=head_dim,
+        rms_norm_eps=g.number(f"{arch}.attention.layer_norm_rms_epsilon", positive=True),
+        rope_theta=g.number(f"{arch}.rope.freq_base", 10000.0, positive=True),
         rope_scaling=scaling,
-        max_position_embeddings=int(g.get(f"{arch}.context_length", 2048)),
+        max_position_embeddings=size(f"{arch}.context_length", 2048),
         tie_word_embeddings="output.weight" not in g.tensors,
         attention_bias="blk.0.attn_q.bias" in g.tensors,
-        sliding_window=int(window) if window else None,
-        eos_token_ids=() if eos is None else (int(eos),),
-        bos_token_id=None if bos is None else int(bos),
+        sliding_window=window or None,
+        eos_token_ids=() if eos is None else (eos,),
+        bos_token_id=bos,
     )
     try:
         config.validate()
     except ModelLoadError as exc:
         raise ModelLoadError(f"{g.path}: {str(exc).replace('config.json', 'GGUF metadata')}") from None
     return config
+
+
+def _rope_scaling(g: GGUFFile, arch: str, head_dim: int) -> dict[str, Any] | None:
+    """The rotary scaling a file asks for: linear from the metadata, or per-frequency factors (what
+    llama.cpp's converter writes for Llama 3's "llama3" scaling: tensor ``rope_freqs.weight``, each
+    inverse frequency divided by its factor). Any other kind is refused: ignoring it would run the model
+    with the wrong positions, silently."""
+    kind = g.text(f"{arch}.rope.scaling.type", "none")
+    scaling: dict[str, Any] | None = None
+    if kind == "linear":
+        scaling = {"rope_type": "linear", "factor": g.number(f"{arch}.rope.scaling.factor", positive=True)}
+    elif kind != "none":
+        raise ModelLoadError(f"{g.path}: rotary scaling {kind!r} (metadata key '{arch}.rope.scaling.type') is not "
+                             "supported; supported: none, linear, and llama3's per-frequency factors")
+    freqs = g.tensors.get("rope_freqs.weight")
+    if freqs is not None:
+        if scaling is not None:
+            raise ModelLoadError(f"{g.path}: both linear rotary scaling and tensor 'rope_freqs.weight'")
+        factors = _GGUFTensors(g).dense("rope_freqs.weight", (head_dim // 2,))
+        if not (np.isfinite(factors).all() and (factors > 0).all()):
+            raise ModelLoadError(f"{g.path}: tensor 'rope_freqs.weight' holds factors that are not finite and "
+                                 "positive")
+        scaling = {"rope_type": "factors", "factors": tuple(float(f) for f in factors)}
+    return scaling
 
 
 class _GGUFTensors:
@@ -141,6 +167,8 @@ def _unpermute(n_heads: int, head_dim: int) -> np.ndarray:
 def _layer(t: _GGUFTensors, c: ModelConfig, i: int, interleaved: bool) -> LayerWeights:
     p = f"blk.{i}."
     h, hd, nh, nkv, inter = c.hidden_size, c.head_dim, c.num_attention_heads, c.num_key_value_heads, c.intermediate_size
+    t.raw(p + "attn_q.weight", (nh * hd, h))  # the shapes first: the row orders below are sized by them
+    t.raw(p + "attn_k.weight", (nkv * hd, h))
     q_order = _unpermute(nh, hd) if interleaved else None
     k_order = _unpermute(nkv, hd) if interleaved else None
     q = t.matrix(p + "attn_q.weight", (nh * hd, h), q_order)
@@ -169,7 +197,7 @@ def _layer(t: _GGUFTensors, c: ModelConfig, i: int, interleaved: bool) -> LayerW
 def load_gguf_weights(g: GGUFFile, config: ModelConfig) -> ModelWeights:
     c = config
     t = _GGUFTensors(g)
-    arch = str(g.require("general.architecture"))
+    arch = g.text("general.architecture")
     interleaved = GGUF_ARCHITECTURES[arch][1]
     embed = t.matrix("token_embd.weight", (c.vocab_size, c.hidden_size))
     head = embed if c.tie_word_embeddings else t.matrix("output.weight", (c.vocab_size, c.hidden_size))

@@ -8,6 +8,7 @@ so a 4-bit model stays 4-bit in memory and pages are shared with the OS cache.
 
 from __future__ import annotations
 
+import math
 import mmap
 import struct
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from pyagent.inference.errors import ModelLoadError
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
+MAX_DIMS = 4  # ggml's GGML_MAX_DIMS
+_REQUIRED: Any = object()  # a typed accessor's default: the key must be present
 
 # ggml type id -> (name, elements per block, bytes per block)
 GGML_TYPES: dict[int, tuple[str, int, int]] = {
@@ -67,7 +70,7 @@ class GGUFTensor:
 
     @property
     def n_elements(self) -> int:
-        return int(np.prod(self.shape)) if self.shape else 1
+        return math.prod(self.shape)
 
 
 class _Cursor:
@@ -157,15 +160,17 @@ class GGUFFile:
             name = cur.string()
             cur.where = f"tensor info of {name!r}"
             n_dims = cur.scalar("<I")
+            if n_dims > MAX_DIMS:
+                raise ModelLoadError(f"{self.path}: tensor {name!r} has {n_dims} dimensions (ggml allows {MAX_DIMS})")
             dims = tuple(int(cur.scalar("<Q")) for _ in range(n_dims))
             infos.append((name, dims[::-1], cur.scalar("<I"), cur.scalar("<Q")))
-        alignment = int(self.metadata.get("general.alignment", DEFAULT_ALIGNMENT))
+        alignment = self.integer("general.alignment", DEFAULT_ALIGNMENT, minimum=1)
         data_start = -(-cur.pos // alignment) * alignment
         for name, shape, type_id, offset in infos:
             if type_id not in GGML_TYPES:
                 raise ModelLoadError(f"{self.path}: tensor {name!r} has unknown ggml type {type_id}")
             _, block, block_bytes = GGML_TYPES[type_id]
-            count = int(np.prod(shape)) if shape else 1
+            count = math.prod(shape)  # Python integers: a forged shape cannot wrap around to a small size
             if shape and shape[-1] % block:
                 raise ModelLoadError(f"{self.path}: tensor {name!r} row length {shape[-1]} is not a multiple "
                                      f"of its {GGML_TYPES[type_id][0]} block size {block}")
@@ -184,3 +189,98 @@ class GGUFFile:
         if key not in self.metadata:
             raise ModelLoadError(f"{self.path}: GGUF metadata lacks the required key {key!r}")
         return self.metadata[key]
+
+    # Typed reads: a file is untrusted input, and a key of the wrong type or range must fail here, naming
+    # the file and the key, not as a TypeError deep in the loader (or, worse, be used as it is).
+
+    def _absent(self, key: str, default: Any) -> bool:
+        """Whether ``key`` is missing (then its accessor returns ``default``), raising if it is required."""
+        if key in self.metadata:
+            return False
+        if default is _REQUIRED:
+            self.require(key)
+        return True
+
+    def _wrong(self, key: str, value: Any, expected: str) -> ModelLoadError:
+        shown = repr(value[:20].tolist() if isinstance(value, np.ndarray) else value)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        return ModelLoadError(f"{self.path}: metadata key {key!r} is {shown} ({_kind(value)}); expected {expected}")
+
+    def integer(self, key: str, default: Any = _REQUIRED, *, minimum: int | None = None) -> Any:
+        """An integer (``default``, which may be None, when absent), at least ``minimum``."""
+        if self._absent(key, default):
+            return default
+        value = self.metadata[key]
+        if isinstance(value, bool) or not isinstance(value, int | np.integer):
+            raise self._wrong(key, value, "an integer")
+        if minimum is not None and value < minimum:
+            raise self._wrong(key, value, f"an integer of at least {minimum}")
+        return int(value)
+
+    def number(self, key: str, default: Any = _REQUIRED, *, positive: bool = False) -> Any:
+        """A finite number (``default`` when absent), above zero if ``positive``."""
+        if self._absent(key, default):
+            return default
+        value = self.metadata[key]
+        if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+            raise self._wrong(key, value, "a number")
+        if not math.isfinite(value) or (positive and value <= 0):
+            raise self._wrong(key, value, "a finite number above 0" if positive else "a finite number")
+        return float(value)
+
+    def text(self, key: str, default: Any = _REQUIRED) -> Any:
+        if self._absent(key, default):
+            return default
+        value = self.metadata[key]
+        if not isinstance(value, str):
+            raise self._wrong(key, value, "a string")
+        return value
+
+    def flag(self, key: str, default: bool) -> bool:
+        value = self.metadata.get(key, default)
+        if not isinstance(value, bool | np.bool_):
+            raise self._wrong(key, value, "a boolean")
+        return bool(value)
+
+    def strings(self, key: str, default: Any = _REQUIRED) -> Any:
+        """An array of strings as a list."""
+        if self._absent(key, default):
+            return default
+        value = self.metadata[key]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self._wrong(key, value, "an array of strings")
+        return value
+
+    def numbers(self, key: str, length: int, default: Any = _REQUIRED, *, integral: bool = False) -> Any:
+        """A numeric array of ``length`` entries (integers if ``integral``) as a NumPy array."""
+        if self._absent(key, default):
+            return default
+        value = self.metadata[key]
+        kinds = "iu" if integral else "iuf"
+        if not isinstance(value, np.ndarray) or value.dtype.kind not in kinds:
+            raise self._wrong(key, value, "an array of integers" if integral else "an array of numbers")
+        if len(value) != length:
+            raise ModelLoadError(f"{self.path}: metadata key {key!r} has {len(value)} entries; expected {length} "
+                                 "(one per token)")
+        return value
+
+    def token_id(self, key: str, n_tokens: int) -> int | None:
+        """A token id within the vocabulary, or None when absent."""
+        value: int | None = self.integer(key, None)
+        if value is not None and not 0 <= value < n_tokens:
+            raise self._wrong(key, value, f"a token id below the vocabulary's {n_tokens} tokens")
+        return value
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool | np.bool_):
+        return "a boolean"
+    if isinstance(value, int | np.integer):
+        return "an integer"
+    if isinstance(value, float | np.floating):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list | np.ndarray):
+        return f"an array of {len(value)}"
+    return type(value).__name__

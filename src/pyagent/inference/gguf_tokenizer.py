@@ -48,10 +48,10 @@ _CONTROL, _USER_DEFINED = 3, 4
 
 def _bos_processor(g: GGUFFile, tokens: list[str], *, default: bool) -> dict[str, Any] | None:
     """Prepends BOS when ``add_bos_token`` says so (llama.cpp's default: on for SentencePiece, off for BPE)."""
-    bos = g.get("tokenizer.ggml.bos_token_id")
-    if not bool(g.get("tokenizer.ggml.add_bos_token", default)) or bos is None:
+    bos = g.token_id("tokenizer.ggml.bos_token_id", len(tokens))
+    if not g.flag("tokenizer.ggml.add_bos_token", default) or bos is None:
         return None
-    bos_text = tokens[int(bos)]
+    bos_text = tokens[bos]
     return {"type": "TemplateProcessing",
             "single": [{"SpecialToken": {"id": bos_text, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
             "pair": [{"SpecialToken": {"id": bos_text, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
@@ -60,17 +60,16 @@ def _bos_processor(g: GGUFFile, tokens: list[str], *, default: bool) -> dict[str
 
 
 def _build_bpe(g: GGUFFile) -> HFTokenizer:
-    tokens = list(g.require("tokenizer.ggml.tokens"))
-    merges = g.get("tokenizer.ggml.merges")
+    tokens = g.strings("tokenizer.ggml.tokens")
+    merges = g.strings("tokenizer.ggml.merges", None)
     if merges is None:
         raise ModelLoadError(f"{g.path}: GGUF metadata lacks 'tokenizer.ggml.merges', needed by a gpt2 BPE tokenizer")
-    pre_name = str(g.get("tokenizer.ggml.pre", "default"))
+    pre_name = g.text("tokenizer.ggml.pre", "default")
     pre = _PRE_TOKENIZERS.get(pre_name)
     if pre is None:
         raise ModelLoadError(f"{g.path}: pre-tokenizer {pre_name!r} (metadata key 'tokenizer.ggml.pre') is not "
                              f"supported; supported: {', '.join(sorted(_PRE_TOKENIZERS))}")
-    types = g.get("tokenizer.ggml.token_type")
-    types = [1] * len(tokens) if types is None else [int(t) for t in types]
+    types = _token_types(g, len(tokens))
     added = [{"id": i, "content": tok, "single_word": False, "lstrip": False, "rstrip": False,
               "normalized": kind == _USER_DEFINED, "special": kind == _CONTROL}
              for i, (tok, kind) in enumerate(zip(tokens, types, strict=True)) if kind in (_CONTROL, _USER_DEFINED)]
@@ -103,19 +102,16 @@ def _spm_merges(tokens: list[str], scores: list[float]) -> list[list[str]]:
 
 
 def _build_spm(g: GGUFFile) -> HFTokenizer:
-    tokens = [str(t) for t in g.require("tokenizer.ggml.tokens")]
-    scores = g.get("tokenizer.ggml.scores")
-    if scores is None:
+    tokens = g.strings("tokenizer.ggml.tokens")
+    found = g.numbers("tokenizer.ggml.scores", len(tokens), None)
+    if found is None:
         raise ModelLoadError(f"{g.path}: GGUF metadata lacks 'tokenizer.ggml.scores', needed by a SentencePiece "
                              "('llama') tokenizer")
-    scores = [float(v) for v in scores]
-    if len(scores) != len(tokens):
-        raise ModelLoadError(f"{g.path}: 'tokenizer.ggml.scores' has {len(scores)} entries for {len(tokens)} tokens")
-    types = g.get("tokenizer.ggml.token_type")
-    types = [1] * len(tokens) if types is None else [int(t) for t in types]
-    unk = g.get("tokenizer.ggml.unknown_token_id")
-    unk_text = tokens[int(unk)] if unk is not None and 0 <= int(unk) < len(tokens) else None
-    prefix = bool(g.get("tokenizer.ggml.add_space_prefix", True))
+    scores = [float(v) for v in found]
+    types = _token_types(g, len(tokens))
+    unk = _optional_id(g, "tokenizer.ggml.unknown_token_id", len(tokens))
+    unk_text = None if unk is None else tokens[unk]
+    prefix = g.flag("tokenizer.ggml.add_space_prefix", True)
     added = [{"id": i, "content": tok, "single_word": False, "lstrip": False, "rstrip": False,
               "normalized": False, "special": kind == _CONTROL}
              for i, (tok, kind) in enumerate(zip(tokens, types, strict=True)) if kind in (_CONTROL, _USER_DEFINED)]
@@ -139,26 +135,39 @@ def _build_spm(g: GGUFFile) -> HFTokenizer:
         raise ModelLoadError(f"{g.path}: the tokenizer in the GGUF metadata is invalid: {exc}") from None
 
 
+def _token_types(g: GGUFFile, n_tokens: int) -> list[int]:
+    found = g.numbers("tokenizer.ggml.token_type", n_tokens, None, integral=True)
+    return [1] * n_tokens if found is None else [int(t) for t in found]
+
+
+def _optional_id(g: GGUFFile, key: str, n_tokens: int) -> int | None:
+    """An unknown or padding token id: converters write an id past the vocabulary (or -1) for "none",
+    so one out of range means there is none; a value that is not an integer is still an error."""
+    value = g.integer(key, None)
+    return value if value is not None and 0 <= value < n_tokens else None
+
+
 _BUILDERS = {"gpt2": _build_bpe, "llama": _build_spm}
 
 
 def gguf_tokenizer(g: GGUFFile) -> Tokenizer:
-    model = str(g.require("tokenizer.ggml.model"))
+    model = g.text("tokenizer.ggml.model")
     build = _BUILDERS.get(model)
     if build is None:
         raise ModelLoadError(f"{g.path}: tokenizer model {model!r} (metadata key 'tokenizer.ggml.model') is not "
                              f"supported; supported: {', '.join(sorted(_BUILDERS))}")
     tok = build(g)
-    tokens = g.require("tokenizer.ggml.tokens")
+    tokens = g.strings("tokenizer.ggml.tokens")
     special: dict[str, str] = {}
     for name in ("bos", "eos", "unknown", "padding"):
-        token_id = g.get(f"tokenizer.ggml.{name}_token_id")
-        if token_id is not None and 0 <= int(token_id) < len(tokens):
-            special[{"unknown": "unk_token", "padding": "pad_token"}.get(name, f"{name}_token")] = tokens[int(token_id)]
-    eos = [int(g.get(f"tokenizer.ggml.{k}")) for k in ("eos_token_id", "eot_token_id")
-           if g.get(f"tokenizer.ggml.{k}") is not None]
-    source = g.get("tokenizer.chat_template")
+        key = f"tokenizer.ggml.{name}_token_id"
+        token_id = g.token_id(key, len(tokens)) if name in ("bos", "eos") else _optional_id(g, key, len(tokens))
+        if token_id is not None:
+            special[{"unknown": "unk_token", "padding": "pad_token"}.get(name, f"{name}_token")] = tokens[token_id]
+    eos = [i for i in (g.token_id(f"tokenizer.ggml.{k}", len(tokens)) for k in ("eos_token_id", "eot_token_id"))
+           if i is not None]
+    source = g.text("tokenizer.chat_template", None)
     template = None
-    if isinstance(source, str):
+    if source is not None:
         template = ChatTemplate(source, f"{g.path} (metadata key 'tokenizer.chat_template')", special)
     return Tokenizer(tok, eos_token_ids=eos, chat_template=template)

@@ -17,6 +17,8 @@ def inverse_frequencies(config: ModelConfig) -> np.ndarray:
     kind = rope_type(config.rope_scaling)
     if kind == "linear":
         return (inv_freq / np.float32(scaling["factor"])).astype(np.float32)
+    if kind == "factors":  # llama.cpp's rope_freqs: each frequency's divisor, precomputed by the converter
+        return (inv_freq / np.asarray(scaling["factors"], dtype=np.float32)).astype(np.float32)
     if kind == "llama3":
         factor = float(scaling["factor"])
         low, high = float(scaling.get("low_freq_factor", 1.0)), float(scaling.get("high_freq_factor", 4.0))
