@@ -52,10 +52,13 @@ def test_generate_bad_inputs_are_clear_errors(tmp_path: Path, pyagent_cmd: list[
                                               tiny_dir: Path) -> None:
     cases = [
         (["--model", str(tmp_path / "nope"), "hi"], "does not exist"),
+        (["--model", str(tmp_path / "notes.txt"), "hi"], "notes.txt is neither a GGUF file (it lacks the 'GGUF' magic) "
+                                                          "nor a Hugging Face checkpoint folder"),
         (["--model", str(tiny_dir), "--top-p", "0", "hi"], "top_p"),
         (["--model", str(tiny_dir), "--max-tokens", "0", "hi"], "max_tokens"),
         (["--model", str(tiny_dir), "x " * 5000], "context holds"),
     ]
+    (tmp_path / "notes.txt").write_text("not a model")
     for args, message in cases:
         done = subprocess.run([*pyagent_cmd, "generate", *args], capture_output=True, text=True, env=clean_env,
                               timeout=120)

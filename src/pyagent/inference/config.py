@@ -159,6 +159,9 @@ def rope_type(scaling: dict[str, Any] | None) -> str:
 
 def load_config(model_dir: str | Path) -> ModelConfig:
     path = Path(model_dir) / "config.json"
+    if Path(model_dir).is_file():
+        raise ModelLoadError(f"{model_dir} is neither a GGUF file (it lacks the 'GGUF' magic) nor a Hugging Face "
+                             "checkpoint folder")
     if not Path(model_dir).is_dir():
         raise ModelLoadError(f"model directory {str(model_dir)!r} does not exist")
     if not path.is_file():
