@@ -78,7 +78,8 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
 ACTIVATIONS_HELP = ("what the products with quantized weights compute with. float32 (default): exact up to "
                     "float rounding, so greedy tokens equal fp32 arithmetic on the dequantized weights. int8: "
                     "each product's input is rounded to 8 bits per block of 32, as llama.cpp does, prompts "
-                    "included; the integer dot products decode 1.2x (Q4_1) to 2.8x (Q5_K_M) faster per token, "
+                    "included; the integer dot products decode about 1.1x (Q4_1) to 1.3-1.4x (Q4_K_M, Q5_K_M, Q6_K) faster "
+                    "per token on a 2-core machine, "
                     "and like llama.cpp a small model's answers get worse (SmolLM2-135M then answers 'What is "
                     "the capital of France?' as llama.cpp does, without Paris)")
 

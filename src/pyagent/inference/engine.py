@@ -147,8 +147,8 @@ class PagedAttentionEngine:
 
         ``activations="float32"`` (the default) keeps every product exact up to float rounding, so greedy
         tokens equal fp32 arithmetic on the dequantized weights. ``"int8"`` makes every step round each
-        quantized product's input to 8 bits per block, as llama.cpp does (decode 1.2x faster on Q4_1,
-        1.5-2.8x on K-quant files; a small model's answers get worse, as llama.cpp's do), and computes
+        quantized product's input to 8 bits per block, as llama.cpp does (decode about 1.1x faster on Q4_1,
+        1.3-1.4x on K-quant files on a 2-core machine; a small model's answers get worse, as llama.cpp's do), and computes
         every position alike whatever the batch, chunking, prefix cache or instance
         (see ``pyagent.inference.model``).
 
