@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -145,6 +146,25 @@ def test_generate_n_completions_with_seeds(pyagent_cmd: list[str], clean_env: di
                            "-n", "2", "Hello there"], capture_output=True, text=True, env=clean_env, timeout=120)
     assert text.returncode == 0, text.stderr
     assert text.stdout.startswith("--- completion 1 of 2 ---\n") and "--- completion 2 of 2 ---\n" in text.stdout
+
+
+def test_stats_report_the_prompt_and_the_generated_tokens_on_stderr_only(pyagent_cmd: list[str],
+                                                                        clean_env: dict[str, str],
+                                                                        tiny_dir: Path) -> None:
+    done = subprocess.run([*pyagent_cmd, "generate", "--model", str(tiny_dir), "--max-tokens", "7", "--seed", "2",
+                           "--ignore-eos", "-n", "2", "--json", "--stats", "Hello there"], capture_output=True,
+                          text=True, env=clean_env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]  # stdout is only the completions
+    found = re.fullmatch(r"pyagent generate: model loaded in [0-9.]+ s; prompt: (\d+) tokens in [0-9.]+ s "
+                         r"\([0-9.]+ tok/s\); generation: (\d+) tokens in [0-9.]+ s \([0-9.]+ tok/s\)\n", done.stderr)
+    assert found, done.stderr
+    assert int(found[1]) == len(lines[0]["prompt_token_ids"])
+    assert int(found[2]) == sum(len(c["token_ids"]) - 1 for c in lines) == 12  # the tokens after each first one
+    chat = subprocess.run([*pyagent_cmd, "chat", "--model", str(tiny_dir), "--max-tokens", "3", "--ignore-eos",
+                           "--stats", "Hello"], capture_output=True, text=True, env=clean_env, timeout=120)
+    assert chat.returncode == 0, chat.stderr
+    assert re.fullmatch(r"pyagent chat: prompt: \d+ tokens? in .*; generation: 2 tokens in .*\n", chat.stderr), chat.stderr
 
 
 def test_generate_logprobs(pyagent_cmd: list[str], clean_env: dict[str, str], tiny_dir: Path) -> None:

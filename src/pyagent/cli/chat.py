@@ -32,13 +32,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def _reply(engine: Any, messages: list[dict[str, str]], params: Any, turn: int, n: int) -> str:
+def _reply(engine: Any, messages: list[dict[str, str]], params: Any, turn: int, n: int, stats: bool) -> str:
     """Print the reply (or ``n`` of them, in one-shot mode); the first continues the conversation."""
     prompt_ids = engine.tokenizer.encode_chat(messages)
-    choices = run_choices(engine, prompt_ids, params, n, tag=f"chat{turn}", stream=n == 1)
-    for c in choices:
+    done = run_choices(engine, prompt_ids, params, n, tag=f"chat{turn}", stream=n == 1)
+    for c in done.choices:
         write_choice(c, n, streamed=n == 1)
-    return choices[0].text
+    if stats:
+        print(f"pyagent chat: {done.timing.report()}", file=sys.stderr)
+    return done.choices[0].text
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
                 return 0
         messages.append({"role": "user", "content": text})
         try:
-            reply = _reply(engine, messages, params, turn, args.n)
+            reply = _reply(engine, messages, params, turn, args.n, args.stats)
         except ValueError as exc:  # a template that refuses the conversation, a prompt beyond the context
             raise CommandError(str(exc)) from None
         messages.append({"role": "assistant", "content": reply})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from typing import Any
 
 from pyagent.cli.completions import add_choice_args, choice_params, run_choices, write_choice
@@ -122,14 +123,16 @@ def run(args: argparse.Namespace) -> int:
     try:
         params = choice_params(args, sampling_params(args))
         params.validate()
+        loading = time.perf_counter()
         engine = PagedAttentionEngine.from_pretrained(args.model, max_num_seqs=args.n, quantize=args.quantize,
                                                       **engine_options(args))
+        loaded = time.perf_counter() - loading
         prompt_ids = engine.tokenizer.encode(args.prompt)
         streamed = not args.json and args.n == 1
-        choices = run_choices(engine, prompt_ids, params, args.n, tag="cli", stream=streamed)
+        done = run_choices(engine, prompt_ids, params, args.n, tag="cli", stream=streamed)
     except (ModelLoadError, ValueError) as exc:
         raise CommandError(str(exc)) from None
-    for c in choices:
+    for c in done.choices:
         if args.json:
             import orjson
 
@@ -140,4 +143,6 @@ def run(args: argparse.Namespace) -> int:
             sys.stdout.write(orjson.dumps(body).decode() + "\n")
         else:
             write_choice(c, args.n, streamed=streamed)
+    if args.stats:
+        print(f"pyagent generate: {done.timing.report(loaded)}", file=sys.stderr)
     return 0
