@@ -164,7 +164,8 @@ def test_stats_report_the_prompt_and_the_generated_tokens_on_stderr_only(pyagent
     chat = subprocess.run([*pyagent_cmd, "chat", "--model", str(tiny_dir), "--max-tokens", "3", "--ignore-eos",
                            "--stats", "Hello"], capture_output=True, text=True, env=clean_env, timeout=120)
     assert chat.returncode == 0, chat.stderr
-    assert re.fullmatch(r"pyagent chat: prompt: \d+ tokens? in .*; generation: 2 tokens in .*\n", chat.stderr), chat.stderr
+    assert re.fullmatch(r"pyagent chat: model loaded in [0-9.]+ s; prompt: \d+ tokens? in .*; generation: 2 tokens "
+                        r"in .*\n", chat.stderr), chat.stderr
 
 
 def test_generate_logprobs(pyagent_cmd: list[str], clean_env: dict[str, str], tiny_dir: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from typing import Any
 
 from pyagent.cli.completions import add_choice_args, choice_params, run_choices, write_choice
@@ -32,14 +33,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def _reply(engine: Any, messages: list[dict[str, str]], params: Any, turn: int, n: int, stats: bool) -> str:
-    """Print the reply (or ``n`` of them, in one-shot mode); the first continues the conversation."""
+def _reply(engine: Any, messages: list[dict[str, str]], params: Any, turn: int, n: int,
+           stats: float | None) -> str:
+    """Print the reply (or ``n`` of them, in one-shot mode); the first continues the conversation.
+    ``stats``: the model's load time when ``--stats`` asks for timings (reported with the first reply)."""
     prompt_ids = engine.tokenizer.encode_chat(messages)
     done = run_choices(engine, prompt_ids, params, n, tag=f"chat{turn}", stream=n == 1)
     for c in done.choices:
         write_choice(c, n, streamed=n == 1)
-    if stats:
-        print(f"pyagent chat: {done.timing.report()}", file=sys.stderr)
+    if stats is not None:
+        print(f"pyagent chat: {done.timing.report(stats if turn == 0 else None)}", file=sys.stderr)
     return done.choices[0].text
 
 
@@ -53,8 +56,10 @@ def run(args: argparse.Namespace) -> int:
         if args.n > 1 and args.message is None:
             raise ValueError("-n above 1 needs a MESSAGE (one-shot mode): a conversation continues one reply")
         params.validate()
+        loading = time.perf_counter()
         engine = PagedAttentionEngine.from_pretrained(args.model, max_num_seqs=args.n, quantize=args.quantize,
                                                       **engine_options(args))
+        loaded = time.perf_counter() - loading
     except (ModelLoadError, ValueError) as exc:
         raise CommandError(str(exc)) from None
     messages: list[dict[str, str]] = [] if args.system is None else [{"role": "system", "content": args.system}]
@@ -71,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
                 return 0
         messages.append({"role": "user", "content": text})
         try:
-            reply = _reply(engine, messages, params, turn, args.n, args.stats)
+            reply = _reply(engine, messages, params, turn, args.n, loaded if args.stats else None)
         except ValueError as exc:  # a template that refuses the conversation, a prompt beyond the context
             raise CommandError(str(exc)) from None
         messages.append({"role": "assistant", "content": reply})

@@ -85,7 +85,7 @@ _WIDE_FIELD = re.compile(r"%[-#0 +]*(?:\d{8,}|\d*\.\d{8,})|\{[^{}]*:[^{}]*\d{8,}
 _ARG_WIDTH = re.compile(r"%[-#0 +]*\*|%[-#0 +]*\d*\.\*|\{[^{}]*:[^{}]*\{")
 # str methods and filters whose integer argument is the width of what they build
 _WIDTH_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs"})
-_WIDTH_FILTERS = frozenset({"do_center", "do_indent", "do_wordwrap"})
+_WIDTH_FILTERS = frozenset({"center", "indent", "wordwrap"})
 
 
 def _check_format(fmt: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
@@ -107,16 +107,19 @@ def _check_size_of(n: int) -> None:
         raise SecurityError(f"the template would build a value of {n:,} items (at most {MAX_TEXT:,})")
 
 
-def _bounded(f: Callable[..., Any]) -> Callable[..., Any]:
+def _bounded(name: str, f: Callable[..., Any]) -> Callable[..., Any]:
+    """Filter ``name`` with its result's size checked, and its widths or growth before it runs."""
     @functools.wraps(f)  # keeps jinja's pass_context/pass_environment marks
     def checked(*args: Any, **kwargs: Any) -> Any:
-        strings = [a for a in args if isinstance(a, str)]
-        if f.__name__ in _WIDTH_FILTERS:
+        if name in _WIDTH_FILTERS:
             _check_args(args, kwargs)
-        elif f.__name__ == "do_replace" and len(strings) >= 3:
-            _check_replace(*strings[:3])
-        elif f.__name__ == "do_format" and strings:
-            _check_format(strings[0], args, kwargs)
+        elif name in ("replace", "format"):
+            # the value, then the filter's own arguments (after any context jinja passes first)
+            strings = [a for a in args if isinstance(a, str)]
+            if name == "replace" and len(strings) >= 3:
+                _check_replace(*strings[:3])
+            elif name == "format" and strings:
+                _check_format(strings[0], args, kwargs)
         return _check_size(f(*args, **kwargs))
 
     return checked
@@ -191,8 +194,8 @@ class _Deadline:
 @lru_cache(maxsize=16)
 def _compile(source: str) -> jinja2.Template:
     env = _Environment(trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationBlock, loopcontrols])
-    env.filters = {name: _bounded(f) for name, f in env.filters.items()}
-    env.filters["tojson"] = _bounded(_tojson)
+    env.filters = {name: _bounded(name, f) for name, f in env.filters.items()}
+    env.filters["tojson"] = _bounded("tojson", _tojson)
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
     return env.from_string(source)

@@ -243,11 +243,11 @@ class GGUFFile:
         return bool(value)
 
     def strings(self, key: str, default: Any = _REQUIRED) -> Any:
-        """An array of strings as a list."""
+        """An array of strings as a list (a GGUF array has one item type, so its first item tells)."""
         if self._absent(key, default):
             return default
         value = self.metadata[key]
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        if not isinstance(value, list) or (value and not isinstance(value[0], str)):
             raise self._wrong(key, value, "an array of strings")
         return value
 
@@ -264,10 +264,13 @@ class GGUFFile:
                                  "(one per token)")
         return value
 
-    def token_id(self, key: str, n_tokens: int) -> int | None:
-        """A token id within the vocabulary, or None when absent."""
+    def token_id(self, key: str, n_tokens: int, *, outside_is_none: bool = False) -> int | None:
+        """A token id within the vocabulary, or None when absent. ``outside_is_none`` for the unknown and
+        padding ids: converters write an id past the vocabulary (or -1) for "there is none"."""
         value: int | None = self.integer(key, None)
         if value is not None and not 0 <= value < n_tokens:
+            if outside_is_none:
+                return None
             raise self._wrong(key, value, f"a token id below the vocabulary's {n_tokens} tokens")
         return value
 

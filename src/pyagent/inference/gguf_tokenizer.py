@@ -109,7 +109,7 @@ def _build_spm(g: GGUFFile) -> HFTokenizer:
                              "('llama') tokenizer")
     scores = [float(v) for v in found]
     types = _token_types(g, len(tokens))
-    unk = _optional_id(g, "tokenizer.ggml.unknown_token_id", len(tokens))
+    unk = g.token_id("tokenizer.ggml.unknown_token_id", len(tokens), outside_is_none=True)
     unk_text = None if unk is None else tokens[unk]
     prefix = g.flag("tokenizer.ggml.add_space_prefix", True)
     added = [{"id": i, "content": tok, "single_word": False, "lstrip": False, "rstrip": False,
@@ -140,13 +140,6 @@ def _token_types(g: GGUFFile, n_tokens: int) -> list[int]:
     return [1] * n_tokens if found is None else [int(t) for t in found]
 
 
-def _optional_id(g: GGUFFile, key: str, n_tokens: int) -> int | None:
-    """An unknown or padding token id: converters write an id past the vocabulary (or -1) for "none",
-    so one out of range means there is none; a value that is not an integer is still an error."""
-    value = g.integer(key, None)
-    return value if value is not None and 0 <= value < n_tokens else None
-
-
 _BUILDERS = {"gpt2": _build_bpe, "llama": _build_spm}
 
 
@@ -161,7 +154,7 @@ def gguf_tokenizer(g: GGUFFile) -> Tokenizer:
     special: dict[str, str] = {}
     for name in ("bos", "eos", "unknown", "padding"):
         key = f"tokenizer.ggml.{name}_token_id"
-        token_id = g.token_id(key, len(tokens)) if name in ("bos", "eos") else _optional_id(g, key, len(tokens))
+        token_id = g.token_id(key, len(tokens), outside_is_none=name in ("unknown", "padding"))
         if token_id is not None:
             special[{"unknown": "unk_token", "padding": "pad_token"}.get(name, f"{name}_token")] = tokens[token_id]
     eos = [i for i in (g.token_id(f"tokenizer.ggml.{k}", len(tokens)) for k in ("eos_token_id", "eot_token_id"))
